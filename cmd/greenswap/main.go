@@ -1,0 +1,150 @@
+// Command greenswap rewrites the structure of a live PostgreSQL table with
+// zero downtime. This package only parses flags, calls package runner and
+// maps errors to exit codes (see `greenswap help exit-codes`).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/runner"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// run is main without the process exit, so tests can drive the CLI.
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := newApp(stdout, stderr)
+	err := app.RunContext(ctx, args)
+	code := exitcode.Of(err)
+	if err != nil && !errors.Is(err, errAlreadyReported) {
+		msg := err.Error()
+		if dsn := dsnFrom(args); dsn != "" {
+			msg = logx.Redact(msg, dsn)
+		}
+		fmt.Fprintf(stderr, "greenswap: %s\n", msg)
+	}
+	if code == exitcode.Interrupted && err != nil {
+		fmt.Fprintln(stderr, "greenswap: interrupted; progress is saved, run the same command again to resume")
+	}
+	return int(code)
+}
+
+// errAlreadyReported marks an error whose details the command printed itself.
+var errAlreadyReported = errors.New("already reported")
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:                 "greenswap",
+		Usage:                "rewrite the structure of a live PostgreSQL table with zero downtime",
+		Version:              version,
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		EnableBashCompletion: true,
+		ExitErrHandler:       func(*cli.Context, error) {}, // run() maps errors to exit codes
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "dsn", Usage: "connection string (else DATABASE_URL, else libpq PG* variables and ~/.pgpass)", EnvVars: []string{"DATABASE_URL"}},
+			&cli.StringFlag{Name: "log-format", Value: "auto", Usage: "auto|console|json (auto: console on a terminal, JSON otherwise)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug|info|warn|error"},
+		},
+		Commands: commands(),
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(c.App.ErrWriter, "greenswap: no command %q; see `greenswap --help`\n", name)
+		},
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return exitcode.Errorf(exitcode.BadInput, "%s (see `greenswap %s --help`)", err, c.Command.Name)
+		},
+	}
+}
+
+// commands lists every subcommand, in the order of the operator's day; each
+// lives in its own file.
+func commands() []*cli.Command {
+	return []*cli.Command{
+		planCommand(),
+		syncCommand(),
+		pauseCommand(),
+		resumeCommand(),
+		verifyCommand(),
+		cutoverCommand(),
+		rollbackCommand(),
+		finalizeCommand(),
+		statusCommand(),
+		helpCommand(),
+	}
+}
+
+// helpCommand replaces urfave/cli's own help so that `greenswap help
+// exit-codes` works next to `greenswap help COMMAND`.
+func helpCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "help",
+		Aliases:   []string{"h"},
+		Usage:     "show help for a command, or a topic: exit-codes",
+		ArgsUsage: "[COMMAND | exit-codes]",
+		Action: func(c *cli.Context) error {
+			switch arg := c.Args().First(); arg {
+			case "":
+				return cli.ShowAppHelp(c)
+			case "exit-codes":
+				printExitCodes(c.App.Writer)
+				return nil
+			default:
+				if c.App.Command(arg) == nil {
+					return exitcode.Errorf(exitcode.BadInput, "no command or help topic %q (topics: exit-codes)", arg)
+				}
+				return cli.ShowCommandHelp(c, arg)
+			}
+		},
+	}
+}
+
+func printExitCodes(w io.Writer) {
+	fmt.Fprintln(w, "greenswap exit codes:")
+	for _, e := range exitcode.Table {
+		fmt.Fprintf(w, "  %3d  %s\n", e.Code, e.Meaning)
+	}
+}
+
+// logger builds the zerolog logger from the global flags.
+func logger(c *cli.Context) zerolog.Logger {
+	log, _ := logx.New(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
+	return log
+}
+
+// connect opens the runner environment from the global flags.
+func connect(c *cli.Context) (*runner.Env, error) {
+	return runner.Connect(c.Context, c.String("dsn"), logger(c))
+}
+
+// dsnFrom finds --dsn in raw args (for redacting error text), else DATABASE_URL.
+func dsnFrom(args []string) string {
+	for i, a := range args {
+		if a == "--dsn" && i+1 < len(args) {
+			return args[i+1]
+		}
+		if len(a) > 6 && a[:6] == "--dsn=" {
+			return a[6:]
+		}
+	}
+	return os.Getenv("DATABASE_URL")
+}
+
+var errNotImplemented = errors.New("not implemented yet")

@@ -1,0 +1,78 @@
+// Package exitcode is the one place that says which failure ends the CLI with
+// which exit code. Library packages attach a code to an error (With, or by
+// implementing ExitCode); the CLI only calls Of.
+package exitcode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Code is a documented process exit code.
+type Code int
+
+const (
+	OK          Code = 0   // success
+	Failed      Code = 1   // the operation failed, or verify found differences
+	BadInput    Code = 2   // bad spec, missing table, unreachable database, bad flags
+	Blocked     Code = 3   // plan found blocking hazards
+	Busy        Code = 4   // another greenswap holds this migration
+	LockTimeout Code = 5   // gave up waiting for a lock
+	Interrupted Code = 130 // interrupted; state saved, resumable
+)
+
+// Table is the documented list, printed by `greenswap help exit-codes` and in the README.
+var Table = []struct {
+	Code    Code
+	Meaning string
+}{
+	{OK, "success; for plan: nothing blocking; for verify: blue and green are identical"},
+	{Failed, "the operation failed, or verify found differences"},
+	{BadInput, "bad input: spec, flags, missing table or migration, unreachable database; nothing was changed"},
+	{Blocked, "plan (or a command that plans first) found blocking hazards; nothing was changed"},
+	{Busy, "another greenswap process holds this migration's lock (its PID is named)"},
+	{LockTimeout, "gave up waiting for a table lock after all retries; everything left as it was"},
+	{Interrupted, "interrupted (Ctrl-C / SIGTERM); progress checkpointed, re-run the same command to resume"},
+}
+
+// Coded is implemented by errors that know their exit code.
+type Coded interface{ ExitCode() Code }
+
+type codedError struct {
+	code Code
+	err  error
+}
+
+func (e *codedError) Error() string  { return e.err.Error() }
+func (e *codedError) Unwrap() error  { return e.err }
+func (e *codedError) ExitCode() Code { return e.code }
+
+// With attaches code to err (nil stays nil).
+func With(code Code, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &codedError{code: code, err: err}
+}
+
+// Errorf is fmt.Errorf with an exit code attached.
+func Errorf(code Code, format string, args ...any) error {
+	return With(code, fmt.Errorf(format, args...))
+}
+
+// Of returns the exit code for err: the first code found in its chain;
+// context cancellation is Interrupted; anything else Failed.
+func Of(err error) Code {
+	if err == nil {
+		return OK
+	}
+	var c Coded
+	if errors.As(err, &c) {
+		return c.ExitCode()
+	}
+	if errors.Is(err, context.Canceled) {
+		return Interrupted
+	}
+	return Failed
+}

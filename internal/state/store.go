@@ -1,0 +1,295 @@
+package state
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/exitcode"
+)
+
+// Schema is where greenswap keeps its state in the user's database.
+const Schema = "greenswap"
+
+// ddl creates the state schema idempotently. It runs under a transaction-level
+// advisory lock so two first invocations cannot race on CREATE ... IF NOT EXISTS.
+var ddl = []string{
+	`SELECT pg_advisory_xact_lock(hashtext('greenswap'), 0)`,
+	`CREATE SCHEMA IF NOT EXISTS greenswap`,
+	`CREATE TABLE IF NOT EXISTS greenswap.migrations (
+		name              text PRIMARY KEY,
+		app_table         text NOT NULL,
+		mode              text NOT NULL,
+		spec              jsonb NOT NULL,
+		state             text NOT NULL,
+		phase             text NOT NULL DEFAULT '',
+		cursor            jsonb,
+		rows_copied       bigint NOT NULL DEFAULT 0,
+		rows_estimate     bigint NOT NULL DEFAULT 0,
+		batch_size        integer NOT NULL DEFAULT 0,
+		rows_per_sec      double precision NOT NULL DEFAULT 0,
+		throttle          text NOT NULL DEFAULT '',
+		paused            boolean NOT NULL DEFAULT false,
+		backfill_started_at timestamptz,
+		backfill_done_at  timestamptz,
+		verified_at       timestamptz,
+		verify_ok         boolean,
+		slot_name         text,
+		confirmed_lsn     pg_lsn,
+		primary_side      text NOT NULL DEFAULT 'blue',
+		created_at        timestamptz NOT NULL DEFAULT now(),
+		updated_at        timestamptz NOT NULL DEFAULT now(),
+		state_changed_at  timestamptz NOT NULL DEFAULT now()
+	)`,
+	`CREATE TABLE IF NOT EXISTS greenswap.events (
+		id          bigserial PRIMARY KEY,
+		at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+		migration   text NOT NULL,
+		step        text NOT NULL,
+		actor       text NOT NULL DEFAULT current_user,
+		client_addr text DEFAULT inet_client_addr()::text,
+		host        text NOT NULL DEFAULT '',
+		outcome     text NOT NULL,
+		duration_ms double precision NOT NULL DEFAULT 0,
+		sql         text NOT NULL DEFAULT '',
+		detail      jsonb
+	)`,
+	`CREATE INDEX IF NOT EXISTS events_migration_idx ON greenswap.events (migration, id)`,
+	// The event log is append-only: refuse UPDATE and DELETE outright.
+	`CREATE OR REPLACE FUNCTION greenswap.events_append_only() RETURNS trigger LANGUAGE plpgsql AS
+	 $$BEGIN RAISE EXCEPTION 'greenswap.events is append-only'; END$$`,
+	`DO $$BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'events_append_only'
+		               AND tgrelid = 'greenswap.events'::regclass) THEN
+			CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON greenswap.events
+			FOR EACH ROW EXECUTE FUNCTION greenswap.events_append_only();
+		END IF;
+	END$$`,
+}
+
+// Ensure creates the state schema if it is missing. Safe to call concurrently.
+func Ensure(ctx context.Context, conn interface {
+	Begin(context.Context) (pgx.Tx, error)
+}) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	for _, s := range ddl {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			return fmt.Errorf("create greenswap state schema: %w", err)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// Exists reports whether the state schema has been created in this database.
+func Exists(ctx context.Context, q db.Querier) (bool, error) {
+	var ok bool
+	err := q.QueryRow(ctx, `SELECT to_regclass('greenswap.migrations') IS NOT NULL`).Scan(&ok)
+	return ok, err
+}
+
+// Migration is one row of greenswap.migrations.
+type Migration struct {
+	Name              string          `json:"name"`
+	AppTable          string          `json:"app_table"`
+	Mode              string          `json:"mode"`
+	Spec              json.RawMessage `json:"spec"`
+	State             State           `json:"state"`
+	Phase             string          `json:"phase"`
+	Cursor            json.RawMessage `json:"cursor,omitempty"`
+	RowsCopied        int64           `json:"rows_copied"`
+	RowsEstimate      int64           `json:"rows_estimate"`
+	BatchSize         int             `json:"batch_size"`
+	RowsPerSec        float64         `json:"rows_per_sec"`
+	Throttle          string          `json:"throttle,omitempty"`
+	Paused            bool            `json:"paused"`
+	BackfillStartedAt *time.Time      `json:"backfill_started_at,omitempty"`
+	BackfillDoneAt    *time.Time      `json:"backfill_done_at,omitempty"`
+	VerifiedAt        *time.Time      `json:"verified_at,omitempty"`
+	VerifyOK          *bool           `json:"verify_ok,omitempty"`
+	SlotName          *string         `json:"slot_name,omitempty"`
+	ConfirmedLSN      *string         `json:"confirmed_lsn,omitempty"`
+	PrimarySide       string          `json:"primary_side"`
+	CreatedAt         time.Time       `json:"created_at"`
+	UpdatedAt         time.Time       `json:"updated_at"`
+	StateChangedAt    time.Time       `json:"state_changed_at"`
+}
+
+const migrationCols = `name, app_table, mode, spec, state, phase, cursor, rows_copied, rows_estimate,
+	batch_size, rows_per_sec, throttle, paused, backfill_started_at, backfill_done_at, verified_at,
+	verify_ok, slot_name, confirmed_lsn::text, primary_side, created_at, updated_at, state_changed_at`
+
+func scanMigration(row pgx.Row) (*Migration, error) {
+	var m Migration
+	var st string
+	err := row.Scan(&m.Name, &m.AppTable, &m.Mode, &m.Spec, &st, &m.Phase, &m.Cursor, &m.RowsCopied,
+		&m.RowsEstimate, &m.BatchSize, &m.RowsPerSec, &m.Throttle, &m.Paused, &m.BackfillStartedAt,
+		&m.BackfillDoneAt, &m.VerifiedAt, &m.VerifyOK, &m.SlotName, &m.ConfirmedLSN, &m.PrimarySide,
+		&m.CreatedAt, &m.UpdatedAt, &m.StateChangedAt)
+	m.State = State(st)
+	return &m, err
+}
+
+// ErrNotFound is returned by Get for a migration name with no row.
+var ErrNotFound = errors.New("migration not found")
+
+// Get reads one migration. A missing row (or a missing state schema) is
+// ErrNotFound with exit code 2.
+func Get(ctx context.Context, q db.Querier, name string) (*Migration, error) {
+	ok, err := Exists(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		m, err := scanMigration(q.QueryRow(ctx, `SELECT `+migrationCols+` FROM greenswap.migrations WHERE name = $1`, name))
+		if err == nil {
+			return m, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return nil, err
+		}
+	}
+	return nil, exitcode.With(exitcode.BadInput, fmt.Errorf("%w: %q (see `greenswap status` for the migrations in this database)", ErrNotFound, name))
+}
+
+// List reads every migration, oldest first. No state schema means none.
+func List(ctx context.Context, q db.Querier) ([]*Migration, error) {
+	ok, err := Exists(ctx, q)
+	if err != nil || !ok {
+		return nil, err
+	}
+	rows, err := q.Query(ctx, `SELECT `+migrationCols+` FROM greenswap.migrations ORDER BY created_at, name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Migration
+	for rows.Next() {
+		m, err := scanMigration(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Create inserts a new migration in state Planned. If a row of that name
+// exists in RolledBack it is reset to Planned with the new spec (a migration
+// may start over after a rollback); any other existing row is an error.
+func Create(ctx context.Context, q db.Querier, name, appTable, mode string, spec any) (*Migration, error) {
+	js, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	m, err := scanMigration(q.QueryRow(ctx, `
+		INSERT INTO greenswap.migrations (name, app_table, mode, spec, state)
+		VALUES ($1, $2, $3, $4, 'planned')
+		ON CONFLICT (name) DO UPDATE SET
+			app_table = EXCLUDED.app_table, mode = EXCLUDED.mode, spec = EXCLUDED.spec,
+			state = 'planned', phase = '', cursor = NULL, rows_copied = 0, rows_estimate = 0,
+			batch_size = 0, rows_per_sec = 0, throttle = '', paused = false,
+			backfill_started_at = NULL, backfill_done_at = NULL, verified_at = NULL, verify_ok = NULL,
+			slot_name = NULL, confirmed_lsn = NULL, primary_side = 'blue',
+			created_at = now(), updated_at = now(), state_changed_at = now()
+		WHERE greenswap.migrations.state = 'rolled_back'
+		RETURNING `+migrationCols, name, appTable, mode, js))
+	if errors.Is(err, pgx.ErrNoRows) {
+		cur, gerr := Get(ctx, q, name)
+		if gerr != nil {
+			return nil, gerr
+		}
+		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s already exists (state %s); use `greenswap status %s`, or roll it back first", name, cur.State, name)
+	}
+	return m, err
+}
+
+// Transition moves a migration to state to, checking the lifecycle. It runs
+// through q so a caller can make it part of the step's own transaction.
+func Transition(ctx context.Context, q db.Querier, name string, to State) error {
+	var cur string
+	if err := q.QueryRow(ctx, `SELECT state FROM greenswap.migrations WHERE name = $1 FOR UPDATE`, name).Scan(&cur); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return exitcode.With(exitcode.BadInput, fmt.Errorf("%w: %q", ErrNotFound, name))
+		}
+		return err
+	}
+	from := State(cur)
+	if from != to && !from.CanMoveTo(to) {
+		return exitcode.With(exitcode.BadInput, &TransitionError{Migration: name, From: from, To: to})
+	}
+	_, err := q.Exec(ctx, `UPDATE greenswap.migrations SET state = $2, updated_at = now(),
+		state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END WHERE name = $1`, name, string(to))
+	return err
+}
+
+// Update sets the given columns of a migration row. Column names come only
+// from this module's code (never from input); values are bound.
+func Update(ctx context.Context, q db.Querier, name string, cols map[string]any) error {
+	if len(cols) == 0 {
+		return nil
+	}
+	sql := `UPDATE greenswap.migrations SET updated_at = now()`
+	args := []any{name}
+	for _, c := range sortedKeys(cols) {
+		args = append(args, cols[c])
+		sql += fmt.Sprintf(", %s = $%d", db.Ident(c), len(args))
+	}
+	_, err := q.Exec(ctx, sql+` WHERE name = $1`, args...)
+	return err
+}
+
+// Event is one line of the append-only event log.
+type Event struct {
+	ID         int64           `json:"id"`
+	At         time.Time       `json:"at"`
+	Migration  string          `json:"migration"`
+	Step       string          `json:"step"`
+	Actor      string          `json:"actor"`
+	ClientAddr *string         `json:"client_addr,omitempty"`
+	Host       string          `json:"host"`
+	Outcome    string          `json:"outcome"`
+	DurationMS float64         `json:"duration_ms"`
+	SQL        string          `json:"sql,omitempty"`
+	Detail     json.RawMessage `json:"detail,omitempty"`
+}
+
+// Record appends an event. detail may be nil.
+func Record(ctx context.Context, q db.Querier, migration, step, outcome string, took time.Duration, sql string, detail any) error {
+	var js []byte
+	if detail != nil {
+		var err error
+		if js, err = json.Marshal(detail); err != nil {
+			return err
+		}
+	}
+	host, _ := os.Hostname()
+	_, err := q.Exec(ctx, `INSERT INTO greenswap.events (migration, step, host, outcome, duration_ms, sql, detail)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		migration, step, host, outcome, float64(took.Microseconds())/1000, sql, js)
+	return err
+}
+
+// Events returns the last limit events of a migration, newest last.
+func Events(ctx context.Context, q db.Querier, migration string, limit int) ([]Event, error) {
+	rows, err := q.Query(ctx, `SELECT * FROM (
+		SELECT id, at, migration, step, actor, client_addr, host, outcome, duration_ms, sql, detail
+		FROM greenswap.events WHERE migration = $1 ORDER BY id DESC LIMIT $2) e ORDER BY id`, migration, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
+		var e Event
+		err := r.Scan(&e.ID, &e.At, &e.Migration, &e.Step, &e.Actor, &e.ClientAddr, &e.Host, &e.Outcome, &e.DurationMS, &e.SQL, &e.Detail)
+		return e, err
+	})
+}

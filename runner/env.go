@@ -1,0 +1,99 @@
+// Package runner is greenswap's orchestration layer: each command (plan,
+// sync, verify, cutover, rollback, finalize, status) is a list of phases, each
+// a small function calling the lifecycle packages (shadow, trigger, sync,
+// verify, cutover). It is the only package that imports all of them; the CLI
+// calls nothing else.
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// Env is a connected greenswap: the pool for the user's database, the
+// config to open dedicated sessions (locks, replication), and the logger.
+type Env struct {
+	Pool        *pgxpool.Pool
+	ConnConfig  *pgx.ConnConfig
+	Log         zerolog.Logger
+	ServerMajor int
+	DSN         string // for redaction only; never logged
+}
+
+// Connect opens the pool. A bad or unreachable DSN is bad input (exit 2),
+// and the error never contains the password.
+func Connect(ctx context.Context, dsn string, log zerolog.Logger) (*Env, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, exitcode.Errorf(exitcode.BadInput, "bad connection string %s: %s (use --dsn, DATABASE_URL or the PG* variables)",
+			logx.RedactDSN(dsn), logx.Redact(err.Error(), dsn))
+	}
+	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "greenswap"
+	}
+	cfg.MaxConns = max(cfg.MaxConns, 8)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err == nil {
+		err = pool.Ping(ctx)
+	}
+	if err != nil {
+		if pool != nil {
+			pool.Close()
+		}
+		return nil, exitcode.Errorf(exitcode.BadInput, "cannot connect to %s: %s (check --dsn / DATABASE_URL / PG* variables and that the server is running)",
+			describe(cfg.ConnConfig), logx.Redact(err.Error(), dsn))
+	}
+	var num string
+	if err := pool.QueryRow(ctx, "SHOW server_version_num").Scan(&num); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	n, _ := strconv.Atoi(num)
+	return &Env{Pool: pool, ConnConfig: cfg.ConnConfig, Log: log, ServerMajor: n / 10000, DSN: dsn}, nil
+}
+
+func describe(c *pgx.ConnConfig) string {
+	return fmt.Sprintf("host=%s port=%d dbname=%s user=%s", c.Host, c.Port, c.Database, c.User)
+}
+
+// Close releases the pool.
+func (e *Env) Close() { e.Pool.Close() }
+
+// Target identifies the database the Env is connected to, for log lines.
+func (e *Env) Target() string { return describe(e.ConnConfig) }
+
+// Lock takes the migration's advisory lock (exit 4 if held elsewhere).
+func (e *Env) Lock(ctx context.Context, migration string) (*state.Lock, error) {
+	return state.Acquire(ctx, e.ConnConfig, migration)
+}
+
+// Migration is a stored migration with its spec decoded and names derived.
+type Migration struct {
+	Row   *state.Migration
+	Spec  *shadow.Spec
+	Names shadow.Names
+}
+
+// LoadMigration reads a migration by name (exit 2 if there is none).
+func (e *Env) LoadMigration(ctx context.Context, name string) (*Migration, error) {
+	row, err := state.Get(ctx, e.Pool, name)
+	if err != nil {
+		return nil, err
+	}
+	var spec shadow.Spec
+	if err := json.Unmarshal(row.Spec, &spec); err != nil {
+		return nil, fmt.Errorf("decode stored spec of %s: %w", name, err)
+	}
+	return &Migration{Row: row, Spec: &spec, Names: shadow.NamesFor(spec.Name, spec.AppTable())}, nil
+}

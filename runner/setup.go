@@ -1,0 +1,140 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/trigger"
+)
+
+// Build is what the setup phases produce: both tables as the catalog now
+// sees them and the mapping between them. Plan builds it inside a
+// transaction it rolls back; sync builds it for real.
+type Build struct {
+	Spec    *shadow.Spec
+	Names   shadow.Names
+	Blue    *shadow.Table // at its version-schema location
+	Green   *shadow.Table
+	Mapping *shadow.Mapping
+	Steps   []shadow.Step // what was executed, in order
+}
+
+// loadApp reads the app table before adopt. A missing table is bad input.
+func loadApp(ctx context.Context, tx pgx.Tx, spec *shadow.Spec) (*shadow.Table, error) {
+	t, err := shadow.LoadTable(ctx, tx, spec.AppTable())
+	if errors.Is(err, shadow.ErrTableNotFound) {
+		return nil, spec.Errorf("table", "check the name and the database you are connected to", "table %s does not exist", spec.AppTable())
+	}
+	return t, err
+}
+
+// adoptTx runs the adopt step in tx: blue moves to its version schema and
+// the app name becomes a view over it.
+func adoptTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.Names, major int) (shadow.Step, error) {
+	app, err := loadApp(ctx, tx, spec)
+	if err != nil {
+		return shadow.Step{}, err
+	}
+	step := shadow.AdoptStep(n, app, major)
+	return step, execStep(ctx, tx, step)
+}
+
+// createGreenTx creates green from the target DDL, fixes it up (owner,
+// grants, shared sequences) and installs the sync triggers, all in tx. Blue
+// must already be adopted.
+func createGreenTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.Names) (*Build, error) {
+	b := &Build{Spec: spec, Names: n}
+	blue, err := shadow.LoadTable(ctx, tx, n.Blue)
+	if err != nil {
+		return nil, fmt.Errorf("read blue %s: %w", n.Blue, err)
+	}
+	b.Blue = blue
+	create := shadow.Step{
+		Name:          "create-green",
+		Description:   fmt.Sprintf("create schema %s and the green table from target.ddl", n.GreenSchema),
+		SQL:           shadow.CreateGreenSQL(n, spec),
+		Lock:          "none on blue (new objects only)",
+		LockHold:      "-",
+		Transactional: true,
+	}
+	if err := execStep(ctx, tx, create); err != nil {
+		return nil, spec.Errorf("target.ddl", "fix the CREATE TABLE statement", "%s", err)
+	}
+	b.Steps = append(b.Steps, create)
+	green, err := shadow.LoadTable(ctx, tx, n.Green)
+	if errors.Is(err, shadow.ErrTableNotFound) {
+		return nil, spec.Errorf("target.ddl", "name the table "+n.App.Name+" (unqualified) in CREATE TABLE",
+			"target.ddl did not create table %s in the green schema", n.App.Name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if b.Mapping, err = shadow.BuildMapping(spec, blue, green); err != nil {
+		return nil, err
+	}
+	fix := shadow.Step{
+		Name:          "prepare-green",
+		Description:   "give green blue's owner and grants; share blue's sequences",
+		SQL:           shadow.GreenFixupSQL(n, blue, green, b.Mapping),
+		Lock:          "none on blue",
+		LockHold:      "-",
+		Transactional: true,
+	}
+	if err := execStep(ctx, tx, fix); err != nil {
+		return nil, err
+	}
+	b.Steps = append(b.Steps, fix)
+	// Defaults and identity changed: re-read green so the mapping sees it as it is.
+	if b.Green, err = shadow.LoadTable(ctx, tx, n.Green); err != nil {
+		return nil, err
+	}
+	if b.Mapping, err = shadow.BuildMapping(spec, blue, b.Green); err != nil {
+		return nil, err
+	}
+	install := trigger.InstallStep(n, b.Mapping, blue.Owner)
+	if err := execStep(ctx, tx, install); err != nil {
+		return nil, spec.Errorf("forward", "check the forward and reverse expressions", "compiling the sync triggers failed: %s", err)
+	}
+	b.Steps = append(b.Steps, install)
+	return b, nil
+}
+
+// loadBuild reads the Build of a migration whose green already exists.
+func loadBuild(ctx context.Context, q db.Querier, spec *shadow.Spec, n shadow.Names) (*Build, error) {
+	b := &Build{Spec: spec, Names: n}
+	var err error
+	if b.Blue, err = shadow.LoadTable(ctx, q, n.Blue); err != nil {
+		return nil, fmt.Errorf("read blue %s: %w", n.Blue, err)
+	}
+	if b.Green, err = shadow.LoadTable(ctx, q, n.Green); err != nil {
+		return nil, fmt.Errorf("read green %s: %w", n.Green, err)
+	}
+	if b.Mapping, err = shadow.BuildMapping(spec, b.Blue, b.Green); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// execStep runs a step's SQL in tx, one statement at a time.
+func execStep(ctx context.Context, tx pgx.Tx, s shadow.Step) error {
+	for _, sql := range s.SQL {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// badInput marks an error as exit code 2 unless it already has a code.
+func badInput(err error) error {
+	if err == nil || exitcode.Of(err) != exitcode.Failed {
+		return err
+	}
+	return exitcode.With(exitcode.BadInput, err)
+}

@@ -1,0 +1,258 @@
+package shadow
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/greenswap/greenswap/internal/db"
+)
+
+// ColumnMap is how one target column gets its value from a source row.
+type ColumnMap struct {
+	Target   string `json:"target"`
+	Expr     string `json:"expr"`     // SQL over the source row's columns, referenced by bare name
+	Type     string `json:"type"`     // the target column's type; values are cast to it
+	Explicit bool   `json:"explicit"` // written in the spec (forward/reverse), not mapped by name
+	Identity string `json:"identity,omitempty"`
+	Volatile bool   `json:"volatile,omitempty"` // set by plan: the expression is not immutable/stable
+}
+
+// Direction is one way of the mapping: every writable column of Target with
+// the expression that computes it from a Source row.
+type Direction struct {
+	Source  QualifiedName `json:"source"`
+	Target  QualifiedName `json:"target"`
+	Columns []ColumnMap   `json:"columns"`
+	// TargetKey is the unique key of Target that upserts conflict on; every
+	// one of its columns is in Columns, so it can be computed from a source row.
+	TargetKey []string `json:"target_key"`
+}
+
+// Mapping is the single source of truth for how blue and green rows
+// correspond. Backfill, trigger bodies and checksums are all generated from
+// it, so they cannot disagree.
+type Mapping struct {
+	// Key is blue's unique key used for keyed batches and checksum chunks.
+	// Every key column exists in green under the same name, mapped by name.
+	Key     []string  `json:"key"`
+	Forward Direction `json:"forward"` // blue → green
+	Reverse Direction `json:"reverse"` // green → blue
+}
+
+// BuildMapping derives the mapping from the spec and the two tables as they
+// exist in the database. Errors are *SpecError pointing at the spec line.
+func BuildMapping(s *Spec, blue, green *Table) (*Mapping, error) {
+	key, err := chooseKey(s, blue)
+	if err != nil {
+		return nil, err
+	}
+	fwd, err := buildDirection(s, "forward", s.Forward, blue, green)
+	if err != nil {
+		return nil, err
+	}
+	rev, err := buildDirection(s, "reverse", s.Reverse, green, blue)
+	if err != nil {
+		return nil, err
+	}
+	m := &Mapping{Key: key, Forward: *fwd, Reverse: *rev}
+	for _, k := range key {
+		gc := green.Column(k)
+		if gc == nil {
+			return nil, s.Errorf("key", "keep the key columns in target.ddl under the same names, or choose another key",
+				"key column %s is missing from the green table", k)
+		}
+		if _, ok := s.Forward[k]; ok {
+			return nil, s.Errorf("forward."+k, "key columns are matched between blue and green by value; remove this forward mapping",
+				"key column %s cannot have a forward expression", k)
+		}
+	}
+	gk := TableKey(green)
+	if gk == nil {
+		return nil, s.Errorf("target.ddl", "add a PRIMARY KEY (or a UNIQUE index on NOT NULL columns) to the green table",
+			"green table has no primary key or unique NOT NULL key, so changes cannot be applied to it by key")
+	}
+	for _, c := range gk {
+		if m.Forward.Column(c) == nil {
+			return nil, s.Errorf("target.ddl", fmt.Sprintf("add forward.%s, or map it by name from a blue column", c),
+				"green key column %s is not computed from blue rows", c)
+		}
+	}
+	m.Forward.TargetKey = gk
+	m.Reverse.TargetKey = key
+	for _, c := range key {
+		if m.Reverse.Column(c) == nil {
+			return nil, s.Errorf("key", "keep the key column in the green table", "blue key column %s is not computed from green rows", c)
+		}
+	}
+	return m, nil
+}
+
+// chooseKey returns the spec's key if given (it must be exactly the columns
+// of a unique index), else the primary key, else the first unique index whose
+// columns are all NOT NULL.
+func chooseKey(s *Spec, blue *Table) ([]string, error) {
+	if len(s.Key) > 0 {
+		for _, k := range s.Key {
+			c := blue.Column(k)
+			if c == nil {
+				return nil, s.Errorf("key", "name columns of the table", "column %s does not exist in %s", k, blue.Name)
+			}
+			if !c.NotNull {
+				return nil, s.Errorf("key", "key columns must be NOT NULL", "column %s is nullable", k)
+			}
+		}
+		for _, ix := range blue.Indexes {
+			if ix.Unique && ix.Valid && !ix.Partial && !ix.Expression && sameSet(ix.Columns, s.Key) {
+				return slices.Clone(s.Key), nil
+			}
+		}
+		return nil, s.Errorf("key", "name the columns of a primary key or unique index", "(%s) is not unique in %s: no primary key or unique index on exactly these columns",
+			strings.Join(s.Key, ", "), blue.Name)
+	}
+	if k := TableKey(blue); k != nil {
+		return k, nil
+	}
+	return nil, s.Errorf("table", "add a primary key or a unique index on NOT NULL columns, or set key:", "%s has no usable key", blue.Name)
+}
+
+// TableKey is the primary key's columns, else those of the first valid,
+// non-partial unique index on NOT NULL columns, else nil.
+func TableKey(t *Table) []string {
+	if t.PrimaryKey != nil {
+		return slices.Clone(t.PrimaryKey.Columns)
+	}
+	for _, ix := range t.Indexes {
+		if !ix.Unique || !ix.Valid || ix.Partial || ix.Expression {
+			continue
+		}
+		ok := true
+		for _, c := range ix.Columns {
+			if col := t.Column(c); col == nil || !col.NotNull {
+				ok = false
+			}
+		}
+		if ok {
+			return slices.Clone(ix.Columns)
+		}
+	}
+	return nil
+}
+
+func buildDirection(s *Spec, field string, exprs map[string]string, src, dst *Table) (*Direction, error) {
+	d := &Direction{Source: src.Name, Target: dst.Name}
+	for name := range exprs {
+		c := dst.Column(name)
+		if c == nil {
+			return nil, s.Errorf(field+"."+name, "keys under "+field+" name columns of the "+targetSide(field)+" table",
+				"%s has no column %s", dst.Name, name)
+		}
+		if c.Generated != "" {
+			return nil, s.Errorf(field+"."+name, "remove it: generated columns compute themselves", "column %s is generated", name)
+		}
+	}
+	for _, c := range dst.Columns {
+		if c.Generated != "" {
+			continue // stored generated columns are never written
+		}
+		cm := ColumnMap{Target: c.Name, Type: c.Type, Identity: c.Identity}
+		if e, ok := exprs[c.Name]; ok {
+			cm.Expr, cm.Explicit = e, true
+		} else if src.Column(c.Name) != nil {
+			cm.Expr = db.Ident(c.Name)
+		} else if c.NotNull && c.Default == "" && c.Identity == "" {
+			return nil, s.Errorf(field, fmt.Sprintf("add %s.%s: <SQL expression over a %s row>", field, c.Name, sourceSide(field)),
+				"%s column %s is NOT NULL, has no default and no %s column of that name", targetSide(field), c.Name, sourceSide(field))
+		} else {
+			continue // left to the target's default (or NULL)
+		}
+		d.Columns = append(d.Columns, cm)
+	}
+	return d, nil
+}
+
+func targetSide(field string) string {
+	if field == "forward" {
+		return "green"
+	}
+	return "blue"
+}
+
+func sourceSide(field string) string {
+	if field == "forward" {
+		return "blue"
+	}
+	return "green"
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
+}
+
+// Column returns the mapping of target column name, or nil.
+func (d *Direction) Column(name string) *ColumnMap {
+	for i := range d.Columns {
+		if d.Columns[i].Target == name {
+			return &d.Columns[i]
+		}
+	}
+	return nil
+}
+
+// TargetList is the quoted, comma-separated list of written target columns.
+func (d *Direction) TargetList() string {
+	names := make([]string, len(d.Columns))
+	for i, c := range d.Columns {
+		names[i] = c.Target
+	}
+	return db.IdentList(names)
+}
+
+// SelectList computes every written target column from one source row:
+// "CAST((expr) AS type) AS col, ...". The expressions name source columns
+// bare, so the FROM clause it goes with must have exactly one item: the source row.
+func (d *Direction) SelectList() string {
+	parts := make([]string, len(d.Columns))
+	for i, c := range d.Columns {
+		parts[i] = d.ValueExpr(c.Target) + " AS " + db.Ident(c.Target)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ValueExpr is the cast expression computing target column name from a source row.
+func (d *Direction) ValueExpr(name string) string {
+	c := d.Column(name)
+	return "CAST((" + c.Expr + ") AS " + c.Type + ")"
+}
+
+// NeedsOverriding reports whether inserts need OVERRIDING SYSTEM VALUE
+// because a GENERATED ALWAYS identity column is written.
+func (d *Direction) NeedsOverriding() bool {
+	for _, c := range d.Columns {
+		if c.Identity == "a" {
+			return true
+		}
+	}
+	return false
+}
+
+// UpdateSet is the DO UPDATE SET list for an upsert: every written column but
+// the conflict key and identity columns (their values never change).
+func (d *Direction) UpdateSet() string {
+	var parts []string
+	for _, c := range d.Columns {
+		if slices.Contains(d.TargetKey, c.Target) || c.Identity != "" {
+			continue
+		}
+		parts = append(parts, db.Ident(c.Target)+" = EXCLUDED."+db.Ident(c.Target))
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,45 @@
+package shadow
+
+// QualifiedName is a schema-qualified relation name, unquoted.
+type QualifiedName struct {
+	Schema string `json:"schema"`
+	Name   string `json:"name"`
+}
+
+func (q QualifiedName) String() string { return q.Schema + "." + q.Name }
+
+// Names are the objects one migration creates. They derive from the
+// migration name only, so every command (and a second operator) finds them
+// without extra state, and a crash between steps leaves nothing unnamed.
+type Names struct {
+	App         QualifiedName // the name clients use: a view during the migration
+	BlueSchema  string        // version schema holding blue
+	GreenSchema string        // version schema holding green
+	Blue        QualifiedName // blue table inside BlueSchema
+	Green       QualifiedName // green table inside GreenSchema
+	ForwardFunc QualifiedName // trigger function blue → green
+	ReverseFunc QualifiedName // trigger function green → blue
+	Trigger     string        // trigger name used on both tables
+	SyncFlag    string        // transaction-local GUC that marks a sync write (echo guard)
+	Slot        string        // logical replication slot (logical mode)
+	Publication string        // publication (logical mode)
+}
+
+// NamesFor derives every object name of migration m over the app table app.
+func NamesFor(m string, app QualifiedName) Names {
+	blue := "gs_" + m + "_blue"
+	green := "gs_" + m + "_green"
+	return Names{
+		App:         app,
+		BlueSchema:  blue,
+		GreenSchema: green,
+		Blue:        QualifiedName{blue, app.Name},
+		Green:       QualifiedName{green, app.Name},
+		ForwardFunc: QualifiedName{green, "gs_forward"},
+		ReverseFunc: QualifiedName{blue, "gs_reverse"},
+		Trigger:     "gs_sync_" + m,
+		SyncFlag:    "greenswap.sync_" + m,
+		Slot:        "gs_" + m,
+		Publication: "gs_" + m,
+	}
+}

@@ -1,0 +1,125 @@
+package shadow
+
+import (
+	"fmt"
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"time"
+)
+
+// Mode says how blue's changes reach green while the migration is syncing.
+type Mode string
+
+const (
+	ModeTrigger Mode = "trigger"
+	ModeLogical Mode = "logical"
+)
+
+// Spec is one migration as the operator wrote it (YAML or JSON). It is
+// decoded strictly: an unknown field is an error naming file, line and field.
+type Spec struct {
+	Name    string            `yaml:"name" json:"name"`
+	Table   string            `yaml:"table" json:"table"`
+	Mode    Mode              `yaml:"mode" json:"mode"`
+	Key     []string          `yaml:"key" json:"key,omitempty"`
+	Target  Target            `yaml:"target" json:"target"`
+	Forward map[string]string `yaml:"forward" json:"forward,omitempty"`
+	Reverse map[string]string `yaml:"reverse" json:"reverse,omitempty"`
+	Sync    SyncOptions       `yaml:"sync" json:"sync"`
+
+	// File is where the spec was read from ("" when it came from the state
+	// table); Lines maps a field path ("forward.email", "target.ddl", "key")
+	// to its line in File, so later checks against the database can still
+	// point at the line to fix.
+	File  string         `yaml:"-" json:"-"`
+	Lines map[string]int `yaml:"-" json:"-"`
+}
+
+// Target is the green table as the DBA would write it.
+type Target struct {
+	DDL     string   `yaml:"ddl" json:"ddl"`
+	Indexes []string `yaml:"indexes" json:"indexes,omitempty"`
+}
+
+// SyncOptions are per-migration defaults for sync; command-line flags
+// override them. Zero values mean "use the built-in default".
+type SyncOptions struct {
+	BatchSize       int      `yaml:"batch_size" json:"batch_size,omitempty"`
+	MinBatchSize    int      `yaml:"min_batch_size" json:"min_batch_size,omitempty"`
+	MaxBatchSize    int      `yaml:"max_batch_size" json:"max_batch_size,omitempty"`
+	TargetBatchTime Duration `yaml:"target_batch_time" json:"target_batch_time,omitempty"`
+	MaxReplicaLag   Duration `yaml:"max_replica_lag" json:"max_replica_lag,omitempty"`
+	LockTimeout     Duration `yaml:"lock_timeout" json:"lock_timeout,omitempty"`
+}
+
+// Duration is a time.Duration written as "200ms", "2s", "5m" in specs.
+type Duration struct{ time.Duration }
+
+// Built-in defaults applied by WithDefaults.
+const (
+	DefaultBatchSize       = 1000
+	DefaultMinBatchSize    = 100
+	DefaultMaxBatchSize    = 50000
+	DefaultTargetBatchTime = 200 * time.Millisecond
+	DefaultMaxReplicaLag   = 10 * time.Second
+	DefaultLockTimeout     = 2 * time.Second
+)
+
+// WithDefaults returns the options with every zero field set to its default.
+func (o SyncOptions) WithDefaults() SyncOptions {
+	if o.BatchSize == 0 {
+		o.BatchSize = DefaultBatchSize
+	}
+	if o.MinBatchSize == 0 {
+		o.MinBatchSize = DefaultMinBatchSize
+	}
+	if o.MaxBatchSize == 0 {
+		o.MaxBatchSize = DefaultMaxBatchSize
+	}
+	if o.TargetBatchTime.Duration == 0 {
+		o.TargetBatchTime.Duration = DefaultTargetBatchTime
+	}
+	if o.MaxReplicaLag.Duration == 0 {
+		o.MaxReplicaLag.Duration = DefaultMaxReplicaLag
+	}
+	if o.LockTimeout.Duration == 0 {
+		o.LockTimeout.Duration = DefaultLockTimeout
+	}
+	return o
+}
+
+// SpecError is bad input in a spec: it names the file, the line, the field,
+// what is wrong and what to do. The CLI maps it to exit code 2.
+type SpecError struct {
+	File  string
+	Line  int // 0 when unknown
+	Field string
+	Msg   string
+	Fix   string
+}
+
+func (e *SpecError) Error() string {
+	loc := e.File
+	if loc == "" {
+		loc = "spec"
+	}
+	if e.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", loc, e.Line)
+	}
+	s := loc + ": "
+	if e.Field != "" {
+		s += e.Field + ": "
+	}
+	s += e.Msg
+	if e.Fix != "" {
+		s += " (" + e.Fix + ")"
+	}
+	return s
+}
+
+// Errorf builds a SpecError for field, taking the line from s.Lines.
+func (s *Spec) Errorf(field, fix, format string, args ...any) *SpecError {
+	return &SpecError{File: s.File, Line: s.Lines[field], Field: field, Msg: fmt.Sprintf(format, args...), Fix: fix}
+}
+
+// ExitCode makes every spec error exit 2 (bad input).
+func (e *SpecError) ExitCode() exitcode.Code { return exitcode.BadInput }

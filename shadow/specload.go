@@ -1,0 +1,1227 @@
+package shadow
+
+// Strict spec loading: YAML (gopkg.in/yaml.v3, walked as yaml.Node so every
+// field keeps its line) and JSON (encoding/json tokens turned into the same
+// node tree, with lines taken from byte offsets). One walker decodes both,
+// so both formats share the same rules and error texts.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"gopkg.in/yaml.v3"
+)
+
+// LoadSpecFile reads a spec from path. The extension picks the format:
+// .yaml and .yml are YAML, .json is JSON; any other extension is sniffed
+// (a '{' as the first non-space character means JSON, otherwise YAML).
+func LoadSpecFile(path string) (*Spec, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		msg := err.Error()
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			msg = pe.Err.Error()
+		}
+		return nil, newSpecError(path, 0, "", "cannot read the spec file: "+msg, "check the path of the spec file")
+	}
+	format := ""
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".yaml", ".yml":
+		format = "yaml"
+	case ".json":
+		format = "json"
+	}
+	return ParseSpec(data, path, format)
+}
+
+// ParseSpec decodes a spec from data and validates it (see Validate). file
+// is used in error messages and kept in Spec.File; format is "yaml", "json"
+// or "" to sniff. Every error it returns is a *SpecError. It never panics.
+func ParseSpec(data []byte, file, format string) (*Spec, error) {
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")) // a UTF-8 byte order mark
+	if !utf8.Valid(data) {
+		off := 0
+		for off < len(data) {
+			r, size := utf8.DecodeRune(data[off:])
+			if r == utf8.RuneError && size <= 1 {
+				break
+			}
+			off += size
+		}
+		return nil, newSpecError(file, 1+bytes.Count(data[:off], []byte("\n")), "",
+			"the spec is not valid UTF-8 text", "save the file as UTF-8")
+	}
+	switch strings.ToLower(format) {
+	case "yaml", "yml":
+		format = "yaml"
+	case "json":
+		format = "json"
+	case "":
+		format = "yaml"
+		if t := bytes.TrimLeft(data, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+			format = "json"
+		}
+	default:
+		return nil, newSpecError(file, 0, "", fmt.Sprintf("unknown spec format %q", format), `use "yaml" or "json"`)
+	}
+
+	var root *yaml.Node
+	var err *SpecError
+	if format == "json" {
+		root, err = parseJSONNode(data, file)
+	} else {
+		root, err = parseYAMLNode(data, file)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	s := &Spec{File: file, Lines: map[string]int{}}
+	d := &specDecoder{file: file, lines: s.Lines}
+	if err := d.spec(root, s); err != nil {
+		return nil, err
+	}
+	if s.Mode == "" {
+		s.Mode = ModeTrigger
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// ---------------------------------------------------------------------------
+// Parsing into a node tree.
+
+// parseYAMLNode parses exactly one YAML document and returns its root node.
+func parseYAMLNode(data []byte, file string) (root *yaml.Node, serr *SpecError) {
+	defer func() {
+		// yaml.v3 is not ours; whatever it does, ParseSpec must not panic.
+		if r := recover(); r != nil {
+			root, serr = nil, newSpecError(file, 0, "", fmt.Sprintf("cannot parse the YAML: %v", r), "check the YAML syntax")
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if err == io.EOF {
+			return nil, newSpecError(file, 0, "", "the spec is empty", "write at least name, table and target.ddl")
+		}
+		return nil, yamlError(file, data, err)
+	}
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case err == io.EOF:
+	case err != nil:
+		return nil, yamlError(file, data, err)
+	default:
+		line := extra.Line
+		if line == 0 && len(extra.Content) > 0 {
+			line = extra.Content[0].Line
+		}
+		return nil, newSpecError(file, line, "", "a second YAML document follows the spec", "keep one spec per file: remove the second '---' document")
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return nil, newSpecError(file, 0, "", "the spec is empty", "write at least name, table and target.ddl")
+	}
+	return doc.Content[0], nil
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func yamlError(file string, data []byte, err error) *SpecError {
+	msg := err.Error()
+	line := 0
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	fix := "check the YAML syntax on that line"
+	if line > 0 {
+		lines := bytes.Split(data, []byte("\n"))
+		// yaml.v3 sometimes reports the line after the culprit; look at both.
+		for _, l := range []int{line - 1, line - 2} {
+			if l >= 0 && l < len(lines) && bytes.IndexByte(lines[l], '\t') >= 0 {
+				fix = "YAML does not allow tabs for indentation: indent with spaces"
+				break
+			}
+		}
+	}
+	return newSpecError(file, line, "", "invalid YAML: "+msg, fix)
+}
+
+// maxJSONDepth bounds nesting; a spec needs three levels.
+const maxJSONDepth = 64
+
+type jsonParser struct {
+	data       []byte
+	dec        *json.Decoder
+	lineStarts []int
+	file       string
+}
+
+// parseJSONNode parses one JSON value into a yaml.Node tree (lines and
+// columns included), so JSON goes through the same walker as YAML.
+func parseJSONNode(data []byte, file string) (*yaml.Node, *SpecError) {
+	p := &jsonParser{data: data, file: file, lineStarts: []int{0}}
+	for i, c := range data {
+		if c == '\n' {
+			p.lineStarts = append(p.lineStarts, i+1)
+		}
+	}
+	p.dec = json.NewDecoder(bytes.NewReader(data))
+	p.dec.UseNumber()
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, newSpecError(file, 0, "", "the spec is empty", "write at least name, table and target.ddl")
+	}
+	root, err := p.value(0)
+	if err != nil {
+		return nil, err
+	}
+	line, _ := p.pos()
+	if _, e := p.dec.Token(); e != io.EOF {
+		if e != nil {
+			return nil, p.syntaxError(e)
+		}
+		return nil, newSpecError(file, line, "", "unexpected text after the JSON object", "a spec is one JSON object: remove what follows its closing '}'")
+	}
+	return root, nil
+}
+
+// lineCol turns a byte offset into a 1-based line and column.
+func (p *jsonParser) lineCol(off int) (int, int) {
+	i := sort.Search(len(p.lineStarts), func(i int) bool { return p.lineStarts[i] > off }) - 1
+	if i < 0 {
+		i = 0
+	}
+	return i + 1, off - p.lineStarts[i] + 1
+}
+
+// pos is where the next token starts.
+func (p *jsonParser) pos() (int, int) {
+	off := int(p.dec.InputOffset())
+	for off < len(p.data) {
+		switch p.data[off] {
+		case ' ', '\t', '\r', '\n', ',', ':':
+			off++
+			continue
+		}
+		break
+	}
+	return p.lineCol(off)
+}
+
+func (p *jsonParser) syntaxError(err error) *SpecError {
+	var se *json.SyntaxError
+	off := len(p.data)
+	if errors.As(err, &se) {
+		off = int(se.Offset)
+		if off > 0 {
+			off-- // Offset is just after the offending byte
+		}
+	}
+	if off > len(p.data) {
+		off = len(p.data)
+	}
+	msg := err.Error()
+	if err == io.ErrUnexpectedEOF || err == io.EOF {
+		msg = "unexpected end of input"
+	}
+	line, _ := p.lineCol(off)
+	return newSpecError(p.file, line, "", "invalid JSON: "+msg, "check the JSON syntax on that line")
+}
+
+func (p *jsonParser) value(depth int) (*yaml.Node, *SpecError) {
+	line, col := p.pos()
+	if depth > maxJSONDepth {
+		return nil, newSpecError(p.file, line, "", "the JSON is nested too deeply", "a spec has at most three levels of objects")
+	}
+	tok, err := p.dec.Token()
+	if err != nil {
+		return nil, p.syntaxError(err)
+	}
+	n := &yaml.Node{Line: line, Column: col}
+	switch t := tok.(type) {
+	case json.Delim:
+		switch t {
+		case '{':
+			n.Kind, n.Tag = yaml.MappingNode, "!!map"
+			for p.dec.More() {
+				kl, kc := p.pos()
+				kt, err := p.dec.Token()
+				if err != nil {
+					return nil, p.syntaxError(err)
+				}
+				key, ok := kt.(string)
+				if !ok {
+					return nil, newSpecError(p.file, kl, "", "invalid JSON: object key is not a string", "check the JSON syntax on that line")
+				}
+				v, serr := p.value(depth + 1)
+				if serr != nil {
+					return nil, serr
+				}
+				k := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Style: yaml.DoubleQuotedStyle, Value: key, Line: kl, Column: kc}
+				n.Content = append(n.Content, k, v)
+			}
+		case '[':
+			n.Kind, n.Tag = yaml.SequenceNode, "!!seq"
+			for p.dec.More() {
+				v, serr := p.value(depth + 1)
+				if serr != nil {
+					return nil, serr
+				}
+				n.Content = append(n.Content, v)
+			}
+		default:
+			return nil, newSpecError(p.file, line, "", fmt.Sprintf("invalid JSON: unexpected %q", string(t)), "check the JSON syntax on that line")
+		}
+		if _, err := p.dec.Token(); err != nil { // the closing delimiter
+			return nil, p.syntaxError(err)
+		}
+	case string:
+		n.Kind, n.Tag, n.Style, n.Value = yaml.ScalarNode, "!!str", yaml.DoubleQuotedStyle, t
+	case json.Number:
+		n.Kind, n.Tag, n.Value = yaml.ScalarNode, "!!float", t.String()
+		if jsonIntRE.MatchString(n.Value) {
+			n.Tag = "!!int"
+		}
+	case bool:
+		n.Kind, n.Tag, n.Value = yaml.ScalarNode, "!!bool", strconv.FormatBool(t)
+	case nil:
+		n.Kind, n.Tag, n.Value = yaml.ScalarNode, "!!null", "null"
+	default:
+		return nil, newSpecError(p.file, line, "", fmt.Sprintf("invalid JSON: unexpected token %v", t), "check the JSON syntax on that line")
+	}
+	return n, nil
+}
+
+var jsonIntRE = regexp.MustCompile(`^-?[0-9]+$`)
+
+// ---------------------------------------------------------------------------
+// The walker: node tree → Spec, strictly.
+
+type specDecoder struct {
+	file  string
+	lines map[string]int
+}
+
+var (
+	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync"}
+	targetFields = []string{"ddl", "indexes"}
+	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout"}
+)
+
+func (d *specDecoder) errf(line int, field, fix, format string, args ...any) *SpecError {
+	return newSpecError(d.file, line, field, fmt.Sprintf(format, args...), fix)
+}
+
+func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
+	root = resolveAlias(root)
+	if root.Kind != yaml.MappingNode {
+		return d.errf(root.Line, "", "a spec is a mapping with name, table, target and so on",
+			"the spec must be a mapping of fields, not %s", describeNode(root))
+	}
+	return d.mapping(root, "", specFields, func(field, path string, line int, v *yaml.Node) *SpecError {
+		var err *SpecError
+		switch field {
+		case "name":
+			s.Name, err = d.str(v, path, line)
+		case "table":
+			s.Table, err = d.str(v, path, line)
+		case "mode":
+			var m string
+			m, err = d.str(v, path, line)
+			s.Mode = Mode(m)
+		case "key":
+			s.Key, err = d.strList(v, path, line, "a list of column names", "write key: [id] or key: [tenant_id, id]")
+		case "target":
+			err = d.target(v, path, line, &s.Target)
+		case "forward":
+			s.Forward, err = d.strMap(v, path, line)
+		case "reverse":
+			s.Reverse, err = d.strMap(v, path, line)
+		case "sync":
+			err = d.sync(v, path, line, &s.Sync)
+		}
+		return err
+	})
+}
+
+func (d *specDecoder) target(n *yaml.Node, path string, line int, t *Target) *SpecError {
+	return d.object(n, path, line, targetFields, func(field, fpath string, fline int, v *yaml.Node) *SpecError {
+		var err *SpecError
+		switch field {
+		case "ddl":
+			t.DDL, err = d.str(v, fpath, fline)
+		case "indexes":
+			t.Indexes, err = d.strList(v, fpath, fline, "a list of CREATE INDEX statements", "write one '- CREATE INDEX ...' item per index")
+		}
+		return err
+	})
+}
+
+func (d *specDecoder) sync(n *yaml.Node, path string, line int, o *SyncOptions) *SpecError {
+	return d.object(n, path, line, syncFields, func(field, fpath string, fline int, v *yaml.Node) *SpecError {
+		var err *SpecError
+		switch field {
+		case "batch_size":
+			o.BatchSize, err = d.int(v, fpath, fline)
+		case "min_batch_size":
+			o.MinBatchSize, err = d.int(v, fpath, fline)
+		case "max_batch_size":
+			o.MaxBatchSize, err = d.int(v, fpath, fline)
+		case "target_batch_time":
+			o.TargetBatchTime, err = d.duration(v, fpath, fline)
+		case "max_replica_lag":
+			o.MaxReplicaLag, err = d.duration(v, fpath, fline)
+		case "lock_timeout":
+			o.LockTimeout, err = d.duration(v, fpath, fline)
+		}
+		return err
+	})
+}
+
+// object decodes a nested mapping; null (an empty value) leaves it zero.
+func (d *specDecoder) object(n *yaml.Node, path string, line int, fields []string, fn fieldFunc) *SpecError {
+	n = resolveAlias(n)
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return d.errf(line, path, "write the fields of "+path+" indented below it: "+strings.Join(fields, ", "),
+			"must be a mapping, not %s", describeNode(n))
+	}
+	return d.mapping(n, path, fields, fn)
+}
+
+type fieldFunc func(field, path string, line int, v *yaml.Node) *SpecError
+
+// mapping walks the pairs of n: every key must be one of fields and appear
+// once; its line is recorded under its path.
+func (d *specDecoder) mapping(n *yaml.Node, prefix string, fields []string, fn fieldFunc) *SpecError {
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolveAlias(n.Content[i]), n.Content[i+1]
+		name, kerr := d.key(k, prefix)
+		if kerr != nil {
+			return kerr
+		}
+		path := join(prefix, name)
+		if !slices.Contains(fields, name) {
+			fix := "valid fields: " + strings.Join(fields, ", ")
+			if name == "<<" {
+				fix = "YAML merge keys are not supported: write the fields out; " + fix
+			}
+			return d.errf(k.Line, path, fix, "unknown field")
+		}
+		if first, dup := seen[name]; dup {
+			return d.errf(k.Line, path, "remove one of them", "duplicate field (first given on line %d)", first)
+		}
+		seen[name] = k.Line
+		d.lines[path] = k.Line
+		if err := fn(name, path, k.Line, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// key returns the text of a mapping key, which must be a plain scalar.
+func (d *specDecoder) key(k *yaml.Node, prefix string) (string, *SpecError) {
+	if k.Kind != yaml.ScalarNode {
+		return "", d.errf(k.Line, prefix, "write plain names as keys", "a key must be a name, not %s", describeNode(k))
+	}
+	switch k.ShortTag() {
+	case "!!null":
+		return "", d.errf(k.Line, prefix, "write a name before the ':'", "a key is missing")
+	case "!!str", "!!int", "!!float", "!!bool", "!!timestamp", "!!merge":
+		return k.Value, nil
+	}
+	return "", d.errf(k.Line, prefix, "remove the tag", "YAML tag %s is not supported on a key", oneLineQuote(k.Tag))
+}
+
+// str decodes a string scalar; null gives "". Plain numbers and booleans
+// are taken as written (an expression "0" or "true" is fine).
+func (d *specDecoder) str(n *yaml.Node, path string, line int) (string, *SpecError) {
+	n = resolveAlias(n)
+	if n.Kind != yaml.ScalarNode {
+		return "", d.errf(line, path, "write a single value; quote it if it contains ': ' or starts with '['",
+			"must be a string, not %s", describeNode(n))
+	}
+	switch n.ShortTag() {
+	case "!!null":
+		return "", nil
+	case "!!str", "!!int", "!!float", "!!bool", "!!timestamp":
+		return n.Value, nil
+	}
+	return "", d.errf(line, path, "remove the tag and write plain text", "must be a string, not %s", describeNode(n))
+}
+
+func (d *specDecoder) strList(n *yaml.Node, path string, line int, what, fix string) ([]string, *SpecError) {
+	n = resolveAlias(n)
+	if isNull(n) {
+		return nil, nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		return nil, d.errf(line, path, fix, "must be %s, not %s", what, describeNode(n))
+	}
+	var out []string
+	for i, item := range n.Content {
+		ipath := fmt.Sprintf("%s[%d]", path, i)
+		iline := item.Line
+		if iline == 0 {
+			iline = line
+		}
+		d.lines[ipath] = iline
+		s, err := d.str(item, ipath, iline)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// strMap decodes forward/reverse: column name → SQL expression.
+func (d *specDecoder) strMap(n *yaml.Node, path string, line int) (map[string]string, *SpecError) {
+	n = resolveAlias(n)
+	if isNull(n) {
+		return nil, nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil, d.errf(line, path, "write one 'column: expression' line per column, indented below "+path,
+			"must be a mapping of column to SQL expression, not %s", describeNode(n))
+	}
+	var out map[string]string
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolveAlias(n.Content[i]), n.Content[i+1]
+		col, err := d.key(k, path)
+		if err != nil {
+			return nil, err
+		}
+		if col == "<<" && k.ShortTag() == "!!merge" {
+			return nil, d.errf(k.Line, path, "write the columns out", "YAML merge keys are not supported")
+		}
+		cpath := join(path, col)
+		if first, dup := seen[col]; dup {
+			return nil, d.errf(k.Line, cpath, "give each column one expression", "duplicate column (first given on line %d)", first)
+		}
+		seen[col] = k.Line
+		d.lines[cpath] = k.Line
+		expr, err := d.str(v, cpath, k.Line)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[col] = expr
+	}
+	return out, nil
+}
+
+func (d *specDecoder) int(n *yaml.Node, path string, line int) (int, *SpecError) {
+	n = resolveAlias(n)
+	if isNull(n) {
+		return 0, nil
+	}
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
+		return 0, d.errf(line, path, "write a plain whole number without quotes, e.g. 1000",
+			"must be a whole number, not %s", describeNode(n))
+	}
+	var v int64
+	if err := n.Decode(&v); err != nil || int64(int(v)) != v {
+		return 0, d.errf(line, path, "write a smaller number", "number %s is out of range", oneLineQuote(n.Value))
+	}
+	return int(v), nil
+}
+
+func (d *specDecoder) duration(n *yaml.Node, path string, line int) (Duration, *SpecError) {
+	n = resolveAlias(n)
+	if isNull(n) {
+		return Duration{}, nil
+	}
+	v, msg, fix := durationFromNode(n)
+	if msg != "" {
+		return Duration{}, d.errf(line, path, fix, "%s", msg)
+	}
+	return Duration{v}, nil
+}
+
+func join(prefix, name string) string {
+	if prefix == "" {
+		return name
+	}
+	return prefix + "." + name
+}
+
+func resolveAlias(n *yaml.Node) *yaml.Node {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode && n.Alias != nil && i < 16; i++ {
+		n = n.Alias
+	}
+	if n == nil || n.Kind == yaml.AliasNode {
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null"}
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+// describeNode names what a node is, for "must be X, not Y" messages.
+func describeNode(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		switch n.ShortTag() {
+		case "!!str":
+			return "the string " + oneLineQuote(n.Value)
+		case "!!int", "!!float":
+			return "the number " + oneLineQuote(n.Value)
+		case "!!bool":
+			return "the boolean " + n.Value
+		case "!!null":
+			return "an empty value"
+		case "!!timestamp":
+			return "the date " + oneLineQuote(n.Value)
+		}
+		return "a value tagged " + oneLineQuote(n.Tag)
+	}
+	return "an unsupported YAML node"
+}
+
+// ---------------------------------------------------------------------------
+// Duration: "200ms", "2s", "5m". Only strings; a bare number is an error
+// because its unit would be a guess.
+
+func durationFromNode(n *yaml.Node) (time.Duration, string, string) {
+	const fix = `write a number with a unit, e.g. "200ms", "2s" or "5m"`
+	if n.Kind != yaml.ScalarNode {
+		return 0, "must be a duration string, not " + describeNode(n), fix
+	}
+	switch n.ShortTag() {
+	case "!!str":
+		return parseDurationText(n.Value)
+	case "!!int", "!!float":
+		return 0, "a duration needs a unit, got the bare number " + oneLineQuote(n.Value),
+			fmt.Sprintf(`write "%sms" for milliseconds or "%ss" for seconds`, n.Value, n.Value)
+	}
+	return 0, "must be a duration string, not " + describeNode(n), fix
+}
+
+func parseDurationText(s string) (time.Duration, string, string) {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, "invalid duration " + oneLineQuote(s), `write a number with a unit, e.g. "200ms", "2s" or "5m"`
+	}
+	return v, "", ""
+}
+
+// UnmarshalYAML accepts a duration string such as "200ms" or "2s".
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	n = resolveAlias(n)
+	if isNull(n) {
+		return nil
+	}
+	v, msg, fix := durationFromNode(n)
+	if msg != "" {
+		return fmt.Errorf("line %d: %s (%s)", n.Line, msg, fix)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalYAML writes the duration as a string such as "2s".
+func (d Duration) MarshalYAML() (any, error) { return d.Duration.String(), nil }
+
+// UnmarshalJSON accepts a duration string such as "200ms" or "2s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if string(b) == "null" {
+		return nil
+	}
+	if len(b) == 0 || b[0] != '"' {
+		return fmt.Errorf(`a duration needs a unit, got %s: write e.g. "200ms" or "2s"`, oneLineQuote(string(b)))
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, msg, fix := parseDurationText(s)
+	if msg != "" {
+		return fmt.Errorf("%s: %s", msg, fix)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes the duration as a string such as "2s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.Duration.String()) }
+
+// ---------------------------------------------------------------------------
+// Validation that needs no database.
+
+var specNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
+
+// MaxSpecNameLen bounds Spec.Name: it is embedded in schema, trigger and
+// slot names, which PostgreSQL truncates at 63 bytes.
+const MaxSpecNameLen = 40
+
+// Validate runs the checks that need no database. It returns the first
+// problem as a *SpecError naming file, line and field.
+func (s *Spec) Validate() error {
+	if s.Name == "" {
+		return s.specErr("name", "add e.g. name: orders_v2", "required")
+	}
+	if !specNameRE.MatchString(s.Name) || len(s.Name) > MaxSpecNameLen {
+		return s.specErr("name", fmt.Sprintf("use lowercase letters, digits and _, starting with a letter or _, at most %d characters: it becomes part of schema and slot names", MaxSpecNameLen),
+			"invalid migration name %s", oneLineQuote(s.Name))
+	}
+
+	if strings.TrimSpace(s.Table) == "" {
+		return s.specErr("table", "add the table to migrate, e.g. table: public.orders", "required")
+	}
+	if _, msg := parseQualifiedName(s.Table); msg != "" {
+		return s.specErr("table", `write table or schema.table; quote parts with "" to keep case or special characters`,
+			"invalid table name %s: %s", oneLineQuote(s.Table), msg)
+	}
+
+	switch s.Mode {
+	case "", ModeTrigger, ModeLogical:
+	default:
+		return s.specErr("mode", "write mode: trigger or mode: logical (or leave it out for trigger)", "unknown mode %s", oneLineQuote(string(s.Mode)))
+	}
+
+	seenKey := map[string]int{}
+	for i, k := range s.Key {
+		f := fmt.Sprintf("key[%d]", i)
+		if strings.TrimSpace(k) == "" {
+			return s.specErr(f, "write a column name, or leave key out to use the primary key", "empty column name")
+		}
+		if j, dup := seenKey[k]; dup {
+			return s.specErr(f, "list each key column once", "column %s is already key[%d]", oneLineQuote(k), j)
+		}
+		seenKey[k] = i
+	}
+
+	if strings.TrimSpace(s.Target.DDL) == "" {
+		return s.specErr("target.ddl", "write the green table as one CREATE TABLE statement under target.ddl: |", "required")
+	}
+	if msg, fix := checkCreateTable(s.Target.DDL); msg != "" {
+		return s.specErr("target.ddl", fix, "%s", msg)
+	}
+	for i, ix := range s.Target.Indexes {
+		if msg, fix := checkCreateIndex(ix); msg != "" {
+			return s.specErr(fmt.Sprintf("target.indexes[%d]", i), fix, "%s", msg)
+		}
+	}
+
+	for _, side := range []struct {
+		name string
+		m    map[string]string
+	}{{"forward", s.Forward}, {"reverse", s.Reverse}} {
+		cols := make([]string, 0, len(side.m))
+		for c := range side.m {
+			cols = append(cols, c)
+		}
+		// Report the first problem in file order.
+		sort.Slice(cols, func(i, j int) bool {
+			li, lj := s.Lines[side.name+"."+cols[i]], s.Lines[side.name+"."+cols[j]]
+			if li != lj {
+				return li < lj
+			}
+			return cols[i] < cols[j]
+		})
+		for _, c := range cols {
+			f := side.name + "." + c
+			if strings.TrimSpace(c) == "" {
+				return s.specErr(f, "write the column name before the ':'", "empty column name")
+			}
+			if msg, fix := checkExpression(side.m[c]); msg != "" {
+				return s.specErr(f, fix, "%s", msg)
+			}
+		}
+	}
+
+	o := s.Sync
+	for _, b := range []struct {
+		f string
+		v int
+	}{{"sync.batch_size", o.BatchSize}, {"sync.min_batch_size", o.MinBatchSize}, {"sync.max_batch_size", o.MaxBatchSize}} {
+		if b.v < 0 {
+			return s.specErr(b.f, "write a positive number, or leave it out for the default", "must not be negative, got %d", b.v)
+		}
+	}
+	if o.MinBatchSize > 0 && o.MaxBatchSize > 0 && o.MinBatchSize > o.MaxBatchSize {
+		return s.specErr("sync.min_batch_size", "make min_batch_size at most max_batch_size",
+			"min_batch_size %d is larger than max_batch_size %d", o.MinBatchSize, o.MaxBatchSize)
+	}
+	for _, dd := range []struct {
+		f string
+		v time.Duration
+	}{{"sync.target_batch_time", o.TargetBatchTime.Duration}, {"sync.max_replica_lag", o.MaxReplicaLag.Duration}, {"sync.lock_timeout", o.LockTimeout.Duration}} {
+		if dd.v < 0 {
+			return s.specErr(dd.f, "write a positive duration such as \"2s\", or leave it out for the default", "must not be negative, got %s", dd.v)
+		}
+	}
+	return nil
+}
+
+// Line returns the line of field in File: its own line, else the line of
+// the nearest enclosing field that has one, else the first field's line
+// (1 for a spec without fields); 0 when the spec has no line information.
+func (s *Spec) Line(field string) int {
+	for p := field; p != ""; {
+		if l := s.Lines[p]; l > 0 {
+			return l
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	if s.Lines == nil {
+		return 0
+	}
+	first := 0
+	for _, l := range s.Lines {
+		if l > 0 && (first == 0 || l < first) {
+			first = l
+		}
+	}
+	if first == 0 {
+		first = 1 // read from a file, but not a single field in it
+	}
+	return first
+}
+
+func (s *Spec) specErr(field, fix, format string, args ...any) *SpecError {
+	return newSpecError(s.File, s.Line(field), field, fmt.Sprintf(format, args...), fix)
+}
+
+// AppTable is Table split into schema and name, following SQL identifier
+// rules: unquoted parts are lowercased, "quoted" parts keep their case and
+// "" stands for a quote. Without a schema it is public.
+func (s *Spec) AppTable() QualifiedName {
+	q, msg := parseQualifiedName(s.Table)
+	if msg != "" {
+		return QualifiedName{Schema: "public", Name: strings.TrimSpace(s.Table)}
+	}
+	return q
+}
+
+// parseQualifiedName parses [schema.]name; msg says what is wrong.
+func parseQualifiedName(in string) (QualifiedName, string) {
+	var parts []string
+	s := in
+	for {
+		s = strings.TrimLeft(s, " \t\r\n")
+		if s == "" {
+			return QualifiedName{}, "a name is missing"
+		}
+		var part string
+		if s[0] == '"' {
+			var b strings.Builder
+			i := 1
+			closed := false
+			for i < len(s) {
+				if s[i] == '"' {
+					if i+1 < len(s) && s[i+1] == '"' {
+						b.WriteByte('"')
+						i += 2
+						continue
+					}
+					closed = true
+					i++
+					break
+				}
+				b.WriteByte(s[i])
+				i++
+			}
+			if !closed {
+				return QualifiedName{}, "unterminated quoted identifier"
+			}
+			part = b.String()
+			if part == "" {
+				return QualifiedName{}, `empty quoted identifier ""`
+			}
+			if strings.IndexByte(part, 0) >= 0 {
+				return QualifiedName{}, "identifier contains a NUL character"
+			}
+			s = s[i:]
+		} else {
+			i := 0
+			for i < len(s) && isIdentByte(s[i], i == 0) {
+				i++
+			}
+			if i == 0 {
+				r, _ := utf8.DecodeRuneInString(s)
+				return QualifiedName{}, fmt.Sprintf("unexpected character %s", oneLineQuote(string(r)))
+			}
+			part = asciiLower(s[:i])
+			s = s[i:]
+		}
+		if len(part) > 63 {
+			return QualifiedName{}, fmt.Sprintf("identifier %s is longer than 63 bytes", oneLineQuote(part))
+		}
+		parts = append(parts, part)
+		s = strings.TrimLeft(s, " \t\r\n")
+		if s == "" {
+			break
+		}
+		if s[0] != '.' {
+			r, _ := utf8.DecodeRuneInString(s)
+			return QualifiedName{}, fmt.Sprintf("unexpected character %s", oneLineQuote(string(r)))
+		}
+		s = s[1:]
+	}
+	switch len(parts) {
+	case 1:
+		return QualifiedName{Schema: "public", Name: parts[0]}, ""
+	case 2:
+		return QualifiedName{Schema: parts[0], Name: parts[1]}, ""
+	}
+	return QualifiedName{}, "too many dots: write schema.table"
+}
+
+func isIdentByte(c byte, first bool) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_', c >= 0x80:
+		return true
+	case c >= '0' && c <= '9', c == '$':
+		return !first
+	}
+	return false
+}
+
+// asciiLower lowercases like PostgreSQL does for unquoted identifiers
+// (ASCII letters only, in UTF-8 databases).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	return string(b)
+}
+
+// ---------------------------------------------------------------------------
+// A small SQL lexer: enough to find keywords, semicolons and parentheses
+// outside string literals, quoted identifiers, dollar quotes and comments.
+
+type sqlToken struct {
+	kind byte // 'w' word, 'q' quoted identifier, 's' string, 'n' number, 'p' punctuation
+	text string
+}
+
+type sqlLexer struct {
+	s           string
+	i           int
+	err         string // set when a literal or comment is unterminated
+	lineComment bool   // a -- comment was seen
+}
+
+// next returns the next token; ok is false at the end or on error.
+func (l *sqlLexer) next() (sqlToken, bool) {
+	s := l.s
+	for l.i < len(s) {
+		c := s[l.i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			l.i++
+		case c == '-' && l.i+1 < len(s) && s[l.i+1] == '-':
+			l.lineComment = true
+			if j := strings.IndexByte(s[l.i:], '\n'); j >= 0 {
+				l.i += j + 1
+			} else {
+				l.i = len(s)
+			}
+		case c == '/' && l.i+1 < len(s) && s[l.i+1] == '*':
+			depth := 0
+			for l.i < len(s) {
+				if strings.HasPrefix(s[l.i:], "/*") {
+					depth++
+					l.i += 2
+				} else if strings.HasPrefix(s[l.i:], "*/") {
+					depth--
+					l.i += 2
+					if depth == 0 {
+						break
+					}
+				} else {
+					l.i++
+				}
+			}
+			if depth != 0 {
+				l.err = "unterminated /* comment"
+				return sqlToken{}, false
+			}
+		case c == '\'':
+			return l.quoted('\'', false, "unterminated string literal")
+		case c == '"':
+			return l.quoted('"', false, "unterminated quoted identifier")
+		case c == '$':
+			start := l.i
+			j := l.i + 1
+			for j < len(s) && isIdentByte(s[j], j == l.i+1) && s[j] != '$' {
+				j++
+			}
+			if j < len(s) && s[j] == '$' && (j == l.i+1 || !(s[l.i+1] >= '0' && s[l.i+1] <= '9')) {
+				tag := s[l.i : j+1]
+				end := strings.Index(s[j+1:], tag)
+				if end < 0 {
+					l.err = "unterminated dollar-quoted string " + tag
+					return sqlToken{}, false
+				}
+				l.i = j + 1 + end + len(tag)
+				return sqlToken{'s', s[start:l.i]}, true
+			}
+			// $1 and the like
+			l.i++
+			for l.i < len(s) && s[l.i] >= '0' && s[l.i] <= '9' {
+				l.i++
+			}
+			return sqlToken{'p', s[start:l.i]}, true
+		case isIdentByte(c, true):
+			start := l.i
+			for l.i < len(s) && isIdentByte(s[l.i], false) {
+				l.i++
+			}
+			w := s[start:l.i]
+			if l.i < len(s) && s[l.i] == '\'' && (w == "e" || w == "E") {
+				return l.quoted('\'', true, "unterminated string literal")
+			}
+			if l.i+1 < len(s) && s[l.i] == '&' && (w == "u" || w == "U") && (s[l.i+1] == '\'' || s[l.i+1] == '"') {
+				l.i++
+				return l.quoted(s[l.i], false, "unterminated string literal")
+			}
+			return sqlToken{'w', w}, true
+		case c >= '0' && c <= '9':
+			start := l.i
+			for l.i < len(s) && (isIdentByte(s[l.i], false) || s[l.i] == '.') {
+				l.i++
+			}
+			return sqlToken{'n', s[start:l.i]}, true
+		default:
+			l.i++
+			return sqlToken{'p', string(c)}, true
+		}
+	}
+	return sqlToken{}, false
+}
+
+// quoted scans a literal that starts at l.i with q; a doubled q stands for
+// itself, and with backslash escapes \x does too.
+func (l *sqlLexer) quoted(q byte, backslash bool, unterminated string) (sqlToken, bool) {
+	s := l.s
+	start := l.i
+	i := l.i + 1
+	for i < len(s) {
+		switch {
+		case backslash && s[i] == '\\':
+			i += 2
+			continue
+		case s[i] == q:
+			if i+1 < len(s) && s[i+1] == q {
+				i += 2
+				continue
+			}
+			l.i = i + 1
+			kind := byte('s')
+			if q == '"' {
+				kind = 'q'
+			}
+			return sqlToken{kind, s[start:l.i]}, true
+		}
+		i++
+	}
+	l.err = unterminated
+	l.i = len(s)
+	return sqlToken{}, false
+}
+
+func isWord(t sqlToken, w string) bool { return t.kind == 'w' && strings.EqualFold(t.text, w) }
+
+// checkStatementStart reads the leading keywords of a statement. It returns
+// the words read (up to n) and, when the text ends early, fewer.
+func statementWords(l *sqlLexer, n int) []sqlToken {
+	var toks []sqlToken
+	for len(toks) < n {
+		t, ok := l.next()
+		if !ok {
+			break
+		}
+		toks = append(toks, t)
+	}
+	return toks
+}
+
+// checkSingleStatement continues l to the end: a ';' may only be followed
+// by whitespace and comments.
+func checkSingleStatement(l *sqlLexer, what string) (string, string) {
+	for {
+		t, ok := l.next()
+		if !ok {
+			break
+		}
+		if t.kind == 'p' && t.text == ";" {
+			if t2, ok := l.next(); ok {
+				return fmt.Sprintf("more than one statement: %s follows the ';'", oneLineQuote(clip(t2.text, 30))),
+					what
+			}
+			break
+		}
+	}
+	if l.err != "" {
+		return l.err, "close it: the statement must be complete"
+	}
+	return "", ""
+}
+
+func describeStart(toks []sqlToken) string {
+	if len(toks) == 0 {
+		return "nothing"
+	}
+	var words []string
+	for _, t := range toks {
+		words = append(words, t.text)
+	}
+	return oneLineQuote(clip(strings.Join(words, " "), 40))
+}
+
+// checkCreateTable: a single CREATE TABLE statement.
+func checkCreateTable(ddl string) (string, string) {
+	l := &sqlLexer{s: ddl}
+	toks := statementWords(l, 2)
+	if len(toks) < 2 || !isWord(toks[0], "create") || !isWord(toks[1], "table") {
+		if l.err != "" {
+			return l.err, "close it: the statement must be complete"
+		}
+		return "must be a CREATE TABLE statement, found " + describeStart(toks),
+			"write the green table as the DBA would: CREATE TABLE name (columns ...)"
+	}
+	return checkSingleStatement(l, "target.ddl is one CREATE TABLE statement: put indexes under target.indexes and remove anything else")
+}
+
+// checkCreateIndex: CREATE [UNIQUE] INDEX, without CONCURRENTLY.
+func checkCreateIndex(ix string) (string, string) {
+	const fix = "write CREATE INDEX name ON table (columns), one statement per item"
+	if strings.TrimSpace(ix) == "" {
+		return "empty index statement", fix
+	}
+	l := &sqlLexer{s: ix}
+	toks := statementWords(l, 2)
+	if len(toks) > 0 && isWord(toks[0], "create") && len(toks) > 1 && isWord(toks[1], "unique") {
+		toks = append(toks, statementWords(l, 1)...)
+		toks = append(toks[:1], toks[2:]...)
+	}
+	if len(toks) < 2 || !isWord(toks[0], "create") || !isWord(toks[1], "index") {
+		if l.err != "" {
+			return l.err, "close it: the statement must be complete"
+		}
+		return "must be a CREATE INDEX or CREATE UNIQUE INDEX statement, found " + describeStart(toks), fix
+	}
+	save := *l
+	if t, ok := l.next(); ok && isWord(t, "concurrently") {
+		return "must not say CONCURRENTLY",
+			"remove CONCURRENTLY: greenswap builds every index CONCURRENTLY itself, after the backfill"
+	}
+	*l = save
+	return checkSingleStatement(l, "write one CREATE INDEX statement per item of target.indexes")
+}
+
+// checkExpression: one SQL expression, as embedded into generated SQL.
+func checkExpression(expr string) (string, string) {
+	l := &sqlLexer{s: expr}
+	depth, n := 0, 0
+	for {
+		t, ok := l.next()
+		if !ok {
+			break
+		}
+		n++
+		if t.kind != 'p' {
+			continue
+		}
+		switch t.text {
+		case ";":
+			return "a mapping is one SQL expression, not a statement: it contains ';'", "remove the ';'"
+		case "(":
+			depth++
+		case ")":
+			depth--
+			if depth < 0 {
+				return "unbalanced parentheses: a ')' has no '('", "fix the parentheses"
+			}
+		}
+	}
+	switch {
+	case l.err != "":
+		return l.err, "close it: the expression must be complete"
+	case n == 0:
+		return "empty expression", "write an SQL expression, e.g. lower(email); to map to NULL write 'NULL' in quotes"
+	case depth > 0:
+		return "unbalanced parentheses: a '(' is not closed", "fix the parentheses"
+	case l.lineComment:
+		return "an SQL -- comment would swallow the generated SQL that follows", "remove the -- comment (use a # YAML comment or /* */)"
+	}
+	return "", ""
+}
+
+// ---------------------------------------------------------------------------
+// Error helpers: every error is one line.
+
+func newSpecError(file string, line int, field, msg, fix string) *SpecError {
+	return &SpecError{File: file, Line: line, Field: showField(field), Msg: oneLine(msg), Fix: oneLine(fix)}
+}
+
+var lineBreaks = strings.NewReplacer("\r\n", `\n`, "\n", `\n`, "\r", `\r`, "\u2028", `\u2028`, "\u2029", `\u2029`, "\x85", `\x85`)
+
+func oneLine(s string) string { return lineBreaks.Replace(s) }
+
+// showField quotes a field path that would not print cleanly (a column
+// name with a newline, say).
+func showField(f string) string {
+	for _, r := range f {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(f)
+		}
+	}
+	return f
+}
+
+func oneLineQuote(s string) string { return strconv.Quote(clip(s, 60)) }
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
