@@ -35,7 +35,7 @@ test-matrix:
 	@set -u; status=0; summary=""; \
 	for v in $$(echo "$(PG)" | tr ',' ' '); do \
 		echo "=== PostgreSQL $$v"; \
-		if ! bindir=$$(scripts/pg-fetch.sh "$$v"); then \
+		if ! bindir=$$(bash scripts/pg-fetch.sh "$$v"); then \
 			summary="$$summary\nPG $$v: FETCH FAILED"; status=1; continue; \
 		fi; \
 		release=$$("$$bindir/postgres" --version | sed 's/.*) //'); \

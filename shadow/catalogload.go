@@ -54,19 +54,18 @@ func LoadTable(ctx context.Context, q db.Querier, name QualifiedName) (*Table, e
 	var (
 		isPartition bool
 		hasACL      bool
-		nspOID      uint32
 	)
 	err := q.QueryRow(ctx, `
 SELECT c.oid, c.relkind::text, pg_get_userbyid(c.relowner)::text,
        coalesce(obj_description(c.oid, 'pg_class'), ''),
        c.relrowsecurity, c.relforcerowsecurity, c.relreplident::text,
-       c.relispartition, c.relacl IS NOT NULL, c.relnamespace
+       c.relispartition, c.relacl IS NOT NULL
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = $1 AND c.relname = $2`, name.Schema, name.Name).Scan(
 		&t.OID, &t.Kind, &t.Owner, &t.Comment,
 		&t.RLSEnabled, &t.RLSForced, &t.ReplicaIdentity,
-		&isPartition, &hasACL, &nspOID)
+		&isPartition, &hasACL)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("load %s: %w", name, ErrTableNotFound)
 	}
@@ -532,7 +531,8 @@ SELECT n.nspname::text, c.relname::text
 // sum over its partition tree (the partitioned table itself stores nothing).
 // RowEstimate uses pg_class.reltuples of the leaves; when a leaf was never
 // analyzed (reltuples < 0) and the heap is under 64 MB, it counts exactly
-// (when the caller may SELECT the table), else unknown leaves count as 0.
+// (when the caller may SELECT the table; the count sees what row-level
+// security lets the caller see), else unknown leaves count as 0.
 func loadSize(ctx context.Context, q db.Querier, t *Table) error {
 	var (
 		heapBytes int64

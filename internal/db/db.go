@@ -56,7 +56,7 @@ const (
 // Literal quotes s as a SQL string literal, for the few DDL positions that
 // cannot take a bound parameter (COMMENT ON, DEFAULT nextval('...')).
 // It assumes standard_conforming_strings (the default since 9.1) and uses
-// E'' syntax when s has a backslash so it is right either way.
+// E” syntax when s has a backslash so it is right either way.
 func Literal(s string) string {
 	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
 	if strings.Contains(s, `\`) {
