@@ -1,8 +1,311 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
 
-// verifyCommand is a placeholder until the verify command lands.
+	"github.com/urfave/cli/v2"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/runner"
+	"github.com/greenswap/greenswap/verify"
+)
+
+// verifyShown is how many differing keys the human output lists (--json
+// lists up to --max-keys).
+const verifyShown = 50
+
 func verifyCommand() *cli.Command {
-	return &cli.Command{Name: "verify", Usage: "(not yet implemented)", Action: func(*cli.Context) error { return errNotImplemented }}
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "prove green holds what blue holds: row checksums under one snapshot, differing keys listed",
+		ArgsUsage: "NAME",
+		Description: `verify reads blue through the forward mapping, cast to green's column types,
+and green as it is, chunk by chunk over the key, every chunk under one shared
+snapshot (so concurrent writes cannot cause false alarms), and compares each
+chunk's row count and hash. A chunk that differs is narrowed to its keys:
+missing in green, extra in green, or different (with the columns and both row
+images). Values compare by their type's equality (-0 = 0); --exact compares
+their text instead. Columns whose mapping cannot be recomputed (now(),
+random(), clock_timestamp(), gen_random_uuid() ...) are left out with a
+warning; green columns filled by defaults are left out with a note.
+
+--repair re-copies exactly the differing keys from blue through the mapping
+(and deletes green rows blue no longer has), then verifies those chunks again.
+
+It runs while syncing once the backfill is done, synced, or cut over, and
+records its result; cutover requires a passing verify since the last backfill.
+
+Example:
+   greenswap verify orders_v2
+   greenswap verify orders_v2 --workers 4 --json | jq '.differences'
+   greenswap verify orders_v2 --repair
+
+Exit codes: 0 identical (or repaired and rechecked); 1 differences found (listed);
+2 bad input (unknown migration, backfill not finished); 4 migration busy.`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON: counts, per-chunk timings, differing keys"},
+			&cli.IntFlag{Name: "workers", Value: verify.DefaultWorkers, Usage: "concurrent readers sharing the snapshot (`N` connections, plus one)"},
+			&cli.BoolFlag{Name: "repair", Usage: "re-copy the differing keys from blue, then verify their chunks again"},
+			&cli.IntFlag{Name: "chunk-rows", Value: verify.DefaultChunkRows, Usage: "about `N` rows per chunk"},
+			&cli.BoolFlag{Name: "exact", Usage: "compare values by their text output (also reports -0 vs 0, 1.0 vs 1.00); about twice the CPU"},
+			&cli.IntFlag{Name: "max-keys", Value: verify.DefaultMaxReported, Usage: "list at most `N` differing keys (all are counted and repaired)"},
+		},
+		Action: runVerify,
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return exitcode.Errorf(exitcode.BadInput, "%s (see `greenswap verify --help`)", err)
+		},
+	}
+}
+
+func runVerify(c *cli.Context) error {
+	asJSON := c.Bool("json")
+	fail := func(err error) error {
+		if asJSON {
+			writeVerifyJSONError(c.App.Writer, err)
+		}
+		return err
+	}
+	args, err := trailingFlags(c)
+	if err != nil {
+		return fail(err)
+	}
+	asJSON = c.Bool("json")
+	if len(args) != 1 {
+		return fail(exitcode.Errorf(exitcode.BadInput, "verify takes one migration name: greenswap verify NAME (see `greenswap status` for the names)"))
+	}
+	for _, f := range []string{"workers", "chunk-rows", "max-keys"} {
+		if c.Int(f) < 1 {
+			return fail(exitcode.Errorf(exitcode.BadInput, "--%s must be at least 1, got %d", f, c.Int(f)))
+		}
+	}
+	name := args[0]
+	env, err := connect(c)
+	if err != nil {
+		return fail(err)
+	}
+	defer env.Close()
+	opts := runner.VerifyOptions{
+		Workers:     c.Int("workers"),
+		ChunkRows:   c.Int("chunk-rows"),
+		Repair:      c.Bool("repair"),
+		Exact:       c.Bool("exact"),
+		MaxReported: c.Int("max-keys"),
+	}
+	errw := c.App.ErrWriter
+	var bar *verifyBar
+	if !asJSON && logx.IsTerminal(errw) {
+		bar = &verifyBar{w: errw}
+		opts.Progress = bar.draw
+	}
+	res, err := runner.Verify(c.Context, env, name, opts)
+	bar.clear()
+	if err != nil {
+		return fail(err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(verifyJSON{Migration: name, Result: res}); err != nil {
+			return err
+		}
+	} else {
+		writeVerify(c.App.Writer, name, res)
+	}
+	if !res.OK {
+		return exitcode.With(exitcode.Failed, errAlreadyReported)
+	}
+	return nil
+}
+
+// trailingFlags applies the command's flags written after the migration
+// name (greenswap verify NAME --repair: urfave/cli stops parsing flags at
+// the first argument) and returns the positional arguments.
+func trailingFlags(c *cli.Context) ([]string, error) {
+	args := c.Args().Slice()
+	var pos []string
+	for len(args) > 0 {
+		set := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
+		set.SetOutput(io.Discard)
+		for _, f := range c.Command.Flags {
+			if err := f.Apply(set); err != nil {
+				return nil, err
+			}
+		}
+		if err := set.Parse(args); err != nil {
+			return nil, exitcode.Errorf(exitcode.BadInput, "%s (see `greenswap %s --help`)", err, c.Command.Name)
+		}
+		var serr error
+		set.Visit(func(f *flag.Flag) {
+			if err := c.Set(f.Name, f.Value.String()); err != nil && serr == nil {
+				serr = exitcode.Errorf(exitcode.BadInput, "--%s: %s", f.Name, err)
+			}
+		})
+		if serr != nil {
+			return nil, serr
+		}
+		rest := set.Args()
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	return pos, nil
+}
+
+// verifyJSON is the --json document.
+type verifyJSON struct {
+	Migration string `json:"migration"`
+	*verify.Result
+}
+
+func writeVerifyJSONError(w io.Writer, err error) {
+	var doc struct {
+		Error    string `json:"error"`
+		ExitCode int    `json:"exit_code"`
+	}
+	doc.Error, doc.ExitCode = err.Error(), int(exitcode.Of(err))
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(doc)
+}
+
+// verifyBar is the one-line progress display on a terminal.
+type verifyBar struct {
+	w     io.Writer
+	drawn bool
+	last  time.Time
+}
+
+func (b *verifyBar) draw(p verify.Progress) {
+	if time.Since(b.last) < 100*time.Millisecond && p.Done != p.Total {
+		return
+	}
+	b.last = time.Now()
+	rate := ""
+	if s := p.Elapsed.Seconds(); s > 0 && p.Rows > 0 {
+		rate = fmt.Sprintf(", %s rows/s", humanCount(int64(float64(p.Rows)/s)))
+	}
+	unit := "chunks"
+	if p.Phase == "repair" {
+		unit = "batches"
+	}
+	fmt.Fprintf(b.w, "\r\033[Kverify %s: %d/%d %s, %s rows read%s, %s", p.Phase, p.Done, p.Total, unit,
+		humanCount(p.Rows), rate, p.Elapsed.Round(100*time.Millisecond))
+	b.drawn = true
+}
+
+func (b *verifyBar) clear() {
+	if b != nil && b.drawn {
+		fmt.Fprint(b.w, "\r\033[K")
+	}
+}
+
+// writeVerify prints the result for a human.
+func writeVerify(w io.Writer, name string, r *verify.Result) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	mapped := "forward-mapped"
+	if r.Direction == verify.Reverse {
+		mapped = "reverse-mapped"
+	}
+	p("greenswap verify: %s — %s %s (%s) vs %s %s", name, r.SourceSide, r.Source, mapped, r.TargetSide, r.Target)
+	rate := ""
+	if s := r.Duration.Seconds(); s > 0 {
+		rate = fmt.Sprintf(" (%s rows/s)", humanCount(int64(float64(r.SourceRows+r.TargetRows)/s)))
+	}
+	p("  rows compared   %s %s, %s %s", humanCount(r.SourceRows), r.SourceSide, humanCount(r.TargetRows), r.TargetSide)
+	p("  chunks          %d over key (%s), %d mismatched; %d workers, one snapshot at %s",
+		r.Chunks, strings.Join(r.KeyColumns, ", "), r.MismatchedChunks, r.Workers, r.SnapshotAt.Format("15:04:05.000"))
+	p("  duration        %s%s", r.Duration.Round(time.Millisecond), rate)
+	how := "each type's equality (-0 = 0; --exact compares text)"
+	if r.Exact {
+		how = "text output (exact)"
+	}
+	p("  compared        %s, by %s", strings.Join(r.Compared, ", "), how)
+	for _, e := range r.Excluded {
+		p("  not compared    %s (%s): %s", e.Column, e.Reason, e.Detail)
+	}
+	for _, warn := range r.Warnings {
+		if !strings.HasPrefix(warn, "column ") { // volatile columns are listed above
+			p("  note            %s", warn)
+		}
+	}
+	if r.Accepted > 0 {
+		p("  accepted        %d rows equal only through the reverse mapping (written on %s, synced back)", r.Accepted, r.TargetSide)
+	}
+	if r.DifferenceCount > 0 {
+		p("")
+		p("  %d difference(s):", r.DifferenceCount)
+		for i, d := range r.Differences {
+			if i == verifyShown {
+				p("  … and %d more (greenswap verify %s --json lists up to --max-keys)", r.DifferenceCount-verifyShown, name)
+				break
+			}
+			keys := make([]string, len(d.Key))
+			for j, k := range d.Key {
+				keys[j] = r.KeyColumns[j] + "=" + k
+			}
+			what := d.Kind + " in " + r.TargetSide
+			if d.Kind == "different" {
+				what = "different: " + strings.Join(d.Columns, ", ")
+			}
+			p("  %-24s %s", strings.Join(keys, " "), what)
+			if d.Source != "" {
+				p("      %-6s %s", r.SourceSide+":", d.Source)
+			}
+			if d.Target != "" {
+				p("      %-6s %s", r.TargetSide+":", d.Target)
+			}
+		}
+		if len(r.Differences) < r.DifferenceCount && len(r.Differences) < verifyShown {
+			p("  … and %d more not listed (raise --max-keys)", r.DifferenceCount-len(r.Differences))
+		}
+	}
+	if rep := r.Repair; rep != nil {
+		p("")
+		p("  repair          %d keys: %d rows copied from %s, %d extra rows deleted from %s",
+			rep.Keys, rep.Upserted, r.SourceSide, rep.Deleted, r.TargetSide)
+		p("  recheck         %d chunk(s) under a new snapshot: %d difference(s) left", rep.Recheck.Chunks, rep.Recheck.DifferenceCount)
+		for i, d := range rep.Recheck.Differences {
+			if i == verifyShown {
+				break
+			}
+			p("      still %s: %s", d.Kind, strings.Join(d.Key, ", "))
+		}
+	}
+	p("")
+	switch {
+	case r.OK && r.Repair != nil:
+		p("REPAIRED: %s and %s are now identical (%d difference(s) fixed)", r.SourceSide, r.TargetSide, r.DifferenceCount)
+	case r.OK:
+		p("IDENTICAL: %s matches %s in every compared column", r.TargetSide, r.SourceSide)
+	case r.Repair != nil:
+		p("DIFFERENT: %d difference(s) remain after repair (concurrent damage, or a write the mapping cannot express)", r.Repair.Recheck.DifferenceCount)
+	default:
+		p("DIFFERENT: %d difference(s); `greenswap verify %s --repair` re-copies them from %s", r.DifferenceCount, name, r.SourceSide)
+	}
+}
+
+// humanCount is 1234567 → "1,234,567".
+func humanCount(n int64) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
 }

@@ -1,0 +1,86 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/trigger"
+)
+
+// repairBatch is how many keys one repair transaction re-copies.
+const repairBatch = 500
+
+// repair re-copies every differing key of pass from the source, in batches,
+// each one short READ COMMITTED transaction with the sync flag set (so the
+// other side's trigger does not echo the write back):
+//
+//  1. delete the target rows of these keys that the source does not have
+//     (any more): extra rows;
+//  2. upsert the source rows of these keys through the mapping, the source
+//     rows locked FOR NO KEY UPDATE: missing and different rows. Statement 2
+//     takes a new snapshot, so a source row inserted concurrently with
+//     statement 1 (whose target row 1 may have deleted) is copied again.
+//
+// Then the affected chunks are verified again under a new snapshot.
+func (v *verifier) repair(ctx context.Context, pass *Pass) (*RepairResult, error) {
+	start := time.Now()
+	rep := &RepairResult{Keys: len(pass.keys)}
+	p := v.p
+	flagSQL, flagArgs := trigger.SyncFlagSQL(v.names)
+	batches := (len(pass.keys) + repairBatch - 1) / repairBatch
+	for b := 0; b < batches; b++ {
+		keys := pass.keys[b*repairBatch : min((b+1)*repairBatch, len(pass.keys))]
+		var up, del int64
+		err := shadow.RunWithLockRetry(ctx, v.pool, "verify-repair", shadow.DefaultLockOptions(),
+			func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
+				ev := v.opt.Log.Warn().Int("attempt", attempt).Dur("retry_in", wait)
+				for _, bl := range blockers {
+					ev = ev.Str("blocked_by", bl.String())
+				}
+				ev.Msg("repair waited too long for a row lock; retrying")
+			},
+			func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, flagSQL, flagArgs...); err != nil {
+					return err
+				}
+				if err := v.sessionSettings(ctx, tx); err != nil {
+					return err
+				}
+				sql, args := p.repairDeleteSQL(keys)
+				tag, err := tx.Exec(ctx, sql, args...)
+				if err != nil {
+					return fmt.Errorf("delete extra rows from %s: %w", p.dst.name, err)
+				}
+				del = tag.RowsAffected()
+				sql, args = p.repairUpsertSQL(keys)
+				if tag, err = tx.Exec(ctx, sql, args...); err != nil {
+					return fmt.Errorf("copy rows from %s to %s: %w", p.src.name, p.dst.name, err)
+				}
+				up = tag.RowsAffected()
+				return nil
+			})
+		if err != nil {
+			return nil, err
+		}
+		rep.Upserted += up
+		rep.Deleted += del
+		if v.opt.Progress != nil {
+			v.opt.Progress(Progress{Phase: "repair", Done: b + 1, Total: batches, Rows: int64(min((b+1)*repairBatch, len(pass.keys))), Elapsed: time.Since(start)})
+		}
+	}
+	v.opt.Log.Info().Int("keys", rep.Keys).Int64("upserted", rep.Upserted).Int64("deleted", rep.Deleted).Msg("repaired; verifying the affected chunks again")
+	only := map[int]bool{}
+	for _, idx := range pass.mismatched {
+		only[idx] = true
+	}
+	recheck, err := v.run(ctx, only, "recheck")
+	if err != nil {
+		return nil, fmt.Errorf("recheck: %w", err)
+	}
+	rep.Recheck = recheck
+	return rep, nil
+}

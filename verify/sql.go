@@ -1,0 +1,357 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// side is one of the two tables as the comparison queries see it.
+type side struct {
+	label string // "blue" or "green"
+	name  shadow.QualifiedName
+	rel   string // quoted relation
+	// keyRef is how a predicate names each key column: the quoted column,
+	// or a cast/collation wrapper when it cannot be compared with the
+	// source's key type directly (then indexed is false).
+	keyRef []string
+	// keyType is this table's own type of each key column.
+	keyType []string
+	// indexed: a valid btree index leads with the key columns in chunk
+	// order, so one chunk is an index range scan. Without one the side is
+	// read once, grouped by chunk (width_bucket), instead of once per chunk.
+	indexed bool
+	hash    string // order-independent hash term of one row, over compared columns
+}
+
+// chunk is a key range [Lo, Hi): nil Lo = from the start, nil Hi = to the end.
+// Values are text in the source's key types.
+type chunk struct {
+	idx    int
+	lo, hi []string
+}
+
+// plan is everything Run needs to generate its SQL, computed once.
+type plan struct {
+	dir       *shadow.Direction
+	other     *shadow.Direction // the opposite direction (bidirectional acceptance)
+	src, dst  side
+	key       []string // key columns, in chunk (index) order
+	srcType   []string // source types of the key columns: the type of boundary values
+	compared  []string // target columns hashed and compared
+	otherCols []string // source columns checked through the opposite direction
+	appSchema string
+	castKeys  bool // key types are not directly comparable: compare through casts
+	// asText[i]: compared[i] is compared by its text output (exact mode,
+	// or its type has no equality/extended hash support); else by the
+	// type's own equality and hash (-0 = 0, 1.0 = 1.00).
+	asText []bool
+	// textRow: hash the whole row's text output (exact mode, or a server
+	// before PostgreSQL 14 without hash_record_extended).
+	textRow bool
+}
+
+// cmpTerm is how compared column i of a row (its value written as v) enters
+// hashes and comparisons.
+func (p *plan) cmpTerm(i int, v string) string {
+	if p.asText[i] {
+		return "(" + v + ")::text"
+	}
+	return v
+}
+
+// rowHash is the order-independent hash term of one row whose compared
+// column i is vals[i]: one 64-bit hash; chunks compare count and sum.
+func (p *plan) rowHash(vals []string) string {
+	if p.textRow {
+		return "hashtextextended(ROW(" + strings.Join(vals, ", ") + ")::text, 0)"
+	}
+	terms := make([]string, len(vals))
+	for i, v := range vals {
+		terms[i] = p.cmpTerm(i, v)
+	}
+	return "hash_record_extended(ROW(" + strings.Join(terms, ", ") + "), 0)"
+}
+
+// rangePred is the WHERE clause selecting chunk c on s; args are appended
+// to *args and numbered after them.
+func (p *plan) rangePred(s *side, c chunk, args *[]any) string {
+	if c.lo == nil && c.hi == nil {
+		return "true"
+	}
+	lhs := rowOf(s.keyRef)
+	param := func(vals []string) string {
+		parts := make([]string, len(vals))
+		for i, v := range vals {
+			*args = append(*args, v)
+			parts[i] = "$" + strconv.Itoa(len(*args)) + "::" + p.srcType[i]
+		}
+		return rowOf(parts)
+	}
+	var conds []string
+	if c.lo != nil {
+		conds = append(conds, lhs+" >= "+param(c.lo))
+	}
+	if c.hi != nil {
+		conds = append(conds, lhs+" < "+param(c.hi))
+	}
+	return strings.Join(conds, " AND ")
+}
+
+// rowOf is (a, b) for several parts and a bare a for one (a one-column row
+// constructor does not compare with a scalar).
+func rowOf(parts []string) string {
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
+}
+
+// chunkSQL counts and hashes one chunk of s.
+func (p *plan) chunkSQL(s *side, c chunk) (string, []any) {
+	var args []any
+	where := p.rangePred(s, c, &args)
+	return "SELECT count(*), coalesce(sum(" + s.hash + "), 0)::text FROM " + s.rel + " WHERE " + where, args
+}
+
+// groupedSQL counts and hashes every chunk of s in one scan: each row goes
+// to its chunk by width_bucket over the chunk boundaries (the lower bounds
+// of chunks 1..n-1), which is exactly the [lo, hi) assignment of rangePred.
+func (p *plan) groupedSQL(s *side, chunks []chunk) (string, []any) {
+	var args []any
+	bucket := "0"
+	if len(chunks) > 1 {
+		bounds := make([]string, 0, len(chunks)-1)
+		for _, c := range chunks[1:] {
+			parts := make([]string, len(c.lo))
+			for i, v := range c.lo {
+				args = append(args, v)
+				parts[i] = "$" + strconv.Itoa(len(args)) + "::" + p.srcType[i]
+			}
+			if len(parts) == 1 {
+				bounds = append(bounds, parts[0])
+			} else {
+				bounds = append(bounds, "ROW("+strings.Join(parts, ", ")+")")
+			}
+		}
+		operand := s.keyRef[0]
+		if len(s.keyRef) > 1 {
+			refs := make([]string, len(s.keyRef))
+			for i, r := range s.keyRef {
+				refs[i] = castTo(r, s.keyType[i], p.srcType[i])
+			}
+			operand = "ROW(" + strings.Join(refs, ", ") + ")"
+		} else {
+			operand = castTo(operand, s.keyType[0], p.srcType[0])
+		}
+		bucket = "width_bucket(" + operand + ", ARRAY[" + strings.Join(bounds, ", ") + "])"
+	}
+	return "SELECT " + bucket + "::int AS b, count(*), coalesce(sum(" + s.hash + "), 0)::text FROM " + s.rel + " GROUP BY 1", args
+}
+
+// castTo casts ref to type to unless it already has it. width_bucket needs
+// the operand and the thresholds of one type.
+func castTo(ref, have, want string) string {
+	if have == want || strings.HasPrefix(ref, "CAST(") {
+		return ref
+	}
+	return "CAST(" + ref + " AS " + want + ")"
+}
+
+// drillSQL lists the rows of chunks [from, to] that differ: the mapped
+// source rows and the target rows, full-joined on the key. Output columns:
+// in source, in target, key text..., source image, target image, indexes
+// (1-based into compared) of differing columns, accepted through the
+// opposite direction.
+func (p *plan) drillSQL(c chunk, width int) (string, []any) {
+	var args []any
+	sWhere := p.rangePred(&p.src, c, &args)
+	tWhere := p.rangePred(&p.dst, c, &args)
+	var sSel, tSel, on, keyOut, sImg, tImg, diffs []string
+	for i, k := range p.key {
+		ki := "k" + strconv.Itoa(i)
+		sSel = append(sSel, p.dir.ValueExpr(k)+" AS "+ki)
+		tSel = append(tSel, db.Ident(k)+" AS "+ki)
+		on = append(on, "s."+ki+" = t."+ki)
+		keyOut = append(keyOut, "coalesce(s."+ki+", t."+ki+")::text")
+	}
+	var sCmp, tCmp []string
+	for i, col := range p.compared {
+		ci := "c" + strconv.Itoa(i)
+		sSel = append(sSel, p.dir.ValueExpr(col)+" AS "+ci)
+		tSel = append(tSel, db.Ident(col)+" AS "+ci)
+		sImg = append(sImg, "s."+ci)
+		tImg = append(tImg, "t."+ci)
+		sc, tc := p.cmpTerm(i, "s."+ci), p.cmpTerm(i, "t."+ci)
+		if p.textRow {
+			sc, tc = "s."+ci+"::text", "t."+ci+"::text"
+		}
+		sCmp = append(sCmp, sc)
+		tCmp = append(tCmp, tc)
+		diffs = append(diffs, fmt.Sprintf("CASE WHEN %s IS DISTINCT FROM %s THEN %d END", sc, tc, i+1))
+	}
+	accepted := "false"
+	if p.other != nil && len(p.otherCols) > 0 {
+		raw := make([]string, len(p.otherCols))
+		back := make([]string, len(p.otherCols))
+		for i, col := range p.otherCols {
+			raw[i] = db.Ident(col)
+			back[i] = p.other.ValueExpr(col)
+		}
+		sSel = append(sSel, "ROW("+strings.Join(raw, ", ")+")::text AS raw")
+		tSel = append(tSel, "ROW("+strings.Join(back, ", ")+")::text AS back")
+		accepted = "(s.k0 IS NOT NULL AND t.k0 IS NOT NULL AND s.raw = t.back)"
+	}
+	sRow := "ROW(" + strings.Join(sImg, ", ") + ")::text"
+	tRow := "ROW(" + strings.Join(tImg, ", ") + ")::text"
+	w := strconv.Itoa(width + 1)
+	order := make([]string, len(p.key))
+	for i := range p.key {
+		order[i] = strconv.Itoa(3 + i)
+	}
+	sql := "WITH s AS (SELECT " + strings.Join(sSel, ", ") + " FROM " + p.src.rel + " WHERE " + sWhere + "),\n" +
+		" t AS (SELECT " + strings.Join(tSel, ", ") + " FROM " + p.dst.rel + " WHERE " + tWhere + ")\n" +
+		"SELECT s.k0 IS NOT NULL, t.k0 IS NOT NULL, " + strings.Join(keyOut, ", ") + ",\n" +
+		" left(" + sRow + ", " + w + "), left(" + tRow + ", " + w + "),\n" +
+		" array_remove(ARRAY[" + strings.Join(diffs, ", ") + "]::int[], NULL),\n" +
+		" " + accepted + "\n" +
+		"FROM s FULL JOIN t ON " + strings.Join(on, " AND ") + "\n" +
+		"WHERE s.k0 IS NULL OR t.k0 IS NULL OR " + p.rowDistinct(sCmp, tCmp, sRow, tRow) + "\n" +
+		"ORDER BY " + strings.Join(order, ", ")
+	return sql, args
+}
+
+// rowDistinct is the row-level test matching rowHash: the rows' text when
+// the hash is over the row's text, else column by column.
+func (p *plan) rowDistinct(sCmp, tCmp []string, sRow, tRow string) string {
+	if p.textRow {
+		return sRow + " IS DISTINCT FROM " + tRow
+	}
+	return "ROW(" + strings.Join(sCmp, ", ") + ") IS DISTINCT FROM ROW(" + strings.Join(tCmp, ", ") + ")"
+}
+
+// keySet selects the given keys (text in the target's key types) cast to
+// the key types of one side.
+func (p *plan) keySet(types []string, keys [][]string, args *[]any) string {
+	cols := make([]string, len(p.key))
+	unnest := make([]string, len(p.key))
+	for i := range p.key {
+		vals := make([]string, len(keys))
+		for j, k := range keys {
+			vals[j] = k[i]
+		}
+		*args = append(*args, vals)
+		unnest[i] = "$" + strconv.Itoa(len(*args)) + "::text[]"
+		cols[i] = "u.k" + strconv.Itoa(i) + "::" + types[i]
+	}
+	names := make([]string, len(p.key))
+	for i := range p.key {
+		names[i] = "k" + strconv.Itoa(i)
+	}
+	return "SELECT " + strings.Join(cols, ", ") + " FROM unnest(" + strings.Join(unnest, ", ") + ") AS u(" + strings.Join(names, ", ") + ")"
+}
+
+// repairDeleteSQL deletes target rows with these keys that the source no
+// longer has.
+func (p *plan) repairDeleteSQL(keys [][]string) (string, []any) {
+	var args []any
+	tk := make([]string, len(p.key))
+	match := make([]string, len(p.key))
+	for i, k := range p.key {
+		tk[i] = "t." + db.Ident(k)
+		ref := "t." + db.Ident(k)
+		if p.castKeys {
+			ref = "CAST(" + ref + " AS " + p.srcType[i] + ")"
+		}
+		match[i] = "s." + db.Ident(k) + " = " + ref
+	}
+	return "DELETE FROM " + p.dst.rel + " AS t WHERE " + rowOf(tk) + " IN (" + p.keySet(p.dst.keyType, keys, &args) + ")" +
+		" AND NOT EXISTS (SELECT 1 FROM " + p.src.rel + " AS s WHERE " + strings.Join(match, " AND ") + ")", args
+}
+
+// repairUpsertSQL copies the source rows with these keys to the target
+// through the mapping, as the backfill does, but overwriting: the source
+// rows are locked FOR NO KEY UPDATE so a concurrent update of one of them
+// waits until this copy commits, and then its own trigger writes the newer
+// value (with FOR KEY SHARE the concurrent update could commit in between
+// and this upsert would overwrite it with the older image).
+func (p *plan) repairUpsertSQL(keys [][]string) (string, []any) {
+	var args []any
+	sk := make([]string, len(p.key))
+	for i, k := range p.key {
+		sk[i] = db.Ident(k)
+	}
+	overriding := ""
+	if p.dir.NeedsOverriding() {
+		overriding = " OVERRIDING SYSTEM VALUE"
+	}
+	conflict := "DO NOTHING"
+	if set := p.dir.UpdateSet(); set != "" {
+		conflict = "DO UPDATE SET " + set
+	}
+	return "WITH s AS (SELECT * FROM " + p.src.rel + " WHERE " + rowOf(sk) + " IN (" + p.keySet(p.src.keyType, keys, &args) + ") FOR NO KEY UPDATE)\n" +
+		"INSERT INTO " + p.dst.rel + " (" + p.dir.TargetList() + ")" + overriding + "\n" +
+		"SELECT " + p.dir.SelectList() + " FROM s\n" +
+		"ON CONFLICT (" + db.IdentList(p.dir.TargetKey) + ") " + conflict, args
+}
+
+// chunkKeyOrder returns the key columns in the order of a btree index of t
+// that leads with exactly the key's columns (so range predicates use it),
+// or the key as given when there is none.
+func chunkKeyOrder(t *shadow.Table, key []string) []string {
+	for _, ix := range t.Indexes {
+		if !usableIndex(ix) || len(ix.Columns) < len(key) {
+			continue
+		}
+		lead := ix.Columns[:len(key)]
+		ok := true
+		for _, k := range key {
+			if !slices.Contains(lead, k) {
+				ok = false
+			}
+		}
+		if ok {
+			return slices.Clone(lead)
+		}
+	}
+	return slices.Clone(key)
+}
+
+func usableIndex(ix shadow.Index) bool {
+	return ix.Valid && !ix.Partial && !ix.Expression && strings.Contains(ix.Def, " USING btree ")
+}
+
+// hasIndexOn reports whether t has a usable btree index leading with key in that order.
+func hasIndexOn(t *shadow.Table, key []string) bool {
+	for _, ix := range t.Indexes {
+		if usableIndex(ix) && len(ix.Columns) >= len(key) && slices.Equal(ix.Columns[:len(key)], key) {
+			return true
+		}
+	}
+	return false
+}
+
+// comparable reports whether dst's key columns compare with values of the
+// source's key types directly (a cross-type operator exists), by planning
+// a query that does it.
+func comparable(ctx context.Context, q db.Querier, rel string, refs, srcTypes []string) bool {
+	nulls := make([]string, len(srcTypes))
+	for i, t := range srcTypes {
+		nulls[i] = "NULL::" + t
+	}
+	_, err := q.Exec(ctx, "EXPLAIN SELECT 1 FROM "+rel+" WHERE "+rowOf(refs)+" >= "+rowOf(nulls))
+	return err == nil
+}
+
+// hashable reports whether values of type typ have an equality and an
+// extended hash function (hash_record_extended needs one for every
+// field; json, xml, point and the like have none and are compared as text).
+func hashable(ctx context.Context, q db.Querier, typ string) bool {
+	var h int64
+	return q.QueryRow(ctx, "SELECT hash_record_extended(ROW(NULL::"+typ+"), 0)").Scan(&h) == nil
+}
