@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/rs/zerolog"
@@ -35,7 +36,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	err := app.RunContext(ctx, args)
 	code := exitcode.Of(err)
 	if err != nil && !errors.Is(err, errAlreadyReported) {
-		msg := err.Error()
+		msg := oneLine(err.Error())
 		if dsn := dsnFrom(args); dsn != "" {
 			msg = logx.Redact(msg, dsn)
 		}
@@ -45,6 +46,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "greenswap: interrupted; progress is saved, run the same command again to resume")
 	}
 	return int(code)
+}
+
+// oneLine joins a multi-line error (pgx lists every address it tried, one
+// per line) into the one line the CLI promises on stderr.
+func oneLine(msg string) string {
+	lines := strings.Split(strings.TrimSpace(msg), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimSpace(l)
+	}
+	return strings.Join(lines, "; ")
 }
 
 // errAlreadyReported marks an error whose details the command printed itself.
@@ -99,6 +110,11 @@ func helpCommand() *cli.Command {
 		Aliases:   []string{"h"},
 		Usage:     "show help for a command, or a topic: exit-codes",
 		ArgsUsage: "[COMMAND | exit-codes]",
+		Description: `help shows the help of greenswap or of one command, or a topic.
+
+Example:
+   greenswap help plan
+   greenswap help exit-codes`,
 		Action: func(c *cli.Context) error {
 			switch arg := c.Args().First(); arg {
 			case "":

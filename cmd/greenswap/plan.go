@@ -1,13 +1,280 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
 
-// planCommand is a placeholder until the plan command lands.
+	"github.com/urfave/cli/v2"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/runner"
+	"github.com/greenswap/greenswap/shadow"
+)
+
 func planCommand() *cli.Command {
-	return &cli.Command{Name: "plan", Usage: "(not yet implemented)", Action: func(*cli.Context) error { return errNotImplemented }}
+	return &cli.Command{
+		Name:      "plan",
+		Usage:     "review a migration: steps with their SQL and locks, estimates, hazards; changes nothing",
+		ArgsUsage: " ",
+		Description: `plan reads the spec, rehearses the whole setup (adopt, green table, sync triggers,
+target.indexes) inside one transaction that it always rolls back, and evaluates every
+forward and reverse expression on a sample of real rows, cast to the target types. A bad
+DDL, a failing expression or cast, or a NULL bound for a NOT NULL column is reported with
+the spec line and the offending key. The rehearsal holds ACCESS EXCLUSIVE on the table for
+a few milliseconds (bounded by the spec's lock_timeout); nothing else is locked or written.
+
+Example:
+   greenswap plan -f examples/orders/spec.yaml
+   greenswap plan -f orders.yaml --json | jq '.hazards[] | select(.severity == "blocking")'
+
+Exit codes: 0 nothing blocking; 2 bad input (spec, missing table, unreachable database);
+3 blocking hazards. See greenswap help exit-codes.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the migration spec (YAML or JSON)", TakesFile: true},
+			&cli.BoolFlag{Name: "json", Usage: "print the plan as a JSON document (schema_version " + fmt.Sprint(runner.PlanSchemaVersion) + ")"},
+			&cli.IntFlag{Name: "sample-size", Value: 1000, Usage: "random rows to evaluate the mapping on (plus the first and last rows by key)"},
+			&cli.DurationFlag{Name: "statement-timeout", Value: 30 * time.Second, Usage: "guard on every statement of the rehearsal"},
+			&cli.Float64Flag{Name: "rows-per-sec", Value: 10000, Usage: "backfill rate assumed by the estimate"},
+		},
+		Action: runPlan,
+	}
 }
 
-// statusCommand is a placeholder until the status command lands.
-func statusCommand() *cli.Command {
-	return &cli.Command{Name: "status", Usage: "(not yet implemented)", Action: func(*cli.Context) error { return errNotImplemented }}
+func runPlan(c *cli.Context) error {
+	asJSON := c.Bool("json")
+	fail := func(err error) error {
+		if asJSON {
+			writeJSONError(c.App.Writer, runner.PlanSchemaVersion, err)
+		}
+		return err
+	}
+	path := c.String("file")
+	if path == "" {
+		return fail(exitcode.Errorf(exitcode.BadInput, "plan needs a spec: greenswap plan -f SPEC (see `greenswap plan --help`)"))
+	}
+	if c.Args().Len() > 0 {
+		return fail(exitcode.Errorf(exitcode.BadInput, "plan takes no arguments, got %q: the spec goes after -f", c.Args().First()))
+	}
+	spec, err := shadow.LoadSpecFile(path)
+	if err != nil {
+		return fail(err)
+	}
+	env, err := connect(c)
+	if err != nil {
+		return fail(err)
+	}
+	defer env.Close()
+	res, err := runner.Plan(c.Context, env, spec, runner.PlanOptions{
+		SampleSize:       c.Int("sample-size"),
+		StatementTimeout: c.Duration("statement-timeout"),
+		RowsPerSecond:    c.Float64("rows-per-sec"),
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	} else {
+		writePlan(c.App.Writer, res, path)
+	}
+	if res.Blocking > 0 {
+		return exitcode.Errorf(exitcode.Blocked, "plan found %d blocking hazard%s; nothing was changed", res.Blocking, planPlural(res.Blocking))
+	}
+	return nil
+}
+
+// jsonError is the document --json prints when a command fails.
+type jsonError struct {
+	SchemaVersion int `json:"schema_version"`
+	Error         struct {
+		Message string `json:"message"`
+		File    string `json:"file,omitempty"`
+		Line    int    `json:"line,omitempty"`
+		Field   string `json:"field,omitempty"`
+		Fix     string `json:"fix,omitempty"`
+	} `json:"error"`
+	ExitCode int `json:"exit_code"`
+}
+
+func writeJSONError(w io.Writer, version int, err error) {
+	var doc jsonError
+	doc.SchemaVersion = version
+	doc.Error.Message = err.Error()
+	var se *shadow.SpecError
+	if errors.As(err, &se) {
+		doc.Error.File, doc.Error.Line, doc.Error.Field, doc.Error.Fix = se.File, se.Line, se.Field, se.Fix
+	}
+	doc.ExitCode = int(exitcode.Of(err))
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(doc)
+}
+
+// writePlan prints the plan for a human.
+func writePlan(w io.Writer, r *runner.PlanResult, path string) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	mode := string(r.Mode)
+	p("greenswap plan: %s — %s → %s (%s mode)", r.Migration, r.Table, r.GreenTable, mode)
+	key := "none"
+	if len(r.Key) > 0 {
+		key = "(" + strings.Join(r.Key, ", ") + ")"
+	}
+	e := r.Estimate
+	p("  PostgreSQL %s · key %s · ~%s rows · blue %s + %s indexes",
+		planFirstWord(r.Server.Version), key, planThousands(e.Rows), runner.HumanBytes(e.BlueTableBytes), runner.HumanBytes(e.BlueIndexBytes))
+	if r.Rehearsal.Done {
+		p("  Rehearsed in one transaction and rolled back: nothing was changed (ACCESS EXCLUSIVE on %s held %.0f ms)",
+			r.Table, r.Rehearsal.LockHeldMS)
+		s := r.Sample
+		p("  Sample: %s rows (%s): forward %s · green constraints %s · reverse %s",
+			planThousands(s.Rows), s.Method, planOK(s.Forward), planOK(s.Inserted), planOK(s.Reverse))
+	} else {
+		p("  Not rehearsed: %s. Nothing was changed.", r.Rehearsal.Skipped)
+	}
+	p("  Result: %d blocking · %d warning%s · %d info", r.Blocking, r.Warnings, planPlural(r.Warnings), r.Infos)
+
+	if len(r.Steps) > 0 {
+		p("")
+		p("Steps")
+		for _, s := range r.Steps {
+			p("  %d. %s (greenswap %s) — %s", s.N, s.Name, s.Command, s.Description)
+			hold := s.LockHold
+			if hold == "" || hold == "-" {
+				p("     lock: %s", s.Lock)
+			} else {
+				p("     lock: %s; held %s", s.Lock, hold)
+			}
+			kind := "exact"
+			if !s.Exact {
+				kind = "shape"
+			}
+			tx := "one transaction"
+			if !s.Transactional {
+				tx = "no transaction"
+			}
+			p("     SQL (%s, %s):", kind, tx)
+			for _, q := range s.SQL {
+				for i, line := range strings.Split(strings.TrimRight(q, "\n"), "\n") {
+					lead := "       "
+					if i > 0 {
+						lead = "         "
+					}
+					p("%s%s", lead, line)
+				}
+			}
+			if s.Note != "" {
+				planWrap(w, "     note: ", "           ", s.Note)
+			}
+		}
+	}
+
+	p("")
+	p("Estimate (an estimate, not a promise)")
+	p("  backfill: ~%s rows at a conservative %s rows/s ≈ %s", planThousands(e.Rows), planThousands(int64(e.RowsPerSecond)),
+		(time.Duration(e.BackfillSeconds * float64(time.Second))).Round(time.Second))
+	widths := ""
+	if e.BlueRowWidth > 0 && e.GreenRowWidth > 0 {
+		widths = fmt.Sprintf("; sampled row width %.0f → %.0f bytes", e.BlueRowWidth, e.GreenRowWidth)
+	}
+	p("  disk: green ≈ %s table + %s indexes = %s%s", runner.HumanBytes(e.GreenTableBytes), runner.HumanBytes(e.GreenIndexBytes),
+		runner.HumanBytes(e.GreenTotalBytes), widths)
+	p("  WARNING free disk space is unknown to greenswap (not readable over SQL): keep at least %s free", runner.HumanBytes(e.DiskNeededBytes))
+	p("          (2 × green and its indexes: the copy, its WAL, and the writes while it runs)")
+
+	p("")
+	if len(r.Hazards) == 0 {
+		p("Hazards: none")
+	} else {
+		p("Hazards")
+		for _, h := range r.Hazards {
+			planWrap(w, fmt.Sprintf("  %-8s %s: ", strings.ToUpper(string(h.Severity)), h.Code), "           ", h.Message)
+			for _, o := range h.Objects {
+				planWrap(w, "           - ", "             ", o)
+			}
+			if h.Fix != "" {
+				planWrap(w, "           fix: ", "                ", h.Fix)
+			}
+		}
+	}
+	p("")
+	switch {
+	case r.Blocking > 0:
+		p("BLOCKED: fix the %d blocking hazard%s above, then plan again. Nothing was changed.", r.Blocking, planPlural(r.Blocking))
+	default:
+		p("Nothing blocking. Nothing was changed. Next: greenswap sync -f %s", path)
+	}
+}
+
+// planWrap writes text after first, wrapping at 100 columns with later
+// lines starting with indent.
+func planWrap(w io.Writer, first, indent, text string) {
+	const width = 100
+	line := first
+	col := len([]rune(first))
+	start := true
+	for _, word := range strings.Fields(text) {
+		n := len([]rune(word))
+		if !start && col+1+n > width {
+			fmt.Fprintln(w, line)
+			line, col = indent+word, len([]rune(indent))+n
+			continue
+		}
+		if !start {
+			line += " "
+			col++
+		}
+		line += word
+		col += n
+		start = false
+	}
+	fmt.Fprintln(w, line)
+}
+
+func planOK(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "not checked"
+}
+
+func planPlural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func planFirstWord(s string) string {
+	if i := strings.IndexByte(s, ' '); i > 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// planThousands formats n with thin separators: 1,234,567.
+func planThousands(n int64) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	if neg {
+		s = s[1:]
+	}
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
 }

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/runner"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show where every migration stands (or one): state, progress, verify, last event",
+		ArgsUsage: "[NAME]",
+		Description: `status lists every migration recorded in this database (greenswap.migrations), or
+only NAME: its state and phase, backfill progress (rows copied of the estimate, rate,
+batch size, throttle, paused), the last verify result, which side is primary, timestamps,
+the last event of its log and, in logical mode, the WAL its replication slot retains.
+It only reads; a database where greenswap never ran has no migrations.
+
+Example:
+   greenswap status
+   greenswap status orders_v2 --json | jq .migrations[0].progress
+
+Exit codes: 0 shown (also when there are none); 2 no migration of that name, or an
+unreachable database.`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print a JSON document (schema_version " + fmt.Sprint(runner.StatusSchemaVersion) + ")"},
+		},
+		BashComplete: completeMigrations,
+		Action:       runStatus,
+	}
+}
+
+func runStatus(c *cli.Context) error {
+	asJSON := c.Bool("json")
+	// urfave/cli stops parsing flags at the first argument: accept
+	// `status NAME --json` as well as `status --json NAME`.
+	var names []string
+	for _, a := range c.Args().Slice() {
+		if a == "--json" || a == "-json" {
+			asJSON = true
+			continue
+		}
+		names = append(names, a)
+	}
+	fail := func(err error) error {
+		if asJSON {
+			writeJSONError(c.App.Writer, runner.StatusSchemaVersion, err)
+		}
+		return err
+	}
+	if len(names) > 1 {
+		return fail(exitcode.Errorf(exitcode.BadInput, "status takes at most one migration name, got %q", names))
+	}
+	name := ""
+	if len(names) == 1 {
+		name = names[0]
+	}
+	env, err := connect(c)
+	if err != nil {
+		return fail(err)
+	}
+	defer env.Close()
+	rep, err := runner.Status(c.Context, env, name)
+	if err != nil {
+		return fail(err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	writeStatus(c.App.Writer, rep, time.Now())
+	return nil
+}
+
+// completeMigrations completes migration names for `status` when a
+// database is reachable, and flags after a "-".
+func completeMigrations(c *cli.Context) {
+	if n := len(os.Args); n > 2 && strings.HasPrefix(os.Args[n-2], "-") {
+		cli.DefaultCompleteWithFlags(c.Command)(c) // urfave/cli reads the word being completed from os.Args too
+		return
+	}
+	if c.NArg() > 0 {
+		return
+	}
+	env, err := connect(c)
+	if err != nil {
+		return
+	}
+	defer env.Close()
+	rep, err := runner.Status(c.Context, env, "")
+	if err != nil {
+		return
+	}
+	for _, m := range rep.Migrations {
+		fmt.Fprintln(c.App.Writer, m.Name)
+	}
+}
+
+func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	if len(rep.Migrations) == 0 {
+		p("no migrations in this database (greenswap plan -f SPEC reviews one; greenswap sync -f SPEC starts it)")
+		return
+	}
+	for i, m := range rep.Migrations {
+		if i > 0 {
+			p("")
+		}
+		state := string(m.State)
+		if m.Phase != "" {
+			state += " (" + m.Phase + ")"
+		}
+		p("%s  %s  %s mode  %s  primary: %s", m.Name, m.Table, m.Mode, state, m.PrimarySide)
+
+		pr := m.Progress
+		prog := fmt.Sprintf("%s of ~%s rows (%.1f%%)", planThousands(pr.RowsCopied), planThousands(pr.RowsEstimate), pr.Percent)
+		if pr.Done {
+			prog = fmt.Sprintf("backfill done: %s rows copied", planThousands(pr.RowsCopied))
+		}
+		var extra []string
+		if pr.RowsPerSec > 0 && !pr.Done {
+			extra = append(extra, planThousands(int64(pr.RowsPerSec))+" rows/s")
+		}
+		if pr.BatchSize > 0 && !pr.Done {
+			extra = append(extra, "batch "+planThousands(int64(pr.BatchSize)))
+		}
+		if pr.ETASeconds != nil {
+			extra = append(extra, "ETA "+(time.Duration(*pr.ETASeconds*float64(time.Second))).Round(time.Second).String())
+		}
+		if pr.Paused {
+			extra = append(extra, "PAUSED (greenswap resume "+m.Name+")")
+		}
+		if pr.Throttle != "" {
+			extra = append(extra, "throttled: "+pr.Throttle)
+		}
+		if len(extra) > 0 {
+			prog += ", " + strings.Join(extra, ", ")
+		}
+		p("  progress  %s", prog)
+
+		switch {
+		case !m.Verify.Run:
+			p("  verify    not run yet")
+		case m.Verify.OK != nil && *m.Verify.OK:
+			p("  verify    identical, %s", statusWhen(m.Verify.At, now))
+		default:
+			p("  verify    DIFFERENCES found, %s (greenswap verify %s shows them)", statusWhen(m.Verify.At, now), m.Name)
+		}
+		if e := m.LastEvent; e != nil {
+			who := e.Actor
+			if e.Host != "" {
+				who += "@" + e.Host
+			}
+			p("  last      %s: %s (%s) by %s, %s", e.Step, e.Outcome, statusMS(e.DurationMS), who, statusWhen(&e.At, now))
+		}
+		if s := m.Slot; s != nil {
+			switch {
+			case !s.Exists:
+				p("  slot      %s is recorded but does not exist", s.Name)
+			default:
+				act := "inactive"
+				if s.Active {
+					act = "active"
+				}
+				p("  slot      %s %s, retains %s of WAL", s.Name, act, runner.HumanBytes(s.RetainedBytes))
+			}
+		}
+		t := m.Timestamps
+		line := fmt.Sprintf("created %s, in this state since %s, updated %s", statusWhen(&t.Created, now), statusWhen(&t.StateChanged, now), statusWhen(&t.Updated, now))
+		if t.BackfillStarted != nil {
+			line += ", backfill started " + statusWhen(t.BackfillStarted, now)
+		}
+		if t.BackfillDone != nil {
+			line += ", done " + statusWhen(t.BackfillDone, now)
+		}
+		p("  times     %s", line)
+	}
+}
+
+func statusMS(ms float64) string {
+	return (time.Duration(ms * float64(time.Millisecond))).Round(time.Millisecond).String()
+}
+
+// statusWhen formats t as a local timestamp and how long ago it was.
+func statusWhen(t *time.Time, now time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	ago := now.Sub(*t).Round(time.Second)
+	if ago < 0 {
+		ago = 0
+	}
+	return fmt.Sprintf("%s (%s ago)", t.Local().Format("2006-01-02 15:04:05"), ago)
+}

@@ -1,0 +1,167 @@
+package runner
+
+// status: where every migration stands. Read-only; it never creates the
+// state schema (a database without one simply has no migrations).
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/internal/state"
+)
+
+// StatusSchemaVersion is the version of status's JSON document. Fields are
+// only ever added; a rename or a removal bumps it.
+const StatusSchemaVersion = 1
+
+// StatusReport is every migration (or the one asked for).
+type StatusReport struct {
+	SchemaVersion int               `json:"schema_version"`
+	Migrations    []MigrationStatus `json:"migrations"`
+}
+
+// MigrationStatus is one migration as status shows it.
+type MigrationStatus struct {
+	Name        string       `json:"name"`
+	Table       string       `json:"table"`
+	Mode        string       `json:"mode"`
+	State       state.State  `json:"state"`
+	Phase       string       `json:"phase"`
+	PrimarySide string       `json:"primary_side"` // the side clients of the app name write to: blue or green
+	Progress    Progress     `json:"progress"`
+	Verify      VerifyInfo   `json:"verify"`
+	Timestamps  Timestamps   `json:"timestamps"`
+	LastEvent   *state.Event `json:"last_event,omitempty"`
+	Slot        *SlotInfo    `json:"slot,omitempty"` // logical mode, once a slot is recorded
+}
+
+// Progress is the backfill's.
+type Progress struct {
+	RowsCopied   int64   `json:"rows_copied"`
+	RowsEstimate int64   `json:"rows_estimate"`
+	Percent      float64 `json:"percent"` // 0–100; 100 once the backfill is done
+	RowsPerSec   float64 `json:"rows_per_sec"`
+	BatchSize    int     `json:"batch_size"`
+	Throttle     string  `json:"throttle,omitempty"` // why the backfill is held back right now
+	Paused       bool    `json:"paused"`
+	Done         bool    `json:"done"`
+	// ETASeconds is the remaining rows at the current rate (an estimate);
+	// null when unknown.
+	ETASeconds *float64 `json:"eta_seconds"`
+}
+
+// VerifyInfo is the last verify result.
+type VerifyInfo struct {
+	Run bool       `json:"run"`
+	OK  *bool      `json:"ok"`
+	At  *time.Time `json:"at,omitempty"`
+}
+
+// Timestamps of a migration.
+type Timestamps struct {
+	Created         time.Time  `json:"created"`
+	StateChanged    time.Time  `json:"state_changed"`
+	Updated         time.Time  `json:"updated"`
+	BackfillStarted *time.Time `json:"backfill_started,omitempty"`
+	BackfillDone    *time.Time `json:"backfill_done,omitempty"`
+}
+
+// SlotInfo is the migration's logical replication slot (trap 9: a slot
+// retains WAL until it is dropped).
+type SlotInfo struct {
+	Name   string `json:"name"`
+	Exists bool   `json:"exists"`
+	Active bool   `json:"active"`
+	// RetainedBytes is the WAL the slot holds back: current WAL position
+	// minus the slot's restart_lsn.
+	RetainedBytes     int64   `json:"retained_bytes"`
+	RestartLSN        *string `json:"restart_lsn,omitempty"`
+	ConfirmedFlushLSN *string `json:"confirmed_flush_lsn,omitempty"`
+	WALStatus         *string `json:"wal_status,omitempty"` // reserved, extended, unreserved, lost
+}
+
+// Status reports every migration, or only name when it is not "". A
+// database without greenswap's state schema has no migrations; an unknown
+// name is bad input (exit 2).
+func Status(ctx context.Context, env *Env, name string) (*StatusReport, error) {
+	rep := &StatusReport{SchemaVersion: StatusSchemaVersion, Migrations: []MigrationStatus{}}
+	var rows []*state.Migration
+	if name != "" {
+		m, err := state.Get(ctx, env.Pool, name)
+		if err != nil {
+			return nil, err
+		}
+		rows = []*state.Migration{m}
+	} else {
+		var err error
+		if rows, err = state.List(ctx, env.Pool); err != nil {
+			return nil, err
+		}
+	}
+	for _, m := range rows {
+		st, err := migrationStatus(ctx, env, m)
+		if err != nil {
+			return nil, err
+		}
+		rep.Migrations = append(rep.Migrations, st)
+	}
+	return rep, nil
+}
+
+func migrationStatus(ctx context.Context, env *Env, m *state.Migration) (MigrationStatus, error) {
+	st := MigrationStatus{
+		Name: m.Name, Table: m.AppTable, Mode: m.Mode, State: m.State, Phase: m.Phase, PrimarySide: m.PrimarySide,
+		Progress: Progress{
+			RowsCopied: m.RowsCopied, RowsEstimate: m.RowsEstimate, RowsPerSec: m.RowsPerSec,
+			BatchSize: m.BatchSize, Throttle: m.Throttle, Paused: m.Paused, Done: m.BackfillDoneAt != nil,
+		},
+		Verify: VerifyInfo{Run: m.VerifiedAt != nil, OK: m.VerifyOK, At: m.VerifiedAt},
+		Timestamps: Timestamps{Created: m.CreatedAt, StateChanged: m.StateChangedAt, Updated: m.UpdatedAt,
+			BackfillStarted: m.BackfillStartedAt, BackfillDone: m.BackfillDoneAt},
+	}
+	p := &st.Progress
+	switch {
+	case p.Done:
+		p.Percent = 100
+	case p.RowsEstimate > 0:
+		p.Percent = min(100, 100*float64(p.RowsCopied)/float64(p.RowsEstimate))
+	}
+	if !p.Done && p.RowsPerSec > 0 && p.RowsEstimate > p.RowsCopied && m.State == state.Syncing {
+		eta := float64(p.RowsEstimate-p.RowsCopied) / p.RowsPerSec
+		p.ETASeconds = &eta
+	}
+	evs, err := state.Events(ctx, env.Pool, m.Name, 1)
+	if err != nil {
+		return st, err
+	}
+	if len(evs) > 0 {
+		st.LastEvent = &evs[0]
+	}
+	if m.SlotName != nil && *m.SlotName != "" {
+		if st.Slot, err = slotInfo(ctx, env, *m.SlotName); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+func slotInfo(ctx context.Context, env *Env, name string) (*SlotInfo, error) {
+	s := &SlotInfo{Name: name}
+	err := env.Pool.QueryRow(ctx, `
+SELECT active, restart_lsn::text, confirmed_flush_lsn::text, wal_status,
+       coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
+                                restart_lsn), 0)::int8
+  FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(
+		&s.Active, &s.RestartLSN, &s.ConfirmedFlushLSN, &s.WALStatus, &s.RetainedBytes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.Exists = true
+	return s, nil
+}

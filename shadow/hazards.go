@@ -1,0 +1,902 @@
+package shadow
+
+// Hazards: what plan tells the operator before anything is touched. Each
+// hazard is blocking (the migration must not start), a warning (it can run,
+// but someone has to act or accept a consequence) or info.
+//
+// Hazards is a pure function over the catalog (blue as it is today, green as
+// the rehearsal created it), the mapping and a few server facts; the facts
+// are read by LoadHazardFacts and the mapping's volatility by
+// DetectVolatility, both inside plan's rolled-back transaction.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/state"
+)
+
+// Severity says whether a hazard stops the migration.
+type Severity string
+
+const (
+	Blocking Severity = "blocking" // plan exits 3; sync refuses to start
+	Warning  Severity = "warning"  // the migration can run; read the fix
+	Info     Severity = "info"     // worth knowing; nothing to do
+)
+
+// Hazard codes. They are part of plan's JSON document: never rename one.
+const (
+	HazardNoKey                  = "no_key"
+	HazardRLSNeedsInvoker        = "rls_without_security_invoker"
+	HazardRLSNotOnGreen          = "rls_not_on_green"
+	HazardReferencedByFKs        = "referenced_by_foreign_keys"
+	HazardReferencedKeyMissing   = "referenced_key_missing_on_green"
+	HazardForeignKeysMissing     = "foreign_keys_missing_on_green"
+	HazardDependentViews         = "dependent_views"
+	HazardUserTriggers           = "user_triggers"
+	HazardPublications           = "publications"
+	HazardIdentityColumns        = "identity_columns"
+	HazardGeneratedColumns       = "generated_columns"
+	HazardVolatileMapping        = "volatile_mapping"
+	HazardStableMapping          = "stable_mapping"
+	HazardRowTypeChange          = "row_type_change"
+	HazardGreenStricter          = "green_stricter"
+	HazardViewLimitations        = "view_limitations"
+	HazardPartitioned            = "partitioned_table"
+	HazardPartition              = "partition"
+	HazardUnlogged               = "unlogged_table"
+	HazardTemporary              = "temporary_table"
+	HazardLogicalWalLevel        = "logical_wal_level"
+	HazardLogicalNoSlot          = "logical_no_free_slot"
+	HazardLogicalNoWalSender     = "logical_no_free_wal_sender"
+	HazardLogicalReplPrivilege   = "logical_replication_privilege"
+	HazardLogicalCreatePrivilege = "logical_create_privilege"
+	HazardLogicalReplicaIdentity = "logical_replica_identity"
+	HazardLeftover               = "leftover_migration"
+	// Found by evaluating the mapping on sampled rows (runner.Plan).
+	HazardGreenKeyNotUnique = "green_key_not_unique"
+	HazardLossyMapping      = "lossy_mapping"
+	HazardEmptySample       = "empty_sample"
+	// The cutover package's planner, run on the rehearsed catalog, refuses.
+	HazardCutoverRefuses = "cutover_would_refuse"
+)
+
+// Hazard is one finding of plan.
+type Hazard struct {
+	Code     string   `json:"code"`
+	Severity Severity `json:"severity"`
+	Message  string   `json:"message"`
+	Fix      string   `json:"fix"`
+	Objects  []string `json:"objects,omitempty"` // what it is about: views, triggers, columns, leftovers...
+}
+
+// HazardFacts is what Hazards needs beyond the two tables' catalog entries.
+type HazardFacts struct {
+	ServerMajor int `json:"server_major"`
+	// Persistence is blue's pg_class.relpersistence: p, u (unlogged), t (temporary).
+	Persistence string `json:"persistence"`
+	// ReplicaIdentityColumns are the columns blue's replica identity logs
+	// for UPDATE and DELETE (all columns for FULL, none for NOTHING).
+	ReplicaIdentityColumns []string `json:"replica_identity_columns"`
+	WalLevel               string   `json:"wal_level"`
+	MaxReplicationSlots    int      `json:"max_replication_slots"`
+	UsedReplicationSlots   int      `json:"used_replication_slots"`
+	MaxWalSenders          int      `json:"max_wal_senders"`
+	UsedWalSenders         int      `json:"used_wal_senders"`
+	CanReplicate           bool     `json:"can_replicate"`    // REPLICATION or superuser
+	CanCreateInDB          bool     `json:"can_create_in_db"` // CREATE on the database (publications)
+	// Leftovers are greenswap objects of an earlier or running migration of
+	// this table or under this name, each with the SQL or command to clear it.
+	Leftovers []string `json:"leftovers,omitempty"`
+}
+
+// Volatility is what DetectVolatility found for one mapped column.
+type Volatility struct {
+	Field    string   `json:"field"`              // "forward.email", "reverse.amount"
+	Volatile []string `json:"volatile,omitempty"` // functions making the value differ per evaluation
+	Stable   []string `json:"stable,omitempty"`   // functions depending on session settings only
+}
+
+// HazardInput is everything Hazards looks at. Green, Mapping and Volatility
+// are nil when plan could not rehearse the setup.
+type HazardInput struct {
+	Spec       *Spec
+	Blue       *Table // the app table as it is today (before adopt); nil when it is not a table
+	Green      *Table // green as target.ddl (and target.indexes) create it
+	Mapping    *Mapping
+	Volatility []Volatility
+	Facts      HazardFacts
+}
+
+// Hazards lists every hazard of migrating in.Blue to in.Green, blocking ones
+// first, in a stable order.
+func Hazards(in HazardInput) []Hazard {
+	var hs []Hazard
+	add := func(h Hazard) { hs = append(hs, h) }
+	s, blue, green := in.Spec, in.Blue, in.Green
+	n := NamesFor(s.Name, s.AppTable())
+	f := in.Facts
+
+	if len(f.Leftovers) > 0 {
+		add(Hazard{Code: HazardLeftover, Severity: Blocking,
+			Message: fmt.Sprintf("greenswap objects of an earlier or running migration of %s (or named %s) still exist", s.AppTable(), s.Name),
+			Fix: "if that migration is live, continue it (see `greenswap status`); if it was abandoned, `greenswap rollback NAME`, " +
+				"or remove the leftovers listed here by hand, then plan again",
+			Objects: f.Leftovers})
+	}
+	if blue == nil {
+		return SortHazards(hs)
+	}
+
+	// What the table is.
+	switch f.Persistence {
+	case "u":
+		add(Hazard{Code: HazardUnlogged, Severity: Blocking,
+			Message: fmt.Sprintf("%s is UNLOGGED: a crash empties it, so blue and green could not be kept equal", blue.Name),
+			Fix:     fmt.Sprintf("ALTER TABLE %s SET LOGGED first (rewrites the table), or change it offline", db.Ident(blue.Name.Schema, blue.Name.Name))})
+	case "t":
+		add(Hazard{Code: HazardTemporary, Severity: Blocking,
+			Message: fmt.Sprintf("%s is a temporary table: it lives in one session", blue.Name),
+			Fix:     "greenswap migrates permanent tables only"})
+	}
+	if blue.Kind == "p" {
+		add(Hazard{Code: HazardPartitioned, Severity: Blocking,
+			Message: fmt.Sprintf("%s is partitioned (%s): migrating a partitioned blue table is not supported yet", blue.Name, blue.PartitionKey),
+			Fix:     "not supported yet: change a partitioned table with ALTER TABLE, or build its new shape with another tool"})
+	}
+	if blue.PartitionOf != nil {
+		add(Hazard{Code: HazardPartition, Severity: Blocking,
+			Message: fmt.Sprintf("%s is a partition of %s: moving it behind a view would detach it from its parent's routing", blue.Name, blue.PartitionOf),
+			Fix:     "a partition cannot be migrated on its own; see the partitioned table"})
+	}
+
+	// The key.
+	if len(s.Key) == 0 && TableKey(blue) == nil {
+		add(Hazard{Code: HazardNoKey, Severity: Blocking,
+			Message: fmt.Sprintf("%s has no primary key and no unique index on NOT NULL columns: changes cannot be matched to green rows", blue.Name),
+			Fix: fmt.Sprintf("add one without a long lock: CREATE UNIQUE INDEX CONCURRENTLY ... ON %s (...), then ALTER TABLE %s ADD PRIMARY KEY USING INDEX ...; or set key: [...] to a unique NOT NULL index's columns",
+				db.Ident(blue.Name.Schema, blue.Name.Name), db.Ident(blue.Name.Schema, blue.Name.Name))})
+	}
+
+	// Row-level security.
+	if blue.RLSEnabled && f.ServerMajor > 0 && f.ServerMajor < 15 {
+		add(Hazard{Code: HazardRLSNeedsInvoker, Severity: Blocking,
+			Message: fmt.Sprintf("%s has row-level security and PostgreSQL %d has no security_invoker views: the app-name view would read the table with its owner's rights and bypass the policies", blue.Name, f.ServerMajor),
+			Fix:     "upgrade to PostgreSQL 15 or later, or migrate another way"})
+	}
+	if blue.RLSEnabled && green != nil && !green.RLSEnabled {
+		pols := make([]string, len(blue.Policies))
+		for i, p := range blue.Policies {
+			pols[i] = p.Def
+		}
+		add(Hazard{Code: HazardRLSNotOnGreen, Severity: Warning,
+			Message: fmt.Sprintf("%s has row-level security (%d policies) but green has none until cutover, which enables it and creates blue's policies there: until then a role reading %s directly (green's version schema) sees every row",
+				blue.Name, len(blue.Policies), n.Green),
+			Fix: fmt.Sprintf("right after sync creates green, ALTER TABLE %s ENABLE ROW LEVEL SECURITY and create the policies listed ON %s; or grant green's schema to no role that RLS restricts",
+				db.Ident(n.Green.Schema, n.Green.Name), db.Ident(n.Green.Schema, n.Green.Name)),
+			Objects: pols})
+	}
+
+	// Foreign keys.
+	if len(blue.ReferencedBy) > 0 {
+		var objs, missing []string
+		for _, fk := range blue.ReferencedBy {
+			objs = append(objs, fmt.Sprintf("%s.%s: %s", fk.Table, fk.Name, fk.Def))
+			if green != nil && !hasUniqueOn(green, fk.RefColumns) {
+				missing = append(missing, fmt.Sprintf("%s.%s needs a unique key on (%s)", fk.Table, fk.Name, strings.Join(fk.RefColumns, ", ")))
+			}
+		}
+		add(Hazard{Code: HazardReferencedByFKs, Severity: Warning,
+			Message: fmt.Sprintf("%d foreign keys reference %s: they keep pointing at blue while syncing; cutover re-points them at green and rollback back at blue", len(objs), blue.Name),
+			Fix:     "expect a validation scan of the referencing tables at cutover; widen referencing columns too if the key's type changes (e.g. int → bigint)",
+			Objects: objs})
+		if len(missing) > 0 {
+			add(Hazard{Code: HazardReferencedKeyMissing, Severity: Blocking,
+				Message: "green has no unique key on the columns that foreign keys of other tables reference: they could not be re-pointed at cutover",
+				Fix:     "add a PRIMARY KEY / UNIQUE constraint in target.ddl (or a CREATE UNIQUE INDEX in target.indexes) on those columns",
+				Objects: missing})
+		}
+	}
+	if green != nil {
+		var missing []string
+		for _, fk := range blue.ForeignKeys {
+			if !greenHasFK(fk, blue, green) {
+				missing = append(missing, fmt.Sprintf("%s: %s", fk.Name, fk.Def))
+			}
+		}
+		if len(missing) > 0 {
+			add(Hazard{Code: HazardForeignKeysMissing, Severity: Warning,
+				Message: fmt.Sprintf("%d foreign keys of %s are not in target.ddl: green (and the app name after cutover) would not enforce them", len(missing), blue.Name),
+				Fix:     "add the REFERENCES clauses to target.ddl, or accept losing them",
+				Objects: missing})
+		}
+	}
+
+	// Objects that depend on the table.
+	if len(blue.DependentViews) > 0 {
+		var objs []string
+		mat := false
+		for _, v := range blue.DependentViews {
+			o := v.Name.String()
+			if v.Materialized {
+				o += " (materialized)"
+				mat = true
+			}
+			objs = append(objs, o)
+		}
+		fix := "nothing to do; views that must keep blue's shape should read gs_" + s.Name + "_blue." + blue.Name.Name + " explicitly"
+		if mat {
+			fix += "; refresh the materialized views after cutover"
+		}
+		add(Hazard{Code: HazardDependentViews, Severity: Warning,
+			Message: fmt.Sprintf("%d views read %s: they read blue until cutover, which re-creates them over the app name (and rollback again)", len(objs), blue.Name),
+			Fix:     fix, Objects: objs})
+	}
+	if len(blue.Triggers) > 0 {
+		var objs []string
+		for _, tg := range blue.Triggers {
+			objs = append(objs, tg.Def)
+		}
+		add(Hazard{Code: HazardUserTriggers, Severity: Warning,
+			Message: fmt.Sprintf("%s has %d user triggers: they fire on the primary side only (blue until cutover, green after), once per logical write; greenswap's own sync writes do not fire them again", blue.Name, len(objs)),
+			Fix:     "check that they can run against green's shape after cutover (NEW.column names and types) and that they do not depend on firing for both shapes",
+			Objects: objs})
+	}
+	if len(blue.Publications) > 0 {
+		add(Hazard{Code: HazardPublications, Severity: Warning,
+			Message: fmt.Sprintf("%s is in publications %s: subscribers keep receiving blue's changes; green is a different table with a different shape", blue.Name, strings.Join(blue.Publications, ", ")),
+			Fix:     "before cutover add green to the publication (ALTER PUBLICATION ... ADD TABLE " + db.Ident(n.Green.Schema, n.Green.Name) + ") and give subscribers a table of green's shape; FOR ALL TABLES publications also publish greenswap's own tables",
+			Objects: blue.Publications})
+	}
+
+	// Identity and generated columns.
+	var ident, gen []string
+	for _, c := range blue.Columns {
+		switch {
+		case c.Identity == "a":
+			ident = append(ident, c.Name+" (GENERATED ALWAYS AS IDENTITY)")
+		case c.Identity == "d":
+			ident = append(ident, c.Name+" (GENERATED BY DEFAULT AS IDENTITY)")
+		}
+		if c.Generated != "" {
+			gen = append(gen, "blue."+c.Name+": "+c.GenerationExpr)
+		}
+	}
+	if green != nil {
+		for _, c := range green.Columns {
+			if c.Generated != "" {
+				gen = append(gen, "green."+c.Name+": "+c.GenerationExpr)
+			}
+		}
+	}
+	if len(ident) > 0 {
+		add(Hazard{Code: HazardIdentityColumns, Severity: Info,
+			Message: "identity columns: both shapes draw new ids from blue's sequence while the migration runs (sync writes them with OVERRIDING SYSTEM VALUE), so ids never collide",
+			Fix:     "nothing to do; green's own identity is restored at finalize",
+			Objects: ident})
+	}
+	if len(gen) > 0 {
+		add(Hazard{Code: HazardGeneratedColumns, Severity: Info,
+			Message: "generated columns are never written by sync: each side computes them with its own expression",
+			Fix:     "nothing to do; if the expressions differ the values differ too",
+			Objects: gen})
+	}
+
+	// Volatility of the mapping.
+	for _, v := range in.Volatility {
+		if len(v.Volatile) > 0 {
+			add(Hazard{Code: HazardVolatileMapping, Severity: Warning,
+				Message: fmt.Sprintf("%s calls %s: its value differs each time it is computed (backfill, trigger, verify), so checksums cannot match; column excluded from verify",
+					v.Field, strings.Join(v.Volatile, ", ")),
+				Fix:     "use an immutable expression if the value must be checked; otherwise accept that verify skips this column",
+				Objects: []string{v.Field}})
+		} else if len(v.Stable) > 0 {
+			add(Hazard{Code: HazardStableMapping, Severity: Info,
+				Message: fmt.Sprintf("%s calls %s (STABLE): its value depends on session settings such as TimeZone or DateStyle", v.Field, strings.Join(v.Stable, ", ")),
+				Fix:     "make sure every writer and greenswap itself run with the same settings",
+				Objects: []string{v.Field}})
+		}
+	}
+
+	if green != nil {
+		if diffs := rowTypeDiffs(blue, green); len(diffs) > 0 {
+			add(Hazard{Code: HazardRowTypeChange, Severity: Warning,
+				Message: fmt.Sprintf("the row type of %s changes at cutover: a client holding a prepared statement on it gets one `cached plan must not change result type` error per statement, and code that expects the old columns or types breaks", s.AppTable()),
+				Fix: fmt.Sprintf("use version schemas: pin old releases to blue's shape with SET search_path TO %s, %s (it keeps the old shape until finalize, and its writes reach green through the forward mapping); point new releases at %s or the app name; clients that stay on the app name should retry once on that error or re-prepare (DISCARD PLANS / reconnect)",
+					db.Ident(n.BlueSchema), db.Ident(n.App.Schema), db.Ident(n.GreenSchema)),
+				Objects: diffs})
+		}
+		if stricter := greenStricter(s, blue, green); len(stricter) > 0 {
+			add(Hazard{Code: HazardGreenStricter, Severity: Warning,
+				Message: fmt.Sprintf("green is stricter than blue: after cutover an old client's write through %s that blue accepted fails", s.AppTable()),
+				Fix: fmt.Sprintf("upgrade those clients before cutover, or pin old releases to blue's shape with SET search_path TO %s, %s: their writes land in blue and the forward mapping (e.g. forward.email: coalesce(email, '...')) makes them fit green",
+					db.Ident(n.BlueSchema), db.Ident(n.App.Schema)),
+				Objects: stricter})
+		}
+	}
+
+	add(Hazard{Code: HazardViewLimitations, Severity: Warning,
+		Message: fmt.Sprintf("from adopt until finalize %s is a view: TRUNCATE, COPY ... FROM, COPY %s TO, ALTER TABLE (ADD/DROP/ALTER COLUMN, constraints), CREATE INDEX, REINDEX, CLUSTER, CREATE TRIGGER and new foreign keys referencing it fail; VACUUM (FULL) and ANALYZE skip it with a warning; LOCK TABLE locks the view and the table it reads now, not the other shape",
+			s.AppTable(), s.AppTable()),
+		Fix: fmt.Sprintf("point maintenance at %s / %s directly, use COPY (SELECT ...) TO for exports, and pause jobs that TRUNCATE or COPY into the table until finalize",
+			db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name))})
+
+	if s.Mode == ModeLogical {
+		hs = append(hs, logicalHazards(blue, in.Mapping, s, f)...)
+	}
+	return SortHazards(hs)
+}
+
+func logicalHazards(blue *Table, m *Mapping, s *Spec, f HazardFacts) []Hazard {
+	var hs []Hazard
+	if f.WalLevel != "logical" {
+		hs = append(hs, Hazard{Code: HazardLogicalWalLevel, Severity: Blocking,
+			Message: fmt.Sprintf("mode: logical needs wal_level = logical; the server has %q", f.WalLevel),
+			Fix:     "ALTER SYSTEM SET wal_level = logical and restart the server (or use mode: trigger)"})
+	}
+	if f.MaxReplicationSlots-f.UsedReplicationSlots < 1 {
+		hs = append(hs, Hazard{Code: HazardLogicalNoSlot, Severity: Blocking,
+			Message: fmt.Sprintf("no free replication slot: %d of max_replication_slots = %d in use", f.UsedReplicationSlots, f.MaxReplicationSlots),
+			Fix:     "drop an unused slot (SELECT pg_drop_replication_slot(...)) or raise max_replication_slots (restart)"})
+	}
+	if f.MaxWalSenders-f.UsedWalSenders < 1 {
+		hs = append(hs, Hazard{Code: HazardLogicalNoWalSender, Severity: Blocking,
+			Message: fmt.Sprintf("no free WAL sender: %d of max_wal_senders = %d in use", f.UsedWalSenders, f.MaxWalSenders),
+			Fix:     "raise max_wal_senders (restart)"})
+	}
+	if !f.CanReplicate {
+		hs = append(hs, Hazard{Code: HazardLogicalReplPrivilege, Severity: Blocking,
+			Message: "the connecting role has neither REPLICATION nor superuser: it cannot create a replication slot or stream",
+			Fix:     "ALTER ROLE ... REPLICATION (on managed services: grant the provider's replication role), or use mode: trigger"})
+	}
+	if !f.CanCreateInDB {
+		hs = append(hs, Hazard{Code: HazardLogicalCreatePrivilege, Severity: Blocking,
+			Message: "the connecting role has no CREATE privilege on the database: it cannot create the migration's publication",
+			Fix:     "GRANT CREATE ON DATABASE ... TO the role, or use mode: trigger"})
+	}
+	key := s.Key
+	if m != nil {
+		key = m.Key
+	} else if len(key) == 0 {
+		key = TableKey(blue)
+	}
+	if len(key) > 0 {
+		var missing []string
+		for _, k := range key {
+			if !slices.Contains(f.ReplicaIdentityColumns, k) {
+				missing = append(missing, k)
+			}
+		}
+		if len(missing) > 0 {
+			what := map[string]string{"d": "DEFAULT (the primary key)", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}[blue.ReplicaIdentity]
+			hs = append(hs, Hazard{Code: HazardLogicalReplicaIdentity, Severity: Blocking,
+				Message: fmt.Sprintf("replica identity of %s is %s and does not log key column(s) %s: updates and deletes could not be applied to green", blue.Name, what, strings.Join(missing, ", ")),
+				Fix:     fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY USING INDEX <the unique index on (%s)>", db.Ident(blue.Name.Schema, blue.Name.Name), strings.Join(key, ", ")),
+			})
+		}
+	}
+	return hs
+}
+
+var severityRank = map[Severity]int{Blocking: 0, Warning: 1, Info: 2}
+
+// SortHazards orders hazards blocking first, then warnings, then info,
+// keeping the order within each severity.
+func SortHazards(hs []Hazard) []Hazard {
+	slices.SortStableFunc(hs, func(a, b Hazard) int { return severityRank[a.Severity] - severityRank[b.Severity] })
+	return hs
+}
+
+// HasBlocking reports whether any hazard is blocking.
+func HasBlocking(hs []Hazard) bool {
+	return slices.ContainsFunc(hs, func(h Hazard) bool { return h.Severity == Blocking })
+}
+
+// hasUniqueOn reports whether t has a valid, non-partial unique index on exactly cols.
+func hasUniqueOn(t *Table, cols []string) bool {
+	for _, ix := range t.Indexes {
+		if ix.Unique && ix.Valid && !ix.Partial && !ix.Expression && sameSet(ix.Columns, cols) {
+			return true
+		}
+	}
+	return false
+}
+
+// greenHasFK reports whether green has an FK matching blue's fk: same
+// columns, same referenced table (blue itself maps to green) and columns.
+func greenHasFK(fk ForeignKey, blue, green *Table) bool {
+	ref := fk.RefTable
+	if ref == blue.Name {
+		ref = green.Name
+	}
+	for _, g := range green.ForeignKeys {
+		if slices.Equal(g.Columns, fk.Columns) && g.RefTable == ref && slices.Equal(g.RefColumns, fk.RefColumns) {
+			return true
+		}
+	}
+	return false
+}
+
+// rowTypeDiffs lists how the app name's columns change when it moves from
+// blue to green: types, columns dropped or added, and order.
+func rowTypeDiffs(blue, green *Table) []string {
+	var out []string
+	var common []string
+	for _, b := range blue.Columns {
+		g := green.Column(b.Name)
+		if g == nil {
+			out = append(out, fmt.Sprintf("%s: dropped (%s)", b.Name, b.Type))
+			continue
+		}
+		common = append(common, b.Name)
+		if g.Type != b.Type {
+			out = append(out, fmt.Sprintf("%s: %s → %s", b.Name, b.Type, g.Type))
+		}
+	}
+	var greenCommon []string
+	for _, g := range green.Columns {
+		if blue.Column(g.Name) == nil {
+			out = append(out, fmt.Sprintf("%s: added (%s)", g.Name, g.Type))
+			continue
+		}
+		greenCommon = append(greenCommon, g.Name)
+	}
+	if !slices.Equal(common, greenCommon) {
+		out = append(out, fmt.Sprintf("column order: (%s) → (%s)", strings.Join(common, ", "), strings.Join(greenCommon, ", ")))
+	}
+	return out
+}
+
+// greenStricter lists what green rejects that blue accepted.
+func greenStricter(s *Spec, blue, green *Table) []string {
+	var out []string
+	for _, g := range green.Columns {
+		b := blue.Column(g.Name)
+		if b == nil {
+			if g.NotNull && g.Default == "" && g.Identity == "" && g.Generated == "" {
+				out = append(out, fmt.Sprintf("%s: new NOT NULL column without a default: inserts that do not name it fail", g.Name))
+			}
+			continue
+		}
+		if g.NotNull && !b.NotNull {
+			note := ""
+			if e, ok := s.Forward[g.Name]; ok {
+				note = fmt.Sprintf(" (forward.%s: %s applies to writes through blue's shape only)", g.Name, e)
+			}
+			out = append(out, fmt.Sprintf("%s: NOT NULL on green, nullable on blue%s", g.Name, note))
+		}
+		if g.Type != b.Type && !typeWidens(b.Type, g.Type) {
+			out = append(out, fmt.Sprintf("%s: %s → %s may reject values blue accepts", g.Name, b.Type, g.Type))
+		}
+	}
+	blueChecks := map[string]bool{}
+	for _, c := range blue.Constraints {
+		if c.Type == "c" {
+			blueChecks[normalizeCheck(c.Def)] = true
+		}
+	}
+	for _, c := range green.Constraints {
+		if c.Type == "c" && !blueChecks[normalizeCheck(c.Def)] {
+			out = append(out, fmt.Sprintf("%s: %s (blue has no such CHECK)", c.Name, c.Def))
+		}
+	}
+	for _, ix := range green.Indexes {
+		if !ix.Unique || ix.Expression {
+			continue
+		}
+		if !blueUniqueCovers(blue, ix) {
+			out = append(out, fmt.Sprintf("%s: UNIQUE (%s) (not unique on blue)", ix.Name, strings.Join(ix.Columns, ", ")))
+		}
+	}
+	return out
+}
+
+// blueUniqueCovers reports whether blue already enforces the uniqueness of
+// green's index gix: some unique index of blue on a subset of its columns.
+func blueUniqueCovers(blue *Table, gix Index) bool {
+	for _, ix := range blue.Indexes {
+		if !ix.Unique || ix.Expression || (ix.Partial && !gix.Partial) || len(ix.Columns) == 0 {
+			continue
+		}
+		all := true
+		for _, c := range ix.Columns {
+			if !slices.Contains(gix.Columns, c) {
+				all = false
+			}
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+var notValidSuffix = regexp.MustCompile(`\s+NOT VALID$`)
+
+func normalizeCheck(def string) string {
+	return notValidSuffix.ReplaceAllString(strings.TrimSpace(def), "")
+}
+
+var typmodRE = regexp.MustCompile(`^([a-z ]+?)(?:\((\d+)(?:,(\d+))?\))?$`)
+
+// parseType splits a format_type name into base name and typmods.
+func parseType(t string) (base string, mods []int) {
+	m := typmodRE.FindStringSubmatch(t)
+	if m == nil {
+		return t, nil
+	}
+	for _, s := range m[2:] {
+		if s != "" {
+			v, _ := strconv.Atoi(s)
+			mods = append(mods, v)
+		}
+	}
+	return m[1], mods
+}
+
+var intDigits = map[string]int{"smallint": 5, "integer": 10, "bigint": 19}
+
+// typeWidens reports whether every value of type from is accepted by type
+// to (possibly rounded, never rejected). Unknown pairs are "no".
+func typeWidens(from, to string) bool {
+	if from == to {
+		return true
+	}
+	fb, fm := parseType(from)
+	tb, tm := parseType(to)
+	isString := func(b string) bool { return b == "text" || b == "character varying" || b == "character" }
+	switch {
+	case tb == "text" || (tb == "character varying" && len(tm) == 0):
+		return true // every value has a text form
+	case isString(tb):
+		return isString(fb) && fb != "text" && len(fm) == 1 && len(tm) == 1 && tm[0] >= fm[0] &&
+			!(tb == "character" && fb != "character")
+	case tb == "double precision" || tb == "real":
+		_, isInt := intDigits[fb]
+		return isInt || fb == "numeric" || fb == "real" || fb == "double precision"
+	case tb == "numeric":
+		if len(tm) == 0 {
+			_, isInt := intDigits[fb]
+			return isInt || fb == "numeric"
+		}
+		intPart := tm[0]
+		if len(tm) > 1 {
+			intPart -= tm[1]
+		}
+		if d, ok := intDigits[fb]; ok {
+			return intPart >= d
+		}
+		if fb == "numeric" && len(fm) > 0 {
+			fi := fm[0]
+			if len(fm) > 1 {
+				fi -= fm[1]
+			}
+			return intPart >= fi
+		}
+		return false
+	case intDigits[tb] > 0:
+		d, ok := intDigits[fb]
+		return ok && intDigits[tb] >= d
+	case tb == "timestamp with time zone" || tb == "timestamp without time zone":
+		return fb == "timestamp with time zone" || fb == "timestamp without time zone" || fb == "date"
+	case tb == "jsonb":
+		return fb == "json"
+	}
+	return false
+}
+
+// ---------------------------------------------------------------------------
+// Facts from the database.
+
+// LoadHazardFacts reads the server and leftover facts Hazards needs. blue is
+// the app table (nil when the app name is not a table, e.g. already a
+// greenswap view); then only server facts and leftovers are read.
+func LoadHazardFacts(ctx context.Context, q db.Querier, s *Spec, blue *Table) (HazardFacts, error) {
+	var f HazardFacts
+	var version int
+	err := q.QueryRow(ctx, `
+SELECT current_setting('server_version_num')::int,
+       current_setting('wal_level'),
+       current_setting('max_replication_slots')::int,
+       (SELECT count(*) FROM pg_replication_slots)::int,
+       current_setting('max_wal_senders')::int,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int,
+       coalesce((SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), false),
+       has_database_privilege(current_database(), 'CREATE')`).Scan(
+		&version, &f.WalLevel, &f.MaxReplicationSlots, &f.UsedReplicationSlots,
+		&f.MaxWalSenders, &f.UsedWalSenders, &f.CanReplicate, &f.CanCreateInDB)
+	if err != nil {
+		return f, fmt.Errorf("read server facts: %w", err)
+	}
+	f.ServerMajor = version / 10000
+	if blue != nil {
+		if err := q.QueryRow(ctx, `SELECT relpersistence::text FROM pg_class WHERE oid = $1`, blue.OID).Scan(&f.Persistence); err != nil {
+			return f, fmt.Errorf("read persistence of %s: %w", blue.Name, err)
+		}
+		switch blue.ReplicaIdentity {
+		case "f":
+			for _, c := range blue.Columns {
+				f.ReplicaIdentityColumns = append(f.ReplicaIdentityColumns, c.Name)
+			}
+		case "d":
+			if blue.PrimaryKey != nil {
+				f.ReplicaIdentityColumns = slices.Clone(blue.PrimaryKey.Columns)
+			}
+		case "i":
+			rows, err := q.Query(ctx, `
+SELECT a.attname::text
+  FROM pg_index i
+  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+ WHERE i.indrelid = $1 AND i.indisreplident
+ ORDER BY a.attnum`, blue.OID)
+			if err != nil {
+				return f, err
+			}
+			if f.ReplicaIdentityColumns, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+				return f, err
+			}
+		}
+	}
+	f.Leftovers, err = loadLeftovers(ctx, q, s, blue)
+	return f, err
+}
+
+// loadLeftovers finds objects of another (or an abandoned) greenswap
+// migration of this table or under this name.
+func loadLeftovers(ctx context.Context, q db.Querier, s *Spec, blue *Table) ([]string, error) {
+	n := NamesFor(s.Name, s.AppTable())
+	var out []string
+	rows, err := q.Query(ctx, `SELECT nspname::text FROM pg_namespace WHERE nspname = ANY ($1) ORDER BY 1`,
+		[]string{n.BlueSchema, n.GreenSchema})
+	if err != nil {
+		return nil, err
+	}
+	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	for _, sc := range schemas {
+		out = append(out, fmt.Sprintf("schema %s exists: DROP SCHEMA %s CASCADE", sc, db.Ident(sc)))
+	}
+
+	slots := []string{n.Slot}
+	migs, err := state.List(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("read greenswap.migrations: %w", err)
+	}
+	app := s.AppTable()
+	for _, m := range migs {
+		sameTable := m.AppTable == app.String() || m.AppTable == s.Table || m.AppTable == db.Ident(app.Schema, app.Name)
+		switch {
+		case m.Name == s.Name && m.State != state.RolledBack:
+			out = append(out, fmt.Sprintf("migration %s exists in state %s (table %s): see `greenswap status %s`", m.Name, m.State, m.AppTable, m.Name))
+		case m.Name != s.Name && sameTable && m.State != state.RolledBack && m.State != state.Finalized:
+			out = append(out, fmt.Sprintf("migration %s of the same table is in state %s: see `greenswap status %s`", m.Name, m.State, m.Name))
+		default:
+			continue
+		}
+		if m.SlotName != nil && *m.SlotName != "" && !slices.Contains(slots, *m.SlotName) {
+			slots = append(slots, *m.SlotName)
+		}
+	}
+
+	rows, err = q.Query(ctx, `
+SELECT slot_name::text, active,
+       coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, restart_lsn), 0)::int8
+  FROM pg_replication_slots WHERE slot_name = ANY ($1) ORDER BY 1`, slots)
+	if err != nil {
+		return nil, err
+	}
+	type slot struct {
+		name     string
+		active   bool
+		retained int64
+	}
+	found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slot, error) {
+		var sl slot
+		err := r.Scan(&sl.name, &sl.active, &sl.retained)
+		return sl, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, sl := range found {
+		st := "inactive"
+		if sl.active {
+			st = "active"
+		}
+		out = append(out, fmt.Sprintf("replication slot %s exists (%s, retains %d bytes of WAL): SELECT pg_drop_replication_slot(%s)",
+			sl.name, st, sl.retained, db.Literal(sl.name)))
+	}
+
+	var pub bool
+	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, n.Publication).Scan(&pub); err != nil {
+		return nil, err
+	}
+	if pub {
+		out = append(out, fmt.Sprintf("publication %s exists: DROP PUBLICATION %s", n.Publication, db.Ident(n.Publication)))
+	}
+
+	if blue != nil {
+		rows, err := q.Query(ctx, `SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND left(tgname::text, 8) = 'gs_sync_' ORDER BY 1`, blue.OID)
+		if err != nil {
+			return nil, err
+		}
+		tgs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, err
+		}
+		for _, tg := range tgs {
+			out = append(out, fmt.Sprintf("greenswap sync trigger %s is on %s: DROP TRIGGER %s ON %s", tg, blue.Name, db.Ident(tg), db.Ident(blue.Name.Schema, blue.Name.Name)))
+		}
+	}
+	return out, nil
+}
+
+// ---------------------------------------------------------------------------
+// Volatility of the mapping.
+
+// timeVaryingStable are STABLE functions whose value changes with time or
+// the session, not only with settings: a mapping calling them is as good as
+// volatile for checksums.
+var timeVaryingStable = map[string]bool{
+	"now": true, "transaction_timestamp": true, "statement_timestamp": true,
+	"pg_backend_pid": true, "inet_client_addr": true, "inet_client_port": true,
+	"inet_server_addr": true, "inet_server_port": true, "txid_current": true,
+	"txid_current_if_assigned": true, "pg_current_xact_id": true,
+	"pg_current_xact_id_if_assigned": true, "pg_trigger_depth": true,
+	"pg_postmaster_start_time": true, "pg_conf_load_time": true,
+}
+
+var (
+	funcIDRE   = regexp.MustCompile(`:(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)`)
+	sqlValueRE = regexp.MustCompile(`\{SQLVALUEFUNCTION :op (\d+)`)
+)
+
+// sqlValueFunctions names SQLValueFunction ops (PostgreSQL's enum
+// SQLValueFunctionOp, stable since 10) for messages.
+var sqlValueFunctions = []string{"CURRENT_DATE", "CURRENT_TIME", "CURRENT_TIME", "CURRENT_TIMESTAMP", "CURRENT_TIMESTAMP",
+	"LOCALTIME", "LOCALTIME", "LOCALTIMESTAMP", "LOCALTIMESTAMP", "CURRENT_ROLE", "CURRENT_USER", "USER",
+	"SESSION_USER", "CURRENT_CATALOG", "CURRENT_SCHEMA"}
+
+// DetectVolatility checks every explicit expression of m (forward and
+// reverse) for functions whose value is not a pure function of the row.
+// It compiles each one into a throwaway view in schema (which must be
+// disposable: plan passes the green schema of its rolled-back rehearsal),
+// reads the functions the parse tree calls (pg_rewrite.ev_action: built-in
+// functions are not recorded in pg_depend) and looks up their volatility.
+// Volatile (or time/session-varying STABLE) expressions get
+// ColumnMap.Volatile set. q must be a transaction: each probe runs in a
+// savepoint that is rolled back. An expression that does not compile is a
+// *SpecError pointing at its spec line.
+func DetectVolatility(ctx context.Context, q db.Querier, s *Spec, schema string, m *Mapping) ([]Volatility, error) {
+	var out []Volatility
+	for _, d := range []struct {
+		field string
+		dir   *Direction
+	}{{"forward", &m.Forward}, {"reverse", &m.Reverse}} {
+		for i := range d.dir.Columns {
+			c := &d.dir.Columns[i]
+			if !c.Explicit {
+				continue
+			}
+			field := d.field + "." + c.Target
+			v, err := probeVolatility(ctx, q, schema, d.dir, c.Target, sourceSide(d.field))
+			if err != nil {
+				var se *SpecError
+				if errors.As(err, &se) {
+					se.File, se.Line, se.Field = s.File, s.Line(field), field
+					return nil, se
+				}
+				return nil, fmt.Errorf("check volatility of %s: %w", field, err)
+			}
+			v.Field = field
+			c.Volatile = len(v.Volatile) > 0
+			if len(v.Volatile)+len(v.Stable) > 0 {
+				out = append(out, v)
+			}
+		}
+	}
+	return out, nil
+}
+
+func probeVolatility(ctx context.Context, q db.Querier, schema string, d *Direction, col, side string) (v Volatility, err error) {
+	if _, err := q.Exec(ctx, `SAVEPOINT gs_probe`); err != nil {
+		return v, err
+	}
+	defer func() {
+		if _, rerr := q.Exec(ctx, `ROLLBACK TO SAVEPOINT gs_probe`); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+	view := db.Ident(schema, "gs_probe_volatility")
+	_, err = q.Exec(ctx, "CREATE VIEW "+view+" AS SELECT "+d.ValueExpr(col)+" AS v FROM "+db.Ident(d.Source.Schema, d.Source.Name))
+	if err != nil {
+		return v, &SpecError{Msg: oneLine("the expression does not compile: " + ErrText(err)),
+			Fix: "write one SQL expression over the " + side + " row's columns, named bare"}
+	}
+	var tree string
+	if err := q.QueryRow(ctx, `SELECT ev_action::text FROM pg_rewrite WHERE ev_class = $1::regclass`, view).Scan(&tree); err != nil {
+		return v, err
+	}
+	seen := map[string]bool{}
+	for _, m := range sqlValueRE.FindAllStringSubmatch(tree, -1) {
+		op, _ := strconv.Atoi(m[1])
+		name := "SQL value function"
+		if op >= 0 && op < len(sqlValueFunctions) {
+			name = sqlValueFunctions[op]
+		}
+		if !seen[name] {
+			seen[name] = true
+			v.Volatile = append(v.Volatile, name)
+		}
+	}
+	var oids []uint32
+	for _, m := range funcIDRE.FindAllStringSubmatch(tree, -1) {
+		id, _ := strconv.ParseUint(m[1], 10, 32)
+		if id != 0 {
+			oids = append(oids, uint32(id))
+		}
+	}
+	if len(oids) == 0 {
+		return v, nil
+	}
+	rows, err := q.Query(ctx, `
+SELECT CASE WHEN n.nspname = 'pg_catalog' THEN p.proname::text ELSE n.nspname || '.' || p.proname END,
+       p.proname::text, p.provolatile::text
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.oid = ANY ($1::oid[]) AND p.provolatile <> 'i'
+ ORDER BY 1`, oids)
+	if err != nil {
+		return v, err
+	}
+	type fn struct{ display, name, vol string }
+	fns, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (fn, error) {
+		var f fn
+		err := r.Scan(&f.display, &f.name, &f.vol)
+		return f, err
+	})
+	if err != nil {
+		return v, err
+	}
+	for _, f := range fns {
+		name := f.display + "()"
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		if f.vol == "v" || timeVaryingStable[f.name] {
+			v.Volatile = append(v.Volatile, name)
+		} else {
+			v.Stable = append(v.Stable, name)
+		}
+	}
+	return v, nil
+}
+
+// ErrText is a PostgreSQL error's message with its detail and hint,
+// without the driver's decoration; other errors as they are.
+func ErrText(err error) string {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err.Error()
+	}
+	msg := pe.Message
+	if pe.Detail != "" {
+		msg += ": " + pe.Detail
+	}
+	if pe.Hint != "" {
+		msg += " (hint: " + pe.Hint + ")"
+	}
+	return msg
+}
