@@ -1,18 +1,295 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
 
-// syncCommand is a placeholder until the sync command lands.
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/runner"
+	"github.com/greenswap/greenswap/shadow"
+)
+
 func syncCommand() *cli.Command {
-	return &cli.Command{Name: "sync", Usage: "(not yet implemented)", Action: func(*cli.Context) error { return errNotImplemented }}
+	return &cli.Command{
+		Name:      "sync",
+		Usage:     "adopt the table, build green, backfill it and keep it in sync (trigger mode)",
+		ArgsUsage: " ",
+		Description: `Takes a migration from planned to synced: moves the table to its version
+schema behind a view with the same name and shape (adopt), creates green from
+target.ddl with sync triggers, copies the existing rows in keyed batches,
+builds target.indexes concurrently, and switches on green → blue, so that
+either shape can take writes from then on.
+
+Every step is resumable: after a crash, Ctrl-C or kill -9, run the same
+command again and it continues where it stopped (at most one batch is
+redone). A migration already under way resumes with the spec it was started
+with; a file that differs from it (sync: options aside) is refused.
+
+Without --watch, sync returns once the migration is synced (the triggers
+keep it synced from then on, without greenswap running), logging a status
+line every few seconds. With --watch on a terminal it shows a live display,
+and after synced keeps showing the changes the triggers apply until Ctrl-C,
+which then exits 0. Without a terminal, or with --log-format json, --watch
+logs status lines instead.
+
+Ctrl-C before synced stops after the batch in flight and exits 130;
+` + "`greenswap pause NAME`" + ` from another terminal holds the backfill instead.
+
+Example:
+
+   greenswap sync -f orders.yaml --watch
+   greenswap sync -f orders.yaml --batch-size 5000 --max-replica-lag 30s`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the migration spec, YAML or JSON (required)", TakesFile: true},
+			&cli.BoolFlag{Name: "watch", Usage: "show live progress (a status line every few seconds without a terminal); after synced, keep showing it until Ctrl-C"},
+			&cli.IntFlag{Name: "batch-size", Usage: "copy exactly `N` rows per batch", DefaultText: "adaptive, toward --target-batch-time"},
+			&cli.DurationFlag{Name: "target-batch-time", Usage: "adaptive batch sizing aims each batch at this `DURATION`", DefaultText: "sync.target_batch_time, else 200ms"},
+			&cli.DurationFlag{Name: "max-replica-lag", Usage: "hold the backfill while a standby's replay lag exceeds `DURATION`", DefaultText: "sync.max_replica_lag, else 10s"},
+			&cli.DurationFlag{Name: "lock-timeout", Usage: "wait at most `DURATION` per attempt for a table lock, then retry", DefaultText: "sync.lock_timeout, else 2s"},
+		},
+		Action:       syncAction,
+		OnUsageError: syncUsageError,
+	}
 }
 
-// pauseCommand is a placeholder until the pause command lands.
+// syncUsageError makes a bad flag value exit 2, as main's OnUsageError
+// does for the global flags (urfave/cli does not apply that one to subcommands).
+func syncUsageError(c *cli.Context, err error, _ bool) error {
+	return exitcode.Errorf(exitcode.BadInput, "%s (see `greenswap %s --help`)", err, c.Command.Name)
+}
+
+func syncAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return exitcode.Errorf(exitcode.BadInput, "sync takes no arguments, got %q (the spec is -f FILE)", c.Args().Slice())
+	}
+	opts := runner.SyncOptions{
+		BatchSize:       c.Int("batch-size"),
+		TargetBatchTime: c.Duration("target-batch-time"),
+		MaxReplicaLag:   c.Duration("max-replica-lag"),
+		LockTimeout:     c.Duration("lock-timeout"),
+	}
+	for _, f := range []struct {
+		name string
+		bad  bool
+	}{
+		{"batch-size", opts.BatchSize < 0},
+		{"target-batch-time", opts.TargetBatchTime < 0},
+		{"max-replica-lag", opts.MaxReplicaLag < 0},
+		{"lock-timeout", opts.LockTimeout < 0},
+	} {
+		if f.bad {
+			return exitcode.Errorf(exitcode.BadInput, "--%s must not be negative", f.name)
+		}
+	}
+	file := c.String("file")
+	if file == "" {
+		return exitcode.Errorf(exitcode.BadInput, "sync needs the spec: greenswap sync -f FILE (see `greenswap sync --help`)")
+	}
+	spec, err := shadow.LoadSpecFile(file)
+	if err != nil {
+		return err
+	}
+	env, err := connect(c)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+
+	out := c.App.Writer
+	watch := c.Bool("watch")
+	var show func(runner.SyncProgress)
+	var d *syncLiveDisplay
+	every := 5 * time.Second
+	if watch && c.String("log-format") != "json" && logx.IsTerminal(out) {
+		d = &syncLiveDisplay{w: out}
+		show, every = d.draw, time.Second
+		// Info lines would scroll the display away; warnings still show.
+		if env.Log.GetLevel() < zerolog.WarnLevel {
+			env.Log = env.Log.Level(zerolog.WarnLevel)
+		}
+	} else {
+		show = syncStatusLogger(env.Log)
+	}
+	opts.Progress, opts.ProgressEvery = show, every
+
+	stats, err := runner.Sync(c.Context, env, spec, opts)
+	if err != nil {
+		if exitcode.Of(err) == exitcode.Interrupted {
+			fmt.Fprintf(c.App.ErrWriter, "greenswap: sync of %s stopped; everything up to the last batch is saved. To resume: greenswap sync -f %s\n",
+				spec.Name, file)
+		}
+		return err
+	}
+	if stats.AlreadySynced {
+		fmt.Fprintf(out, "%s is synced: the sync triggers keep blue and green equal in both directions\n", spec.Name)
+	} else {
+		fmt.Fprintf(out, "%s is synced: %s rows copied in %s (%s rows/s); blue and green are kept equal in both directions\n",
+			spec.Name, syncThousands(stats.Rows), stats.Backfill.Round(time.Millisecond), syncThousands(int64(stats.RowsPerSec)))
+		fmt.Fprintf(out, "next: greenswap verify %s, then greenswap cutover %s\n", spec.Name, spec.Name)
+	}
+	if !watch {
+		return nil
+	}
+	if d != nil {
+		d.lines = 0 // below the summary, a fresh block
+	}
+	return runner.WatchSync(c.Context, env, spec.Name, every, show)
+}
+
 func pauseCommand() *cli.Command {
-	return &cli.Command{Name: "pause", Usage: "(not yet implemented)", Action: func(*cli.Context) error { return errNotImplemented }}
+	return &cli.Command{
+		Name:      "pause",
+		Usage:     "hold a running backfill (takes effect within a second)",
+		ArgsUsage: "NAME",
+		Description: `Sets the migration's paused flag; the backfill of a running ` + "`greenswap sync`" + `
+(in any terminal, on any host) holds before its next batch and shows the
+throttle reason "paused". The sync triggers keep running. Resume with
+` + "`greenswap resume NAME`" + `.
+
+Example:
+
+   greenswap pause orders_v2`,
+		Action:       func(c *cli.Context) error { return syncSetPaused(c, true) },
+		OnUsageError: syncUsageError,
+	}
 }
 
-// resumeCommand is a placeholder until the resume command lands.
 func resumeCommand() *cli.Command {
-	return &cli.Command{Name: "resume", Usage: "(not yet implemented)", Action: func(*cli.Context) error { return errNotImplemented }}
+	return &cli.Command{
+		Name:      "resume",
+		Usage:     "let a paused backfill continue",
+		ArgsUsage: "NAME",
+		Description: `Clears the paused flag set by ` + "`greenswap pause`" + `; the backfill continues within a
+second. (To restart a sync that was stopped, run ` + "`greenswap sync -f FILE`" + ` again.)
+
+Example:
+
+   greenswap resume orders_v2`,
+		Action:       func(c *cli.Context) error { return syncSetPaused(c, false) },
+		OnUsageError: syncUsageError,
+	}
+}
+
+func syncSetPaused(c *cli.Context, paused bool) error {
+	if c.NArg() != 1 {
+		return exitcode.Errorf(exitcode.BadInput, "%s takes one migration name (see `greenswap %s --help`)", c.Command.Name, c.Command.Name)
+	}
+	name := c.Args().First()
+	env, err := connect(c)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	if paused {
+		if err := runner.Pause(c.Context, env, name); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "%s paused: the backfill holds before its next batch; `greenswap resume %s` lets it continue\n", name, name)
+		return nil
+	}
+	if err := runner.Resume(c.Context, env, name); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s resumed\n", name)
+	return nil
+}
+
+// syncStatusLogger logs one line per call: the non-terminal form of --watch.
+func syncStatusLogger(log zerolog.Logger) func(runner.SyncProgress) {
+	return func(p runner.SyncProgress) {
+		ev := log.Info().Str("migration", p.Migration).Str("state", string(p.State)).Str("phase", p.Phase).
+			Int64("rows_copied", p.RowsCopied).Int64("rows_estimate", p.RowsEstimate).
+			Float64("percent", float64(int(p.Percent*10))/10).Int64("rows_per_sec", int64(p.RowsPerSec)).
+			Int("batch_size", p.BatchSize).Int64("captured", p.Captured)
+		if p.ETA > 0 {
+			ev = ev.Str("eta", p.ETA.String())
+		}
+		if p.Throttle != "" {
+			ev = ev.Str("throttle", p.Throttle)
+		}
+		ev.Msg("sync status")
+	}
+}
+
+// syncLiveDisplay redraws a small block of lines in place on a terminal.
+type syncLiveDisplay struct {
+	w     io.Writer
+	lines int
+}
+
+func (d *syncLiveDisplay) draw(p runner.SyncProgress) {
+	var b strings.Builder
+	if d.lines > 0 {
+		fmt.Fprintf(&b, "\x1b[%dA", d.lines) // back to the top of the block
+	}
+	phase := p.Phase
+	if phase == "" {
+		phase = "-"
+	}
+	rows := []string{
+		fmt.Sprintf("greenswap sync %s (%s)   state %s   phase %s", p.Migration, p.AppTable, p.State, phase),
+		fmt.Sprintf("  copied    %s / ~%s rows   %5.1f%%  %s", syncThousands(p.RowsCopied), syncThousands(p.RowsEstimate), p.Percent, syncBar(p.Percent, 30)),
+		syncRateLine(p),
+		fmt.Sprintf("  throttle  %s", syncOrNone(p.Throttle)),
+		fmt.Sprintf("  triggers  %s changes captured (estimate)", syncThousands(p.Captured)),
+	}
+	for _, r := range rows {
+		b.WriteString("\x1b[2K" + r + "\n")
+	}
+	d.lines = len(rows)
+	io.WriteString(d.w, b.String())
+}
+
+func syncRateLine(p runner.SyncProgress) string {
+	if p.Done {
+		return fmt.Sprintf("  backfill  done in %s", p.BackfillFor.Round(time.Second))
+	}
+	return fmt.Sprintf("  rate      %s rows/s   ETA %s   batch %s rows", syncThousands(int64(p.RowsPerSec)), syncETA(p), syncThousands(int64(p.BatchSize)))
+}
+
+func syncETA(p runner.SyncProgress) string {
+	switch {
+	case p.Done:
+		return "done"
+	case p.ETA > 0:
+		return p.ETA.String()
+	}
+	return "-"
+}
+
+func syncOrNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func syncBar(pct float64, width int) string {
+	n := min(max(int(pct/100*float64(width)), 0), width)
+	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
+}
+
+// syncThousands formats n with , separators.
+func syncThousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
 }

@@ -1,0 +1,718 @@
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
+	gssync "github.com/greenswap/greenswap/sync"
+	"github.com/greenswap/greenswap/trigger"
+)
+
+// Sync phases, in order. The migrations row's phase column names the next
+// one to run, and is written in the same transaction as the work of the
+// phase before it, so a re-run resumes exactly there. Adopt and green
+// creation are also recognised from the catalog.
+const (
+	PhaseAdopt         = "adopt"
+	PhaseCreateGreen   = "create-green"
+	PhaseBackfill      = "backfill"
+	PhaseIndexes       = "indexes"
+	PhaseAnalyze       = "analyze"
+	PhaseEnableReverse = "enable-reverse"
+	PhaseNone          = "" // synced: nothing left to do
+)
+
+var syncPhases = []string{PhaseAdopt, PhaseCreateGreen, PhaseBackfill, PhaseIndexes, PhaseAnalyze, PhaseEnableReverse}
+
+// phaseAfter reports whether the recorded phase p is later than phase.
+func phaseAfter(p, phase string) bool {
+	return slices.Index(syncPhases, p) > slices.Index(syncPhases, phase)
+}
+
+// SyncOptions tune one sync run. Zero values fall back to the spec's sync:
+// section, then to the shadow.Default* values.
+type SyncOptions struct {
+	BatchSize       int           // > 0: every batch has this many rows (no adaptive sizing)
+	TargetBatchTime time.Duration // adaptive sizing aims each batch at this
+	MaxReplicaLag   time.Duration // hold the backfill while a standby lags more
+	LockTimeout     time.Duration // per attempt, for every lock-taking step
+
+	// Progress, when set, is called every ProgressEvery (default 1s) while
+	// Sync runs, and once more before it returns, with the figures the
+	// migrations row holds (what `greenswap status` shows).
+	Progress      func(SyncProgress)
+	ProgressEvery time.Duration
+
+	// StopAfterSetup makes Sync return once blue is adopted and green exists
+	// with its sync triggers on, before the backfill (for tests and tools).
+	StopAfterSetup bool
+}
+
+// SyncStats is what one Sync call did; the bench reads it.
+type SyncStats struct {
+	Migration     string
+	State         state.State
+	AlreadySynced bool          // nothing was left to do
+	Rows          int64         // rows the backfill inserted into green in this run
+	Scanned       int64         // rows of blue the backfill read in this run
+	Batches       int           // backfill batches committed in this run
+	Retries       int           // batches rolled back on a lock timeout or deadlock and retried
+	Redone        int           // plain batches redone with ON CONFLICT (a key was in green already)
+	Backfill      time.Duration // wall time of the backfill in this run (throttling included)
+	Total         time.Duration // wall time of Sync
+	RowsPerSec    float64       // Rows / Backfill
+}
+
+// syncRun is one invocation of Sync.
+type syncRun struct {
+	env   *Env
+	opts  SyncOptions
+	log   zerolog.Logger
+	spec  *shadow.Spec
+	names shadow.Names
+	row   *state.Migration
+	phase string
+	lock  shadow.LockOptions
+	build *Build
+	stats SyncStats
+}
+
+// Sync takes a migration from planned (or wherever an earlier run stopped)
+// to synced in trigger mode: adopt, create green with the sync triggers,
+// backfill, build target.indexes, analyze, and switch on the green → blue
+// direction. It holds the migration's advisory lock throughout and records
+// an event per step. Interrupted (ctx cancelled), it stops after the batch
+// in flight with everything checkpointed; the error maps to exit 130 and a
+// re-run resumes.
+func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*SyncStats, error) {
+	start := time.Now()
+	if spec.Mode == shadow.ModeLogical {
+		return nil, spec.Errorf("mode", "use mode: trigger", "logical mode is not supported by sync yet")
+	}
+	r := &syncRun{env: env, opts: opts, log: env.Log.With().Str("migration", spec.Name).Logger()}
+	r.stats.Migration = spec.Name
+	lock, err := env.Lock(ctx, spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	if err := state.Ensure(ctx, env.Pool); err != nil {
+		return nil, interrupted(ctx, err)
+	}
+	if err := r.open(ctx, spec); err != nil {
+		return nil, interrupted(ctx, err)
+	}
+	r.stats.State = r.row.State
+	if r.row.State == state.Synced {
+		r.log.Info().Msg("already synced: the sync triggers keep blue and green equal")
+		r.stats.AlreadySynced = true
+		r.stats.Total = time.Since(start)
+		r.report(ctx)
+		return &r.stats, nil
+	}
+	stop := r.startProgress(ctx)
+	defer stop()
+
+	phases := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{PhaseAdopt, r.adopt},
+		{PhaseCreateGreen, r.createGreen},
+		{PhaseBackfill, r.backfill},
+		{PhaseIndexes, r.indexes},
+		{PhaseAnalyze, r.analyze},
+		{PhaseEnableReverse, r.enableReverse},
+	}
+	for _, ph := range phases {
+		if opts.StopAfterSetup && ph.name == PhaseBackfill {
+			break
+		}
+		if err := ph.fn(ctx); err != nil {
+			err = interrupted(ctx, err)
+			outcome := "error"
+			if exitcode.Of(err) == exitcode.Interrupted {
+				outcome = "interrupted"
+			}
+			if ph.name != PhaseBackfill { // the backfill records its own outcome
+				_ = state.Record(context.WithoutCancel(ctx), env.Pool, r.spec.Name, ph.name, outcome, 0, "",
+					map[string]string{"error": err.Error()})
+			}
+			stop()
+			r.report(context.WithoutCancel(ctx))
+			return &r.stats, err
+		}
+	}
+	r.stats.Total = time.Since(start)
+	stop()
+	r.report(ctx)
+	return &r.stats, nil
+}
+
+// interrupted makes an error caused by ctx's cancellation exit 130.
+func interrupted(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil || exitcode.Of(err) == exitcode.Interrupted {
+		return err
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return exitcode.With(exitcode.Interrupted, fmt.Errorf("%w (interrupted)", err))
+	}
+	return err
+}
+
+// open finds or creates the migration's row and settles which spec rules:
+// a migration already under way keeps the spec it started with, and a file
+// that differs from it (sync: options aside) is refused.
+func (r *syncRun) open(ctx context.Context, spec *shadow.Spec) error {
+	pool := r.env.Pool
+	r.spec = spec
+	r.names = shadow.NamesFor(spec.Name, spec.AppTable())
+	row, err := state.Get(ctx, pool, spec.Name)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		row = nil
+	case err != nil:
+		return err
+	}
+	if row == nil || row.State == state.RolledBack {
+		if row, err = state.Create(ctx, pool, spec.Name, spec.AppTable().String(), string(spec.Mode), spec); err != nil {
+			return err
+		}
+		r.row, r.phase = row, PhaseAdopt
+		return state.Record(ctx, pool, spec.Name, "create", "ok", 0, "", map[string]string{"file": spec.File})
+	}
+	var stored shadow.Spec
+	if err := json.Unmarshal(row.Spec, &stored); err != nil {
+		return fmt.Errorf("decode the stored spec of %s: %w", spec.Name, err)
+	}
+	diff := specDiff(&stored, spec)
+	switch row.State {
+	case state.Planned:
+		// Nothing is built yet: the file is the spec.
+		if len(diff) > 0 {
+			js, err := json.Marshal(spec)
+			if err != nil {
+				return err
+			}
+			if err := state.Update(ctx, pool, spec.Name, map[string]any{"spec": js, "app_table": spec.AppTable().String()}); err != nil {
+				return err
+			}
+		}
+	case state.Syncing, state.Synced:
+		if len(diff) > 0 {
+			return exitcode.Errorf(exitcode.BadInput,
+				"%s: differs from the spec migration %s was started with (%s); sync resumes with the stored spec only: "+
+					"run it with the original file, or roll it back first (`greenswap rollback %s`) and sync again",
+				fileOr(spec.File), spec.Name, strings.Join(diff, ", "), spec.Name)
+		}
+		// The stored spec rules; the file's lines still point at the same fields.
+		stored.File, stored.Lines, stored.Sync = spec.File, spec.Lines, spec.Sync
+		r.spec = &stored
+		r.names = shadow.NamesFor(stored.Name, stored.AppTable())
+	default:
+		return exitcode.Errorf(exitcode.BadInput, "migration %s is %s: there is nothing to sync (see `greenswap status %s`)",
+			spec.Name, row.State, spec.Name)
+	}
+	r.row = row
+	r.phase = row.Phase
+	if r.phase == PhaseNone && row.State != state.Synced {
+		r.phase = PhaseAdopt
+	}
+	r.log.Info().Str("state", string(row.State)).Str("phase", r.phase).Msg("resuming migration")
+	return nil
+}
+
+func fileOr(f string) string {
+	if f == "" {
+		return "spec"
+	}
+	return f
+}
+
+// specDiff names the fields in which two specs differ, sync options aside.
+func specDiff(a, b *shadow.Spec) []string {
+	var d []string
+	if a.Name != b.Name {
+		d = append(d, "name")
+	}
+	if a.AppTable() != b.AppTable() {
+		d = append(d, "table")
+	}
+	mode := func(m shadow.Mode) shadow.Mode {
+		if m == "" {
+			return shadow.ModeTrigger
+		}
+		return m
+	}
+	if mode(a.Mode) != mode(b.Mode) {
+		d = append(d, "mode")
+	}
+	if !slices.Equal(a.Key, b.Key) {
+		d = append(d, "key")
+	}
+	if strings.TrimSpace(a.Target.DDL) != strings.TrimSpace(b.Target.DDL) {
+		d = append(d, "target.ddl")
+	}
+	if !slices.Equal(a.Target.Indexes, b.Target.Indexes) {
+		d = append(d, "target.indexes")
+	}
+	if !maps.Equal(a.Forward, b.Forward) {
+		d = append(d, "forward")
+	}
+	if !maps.Equal(a.Reverse, b.Reverse) {
+		d = append(d, "reverse")
+	}
+	return d
+}
+
+// lockOptions: flags over the spec over the defaults.
+func (r *syncRun) lockOptions() shadow.LockOptions {
+	lo := shadow.DefaultLockOptions()
+	if r.spec.Sync.LockTimeout.Duration > 0 {
+		lo.Timeout = r.spec.Sync.LockTimeout.Duration
+	}
+	if r.opts.LockTimeout > 0 {
+		lo.Timeout = r.opts.LockTimeout
+	}
+	return lo
+}
+
+func (r *syncRun) onRetry(step string) func(int, []shadow.Blocker, time.Duration) {
+	return func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
+		ev := r.log.Warn().Str("step", step).Int("attempt", attempt).Dur("retry_in", wait)
+		for _, b := range blockers {
+			ev = ev.Str(fmt.Sprintf("blocker_%d", b.PID), b.String())
+		}
+		ev.Msg("lock wait timed out; rolled back, retrying")
+	}
+}
+
+// setPhase records the next phase in q (the phase's own transaction).
+func (r *syncRun) setPhase(ctx context.Context, q db.Querier, phase string, more map[string]any) error {
+	cols := map[string]any{"phase": phase}
+	maps.Copy(cols, more)
+	if err := state.Update(ctx, q, r.spec.Name, cols); err != nil {
+		return err
+	}
+	r.phase = phase
+	return nil
+}
+
+// catalogState says how far adopt and green creation got, from the catalog.
+type catalogState struct {
+	blueSchema bool
+	blue       bool   // the blue table exists in its version schema
+	appKind    string // relkind of the app name ("" when missing)
+	green      bool
+}
+
+const catalogStateSQL = `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+	to_regclass($2) IS NOT NULL,
+	coalesce((SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	          WHERE n.nspname = $3 AND c.relname = $4), ''),
+	to_regclass($5) IS NOT NULL`
+
+func (r *syncRun) catalog(ctx context.Context) (catalogState, error) {
+	n := r.names
+	var c catalogState
+	err := r.env.Pool.QueryRow(ctx, catalogStateSQL, n.BlueSchema, db.Ident(n.Blue.Schema, n.Blue.Name),
+		n.App.Schema, n.App.Name, db.Ident(n.Green.Schema, n.Green.Name)).Scan(&c.blueSchema, &c.blue, &c.appKind, &c.green)
+	return c, err
+}
+
+func (c catalogState) adopted() bool { return c.blue && c.appKind == "v" }
+
+func stepSQL(steps ...shadow.Step) string {
+	var all []string
+	for _, s := range steps {
+		all = append(all, s.SQL...)
+	}
+	return strings.Join(all, ";\n")
+}
+
+// adopt moves blue to its version schema and puts the view under the app
+// name, in one transaction with the state change; skipped when the catalog
+// shows it done.
+func (r *syncRun) adopt(ctx context.Context) error {
+	c, err := r.catalog(ctx)
+	if err != nil {
+		return err
+	}
+	if c.adopted() {
+		if r.row.State != state.Planned && r.phase != PhaseAdopt {
+			return nil
+		}
+		tx, err := r.env.Pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback(ctx)
+		if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
+			return err
+		}
+		if err := r.setPhase(ctx, tx, PhaseCreateGreen, nil); err != nil {
+			return err
+		}
+		r.row.State = state.Syncing
+		return tx.Commit(ctx)
+	}
+	if c.blue || c.green {
+		return exitcode.Errorf(exitcode.Failed, "%s is not a view but %s exists: the migration's objects are inconsistent; "+
+			"inspect them, or roll the migration back", r.names.App, r.names.Blue)
+	}
+	if c.appKind != "" && c.appKind != "r" && c.appKind != "p" {
+		return r.spec.Errorf("table", "name a table", "%s is not a table (relkind %s)", r.names.App, c.appKind)
+	}
+	r.log.Info().Str("table", r.names.App.String()).Str("schema", r.names.BlueSchema).Msg("adopting the table")
+	t0 := time.Now()
+	var step shadow.Step
+	app := db.Ident(r.names.App.Schema, r.names.App.Name)
+	err = shadow.RunWithLockRetry(ctx, r.env.Pool, "adopt", r.lockOptions(), r.onRetry("adopt"), func(tx pgx.Tx) error {
+		// Lock first, read the catalog under the lock: what adopt copies
+		// (columns, grants, comments) cannot change before it commits.
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+app+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+			if db.SQLState(err) == db.UndefinedTable {
+				return r.spec.Errorf("table", "check the name and the database you are connected to", "table %s does not exist", r.names.App)
+			}
+			return err
+		}
+		var err error
+		if step, err = adoptTx(ctx, tx, r.spec, r.names, r.env.ServerMajor); err != nil {
+			return err
+		}
+		if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
+			return err
+		}
+		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{"phase": PhaseCreateGreen}); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, "adopt", "ok", time.Since(t0), stepSQL(step), nil)
+	})
+	if err != nil {
+		return err
+	}
+	r.phase, r.row.State = PhaseCreateGreen, state.Syncing
+	r.log.Info().Dur("took", time.Since(t0)).Msgf("adopted: %s is now a view over %s", r.names.App, r.names.Blue)
+	return nil
+}
+
+// createGreen creates green from target.ddl with the sync triggers, in one
+// transaction that holds blue's writers off for milliseconds; or, when green
+// exists, reads the build back.
+func (r *syncRun) createGreen(ctx context.Context) error {
+	c, err := r.catalog(ctx)
+	if err != nil {
+		return err
+	}
+	if c.green {
+		if r.build, err = loadBuild(ctx, r.env.Pool, r.spec, r.names); err != nil {
+			return err
+		}
+		if r.phase == PhaseCreateGreen {
+			// Green exists but the phase was not moved on: only possible if
+			// it was made by hand; carry on from the backfill.
+			return r.setPhase(ctx, r.env.Pool, PhaseBackfill, map[string]any{"rows_estimate": r.build.Blue.RowEstimate})
+		}
+		return r.checkGreen()
+	}
+	if !c.adopted() {
+		return exitcode.Errorf(exitcode.Failed, "%s is not adopted yet; re-run sync", r.names.App)
+	}
+	t0 := time.Now()
+	blue := db.Ident(r.names.Blue.Schema, r.names.Blue.Name)
+	err = shadow.RunWithLockRetry(ctx, r.env.Pool, "create-green", r.lockOptions(), r.onRetry("create-green"), func(tx pgx.Tx) error {
+		// The lock CREATE TRIGGER needs, taken first so a timeout is a
+		// retryable lock error and the catalog is read under it.
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+blue+" IN SHARE ROW EXCLUSIVE MODE"); err != nil {
+			return err
+		}
+		b, err := createGreenTx(ctx, tx, r.spec, r.names)
+		if err != nil {
+			return err
+		}
+		r.build = b
+		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{
+			"phase": PhaseBackfill, "rows_estimate": b.Blue.RowEstimate, "backfill_started_at": time.Now(),
+			"cursor": nil, "rows_copied": 0, "batch_size": 0, "rows_per_sec": 0,
+		}); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, "create-green", "ok", time.Since(t0), stepSQL(b.Steps...), nil)
+	})
+	if err != nil {
+		return err
+	}
+	r.phase = PhaseBackfill
+	r.row.RowsEstimate, r.row.RowsCopied, r.row.Cursor = r.build.Blue.RowEstimate, 0, nil
+	r.log.Info().Dur("took", time.Since(t0)).Msgf("created %s; sync triggers on (blue → green)", r.names.Green)
+	return r.checkGreen()
+}
+
+func (r *syncRun) checkGreen() error {
+	if r.build.Green.Kind == "p" && len(r.spec.Target.Indexes) > 0 {
+		return r.spec.Errorf("target.indexes", "create the indexes in target.ddl's partitions, or leave target.indexes out",
+			"green is partitioned: building target.indexes concurrently on a partitioned table is not supported yet")
+	}
+	return nil
+}
+
+// backfill copies blue into green from the recorded cursor.
+func (r *syncRun) backfill(ctx context.Context) error {
+	if phaseAfter(r.phase, PhaseBackfill) {
+		return nil
+	}
+	var cursor gssync.Cursor
+	if len(r.row.Cursor) > 0 {
+		if err := json.Unmarshal(r.row.Cursor, &cursor); err != nil {
+			return fmt.Errorf("decode the backfill cursor %s: %w", r.row.Cursor, err)
+		}
+	}
+	so := r.spec.Sync.WithDefaults()
+	bo := gssync.Options{
+		BatchSize:       so.BatchSize,
+		MinBatchSize:    so.MinBatchSize,
+		MaxBatchSize:    so.MaxBatchSize,
+		TargetBatchTime: so.TargetBatchTime.Duration,
+		LockTimeout:     r.lockOptions().Timeout,
+	}
+	if r.row.BatchSize > 0 {
+		bo.BatchSize = r.row.BatchSize // resume at the size the last run had reached
+	}
+	if r.opts.BatchSize > 0 {
+		bo.BatchSize, bo.Fixed = r.opts.BatchSize, true
+	}
+	if r.opts.TargetBatchTime > 0 {
+		bo.TargetBatchTime = r.opts.TargetBatchTime
+	}
+	maxLag := so.MaxReplicaLag.Duration
+	if r.opts.MaxReplicaLag > 0 {
+		maxLag = r.opts.MaxReplicaLag
+	}
+	name, pool := r.spec.Name, r.env.Pool
+	bf := &gssync.Backfiller{
+		Pool:      pool,
+		Names:     r.names,
+		Mapping:   r.build.Mapping,
+		Blue:      r.build.Blue,
+		Options:   bo,
+		StartRows: r.row.RowsCopied,
+		Log:       r.log,
+		Throttles: []gssync.Throttle{
+			pausedThrottle(pool, name),
+			&gssync.ReplicaLag{Q: pool, Max: maxLag},
+		},
+		Checkpoint: func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
+			cols := map[string]any{"cursor": []string(cp.Cursor), "rows_copied": cp.RowsCopied,
+				"batch_size": cp.BatchSize, "rows_per_sec": cp.RowsPerSec}
+			if cp.Done {
+				cols["phase"], cols["backfill_done_at"], cols["throttle"] = PhaseIndexes, time.Now(), ""
+			}
+			return state.Update(ctx, tx, name, cols)
+		},
+		OnThrottle: func(reason string) {
+			cols := map[string]any{"throttle": reason}
+			if reason != "" {
+				cols["rows_per_sec"] = 0.0
+			}
+			if err := state.Update(context.WithoutCancel(ctx), pool, name, cols); err != nil {
+				r.log.Warn().Err(err).Msg("record the throttle reason")
+			}
+		},
+	}
+	keyCols, err := bf.KeyColumns()
+	if err != nil {
+		return err
+	}
+	r.log.Info().Strs("key", keyCols).Strs("cursor", cursor).Int64("rows_estimate", r.row.RowsEstimate).
+		Int("batch_size", bo.BatchSize).Bool("fixed", bo.Fixed).Msg("backfill")
+	res, err := bf.Run(ctx, cursor)
+	r.stats.Rows, r.stats.Scanned, r.stats.Batches, r.stats.Retries, r.stats.Redone, r.stats.Backfill =
+		res.Rows, res.Scanned, res.Batches, res.Retries, res.Redone, res.Duration
+	if s := res.Duration.Seconds(); s > 0 {
+		r.stats.RowsPerSec = float64(res.Rows) / s
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "interrupted"
+		if ctx.Err() == nil {
+			outcome = "error"
+		}
+	}
+	detail := map[string]any{"rows": res.Rows, "scanned": res.Scanned, "batches": res.Batches, "retries": res.Retries, "redone": res.Redone,
+		"rows_per_sec": r.stats.RowsPerSec, "from": cursor, "to": res.Cursor, "done": res.Done}
+	if rerr := state.Record(context.WithoutCancel(ctx), pool, name, "backfill", outcome, res.Duration, "", detail); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return err
+	}
+	r.phase = PhaseIndexes
+	r.log.Info().Int64("rows", res.Rows).Int("batches", res.Batches).Dur("took", res.Duration).
+		Float64("rows_per_sec", r.stats.RowsPerSec).Msg("backfill done")
+	return nil
+}
+
+// builtIndexes reads, from the event log, which target.indexes statements
+// earlier runs of this migration built and under what name.
+func (r *syncRun) builtIndexes(ctx context.Context) (map[int]string, error) {
+	evs, err := state.Events(ctx, r.env.Pool, r.spec.Name, 100000)
+	if err != nil {
+		return nil, err
+	}
+	built := map[int]string{}
+	for _, e := range evs {
+		if e.Step != "build-index" || e.Outcome != "ok" || e.At.Before(r.row.CreatedAt) {
+			continue
+		}
+		var d struct {
+			Statement int    `json:"statement"`
+			Index     string `json:"index"`
+		}
+		if json.Unmarshal(e.Detail, &d) == nil && d.Index != "" {
+			built[d.Statement] = d.Index
+		}
+	}
+	return built, nil
+}
+
+// indexes builds target.indexes on green with CREATE INDEX CONCURRENTLY.
+func (r *syncRun) indexes(ctx context.Context) error {
+	if phaseAfter(r.phase, PhaseIndexes) {
+		return nil
+	}
+	if len(r.spec.Target.Indexes) > 0 {
+		built, err := r.builtIndexes(ctx)
+		if err != nil {
+			return err
+		}
+		ib := &gssync.IndexBuild{
+			ConnConfig: r.env.ConnConfig,
+			Migration:  r.spec.Name,
+			Names:      r.names,
+			Statements: r.spec.Target.Indexes,
+			Built:      built,
+			Log:        r.log,
+			OnEvent: func(ctx context.Context, ev gssync.IndexEvent) error {
+				return state.Record(context.WithoutCancel(ctx), r.env.Pool, r.spec.Name, ev.Action+"-index", "ok", ev.Took, ev.SQL,
+					map[string]any{"statement": ev.Statement, "index": ev.Index})
+			},
+		}
+		if err := ib.Run(ctx); err != nil {
+			return err
+		}
+	}
+	return r.setPhase(ctx, r.env.Pool, PhaseAnalyze, nil)
+}
+
+// analyze collects statistics on the freshly filled green.
+func (r *syncRun) analyze(ctx context.Context) error {
+	if phaseAfter(r.phase, PhaseAnalyze) {
+		return nil
+	}
+	t0 := time.Now()
+	sql, err := gssync.Analyze(ctx, r.env.Pool, r.names)
+	if err != nil {
+		return err
+	}
+	if err := state.Record(ctx, r.env.Pool, r.spec.Name, "analyze", "ok", time.Since(t0), sql, nil); err != nil {
+		return err
+	}
+	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse, nil)
+}
+
+// enableReverse switches on green → blue and marks the migration synced, in
+// one transaction (a bounded wait for green's lock, retried).
+func (r *syncRun) enableReverse(ctx context.Context) error {
+	t0 := time.Now()
+	sql := trigger.SetReverseSQL(r.names, true)
+	err := shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
+		for _, s := range sql {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return err
+			}
+		}
+		if err := state.Transition(ctx, tx, r.spec.Name, state.Synced); err != nil {
+			return err
+		}
+		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{"phase": PhaseNone, "throttle": ""}); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)
+	})
+	if err != nil {
+		return err
+	}
+	r.phase, r.row.State, r.stats.State = PhaseNone, state.Synced, state.Synced
+	r.log.Info().Msg("synced: blue and green are kept equal in both directions")
+	return nil
+}
+
+// Pause holds a running (or the next) backfill of migration name within a
+// second, from any session: it sets the migrations row's paused flag.
+func Pause(ctx context.Context, env *Env, name string) error { return setPaused(ctx, env, name, true) }
+
+// Resume lets a paused backfill continue.
+func Resume(ctx context.Context, env *Env, name string) error {
+	return setPaused(ctx, env, name, false)
+}
+
+func setPaused(ctx context.Context, env *Env, name string, paused bool) error {
+	m, err := state.Get(ctx, env.Pool, name)
+	if err != nil {
+		return err
+	}
+	if m.State != state.Planned && m.State != state.Syncing {
+		return exitcode.Errorf(exitcode.BadInput, "migration %s is %s: it has no backfill to pause or resume", name, m.State)
+	}
+	tx, err := env.Pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if err := state.Update(ctx, tx, name, map[string]any{"paused": paused}); err != nil {
+		return err
+	}
+	step := "resume"
+	if paused {
+		step = "pause"
+	}
+	if err := state.Record(ctx, tx, name, step, "ok", 0, "", nil); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// pausedThrottle holds the backfill while the migration's paused flag is
+// set (greenswap pause). The row is read at most every 250ms, so a pause
+// takes effect within a second and costs no query per batch.
+func pausedThrottle(q db.Querier, name string) gssync.Throttle {
+	var at time.Time
+	var reason string
+	return gssync.ThrottleFunc(func(ctx context.Context) (string, error) {
+		if time.Since(at) < 250*time.Millisecond {
+			return reason, nil
+		}
+		m, err := state.Get(ctx, q, name)
+		if err != nil {
+			return "", err
+		}
+		at, reason = time.Now(), ""
+		if m.Paused {
+			reason = "paused (greenswap resume " + name + ")"
+		}
+		return reason, nil
+	})
+}

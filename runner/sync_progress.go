@@ -1,0 +1,133 @@
+package runner
+
+import (
+	"context"
+	"time"
+
+	"github.com/greenswap/greenswap/internal/state"
+	gssync "github.com/greenswap/greenswap/sync"
+)
+
+// SyncProgress is where a sync stands, as recorded in the migrations row
+// (so any session can read it) plus green's change counters.
+type SyncProgress struct {
+	Migration    string        `json:"migration"`
+	AppTable     string        `json:"app_table"`
+	State        state.State   `json:"state"`
+	Phase        string        `json:"phase"`
+	RowsCopied   int64         `json:"rows_copied"`
+	RowsEstimate int64         `json:"rows_estimate"` // at least RowsCopied
+	Percent      float64       `json:"percent"`       // of the backfill; 100 once it is done
+	RowsPerSec   float64       `json:"rows_per_sec"`
+	ETA          time.Duration `json:"eta"` // 0 when unknown or done
+	BatchSize    int           `json:"batch_size"`
+	Throttle     string        `json:"throttle,omitempty"`
+	Paused       bool          `json:"paused"`
+	// Captured estimates the changes the sync triggers have applied to
+	// green: its insert+update+delete counters minus the backfill's rows.
+	Captured    int64         `json:"captured"`
+	BackfillFor time.Duration `json:"backfill_for"` // since the backfill started (to its end once done)
+	Done        bool          `json:"backfill_done"`
+}
+
+// ReadSyncProgress reads migration name's figures.
+func ReadSyncProgress(ctx context.Context, env *Env, name string) (*SyncProgress, error) {
+	m, err := env.LoadMigration(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	row := m.Row
+	p := &SyncProgress{
+		Migration: row.Name, AppTable: row.AppTable, State: row.State, Phase: row.Phase,
+		RowsCopied: row.RowsCopied, RowsEstimate: max(row.RowsEstimate, row.RowsCopied),
+		RowsPerSec: row.RowsPerSec, BatchSize: row.BatchSize, Throttle: row.Throttle, Paused: row.Paused,
+		Done: row.BackfillDoneAt != nil,
+	}
+	switch {
+	case p.Done || (row.State != state.Planned && row.State != state.Syncing):
+		p.Percent = 100
+	case p.RowsEstimate > 0:
+		p.Percent = 100 * float64(p.RowsCopied) / float64(p.RowsEstimate)
+		if p.RowsPerSec > 0 {
+			p.ETA = time.Duration(float64(p.RowsEstimate-p.RowsCopied) / p.RowsPerSec * float64(time.Second)).Round(time.Second)
+		}
+	}
+	if row.BackfillStartedAt != nil {
+		end := time.Now()
+		if row.BackfillDoneAt != nil {
+			end = *row.BackfillDoneAt
+		}
+		p.BackfillFor = end.Sub(*row.BackfillStartedAt)
+	}
+	if row.State != state.Planned && row.State != state.RolledBack {
+		if ch, err := gssync.GreenChanges(ctx, env.Pool, m.Names); err == nil {
+			p.Captured = max(ch-row.RowsCopied, 0)
+		}
+	}
+	return p, nil
+}
+
+// startProgress calls opts.Progress every ProgressEvery until the returned
+// stop is called (idempotent; it waits for the reporter to end).
+func (r *syncRun) startProgress(ctx context.Context) (stop func()) {
+	if r.opts.Progress == nil {
+		return func() {}
+	}
+	every := r.opts.ProgressEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				r.report(ctx)
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// report hands the current figures to opts.Progress (errors are skipped:
+// progress is best effort).
+func (r *syncRun) report(ctx context.Context) {
+	if r.opts.Progress == nil {
+		return
+	}
+	if p, err := ReadSyncProgress(ctx, r.env, r.spec.Name); err == nil {
+		r.opts.Progress(*p)
+	}
+}
+
+// WatchSync calls fn with migration name's figures every `every` until ctx
+// ends, then returns nil: watching is not an operation that can fail half
+// way. It takes no lock, so verify and cutover can run meanwhile.
+func WatchSync(ctx context.Context, env *Env, name string, every time.Duration, fn func(SyncProgress)) error {
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if p, err := ReadSyncProgress(ctx, env, name); err == nil {
+			fn(*p)
+		} else if ctx.Err() == nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

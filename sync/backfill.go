@@ -1,0 +1,410 @@
+// Package sync copies blue's existing rows into green (the keyed backfill),
+// throttles itself, checkpoints its cursor, and builds green's secondary
+// indexes once the copy is done. Changes made while it runs reach green
+// through the sync triggers (package trigger). See README.md for the
+// invariants. Import it as gssync where it meets the standard library's sync.
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/trigger"
+)
+
+// Cursor is the key of the last row the backfill has covered, one text value
+// per key column in the order of blue's unique index on the key (see
+// Backfiller.KeyColumns). Stored as a JSON array of strings; nil means "from
+// the start". Values are the columns' text forms and are cast back to the
+// column types in SQL, so they round-trip exactly.
+type Cursor []string
+
+// Options tune the batches. Zero fields take the shadow.Default* values.
+type Options struct {
+	BatchSize       int           // first batch size; with Fixed, every batch's
+	Fixed           bool          // keep BatchSize (the --batch-size flag)
+	MinBatchSize    int           // adaptive bounds
+	MaxBatchSize    int           //
+	TargetBatchTime time.Duration // adaptive sizing aims every batch transaction at this
+	LockTimeout     time.Duration // upper bound on a batch's wait for one row lock
+	// PollInterval is how often a held (throttled) backfill re-checks its
+	// throttles; default 250ms, so `greenswap resume` acts within a second.
+	PollInterval time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	d := shadow.SyncOptions{BatchSize: o.BatchSize, MinBatchSize: o.MinBatchSize, MaxBatchSize: o.MaxBatchSize}.WithDefaults()
+	o.BatchSize, o.MinBatchSize, o.MaxBatchSize = d.BatchSize, d.MinBatchSize, d.MaxBatchSize
+	if o.MaxBatchSize < o.MinBatchSize {
+		o.MaxBatchSize = o.MinBatchSize
+	}
+	if !o.Fixed {
+		o.BatchSize = min(max(o.BatchSize, o.MinBatchSize), o.MaxBatchSize)
+	}
+	if o.TargetBatchTime <= 0 {
+		o.TargetBatchTime = shadow.DefaultTargetBatchTime
+	}
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = shadow.DefaultLockTimeout
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 250 * time.Millisecond
+	}
+	return o
+}
+
+// Checkpoint is the backfill's progress after one batch, handed to
+// Backfiller.Checkpoint inside that batch's transaction.
+type Checkpoint struct {
+	Cursor     Cursor  // resume after this key; unchanged by the last batch
+	RowsCopied int64   // rows inserted into green by the backfill, all runs together
+	BatchSize  int     // the size of this batch
+	RowsPerSec float64 // recent copy rate
+	Done       bool    // this was the last batch: every row of blue is covered
+}
+
+// Backfiller copies blue into green in key-ordered batches, each its own
+// short transaction that also records the checkpoint, so a crash at any
+// instant loses at most the batch in flight.
+type Backfiller struct {
+	Pool    *pgxpool.Pool
+	Names   shadow.Names
+	Mapping *shadow.Mapping
+	Blue    *shadow.Table // blue as it is now (key column types, key index)
+	Options Options
+
+	// Throttles are asked before every batch; the first non-empty reason
+	// holds the backfill until all of them say go.
+	Throttles []Throttle
+	// Checkpoint persists cp in tx, the batch's own transaction (required).
+	Checkpoint func(ctx context.Context, tx pgx.Tx, cp Checkpoint) error
+	// OnThrottle is told when the reason the backfill is held changes ("" = running).
+	OnThrottle func(reason string)
+	// StartRows is RowsCopied as recorded by earlier runs.
+	StartRows int64
+	Log       zerolog.Logger
+
+	key      keySpec
+	throttle string
+	rate     rateWindow
+}
+
+// Result sums up one Run.
+type Result struct {
+	Rows     int64         // rows inserted into green by this run
+	Scanned  int64         // rows of blue this run read
+	Batches  int           // committed batches
+	Retries  int           // batches rolled back on a lock timeout or deadlock and retried
+	Redone   int           // plain batches redone with ON CONFLICT DO NOTHING (a key was in green already)
+	Duration time.Duration // wall time of Run, throttled time included
+	Cursor   Cursor        // where a later run would resume
+	Done     bool          // the copy is complete
+}
+
+// Batch is what one CopyBatch did.
+type Batch struct {
+	Inserted int64  // rows inserted into green
+	Scanned  int64  // rows of blue read (and locked) in the range
+	Next     Cursor // the range's upper end: resume after it
+	Last     bool   // the range was open above: nothing is left after it
+}
+
+// KeyColumns is the order of the cursor's values.
+func (b *Backfiller) KeyColumns() ([]string, error) {
+	if err := b.init(); err != nil {
+		return nil, err
+	}
+	return b.key.Cols, nil
+}
+
+func (b *Backfiller) init() error {
+	if b.key.Cols != nil {
+		return nil
+	}
+	k, err := keyFor(b.Mapping, b.Blue)
+	if err != nil {
+		return err
+	}
+	b.key = k
+	return nil
+}
+
+// CopyBatch copies the next range after cursor after (nil: from the start)
+// of at most limit rows of blue into green, in tx. It sets the sync flag
+// first, so green's reverse trigger (when on) does not echo the rows back to
+// blue. The caller commits (and checkpoints) — Run does both.
+func (b *Backfiller) CopyBatch(ctx context.Context, tx pgx.Tx, after Cursor, limit int) (Batch, error) {
+	return b.copyBatch(ctx, tx, after, limit, true)
+}
+
+// copyBatch is CopyBatch; without onConflict the insert is plain and fails
+// with a unique violation when a key of the range is already in green.
+func (b *Backfiller) copyBatch(ctx context.Context, tx pgx.Tx, after Cursor, limit int, onConflict bool) (Batch, error) {
+	if err := b.init(); err != nil {
+		return Batch{}, err
+	}
+	if after != nil && len(after) != len(b.key.Cols) {
+		return Batch{}, fmt.Errorf("backfill cursor %q does not match the key (%s)", after, b.key.list())
+	}
+	flagSQL, flagArgs := trigger.SyncFlagSQL(b.Names)
+	if _, err := tx.Exec(ctx, flagSQL, flagArgs...); err != nil {
+		return Batch{}, err
+	}
+	lt := b.Options.withDefaults().LockTimeout
+	if _, err := tx.Exec(ctx, sessionSQL, searchPath(b.Names), fmt.Sprintf("%dms", lt.Milliseconds())); err != nil {
+		return Batch{}, err
+	}
+	args := make([]any, 0, 2*len(b.key.Cols)+1)
+	for _, v := range after {
+		args = append(args, v)
+	}
+	upper := make([]*string, len(b.key.Cols))
+	dest := make([]any, len(upper))
+	for i := range upper {
+		dest[i] = &upper[i]
+	}
+	err := tx.QueryRow(ctx, boundSQL(b.key, b.Names.Blue, after != nil), append(args, max(limit, 1)-1)...).Scan(dest...)
+	last := errors.Is(err, pgx.ErrNoRows)
+	if err != nil && !last {
+		return Batch{}, fmt.Errorf("backfill: find the batch's upper key: %w", err)
+	}
+	out := Batch{Next: after, Last: last}
+	if !last {
+		out.Next = make(Cursor, len(upper))
+		for i, v := range upper {
+			if v == nil {
+				return Batch{}, fmt.Errorf("backfill: key column %s is NULL in blue", b.key.Cols[i])
+			}
+			out.Next[i] = *v
+			args = append(args, *v)
+		}
+	}
+	err = tx.QueryRow(ctx, batchSQL(b.key, b.Names, b.Mapping, after != nil, !last, onConflict), args...).Scan(&out.Inserted, &out.Scanned)
+	if err != nil {
+		return Batch{}, fmt.Errorf("backfill batch after %q: %w", after, err)
+	}
+	return out, nil
+}
+
+// Run copies batches from cursor until blue is covered, ctx is cancelled, or
+// a batch fails. Cancellation is checked between batches: the batch in
+// flight finishes and is checkpointed, then Run returns an error wrapping
+// ctx.Err() (exit 130 at the CLI) with Result.Cursor saying where it stopped.
+func (b *Backfiller) Run(ctx context.Context, cursor Cursor) (res Result, err error) {
+	start := time.Now()
+	res.Cursor = cursor
+	if b.Checkpoint == nil {
+		return res, errors.New("backfill: Checkpoint is required")
+	}
+	if err := b.init(); err != nil {
+		return res, err
+	}
+	opt := b.Options.withDefaults()
+	size := opt.BatchSize
+	// Batches run to completion even when ctx is cancelled: Ctrl-C must
+	// not abort a batch half-way through (it would be lost, not harmful).
+	dbctx := context.WithoutCancel(ctx)
+	total := b.StartRows
+	b.rate = rateWindow{}
+	b.rate.add(time.Now(), total)
+	backoff := opt.PollInterval
+	conflictBatches := 0 // > 0: the next batches insert ON CONFLICT DO NOTHING
+	defer func() { res.Duration = time.Since(start) }()
+	for {
+		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("backfill stopped after %d batches (resume after key %q): %w", res.Batches, res.Cursor, err)
+		}
+		reason, err := b.hold(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			return res, err
+		}
+		if reason != "" {
+			b.setThrottle(reason)
+			b.sleep(ctx, opt.PollInterval)
+			continue
+		}
+		t0 := time.Now()
+		onConflict := conflictBatches > 0
+		batch, waiters, err := b.runBatch(dbctx, res.Cursor, size, &total, onConflict)
+		took := time.Since(t0)
+		if err != nil && !onConflict && db.SQLState(err) == db.UniqueViolation {
+			// Some key of the range is in green already (written by the
+			// trigger): redo the batch with ON CONFLICT DO NOTHING, and keep
+			// that form for a while, as such keys tend to cluster.
+			res.Redone++
+			conflictBatches = conflictSpell
+			continue
+		}
+		if conflictBatches > 0 {
+			conflictBatches--
+		}
+		if err != nil {
+			st := db.SQLState(err)
+			if st != db.LockNotAvailable && st != db.DeadlockDetected {
+				return res, err
+			}
+			// A row the batch needed stayed locked (or we deadlocked with
+			// the application): nothing was committed. Back off, shrink, retry.
+			res.Retries++
+			b.setThrottle("row locks held by the application")
+			b.Log.Debug().Err(err).Int("batch_size", size).Msg("backfill batch rolled back; retrying")
+			if !opt.Fixed {
+				size = max(opt.MinBatchSize, size/2)
+			}
+			b.sleep(ctx, backoff/2+rand.N(backoff/2+1))
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = opt.PollInterval
+		res.Batches++
+		res.Rows += batch.Inserted
+		res.Scanned += batch.Scanned
+		res.Cursor = batch.Next
+		b.Log.Debug().Int("batch_size", size).Int64("inserted", batch.Inserted).Int64("scanned", batch.Scanned).
+			Dur("took", took).Strs("cursor", batch.Next).Msg("backfill batch")
+		if batch.Last {
+			res.Done = true
+			b.setThrottle("")
+			return res, nil
+		}
+		if waiters > 0 {
+			// Application sessions queued behind this batch's locks: give
+			// them room before the next one, and make the next one smaller.
+			b.setThrottle("application sessions waited on backfill locks")
+			if !opt.Fixed {
+				size = max(opt.MinBatchSize, size/2)
+			}
+			b.sleep(ctx, min(max(took, 50*time.Millisecond), time.Second))
+			continue
+		}
+		b.setThrottle("")
+		if !opt.Fixed {
+			size = nextSize(size, took, opt)
+		}
+	}
+}
+
+// conflictSpell is how many batches use ON CONFLICT DO NOTHING after a
+// plain batch met a key already in green.
+const conflictSpell = 16
+
+// nextSize moves the batch size toward the target batch time, by at most
+// a factor of 2 down or 1.5 up per batch, within the bounds.
+func nextSize(size int, took time.Duration, opt Options) int {
+	ratio := 1.5
+	if took > 0 {
+		ratio = float64(opt.TargetBatchTime) / float64(took)
+	}
+	ratio = min(max(ratio, 0.5), 1.5)
+	n := int(float64(size) * ratio)
+	if n == size && ratio > 1 {
+		n++
+	}
+	return min(max(n, opt.MinBatchSize), opt.MaxBatchSize)
+}
+
+// runBatch runs one batch in its own transaction with its checkpoint, and
+// counts the sessions that waited on its locks meanwhile.
+func (b *Backfiller) runBatch(ctx context.Context, cursor Cursor, size int, total *int64, onConflict bool) (Batch, int, error) {
+	tx, err := b.Pool.Begin(ctx)
+	if err != nil {
+		return Batch{}, 0, err
+	}
+	defer tx.Rollback(ctx)
+	watch := startWaiterWatch(ctx, b.Pool, tx.Conn().PgConn().PID())
+	batch, err := b.copyBatch(ctx, tx, cursor, size, onConflict)
+	if err != nil {
+		watch.stop()
+		return Batch{}, 0, err
+	}
+	rows := *total + batch.Inserted
+	now := time.Now()
+	cp := Checkpoint{Cursor: batch.Next, RowsCopied: rows, BatchSize: size, RowsPerSec: b.rate.perSec(now, rows), Done: batch.Last}
+	if err := b.Checkpoint(ctx, tx, cp); err != nil {
+		watch.stop()
+		return Batch{}, 0, fmt.Errorf("backfill checkpoint: %w", err)
+	}
+	err = tx.Commit(ctx)
+	waiters := watch.stop()
+	if err != nil {
+		return Batch{}, 0, err
+	}
+	*total = rows
+	b.rate.add(now, rows)
+	return batch, waiters, nil
+}
+
+func (b *Backfiller) hold(ctx context.Context) (string, error) {
+	for _, t := range b.Throttles {
+		reason, err := t.Hold(ctx)
+		if err != nil || reason != "" {
+			return reason, err
+		}
+	}
+	return "", nil
+}
+
+func (b *Backfiller) setThrottle(reason string) {
+	if reason == b.throttle {
+		return
+	}
+	b.throttle = reason
+	if reason != "" {
+		b.Log.Info().Str("reason", reason).Msg("backfill held")
+	} else {
+		b.Log.Info().Msg("backfill running")
+	}
+	if b.OnThrottle != nil {
+		b.OnThrottle(reason)
+	}
+}
+
+func (b *Backfiller) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// rateWindow turns (time, total rows) samples into a recent rows/s figure.
+type rateWindow struct {
+	t    []time.Time
+	rows []int64
+}
+
+const rateSpan = 10 * time.Second
+
+func (w *rateWindow) add(t time.Time, rows int64) {
+	w.t = append(w.t, t)
+	w.rows = append(w.rows, rows)
+	i := 0
+	for i < len(w.t)-1 && t.Sub(w.t[i+1]) >= rateSpan {
+		i++
+	}
+	w.t, w.rows = w.t[i:], w.rows[i:]
+}
+
+func (w *rateWindow) perSec(now time.Time, rows int64) float64 {
+	if len(w.t) == 0 {
+		return 0
+	}
+	d := now.Sub(w.t[0]).Seconds()
+	if d <= 0 {
+		return 0
+	}
+	return float64(rows-w.rows[0]) / d
+}

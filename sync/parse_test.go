@@ -1,0 +1,73 @@
+package sync
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParseIndexStmt(t *testing.T) {
+	cases := []struct{ in, name, sql string }{
+		{"CREATE INDEX orders_created_at_idx ON orders (created_at)", "orders_created_at_idx",
+			"CREATE INDEX CONCURRENTLY orders_created_at_idx ON orders (created_at)"},
+		{"create unique index \"Events_Note\" on \"Events\" (note);", "Events_Note",
+			"create unique index CONCURRENTLY \"Events_Note\" on \"Events\" (note)"},
+		{"create index on \"Events\" (id)", "", "create index CONCURRENTLY on \"Events\" (id)"},
+		{"-- a comment\nCREATE /* x /* nested */ */ INDEX IF NOT EXISTS Ix1 ON ONLY t (a) ; \n", "ix1",
+			"-- a comment\nCREATE /* x /* nested */ */ INDEX CONCURRENTLY IF NOT EXISTS Ix1 ON ONLY t (a)"},
+		{`CREATE INDEX "on" ON t (a)`, "on", `CREATE INDEX CONCURRENTLY "on" ON t (a)`},
+		{`CREATE INDEX "a""b" ON t USING gin (a)`, `a"b`, `CREATE INDEX CONCURRENTLY "a""b" ON t USING gin (a)`},
+	}
+	for _, c := range cases {
+		st, err := ParseIndexStmt(c.in)
+		if err != nil {
+			t.Errorf("%q: %v", c.in, err)
+			continue
+		}
+		if st.Name != c.name || st.SQL != c.sql {
+			t.Errorf("%q: got name %q sql %q; want %q %q", c.in, st.Name, st.SQL, c.name, c.sql)
+		}
+	}
+	for _, bad := range []string{"CREATE TABLE t (a int)", "CREATE INDEX CONCURRENTLY x ON t (a)", "CREATE INDEX IF EXISTS x ON t (a)", "CREATE INDEX x y ON t (a)", ""} {
+		if _, err := ParseIndexStmt(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func TestNextSize(t *testing.T) {
+	o := Options{MinBatchSize: 100, MaxBatchSize: 10000, TargetBatchTime: 200 * time.Millisecond}
+	if n := nextSize(1000, 100*time.Millisecond, o); n != 1500 {
+		t.Errorf("fast batch: %d, want 1500 (at most x1.5)", n)
+	}
+	if n := nextSize(1000, 190*time.Millisecond, o); n != 1052 {
+		t.Errorf("near target: %d", n)
+	}
+	if n := nextSize(1000, 2*time.Second, o); n != 500 {
+		t.Errorf("slow batch: %d, want 500 (at most /2)", n)
+	}
+	if n := nextSize(150, 2*time.Second, o); n != 100 {
+		t.Errorf("min bound: %d", n)
+	}
+	if n := nextSize(9000, time.Millisecond, o); n != 10000 {
+		t.Errorf("max bound: %d", n)
+	}
+	if n := nextSize(100, 0, o); n != 150 {
+		t.Errorf("instant batch: %d", n)
+	}
+}
+
+func TestRateWindow(t *testing.T) {
+	var w rateWindow
+	t0 := time.Now()
+	w.add(t0, 0)
+	w.add(t0.Add(time.Second), 1000)
+	if r := w.perSec(t0.Add(2*time.Second), 2000); r != 1000 {
+		t.Fatalf("rate %v", r)
+	}
+	for i := 3; i < 30; i++ {
+		w.add(t0.Add(time.Duration(i)*time.Second), int64(i)*10)
+	}
+	if len(w.t) > 12 {
+		t.Fatalf("window keeps %d samples", len(w.t))
+	}
+}

@@ -1,0 +1,178 @@
+package sync
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// keySpec is the sync key as the backfill walks it: blue's key columns in the
+// order of the unique index that backs them (so ORDER BY and the row-value
+// range predicates are index scans), with blue's column types for the casts
+// that turn the text cursor back into exact values.
+type keySpec struct {
+	Cols  []string
+	Types []string
+}
+
+// keyFor orders m.Key like the valid, non-partial unique index on exactly
+// those columns (the primary key first), falling back to m.Key's order.
+func keyFor(m *shadow.Mapping, blue *shadow.Table) (keySpec, error) {
+	cols := slices.Clone(m.Key)
+	var ixs []shadow.Index
+	if blue.PrimaryKey != nil {
+		ixs = append(ixs, *blue.PrimaryKey)
+	}
+	ixs = append(ixs, blue.Indexes...)
+	for _, ix := range ixs {
+		if !ix.Unique || !ix.Valid || ix.Partial || ix.Expression || len(ix.Columns) != len(cols) {
+			continue
+		}
+		same := true
+		for _, c := range ix.Columns {
+			if !slices.Contains(cols, c) {
+				same = false
+				break
+			}
+		}
+		if same {
+			cols = slices.Clone(ix.Columns)
+			break
+		}
+	}
+	k := keySpec{Cols: cols}
+	for _, c := range cols {
+		col := blue.Column(c)
+		if col == nil {
+			return keySpec{}, fmt.Errorf("key column %s is missing from blue %s", c, blue.Name)
+		}
+		k.Types = append(k.Types, col.Type)
+	}
+	return k, nil
+}
+
+// list is the quoted key column list: "a", "b".
+func (k keySpec) list() string { return db.IdentList(k.Cols) }
+
+// row is the key as a row value, or the bare column for a one-column key
+// (a one-element row constructor would not use the index the same way).
+func (k keySpec) row() string {
+	if len(k.Cols) == 1 {
+		return db.Ident(k.Cols[0])
+	}
+	return "(" + k.list() + ")"
+}
+
+// params is the cursor bound as text and cast to the key types, starting at $first.
+func (k keySpec) params(first int) string {
+	p := make([]string, len(k.Cols))
+	for i, t := range k.Types {
+		p[i] = fmt.Sprintf("CAST($%d AS %s)", first+i, t)
+	}
+	if len(p) == 1 {
+		return p[0]
+	}
+	return "(" + strings.Join(p, ", ") + ")"
+}
+
+// asText selects the key columns as text. The outputs are aliased gs_k<i>:
+// left with the column's own name, "ORDER BY id" would sort by the text.
+func (k keySpec) asText() string {
+	p := make([]string, len(k.Cols))
+	for i, c := range k.Cols {
+		p[i] = fmt.Sprintf("CAST(%s AS text) AS gs_k%d", db.Ident(c), i)
+	}
+	return strings.Join(p, ", ")
+}
+
+// sessionSQL are the transaction-local settings of every batch: key values
+// travel as text, so their text form must read back as the same value
+// whatever the role's defaults (ISO dates, exact floats, hex bytea); the
+// mapping's expressions resolve through the same search_path as in the
+// trigger functions; a batch waits at most lockTimeout for a row lock.
+// Args: $1 search_path, $2 lock_timeout.
+const sessionSQL = `SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true),
+	set_config('datestyle', 'ISO, MDY', true), set_config('intervalstyle', 'postgres', true),
+	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true)`
+
+// searchPath is the search_path the mapping's expressions are evaluated
+// under; the same as the trigger functions' (trigger.FunctionSQL).
+func searchPath(n shadow.Names) string { return "pg_catalog, " + db.Ident(n.App.Schema) }
+
+// boundSQL finds the key of the limit-th row after the cursor (after is
+// false for the first batch): the inclusive upper end of the next batch's
+// range. No row means fewer than limit rows are left: the last batch.
+// Args: the cursor values (when after), then the offset (limit-1).
+func boundSQL(k keySpec, blue shadow.QualifiedName, after bool) string {
+	where := ""
+	next := 1
+	if after {
+		where = " WHERE " + k.row() + " > " + k.params(1)
+		next = len(k.Cols) + 1
+	}
+	return fmt.Sprintf("SELECT %s FROM %s%s ORDER BY %s OFFSET $%d LIMIT 1",
+		k.asText(), db.Ident(blue.Schema, blue.Name), where, k.list(), next)
+}
+
+// batchSQL copies one key range of blue into green in one statement.
+//
+// The range is (cursor, upper] — open below when after is false, open above
+// when upper is false — rather than "the next N rows": under READ COMMITTED a
+// locked row that a concurrent transaction has just updated is re-read in
+// its newest version (EvalPlanQual), so "the last key of the batch" could be
+// a key updated far ahead, and a cursor moved there would skip the rows in
+// between. A fixed range cannot skip: rows whose key left it are filtered out
+// (and reached green through the trigger), rows that never changed keep their key.
+//
+// Source rows are locked FOR KEY SHARE (trap 1): a concurrent DELETE or key
+// UPDATE of a row the batch copies waits until the batch commits, then its
+// trigger deletes the copy; a row whose DELETE is in flight is waited for
+// and then skipped. The insert is ON CONFLICT (green's key) DO NOTHING: a
+// row already written by the trigger is newer than anything the batch read.
+// A conflict on another unique index of green is an error, never a silently
+// dropped row.
+//
+// Without onConflict the insert is plain: about twice as fast (no
+// speculative insertion), and exactly as safe as long as no key of the range
+// is in green yet; when one is, the batch fails with a unique violation and
+// is redone with the ON CONFLICT form (see Backfiller.Run).
+//
+// Args: the cursor values (when after), then the upper values (when upper).
+// Returns (rows inserted, rows read).
+func batchSQL(k keySpec, n shadow.Names, m *shadow.Mapping, after, upper, onConflict bool) string {
+	var conds []string
+	next := 1
+	if after {
+		conds = append(conds, k.row()+" > "+k.params(next))
+		next += len(k.Cols)
+	}
+	if upper {
+		conds = append(conds, k.row()+" <= "+k.params(next))
+	}
+	where := ""
+	if len(conds) > 0 {
+		where = " WHERE " + strings.Join(conds, " AND ")
+	}
+	overriding := ""
+	if m.Forward.NeedsOverriding() {
+		overriding = " OVERRIDING SYSTEM VALUE"
+	}
+	conflict := ""
+	if onConflict {
+		conflict = "\n\tON CONFLICT (" + db.IdentList(m.Forward.TargetKey) + ") DO NOTHING"
+	}
+	return fmt.Sprintf(`WITH src AS (
+	SELECT * FROM %s%s ORDER BY %s FOR KEY SHARE
+), ins AS (
+	INSERT INTO %s (%s)%s
+	SELECT %s FROM src%s
+	RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM src)`,
+		db.Ident(n.Blue.Schema, n.Blue.Name), where, k.list(),
+		db.Ident(n.Green.Schema, n.Green.Name), m.Forward.TargetList(), overriding,
+		m.Forward.SelectList(), conflict)
+}

@@ -1,0 +1,131 @@
+package sync
+
+import (
+	"context"
+	"fmt"
+	gosync "sync"
+	"time"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// Throttle holds the backfill: Hold returns why the next batch must wait,
+// or "" when it may run. It is asked before every batch, and every
+// Options.PollInterval while held.
+type Throttle interface {
+	Hold(ctx context.Context) (reason string, err error)
+}
+
+// ThrottleFunc adapts a function to Throttle.
+type ThrottleFunc func(ctx context.Context) (string, error)
+
+func (f ThrottleFunc) Hold(ctx context.Context) (string, error) { return f(ctx) }
+
+// ReplicaLag holds the backfill while any standby's replay lag
+// (pg_stat_replication.replay_lag) exceeds Max. The view is read at most
+// once per Every (default 1s). A role that may not see the lag columns
+// (neither superuser nor pg_read_all_stats) reads NULL: never held.
+type ReplicaLag struct {
+	Q     db.Querier
+	Max   time.Duration
+	Every time.Duration
+
+	mu     gosync.Mutex
+	at     time.Time
+	reason string
+}
+
+// ReplicaLagSQL is the worst replay lag in seconds over all standbys (0 without any).
+const ReplicaLagSQL = `SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8,
+	coalesce((SELECT application_name FROM pg_stat_replication ORDER BY replay_lag DESC NULLS LAST LIMIT 1), '')
+	FROM pg_stat_replication`
+
+func (r *ReplicaLag) Hold(ctx context.Context) (string, error) {
+	if r.Max <= 0 {
+		return "", nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	every := r.Every
+	if every <= 0 {
+		every = time.Second
+	}
+	if !r.at.IsZero() && time.Since(r.at) < every {
+		return r.reason, nil
+	}
+	var lag float64
+	var name string
+	if err := r.Q.QueryRow(ctx, ReplicaLagSQL).Scan(&lag, &name); err != nil {
+		return "", fmt.Errorf("read replica lag: %w", err)
+	}
+	r.at = time.Now()
+	r.reason = ""
+	if d := time.Duration(lag * float64(time.Second)); d > r.Max {
+		r.reason = fmt.Sprintf("replica %s replay lag %s > %s", name, d.Round(100*time.Millisecond), r.Max)
+	}
+	return r.reason, nil
+}
+
+// LockWaitersSQL counts the sessions waiting on a lock that backend $1 holds.
+const LockWaitersSQL = `SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND $1 = ANY (pg_blocking_pids(pid))`
+
+// LockWaiters counts the sessions now waiting on locks held by backend pid.
+func LockWaiters(ctx context.Context, q db.Querier, pid uint32) (int, error) {
+	var n int
+	err := q.QueryRow(ctx, LockWaitersSQL, int32(pid)).Scan(&n)
+	return n, err
+}
+
+// waiterWatch samples, while a batch runs, how many sessions wait on the
+// batch's locks (its FOR KEY SHARE row locks, its uncommitted green rows).
+type waiterWatch struct {
+	cancel context.CancelFunc
+	done   chan int
+}
+
+// waiterPoll is how often a running batch is checked for waiting sessions;
+// batches shorter than that are never checked (and hold their locks briefly).
+const waiterPoll = 100 * time.Millisecond
+
+func startWaiterWatch(ctx context.Context, q db.Querier, pid uint32) *waiterWatch {
+	ctx, cancel := context.WithCancel(ctx)
+	w := &waiterWatch{cancel: cancel, done: make(chan int, 1)}
+	go func() {
+		most := 0
+		t := time.NewTicker(waiterPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				w.done <- most
+				return
+			case <-t.C:
+			}
+			if n, err := LockWaiters(ctx, q, pid); err == nil && n > most {
+				most = n
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the watch and returns the most waiters seen at once.
+func (w *waiterWatch) stop() int {
+	w.cancel()
+	return <-w.done
+}
+
+// GreenChangesSQL reads green's cumulative row changes from the statistics
+// collector: every insert, update and delete, by the backfill and by the
+// triggers alike. $1 is green's quoted, qualified name.
+const GreenChangesSQL = `SELECT coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables
+	WHERE relid = to_regclass($1)), 0)`
+
+// GreenChanges is green's cumulative row changes (see GreenChangesSQL). The
+// statistics lag the writes by up to a second or so: an estimate.
+func GreenChanges(ctx context.Context, q db.Querier, n shadow.Names) (int64, error) {
+	var v int64
+	err := q.QueryRow(ctx, GreenChangesSQL, db.Ident(n.Green.Schema, n.Green.Name)).Scan(&v)
+	return v, err
+}
