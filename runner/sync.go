@@ -109,6 +109,9 @@ func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
+	if err := gateNewSync(ctx, env, spec); err != nil {
+		return nil, interrupted(ctx, err)
+	}
 	if err := state.Ensure(ctx, env.Pool); err != nil {
 		return nil, interrupted(ctx, err)
 	}

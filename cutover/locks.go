@@ -1,0 +1,244 @@
+package cutover
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// Lock modes used here, weakest first.
+const (
+	ShareRowExclusive = "SHARE ROW EXCLUSIVE"
+	AccessExclusive   = "ACCESS EXCLUSIVE"
+)
+
+// LockTarget is one explicit lock of a swap, in acquisition order.
+//
+// The order is fixed, chosen so that the swap never waits for a lock while
+// a client it blocks waits for one the swap holds (lock_timeout would end
+// such a deadlock, but only after stalling that client):
+//
+//  1. views dropped and created again, outermost first (a query on a view
+//     locks it before the views and tables under it);
+//  2. the app-name view;
+//  3. other tables whose constraints change (FK children and parents: their
+//     writers lock them before blue or green, from the FK triggers);
+//  4. blue, then green, only when the swap changes something on them (user
+//     triggers, foreign keys, row-level security).
+//
+// A view is locked with ALTER VIEW … OWNER TO its own owner (a no-op that
+// takes ACCESS EXCLUSIVE on the view alone): LOCK TABLE on a view also locks
+// every table under it, in the view's order, which is the wrong order after
+// cutover (the view reads green).
+//
+// Blue and green are the one pair no order makes safe: a writer through the
+// blue schema locks blue and then, from the sync trigger, green; one through
+// the green schema the other way round. While the swap waits for blue,
+// green writers pile up holding green and waiting for blue behind it. So the
+// pair is taken in a loop inside a savepoint: blue with a short wait, green
+// with NOWAIT; when green is busy the savepoint is rolled back (releasing
+// blue, so the piled-up writers go on at once) and it tries again after a
+// few milliseconds. Every wait shares one budget of lock_timeout per
+// attempt, so app traffic never queues behind the swap for longer than that.
+type LockTarget struct {
+	Rel    shadow.QualifiedName `json:"relation"`
+	OID    uint32               `json:"-"`
+	Mode   string               `json:"mode"`
+	NoWait bool                 `json:"nowait,omitempty"` // taken with NOWAIT, in the blue/green loop
+	Why    string               `json:"why"`
+	Kind   string               `json:"-"` // relkind
+	Owner  string               `json:"-"` // for a view: its owner
+}
+
+// SQL is the statement that takes the lock.
+func (l LockTarget) SQL() string {
+	rel := db.Ident(l.Rel.Schema, l.Rel.Name)
+	if l.Kind == "v" {
+		return "ALTER VIEW " + rel + " OWNER TO " + db.Ident(l.Owner) + " /* ACCESS EXCLUSIVE on the view alone */"
+	}
+	s := "LOCK TABLE " + rel + " IN " + l.Mode + " MODE"
+	if l.NoWait {
+		s += " NOWAIT"
+	}
+	return s
+}
+
+// lockSet collects lock targets, keeping the strongest mode per relation
+// and the first position it was added at.
+type lockSet struct{ list []LockTarget }
+
+func modeRank(m string) int { return slices.Index([]string{ShareRowExclusive, AccessExclusive}, m) }
+
+func (s *lockSet) add(rel shadow.QualifiedName, oid uint32, mode, why string) *LockTarget {
+	for i := range s.list {
+		if s.list[i].OID == oid {
+			if modeRank(mode) > modeRank(s.list[i].Mode) {
+				s.list[i].Mode = mode
+			}
+			if !strings.Contains(s.list[i].Why, why) {
+				s.list[i].Why += "; " + why
+			}
+			return &s.list[i]
+		}
+	}
+	s.list = append(s.list, LockTarget{Rel: rel, OID: oid, Mode: mode, Why: why, Kind: "r"})
+	return &s.list[len(s.list)-1]
+}
+
+// addView adds a view (locked without recursing into its tables).
+func (s *lockSet) addView(v *viewMeta, why string) {
+	t := s.add(v.Name, v.OID, AccessExclusive, why)
+	if !v.Materialized {
+		t.Kind, t.Owner = "v", v.Owner
+	} else {
+		t.Kind = "m"
+	}
+}
+
+// pair marks the last two locks as the blue/green pair when both are there.
+func (s *lockSet) pair(blue, green uint32) {
+	n := len(s.list)
+	if n >= 2 && s.list[n-2].OID == blue && s.list[n-1].OID == green {
+		s.list[n-1].NoWait = true
+	}
+}
+
+// lockNotAvailable builds a lock-not-available error, which
+// shadow.RunWithLockRetry rolls back and retries.
+func lockNotAvailable(format string, args ...any) error {
+	return &pgconn.PgError{Severity: "ERROR", Code: db.LockNotAvailable, Message: fmt.Sprintf(format, args...)}
+}
+
+func setLockTimeout(ctx context.Context, tx pgx.Tx, d time.Duration) error {
+	_, err := tx.Exec(ctx, lockTimeoutSQL(d))
+	return err
+}
+
+// lockTimeoutSQL sets lock_timeout for the rest of the transaction; it
+// goes in front of a statement (one round trip, simple protocol).
+func lockTimeoutSQL(d time.Duration) string {
+	return fmt.Sprintf("SET LOCAL lock_timeout = '%dms';\n", max(d.Milliseconds(), 1))
+}
+
+// acquire takes locks in order inside tx within a budget of timeout,
+// counted from the first statement (see LockTarget). It returns when the
+// first lock was granted. When it gives up it asks pool (may be nil) who
+// holds the relation it could not lock and stores them in blockers.
+func acquire(ctx context.Context, tx pgx.Tx, pool *pgxpool.Pool, locks []LockTarget, timeout time.Duration,
+	blockers *[]shadow.Blocker) (time.Time, error) {
+	var first time.Time
+	deadline := time.Now().Add(timeout)
+	fail := func(l LockTarget, err error) (time.Time, error) {
+		if db.SQLState(err) == db.LockNotAvailable && pool != nil {
+			if b, berr := holders(context.WithoutCancel(ctx), pool, l.OID); berr == nil && len(b) > 0 {
+				*blockers = b
+			}
+		}
+		return first, err
+	}
+	pairAt := len(locks)
+	if n := len(locks); n >= 2 && locks[n-1].NoWait {
+		pairAt = n - 2
+	}
+	for i, l := range locks[:pairAt] {
+		left := time.Until(deadline)
+		if left < time.Millisecond {
+			return fail(l, lockNotAvailable("lock budget of %s used up before %s", timeout, l.Rel))
+		}
+		timeoutSQL := ""
+		if i > 0 {
+			timeoutSQL = lockTimeoutSQL(left)
+		}
+		if _, err := tx.Exec(ctx, timeoutSQL+l.SQL()); err != nil {
+			return fail(l, err)
+		}
+		if i == 0 {
+			first = time.Now()
+		}
+	}
+	if pairAt < len(locks) {
+		if failed, err := acquirePair(ctx, tx, locks[pairAt], locks[pairAt+1], deadline, timeout); err != nil {
+			return fail(failed, err)
+		}
+		if pairAt == 0 {
+			first = time.Now()
+		}
+	}
+	// The statements that follow take no lock the swap does not hold,
+	// except ACCESS SHARE on what re-created views read: give them what is
+	// left of the budget, and a little at least.
+	return first, setLockTimeout(ctx, tx, max(time.Until(deadline), timeout/10, 50*time.Millisecond))
+}
+
+// acquirePair takes blue (a short wait) and green (NOWAIT) in a loop inside
+// a savepoint until both are held or the budget is spent. On failure it
+// returns the lock that failed last.
+func acquirePair(ctx context.Context, tx pgx.Tx, blue, green LockTarget, deadline time.Time, timeout time.Duration) (LockTarget, error) {
+	slice := max(timeout/10, 20*time.Millisecond)
+	if _, err := tx.Exec(ctx, "SAVEPOINT gs_lock_pair"); err != nil {
+		return blue, err
+	}
+	failed := blue
+	for try := 1; ; try++ {
+		left := time.Until(deadline)
+		if left < time.Millisecond {
+			return failed, lockNotAvailable("could not lock %s and %s together within %s (%d tries)", blue.Rel, green.Rel, timeout, try-1)
+		}
+		_, err := tx.Exec(ctx, lockTimeoutSQL(min(left, slice))+blue.SQL())
+		failed = blue
+		if err == nil {
+			failed = green
+			_, err = tx.Exec(ctx, green.SQL()+";\nRELEASE SAVEPOINT gs_lock_pair")
+		}
+		if err == nil {
+			return green, nil
+		}
+		if db.SQLState(err) != db.LockNotAvailable {
+			return failed, err
+		}
+		if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT gs_lock_pair"); rerr != nil {
+			return failed, rerr
+		}
+		pause := time.Duration(1+rand.IntN(8)) * time.Millisecond
+		if time.Until(deadline) <= pause {
+			return failed, lockNotAvailable("could not lock %s and %s together within %s (%d tries; last: %s busy)", blue.Rel, green.Rel, timeout, try, failed.Rel)
+		}
+		select {
+		case <-ctx.Done():
+			return failed, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+}
+
+// holders lists the sessions holding a lock on relation oid.
+func holders(ctx context.Context, pool *pgxpool.Pool, oid uint32) ([]shadow.Blocker, error) {
+	rows, err := pool.Query(ctx, `
+		SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''),
+		       coalesce(a.state, '') || ', holds ' || string_agg(DISTINCT l.mode, '+'),
+		       coalesce(a.query, ''), coalesce(date_trunc('second', now() - a.xact_start)::text, '')
+		  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		 WHERE l.locktype = 'relation' AND l.relation = $1 AND l.granted AND l.pid <> pg_backend_pid()
+		   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		   AND NOT (coalesce(a.application_name, '') LIKE 'greenswap%' AND a.state = 'idle in transaction (aborted)')
+		 GROUP BY a.pid, a.application_name, a.usename, a.state, a.query, a.xact_start
+		 ORDER BY a.xact_start NULLS LAST LIMIT 10`, oid)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (shadow.Blocker, error) {
+		var b shadow.Blocker
+		err := r.Scan(&b.PID, &b.Application, &b.User, &b.State, &b.Query, &b.XactAge)
+		return b, err
+	})
+}

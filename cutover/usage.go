@@ -1,0 +1,321 @@
+package cutover
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// Who still uses blue after cutover.
+//
+// Finalize must not drop blue while a client still uses it, but the
+// statistics cannot tell: every write through green reaches blue through the
+// reverse sync trigger, in the client's own session, so blue's counters
+// (n_tup_*, idx_scan, even seq_scan on a small table) and its RowExclusive
+// locks move with the app's traffic just as they would for a client of the
+// blue version schema. Two signals are reliable:
+//
+//   - writes that start on blue: at cutover a statement-level trigger (the
+//     usage sensor) is put on blue whose WHEN clause is false while the sync
+//     flag is on, that is for the reverse trigger's own writes. It notes the
+//     session (pid, application_name, user, client address, query, time) in
+//     an unlogged table in the blue schema: one upsert per statement, only
+//     for statements that write blue directly.
+//   - reads: a session reading blue holds ACCESS SHARE (or ROW SHARE for
+//     SELECT FOR UPDATE/SHARE) on it while its statement or transaction
+//     runs; the reverse trigger never takes those. pg_locks is sampled, and
+//     so is pg_stat_activity.query naming the blue schema (last query of
+//     idle sessions included, with its start time).
+//
+// Sessions whose application_name starts with "greenswap" are greenswap's
+// own. A read shorter than the sampling interval, by a session that names
+// the table without the schema (search_path), can be missed: the quiet
+// period is what makes a regular client visible.
+
+// usageObjects says which parts of the sensor exist.
+type usageObjects struct {
+	table, state, fn, trigger bool
+}
+
+func (u usageObjects) complete() bool { return u.table && u.state && u.fn && u.trigger }
+
+func usageTable(n shadow.Names) shadow.QualifiedName {
+	return shadow.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage"}
+}
+
+// usageStateTable holds one row: whether the sensor records (blue is not
+// primary). The swap flips it: a row update, no lock on blue.
+func usageStateTable(n shadow.Names) shadow.QualifiedName {
+	return shadow.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage_state"}
+}
+
+func usageFunc(n shadow.Names) shadow.QualifiedName {
+	return shadow.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage_note"}
+}
+
+// usageTrigger is named like the sync triggers (gs_sync_ prefix) so catalog
+// reads treat it as greenswap's own, never as a user trigger.
+func usageTrigger(n shadow.Names) string { return n.Trigger + "_usage" }
+
+func qident(q shadow.QualifiedName) string { return db.Ident(q.Schema, q.Name) }
+
+func usageState(ctx context.Context, q db.Querier, n shadow.Names, blueOID uint32) (usageObjects, error) {
+	var u usageObjects
+	err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, to_regprocedure($3) IS NOT NULL,
+		EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $4 AND tgname = $5)`,
+		qident(usageTable(n)), qident(usageStateTable(n)), qident(usageFunc(n))+"()",
+		blueOID, usageTrigger(n)).Scan(&u.table, &u.state, &u.fn, &u.trigger)
+	return u, err
+}
+
+// usageInstallSQL creates the usage sensor on blue, inert (state false).
+// Only CREATE TRIGGER needs a lock on blue (SHARE ROW EXCLUSIVE).
+func usageInstallSQL(n shadow.Names, owner string, u usageObjects) []string {
+	tbl, st, fn := qident(usageTable(n)), qident(usageStateTable(n)), qident(usageFunc(n))
+	own := db.Ident(owner)
+	sql := []string{
+		"CREATE UNLOGGED TABLE IF NOT EXISTS " + tbl + ` (
+	pid              int PRIMARY KEY,
+	application_name text NOT NULL,
+	usename          text NOT NULL,
+	client_addr      text NOT NULL,
+	query            text NOT NULL,
+	at               timestamptz NOT NULL)`,
+		"ALTER TABLE " + tbl + " OWNER TO " + own,
+		"CREATE TABLE IF NOT EXISTS " + st + " (active boolean NOT NULL)",
+		"ALTER TABLE " + st + " OWNER TO " + own,
+		"INSERT INTO " + st + " (active) SELECT false WHERE NOT EXISTS (SELECT 1 FROM " + st + ")",
+	}
+	body := `
+BEGIN
+	IF NOT coalesce((SELECT active FROM ` + st + ` LIMIT 1), false) THEN
+		RETURN NULL; -- blue is primary: its writes are the app's
+	END IF;
+	INSERT INTO ` + tbl + ` AS u (pid, application_name, usename, client_addr, query, at)
+	VALUES (pg_backend_pid(), current_setting('application_name'), session_user,
+	        coalesce(host(inet_client_addr()), 'local'), left(current_query(), 500), clock_timestamp())
+	ON CONFLICT (pid) DO UPDATE SET application_name = EXCLUDED.application_name, usename = EXCLUDED.usename,
+		client_addr = EXCLUDED.client_addr, query = EXCLUDED.query, at = EXCLUDED.at;
+	RETURN NULL;
+END`
+	sql = append(sql, "CREATE OR REPLACE FUNCTION "+fn+"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $gs$"+body+"$gs$",
+		"ALTER FUNCTION "+fn+"() OWNER TO "+own)
+	if !u.trigger {
+		sql = append(sql, "CREATE TRIGGER "+db.Ident(usageTrigger(n))+" AFTER INSERT OR UPDATE OR DELETE ON "+qident(n.Blue)+
+			" FOR EACH STATEMENT WHEN (coalesce(current_setting("+db.Literal(n.SyncFlag)+", true), '') <> 'on') EXECUTE FUNCTION "+fn+"()")
+	}
+	return sql
+}
+
+// usageSwitchSQL turns the sensor on (cutover) or off (rollback).
+func usageSwitchSQL(n shadow.Names, on bool) string {
+	return fmt.Sprintf("UPDATE %s SET active = %t", qident(usageStateTable(n)), on)
+}
+
+// Client is a session seen using blue.
+type Client struct {
+	PID         int32     `json:"pid"`
+	Application string    `json:"application_name"`
+	User        string    `json:"user"`
+	ClientAddr  string    `json:"client_addr"`
+	LastSeen    time.Time `json:"last_seen"` // last write, lock sample or query start
+	How         string    `json:"how"`       // "write", "lock <modes>", "query"
+	Query       string    `json:"query"`
+}
+
+func (c Client) String() string {
+	q := strings.Join(strings.Fields(c.Query), " ")
+	if len(q) > 100 {
+		q = q[:100] + "…"
+	}
+	app := c.Application
+	if app == "" {
+		app = "(no application_name)"
+	}
+	return fmt.Sprintf("%s (user %s, from %s, pid %d, %s at %s): %s", app, c.User, c.ClientAddr, c.PID, c.How,
+		c.LastSeen.Format(time.RFC3339), q)
+}
+
+// usageSQL is one sample: the sensor's writes since $3, sessions holding a
+// reading lock on blue now, and sessions whose query since $3 names the
+// blue schema.
+const usageSQL = `
+WITH me AS (SELECT oid FROM pg_database WHERE datname = current_database()),
+others AS (
+    SELECT * FROM pg_stat_activity a
+     WHERE a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+       AND coalesce(a.application_name, '') NOT LIKE 'greenswap%%'
+       AND a.datid = (SELECT oid FROM me)
+)
+SELECT pid, application_name, usename, client_addr, at, 'write', query FROM %s
+ WHERE at >= $3 AND application_name NOT LIKE 'greenswap%%'
+UNION ALL
+SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
+       now(), 'lock ' || string_agg(DISTINCT l.mode, '+'), coalesce(a.query, '')
+  FROM pg_locks l JOIN others a ON a.pid = l.pid
+ WHERE l.locktype = 'relation' AND l.relation = $1 AND l.mode <> 'RowExclusiveLock'
+   AND l.database = (SELECT oid FROM me)
+ GROUP BY a.pid, a.application_name, a.usename, a.client_addr, a.query
+UNION ALL
+SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
+       a.query_start, 'query', a.query
+  FROM others a
+ WHERE strpos(lower(a.query), lower($2)) > 0 AND a.query_start >= $3`
+
+// Usage takes one sample of who uses blue (see the comment above). since
+// bounds the sensor's records and the query start times considered.
+func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time) ([]Client, error) {
+	blue, err := findRelation(ctx, q, n.Blue)
+	if err != nil || blue == nil {
+		return nil, err
+	}
+	u, err := usageState(ctx, q, n, blue.OID)
+	if err != nil {
+		return nil, err
+	}
+	src := `(SELECT NULL::int AS pid, ''::text AS application_name, ''::text AS usename, ''::text AS client_addr,
+		NULL::timestamptz AS at, ''::text AS query WHERE false) s`
+	if u.table {
+		src = qident(usageTable(n))
+	}
+	rows, err := q.Query(ctx, fmt.Sprintf(usageSQL, src), blue.OID, n.BlueSchema, since)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Client, error) {
+		var c Client
+		err := r.Scan(&c.PID, &c.Application, &c.User, &c.ClientAddr, &c.LastSeen, &c.How, &c.Query)
+		return c, err
+	})
+}
+
+// mergeClients adds b to a, one entry per (pid, how kind), the latest kept.
+func mergeClients(a, b []Client) []Client {
+	for _, c := range b {
+		kind := strings.Fields(c.How)[0]
+		found := false
+		for i := range a {
+			if a[i].PID == c.PID && strings.Fields(a[i].How)[0] == kind && a[i].Application == c.Application {
+				if c.LastSeen.After(a[i].LastSeen) {
+					a[i] = c
+				}
+				found = true
+				break
+			}
+		}
+		if !found {
+			a = append(a, c)
+		}
+	}
+	return a
+}
+
+// WatchOptions tune WatchUsage.
+type WatchOptions struct {
+	Period   time.Duration // how long to watch (the quiet period)
+	Interval time.Duration // sampling interval (default 1s)
+	// Since bounds the sensor records considered (default: now - Period).
+	Since time.Time
+	// Tick, when set, is called after each sample with the time left.
+	Tick func(left time.Duration, seen []Client)
+}
+
+// WatchUsage samples Usage every Interval for Period and returns every
+// client seen. It stops early, at the first sample that sees one.
+func WatchUsage(ctx context.Context, q db.Querier, n shadow.Names, opt WatchOptions) ([]Client, error) {
+	if opt.Interval <= 0 {
+		opt.Interval = time.Second
+	}
+	start := time.Now()
+	since := opt.Since
+	if since.IsZero() {
+		since = start.Add(-opt.Period)
+	}
+	var seen []Client
+	for {
+		cs, err := Usage(ctx, q, n, since)
+		if err != nil {
+			return seen, err
+		}
+		seen = mergeClients(seen, cs)
+		left := opt.Period - time.Since(start)
+		if opt.Tick != nil {
+			opt.Tick(max(left, 0), seen)
+		}
+		if len(seen) > 0 || left <= 0 {
+			return seen, nil
+		}
+		select {
+		case <-ctx.Done():
+			return seen, ctx.Err()
+		case <-time.After(min(opt.Interval, left)):
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Sequences
+
+// sequenceUse is a sequence a column default draws from.
+type sequenceUse struct {
+	Column      string               `json:"column"`
+	Seq         shadow.QualifiedName `json:"sequence"`
+	SeqOID      uint32               `json:"-"`
+	OwnerOID    uint32               `json:"-"` // the table owning the sequence (0: none)
+	OwnerColumn string               `json:"-"`
+	Identity    bool                 `json:"identity"` // it is an identity column's sequence
+}
+
+func defaultSequences(ctx context.Context, q db.Querier, table uint32) ([]sequenceUse, error) {
+	rows, err := q.Query(ctx, `
+		SELECT DISTINCT a.attname::text, sn.nspname::text, s.relname::text, s.oid,
+		       coalesce(o.refobjid, 0), coalesce(oa.attname::text, ''), coalesce(o.deptype = 'i', false), a.attnum
+		  FROM pg_attrdef ad
+		  JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+		  JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+		  JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+		  JOIN pg_namespace sn ON sn.oid = s.relnamespace
+		  LEFT JOIN pg_depend o ON o.classid = 'pg_class'::regclass AND o.objid = s.oid
+		                       AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i')
+		  LEFT JOIN pg_attribute oa ON oa.attrelid = o.refobjid AND oa.attnum = o.refobjsubid
+		 WHERE ad.adrelid = $1
+		 ORDER BY a.attnum`, table)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (sequenceUse, error) {
+		var s sequenceUse
+		var num int16
+		err := r.Scan(&s.Column, &s.Seq.Schema, &s.Seq.Name, &s.SeqOID, &s.OwnerOID, &s.OwnerColumn, &s.Identity, &num)
+		return s, err
+	})
+}
+
+// sequenceGrantSQL: a green column drawing from blue's identity sequence
+// through nextval() needs USAGE on it for the inserting role (an identity
+// column needs none), so every role that may INSERT into blue gets it.
+func sequenceGrantSQL(seqs []sequenceUse, grants []shadow.Grant) []string {
+	var sql []string
+	for _, s := range seqs {
+		if !s.Identity {
+			continue
+		}
+		for _, g := range grants {
+			if g.Privilege != "INSERT" {
+				continue
+			}
+			to := "PUBLIC"
+			if g.Grantee != "PUBLIC" {
+				to = db.Ident(g.Grantee)
+			}
+			sql = append(sql, "GRANT USAGE ON SEQUENCE "+db.Ident(s.Seq.Schema, s.Seq.Name)+" TO "+to)
+		}
+	}
+	return sql
+}

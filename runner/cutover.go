@@ -1,0 +1,309 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/cutover"
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/verify"
+)
+
+// SwapSchemaVersion is the version of the JSON documents of cutover,
+// rollback and finalize. Fields are only added within a version.
+const SwapSchemaVersion = 1
+
+// SwapCommandOptions are shared by cutover, rollback and finalize.
+type SwapCommandOptions struct {
+	LockTimeout time.Duration // per attempt (default: the spec's sync.lock_timeout, else 2s)
+	MaxAttempts int           // default 10
+	// Out receives what the command will do, its progress and what it did,
+	// for a person (nil: nothing).
+	Out io.Writer
+}
+
+func (o SwapCommandOptions) lockOptions(spec *shadow.Spec) shadow.LockOptions {
+	lo := shadow.DefaultLockOptions()
+	if spec.Sync.LockTimeout.Duration > 0 {
+		lo.Timeout = spec.Sync.LockTimeout.Duration
+	}
+	if o.LockTimeout > 0 {
+		lo.Timeout = o.LockTimeout
+	}
+	if o.MaxAttempts > 0 {
+		lo.MaxAttempts = o.MaxAttempts
+	}
+	// Back off for about a lock timeout, so a blocker has time to finish
+	// and clients run between attempts.
+	lo.BaseBackoff = min(max(lo.Timeout/2, 100*time.Millisecond), lo.BaseBackoff*5)
+	return lo
+}
+
+func (o SwapCommandOptions) printf(format string, args ...any) {
+	if o.Out != nil {
+		fmt.Fprintf(o.Out, format, args...)
+	}
+}
+
+// CutoverOptions tune Cutover.
+type CutoverOptions struct {
+	SwapCommandOptions
+	SkipVerify bool // cut over without a passing verify since the last backfill
+}
+
+// CutoverResult is what cutover (or rollback after cutover) did. Its JSON
+// form is the --json document.
+type CutoverResult struct {
+	SchemaVersion int                  `json:"schema_version"`
+	Migration     string               `json:"migration"`
+	Command       string               `json:"command"` // "cutover" or "rollback"
+	App           string               `json:"app"`
+	Reads         string               `json:"reads"` // the table the app name reads now
+	State         state.State          `json:"state"`
+	PrimarySide   string               `json:"primary_side"`
+	VerifySkipped bool                 `json:"verify_skipped,omitempty"`
+	Plan          *cutover.SwapPlan    `json:"plan"`
+	Attempts      int                  `json:"attempts"`
+	Blockers      []shadow.Blocker     `json:"blockers,omitempty"` // of the last failed attempt
+	LockWaitMS    float64              `json:"lock_wait_ms"`
+	LockHoldMS    float64              `json:"lock_hold_ms"`
+	SwapMS        float64              `json:"swap_ms"` // the swap, retries and backoff included
+	Validations   []cutover.Validation `json:"validations,omitempty"`
+	ValidateMS    float64              `json:"validate_ms"`
+	TotalMS       float64              `json:"total_ms"`
+	Warnings      []string             `json:"warnings,omitempty"`
+
+	// LockHold is the time the swap held its locks: from the first lock
+	// granted to the commit (what the bench reports).
+	LockHold time.Duration `json:"-"`
+}
+
+// verifyPassed reports whether migration m has a passing verify since its
+// last backfill (verify.Passed: verify_ok and verified_at ≥ backfill_done_at).
+var verifyPassed = func(m *state.Migration) bool { return verify.Passed(m) }
+
+// Cutover points the app name at green in one transaction: dependent views,
+// foreign keys, user triggers and row-level security follow, green becomes
+// the primary side, the state moves to cut_over. Locks are taken in a fixed
+// order with a bounded wait and retried with backoff and jitter; when every
+// attempt times out it returns *shadow.LockTimeoutError (exit 5) and nothing
+// has changed. Foreign keys moved to green are validated after the commit.
+func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*CutoverResult, error) {
+	start := time.Now()
+	m, lock, err := loadLocked(ctx, env, name)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	switch m.Row.State {
+	case state.Synced:
+	case state.CutOver:
+		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is already cut over: %s reads %s (rollback: `greenswap rollback %s`)",
+			name, m.Names.App, m.Names.Green, name)
+	case state.Planned, state.Syncing:
+		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s: run `greenswap sync` until it is synced, then verify", name, m.Row.State)
+	default:
+		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s and cannot be cut over", name, m.Row.State)
+	}
+	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
+	if !verifyPassed(m.Row) {
+		if !opts.SkipVerify {
+			return nil, exitcode.Errorf(exitcode.BadInput,
+				"migration %s has no passing verify since its last backfill: run `greenswap verify %s` first (or pass --skip-verify)", name, name)
+		}
+		res.VerifySkipped = true
+		res.Warnings = append(res.Warnings, "cut over without a passing verify since the last backfill (--skip-verify)")
+		_ = state.Record(ctx, env.Pool, name, "cutover", "verify-skipped", 0, "", nil)
+	}
+	err = swap(ctx, env, m, cutover.ToGreen, opts.SwapCommandOptions, res)
+	res.TotalMS = swapMS(time.Since(start))
+	return res, err
+}
+
+// loadLocked takes the migration's advisory lock and reads its row under it.
+func loadLocked(ctx context.Context, env *Env, name string) (*Migration, *state.Lock, error) {
+	if _, err := env.LoadMigration(ctx, name); err != nil {
+		return nil, nil, err
+	}
+	lock, err := env.Lock(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := env.LoadMigration(ctx, name) // as it is now that we hold the lock
+	if err != nil {
+		lock.Release(context.WithoutCancel(ctx))
+		return nil, nil, err
+	}
+	return m, lock, nil
+}
+
+// swap runs a swap in direction dir and fills res.
+func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o SwapCommandOptions, res *CutoverResult) error {
+	name := m.Spec.Name
+	in := cutover.SwapInput{Migration: name, Names: m.Names, Direction: dir, ServerMajor: env.ServerMajor}
+	lo := o.lockOptions(m.Spec)
+	to, side, next := m.Names.Green, "green", state.CutOver
+	if dir == cutover.ToBlue {
+		to, side, next = m.Names.Blue, "blue", state.Synced
+	}
+
+	// State what will happen.
+	plan, err := planSwapReadOnly(ctx, env, in)
+	if err != nil {
+		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, string(dir), "refused", 0, "", map[string]string{"error": err.Error()})
+		return err
+	}
+	describeSwap(o, plan, lo)
+
+	log := env.Log.With().Str("migration", name).Str("step", string(dir)).Logger()
+	sr, err := cutover.Swap(ctx, env.Pool, in, cutover.SwapOptions{
+		Lock: lo,
+		OnRetry: func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
+			o.printf("attempt %d: a lock was not granted within the budget of %s; rolled back, nothing changed; retrying in %s\n",
+				attempt, lo.Timeout, wait.Round(time.Millisecond))
+			for _, b := range blockers {
+				o.printf("  blocked by %s\n", b)
+			}
+			ev := log.Warn().Int("attempt", attempt).Dur("retry_in", wait)
+			for _, b := range blockers {
+				ev = ev.Str(fmt.Sprintf("blocker_%d", b.PID), b.String())
+			}
+			ev.Msg("lock wait timed out; rolled back, retrying")
+		},
+		Commit: func(ctx context.Context, tx pgx.Tx, _ *cutover.SwapPlan) error {
+			if err := state.Transition(ctx, tx, name, next); err != nil {
+				return err
+			}
+			return state.Update(ctx, tx, name, map[string]any{"primary_side": side})
+		},
+	})
+	res.Plan, res.Attempts, res.Blockers = sr.Plan, sr.Attempts, sr.Blockers
+	res.SwapMS = swapMS(sr.Duration)
+	if err != nil {
+		outcome := "error"
+		var lt *shadow.LockTimeoutError
+		if errors.As(err, &lt) {
+			outcome = "lock-timeout"
+			o.printf("gave up after %d attempts: nothing was changed; %s still reads %s\n", sr.Attempts, m.Names.App, plan.From)
+		}
+		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, string(dir), outcome, sr.Duration, "",
+			map[string]any{"error": err.Error(), "attempts": sr.Attempts, "blockers": sr.Blockers})
+		return err
+	}
+	res.LockHold, res.LockHoldMS, res.LockWaitMS = sr.LockHold, swapMS(sr.LockHold), swapMS(sr.LockWait)
+	res.State, res.PrimarySide, res.Reads = next, side, to.String()
+	res.Warnings = append(res.Warnings, sr.Plan.Warnings...)
+	_ = state.Record(ctx, env.Pool, name, string(dir), "ok", sr.Duration, strings.Join(sr.Plan.Step().SQL, ";\n"),
+		map[string]any{"lock_hold_ms": res.LockHoldMS, "lock_wait_ms": res.LockWaitMS, "attempts": sr.Attempts,
+			"row_type_changed": sr.Plan.RowTypeChanged, "view_mode": sr.Plan.ViewMode})
+	o.printf("done: %s now reads %s; %s is primary (%d attempt%s, locks held %.1f ms, swap %s)\n",
+		m.Names.App, to, side, sr.Attempts, swapPlural(sr.Attempts), res.LockHoldMS, sr.Duration.Round(time.Millisecond))
+
+	if len(sr.Plan.After) > 0 {
+		t0 := time.Now()
+		res.Validations = cutover.Validate(ctx, env.Pool, sr.Plan, lo)
+		res.ValidateMS = swapMS(time.Since(t0))
+		for _, v := range res.Validations {
+			outcome := "ok"
+			if v.Error != "" {
+				outcome = "error"
+				res.Warnings = append(res.Warnings, fmt.Sprintf("%s failed: %s; the constraint stays NOT VALID (enforced for new rows); fix the rows and run it by hand", v.SQL, v.Error))
+				o.printf("FAILED %s: %s (the constraint stays NOT VALID and is enforced for new rows)\n", v.SQL, v.Error)
+			} else {
+				o.printf("validated: %s (%.1f ms)\n", v.SQL, v.DurationMS)
+			}
+			_ = state.Record(ctx, env.Pool, name, "validate-constraint", outcome, time.Duration(v.DurationMS*float64(time.Millisecond)), v.SQL, nil)
+		}
+	}
+	for _, w := range res.Warnings {
+		o.printf("warning: %s\n", w)
+	}
+	if dir == cutover.ToGreen {
+		o.printf("next: `greenswap finalize %s` once no client uses %s, or `greenswap rollback %s` to switch back (nothing is lost)\n",
+			name, m.Names.BlueSchema, name)
+	}
+	for _, v := range res.Validations {
+		if v.Error != "" {
+			return exitcode.Errorf(exitcode.Failed, "%s done, but validating a moved foreign key failed: %s: %s", dir, v.SQL, v.Error)
+		}
+	}
+	return nil
+}
+
+// planSwapReadOnly plans in a read-only transaction (nothing is locked).
+func planSwapReadOnly(ctx context.Context, env *Env, in cutover.SwapInput) (*cutover.SwapPlan, error) {
+	tx, err := env.Pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(ctx)
+	return cutover.PlanSwap(ctx, tx, in)
+}
+
+// describeSwap states what a swap will do.
+func describeSwap(o SwapCommandOptions, p *cutover.SwapPlan, lo shadow.LockOptions) {
+	if o.Out == nil {
+		return
+	}
+	o.printf("%s %s: in one transaction, point %s at %s (now %s)\n", p.Direction, p.Migration, p.App, p.To, p.From)
+	if p.RowTypeChanged {
+		o.printf("  the row type of %s changes: the view is dropped and created again; clients with prepared statements on it\n"+
+			"  get one \"cached plan must not change result type\" error per statement; old releases pinned to a version\n"+
+			"  schema by search_path keep their shape\n", p.App)
+	} else {
+		o.printf("  the row type of %s is unchanged: CREATE OR REPLACE VIEW\n", p.App)
+	}
+	for _, v := range p.Views {
+		how := "created again"
+		if v.Repoint {
+			how = "created again over " + p.App.String()
+		}
+		o.printf("  dependent view %s: %s\n", v.Name, how)
+	}
+	for _, f := range p.MovedFKs {
+		o.printf("  foreign key %s on %s: now references %s (NOT VALID, validated after the swap)\n", f.Name, f.Table, p.To)
+	}
+	for _, f := range p.AddedFKs {
+		o.printf("  foreign key %s added on %s → %s (NOT VALID, validated after the swap)\n", f.Name, p.To, f.RefTable)
+	}
+	for _, t := range p.Triggers {
+		note := ""
+		if t.Created {
+			note = " (copied from " + p.From.String() + ")"
+		}
+		if t.Note != "" {
+			o.printf("  user trigger %s: %s\n", t.Name, t.Note)
+			continue
+		}
+		o.printf("  user trigger %s: fires on %s%s, disabled on %s\n", t.Name, p.To, note, p.From)
+	}
+	for _, pol := range p.Policies {
+		o.printf("  policy added: %s\n", pol)
+	}
+	o.printf("  locks, in this order:")
+	for _, l := range p.Locks {
+		nw := ""
+		if l.NoWait {
+			nw = " NOWAIT"
+		}
+		o.printf(" %s %s%s;", l.Mode, l.Rel, nw)
+	}
+	o.printf("\n  lock wait at most %s per attempt, up to %d attempts with backoff\n", lo.Timeout, lo.MaxAttempts)
+}
+
+func swapMS(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func swapPlural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}

@@ -1,0 +1,248 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/cutover"
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// DefaultQuietPeriod is how long finalize watches blue for clients.
+const DefaultQuietPeriod = 10 * time.Minute
+
+// FinalizeOptions tune Finalize.
+type FinalizeOptions struct {
+	SwapCommandOptions
+	// QuietPeriod: finalize refuses if a client other than greenswap used
+	// blue within it; it watches for this long (default 10m; negative: 0).
+	QuietPeriod time.Duration
+	SampleEvery time.Duration // sampling interval while watching (default 1s)
+	// Force: finalize even though clients use blue (they are named as a
+	// warning) and without watching for the quiet period.
+	Force bool
+	// Yes: do not ask. Without it Confirm is asked; with neither, finalize
+	// refuses (exit 2): it is irreversible.
+	Yes     bool
+	Confirm func(question string) (bool, error)
+}
+
+// FinalizeResult is what finalize did. Its JSON form is the --json document.
+type FinalizeResult struct {
+	SchemaVersion int                   `json:"schema_version"`
+	Migration     string                `json:"migration"`
+	State         state.State           `json:"state"`
+	App           string                `json:"app"`
+	QuietPeriodS  float64               `json:"quiet_period_s"`
+	WatchedS      float64               `json:"watched_s"`
+	Forced        bool                  `json:"forced,omitempty"`
+	Clients       []cutover.Client      `json:"clients,omitempty"` // seen using blue
+	Plan          *cutover.FinalizePlan `json:"plan,omitempty"`
+	Attempts      int                   `json:"attempts"`
+	LockHoldMS    float64               `json:"lock_hold_ms"`
+	FinalizeMS    float64               `json:"finalize_ms"`
+	TotalMS       float64               `json:"total_ms"`
+	Warnings      []string              `json:"warnings,omitempty"`
+	Notes         []string              `json:"notes,omitempty"`
+}
+
+// Finalize retires blue once no client uses it: it watches blue for the
+// quiet period (see cutover.Usage for how) and refuses, naming them, if any
+// client other than greenswap used it; then, confirmed, in one transaction
+// the app-name view is dropped and green moves into the app schema under the
+// app name, its sequences are re-owned and its identity columns restored,
+// dependent views are created again over it, blue, the sync triggers and
+// functions and both version schemas are dropped, and the state moves to
+// finalized. It cannot be undone.
+func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) (*FinalizeResult, error) {
+	start := time.Now()
+	if opts.QuietPeriod == 0 {
+		opts.QuietPeriod = DefaultQuietPeriod
+	}
+	opts.QuietPeriod = max(opts.QuietPeriod, 0)
+	if !opts.Yes && opts.Confirm == nil {
+		return nil, exitcode.Errorf(exitcode.BadInput,
+			"finalize is irreversible and there is no terminal to ask on: pass --yes to confirm (nothing was changed)")
+	}
+	m, lock, err := loadLocked(ctx, env, name)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	res := &FinalizeResult{SchemaVersion: SwapSchemaVersion, Migration: name, App: m.Names.App.String(),
+		QuietPeriodS: opts.QuietPeriod.Seconds(), Forced: opts.Force}
+	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
+	switch m.Row.State {
+	case state.CutOver:
+	case state.Finalized:
+		res.State = state.Finalized
+		opts.printf("migration %s is already finalized: %s is the table\n", name, m.Names.App)
+		return res, nil
+	default:
+		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s: finalize comes after cutover", name, m.Row.State)
+	}
+	lo := opts.lockOptions(m.Spec)
+	refuse := func(outcome string, err error) (*FinalizeResult, error) {
+		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, "finalize", outcome, time.Since(start), "",
+			map[string]any{"error": err.Error(), "clients": res.Clients})
+		return res, err
+	}
+
+	identity, err := cutover.TargetIdentity(ctx, env.Pool, m.Names, m.Spec, lo)
+	if err != nil {
+		return refuse("error", fmt.Errorf("read target.ddl's identity columns: %w", err))
+	}
+	in := cutover.FinalizeInput{Migration: name, Names: m.Names, Identity: identity}
+	tx, err := env.Pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	plan, err := cutover.PlanFinalize(ctx, tx, in)
+	tx.Rollback(ctx)
+	if err != nil {
+		return refuse("refused", err)
+	}
+	res.Plan = plan
+	describeFinalize(opts, plan)
+
+	// The quiet period.
+	since := time.Now().Add(-opts.QuietPeriod)
+	var clients []cutover.Client
+	if opts.Force {
+		clients, err = cutover.Usage(ctx, env.Pool, m.Names, since)
+	} else {
+		opts.printf("watching %s for clients other than greenswap for %s (sampled every %s) ...\n",
+			m.Names.Blue, opts.QuietPeriod, durOr(opts.SampleEvery, time.Second))
+		lastTick := time.Now()
+		clients, err = cutover.WatchUsage(ctx, env.Pool, m.Names, cutover.WatchOptions{
+			Period: opts.QuietPeriod, Interval: opts.SampleEvery, Since: since,
+			Tick: func(left time.Duration, seen []cutover.Client) {
+				if len(seen) == 0 && left > 0 && time.Since(lastTick) >= 30*time.Second {
+					lastTick = time.Now()
+					opts.printf("  no client so far; %s left\n", left.Round(time.Second))
+				}
+			},
+		})
+	}
+	res.WatchedS = time.Since(start).Seconds()
+	res.Clients = clients
+	if err != nil {
+		return refuse("error", interrupted(ctx, err))
+	}
+	if len(clients) > 0 {
+		if !opts.Force {
+			uerr := &cutover.UsageError{Blue: m.Names.Blue, Period: opts.QuietPeriod, Clients: clients}
+			opts.printf("refusing: %d client(s) used %s within the quiet period:\n", len(clients), m.Names.Blue)
+			for _, c := range clients {
+				opts.printf("  %s\n", c)
+			}
+			return refuse("refused", uerr)
+		}
+		for _, c := range clients {
+			w := "--force: finalizing although this client used blue: " + c.String()
+			res.Warnings = append(res.Warnings, w)
+			opts.printf("warning: %s\n", w)
+		}
+	} else if !opts.Force {
+		opts.printf("no client used %s for %s\n", m.Names.Blue, opts.QuietPeriod)
+	}
+
+	if !opts.Yes {
+		ok, err := opts.Confirm(fmt.Sprintf("finalize %s: drop %s for good and make %s the table %s; this cannot be undone. Continue?",
+			name, m.Names.Blue, m.Names.Green, m.Names.App))
+		if err != nil {
+			return refuse("refused", exitcode.With(exitcode.BadInput, err))
+		}
+		if !ok {
+			return refuse("refused", exitcode.Errorf(exitcode.BadInput, "finalize not confirmed: nothing was changed"))
+		}
+	}
+
+	if !opts.Force {
+		in.Since = since
+	}
+	log := env.Log.With().Str("migration", name).Str("step", "finalize").Logger()
+	fr, err := cutover.Finalize(ctx, env.Pool, in, cutover.SwapOptions{
+		Lock: lo,
+		OnRetry: func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
+			opts.printf("attempt %d: a lock was not granted in time; rolled back, nothing changed; retrying in %s\n", attempt, wait.Round(time.Millisecond))
+			for _, b := range blockers {
+				opts.printf("  blocked by %s\n", b)
+			}
+			log.Warn().Int("attempt", attempt).Dur("retry_in", wait).Msg("lock wait timed out; retrying")
+		},
+	}, func(ctx context.Context, tx pgx.Tx, _ *cutover.FinalizePlan) error {
+		return state.Transition(ctx, tx, name, state.Finalized)
+	})
+	res.Attempts, res.FinalizeMS = fr.Attempts, swapMS(fr.Duration)
+	if fr.Plan != nil {
+		res.Plan = fr.Plan
+	}
+	if err != nil {
+		outcome := "error"
+		var lt *shadow.LockTimeoutError
+		var ue *cutover.UsageError
+		switch {
+		case errors.As(err, &lt):
+			outcome = "lock-timeout"
+			opts.printf("gave up after %d attempts: nothing was changed\n", fr.Attempts)
+		case errors.As(err, &ue):
+			outcome = "refused"
+			res.Clients = ue.Clients
+		}
+		return refuse(outcome, err)
+	}
+	res.State, res.LockHoldMS = state.Finalized, swapMS(fr.LockHold)
+	res.Warnings = append(res.Warnings, fr.Plan.Warnings...)
+	if fr.SlotNote != "" {
+		res.Notes = append(res.Notes, fr.SlotNote)
+	}
+	_ = state.Record(ctx, env.Pool, name, "finalize", "ok", fr.Duration, strings.Join(fr.Plan.Step().SQL, ";\n"),
+		map[string]any{"lock_hold_ms": res.LockHoldMS, "attempts": fr.Attempts, "forced": opts.Force,
+			"quiet_period_s": res.QuietPeriodS, "clients": res.Clients})
+	opts.printf("done: %s is the table (was %s); %s and the version schemas are gone (%d attempt%s, locks held %.1f ms, %s)\n",
+		m.Names.App, m.Names.Green, m.Names.Blue, fr.Attempts, swapPlural(fr.Attempts), res.LockHoldMS, fr.Duration.Round(time.Millisecond))
+	for _, w := range fr.Plan.Warnings {
+		opts.printf("warning: %s\n", w)
+	}
+	for _, n := range res.Notes {
+		opts.printf("%s\n", n)
+	}
+	return res, nil
+}
+
+func describeFinalize(o FinalizeOptions, p *cutover.FinalizePlan) {
+	if o.Out == nil {
+		return
+	}
+	o.printf("finalize %s: irreversible; in one transaction:\n", p.Migration)
+	o.printf("  drop the view %s; move %s into %s as the table %s\n", p.App, p.Green, p.App.Schema, p.App)
+	for _, s := range p.Sequences {
+		switch s.Action {
+		case "identity":
+			o.printf("  column %s: identity again, continuing after %s\n", s.Column, s.Sequence)
+		case "re-owned":
+			o.printf("  column %s: sequence %s now owned by the table\n", s.Column, s.Sequence)
+		case "new sequence":
+			o.printf("  column %s: new sequence %s continuing blue's identity sequence\n", s.Column, s.Sequence)
+		}
+	}
+	for _, v := range p.Views {
+		o.printf("  dependent view %s: created again over the table\n", v.Name)
+	}
+	o.printf("  drop %s\n", strings.Join(p.Dropped, ", "))
+}
+
+func durOr(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}

@@ -1,0 +1,149 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/cutover"
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// RollbackResult is what rollback did: a swap back to blue after cutover
+// (Swap), or before cutover a teardown (Teardown). Its JSON form is the
+// --json document.
+type RollbackResult struct {
+	SchemaVersion int                     `json:"schema_version"`
+	Migration     string                  `json:"migration"`
+	Kind          string                  `json:"kind"` // "swap" (after cutover), "teardown" (before), "none" (already rolled back)
+	From          state.State             `json:"from_state"`
+	State         state.State             `json:"state"`
+	Swap          *CutoverResult          `json:"swap,omitempty"`
+	Teardown      *cutover.TeardownPlan   `json:"teardown,omitempty"`
+	Attempts      int                     `json:"attempts,omitempty"`
+	LockHoldMS    float64                 `json:"lock_hold_ms"`
+	TotalMS       float64                 `json:"total_ms"`
+	Notes         []string                `json:"notes,omitempty"`
+	teardownRes   *cutover.TeardownResult // for tests
+}
+
+// Rollback switches the app name back to blue.
+//
+// After cutover it is the cutover swap backwards, in one transaction (view,
+// dependent views, foreign keys, user triggers, primary side; state back to
+// synced): blue received every write made through green since the cutover
+// through the reverse sync triggers, so nothing is lost, and the migration
+// can cut over again.
+//
+// Before cutover (planned, syncing, synced) it tears down everything sync
+// built in one transaction: dependent views of the app name are dropped
+// and created again over the table, the view is dropped, blue moves back
+// to the app schema under its own name, green, the sync triggers and
+// functions and both version schemas are dropped, the state moves to
+// rolled_back. The app has its table back as before sync.
+func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOptions) (*RollbackResult, error) {
+	start := time.Now()
+	m, lock, err := loadLocked(ctx, env, name)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	res := &RollbackResult{SchemaVersion: SwapSchemaVersion, Migration: name, From: m.Row.State}
+	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
+	switch m.Row.State {
+	case state.CutOver:
+		res.Kind = "swap"
+		cr := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "rollback", App: m.Names.App.String()}
+		res.Swap = cr
+		err := swap(ctx, env, m, cutover.ToBlue, opts, cr)
+		cr.TotalMS = swapMS(time.Since(start))
+		res.State, res.Attempts, res.LockHoldMS = cr.State, cr.Attempts, cr.LockHoldMS
+		if err == nil {
+			opts.printf("blue is primary again; the migration is synced and can cut over again (`greenswap cutover %s`)\n", name)
+		}
+		return res, err
+	case state.Planned, state.Syncing, state.Synced:
+		res.Kind = "teardown"
+		return res, teardown(ctx, env, m, opts, res)
+	case state.RolledBack:
+		res.Kind, res.State = "none", state.RolledBack
+		opts.printf("migration %s is already rolled back: %s is the app's table\n", name, m.Names.App)
+		return res, nil
+	default:
+		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s: a finalized migration cannot be rolled back", name, m.Row.State)
+	}
+}
+
+func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions, res *RollbackResult) error {
+	name := m.Spec.Name
+	lo := o.lockOptions(m.Spec)
+	tx, err := env.Pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return err
+	}
+	plan, err := cutover.PlanTeardown(ctx, tx, name, m.Names)
+	tx.Rollback(ctx)
+	if err != nil {
+		return err
+	}
+	if o.Out != nil {
+		o.printf("rollback %s (%s, before cutover): in one transaction, give %s its table back as before sync\n", name, m.Row.State, m.Names.App)
+		if plan.Adopted {
+			o.printf("  drop the view %s and move %s back to %s under its own name\n", m.Names.App, m.Names.Blue, m.Names.App.Schema)
+		}
+		for _, v := range plan.Views {
+			o.printf("  dependent view %s: created again over the table\n", v.Name)
+		}
+		if plan.Green {
+			o.printf("  drop %s, the sync triggers and functions\n", m.Names.Green)
+		}
+		o.printf("  drop the schemas %s and %s\n", m.Names.BlueSchema, m.Names.GreenSchema)
+		if plan.Slot != "" {
+			o.printf("  then drop the replication slot %s\n", plan.Slot)
+		}
+		o.printf("  lock wait at most %s per attempt, up to %d attempts with backoff\n", lo.Timeout, lo.MaxAttempts)
+	}
+	log := env.Log.With().Str("migration", name).Str("step", "rollback").Logger()
+	tr, err := cutover.Teardown(ctx, env.Pool, name, m.Names, cutover.SwapOptions{
+		Lock: lo,
+		OnRetry: func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
+			o.printf("attempt %d: a lock was not granted in time; rolled back, nothing changed; retrying in %s\n", attempt, wait.Round(time.Millisecond))
+			for _, b := range blockers {
+				o.printf("  blocked by %s\n", b)
+			}
+			log.Warn().Int("attempt", attempt).Dur("retry_in", wait).Msg("lock wait timed out; retrying")
+		},
+	}, func(ctx context.Context, tx pgx.Tx, _ *cutover.TeardownPlan) error {
+		if err := state.Transition(ctx, tx, name, state.RolledBack); err != nil {
+			return err
+		}
+		return state.Update(ctx, tx, name, map[string]any{"primary_side": "blue", "phase": ""})
+	})
+	res.Teardown, res.Attempts = tr.Plan, tr.Attempts
+	if err != nil {
+		outcome := "error"
+		var lt *shadow.LockTimeoutError
+		if errors.As(err, &lt) {
+			outcome = "lock-timeout"
+			o.printf("gave up after %d attempts: nothing was changed\n", tr.Attempts)
+		}
+		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, "rollback", outcome, tr.Duration, "",
+			map[string]any{"error": err.Error(), "attempts": tr.Attempts})
+		return err
+	}
+	res.State, res.LockHoldMS = state.RolledBack, swapMS(tr.LockHold)
+	if tr.SlotNote != "" {
+		res.Notes = append(res.Notes, tr.SlotNote)
+		o.printf("%s\n", tr.SlotNote)
+	}
+	_ = state.Record(ctx, env.Pool, name, "rollback", "ok", tr.Duration, strings.Join(tr.Plan.Step().SQL, ";\n"),
+		map[string]any{"kind": "teardown", "lock_hold_ms": res.LockHoldMS, "attempts": tr.Attempts})
+	o.printf("done: %s is the app's table again; greenswap's objects are gone (%d attempt%s, locks held %.1f ms, %s)\n",
+		m.Names.App, tr.Attempts, swapPlural(tr.Attempts), res.LockHoldMS, tr.Duration.Round(time.Millisecond))
+	return nil
+}
