@@ -161,7 +161,7 @@ func (v *viewMeta) extrasSQL(keep map[string]bool, basics bool) []string {
 		if v.Owner != "" {
 			sql = append(sql, "ALTER "+v.kind()+" "+id+" OWNER TO "+db.Ident(v.Owner))
 		}
-		sql = append(sql, grantSQL(id, v.Grants)...)
+		sql = append(sql, shadow.GrantSQL(id, v.Grants)...)
 		if v.Comment != "" {
 			sql = append(sql, "COMMENT ON "+v.kind()+" "+id+" IS "+db.Literal(v.Comment))
 		}
@@ -179,22 +179,6 @@ func (v *viewMeta) extrasSQL(keep map[string]bool, basics bool) []string {
 	sql = append(sql, v.Triggers...)
 	sql = append(sql, v.Rules...)
 	sql = append(sql, v.Indexes...)
-	return sql
-}
-
-func grantSQL(rel string, grants []shadow.Grant) []string {
-	var sql []string
-	for _, g := range grants {
-		to := "PUBLIC"
-		if g.Grantee != "PUBLIC" {
-			to = db.Ident(g.Grantee)
-		}
-		s := "GRANT " + g.Privilege + " ON " + rel + " TO " + to
-		if g.Grantable {
-			s += " WITH GRANT OPTION"
-		}
-		sql = append(sql, s)
-	}
 	return sql
 }
 

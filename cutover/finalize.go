@@ -252,7 +252,7 @@ END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "
 	sql = append(sql, "ALTER TABLE "+greenRel+" SET SCHEMA "+db.Ident(n.App.Schema))
 	sql = append(sql, after...)
 	// The app name's grants and comments carry over to the table.
-	sql = append(sql, grantSQL(appRel, appMeta.Grants)...)
+	sql = append(sql, shadow.GrantSQL(appRel, appMeta.Grants)...)
 	if appMeta.Comment != "" && greenT.Comment == "" {
 		sql = append(sql, "COMMENT ON TABLE "+appRel+" IS "+db.Literal(appMeta.Comment))
 	}

@@ -108,7 +108,7 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 		sql = append(sql, "DROP VIEW "+db.Ident(n.App.Schema, n.App.Name))
 		defer func() {
 			// Grants made on the view during the migration stay with the app name.
-			p.SQL = append(p.SQL, grantSQL(db.Ident(n.App.Schema, n.App.Name), appMeta.Grants)...)
+			p.SQL = append(p.SQL, shadow.GrantSQL(db.Ident(n.App.Schema, n.App.Name), appMeta.Grants)...)
 			for _, v := range p.Views {
 				p.SQL = append(p.SQL, v.createSQL()...)
 			}

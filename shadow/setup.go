@@ -51,7 +51,7 @@ func viewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
 		"CREATE VIEW " + view + with + " AS SELECT " + strings.Join(cols, ", ") + " FROM " + db.Ident(base.Schema, base.Name),
 		"ALTER VIEW " + view + " OWNER TO " + db.Ident(t.Owner),
 	}
-	sql = append(sql, grantSQL(view, t.Grants)...)
+	sql = append(sql, GrantSQL(view, t.Grants)...)
 	if t.Comment != "" {
 		sql = append(sql, "COMMENT ON VIEW "+view+" IS "+db.Literal(t.Comment))
 	}
@@ -63,7 +63,8 @@ func viewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
 	return sql
 }
 
-func grantSQL(rel string, grants []Grant) []string {
+// GrantSQL re-grants each privilege of grants on rel (a quoted relation name).
+func GrantSQL(rel string, grants []Grant) []string {
 	var sql []string
 	for _, g := range grants {
 		to := "PUBLIC"
@@ -123,7 +124,7 @@ func CreateGreenSQL(n Names, s *Spec) []string {
 func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 	rel := db.Ident(n.Green.Schema, n.Green.Name)
 	sql := []string{"ALTER TABLE " + rel + " OWNER TO " + db.Ident(blue.Owner)}
-	sql = append(sql, grantSQL(rel, blue.Grants)...)
+	sql = append(sql, GrantSQL(rel, blue.Grants)...)
 	sql = append(sql, schemaUsageSQL(n.GreenSchema, blue)...)
 	for _, seq := range SharedSequences(blue, green, m) {
 		col := db.Ident(seq.Column)

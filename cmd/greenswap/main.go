@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -80,6 +81,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			fmt.Fprintf(c.App.ErrWriter, "greenswap: no command %q; see `greenswap --help`\n", name)
 		},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil // --help was asked for and printed
+			}
 			return exitcode.Errorf(exitcode.BadInput, "%s (see `greenswap %s --help`)", err, c.Command.Name)
 		},
 	}

@@ -129,13 +129,13 @@ func writePlan(w io.Writer, r *runner.PlanResult, path string) {
 	}
 	e := r.Estimate
 	p("  PostgreSQL %s · key %s · ~%s rows · blue %s + %s indexes",
-		planFirstWord(r.Server.Version), key, planThousands(e.Rows), runner.HumanBytes(e.BlueTableBytes), runner.HumanBytes(e.BlueIndexBytes))
+		planFirstWord(r.Server.Version), key, thousands(e.Rows), runner.HumanBytes(e.BlueTableBytes), runner.HumanBytes(e.BlueIndexBytes))
 	if r.Rehearsal.Done {
 		p("  Rehearsed in one transaction and rolled back: nothing was changed (ACCESS EXCLUSIVE on %s held %.0f ms)",
 			r.Table, r.Rehearsal.LockHeldMS)
 		s := r.Sample
 		p("  Sample: %s rows (%s): forward %s · green constraints %s · reverse %s",
-			planThousands(s.Rows), s.Method, planOK(s.Forward), planOK(s.Inserted), planOK(s.Reverse))
+			thousands(s.Rows), s.Method, planOK(s.Forward), planOK(s.Inserted), planOK(s.Reverse))
 	} else {
 		p("  Not rehearsed: %s. Nothing was changed.", r.Rehearsal.Skipped)
 	}
@@ -178,7 +178,7 @@ func writePlan(w io.Writer, r *runner.PlanResult, path string) {
 
 	p("")
 	p("Estimate (an estimate, not a promise)")
-	p("  backfill: ~%s rows at a conservative %s rows/s ≈ %s", planThousands(e.Rows), planThousands(int64(e.RowsPerSecond)),
+	p("  backfill: ~%s rows at a conservative %s rows/s ≈ %s", thousands(e.Rows), thousands(int64(e.RowsPerSecond)),
 		(time.Duration(e.BackfillSeconds * float64(time.Second))).Round(time.Second))
 	widths := ""
 	if e.BlueRowWidth > 0 && e.GreenRowWidth > 0 {
@@ -257,24 +257,4 @@ func planFirstWord(s string) string {
 		return s[:i]
 	}
 	return s
-}
-
-// planThousands formats n with thin separators: 1,234,567.
-func planThousands(n int64) string {
-	s := fmt.Sprint(n)
-	neg := strings.HasPrefix(s, "-")
-	if neg {
-		s = s[1:]
-	}
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(r)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
 }

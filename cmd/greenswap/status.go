@@ -40,22 +40,16 @@ unreachable database.`,
 }
 
 func runStatus(c *cli.Context) error {
+	names, err := trailingFlags(c)
 	asJSON := c.Bool("json")
-	// urfave/cli stops parsing flags at the first argument: accept
-	// `status NAME --json` as well as `status --json NAME`.
-	var names []string
-	for _, a := range c.Args().Slice() {
-		if a == "--json" || a == "-json" {
-			asJSON = true
-			continue
-		}
-		names = append(names, a)
-	}
 	fail := func(err error) error {
 		if asJSON {
 			writeJSONError(c.App.Writer, runner.StatusSchemaVersion, err)
 		}
 		return err
+	}
+	if err != nil {
+		return fail(err)
 	}
 	if len(names) > 1 {
 		return fail(exitcode.Errorf(exitcode.BadInput, "status takes at most one migration name, got %q", names))
@@ -123,16 +117,16 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 		p("%s  %s  %s mode  %s  primary: %s", m.Name, m.Table, m.Mode, state, m.PrimarySide)
 
 		pr := m.Progress
-		prog := fmt.Sprintf("%s of ~%s rows (%.1f%%)", planThousands(pr.RowsCopied), planThousands(pr.RowsEstimate), pr.Percent)
+		prog := fmt.Sprintf("%s of ~%s rows (%.1f%%)", thousands(pr.RowsCopied), thousands(pr.RowsEstimate), pr.Percent)
 		if pr.Done {
-			prog = fmt.Sprintf("backfill done: %s rows copied", planThousands(pr.RowsCopied))
+			prog = fmt.Sprintf("backfill done: %s rows copied", thousands(pr.RowsCopied))
 		}
 		var extra []string
 		if pr.RowsPerSec > 0 && !pr.Done {
-			extra = append(extra, planThousands(int64(pr.RowsPerSec))+" rows/s")
+			extra = append(extra, thousands(int64(pr.RowsPerSec))+" rows/s")
 		}
 		if pr.BatchSize > 0 && !pr.Done {
-			extra = append(extra, "batch "+planThousands(int64(pr.BatchSize)))
+			extra = append(extra, "batch "+thousands(int64(pr.BatchSize)))
 		}
 		if pr.ETASeconds != nil {
 			extra = append(extra, "ETA "+(time.Duration(*pr.ETASeconds*float64(time.Second))).Round(time.Second).String())

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -131,7 +130,7 @@ func syncAction(c *cli.Context) error {
 		fmt.Fprintf(out, "%s is synced: the sync triggers keep blue and green equal in both directions\n", spec.Name)
 	} else {
 		fmt.Fprintf(out, "%s is synced: %s rows copied in %s (%s rows/s); blue and green are kept equal in both directions\n",
-			spec.Name, syncThousands(stats.Rows), stats.Backfill.Round(time.Millisecond), syncThousands(int64(stats.RowsPerSec)))
+			spec.Name, thousands(stats.Rows), stats.Backfill.Round(time.Millisecond), thousands(int64(stats.RowsPerSec)))
 		fmt.Fprintf(out, "next: greenswap verify %s, then greenswap cutover %s\n", spec.Name, spec.Name)
 	}
 	if !watch {
@@ -178,10 +177,14 @@ Example:
 }
 
 func syncSetPaused(c *cli.Context, paused bool) error {
-	if c.NArg() != 1 {
+	args, err := trailingFlags(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
 		return exitcode.Errorf(exitcode.BadInput, "%s takes one migration name (see `greenswap %s --help`)", c.Command.Name, c.Command.Name)
 	}
-	name := c.Args().First()
+	name := args[0]
 	env, err := connect(c)
 	if err != nil {
 		return err
@@ -235,10 +238,10 @@ func (d *syncLiveDisplay) draw(p runner.SyncProgress) {
 	}
 	rows := []string{
 		fmt.Sprintf("greenswap sync %s (%s)   state %s   phase %s", p.Migration, p.AppTable, p.State, phase),
-		fmt.Sprintf("  copied    %s / ~%s rows   %5.1f%%  %s", syncThousands(p.RowsCopied), syncThousands(p.RowsEstimate), p.Percent, syncBar(p.Percent, 30)),
+		fmt.Sprintf("  copied    %s / ~%s rows   %5.1f%%  %s", thousands(p.RowsCopied), thousands(p.RowsEstimate), p.Percent, syncBar(p.Percent, 30)),
 		syncRateLine(p),
 		fmt.Sprintf("  throttle  %s", syncOrNone(p.Throttle)),
-		fmt.Sprintf("  triggers  %s changes captured (estimate)", syncThousands(p.Captured)),
+		fmt.Sprintf("  triggers  %s changes captured (estimate)", thousands(p.Captured)),
 	}
 	for _, r := range rows {
 		b.WriteString("\x1b[2K" + r + "\n")
@@ -251,7 +254,7 @@ func syncRateLine(p runner.SyncProgress) string {
 	if p.Done {
 		return fmt.Sprintf("  backfill  done in %s", p.BackfillFor.Round(time.Second))
 	}
-	return fmt.Sprintf("  rate      %s rows/s   ETA %s   batch %s rows", syncThousands(int64(p.RowsPerSec)), syncETA(p), syncThousands(int64(p.BatchSize)))
+	return fmt.Sprintf("  rate      %s rows/s   ETA %s   batch %s rows", thousands(int64(p.RowsPerSec)), syncETA(p), thousands(int64(p.BatchSize)))
 }
 
 func syncETA(p runner.SyncProgress) string {
@@ -274,22 +277,4 @@ func syncOrNone(s string) string {
 func syncBar(pct float64, width int) string {
 	n := min(max(int(pct/100*float64(width)), 0), width)
 	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
-}
-
-// syncThousands formats n with , separators.
-func syncThousands(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(r)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
 }

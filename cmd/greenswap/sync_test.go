@@ -84,7 +84,7 @@ func TestSyncLiveDisplay(t *testing.T) {
 
 func TestSyncThousands(t *testing.T) {
 	for n, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 1234567: "1,234,567", -12345: "-12,345"} {
-		if got := syncThousands(n); got != want {
+		if got := thousands(n); got != want {
 			t.Errorf("%d: %q, want %q", n, got, want)
 		}
 	}

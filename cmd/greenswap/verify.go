@@ -132,7 +132,12 @@ func trailingFlags(c *cli.Context) ([]string, error) {
 	for len(args) > 0 {
 		set := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
 		set.SetOutput(io.Discard)
-		for _, f := range c.Command.Flags {
+		// The global flags (--dsn, --log-format, ...) are accepted after the
+		// name too: `greenswap verify NAME --dsn ...` is how people type it.
+		for _, f := range append(append([]cli.Flag{}, c.Command.Flags...), c.App.Flags...) {
+			if set.Lookup(f.Names()[0]) != nil {
+				continue
+			}
 			if err := f.Apply(set); err != nil {
 				return nil, err
 			}
@@ -190,14 +195,14 @@ func (b *verifyBar) draw(p verify.Progress) {
 	b.last = time.Now()
 	rate := ""
 	if s := p.Elapsed.Seconds(); s > 0 && p.Rows > 0 {
-		rate = fmt.Sprintf(", %s rows/s", humanCount(int64(float64(p.Rows)/s)))
+		rate = fmt.Sprintf(", %s rows/s", thousands(int64(float64(p.Rows)/s)))
 	}
 	unit := "chunks"
 	if p.Phase == "repair" {
 		unit = "batches"
 	}
 	fmt.Fprintf(b.w, "\r\033[Kverify %s: %d/%d %s, %s rows read%s, %s", p.Phase, p.Done, p.Total, unit,
-		humanCount(p.Rows), rate, p.Elapsed.Round(100*time.Millisecond))
+		thousands(p.Rows), rate, p.Elapsed.Round(100*time.Millisecond))
 	b.drawn = true
 }
 
@@ -217,9 +222,9 @@ func writeVerify(w io.Writer, name string, r *verify.Result) {
 	p("greenswap verify: %s — %s %s (%s) vs %s %s", name, r.SourceSide, r.Source, mapped, r.TargetSide, r.Target)
 	rate := ""
 	if s := r.Duration.Seconds(); s > 0 {
-		rate = fmt.Sprintf(" (%s rows/s)", humanCount(int64(float64(r.SourceRows+r.TargetRows)/s)))
+		rate = fmt.Sprintf(" (%s rows/s)", thousands(int64(float64(r.SourceRows+r.TargetRows)/s)))
 	}
-	p("  rows compared   %s %s, %s %s", humanCount(r.SourceRows), r.SourceSide, humanCount(r.TargetRows), r.TargetSide)
+	p("  rows compared   %s %s, %s %s", thousands(r.SourceRows), r.SourceSide, thousands(r.TargetRows), r.TargetSide)
 	p("  chunks          %d over key (%s), %d mismatched; %d workers, one snapshot at %s",
 		r.Chunks, strings.Join(r.KeyColumns, ", "), r.MismatchedChunks, r.Workers, r.SnapshotAt.Format("15:04:05.000"))
 	p("  duration        %s%s", r.Duration.Round(time.Millisecond), rate)
@@ -290,22 +295,4 @@ func writeVerify(w io.Writer, name string, r *verify.Result) {
 	default:
 		p("DIFFERENT: %d difference(s); `greenswap verify %s --repair` re-copies them from %s", r.DifferenceCount, name, r.SourceSide)
 	}
-}
-
-// humanCount is 1234567 → "1,234,567".
-func humanCount(n int64) string {
-	s := fmt.Sprint(n)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, c := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(c)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
 }
