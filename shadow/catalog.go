@@ -52,6 +52,7 @@ type Index struct {
 	Primary    bool     `json:"primary"`
 	Unique     bool     `json:"unique"`
 	Valid      bool     `json:"valid"`
+	Deferrable bool     `json:"deferrable,omitempty"` // uniqueness checked at commit (not indimmediate): no ON CONFLICT arbiter
 	Partial    bool     `json:"partial"`
 	Expression bool     `json:"expression"`           // has an expression column
 	Def        string   `json:"def"`                  // pg_get_indexdef

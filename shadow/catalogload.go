@@ -166,7 +166,13 @@ func nilIfEmpty[T any](s []T) []T {
 
 func loadColumns(ctx context.Context, q db.Querier, t *Table) error {
 	rows, err := q.Query(ctx, `
-SELECT a.attnum, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnotnull,
+SELECT a.attnum, a.attname::text,
+       -- Qualify types outside pg_catalog that the caller's search_path
+       -- happens to see: mapping casts run under a fixed search_path.
+       CASE WHEN ty.typnamespace = 'pg_catalog'::regnamespace OR NOT pg_type_is_visible(a.atttypid)
+            THEN format_type(a.atttypid, a.atttypmod)
+            ELSE quote_ident(tn.nspname) || '.' || format_type(a.atttypid, a.atttypmod) END,
+       a.atttypid, a.attnotnull,
        CASE WHEN a.attgenerated = '' THEN coalesce(pg_get_expr(d.adbin, d.adrelid), '') ELSE '' END,
        a.attidentity::text, a.attgenerated::text,
        CASE WHEN a.attgenerated <> '' THEN coalesce(pg_get_expr(d.adbin, d.adrelid), '') ELSE '' END,
@@ -177,6 +183,7 @@ SELECT a.attnum, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttyp
        coalesce(col_description(a.attrelid, a.attnum), '')
   FROM pg_attribute a
   JOIN pg_type ty ON ty.oid = a.atttypid
+  JOIN pg_namespace tn ON tn.oid = ty.typnamespace
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
   LEFT JOIN pg_collation coll ON coll.oid = a.attcollation
   LEFT JOIN pg_namespace cn ON cn.oid = coll.collnamespace
@@ -196,7 +203,7 @@ SELECT a.attnum, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttyp
 
 func loadIndexes(ctx context.Context, q db.Querier, t *Table) error {
 	rows, err := q.Query(ctx, `
-SELECT ic.relname::text, i.indisprimary, i.indisunique, i.indisvalid, i.indpred IS NOT NULL,
+SELECT ic.relname::text, i.indisprimary, i.indisunique, i.indisvalid, NOT i.indimmediate, i.indpred IS NOT NULL,
        EXISTS (SELECT 1 FROM generate_series(0, i.indnkeyatts - 1) s WHERE i.indkey[s] = 0),
        ARRAY(SELECT a.attname::text
                FROM generate_series(0, i.indnkeyatts - 1) s
@@ -216,7 +223,7 @@ SELECT ic.relname::text, i.indisprimary, i.indisunique, i.indisvalid, i.indpred 
 	}
 	t.Indexes, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Index, error) {
 		var x Index
-		err := r.Scan(&x.Name, &x.Primary, &x.Unique, &x.Valid, &x.Partial, &x.Expression,
+		err := r.Scan(&x.Name, &x.Primary, &x.Unique, &x.Valid, &x.Deferrable, &x.Partial, &x.Expression,
 			&x.Columns, &x.Def, &x.Constraint)
 		if x.Columns == nil {
 			x.Columns = []string{}

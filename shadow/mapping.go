@@ -69,7 +69,7 @@ func BuildMapping(s *Spec, blue, green *Table) (*Mapping, error) {
 	}
 	gk := TableKey(green)
 	if gk == nil {
-		return nil, s.Errorf("target.ddl", "add a PRIMARY KEY (or a UNIQUE index on NOT NULL columns) to the green table",
+		return nil, s.Errorf("target.ddl", "add a PRIMARY KEY (or a UNIQUE index on NOT NULL columns), not DEFERRABLE, to the green table",
 			"green table has no primary key or unique NOT NULL key, so changes cannot be applied to it by key")
 	}
 	for _, c := range gk {
@@ -103,8 +103,14 @@ func chooseKey(s *Spec, blue *Table) ([]string, error) {
 			}
 		}
 		for _, ix := range blue.Indexes {
-			if ix.Unique && ix.Valid && !ix.Partial && !ix.Expression && sameSet(ix.Columns, s.Key) {
+			if usableKey(ix) && sameSet(ix.Columns, s.Key) {
 				return slices.Clone(s.Key), nil
+			}
+		}
+		for _, ix := range blue.Indexes {
+			if ix.Unique && ix.Deferrable && sameSet(ix.Columns, s.Key) {
+				return nil, s.Errorf("key", "make the constraint NOT DEFERRABLE, or name another unique key",
+					"(%s) is unique only at commit (DEFERRABLE): sync upserts need an immediate unique key", strings.Join(s.Key, ", "))
 			}
 		}
 		return nil, s.Errorf("key", "name the columns of a primary key or unique index", "(%s) is not unique in %s: no primary key or unique index on exactly these columns",
@@ -113,17 +119,21 @@ func chooseKey(s *Spec, blue *Table) ([]string, error) {
 	if k := TableKey(blue); k != nil {
 		return k, nil
 	}
-	return nil, s.Errorf("table", "add a primary key or a unique index on NOT NULL columns, or set key:", "%s has no usable key", blue.Name)
+	return nil, s.Errorf("table", "add a primary key or a unique index on NOT NULL columns (not DEFERRABLE), or set key:", "%s has no usable key", blue.Name)
 }
 
 // TableKey is the primary key's columns, else those of the first valid,
 // non-partial unique index on NOT NULL columns, else nil.
+//
+// A DEFERRABLE key is never usable: ON CONFLICT cannot use it as an arbiter,
+// and with row triggers firing after a whole statement, a key swap inside one
+// UPDATE (1→2, 2→1) would delete the row just written.
 func TableKey(t *Table) []string {
-	if t.PrimaryKey != nil {
+	if t.PrimaryKey != nil && usableKey(*t.PrimaryKey) {
 		return slices.Clone(t.PrimaryKey.Columns)
 	}
 	for _, ix := range t.Indexes {
-		if !ix.Unique || !ix.Valid || ix.Partial || ix.Expression {
+		if !usableKey(ix) {
 			continue
 		}
 		ok := true
@@ -137,6 +147,10 @@ func TableKey(t *Table) []string {
 		}
 	}
 	return nil
+}
+
+func usableKey(ix Index) bool {
+	return ix.Unique && ix.Valid && !ix.Deferrable && !ix.Partial && !ix.Expression
 }
 
 func buildDirection(s *Spec, field string, exprs map[string]string, src, dst *Table) (*Direction, error) {
@@ -255,4 +269,21 @@ func (d *Direction) UpdateSet() string {
 		parts = append(parts, db.Ident(c.Target)+" = EXCLUDED."+db.Ident(c.Target))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// SourceRowLock is the row lock a batch that copies blue rows into green
+// takes on them (trap 1: a concurrent DELETE must wait for the batch, so its
+// trigger finds the copied row). FOR KEY SHARE suffices when green's key is
+// blue's key columns mapped by name: only deletes and key updates can then
+// move a row in green. When green's key reads any other blue column (a new
+// primary key such as (tenant, id) over blue's (id)), a plain UPDATE of that
+// column moves the green row too, so the batch must block it: FOR SHARE.
+func (m *Mapping) SourceRowLock() string {
+	for _, k := range m.Forward.TargetKey {
+		c := m.Forward.Column(k)
+		if c == nil || c.Explicit || !slices.Contains(m.Key, k) {
+			return "FOR SHARE"
+		}
+	}
+	return "FOR KEY SHARE"
 }
