@@ -259,11 +259,12 @@ func (d *Direction) NeedsOverriding() bool {
 }
 
 // UpdateSet is the DO UPDATE SET list for an upsert: every written column but
-// the conflict key and identity columns (their values never change).
+// the conflict key and GENERATED ALWAYS identity columns (PostgreSQL lets
+// those be updated only to DEFAULT, so their values never change).
 func (d *Direction) UpdateSet() string {
 	var parts []string
 	for _, c := range d.Columns {
-		if slices.Contains(d.TargetKey, c.Target) || c.Identity != "" {
+		if slices.Contains(d.TargetKey, c.Target) || c.Identity == "a" {
 			continue
 		}
 		parts = append(parts, db.Ident(c.Target)+" = EXCLUDED."+db.Ident(c.Target))
