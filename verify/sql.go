@@ -257,7 +257,9 @@ func (p *plan) keySet(types []string, keys [][]string, args *[]any) string {
 }
 
 // repairDeleteSQL deletes target rows with these keys that the source no
-// longer has.
+// longer has, or whose target key is not the one the source row now maps to
+// (a row left under an old green key when green's key reads a blue column
+// outside blue's key).
 func (p *plan) repairDeleteSQL(keys [][]string) (string, []any) {
 	var args []any
 	tk := make([]string, len(p.key))
@@ -270,8 +272,15 @@ func (p *plan) repairDeleteSQL(keys [][]string) (string, []any) {
 		}
 		match[i] = "s." + db.Ident(k) + " = " + ref
 	}
+	mapped := make([]string, len(p.dir.TargetKey))
+	targetKey := make([]string, len(p.dir.TargetKey))
+	for i, k := range p.dir.TargetKey {
+		mapped[i] = p.dir.ValueExpr(k) // bare source columns resolve to s, the innermost FROM item
+		targetKey[i] = "t." + db.Ident(k)
+	}
 	return "DELETE FROM " + p.dst.rel + " AS t WHERE " + rowOf(tk) + " IN (" + p.keySet(p.dst.keyType, keys, &args) + ")" +
-		" AND NOT EXISTS (SELECT 1 FROM " + p.src.rel + " AS s WHERE " + strings.Join(match, " AND ") + ")", args
+		" AND NOT EXISTS (SELECT 1 FROM " + p.src.rel + " AS s WHERE " + strings.Join(match, " AND ") +
+		" AND " + rowOf(mapped) + " = " + rowOf(targetKey) + ")", args
 }
 
 // repairUpsertSQL copies the source rows with these keys to the target

@@ -671,3 +671,32 @@ func TestHashScan(t *testing.T) {
 		t.Fatal("no error for a missing table")
 	}
 }
+
+// A green row left under a stale green key (green's key reads a blue column
+// outside blue's key) is deleted by repair even though blue still has its
+// blue key.
+func TestRepairDeletesRowUnderStaleGreenKey(t *testing.T) {
+	t.Parallel()
+	pool, dsn, f := fixture(t, `
+		CREATE TABLE acct (id int PRIMARY KEY, tenant int NOT NULL, name text NOT NULL);
+		INSERT INTO acct SELECT g, g % 3, 'n' || g FROM generate_series(1, 500) g;`, `
+name: a3
+table: public.acct
+target:
+  ddl: |
+    CREATE TABLE acct (id int NOT NULL, tenant int NOT NULL, name text NOT NULL, PRIMARY KEY (tenant, id))
+`)
+	damage(t, dsn, `INSERT INTO gs_a3_green.acct VALUES (5, 9, 'n5')`)
+	res := mustRun(t, pool, f, Options{})
+	if res.OK {
+		t.Fatalf("ghost under a stale green key not found: %s", describe(res))
+	}
+	res = mustRun(t, pool, f, Options{Repair: true})
+	if !res.OK || res.Repair == nil || res.Repair.Deleted != 1 {
+		t.Fatalf("repair: %+v %s", res.Repair, describe(res))
+	}
+	var n int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM gs_a3_green.acct WHERE id = 5`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("green rows with id 5 = %d, %v; want 1", n, err)
+	}
+}
