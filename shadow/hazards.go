@@ -51,6 +51,7 @@ const (
 	HazardStableMapping          = "stable_mapping"
 	HazardRowTypeChange          = "row_type_change"
 	HazardGreenStricter          = "green_stricter"
+	HazardSyncWriteCanFail       = "sync_write_can_fail"
 	HazardViewLimitations        = "view_limitations"
 	HazardPartitioned            = "partitioned_table"
 	HazardPartition              = "partition"
@@ -316,7 +317,14 @@ func Hazards(in HazardInput) []Hazard {
 					db.Ident(n.BlueSchema), db.Ident(n.App.Schema), db.Ident(n.GreenSchema)),
 				Objects: diffs})
 		}
-		if stricter := greenStricter(s, blue, green); len(stricter) > 0 {
+		stricter, uncovered := greenStricter(s, blue, green)
+		if len(uncovered) > 0 {
+			add(Hazard{Code: HazardSyncWriteCanFail, Severity: Warning,
+				Message: "from the moment sync starts, a write to blue whose mapped row breaks one of green's rules below fails in the writer's own transaction (the sync trigger runs there); plan checked only a sample of today's rows",
+				Fix:     "add a forward expression that makes every blue value fit (e.g. forward.col: coalesce(col, ...)), or make sure no writer produces such values before you sync",
+				Objects: uncovered})
+		}
+		if len(stricter) > 0 {
 			add(Hazard{Code: HazardGreenStricter, Severity: Warning,
 				Message: fmt.Sprintf("green is stricter than blue: after cutover an old client's write through %s that blue accepted fails", s.AppTable()),
 				Fix: fmt.Sprintf("upgrade those clients before cutover, or pin old releases to blue's shape with SET search_path TO %s, %s: their writes land in blue and the forward mapping (e.g. forward.email: coalesce(email, '...')) makes them fit green",
@@ -457,9 +465,17 @@ func rowTypeDiffs(blue, green *Table) []string {
 	return out
 }
 
-// greenStricter lists what green rejects that blue accepted.
-func greenStricter(s *Spec, blue, green *Table) []string {
-	var out []string
+// greenStricter lists what green rejects that blue accepted; uncovered is
+// the part no explicit forward expression deals with, so a blue write can
+// break it during sync.
+func greenStricter(s *Spec, blue, green *Table) (out, uncovered []string) {
+	defer func() {
+		for _, o := range out {
+			if !strings.Contains(o, "(forward.") {
+				uncovered = append(uncovered, o)
+			}
+		}
+	}()
 	for _, g := range green.Columns {
 		b := blue.Column(g.Name)
 		if b == nil {
@@ -476,7 +492,11 @@ func greenStricter(s *Spec, blue, green *Table) []string {
 			out = append(out, fmt.Sprintf("%s: NOT NULL on green, nullable on blue%s", g.Name, note))
 		}
 		if g.Type != b.Type && !typeWidens(b.Type, g.Type) {
-			out = append(out, fmt.Sprintf("%s: %s → %s may reject values blue accepts", g.Name, b.Type, g.Type))
+			note := ""
+			if e, ok := s.Forward[g.Name]; ok {
+				note = fmt.Sprintf(" (forward.%s: %s)", g.Name, e)
+			}
+			out = append(out, fmt.Sprintf("%s: %s → %s may reject values blue accepts%s", g.Name, b.Type, g.Type, note))
 		}
 	}
 	blueChecks := map[string]bool{}
@@ -498,7 +518,7 @@ func greenStricter(s *Spec, blue, green *Table) []string {
 			out = append(out, fmt.Sprintf("%s: UNIQUE (%s) (not unique on blue)", ix.Name, strings.Join(ix.Columns, ", ")))
 		}
 	}
-	return out
+	return out, nil
 }
 
 // blueUniqueCovers reports whether blue already enforces the uniqueness of

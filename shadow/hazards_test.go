@@ -578,3 +578,15 @@ func TestTypeWidens(t *testing.T) {
 		}
 	}
 }
+
+// A green rule no forward expression covers can fail app writes as soon as
+// sync starts; one that a forward expression covers is only a cutover concern.
+func TestHazardSyncWriteCanFail(t *testing.T) {
+	s := &Spec{Name: "m", Table: "public.t", Forward: map[string]string{"a": "coalesce(a, '')"}}
+	blue := &Table{Name: QualifiedName{"public", "t"}, Columns: []Column{{Name: "id", Type: "integer", NotNull: true}, {Name: "a", Type: "text"}, {Name: "b", Type: "text"}}}
+	green := &Table{Name: QualifiedName{"g", "t"}, Columns: []Column{{Name: "id", Type: "bigint", NotNull: true}, {Name: "a", Type: "text", NotNull: true}, {Name: "b", Type: "text", NotNull: true}}}
+	all, uncovered := greenStricter(s, blue, green)
+	if len(all) != 2 || len(uncovered) != 1 || !strings.HasPrefix(uncovered[0], "b:") {
+		t.Fatalf("stricter %q, uncovered %q; want a and b, only b uncovered", all, uncovered)
+	}
+}
