@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
@@ -188,7 +189,15 @@ func (b *Backfiller) copyBatch(ctx context.Context, tx pgx.Tx, after Cursor, lim
 			args = append(args, *v)
 		}
 	}
-	err = tx.QueryRow(ctx, batchSQL(b.key, b.Names, b.Mapping, after != nil, !last, onConflict), args...).Scan(&out.Inserted, &out.Scanned)
+	sql := batchSQL(b.key, b.Names, b.Mapping, after != nil, !last, onConflict)
+	if onConflict {
+		err = tx.QueryRow(ctx, sql, args...).Scan(&out.Inserted, &out.Scanned)
+	} else {
+		var tag pgconn.CommandTag
+		tag, err = tx.Exec(ctx, sql, args...)
+		out.Inserted = tag.RowsAffected()
+		out.Scanned = out.Inserted // a plain insert inserts every row it reads, or fails
+	}
 	if err != nil {
 		return Batch{}, fmt.Errorf("backfill batch after %q: %w", after, err)
 	}

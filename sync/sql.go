@@ -79,7 +79,7 @@ func (k keySpec) params(first int) string {
 }
 
 // asText selects the key columns as text. The outputs are aliased gs_k<i>:
-// left with the column's own name, "ORDER BY id" would sort by the text.
+// left with the column's own name, an "ORDER BY id" beside it would sort by the text.
 func (k keySpec) asText() string {
 	p := make([]string, len(k.Cols))
 	for i, c := range k.Cols {
@@ -105,6 +105,9 @@ func searchPath(n shadow.Names) string { return "pg_catalog, " + db.Ident(n.App.
 // boundSQL finds the key of the limit-th row after the cursor (after is
 // false for the first batch): the inclusive upper end of the next batch's
 // range. No row means fewer than limit rows are left: the last batch.
+// The OFFSET walks the key index (an index-only scan); the key is cast to
+// text outside it, so only the one row returned is converted, not every row
+// skipped (about half the query's time at 50,000 rows).
 // Args: the cursor values (when after), then the offset (limit-1).
 func boundSQL(k keySpec, blue shadow.QualifiedName, after bool) string {
 	where := ""
@@ -113,8 +116,8 @@ func boundSQL(k keySpec, blue shadow.QualifiedName, after bool) string {
 		where = " WHERE " + k.row() + " > " + k.params(1)
 		next = len(k.Cols) + 1
 	}
-	return fmt.Sprintf("SELECT %s FROM %s%s ORDER BY %s OFFSET $%d LIMIT 1",
-		k.asText(), db.Ident(blue.Schema, blue.Name), where, k.list(), next)
+	return fmt.Sprintf("SELECT %s FROM (SELECT %s FROM %s%s ORDER BY %s OFFSET $%d LIMIT 1) s",
+		k.asText(), k.list(), db.Ident(blue.Schema, blue.Name), where, k.list(), next)
 }
 
 // batchSQL copies one key range of blue into green in one statement.
@@ -133,15 +136,26 @@ func boundSQL(k keySpec, blue shadow.QualifiedName, after bool) string {
 // and then skipped. The insert is ON CONFLICT (green's key) DO NOTHING: a
 // row already written by the trigger is newer than anything the batch read.
 // A conflict on another unique index of green is an error, never a silently
-// dropped row.
+// dropped row. When green's key reads a blue column outside blue's key, the
+// lock is FOR SHARE instead (Mapping.SourceRowLock): a plain UPDATE of that
+// column moves the row in green, so it must wait for the batch too.
 //
 // Without onConflict the insert is plain: about twice as fast (no
 // speculative insertion), and exactly as safe as long as no key of the range
 // is in green yet; when one is, the batch fails with a unique violation and
-// is redone with the ON CONFLICT form (see Backfiller.Run).
+// is redone with the ON CONFLICT form (see Backfiller.Run). The plain form is
+// also one INSERT … SELECT over a locking subquery rather than the CTE: the
+// CTE is read twice (by the insert and by count(*)), so PostgreSQL
+// materializes every row of the batch in a tuplestore and scans it again,
+// which made a batch cost about 1.8× a bare INSERT … SELECT; the subquery
+// streams. The rows are locked exactly as in the CTE (the same LockRows node
+// over the same ordered range scan; a subquery with a locking clause is never
+// pulled up into the outer query), and since a plain insert either inserts
+// every row it reads or fails, its command tag counts both.
 //
 // Args: the cursor values (when after), then the upper values (when upper).
-// Returns (rows inserted, rows read).
+// With onConflict it returns (rows inserted, rows read); without, nothing:
+// the command tag's row count is both.
 func batchSQL(k keySpec, n shadow.Names, m *shadow.Mapping, after, upper, onConflict bool) string {
 	var conds []string
 	next := 1
@@ -160,19 +174,27 @@ func batchSQL(k keySpec, n shadow.Names, m *shadow.Mapping, after, upper, onConf
 	if m.Forward.NeedsOverriding() {
 		overriding = " OVERRIDING SYSTEM VALUE"
 	}
-	conflict := ""
-	if onConflict {
-		conflict = "\n\tON CONFLICT (" + db.IdentList(m.Forward.TargetKey) + ") DO NOTHING"
+	blue := db.Ident(n.Blue.Schema, n.Blue.Name)
+	green := db.Ident(n.Green.Schema, n.Green.Name)
+	if !onConflict {
+		return fmt.Sprintf(`INSERT INTO %s (%s)%s
+	SELECT %s FROM (
+		SELECT * FROM %s%s ORDER BY %s %s
+	) src`,
+			green, m.Forward.TargetList(), overriding,
+			m.Forward.SelectList(),
+			blue, where, k.list(), m.SourceRowLock())
 	}
 	return fmt.Sprintf(`WITH src AS (
-	SELECT * FROM %s%s ORDER BY %s FOR KEY SHARE
+	SELECT * FROM %s%s ORDER BY %s %s
 ), ins AS (
 	INSERT INTO %s (%s)%s
-	SELECT %s FROM src%s
+	SELECT %s FROM src
+	ON CONFLICT (%s) DO NOTHING
 	RETURNING 1
 )
 SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM src)`,
-		db.Ident(n.Blue.Schema, n.Blue.Name), where, k.list(),
-		db.Ident(n.Green.Schema, n.Green.Name), m.Forward.TargetList(), overriding,
-		m.Forward.SelectList(), conflict)
+		blue, where, k.list(), m.SourceRowLock(),
+		green, m.Forward.TargetList(), overriding,
+		m.Forward.SelectList(), db.IdentList(m.Forward.TargetKey))
 }
