@@ -123,6 +123,12 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		res.Warnings = append(res.Warnings, "cut over without a passing verify since the last backfill (--skip-verify)")
 		_ = state.Record(ctx, env.Pool, name, "cutover", "verify-skipped", 0, "", nil)
 	}
+	// Logical mode: hand blue → green over from the stream to the sync
+	// triggers first, losing nothing; the swap is then trigger mode's (sync_logical.go).
+	if _, err := prepareCutoverLogical(ctx, env, m, opts.lockOptions(m.Spec), opts.printf); err != nil {
+		res.TotalMS = swapMS(time.Since(start))
+		return res, err
+	}
 	err = swap(ctx, env, m, cutover.ToGreen, opts.SwapCommandOptions, res)
 	res.TotalMS = swapMS(time.Since(start))
 	return res, err

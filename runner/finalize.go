@@ -200,6 +200,9 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		return refuse(outcome, err)
 	}
 	res.State, res.LockHoldMS = state.Finalized, swapMS(fr.LockHold)
+	if err := dropLogicalObjects(ctx, env, m); err != nil { // an active slot too (sync_logical.go)
+		res.Warnings = append(res.Warnings, "could not drop the replication slot: "+err.Error())
+	}
 	res.Warnings = append(res.Warnings, fr.Plan.Warnings...)
 	if fr.SlotNote != "" {
 		res.Notes = append(res.Notes, fr.SlotNote)

@@ -69,9 +69,15 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 		return res, err
 	case state.Planned, state.Syncing, state.Synced:
 		res.Kind = "teardown"
-		return res, teardown(ctx, env, m, opts, res)
+		if err := teardown(ctx, env, m, opts, res); err != nil {
+			return res, err
+		}
+		return res, dropLogicalObjects(ctx, env, m) // an active slot too (sync_logical.go)
 	case state.RolledBack:
 		res.Kind, res.State = "none", state.RolledBack
+		if err := dropLogicalObjects(ctx, env, m); err != nil { // one left behind (sync_logical.go)
+			return res, err
+		}
 		opts.printf("migration %s is already rolled back: %s is the app's table\n", name, m.Names.App)
 		return res, nil
 	default:

@@ -10,7 +10,6 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/shadow"
-	"github.com/greenswap/greenswap/trigger"
 )
 
 // Build is what the setup phases produce: both tables as the catalog now
@@ -97,7 +96,7 @@ func createGreenTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.N
 	if b.Mapping, err = shadow.BuildMapping(spec, blue, b.Green); err != nil {
 		return nil, err
 	}
-	install := trigger.InstallStep(n, b.Mapping, blue.Owner)
+	install := installStepFor(spec, n, b.Mapping, blue.Owner) // forward off in logical mode (sync_logical.go)
 	if err := execStep(ctx, tx, install); err != nil {
 		return nil, spec.Errorf("forward", "check the forward and reverse expressions", "compiling the sync triggers failed: %s", err)
 	}

@@ -74,6 +74,8 @@ type SyncStats struct {
 	Backfill      time.Duration // wall time of the backfill in this run (throttling included)
 	Total         time.Duration // wall time of Sync
 	RowsPerSec    float64       // Rows / Backfill
+
+	Stream *StreamStats // logical mode: the stream's figures (sync_logical.go)
 }
 
 // syncRun is one invocation of Sync.
@@ -88,6 +90,8 @@ type syncRun struct {
 	lock  shadow.LockOptions
 	build *Build
 	stats SyncStats
+
+	logical *logicalSync // logical mode: the streamer (sync_logical.go)
 }
 
 // Sync takes a migration from planned (or wherever an earlier run stopped)
@@ -99,9 +103,6 @@ type syncRun struct {
 // re-run resumes.
 func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*SyncStats, error) {
 	start := time.Now()
-	if spec.Mode == shadow.ModeLogical {
-		return nil, spec.Errorf("mode", "use mode: trigger", "logical mode is not supported by sync yet")
-	}
 	r := &syncRun{env: env, opts: opts, log: env.Log.With().Str("migration", spec.Name).Logger()}
 	r.stats.Migration = spec.Name
 	lock, err := env.Lock(ctx, spec.Name)
@@ -128,6 +129,7 @@ func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*
 	}
 	stop := r.startProgress(ctx)
 	defer stop()
+	defer r.stopLogical() // logical mode (sync_logical.go)
 
 	phases := []struct {
 		name string
@@ -135,10 +137,12 @@ func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*
 	}{
 		{PhaseAdopt, r.adopt},
 		{PhaseCreateGreen, r.createGreen},
+		{PhaseCreateSlot, r.startLogical}, // logical mode only (sync_logical.go)
 		{PhaseBackfill, r.backfill},
 		{PhaseIndexes, r.indexes},
 		{PhaseAnalyze, r.analyze},
 		{PhaseEnableReverse, r.enableReverse},
+		{PhaseStreamCatchUp, r.finishLogical}, // logical mode only (sync_logical.go)
 	}
 	for _, ph := range phases {
 		if opts.StopAfterSetup && ph.name == PhaseBackfill {

@@ -28,6 +28,8 @@ type SyncProgress struct {
 	Captured    int64         `json:"captured"`
 	BackfillFor time.Duration `json:"backfill_for"` // since the backfill started (to its end once done)
 	Done        bool          `json:"backfill_done"`
+
+	Stream *StreamProgress `json:"stream,omitempty"` // logical mode (sync_logical.go)
 }
 
 // ReadSyncProgress reads migration name's figures.
@@ -63,6 +65,9 @@ func ReadSyncProgress(ctx context.Context, env *Env, name string) (*SyncProgress
 		if ch, err := gssync.GreenChanges(ctx, env.Pool, m.Names); err == nil {
 			p.Captured = max(ch-row.RowsCopied, 0)
 		}
+	}
+	if p.Stream, err = readStreamProgress(ctx, env, m); err != nil { // logical mode (sync_logical.go)
+		return nil, err
 	}
 	return p, nil
 }
@@ -115,6 +120,10 @@ func (r *syncRun) report(ctx context.Context) {
 func WatchSync(ctx context.Context, env *Env, name string, every time.Duration, fn func(SyncProgress)) error {
 	if every <= 0 {
 		every = time.Second
+	}
+	// Logical mode: watching streams blue's changes to green (sync_logical.go).
+	if handled, err := watchLogical(ctx, env, name, every, fn); handled || err != nil {
+		return err
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()

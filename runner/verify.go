@@ -61,7 +61,15 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 	log.Info().Str("blue", b.Names.Blue.String()).Str("green", b.Names.Green.String()).Int("workers", opts.Workers).
 		Bool("repair", opts.Repair).Msg("verify: comparing blue (mapped) with green under one snapshot")
 	start := time.Now()
+	// Logical mode: green is brought up to date and blue's writers held
+	// until the snapshot is taken (sync_logical.go).
+	waiter, release, err := settleLogical(ctx, env, mig, b, (SwapCommandOptions{}).lockOptions(mig.Spec))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	res, err := verify.Run(ctx, env.Pool, verify.Target{Names: b.Names, Mapping: b.Mapping, Blue: b.Blue, Green: b.Green}, verify.Options{
+		Stream:        waiter,
 		Workers:       opts.Workers,
 		ChunkRows:     opts.ChunkRows,
 		Repair:        opts.Repair,
@@ -114,11 +122,6 @@ func verifiable(m *Migration) error {
 		return exitcode.Errorf(exitcode.BadInput, "migration %s is planned: there is no green table yet; run `greenswap sync` first", r.Name)
 	default:
 		return exitcode.Errorf(exitcode.BadInput, "migration %s is %s: there is nothing to verify (verify works while syncing after the backfill, synced or cut over)", r.Name, r.State)
-	}
-	if shadow.Mode(r.Mode) == shadow.ModeLogical {
-		// verify.Options.Stream is the hook: wait until the stream has
-		// applied everything up to the snapshot's LSN.
-		return exitcode.Errorf(exitcode.BadInput, "migration %s uses logical mode, which verify does not support yet", r.Name)
 	}
 	return nil
 }

@@ -63,6 +63,7 @@ const (
 	HazardLogicalReplPrivilege   = "logical_replication_privilege"
 	HazardLogicalCreatePrivilege = "logical_create_privilege"
 	HazardLogicalReplicaIdentity = "logical_replica_identity"
+	HazardLogicalServerVersion   = "logical_server_version" // sync/stream: pgoutput messages need 14+
 	HazardLeftover               = "leftover_migration"
 	// Found by evaluating the mapping on sampled rows (runner.Plan).
 	HazardGreenKeyNotUnique = "green_key_not_unique"
@@ -347,6 +348,11 @@ func Hazards(in HazardInput) []Hazard {
 
 func logicalHazards(blue *Table, m *Mapping, s *Spec, f HazardFacts) []Hazard {
 	var hs []Hazard
+	if f.ServerMajor > 0 && f.ServerMajor < 14 {
+		hs = append(hs, Hazard{Code: HazardLogicalServerVersion, Severity: Blocking,
+			Message: fmt.Sprintf("mode: logical needs PostgreSQL 14 or later (the stream skips the echoes of writes through green by logical decoding messages, which pgoutput passes from 14 on); the server is %d", f.ServerMajor),
+			Fix:     "use mode: trigger, or upgrade the server"})
+	}
 	if f.WalLevel != "logical" {
 		hs = append(hs, Hazard{Code: HazardLogicalWalLevel, Severity: Blocking,
 			Message: fmt.Sprintf("mode: logical needs wal_level = logical; the server has %q", f.WalLevel),

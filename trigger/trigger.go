@@ -25,6 +25,14 @@ import (
 // UPDATE and DELETE on the other for the upsert, and its search_path is fixed
 // to the app schema so the spec's expressions resolve the same for every caller.
 func FunctionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Direction) string {
+	return functionSQL(fn, flag, searchPath, d, "", "", false)
+}
+
+// functionSQL is FunctionSQL with two optional statements placed just
+// before and just after the write to the target, and, with inPlace, an
+// UPDATE that keeps its key updating the target row in place (never
+// inserting it) — logical mode's reverse function; see logical.go.
+func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, inPlace bool) string {
 	target := db.Ident(d.Target.Schema, d.Target.Name)
 	keyList := db.IdentList(d.TargetKey)
 	keyExprs := make([]string, len(d.TargetKey))
@@ -55,28 +63,32 @@ func FunctionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	deleteBy := func(rec string) string {
 		return "DELETE FROM " + target + " AS t WHERE " + lhs + " = " + keyOf(rec) + ";"
 	}
+	write := fmt.Sprintf(`INSERT INTO %s (%s)%s
+		SELECT %s FROM (SELECT NEW.*) AS s
+		ON CONFLICT (%s) %s;`, target, d.TargetList(), overriding, d.SelectList(), keyList, conflict)
+	if inPlace {
+		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), rowKeyOf("OLD"), rowKeyOf("NEW"), write)
+	}
 	body := fmt.Sprintf(`
 #variable_conflict use_column
 BEGIN
 	IF current_setting(%[1]s, true) = 'on' THEN
 		RETURN NULL; -- this change is the other side's sync write: do not echo it back
 	END IF;
-	PERFORM set_config(%[1]s, 'on', true);
+	PERFORM set_config(%[1]s, 'on', true);%[7]s
 	IF TG_OP = 'DELETE' THEN
 		%[2]s
 	ELSE
 		IF TG_OP = 'UPDATE' AND %[3]s IS DISTINCT FROM %[4]s THEN
 			%[5]s -- the key changed: the row under the old key goes away (trap 3)
 		END IF;
-		INSERT INTO %[6]s (%[7]s)%[8]s
-		SELECT %[9]s FROM (SELECT NEW.*) AS s
-		ON CONFLICT (%[10]s) %[11]s;
-	END IF;
+		%[6]s
+	END IF;%[8]s
 	PERFORM set_config(%[1]s, '', true);
 	RETURN NULL;
 END`,
 		db.Literal(flag), deleteBy("OLD"), rowKeyOf("OLD"), rowKeyOf("NEW"), deleteBy("OLD"),
-		target, d.TargetList(), overriding, d.SelectList(), keyList, conflict)
+		write, stmt(before), stmt(after))
 	return "CREATE OR REPLACE FUNCTION " + db.Ident(fn.Schema, fn.Name) +
 		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, " + db.Ident(searchPath) +
 		" AS " + dollarQuote(body)
@@ -85,18 +97,30 @@ END`,
 // TruncateFunctionSQL returns a statement-trigger function that empties the
 // target when the source is truncated (TRUNCATE fires no row triggers).
 func TruncateFunctionSQL(fn shadow.QualifiedName, flag string, target shadow.QualifiedName) string {
+	return truncateFunctionSQL(fn, flag, target, "", "")
+}
+
+func truncateFunctionSQL(fn shadow.QualifiedName, flag string, target shadow.QualifiedName, before, after string) string {
 	body := fmt.Sprintf(`
 BEGIN
 	IF current_setting(%[1]s, true) = 'on' THEN
 		RETURN NULL;
 	END IF;
-	PERFORM set_config(%[1]s, 'on', true);
-	TRUNCATE %[2]s;
+	PERFORM set_config(%[1]s, 'on', true);%[3]s
+	TRUNCATE %[2]s;%[4]s
 	PERFORM set_config(%[1]s, '', true);
 	RETURN NULL;
-END`, db.Literal(flag), db.Ident(target.Schema, target.Name))
+END`, db.Literal(flag), db.Ident(target.Schema, target.Name), stmt(before), stmt(after))
 	return "CREATE OR REPLACE FUNCTION " + db.Ident(fn.Schema, fn.Name) +
 		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS " + dollarQuote(body)
+}
+
+// stmt places an optional extra statement on its own line ("" → nothing).
+func stmt(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "\n\t" + s
 }
 
 func dollarQuote(body string) string {
@@ -139,6 +163,12 @@ func InstallStep(n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
 		FunctionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse),
 		TruncateFunctionSQL(truncateFunc(n.ReverseFunc), n.SyncFlag, n.Blue),
 	}
+	return installStep(n, owner, sql)
+}
+
+// installStep completes InstallStep (and LogicalInstallStep) from the four
+// CREATE FUNCTION statements: owners, then the triggers.
+func installStep(n shadow.Names, owner string, sql []string) shadow.Step {
 	for _, fn := range []shadow.QualifiedName{n.ForwardFunc, truncateFunc(n.ForwardFunc), n.ReverseFunc, truncateFunc(n.ReverseFunc)} {
 		sql = append(sql, "ALTER FUNCTION "+db.Ident(fn.Schema, fn.Name)+"() OWNER TO "+db.Ident(owner))
 	}

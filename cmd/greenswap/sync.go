@@ -18,7 +18,7 @@ import (
 func syncCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "sync",
-		Usage:     "adopt the table, build green, backfill it and keep it in sync (trigger mode)",
+		Usage:     "adopt the table, build green, backfill it and keep it in sync (trigger or logical mode)",
 		ArgsUsage: " ",
 		Description: `Takes a migration from planned to synced: moves the table to its version
 schema behind a view with the same name and shape (adopt), creates green from
@@ -40,7 +40,7 @@ logs status lines instead.
 
 Ctrl-C before synced stops after the batch in flight and exits 130;
 ` + "`greenswap pause NAME`" + ` from another terminal holds the backfill instead.
-
+` + syncLogicalHelp + `
 Example:
 
    greenswap sync -f orders.yaml --watch
@@ -133,6 +133,7 @@ func syncAction(c *cli.Context) error {
 			spec.Name, thousands(stats.Rows), stats.Backfill.Round(time.Millisecond), thousands(int64(stats.RowsPerSec)))
 		fmt.Fprintf(out, "next: greenswap verify %s, then greenswap cutover %s\n", spec.Name, spec.Name)
 	}
+	syncLogicalNote(out, spec, stats, watch) // logical mode (sync_logical.go)
 	if !watch {
 		return nil
 	}
@@ -217,6 +218,7 @@ func syncStatusLogger(log zerolog.Logger) func(runner.SyncProgress) {
 		if p.Throttle != "" {
 			ev = ev.Str("throttle", p.Throttle)
 		}
+		ev = syncStreamFields(ev, p) // logical mode (sync_logical.go)
 		ev.Msg("sync status")
 	}
 }
@@ -242,6 +244,9 @@ func (d *syncLiveDisplay) draw(p runner.SyncProgress) {
 		syncRateLine(p),
 		fmt.Sprintf("  throttle  %s", syncOrNone(p.Throttle)),
 		fmt.Sprintf("  triggers  %s changes captured (estimate)", thousands(p.Captured)),
+	}
+	if line := syncStreamLine(p); line != "" { // logical mode (sync_logical.go)
+		rows[len(rows)-1] = line
 	}
 	for _, r := range rows {
 		b.WriteString("\x1b[2K" + r + "\n")

@@ -1,0 +1,598 @@
+package runner
+
+// Logical mode: the sync, watch, cutover and teardown hooks of a migration
+// whose blue → green changes travel through a logical replication slot
+// (package sync/stream) instead of the forward trigger. The lifecycle,
+// phases and state are trigger mode's (runner/sync.go); this file adds the
+// slot before the backfill, the streamer alongside it, and the slot's
+// removal on every exit path (trap 9).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/sync/stream"
+	"github.com/greenswap/greenswap/trigger"
+	"github.com/greenswap/greenswap/verify"
+)
+
+// PhaseCreateSlot names the slot's creation in events (it runs at the
+// start of the backfill phase; the recorded phase stays "backfill").
+const PhaseCreateSlot = "create-slot"
+
+// StreamCatchUpTimeout bounds how long a sync without --watch waits, once
+// synced, for the stream to apply everything committed until then.
+var StreamCatchUpTimeout = 5 * time.Minute
+
+// installStepFor is the sync trigger step for spec's mode: in logical mode
+// the forward triggers are created disabled (the stream carries blue →
+// green) and the reverse functions mark their writes to blue as echoes.
+func installStepFor(spec *shadow.Spec, n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
+	if spec.Mode == shadow.ModeLogical {
+		return trigger.LogicalInstallStep(n, m, owner)
+	}
+	return trigger.InstallStep(n, m, owner)
+}
+
+// StreamStats are the logical stream's figures in a SyncStats.
+type StreamStats = stream.Stats
+
+// lastStream keeps the figures of the last stream a Sync of this process
+// ran, by migration (LastStreamStats).
+var lastStream gosync.Map // string → *stream.Stats
+
+// LastStreamStats returns the figures of the stream the last Sync of
+// migration name in this process ran (logical mode): transactions and keys
+// applied, apply rate, lag, reconnects. The bench reads them.
+func LastStreamStats(name string) (*stream.Stats, bool) {
+	v, ok := lastStream.Load(name)
+	if !ok {
+		return nil, false
+	}
+	return v.(*stream.Stats), true
+}
+
+// streams are the streamers running in this process, by migration, so that
+// progress reports can show their in-memory figures (lag in seconds, rate).
+var streams gosync.Map // string → *stream.Streamer
+
+// PhaseStreamCatchUp names, in events, the wait at the end of a logical
+// sync for the stream to apply everything committed until then.
+const PhaseStreamCatchUp = "stream-catch-up"
+
+// startLogical is Sync's phase between create-green and the backfill in
+// logical mode (a no-op in trigger mode, or once a cutover retired the
+// stream): make sure the publication and the slot exist, then start a
+// streamer that applies blue's changes to green while the backfill, the
+// index builds and the rest run. The slot must exist before the
+// backfill's first batch: whatever committed before it is seen by the
+// backfill's snapshots, whatever commits after it is in the stream, and
+// where both copy a row the result converges (the stream re-reads the row
+// from blue; the backfill never overwrites).
+func (r *syncRun) startLogical(ctx context.Context) error {
+	if r.spec.Mode != shadow.ModeLogical {
+		return nil
+	}
+	retired, err := streamRetired(ctx, r.env, r.names)
+	if err != nil || retired {
+		return err
+	}
+	if err := r.ensureSlot(ctx); err != nil {
+		return err
+	}
+	if r.opts.StopAfterSetup {
+		return nil // nothing streams: the slot keeps the changes until a sync runs
+	}
+	r.logical, err = r.startStream(ctx)
+	return err
+}
+
+// finishLogical is Sync's last phase in logical mode: once synced, wait
+// until the stream has applied everything committed so far (bounded by
+// StreamCatchUpTimeout), then stop streaming. `greenswap sync --watch`
+// (WatchSync) keeps the stream going until cutover; without it the slot
+// retains the WAL of blue's changes and green falls behind.
+func (r *syncRun) finishLogical(ctx context.Context) error {
+	ls := r.logical
+	if ls == nil {
+		return nil
+	}
+	t0 := time.Now()
+	err := ls.catchUp(ctx, StreamCatchUpTimeout)
+	r.stopLogical()
+	if err != nil {
+		return err
+	}
+	st := r.stats.Stream
+	r.log.Info().Int64("keys_applied", st.Keys).Int64("transactions", st.Txns).
+		Msg("synced; the stream is paused: run `greenswap sync -f FILE --watch` to keep applying blue's changes until cutover (the slot retains WAL meanwhile)")
+	return state.Record(ctx, r.env.Pool, r.spec.Name, "stream", "ok", time.Since(t0), "", map[string]any{
+		"transactions": st.Txns, "changes": st.Changes, "keys_applied": st.Keys, "echoes_skipped": st.Echoes,
+		"batches": st.Batches, "keys_per_sec": st.KeysPerSec, "applied_lsn": st.Applied.String(), "reconnects": st.Reconnects,
+	})
+}
+
+// stopLogical stops the sync's streamer, if any, keeping its figures in
+// SyncStats.Stream. Sync defers it: every way out stops the streamer (the
+// batch in flight is applied and confirmed first).
+func (r *syncRun) stopLogical() {
+	if r.logical == nil {
+		return
+	}
+	r.logical.stop()
+	r.stats.Stream = r.logical.stats()
+	lastStream.Store(r.spec.Name, r.stats.Stream)
+	if err := r.logical.failed(); err != nil && !errors.Is(err, stream.ErrRetired) {
+		r.log.Warn().Err(err).Msg("the logical stream stopped on an error")
+	}
+	r.logical = nil
+}
+
+// streamRetired reports whether the forward triggers are on: the stream was
+// retired (a cutover started) and blue → green runs by trigger.
+func streamRetired(ctx context.Context, env *Env, n shadow.Names) (bool, error) {
+	var st string
+	err := env.Pool.QueryRow(ctx, `SELECT coalesce((SELECT tgenabled::text FROM pg_trigger
+		WHERE tgrelid = to_regclass($1) AND tgname = $2), '')`, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger).Scan(&st)
+	if err != nil {
+		return false, err
+	}
+	return st != "" && st != "D", nil
+}
+
+// ensureSlot makes sure the slot exists before the backfill copies
+// anything: created (with the publication) on the first run, found again
+// on later ones. A recorded slot that is gone lost changes: while syncing,
+// the backfill starts over with a new slot; once synced that is not
+// possible (green takes writes), and the error says to roll back.
+func (r *syncRun) ensureSlot(ctx context.Context) error {
+	pool, n := r.env.Pool, r.names
+	exists, _, _, err := stream.SlotInfo(ctx, pool, n.Slot)
+	if err != nil {
+		return err
+	}
+	recorded := r.row.SlotName != nil && *r.row.SlotName != ""
+	if recorded && exists {
+		return nil
+	}
+	if recorded || r.row.RowsCopied > 0 || len(r.row.Cursor) > 0 || phaseAfter(r.phase, PhaseBackfill) {
+		if r.row.State != state.Syncing {
+			return exitcode.Errorf(exitcode.Failed, "%s: replication slot %s is gone, so changes to blue since %s may be missing from green; "+
+				"green takes writes now, so it cannot be refilled: roll the migration back (greenswap rollback %s) and sync again",
+				r.spec.Name, n.Slot, orNone(r.row.ConfirmedLSN), r.spec.Name)
+		}
+		r.log.Warn().Str("slot", n.Slot).Msg("the replication slot is gone: changes may be missing from green; emptying green and copying again")
+		if err := r.restartBackfill(ctx); err != nil {
+			return err
+		}
+	}
+	t0 := time.Now()
+	lsn, err := stream.Setup(ctx, pool, n, r.build.Mapping, true, r.log)
+	if err != nil {
+		return exitcode.With(exitcode.Failed, fmt.Errorf("logical mode setup: %w", err))
+	}
+	if err := state.Update(ctx, pool, r.spec.Name, map[string]any{"slot_name": n.Slot, "confirmed_lsn": lsn.String()}); err != nil {
+		_ = stream.DropSlotAndPublication(context.WithoutCancel(ctx), pool, n)
+		return err
+	}
+	slotName, lsnText := n.Slot, lsn.String()
+	r.row.SlotName, r.row.ConfirmedLSN = &slotName, &lsnText
+	sql := stream.SlotSQL(n)
+	r.log.Info().Str("slot", n.Slot).Stringer("consistent_point", lsn).Dur("took", time.Since(t0)).Msg("created the publication and the replication slot")
+	return state.Record(ctx, pool, r.spec.Name, PhaseCreateSlot, "ok", time.Since(t0), sql, map[string]string{"slot": n.Slot, "lsn": lsn.String()})
+}
+
+func orNone(s *string) string {
+	if s == nil {
+		return "the start"
+	}
+	return *s
+}
+
+// restartBackfill empties green and rewinds the backfill, in one
+// transaction (syncing only: the reverse triggers are off, nobody writes
+// green but greenswap).
+func (r *syncRun) restartBackfill(ctx context.Context) error {
+	tx, err := r.env.Pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	flag, args := trigger.SyncFlagSQL(r.names)
+	if _, err := tx.Exec(ctx, flag, args...); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "TRUNCATE "+db.Ident(r.names.Green.Schema, r.names.Green.Name)); err != nil {
+		return err
+	}
+	if err := state.Update(ctx, tx, r.spec.Name, map[string]any{
+		"phase": PhaseBackfill, "cursor": nil, "rows_copied": 0, "batch_size": 0, "rows_per_sec": 0,
+		"backfill_started_at": time.Now(), "backfill_done_at": nil, "slot_name": nil, "confirmed_lsn": nil,
+	}); err != nil {
+		return err
+	}
+	if err := state.Record(ctx, tx, r.spec.Name, "restart-backfill", "ok", 0, "", map[string]string{"reason": "replication slot lost"}); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	r.phase, r.row.RowsCopied, r.row.Cursor, r.row.BatchSize = PhaseBackfill, 0, nil, 0
+	r.row.SlotName, r.row.ConfirmedLSN = nil, nil
+	return nil
+}
+
+// newStreamer builds the migration's streamer, checkpointing into the
+// migrations row.
+func newStreamer(env *Env, m *Migration, b *Build, opt stream.Options) (*stream.Streamer, error) {
+	cfg, err := streamConfig(env, m, b)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Options = opt
+	return stream.New(cfg)
+}
+
+// logicalSync is a streamer running alongside a sync.
+type logicalSync struct {
+	s      *stream.Streamer
+	env    *Env
+	names  shadow.Names
+	name   string
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     gosync.Mutex
+	err    error
+}
+
+func (r *syncRun) startStream(ctx context.Context) (*logicalSync, error) {
+	s, err := newStreamer(r.env, &Migration{Row: r.row, Spec: r.spec, Names: r.names}, r.build, StreamOptions)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	ls := &logicalSync{s: s, env: r.env, names: r.names, name: r.spec.Name, cancel: cancel, done: make(chan struct{})}
+	streams.Store(r.spec.Name, s)
+	go func() {
+		defer close(ls.done)
+		defer streams.CompareAndDelete(ls.name, s)
+		err := s.Run(sctx)
+		ls.mu.Lock()
+		ls.err = err
+		ls.mu.Unlock()
+	}()
+	return ls, nil
+}
+
+// StreamOptions tune the streamers runner starts (tests shorten them).
+var StreamOptions stream.Options
+
+// failed returns the streamer's fatal error, if it has stopped on one.
+func (ls *logicalSync) failed() error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.err
+}
+
+func (ls *logicalSync) stop() {
+	ls.cancel()
+	<-ls.done
+}
+
+func (ls *logicalSync) stats() *stream.Stats {
+	st := ls.s.Stats()
+	return &st
+}
+
+// catchUp waits until green is current up to the WAL position now.
+func (ls *logicalSync) catchUp(ctx context.Context, timeout time.Duration) error {
+	lsn, err := stream.CurrentLSN(ctx, ls.env.Pool)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		if err := ls.failed(); err != nil {
+			return err
+		}
+		err := stream.WaitApplied(cctx, ls.env.Pool, ls.names, lsn, 500*time.Millisecond)
+		var lag *stream.LagError
+		if err == nil || !errors.As(err, &lag) {
+			if err != nil && ctx.Err() == nil && cctx.Err() != nil {
+				return fmt.Errorf("the stream did not catch up within %s: %w", timeout, err)
+			}
+			return err
+		}
+	}
+}
+
+// StreamProgress is the logical stream's part of SyncProgress: the slot as
+// the server sees it, and, when this process runs the streamer, its own
+// figures.
+type StreamProgress struct {
+	Slot          string `json:"slot"`
+	Exists        bool   `json:"exists"`
+	Active        bool   `json:"active"`  // a greenswap streams it now (this process or another)
+	Retired       bool   `json:"retired"` // blue → green runs by trigger (a cutover began); the slot is dropped
+	RetainedBytes int64  `json:"retained_bytes"`
+	LagBytes      int64  `json:"lag_bytes"` // current WAL position − what green is current up to
+	ConfirmedLSN  string `json:"confirmed_lsn,omitempty"`
+	// Local: this process streams; the figures below are its own.
+	Local      bool    `json:"local"`
+	LagSeconds float64 `json:"lag_seconds"` // age of the oldest change received but not applied
+	KeysPerSec float64 `json:"keys_per_sec"`
+	Keys       int64   `json:"keys_applied"`
+	Txns       int64   `json:"transactions"`
+	Echoes     int64   `json:"echoes_skipped"`
+	Reconnects int     `json:"reconnects"`
+}
+
+// readStreamProgress is nil for a trigger-mode migration.
+func readStreamProgress(ctx context.Context, env *Env, m *Migration) (*StreamProgress, error) {
+	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+		return nil, nil
+	}
+	p := &StreamProgress{Slot: m.Names.Slot}
+	var confirmed *string
+	err := env.Pool.QueryRow(ctx, `
+SELECT active, confirmed_flush_lsn::text,
+       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8,
+       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8
+  FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, m.Names.Slot).Scan(
+		&p.Active, &confirmed, &p.RetainedBytes, &p.LagBytes)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return nil, err
+	default:
+		p.Exists = true
+		if confirmed != nil {
+			p.ConfirmedLSN = *confirmed
+		}
+	}
+	switch m.Row.State {
+	case state.Syncing, state.Synced:
+		if p.Retired, err = streamRetired(ctx, env, m.Names); err != nil {
+			return nil, err
+		}
+	case state.CutOver, state.Finalized:
+		p.Retired = true // cutover retires the stream
+	}
+	if v, ok := streams.Load(m.Row.Name); ok {
+		st := v.(*stream.Streamer).Stats()
+		p.Local, p.LagSeconds, p.KeysPerSec = true, st.LagSeconds, st.KeysPerSec
+		p.Keys, p.Txns, p.Echoes, p.Reconnects = st.Keys, st.Txns, st.Echoes, st.Reconnects
+	}
+	return p, nil
+}
+
+// watchLogical is WatchSync for a logical-mode migration with a live
+// stream: it streams until ctx ends (exit 0), calling fn with the figures
+// every `every`. It takes no migration lock, so verify, cutover and
+// rollback can run meanwhile; the slot itself admits one streamer at a time
+// (a second one waits for it). handled is false when there is no stream to
+// run (trigger mode, not adopted yet, retired by a cutover, rolled back):
+// the caller then watches as in trigger mode.
+func watchLogical(ctx context.Context, env *Env, name string, every time.Duration, fn func(SyncProgress)) (handled bool, err error) {
+	m, err := env.LoadMigration(ctx, name)
+	if err != nil || shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+		return false, nil
+	}
+	if (m.Row.State != state.Syncing && m.Row.State != state.Synced) || m.Row.SlotName == nil {
+		return false, nil
+	}
+	if retired, err := streamRetired(ctx, env, m.Names); err != nil || retired {
+		if ctx.Err() != nil {
+			return true, nil
+		}
+		return false, err
+	}
+	b, err := loadBuild(ctx, env.Pool, m.Spec, m.Names)
+	if err != nil {
+		if ctx.Err() != nil {
+			return true, nil // Ctrl-C while starting: watching ends cleanly
+		}
+		return true, err
+	}
+	s, err := newStreamer(env, m, b, StreamOptions)
+	if err != nil {
+		return true, err
+	}
+	streams.Store(name, s)
+	defer streams.CompareAndDelete(name, s)
+	rctx, stopReports := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(max(every, 100*time.Millisecond))
+		defer t.Stop()
+		for {
+			if p, err := ReadSyncProgress(rctx, env, name); err == nil {
+				fn(*p)
+			}
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	err = s.Run(ctx)
+	stopReports()
+	<-done
+	if errors.Is(err, stream.ErrRetired) {
+		env.Log.Info().Str("migration", name).Msg("the logical stream was retired (cutover or rollback); watching only")
+		return false, nil
+	}
+	return true, err
+}
+
+// prepareCutoverLogical is logical mode's step before the cutover swap:
+// stream.Retire hands blue → green over from the stream to the forward
+// triggers without losing a change (catch up, switch in one short
+// transaction, drain up to the switch, drop the slot and publication). The
+// swap that follows is then exactly trigger mode's, and so are rollback
+// after cutover and finalize: both directions run by trigger from here on.
+// It does nothing for a trigger-mode migration or one already retired.
+func prepareCutoverLogical(ctx context.Context, env *Env, m *Migration, lock shadow.LockOptions,
+	printf func(format string, args ...any)) (*stream.RetireResult, error) {
+	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+		return nil, nil
+	}
+	b, err := loadBuild(ctx, env.Pool, m.Spec, m.Names)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := streamConfig(env, m, b)
+	if err != nil {
+		return nil, err
+	}
+	printf("logical mode: blue → green moves from the stream to the sync triggers first (lock wait at most %s per attempt)\n", lock.Timeout)
+	t0 := time.Now()
+	res, err := stream.Retire(ctx, cfg, stream.RetireOptions{Lock: lock,
+		OnRetry: func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
+			printf("  switch attempt %d: a lock was not granted in time; rolled back, retrying in %s\n", attempt, wait.Round(time.Millisecond))
+			for _, b := range blockers {
+				printf("    blocked by %s\n", b)
+			}
+		}})
+	if err == nil && !res.AlreadyDone {
+		printf("  switched at %s (caught up %s, switch %s, drained %s); the slot and publication are dropped\n",
+			res.SwitchLSN, res.PreDrain.Round(time.Millisecond), res.Switch.Round(time.Millisecond), res.Drain.Round(time.Millisecond))
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	detail := map[string]any{}
+	if res != nil {
+		detail = map[string]any{"switch_lsn": res.SwitchLSN.String(), "pre_drain_ms": res.PreDrain.Milliseconds(),
+			"drain_ms": res.Drain.Milliseconds(), "switch_ms": res.Switch.Milliseconds(), "keys": res.Keys, "already_done": res.AlreadyDone}
+	}
+	if err != nil {
+		detail["error"] = err.Error()
+	}
+	sql := ""
+	if res != nil {
+		sql = joinSQL(res.SQL)
+	}
+	if rerr := state.Record(context.WithoutCancel(ctx), env.Pool, m.Row.Name, "retire-stream", outcome, time.Since(t0), sql, detail); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		var lag *stream.LagError
+		if errors.As(err, &lag) {
+			return res, exitcode.With(exitcode.LockTimeout, err)
+		}
+		return res, err
+	}
+	return res, nil
+}
+
+func joinSQL(s []string) string { return strings.Join(s, ";\n") }
+
+// streamConfig is the stream configuration of a stored migration.
+func streamConfig(env *Env, m *Migration, b *Build) (stream.Config, error) {
+	var start pglogrepl.LSN
+	if m.Row.ConfirmedLSN != nil {
+		var err error
+		if start, err = pglogrepl.ParseLSN(*m.Row.ConfirmedLSN); err != nil {
+			return stream.Config{}, err
+		}
+	}
+	name := m.Row.Name
+	return stream.Config{
+		Pool: env.Pool, Conn: &env.ConnConfig.Config, Migration: name, Names: m.Names,
+		Mapping: b.Mapping, Blue: b.Blue, Start: start,
+		Checkpoint: func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error {
+			return state.SetConfirmedLSN(ctx, tx, name, lsn.String())
+		},
+		Log: env.Log.With().Str("migration", name).Logger(), Options: StreamOptions,
+	}, nil
+}
+
+// dropLogicalObjects removes migration m's replication slot and
+// publication if they exist, terminating a walsender that streams the slot
+// (trap 9: a slot that outlives its migration fills the disk). Every exit
+// path calls it: rollback (before or after cutover), finalize, and a
+// rollback of an already rolled-back migration that left one behind. It
+// records an event when it dropped something.
+func dropLogicalObjects(ctx context.Context, env *Env, m *Migration) error {
+	exists, _, retained, err := stream.SlotInfo(ctx, env.Pool, m.Names.Slot)
+	if err != nil {
+		return err
+	}
+	var pub bool
+	if err := env.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, m.Names.Publication).Scan(&pub); err != nil {
+		return err
+	}
+	if !exists && !pub {
+		return nil
+	}
+	t0 := time.Now()
+	if err := stream.DropSlotAndPublication(ctx, env.Pool, m.Names); err != nil {
+		return err
+	}
+	return state.Record(ctx, env.Pool, m.Row.Name, "drop-slot", "ok", time.Since(t0),
+		fmt.Sprintf("SELECT pg_drop_replication_slot(%s);\nDROP PUBLICATION IF EXISTS %s", db.Literal(m.Names.Slot), db.Ident(m.Names.Publication)),
+		map[string]any{"slot": m.Names.Slot, "slot_existed": exists, "retained_bytes": retained, "publication_existed": pub})
+}
+
+// settleLogical prepares verify in logical mode: green lags blue by the
+// stream, so a snapshot taken while blue's writes flow would find rows
+// committed on blue and not applied yet. It catches the stream up, holds
+// blue's writers off (LOCK IN SHARE MODE, bounded, retried like a lock
+// timeout) until the rest is applied, and returns the verify.StreamWaiter
+// that releases them: verify calls it right after exporting its snapshot,
+// so writers wait only for the catching up of what committed before the
+// lock plus the export. Later calls (the recheck after --repair) release
+// nothing: that pass compares under a fresh snapshot without holding
+// writers, and may report rows changed meanwhile (run verify again).
+// Trigger mode, or a stream retired by a cutover: nil waiter.
+func settleLogical(ctx context.Context, env *Env, m *Migration, b *Build, lock shadow.LockOptions) (verify.StreamWaiter, func(), error) {
+	noop := func() {}
+	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+		return nil, noop, nil
+	}
+	retired, err := streamRetired(ctx, env, m.Names)
+	if err != nil || retired {
+		return nil, noop, err
+	}
+	cfg, err := streamConfig(env, m, b)
+	if err != nil {
+		return nil, noop, err
+	}
+	t0 := time.Now()
+	release, err := stream.Settle(ctx, cfg, stream.SettleOptions{Lock: lock})
+	if err != nil {
+		var lag *stream.LagError
+		if errors.As(err, &lag) {
+			err = exitcode.With(exitcode.LockTimeout, err)
+		}
+		return nil, noop, fmt.Errorf("logical mode: bring green up to date before the snapshot: %w", err)
+	}
+	held := time.Now()
+	first := true
+	waiter := verify.StreamWaiterFunc(func(context.Context, string) error {
+		if first {
+			first = false
+			release()
+			env.Log.Debug().Str("migration", m.Row.Name).Dur("caught_up", held.Sub(t0)).Dur("writers_held", time.Since(held)).
+				Msg("verify: the stream was settled for the snapshot")
+		}
+		return nil
+	})
+	return waiter, release, nil
+}

@@ -1,0 +1,470 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/trigger"
+)
+
+// ErrRetired: the stream has nothing left to do for this migration: its
+// forward triggers are on (the stream was retired before cutover), green
+// is gone (rolled back), or the slot was dropped by one of those. A
+// streamer stops cleanly with it.
+var ErrRetired = errors.New("the logical stream of this migration is retired")
+
+// applySQL is the SQL the applier runs, generated once from the mapping.
+type applySQL struct {
+	keyCols  []string // blue's sync key
+	upsert   string   // re-copy the keys' rows from blue through the mapping
+	stale    string   // delete green rows of the keys that blue no longer has (under that green key)
+	all      string   // delete every green row of the keys (replace mode)
+	truncate string   // delete every green row blue no longer has (after a TRUNCATE of blue)
+	live     string   // is the stream still the way blue → green?
+	// combined is stale and upsert in one statement reading blue once,
+	// when green's key is the sync key (then the rows it deletes and those
+	// it upserts are disjoint); "" otherwise.
+	combined string
+}
+
+// buildSQL generates the apply statements. Every statement takes the keys
+// as one text[] per key column ($1, $2, ...), in blue's text form, and casts
+// them to blue's column types (and through the mapping to green's).
+func buildSQL(n shadow.Names, m *shadow.Mapping, blue *shadow.Table) (*applySQL, error) {
+	s := &applySQL{keyCols: m.Key}
+	bt := make([]string, len(m.Key))
+	gt := make([]string, len(m.Key))
+	for i, k := range m.Key {
+		c := blue.Column(k)
+		if c == nil {
+			return nil, fmt.Errorf("key column %s is missing from blue %s", k, blue.Name)
+		}
+		bt[i] = c.Type
+		g := m.Forward.Column(k)
+		if g == nil {
+			return nil, fmt.Errorf("key column %s is not mapped to green", k)
+		}
+		gt[i] = g.Type
+	}
+	blueRel := db.Ident(n.Blue.Schema, n.Blue.Name)
+	greenRel := db.Ident(n.Green.Schema, n.Green.Name)
+
+	// unnest($1::text[], $2::text[]) AS u(gs_k0, gs_k1)
+	params := make([]string, len(m.Key))
+	ucols := make([]string, len(m.Key))
+	for i := range m.Key {
+		params[i] = fmt.Sprintf("$%d::text[]", i+1)
+		ucols[i] = fmt.Sprintf("gs_k%d", i)
+	}
+	from := "unnest(" + strings.Join(params, ", ") + ") AS u(" + strings.Join(ucols, ", ") + ")"
+	keysAs := func(green bool) string {
+		sel := make([]string, len(m.Key))
+		for i := range m.Key {
+			sel[i] = "CAST(u." + ucols[i] + " AS " + bt[i] + ")"
+			if green {
+				sel[i] = "CAST(" + sel[i] + " AS " + gt[i] + ")"
+			}
+		}
+		return "(SELECT " + strings.Join(sel, ", ") + " FROM " + from + ")"
+	}
+	row := func(alias string) string {
+		p := make([]string, len(m.Key))
+		for i, k := range m.Key {
+			p[i] = alias + db.Ident(k)
+		}
+		if len(p) == 1 {
+			return p[0]
+		}
+		return "(" + strings.Join(p, ", ") + ")"
+	}
+	overriding := ""
+	if m.Forward.NeedsOverriding() {
+		overriding = " OVERRIDING SYSTEM VALUE"
+	}
+	conflict := "DO NOTHING"
+	if set := m.Forward.UpdateSet(); set != "" {
+		conflict = "DO UPDATE SET " + set
+	}
+	// FOR KEY SHARE: at REPEATABLE READ, a source row deleted (or re-keyed)
+	// since the snapshot — by a client writing through green, whose echo the
+	// stream skips, or after the stream's retirement by a blue writer whose
+	// trigger already deleted the green row — fails the transaction with a
+	// serialization error instead of bringing the deleted row back into
+	// green. Key order, like the backfill; a lock wait is bounded by the
+	// apply transaction's lock_timeout, so the application never waits long.
+	s.upsert = fmt.Sprintf(`WITH src AS (
+	SELECT * FROM %s WHERE %s IN %s ORDER BY %s FOR KEY SHARE
+)
+INSERT INTO %s (%s)%s
+SELECT %s FROM src
+ON CONFLICT (%s) %s`,
+		blueRel, row(""), keysAs(false), db.IdentList(m.Key),
+		greenRel, m.Forward.TargetList(), overriding,
+		m.Forward.SelectList(),
+		db.IdentList(m.Forward.TargetKey), conflict)
+
+	// A green row of one of the keys stays only if blue has the key and the
+	// green key computed from blue's row is the row's own: otherwise the row
+	// was deleted in blue, or its green key changed (trap 3).
+	var sCols, match []string
+	for i, k := range m.Key {
+		sCols = append(sCols, db.Ident(k)+" AS "+db.Ident(fmt.Sprintf("gs_s%d", i)))
+		match = append(match, "s."+db.Ident(fmt.Sprintf("gs_s%d", i))+" = CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
+	}
+	for i, k := range m.Forward.TargetKey {
+		sCols = append(sCols, m.Forward.ValueExpr(k)+" AS "+db.Ident(fmt.Sprintf("gs_t%d", i)))
+		match = append(match, "s."+db.Ident(fmt.Sprintf("gs_t%d", i))+" IS NOT DISTINCT FROM g."+db.Ident(k))
+	}
+	s.stale = fmt.Sprintf(`DELETE FROM %s AS g
+WHERE %s IN %s
+  AND NOT EXISTS (SELECT 1 FROM (SELECT %s FROM %s) AS s WHERE %s)`,
+		greenRel, row("g."), keysAs(true), strings.Join(sCols, ", "), blueRel, strings.Join(match, " AND "))
+	s.all = fmt.Sprintf(`DELETE FROM %s AS g WHERE %s IN %s`, greenRel, row("g."), keysAs(true))
+
+	if sameSet(m.Key, m.Forward.TargetKey) {
+		// One statement: the keys' blue rows are read (and locked) once;
+		// green rows of keys blue does not have are deleted (a hash anti
+		// join against those rows), the others upserted.
+		var gk, eq []string
+		for i, k := range m.Key {
+			gk = append(gk, "CAST(k."+ucols[i]+" AS "+gt[i]+")")
+			eq = append(eq, "s."+db.Ident(k)+" = CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
+		}
+		kcols := make([]string, len(m.Key))
+		for i := range m.Key {
+			kcols[i] = "CAST(u." + ucols[i] + " AS " + bt[i] + ") AS " + ucols[i]
+		}
+		s.combined = fmt.Sprintf(`WITH k AS MATERIALIZED (
+	SELECT %s FROM %s
+), src AS MATERIALIZED (
+	SELECT * FROM %s WHERE %s IN (SELECT %s FROM k) ORDER BY %s FOR KEY SHARE
+), del AS (
+	DELETE FROM %s AS g WHERE %s IN (SELECT %s FROM k)
+	AND NOT EXISTS (SELECT 1 FROM src AS s WHERE %s)
+	RETURNING 1
+), ins AS (
+	INSERT INTO %s (%s)%s
+	SELECT %s FROM src
+	ON CONFLICT (%s) %s
+	RETURNING 1
+)
+SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ins)`,
+			strings.Join(kcols, ", "), from,
+			blueRel, row(""), strings.Join(ucols, ", "), db.IdentList(m.Key),
+			greenRel, row("g."), strings.Join(gk, ", "), strings.Join(eq, " AND "),
+			greenRel, m.Forward.TargetList(), overriding,
+			m.Forward.SelectList(),
+			db.IdentList(m.Forward.TargetKey), conflict)
+	}
+
+	var bmatch []string
+	for i, k := range m.Key {
+		bmatch = append(bmatch, "b."+db.Ident(k)+" = CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
+	}
+	s.truncate = fmt.Sprintf(`DELETE FROM %s AS g WHERE NOT EXISTS (SELECT 1 FROM %s AS b WHERE %s)`,
+		greenRel, blueRel, strings.Join(bmatch, " AND "))
+
+	s.live = `SELECT coalesce((SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t
+	                          WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2), ''),
+	       to_regclass($3) IS NOT NULL`
+	return s, nil
+}
+
+// settingsSQL are the transaction-local settings of every apply
+// transaction, the same as the backfill's: keys travel as text in ISO
+// styles, the mapping's expressions resolve through the trigger functions'
+// search_path, and row lock waits are bounded so the applier, not the
+// application, gives way on a conflict. Args: $1 search_path, $2 lock_timeout.
+const settingsSQL = `SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true),
+	set_config('datestyle', 'ISO, MDY', true), set_config('intervalstyle', 'postgres', true),
+	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true)`
+
+// replicationParams are the replication session's settings: key values are
+// printed by the walsender in the forms settingsSQL reads back exactly.
+var replicationParams = map[string]string{
+	"DateStyle": "ISO, MDY", "IntervalStyle": "postgres", "extra_float_digits": "3", "bytea_output": "hex",
+}
+
+// RetireLockSQL is the advisory lock that orders apply transactions against
+// the stream's retirement, taken exclusively in the caller's transaction
+// ($1 = the migration name). Every apply transaction holds it shared and
+// then checks that the stream is still live (forward triggers off, green
+// there); retiring takes it exclusively in the transaction that switches
+// the forward triggers on, so no apply transaction that saw the stream live
+// can commit after that.
+const RetireLockSQL = `SELECT pg_advisory_xact_lock(hashtext('greenswap'), hashtext($1 || ':stream'))`
+
+const retireLockSharedSQL = `SELECT pg_advisory_xact_lock_shared(hashtext('greenswap'), hashtext($1 || ':stream'))`
+
+// applier writes batches to green.
+type applier struct {
+	pool       *pgxpool.Pool
+	names      shadow.Names
+	migration  string
+	sql        *applySQL
+	searchPath string
+	opt        Options
+	checkpoint func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error
+}
+
+// apply writes batch b to green and checkpoints b.endLSN in the last
+// transaction. It returns the number of keys written and skipped as echoes.
+func (a *applier) apply(ctx context.Context, b *batch) (written, echoes int, err error) {
+	chunks, echoes := b.work(a.opt.MaxBatchKeys)
+	if err := a.waitVisible(ctx, b.xids); err != nil {
+		return 0, echoes, err
+	}
+	if b.truncate {
+		// First, alone: delete the green rows blue no longer has.
+		if err := a.applyChunk(ctx, nil, true, 0); err != nil {
+			return 0, echoes, err
+		}
+	}
+	if len(chunks) == 0 {
+		chunks = [][][]string{nil} // checkpoint and liveness check: one transaction anyway
+	}
+	// Every chunk but the last on up to ApplyWorkers sessions at once (they
+	// touch different keys); the last one, with the checkpoint, once all
+	// the others have committed.
+	last := len(chunks) - 1
+	var (
+		wg   gosync.WaitGroup
+		mu   gosync.Mutex
+		ferr error
+		sem  = make(chan struct{}, a.opt.ApplyWorkers)
+	)
+	for _, keys := range chunks[:last] {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := a.applyChunk(ctx, keys, false, 0)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && ferr == nil {
+				ferr = err
+			}
+			if err == nil {
+				written += len(keys)
+			}
+		}()
+	}
+	wg.Wait()
+	if ferr != nil {
+		return written, echoes, ferr
+	}
+	if err := a.applyChunk(ctx, chunks[last], false, b.endLSN); err != nil {
+		return written, echoes, err
+	}
+	return written + len(chunks[last]), echoes, nil
+}
+
+// waitVisible waits until every transaction of xids is visible to new
+// snapshots (trap 8): the stream can deliver a commit before the committing
+// backend has left the proc array (it flushes WAL first; with synchronous
+// replication it then waits for the standbys), and a re-read of blue under
+// a snapshot taken in between would miss the transaction's rows.
+// pg_xact_status consults the proc array before the commit log, so
+// 'committed' means visible to every snapshot taken from now on.
+func (a *applier) waitVisible(ctx context.Context, xids []uint32) error {
+	if len(xids) == 0 {
+		return nil
+	}
+	return WaitVisible(ctx, a.pool, xids, a.opt.VisibilityTimeout)
+}
+
+// WaitVisible waits until none of the (32-bit) transactions xids is still
+// in progress, polling pg_xact_status with a short sleep, for at most
+// timeout (0: no bound). See the applier's use: trap 8.
+func WaitVisible(ctx context.Context, q db.Querier, xids []uint32, timeout time.Duration) error {
+	var next string
+	if err := q.QueryRow(ctx, `SELECT pg_snapshot_xmax(pg_current_snapshot())::text`).Scan(&next); err != nil {
+		return fmt.Errorf("read the next transaction id: %w", err)
+	}
+	nx, err := strconv.ParseUint(next, 10, 64)
+	if err != nil {
+		return fmt.Errorf("next transaction id %q: %w", next, err)
+	}
+	seen := map[uint32]bool{}
+	var full []string
+	for _, x := range xids {
+		if !seen[x] {
+			seen[x] = true
+			full = append(full, strconv.FormatUint(FullXid(x, nx), 10))
+		}
+	}
+	start := time.Now()
+	sleep := 500 * time.Microsecond
+	for {
+		var waiting []string
+		rows, err := q.Query(ctx, `SELECT x FROM unnest($1::text[]) AS x WHERE pg_xact_status(x::xid8) = 'in progress'`, full)
+		if err == nil {
+			waiting, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			return fmt.Errorf("wait for committed transactions to become visible: %w", err)
+		}
+		if len(waiting) == 0 {
+			return nil
+		}
+		if timeout > 0 && time.Since(start) > timeout {
+			return fmt.Errorf("transaction(s) %s reached the stream committed but are still in progress after %s "+
+				"(a commit waiting for a synchronous standby?); retrying later", strings.Join(waiting, ", "), timeout.Round(time.Millisecond))
+		}
+		full = waiting
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(sleep):
+		}
+		sleep = min(2*sleep, 20*time.Millisecond)
+	}
+}
+
+// applyChunk applies keys (and the truncate, when set) in one transaction,
+// with the checkpoint when lsn is not 0. A unique violation on another
+// index of green (two rows of the batch swapping a unique value, applied in
+// the wrong order) retries once in replace mode: delete the keys' green
+// rows first, then copy them again. A serialization failure (a concurrent
+// writer of one of the green rows), lock timeout or deadlock rolls back and
+// splits the keys in two halves applied one after the other, down to single
+// keys retried after a jittered backoff: under heavy writes a big chunk
+// would keep meeting some writer.
+func (a *applier) applyChunk(ctx context.Context, keys [][]string, truncate bool, lsn pglogrepl.LSN) error {
+	replace := false
+	backoff := 10 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := a.applyTx(ctx, keys, truncate, lsn, replace)
+		if err == nil {
+			return nil
+		}
+		st := db.SQLState(err)
+		if st == db.UniqueViolation && !replace {
+			replace = true
+			continue
+		}
+		if st != db.LockNotAvailable && st != db.DeadlockDetected && st != db.SerializationFailure {
+			return err
+		}
+		if len(keys) > 1 {
+			mid := len(keys) / 2
+			if err := a.applyChunk(ctx, keys[:mid], truncate, 0); err != nil {
+				return err
+			}
+			return a.applyChunk(ctx, keys[mid:], false, lsn)
+		}
+		if attempt >= a.opt.ApplyAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// applyTx is one apply transaction. It runs at REPEATABLE READ, so that
+// reading the keys' rows from blue and writing them to green happen as of
+// one snapshot, and a concurrent writer of the same green row (a client
+// writing green, whose reverse trigger then writes blue) makes it fail with
+// a serialization error instead of being overwritten with what blue held
+// before that writer: the retry reads blue again, past the writer. (At
+// READ COMMITTED the upsert would wait for the writer, then update its row
+// with the values read before; the writer's echo being skipped, green
+// would keep the stale values.)
+func (a *applier) applyTx(ctx context.Context, keys [][]string, truncate bool, lsn pglogrepl.LSN, replace bool) error {
+	tx, err := a.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, retireLockSharedSQL, a.migration); err != nil {
+		return err
+	}
+	n := a.names
+	var fwd string
+	var green bool
+	if err := tx.QueryRow(ctx, a.sql.live, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger, db.Ident(n.Green.Schema, n.Green.Name)).Scan(&fwd, &green); err != nil {
+		return err
+	}
+	if !green || (fwd != "D" && !a.opt.Draining) {
+		return ErrRetired
+	}
+	flagSQL, flagArgs := trigger.SyncFlagSQL(n)
+	if _, err := tx.Exec(ctx, flagSQL, flagArgs...); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, settingsSQL, a.searchPath, fmt.Sprintf("%dms", a.opt.LockTimeout.Milliseconds())); err != nil {
+		return err
+	}
+	if truncate {
+		if _, err := tx.Exec(ctx, a.sql.truncate); err != nil {
+			return fmt.Errorf("apply a TRUNCATE of blue: %w", err)
+		}
+	}
+	if len(keys) > 0 {
+		args := make([]any, len(a.sql.keyCols))
+		for i := range args {
+			col := make([]string, len(keys))
+			for j, k := range keys {
+				col[j] = k[i]
+			}
+			args[i] = col
+		}
+		if a.sql.combined != "" && !replace {
+			if _, err := tx.Exec(ctx, a.sql.combined, args...); err != nil {
+				return fmt.Errorf("apply %d keys from blue: %w", len(keys), err)
+			}
+			return a.commit(ctx, tx, lsn)
+		}
+		del := a.sql.stale
+		if replace {
+			del = a.sql.all
+		}
+		if _, err := tx.Exec(ctx, del, args...); err != nil {
+			return fmt.Errorf("apply: delete green rows blue no longer has: %w", err)
+		}
+		if _, err := tx.Exec(ctx, a.sql.upsert, args...); err != nil {
+			return fmt.Errorf("apply: copy %d keys from blue: %w", len(keys), err)
+		}
+	}
+	return a.commit(ctx, tx, lsn)
+}
+
+// commit records the checkpoint (when lsn is not 0) and commits.
+func (a *applier) commit(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error {
+	if lsn != 0 && a.checkpoint != nil {
+		if err := a.checkpoint(ctx, tx, lsn); err != nil {
+			return fmt.Errorf("apply: checkpoint %s: %w", lsn, err)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,591 @@
+// Package stream carries blue's changes to green through a logical
+// replication slot (pgoutput) read with pglogrepl: the logical mode of a
+// migration, where the application's writes on blue pay no trigger cost.
+// See README.md for the design and its invariants.
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/trigger"
+)
+
+// ErrSlotLost: the slot is gone while the migration still depends on it;
+// the changes since the last checkpoint cannot be recovered from the WAL.
+var ErrSlotLost = errors.New("the migration's replication slot is gone")
+
+// Options tune a Streamer. Zero values take the defaults.
+type Options struct {
+	MaxBatchKeys      int           // keys per apply transaction (default 1000)
+	ApplyWorkers      int           // apply transactions of one batch running at once (default 2)
+	MaxPendingKeys    int           // received but unapplied keys at which reading pauses (default 100000)
+	StatusInterval    time.Duration // a standby status update at least this often (default 1s; wal_sender_timeout is 60s by default)
+	LockTimeout       time.Duration // per apply transaction, for row and table locks (default 500ms)
+	ApplyAttempts     int           // tries of one apply transaction on lock timeouts and deadlocks (default 30)
+	VisibilityTimeout time.Duration // bound of the wait for a streamed commit to become visible (trap 8; default 30s)
+	MinBackoff        time.Duration // reconnect backoff (default 200ms) ...
+	MaxBackoff        time.Duration // ... doubling up to this (default 10s)
+	// Draining applies even when the forward triggers are already on: the
+	// stream is being retired and must still be drained up to the point the
+	// triggers took over (cutover; see Retire).
+	Draining bool
+	// takeOver terminates another walsender holding the slot instead of
+	// waiting for it to let go (Retire).
+	takeOver bool
+	// OnApply, when set, is called after every applied batch with the
+	// current figures (from the applying goroutine).
+	OnApply func(Stats)
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxBatchKeys <= 0 {
+		o.MaxBatchKeys = 1000
+	}
+	if o.ApplyWorkers <= 0 {
+		o.ApplyWorkers = 2
+	}
+	if o.MaxPendingKeys <= 0 {
+		o.MaxPendingKeys = 100000
+	}
+	if o.StatusInterval <= 0 {
+		o.StatusInterval = time.Second
+	}
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = 500 * time.Millisecond
+	}
+	if o.ApplyAttempts <= 0 {
+		o.ApplyAttempts = 30
+	}
+	if o.VisibilityTimeout <= 0 {
+		o.VisibilityTimeout = 30 * time.Second
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 200 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 10 * time.Second
+	}
+	return o
+}
+
+// Config is one migration's stream.
+type Config struct {
+	Pool *pgxpool.Pool // the user's database: green writes, blue reads, checkpoints
+	// Conn are the connection settings; the replication session is opened
+	// from a copy with replication=database.
+	Conn      *pgconn.Config
+	Migration string
+	Names     shadow.Names
+	Mapping   *shadow.Mapping
+	Blue      *shadow.Table // blue as it is (the key columns' types)
+	// Start is the checkpoint to resume from (migrations.confirmed_lsn); the
+	// server resumes from the slot's confirmed position if that is later.
+	Start pglogrepl.LSN
+	// Checkpoint records lsn inside the apply transaction that made green
+	// current up to it (may be nil).
+	Checkpoint func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error
+	Log        zerolog.Logger
+	Options    Options
+}
+
+// Stats are a streamer's figures.
+type Stats struct {
+	Migration  string        `json:"migration"`
+	Connected  bool          `json:"connected"`
+	Txns       int64         `json:"transactions"`     // committed transactions received
+	Changes    int64         `json:"changes"`          // row changes received
+	Keys       int64         `json:"keys_applied"`     // keys re-copied (or deleted) in green
+	Echoes     int64         `json:"echoes_skipped"`   // keys whose last change was the reverse trigger's own write
+	Batches    int64         `json:"batches"`          // apply batches committed
+	Applied    pglogrepl.LSN `json:"applied_lsn"`      // confirmed to the server: green is current up to here
+	ServerLSN  pglogrepl.LSN `json:"server_lsn"`       // the server's WAL end as last reported
+	LagBytes   int64         `json:"lag_bytes"`        // ServerLSN - Applied (as last reported)
+	LagSeconds float64       `json:"lag_seconds"`      // age of the oldest commit received and not applied yet
+	KeysPerSec float64       `json:"keys_per_sec"`     // apply rate over the last 10 s
+	Pending    int           `json:"pending_keys"`     // keys received and not applied yet
+	LastDelay  time.Duration `json:"last_apply_delay"` // commit → applied, for the newest transaction of the last batch
+	Reconnects int           `json:"reconnects"`
+	LastError  string        `json:"last_error,omitempty"`
+	Since      time.Time     `json:"since"`
+	LastApply  time.Time     `json:"last_apply,omitempty"`
+}
+
+// Streamer reads one migration's slot and applies it to green.
+type Streamer struct {
+	cfg Config
+	opt Options
+	ap  *applier
+	log zerolog.Logger
+
+	confirmed  atomic.Uint64 // green is current up to here (applied, or idle at a keepalive)
+	statusDue  atomic.Bool   // send a status update now
+	mu         sync.Mutex    // guards everything below
+	pending    *batch
+	applying   bool
+	inTx       bool
+	stats      Stats
+	rate       rateWindow
+	oldestOpen time.Time // commit time of the oldest transaction being applied
+}
+
+// New prepares a streamer; nothing is connected until Run.
+func New(cfg Config) (*Streamer, error) {
+	if cfg.Pool == nil || cfg.Conn == nil || cfg.Mapping == nil || cfg.Blue == nil {
+		return nil, errors.New("stream: Pool, Conn, Mapping and Blue are required")
+	}
+	sql, err := buildSQL(cfg.Names, cfg.Mapping, cfg.Blue)
+	if err != nil {
+		return nil, err
+	}
+	opt := cfg.Options.withDefaults()
+	s := &Streamer{cfg: cfg, opt: opt, log: cfg.Log, pending: newBatch()}
+	s.ap = &applier{pool: cfg.Pool, names: cfg.Names, migration: cfg.Migration, sql: sql,
+		searchPath: "pg_catalog, " + db.Ident(cfg.Names.App.Schema), opt: opt, checkpoint: cfg.Checkpoint}
+	s.confirmed.Store(uint64(cfg.Start))
+	s.stats = Stats{Migration: cfg.Migration, Since: time.Now(), Applied: cfg.Start}
+	return s, nil
+}
+
+// Stats returns the current figures.
+func (s *Streamer) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.statsLocked()
+}
+
+func (s *Streamer) statsLocked() Stats {
+	st := s.stats
+	st.Applied = pglogrepl.LSN(s.confirmed.Load())
+	if st.ServerLSN > st.Applied {
+		st.LagBytes = int64(st.ServerLSN - st.Applied)
+	} else {
+		st.LagBytes = 0
+	}
+	oldest := s.oldestOpen
+	if !s.pending.empty() && (oldest.IsZero() || s.pending.oldest.Before(oldest)) {
+		oldest = s.pending.oldest
+	}
+	st.LagSeconds = 0
+	if !oldest.IsZero() {
+		st.LagSeconds = max(time.Since(oldest).Seconds(), 0)
+	}
+	st.Pending = len(s.pending.keys)
+	st.KeysPerSec = s.rate.perSec(time.Now(), s.stats.Keys)
+	return st
+}
+
+// Applied is the position up to which green is current.
+func (s *Streamer) Applied() pglogrepl.LSN { return pglogrepl.LSN(s.confirmed.Load()) }
+
+// Run streams until ctx is cancelled (then it returns nil once the batch in
+// flight is applied and confirmed), the stream is retired (ErrRetired), or
+// a fatal error (ErrSlotLost, a privilege error, bad data). Connection
+// losses and server restarts are retried with a jittered backoff.
+func (s *Streamer) Run(ctx context.Context) error { return s.run(ctx, 0) }
+
+// RunUntil is Run that returns nil as soon as green is current up to lsn.
+func (s *Streamer) RunUntil(ctx context.Context, lsn pglogrepl.LSN) error {
+	if lsn == 0 {
+		lsn = 1
+	}
+	return s.run(ctx, lsn)
+}
+
+func (s *Streamer) run(ctx context.Context, until pglogrepl.LSN) error {
+	backoff := s.opt.MinBackoff
+	for {
+		t0 := time.Now()
+		err := s.session(ctx, until)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, ErrRetired) || errors.Is(err, ErrSlotLost) {
+			return err
+		}
+		if st := db.SQLState(err); st == "42501" || st == "28000" || st == "28P01" {
+			return fmt.Errorf("stream %s: %w", s.cfg.Names.Slot, err)
+		}
+		if g, gerr := s.gone(ctx); gerr == nil && g != nil {
+			return g
+		}
+		s.mu.Lock()
+		s.stats.Reconnects++
+		s.stats.LastError = err.Error()
+		s.stats.Connected = false
+		s.mu.Unlock()
+		if time.Since(t0) > 30*time.Second {
+			backoff = s.opt.MinBackoff
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		ev := s.log.Warn()
+		if db.SQLState(err) == db.ObjectInUse {
+			ev = s.log.Info() // another greenswap streams this slot; wait for it to let go
+			if s.opt.takeOver {
+				if terr := TakeOver(ctx, s.cfg.Pool, s.cfg.Names.Slot); terr == nil {
+					backoff = s.opt.MinBackoff
+				}
+			}
+		}
+		ev.Err(err).Dur("retry_in", wait).Str("slot", s.cfg.Names.Slot).Msg("logical stream interrupted; reconnecting")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, s.opt.MaxBackoff)
+	}
+}
+
+// gone says why the stream cannot go on, if it cannot: ErrRetired when the
+// forward triggers are on or green is gone, ErrSlotLost when the slot is
+// missing although the migration still needs it; nil otherwise.
+func (s *Streamer) gone(ctx context.Context) (error, error) {
+	n := s.cfg.Names
+	var fwd string
+	var green bool
+	if err := s.cfg.Pool.QueryRow(ctx, s.ap.sql.live, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger,
+		db.Ident(n.Green.Schema, n.Green.Name)).Scan(&fwd, &green); err != nil {
+		return nil, err
+	}
+	if !green || (fwd != "D" && !s.opt.Draining) {
+		return ErrRetired, nil
+	}
+	exists, _, _, err := SlotInfo(ctx, s.cfg.Pool, n.Slot)
+	if err != nil {
+		return nil, err
+	}
+	if !exists {
+		return fmt.Errorf("%w: slot %s does not exist (dropped by hand, or invalidated by max_slot_wal_keep_size): "+
+			"changes to blue since %s cannot reach green; roll the migration back and sync it again", ErrSlotLost, n.Slot, s.Applied()), nil
+	}
+	return nil, nil
+}
+
+// connect opens the replication session.
+func (s *Streamer) connect(ctx context.Context) (*pgconn.PgConn, error) {
+	cfg := s.cfg.Conn.Copy()
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	cfg.RuntimeParams["application_name"] = "greenswap:" + s.cfg.Migration + ":stream"
+	for k, v := range replicationParams {
+		cfg.RuntimeParams[k] = v
+	}
+	return pgconn.ConnectConfig(ctx, cfg)
+}
+
+// pluginArgs are pgoutput's options: protocol 1, our publication, and the
+// logical decoding messages (the echo markers and pings; PostgreSQL 14+).
+func (s *Streamer) pluginArgs() []string {
+	return []string{"proto_version '1'", "publication_names " + quoteLiteral(s.cfg.Names.Publication), "messages 'true'"}
+}
+
+func quoteLiteral(v string) string { return db.Literal(v) }
+
+// session is one replication connection: it receives, hands committed
+// transactions to the applier goroutine, and reports the confirmed
+// position. It returns nil when ctx is done or until is reached.
+func (s *Streamer) session(ctx context.Context, until pglogrepl.LSN) error {
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	start := pglogrepl.LSN(max(s.confirmed.Load(), uint64(s.cfg.Start)))
+	if err := pglogrepl.StartReplication(ctx, conn, s.cfg.Names.Slot, start,
+		pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: s.pluginArgs()}); err != nil {
+		if db.SQLState(err) == "42704" { // undefined_object: no such slot
+			if g, gerr := s.gone(context.WithoutCancel(ctx)); gerr == nil && g != nil {
+				return g
+			}
+		}
+		return fmt.Errorf("start replication from slot %s at %s: %w", s.cfg.Names.Slot, start, err)
+	}
+	s.log.Debug().Str("slot", s.cfg.Names.Slot).Stringer("from", start).Msg("logical stream started")
+	s.mu.Lock()
+	s.pending = newBatch()
+	s.inTx = false
+	s.stats.Connected = true
+	s.mu.Unlock()
+
+	actx, stopApply := context.WithCancel(ctx)
+	kick := make(chan struct{}, 1)
+	applyErr := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.applyLoop(actx, kick, applyErr)
+	}()
+	stop := func() {
+		stopApply()
+		wg.Wait()
+	}
+	defer stop()
+
+	dec := newDecoder(s.cfg.Mapping.Key, trigger.EchoPrefix(s.cfg.Names))
+	nextStatus := time.Now()
+	lastReply := time.Time{}
+	for {
+		select {
+		case err := <-applyErr:
+			return err
+		default:
+		}
+		if ctx.Err() != nil {
+			// Let the batch in flight finish, then confirm it.
+			stop()
+			select {
+			case err := <-applyErr:
+				if !errors.Is(err, context.Canceled) {
+					s.log.Warn().Err(err).Msg("logical stream: last batch not applied; it is streamed again next time")
+				}
+			default:
+			}
+			_ = s.sendStatus(conn, false)
+			return nil
+		}
+		idle := s.idle()
+		if until != 0 && s.Applied() >= until {
+			_ = s.sendStatus(conn, false)
+			return nil
+		}
+		now := time.Now()
+		if s.statusDue.Swap(false) || !now.Before(nextStatus) {
+			// While idle, ask for a keepalive: it carries the server's WAL
+			// end, which an idle stream may confirm (nothing is pending).
+			reply := idle && (until != 0 || now.Sub(lastReply) >= s.opt.StatusInterval)
+			if reply {
+				lastReply = now
+			}
+			if err := s.sendStatus(conn, reply); err != nil {
+				return err
+			}
+			nextStatus = now.Add(s.opt.StatusInterval)
+		}
+		if s.pendingKeys() >= s.opt.MaxPendingKeys {
+			// Backpressure: stop reading until the applier catches up; the
+			// status updates above keep the session alive meanwhile.
+			select {
+			case err := <-applyErr:
+				return err
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+			continue
+		}
+		wait := 200 * time.Millisecond
+		if until != 0 && idle {
+			wait = 50 * time.Millisecond
+		}
+		deadline := now.Add(wait)
+		if nextStatus.Before(deadline) {
+			deadline = nextStatus
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		raw, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) || ctx.Err() != nil {
+				continue
+			}
+			return fmt.Errorf("receive from slot %s: %w", s.cfg.Names.Slot, err)
+		}
+		switch msg := raw.(type) {
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse keepalive: %w", err)
+				}
+				s.serverAt(pkm.ServerWALEnd)
+				if !dec.inTx() && s.idle() {
+					// Everything before the keepalive was received and
+					// applied: green is current up to the server's WAL end.
+					s.advance(pkm.ServerWALEnd)
+				}
+				if pkm.ReplyRequested {
+					s.statusDue.Store(true)
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse XLogData: %w", err)
+				}
+				s.serverAt(xld.ServerWALEnd)
+				d, err := dec.handle(xld.WALData)
+				if err != nil {
+					return err
+				}
+				s.mu.Lock()
+				s.inTx = dec.inTx()
+				if d.commit != nil {
+					s.pending.add(d.tx, d.commit)
+					s.stats.Txns++
+					s.stats.Changes += d.tx.changes
+				}
+				s.mu.Unlock()
+				if d.commit != nil {
+					select {
+					case kick <- struct{}{}:
+					default:
+					}
+				}
+				if d.ping {
+					s.statusDue.Store(true)
+				}
+			}
+		case *pgproto3.ErrorResponse:
+			return pgconn.ErrorResponseToPgError(msg)
+		case *pgproto3.CopyDone:
+			return errors.New("the server ended the replication stream")
+		}
+	}
+}
+
+func (s *Streamer) idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.inTx && !s.applying && s.pending.empty()
+}
+
+func (s *Streamer) pendingKeys() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending.keys)
+}
+
+func (s *Streamer) serverAt(lsn pglogrepl.LSN) {
+	s.mu.Lock()
+	if lsn > s.stats.ServerLSN {
+		s.stats.ServerLSN = lsn
+	}
+	s.mu.Unlock()
+}
+
+// advance moves the confirmed position forward (never back).
+func (s *Streamer) advance(lsn pglogrepl.LSN) {
+	for {
+		cur := s.confirmed.Load()
+		if uint64(lsn) <= cur || s.confirmed.CompareAndSwap(cur, uint64(lsn)) {
+			return
+		}
+	}
+}
+
+// sendStatus reports the confirmed position as written, flushed and applied.
+func (s *Streamer) sendStatus(conn *pgconn.PgConn, reply bool) error {
+	lsn := s.Applied()
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn, ReplyRequested: reply})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	return nil
+}
+
+// applyLoop applies whatever is pending whenever kicked, until ctx ends.
+// The database work of a batch runs to completion even when ctx ends, so a
+// stop never abandons a batch half-way (it would only be redone).
+func (s *Streamer) applyLoop(ctx context.Context, kick <-chan struct{}, errs chan<- error) {
+	dbctx := context.WithoutCancel(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kick:
+		}
+		for ctx.Err() == nil {
+			s.mu.Lock()
+			b := s.pending
+			if b.empty() {
+				s.mu.Unlock()
+				break
+			}
+			s.pending = newBatch()
+			s.applying = true
+			s.oldestOpen = b.oldest
+			s.mu.Unlock()
+
+			written, echoes, err := s.ap.apply(dbctx, b)
+			s.mu.Lock()
+			s.applying = false
+			s.oldestOpen = time.Time{}
+			if err != nil {
+				s.stats.LastError = err.Error()
+				s.mu.Unlock()
+				errs <- err
+				return
+			}
+			now := time.Now()
+			s.stats.Keys += int64(written)
+			s.stats.Echoes += int64(echoes)
+			s.stats.Batches++
+			s.stats.LastApply = now
+			s.stats.LastDelay = now.Sub(b.newest)
+			s.rate.add(now, s.stats.Keys)
+			s.advance(b.endLSN)
+			st := s.statsLocked()
+			s.mu.Unlock()
+			s.statusDue.Store(true)
+			if s.opt.OnApply != nil {
+				s.opt.OnApply(st)
+			}
+		}
+	}
+}
+
+// rateWindow turns (time, total) samples into a recent per-second rate.
+type rateWindow struct {
+	t []time.Time
+	n []int64
+}
+
+const rateSpan = 10 * time.Second
+
+func (w *rateWindow) add(t time.Time, n int64) {
+	w.t = append(w.t, t)
+	w.n = append(w.n, n)
+	i := 0
+	for i < len(w.t)-1 && t.Sub(w.t[i+1]) >= rateSpan {
+		i++
+	}
+	w.t, w.n = w.t[i:], w.n[i:]
+}
+
+func (w *rateWindow) perSec(now time.Time, n int64) float64 {
+	if len(w.t) == 0 {
+		return 0
+	}
+	d := now.Sub(w.t[0]).Seconds()
+	if d < 1 {
+		d = 1
+	}
+	if now.Sub(w.t[len(w.t)-1]) > rateSpan {
+		return 0
+	}
+	return float64(n-w.n[0]) / d
+}

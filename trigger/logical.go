@@ -1,0 +1,116 @@
+package trigger
+
+// Logical mode (package sync/stream): blue → green is carried by a logical
+// replication stream instead of the forward trigger, so the app's writes on
+// blue pay no trigger cost. Green → blue still runs by the reverse trigger
+// once the migration is synced. The reverse trigger's writes to blue reach
+// the stream like any other blue write; they are the echo of a write green
+// already has (trap 2 across the stream). In logical mode the reverse
+// functions bracket their write to blue with two transactional logical
+// decoding messages (pg_logical_emit_message, prefix EchoPrefix(n)), and the
+// stream skips the blue changes between them.
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/shadow"
+)
+
+// Echo marker contents: the blue changes between EchoBegin and EchoEnd of
+// one transaction are the reverse trigger's own writes.
+const (
+	EchoBegin = "b"
+	EchoEnd   = "e"
+)
+
+// EchoPrefix is the logical decoding message prefix of migration n's echo
+// markers: the sync flag's name, unique per migration.
+func EchoPrefix(n shadow.Names) string { return n.SyncFlag }
+
+func echoMarker(n shadow.Names, content string) string {
+	return "PERFORM pg_catalog.pg_logical_emit_message(true, " + db.Literal(EchoPrefix(n)) + ", " + db.Literal(content) + ");"
+}
+
+// reverseLogicalSQL are the reverse functions of logical mode: the
+// trigger-mode bodies with the echo markers around the write to blue, and
+// an UPDATE through green that keeps its key updating blue's row in place.
+//
+// In place, not upsert: blue → green is asynchronous in logical mode, so a
+// client can update a green row that blue has deleted or re-keyed a moment
+// ago (the stream has not applied it yet). An upsert would bring the row
+// back into blue under its old key (where the application may already have
+// put another row); the in-place update finds nothing and changes nothing,
+// and the stream then applies blue's change to green: blue wins. Inserts
+// and key changes still upsert.
+func reverseLogicalSQL(n shadow.Names, m *shadow.Mapping) []string {
+	b, e := echoMarker(n, EchoBegin), echoMarker(n, EchoEnd)
+	return []string{
+		functionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse, b, e, true),
+		truncateFunctionSQL(truncateFunc(n.ReverseFunc), n.SyncFlag, n.Blue, b, e),
+	}
+}
+
+// inPlaceUpdate wraps upsert: an UPDATE that keeps its key updates the
+// target row under that key (and does nothing when there is none).
+func inPlaceUpdate(d *shadow.Direction, target, lhs, newKey, oldRowKey, newRowKey, upsert string) string {
+	var cols, exprs []string
+	for _, c := range d.Columns {
+		if slices.Contains(d.TargetKey, c.Target) || c.Identity != "" {
+			continue
+		}
+		cols = append(cols, db.Ident(c.Target))
+		exprs = append(exprs, d.ValueExpr(c.Target))
+	}
+	update := "NULL; -- only key columns: nothing to update"
+	if len(cols) > 0 {
+		update = "UPDATE " + target + " AS t SET (" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
+			" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " = " + newKey + ";"
+	}
+	return "IF TG_OP = 'UPDATE' AND " + oldRowKey + " IS NOT DISTINCT FROM " + newRowKey + " THEN\n\t\t\t" + update +
+		"\n\t\tELSE\n\t\t\t" + upsert + "\n\t\tEND IF;"
+}
+
+// LogicalInstallStep is InstallStep for logical mode: the same functions and
+// triggers, except that the forward triggers on blue are created disabled
+// (the stream carries blue → green; SetForwardSQL enables them when the
+// stream is retired before cutover) and the reverse functions mark their writes
+// to blue as echoes for the stream to skip.
+func LogicalInstallStep(n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
+	sql := []string{
+		FunctionSQL(n.ForwardFunc, n.SyncFlag, n.App.Schema, &m.Forward),
+		TruncateFunctionSQL(truncateFunc(n.ForwardFunc), n.SyncFlag, n.Green),
+	}
+	sql = append(sql, reverseLogicalSQL(n, m)...)
+	st := installStep(n, owner, sql)
+	st.SQL = append(st.SQL, SetForwardSQL(n, false)...)
+	st.Name = "install-sync-triggers"
+	st.Description = "create the sync triggers: blue → green off (the logical stream carries it), green → blue off until synced"
+	return st
+}
+
+// SetForwardSQL switches the blue → green triggers on or off.
+func SetForwardSQL(n shadow.Names, on bool) []string {
+	verb := "DISABLE"
+	if on {
+		verb = "ENABLE"
+	}
+	rel := db.Ident(n.Blue.Schema, n.Blue.Name)
+	return []string{
+		"ALTER TABLE " + rel + " " + verb + " TRIGGER " + db.Ident(n.Trigger),
+		"ALTER TABLE " + rel + " " + verb + " TRIGGER " + db.Ident(n.Trigger+"_truncate"),
+	}
+}
+
+// PlainReverseSQL re-creates the reverse functions without the echo
+// markers (trigger mode). Run it once the stream is retired and its slot
+// dropped: blue → green runs by the forward trigger then, whose echo guard is
+// the sync flag alone. Until the slot is gone the markers must stay, or the
+// last changes the stream applies could include unmarked echoes.
+func PlainReverseSQL(n shadow.Names, m *shadow.Mapping) []string {
+	return []string{
+		FunctionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse),
+		TruncateFunctionSQL(truncateFunc(n.ReverseFunc), n.SyncFlag, n.Blue),
+	}
+}
