@@ -149,7 +149,7 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 	if pub {
 		sql = append(sql, "DROP PUBLICATION "+db.Ident(n.Publication))
 	}
-	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1), '')`, n.Slot).Scan(&p.Slot); err != nil {
+	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()), '')`, n.Slot).Scan(&p.Slot); err != nil {
 		return nil, err
 	}
 	p.SQL = sql
@@ -203,7 +203,7 @@ func Teardown(ctx context.Context, pool *pgxpool.Pool, migration string, n shado
 // dropSlot drops a replication slot that is not in use and says what happened.
 func dropSlot(ctx context.Context, pool *pgxpool.Pool, slot string) string {
 	var active bool
-	if err := pool.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, slot).Scan(&active); err != nil {
 		if err == pgx.ErrNoRows {
 			return ""
 		}
