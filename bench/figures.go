@@ -212,7 +212,8 @@ func (r *Results) markdown() string {
 	if !r.Complete {
 		b.WriteString(" (**interrupted: partial results**)")
 	}
-	b.WriteString("\n\n| figure | measured | baseline (same run) | ratio | target | status |\n|---|---|---|---|---|---|\n")
+	b.WriteString("\n\nThe last column says whether the figure could be measured, not whether it meets its target: compare ratio and target.\n")
+	b.WriteString("\n| figure | measured | baseline (same run) | ratio | target | measurement |\n|---|---|---|---|---|---|\n")
 	for _, f := range r.Figures {
 		base := f.Baseline
 		if base == "" {
