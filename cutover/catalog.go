@@ -38,6 +38,21 @@ type relation struct {
 	Kind string // relkind
 }
 
+// findMigrationRelations looks up the app name, blue and green of a
+// migration; each is nil when it does not exist.
+func findMigrationRelations(ctx context.Context, q db.Querier, n shadow.Names) (app, blue, green *relation, err error) {
+	if app, err = findRelation(ctx, q, n.App); err != nil {
+		return nil, nil, nil, err
+	}
+	if blue, err = findRelation(ctx, q, n.Blue); err != nil {
+		return nil, nil, nil, err
+	}
+	if green, err = findRelation(ctx, q, n.Green); err != nil {
+		return nil, nil, nil, err
+	}
+	return app, blue, green, nil
+}
+
 // findRelation returns the relation called name, or nil when there is none.
 func findRelation(ctx context.Context, q db.Querier, name shadow.QualifiedName) (*relation, error) {
 	r := relation{Name: name}

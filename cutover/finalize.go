@@ -77,15 +77,7 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 	}
 	n := in.Names
 	p := &FinalizePlan{Migration: in.Migration, App: n.App, Green: n.Green, Blue: n.Blue}
-	app, err := findRelation(ctx, q, n.App)
-	if err != nil {
-		return nil, err
-	}
-	blue, err := findRelation(ctx, q, n.Blue)
-	if err != nil {
-		return nil, err
-	}
-	green, err := findRelation(ctx, q, n.Green)
+	app, blue, green, err := findMigrationRelations(ctx, q, n)
 	if err != nil {
 		return nil, err
 	}

@@ -119,20 +119,12 @@ func PlanSwap(ctx context.Context, q db.Querier, in SwapInput) (*SwapPlan, error
 	from, to := in.sides()
 	p := &SwapPlan{Migration: in.Migration, Direction: in.Direction, App: n.App, From: from, To: to}
 
-	app, err := findRelation(ctx, q, n.App)
+	app, blue, green, err := findMigrationRelations(ctx, q, n)
 	if err != nil {
 		return nil, err
 	}
 	if app == nil || app.Kind != "v" {
 		return nil, exitcode.Errorf(exitcode.BadInput, "%s is not greenswap's view (the migration is not adopted, or was finalized)", n.App)
-	}
-	blue, err := findRelation(ctx, q, n.Blue)
-	if err != nil {
-		return nil, err
-	}
-	green, err := findRelation(ctx, q, n.Green)
-	if err != nil {
-		return nil, err
 	}
 	if blue == nil || green == nil {
 		return nil, exitcode.Errorf(exitcode.BadInput, "%s or %s is missing: sync has not built the migration", n.Blue, n.Green)

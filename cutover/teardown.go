@@ -59,15 +59,7 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 		return nil, err
 	}
 	p := &TeardownPlan{Migration: migration, App: n.App}
-	app, err := findRelation(ctx, q, n.App)
-	if err != nil {
-		return nil, err
-	}
-	blue, err := findRelation(ctx, q, n.Blue)
-	if err != nil {
-		return nil, err
-	}
-	green, err := findRelation(ctx, q, n.Green)
+	app, blue, green, err := findMigrationRelations(ctx, q, n)
 	if err != nil {
 		return nil, err
 	}
