@@ -14,35 +14,6 @@ import (
 	"time"
 )
 
-// moduleRoot finds the directory holding go.mod, from the working directory up.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("go.mod not found above the working directory: run from the greenswap repository")
-		}
-		dir = parent
-	}
-}
-
-// buildCLI builds cmd/greenswap once into dir and returns the binary's path.
-func buildCLI(ctx context.Context, root, dir string) (string, error) {
-	bin := filepath.Join(dir, "greenswap")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/greenswap")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/greenswap: %w\n%s", err, out)
-	}
-	return bin, nil
-}
-
 // cli runs the real greenswap binary as a subprocess.
 type cli struct {
 	bin string

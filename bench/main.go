@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/greenswap/greenswap/internal/clibuild"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,7 +53,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	root, err := moduleRoot()
+	root, err := clibuild.ModuleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 2
@@ -67,7 +68,7 @@ func run() int {
 	b := &bench{rows: rows, tmp: tmp, start: time.Now()}
 	loadStart := loadAvg()
 	b.logf("building cmd/greenswap")
-	bin, err := buildCLI(ctx, root, tmp)
+	bin, err := clibuild.Build(ctx, root, tmp)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/greenswap/greenswap/internal/clibuild"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -114,7 +115,7 @@ func (d *demo) lifecycle(ctx context.Context) error {
 		"and can switch back without losing a write. This demo runs the whole lifecycle on a throwaway PostgreSQL " +
 		"on this machine, with an application writing the whole time. It takes about two minutes; Ctrl-C stops it and cleans up.")
 
-	root, err := moduleRoot()
+	root, err := clibuild.ModuleRoot()
 	if err != nil {
 		return err
 	}
@@ -141,7 +142,7 @@ func (d *demo) lifecycle(ctx context.Context) error {
 
 	section("Setting up")
 	doing("building the greenswap command (go build ./cmd/greenswap)")
-	bin, err := buildCLI(ctx, root, d.tmp)
+	bin, err := clibuild.Build(ctx, root, d.tmp)
 	if err != nil {
 		return err
 	}

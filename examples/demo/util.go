@@ -86,33 +86,6 @@ func rel(root, p string) string {
 
 // ---- the greenswap binary ----
 
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("go.mod not found above the working directory: run the demo from the greenswap repository")
-		}
-		dir = parent
-	}
-}
-
-func buildCLI(ctx context.Context, root, dir string) (string, error) {
-	bin := filepath.Join(dir, "greenswap")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/greenswap")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/greenswap: %w\n%s", err, out)
-	}
-	return bin, nil
-}
-
 type cli struct {
 	bin string
 	dsn string
