@@ -185,7 +185,9 @@ func TestSyncInterruptAndResume(t *testing.T) {
 func TestSyncPauseResume(t *testing.T) {
 	t.Parallel()
 	pool, dsn := syncNewDB(t)
-	pgtest.Exec(t, dsn, syncOrdersTable(20000, false))
+	// 1000 batches: enough that a fast machine cannot finish the backfill in
+	// the pause's reaction time (CI once did with 100).
+	pgtest.Exec(t, dsn, syncOrdersTable(100000, false))
 	env := syncTestEnv(t, dsn)
 	ctx := context.Background()
 	if err := Pause(ctx, env, "o"); exitcode.Of(err) != exitcode.BadInput {
@@ -193,7 +195,7 @@ func TestSyncPauseResume(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := Sync(ctx, env, syncSpec(t, syncOrdersSpec("o", false)), SyncOptions{BatchSize: 200})
+		_, err := Sync(ctx, env, syncSpec(t, syncOrdersSpec("o", false)), SyncOptions{BatchSize: 100})
 		done <- err
 	}()
 	copied := func() int64 {
@@ -206,6 +208,9 @@ func TestSyncPauseResume(t *testing.T) {
 	paused := time.Now()
 	syncWaitFor(t, 5*time.Second, "the throttle to say paused", func() bool {
 		p, err := ReadSyncProgress(ctx, env, "o")
+		if err == nil && p.Done {
+			t.Fatalf("the backfill finished before the pause was seen: %+v", p)
+		}
 		return err == nil && strings.HasPrefix(p.Throttle, "paused") && p.Paused && p.RowsPerSec == 0
 	})
 	if d := time.Since(paused); d > time.Second+200*time.Millisecond {
