@@ -37,6 +37,11 @@ type Options struct {
 	MaxBatchSize    int           //
 	TargetBatchTime time.Duration // adaptive sizing aims every batch transaction at this
 	LockTimeout     time.Duration // upper bound on a batch's wait for one row lock
+	// NiceRatio makes the copy yield: after each batch it sleeps this many
+	// times the batch's duration (0.5: a third of the wall time idle). On a
+	// server short of cores this is what gives the application its CPU
+	// back; the copy takes (1+NiceRatio)× as long.
+	NiceRatio float64
 	// PollInterval is how often a held (throttled) backfill re-checks its
 	// throttles; default 250ms, so `greenswap resume` acts within a second.
 	PollInterval time.Duration
@@ -107,6 +112,7 @@ type Result struct {
 	Retries  int           // batches rolled back on a lock timeout or deadlock and retried
 	Redone   int           // plain batches redone with ON CONFLICT DO NOTHING (a key was in green already)
 	Duration time.Duration // wall time of Run, throttled time included
+	Yielded  time.Duration // of Duration, slept to honour Options.NiceRatio
 	Cursor   Cursor        // where a later run would resume
 	Done     bool          // the copy is complete
 }
@@ -301,6 +307,11 @@ func (b *Backfiller) Run(ctx context.Context, cursor Cursor) (res Result, err er
 		b.setThrottle("")
 		if !opt.Fixed {
 			size = nextSize(size, took, opt)
+		}
+		if opt.NiceRatio > 0 {
+			d := time.Duration(float64(took) * opt.NiceRatio)
+			b.sleep(ctx, d)
+			res.Yielded += d
 		}
 	}
 }

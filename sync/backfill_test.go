@@ -354,6 +354,28 @@ func TestBackfillCancelAfterBatch(t *testing.T) {
 	}
 }
 
+// NiceRatio sleeps after every batch but the last, in proportion to the
+// batch's time, and copies the same rows; without it nothing is slept.
+func TestBackfillNiceRatio(t *testing.T) {
+	t.Parallel()
+	f := setup(t, ordersTable, ordersSpec)
+	res, err := f.backfiller(t, gssync.Options{BatchSize: 500, Fixed: true, NiceRatio: 2}).Run(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Batches != 5 || res.Rows != 2000 || res.Yielded <= 0 || res.Yielded > res.Duration*2/3 {
+		t.Fatalf("result %+v", res)
+	}
+	if d := f.diff(t, ordersBlue, "*"); d != 0 {
+		t.Fatalf("%d rows differ", d)
+	}
+	f.exec(t, `TRUNCATE gs_o_green.orders`)
+	plain, err := f.backfiller(t, gssync.Options{BatchSize: 500, Fixed: true}).Run(context.Background(), nil)
+	if err != nil || plain.Yielded != 0 || plain.Rows != 2000 {
+		t.Fatalf("without NiceRatio: %+v, %v", plain, err)
+	}
+}
+
 // Adaptive sizing grows fast batches toward the target time.
 func TestBackfillAdaptive(t *testing.T) {
 	t.Parallel()
