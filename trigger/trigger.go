@@ -44,8 +44,21 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	keyOf := func(rec string) string {
 		return "(SELECT " + strings.Join(keyExprs, ", ") + " FROM (SELECT " + rec + ".*) AS s)"
 	}
+	// rowKeyOf is the "did the key change" operand: the text forms of the
+	// key, because types like numeric or a nondeterministic collation call
+	// values equal (1.0 = 1.00) that are different keys once written.
+	// Equal text means an equal key; unequal text at worst re-keys a row
+	// that kept its key (a DELETE and an INSERT instead of an UPDATE).
 	rowKeyOf := func(rec string) string {
-		return "(SELECT ROW(" + strings.Join(keyExprs, ", ") + ") FROM (SELECT " + rec + ".*) AS s)"
+		texts := make([]string, len(keyExprs))
+		for i, e := range keyExprs {
+			texts[i] = e + "::text"
+		}
+		return "(SELECT ROW(" + strings.Join(texts, ", ") + ") FROM (SELECT " + rec + ".*) AS s)"
+	}
+	oldKey, newKey := rowKeyOf("OLD"), rowKeyOf("NEW")
+	if k := byNameKey(d); k != nil {
+		oldKey, newKey = textKey("OLD", k), textKey("NEW", k)
 	}
 	overriding := ""
 	if d.NeedsOverriding() {
@@ -67,11 +80,7 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 		SELECT %s FROM (SELECT NEW.*) AS s
 		ON CONFLICT (%s) %s;`, target, d.TargetList(), overriding, d.SelectList(), keyList, conflict)
 	if inPlace {
-		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), rowKeyOf("OLD"), rowKeyOf("NEW"), write)
-	}
-	oldKey, newKey := rowKeyOf("OLD"), rowKeyOf("NEW")
-	if k := byNameKey(d); k != nil {
-		oldKey, newKey = textKey("OLD", k), textKey("NEW", k)
+		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), oldKey, newKey, write)
 	}
 	body := fmt.Sprintf(`
 #variable_conflict use_column
@@ -109,13 +118,10 @@ func byNameKey(d *shadow.Direction) []string {
 	return d.TargetKey
 }
 
-// textKey is the "did the key change" operand for a key mapped by name: the
-// source columns' text forms. It is a plain expression, which plpgsql
-// evaluates without starting a query, unlike the general form's subquery
-// over the mapped row (about 15% of the trigger's cost on an UPDATE).
-// Text, not the values: types like citext or numeric call values equal that
-// cast to different keys (1.0 = 1.00), and equal text means equal input and
-// so an equal cast; unequal text at worst re-keys a row that kept its key.
+// textKey is rowKeyOf for a key mapped by name: the source columns' text
+// forms (equal text, equal input, equal cast). It is a plain expression,
+// which plpgsql evaluates without starting a query, unlike rowKeyOf's
+// subquery over the mapped row: about 15% of the trigger's cost on an UPDATE.
 func textKey(rec string, cols []string) string {
 	parts := make([]string, len(cols))
 	for i, c := range cols {

@@ -323,6 +323,31 @@ target:
 			t.Fatalf("%d rows differ", d)
 		}
 	})
+	t.Run("equal-but-not-identical", func(t *testing.T) {
+		t.Parallel()
+		// 1.0 = 1.00 and 'A' = 'a' under their types' equality, yet they
+		// are different keys once written: the new value must reach green.
+		m := migrate(t, `
+			CREATE COLLATION IF NOT EXISTS ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+			CREATE TABLE prices (id numeric PRIMARY KEY, code text COLLATE ci NOT NULL UNIQUE, v int);
+			INSERT INTO prices VALUES (1.0, 'A', 1), (2.0, 'B', 2);`, `
+name: o
+table: prices
+target:
+  ddl: CREATE TABLE prices (id numeric PRIMARY KEY, code text COLLATE ci NOT NULL UNIQUE, v int)
+`, false)
+		m.exec(t, `
+			UPDATE prices SET id = 1.00 WHERE id = 1;
+			UPDATE prices SET code = 'b' WHERE code = 'B';`)
+		blue := `SELECT id::text, code::text COLLATE "C", v FROM gs_o_blue.prices`
+		green := `SELECT id::text, code::text COLLATE "C", v FROM gs_o_green.prices`
+		if d := m.diff(t, blue, green); d != 0 {
+			t.Fatalf("%d rows differ", d)
+		}
+		if n := m.count(t, `SELECT count(*) FROM gs_o_green.prices WHERE id::text = '1.00'`); n != 1 {
+			t.Fatal("green kept the key 1.0 after blue's row became 1.00")
+		}
+	})
 }
 
 // Trap 4: GENERATED ALWAYS identity and stored generated columns, and one
