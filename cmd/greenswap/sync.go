@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/metrics"
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
 )
@@ -40,10 +42,18 @@ logs status lines instead.
 
 Ctrl-C before synced stops after the batch in flight and exits 130;
 ` + "`greenswap pause NAME`" + ` from another terminal holds the backfill instead.
+
+--metrics-addr serves Prometheus metrics on http://ADDR/metrics: rows copied
+and estimated, rows/s, batch size, state, phase, paused, throttled (and why),
+changes captured, and in mode: logical the stream's lag and the WAL the slot
+retains. Each scrape reads greenswap.migrations afresh. The endpoint lives as
+long as the command: with --watch until Ctrl-C, without it until synced. An
+address already in use exits 2 before anything is changed.
 ` + syncLogicalHelp + `
 Example:
 
    greenswap sync -f orders.yaml --watch
+   greenswap sync -f orders.yaml --watch --metrics-addr :9187
    greenswap sync -f orders.yaml --batch-size 5000 --max-replica-lag 30s`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the migration spec, YAML or JSON (required)", TakesFile: true},
@@ -52,6 +62,7 @@ Example:
 			&cli.DurationFlag{Name: "target-batch-time", Usage: "adaptive batch sizing aims each batch at this `DURATION`", DefaultText: "sync.target_batch_time, else 200ms"},
 			&cli.DurationFlag{Name: "max-replica-lag", Usage: "hold the backfill while a standby's replay lag exceeds `DURATION`", DefaultText: "sync.max_replica_lag, else 10s"},
 			&cli.DurationFlag{Name: "lock-timeout", Usage: "wait at most `DURATION` per attempt for a table lock, then retry", DefaultText: "sync.lock_timeout, else 2s"},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on http://`ADDR`/metrics (host:port, e.g. :9187) while sync runs", DefaultText: "off"},
 		},
 		Action:       syncAction,
 		OnUsageError: syncUsageError,
@@ -100,6 +111,14 @@ func syncAction(c *cli.Context) error {
 		return err
 	}
 	defer env.Close()
+	// Started before the live display quiets the log, so that the
+	// endpoint's address is logged; deferred after env.Close, so that it
+	// stops (scrapes in flight done) before the pool they read through closes.
+	stopMetrics, err := syncServeMetrics(c, env, spec.Name)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 
 	out := c.App.Writer
 	watch := c.Bool("watch")
@@ -141,6 +160,31 @@ func syncAction(c *cli.Context) error {
 		d.lines = 0 // below the summary, a fresh block
 	}
 	return runner.WatchSync(c.Context, env, spec.Name, every, show)
+}
+
+// syncServeMetrics starts the --metrics-addr endpoint (a no-op without
+// the flag); stop ends it and waits until it has.
+func syncServeMetrics(c *cli.Context, env *runner.Env, name string) (stop func(), err error) {
+	addr := c.String("metrics-addr")
+	if addr == "" {
+		return func() {}, nil
+	}
+	reg, err := metrics.NewRegistry(env, name)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(c.Context)
+	srv, err := metrics.Serve(ctx, addr, reg, env.Log)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return func() {
+		cancel()
+		if err := srv.Wait(); err != nil {
+			env.Log.Warn().Err(err).Msg("the metrics endpoint")
+		}
+	}, nil
 }
 
 func pauseCommand() *cli.Command {

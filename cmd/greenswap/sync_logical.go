@@ -21,7 +21,9 @@ waits until green is current and returns: nothing applies blue's changes
 until ` + "`greenswap sync -f FILE --watch`" + ` runs again, and the slot retains
 WAL meanwhile (` + "`greenswap status`" + ` shows how much). --watch keeps streaming
 until Ctrl-C, showing the lag in bytes and seconds, the apply rate and the
-WAL the slot retains; verify, cutover and rollback can run meanwhile.
+WAL the slot retains (--metrics-addr exports them as greenswap_stream_* and
+greenswap_slot_wal_retained_bytes); verify, cutover and rollback can run
+meanwhile.
 cutover hands blue → green over to the sync triggers before the swap; the
 slot is dropped then, and by rollback and finalize.
 `

@@ -28,7 +28,7 @@ func TestSyncCommandsHaveUsageAndExample(t *testing.T) {
 		}
 	}
 	_, out, _ := syncRunCLI("sync", "--help")
-	for _, f := range []string{"--file", "--watch", "--batch-size", "--target-batch-time", "--max-replica-lag", "--lock-timeout"} {
+	for _, f := range []string{"--file", "--watch", "--batch-size", "--target-batch-time", "--max-replica-lag", "--lock-timeout", "--metrics-addr"} {
 		if !strings.Contains(out, f) {
 			t.Errorf("sync --help lacks %s", f)
 		}

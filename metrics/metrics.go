@@ -1,0 +1,344 @@
+// Package metrics exposes a migration's figures to Prometheus: the metric
+// names (all prefixed greenswap_, all labelled with the migration) and the
+// HTTP endpoint that serves them (`greenswap sync --metrics-addr`).
+//
+// Every scrape reads the figures afresh from greenswap's state table
+// through runner.ReadSyncProgress, the read path behind `sync --watch` and
+// `status`, so a scrape tells what the database records, in trigger and
+// logical mode alike, and never repeats figures it could not read: when the
+// read fails, the scrape carries greenswap_scrape_error 1 and nothing else
+// about the migration. See README.md in this directory.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/runner"
+)
+
+// DefaultTimeout bounds one scrape's read of the database. Prometheus'
+// default scrape timeout is 10s; staying well below it means a slow or
+// unreachable database shows up as greenswap_scrape_error 1 rather than as
+// a failed scrape with no figures at all.
+const DefaultTimeout = 2 * time.Second
+
+// Throttle reason classes, the values of greenswap_throttle_info's reason
+// label. The runner's reasons are free text with figures in them (a
+// replica's name and lag); a label needs a small fixed set, or every change
+// of the figure would start a new series.
+const (
+	ReasonPaused    = "paused"      // greenswap pause NAME
+	ReasonReplica   = "replica_lag" // a standby replays too far behind
+	ReasonRowLocks  = "row_locks"   // a batch could not lock rows the application holds
+	ReasonLockWaits = "lock_waits"  // application sessions queued behind a batch
+	ReasonOther     = "other"       // a reason this version does not know
+)
+
+// PhaseNone is the phase label once nothing is left to do (the runner
+// records the empty string, which Prometheus would treat as no label).
+const PhaseNone = "none"
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("greenswap_"+name, help, append([]string{"migration"}, labels...), nil)
+}
+
+// The metric descriptions, in the order of README.md's table.
+var (
+	descScrapeError    = desc("scrape_error", "1 if this scrape could not read the migration's figures from the database (they are then left out), else 0.")
+	descScrapeDuration = desc("scrape_duration_seconds", "How long this scrape's read of the migration's figures took.")
+	descState          = desc("state", "The migration's state (planned, syncing, synced, cut_over, finalized, rolled_back): 1 for the current one.", "state")
+	descPhase          = desc("phase", "The migration's phase within its state (adopt, create-green, backfill, indexes, analyze, enable-reverse; none once synced): 1 for the current one.", "phase")
+	descRowsCopied     = desc("backfill_rows_copied", "Rows the backfill has copied into green, as checkpointed in greenswap.migrations.rows_copied.")
+	descRowsEstimate   = desc("backfill_rows_estimate", "Estimated rows to copy (at least the rows copied).")
+	descProgress       = desc("backfill_progress_ratio", "Share of the backfill done, 0 to 1 (1 once it is done).")
+	descRowsPerSec     = desc("backfill_rows_per_second", "The backfill's recent copy rate (0 while throttled or done).")
+	descBatchSize      = desc("backfill_batch_size_rows", "Rows per backfill batch (adaptive unless --batch-size).")
+	descDone           = desc("backfill_done", "1 once the backfill has copied every row, else 0.")
+	descPaused         = desc("paused", "1 while the migration is paused (greenswap pause), else 0.")
+	descThrottled      = desc("throttled", "1 while the backfill is held back (see greenswap_throttle_info for why), else 0.")
+	descThrottleInfo   = desc("throttle_info", "Why the backfill is held back, present only while it is: reason is paused, replica_lag, row_locks, lock_waits or other.", "reason")
+	descCaptured       = desc("changes_captured", "Estimated changes the sync (triggers, or the stream in logical mode) has applied to green: green's insert, update and delete counters minus the rows copied.")
+
+	// Logical mode only (absent in trigger mode).
+	descSlotExists  = desc("stream_slot_exists", "Logical mode: 1 if the migration's replication slot exists, else 0.")
+	descStreamAct   = desc("stream_active", "Logical mode: 1 while a greenswap (this process or another) streams the slot, else 0.")
+	descRetired     = desc("stream_retired", "Logical mode: 1 once a cutover handed blue to green over to the sync triggers (the slot is then dropped), else 0.")
+	descLagBytes    = desc("stream_lag_bytes", "Logical mode: WAL between the server's current position and what green is current up to.")
+	descRetained    = desc("slot_wal_retained_bytes", "Logical mode: WAL the replication slot holds back on the server (it fills the disk if nothing streams).")
+	descLagSeconds  = desc("stream_lag_seconds", "Logical mode, when this process streams: age of the oldest change received but not yet applied.")
+	descKeysPerSec  = desc("stream_keys_per_second", "Logical mode, when this process streams: the apply rate in keys per second.")
+	descKeysApplied = desc("stream_keys_applied_total", "Logical mode, when this process streams: keys applied to green by this process's streamer.")
+	descTxns        = desc("stream_transactions_total", "Logical mode, when this process streams: transactions applied by this process's streamer.")
+	descReconnects  = desc("stream_reconnects_total", "Logical mode, when this process streams: replication connections this process's streamer re-established.")
+
+	allDescs = []*prometheus.Desc{
+		descScrapeError, descScrapeDuration, descState, descPhase, descRowsCopied, descRowsEstimate, descProgress,
+		descRowsPerSec, descBatchSize, descDone, descPaused, descThrottled, descThrottleInfo, descCaptured,
+		descSlotExists, descStreamAct, descRetired, descLagBytes, descRetained, descLagSeconds, descKeysPerSec,
+		descKeysApplied, descTxns, descReconnects,
+	}
+)
+
+// Collector is a prometheus.Collector for one migration: each Collect
+// reads the migration's figures from the database (bounded by Timeout).
+type Collector struct {
+	migration string
+	read      func(ctx context.Context) (*runner.SyncProgress, error)
+	log       zerolog.Logger
+	// Timeout bounds each scrape's read (DefaultTimeout when zero). Set it
+	// before the collector is registered.
+	Timeout time.Duration
+
+	mu      sync.Mutex
+	lastErr string // the last read error logged, so a failing database is logged once, not per scrape
+}
+
+// NewCollector returns the collector of migration's figures, read through
+// env. Read errors are logged on env.Log once per distinct error.
+func NewCollector(env *runner.Env, migration string) *Collector {
+	return &Collector{
+		migration: migration,
+		read: func(ctx context.Context) (*runner.SyncProgress, error) {
+			return runner.ReadSyncProgress(ctx, env, migration)
+		},
+		log: env.Log,
+	}
+}
+
+// Describe sends every metric the collector may emit; which of them a
+// scrape carries depends on the mode and on whether the read succeeded.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range allDescs {
+		ch <- d
+	}
+}
+
+// Collect reads the migration's figures and sends them.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	// Collect gets no context from the registry: the timeout is what keeps
+	// a scrape (and the server's shutdown, which waits for it) bounded.
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	t0 := time.Now()
+	p, err := c.read(ctx)
+	took := time.Since(t0).Seconds()
+	c.noteErr(err)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append([]string{c.migration}, labels...)...)
+	}
+	gauge(descScrapeDuration, took)
+	if err != nil {
+		gauge(descScrapeError, 1)
+		return
+	}
+	gauge(descScrapeError, 0)
+	collectProgress(p, gauge, func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, c.migration)
+	})
+}
+
+// collectProgress turns one SyncProgress into samples.
+func collectProgress(p *runner.SyncProgress, gauge func(*prometheus.Desc, float64, ...string), counter func(*prometheus.Desc, float64)) {
+	phase := p.Phase
+	if phase == "" {
+		phase = PhaseNone
+	}
+	gauge(descState, 1, string(p.State))
+	gauge(descPhase, 1, phase)
+	gauge(descRowsCopied, float64(p.RowsCopied))
+	gauge(descRowsEstimate, float64(p.RowsEstimate))
+	gauge(descProgress, min(max(p.Percent/100, 0), 1))
+	gauge(descRowsPerSec, p.RowsPerSec)
+	gauge(descBatchSize, float64(p.BatchSize))
+	gauge(descDone, bit(p.Done))
+	gauge(descPaused, bit(p.Paused))
+	gauge(descThrottled, bit(p.Throttle != ""))
+	if p.Throttle != "" {
+		gauge(descThrottleInfo, 1, ThrottleReason(p.Throttle))
+	}
+	gauge(descCaptured, float64(p.Captured))
+	s := p.Stream
+	if s == nil { // trigger mode
+		return
+	}
+	gauge(descSlotExists, bit(s.Exists))
+	gauge(descStreamAct, bit(s.Active))
+	gauge(descRetired, bit(s.Retired))
+	gauge(descLagBytes, float64(s.LagBytes))
+	gauge(descRetained, float64(s.RetainedBytes))
+	if !s.Local {
+		// Only the process that streams knows these; another process's
+		// figures are not in the database, and a 0 would read as "no lag".
+		return
+	}
+	gauge(descLagSeconds, s.LagSeconds)
+	gauge(descKeysPerSec, s.KeysPerSec)
+	counter(descKeysApplied, float64(s.Keys))
+	counter(descTxns, float64(s.Txns))
+	counter(descReconnects, float64(s.Reconnects))
+}
+
+// noteErr logs a read error once per distinct message (a scrape every 15s
+// against a database that is down would otherwise fill the log), and
+// forgets it once a read succeeds. A migration that does not exist yet is
+// expected for a moment at the start of a sync, so it is only a debug line.
+func (c *Collector) noteErr(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil {
+		c.lastErr = ""
+		return
+	}
+	msg := err.Error()
+	if msg == c.lastErr {
+		return
+	}
+	c.lastErr = msg
+	ev := c.log.Warn()
+	if errors.Is(err, state.ErrNotFound) {
+		ev = c.log.Debug()
+	}
+	ev.Err(err).Str("migration", c.migration).Msg("metrics: cannot read the migration's figures; this scrape reports greenswap_scrape_error 1")
+}
+
+func bit(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ThrottleReason maps the runner's free-text throttle reason to the fixed
+// reason label of greenswap_throttle_info ("" for not throttled).
+func ThrottleReason(s string) string {
+	switch {
+	case s == "":
+		return ""
+	case strings.HasPrefix(s, "paused"):
+		return ReasonPaused
+	case strings.HasPrefix(s, "replica "):
+		return ReasonReplica
+	case strings.HasPrefix(s, "row locks"):
+		return ReasonRowLocks
+	case strings.Contains(s, "waited on backfill locks"):
+		return ReasonLockWaits
+	}
+	return ReasonOther
+}
+
+// NewRegistry returns a registry of its own (never the global one, so that
+// nothing registered elsewhere in the process leaks into the scrape and
+// tests can build as many as they like) holding migration's collector and
+// the Go runtime and process collectors (greenswap's own memory and CPU).
+func NewRegistry(env *runner.Env, migration string) (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range []prometheus.Collector{
+		NewCollector(env, migration),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics collector: %w", err)
+		}
+	}
+	return reg, nil
+}
+
+// Server is a running metrics endpoint.
+type Server struct {
+	addr string
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// shutdownTimeout bounds how long Serve's shutdown waits for scrapes in
+// flight; each is itself bounded by its collector's timeout.
+const shutdownTimeout = 5 * time.Second
+
+// Serve listens on addr (host:port; ":9187" is every interface) and serves
+// g's metrics on /metrics until ctx ends, then shuts down. It returns once
+// the listener is bound, so a bad or taken address fails at once, before
+// anything else happens (exit 2); the server runs in the background and
+// Wait returns when it has stopped.
+func Serve(ctx context.Context, addr string, g prometheus.Gatherer, log zerolog.Logger) (*Server, error) {
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, exitcode.Errorf(exitcode.BadInput, "metrics endpoint: %w (another greenswap or an exporter listens there? pick another --metrics-addr)", err)
+		}
+		return nil, exitcode.Errorf(exitcode.BadInput, "metrics endpoint: cannot listen on %q: %w (want host:port, e.g. :9187 or 127.0.0.1:9187)", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{
+		// Each scrape queries the database: a burst of scrapers must not
+		// turn into a burst of queries on the database being migrated.
+		MaxRequestsInFlight: 4,
+		ErrorLog:            promLogger{log},
+	}))
+	mux.HandleFunc("/{$}", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "greenswap metrics: /metrics")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s := &Server{addr: ln.Addr().String(), done: make(chan struct{})}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	go func() {
+		defer close(s.done)
+		select {
+		case err := <-served: // the listener failed on its own
+			s.err = fmt.Errorf("metrics endpoint %s: %w", s.addr, err)
+			log.Warn().Err(err).Str("addr", s.addr).Msg("the metrics endpoint stopped")
+			return
+		case <-ctx.Done():
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close() // scrapes still in flight after the timeout: cut them
+		}
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.err = fmt.Errorf("metrics endpoint %s: %w", s.addr, err)
+		}
+		log.Debug().Str("addr", s.addr).Msg("the metrics endpoint stopped")
+	}()
+	log.Info().Str("addr", s.addr).Str("url", "http://"+s.addr+"/metrics").Msg("serving Prometheus metrics")
+	return s, nil
+}
+
+// Addr is the address the server listens on (with the port filled in when
+// the one asked for was 0).
+func (s *Server) Addr() string { return s.addr }
+
+// Wait blocks until the server has stopped (its context ended, or the
+// listener failed) and returns the error that stopped it, if any.
+func (s *Server) Wait() error {
+	<-s.done
+	return s.err
+}
+
+// promLogger sends promhttp's errors (a metric that failed to encode, a
+// client that went away) to zerolog.
+type promLogger struct{ log zerolog.Logger }
+
+func (l promLogger) Println(v ...any) {
+	l.log.Warn().Msg("metrics: " + strings.TrimSpace(fmt.Sprintln(v...)))
+}
