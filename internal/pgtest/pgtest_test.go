@@ -146,8 +146,16 @@ func TestDropOnCleanup(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if got := queryString(t, dsn, "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = $1 AND active", slot); got != "1" {
-			t.Fatalf("slot %s not active (%s)", slot, got)
+		// The walsender marks the slot active once it has processed
+		// START_REPLICATION, a moment after the command was sent.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			got := queryString(t, dsn, "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = $1 AND active", slot)
+			if got == "1" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("slot %s not active (%s)", slot, got)
+			}
 		}
 	})
 	if name == "" {
