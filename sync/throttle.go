@@ -26,6 +26,18 @@ func (f ThrottleFunc) Hold(ctx context.Context) (string, error) { return f(ctx) 
 // (pg_stat_replication.replay_lag) exceeds Max. The view is read at most
 // once per Every (default 1s). A role that may not see the lag columns
 // (neither superuser nor pg_read_all_stats) reads NULL: never held.
+//
+// Against a real standby (sync/replica_test.go): while its replay is paused
+// replay_lag keeps growing, whether or not the primary writes (the
+// walsender extrapolates the age of the oldest WAL not yet replayed at
+// every standby reply, at least every wal_receiver_status_interval, 10s by
+// default), so the hold starts within about Max plus that interval. But
+// once the standby has replayed everything while the primary is idle (as it
+// is when the held backfill was the writer), the view keeps showing a stale
+// lag (the age of the newest WAL replayed: 3-10s in the test) until a
+// later reply clears it, up to one status interval later. A standby whose
+// replay_lsn has reached pg_current_wal_lsn() is not behind, so it is not
+// counted.
 type ReplicaLag struct {
 	Q     db.Querier
 	Max   time.Duration
@@ -36,10 +48,12 @@ type ReplicaLag struct {
 	reason string
 }
 
-// ReplicaLagSQL is the worst replay lag in seconds over all standbys (0 without any).
+// ReplicaLagSQL is the worst replay lag in seconds over the standbys that
+// have not yet replayed all the WAL written (0 without any), and that
+// standby's application_name.
 const ReplicaLagSQL = `SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8,
-	coalesce((SELECT application_name FROM pg_stat_replication ORDER BY replay_lag DESC NULLS LAST LIMIT 1), '')
-	FROM pg_stat_replication`
+	coalesce((array_agg(application_name ORDER BY replay_lag DESC NULLS LAST))[1], '')
+	FROM pg_stat_replication WHERE replay_lsn < pg_current_wal_lsn()`
 
 func (r *ReplicaLag) Hold(ctx context.Context) (string, error) {
 	if r.Max <= 0 {

@@ -72,11 +72,16 @@ type Cluster struct {
 	Release string // full version string, e.g. "15.18"
 	LogPath string // where the server logs
 
-	root     string // temp dir holding DataDir (and the log by default)
+	root     string              // temp dir holding DataDir (and the log by default)
+	cred     *syscall.Credential // the unprivileged user the server runs as; nil = as ourselves
+	runAs    string              // that user's name, for messages
 	pid      int
 	exited   <-chan error
 	stopOnce sync.Once
 	stopErr  error
+
+	standbyMu sync.Mutex
+	standbys  []*Cluster // started by StartStandby; stopped before this server
 }
 
 // DSN returns a postgres:// URL for dbname as the superuser, no TLS.
@@ -116,7 +121,9 @@ func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
 }
 
 // Stop shuts the server down (fast shutdown: SIGINT; SIGKILL to its process
-// group after 20s), waits for it and removes its temp dir. Safe to call twice.
+// group after 20s), waits for it and removes its temp dir. The standbys
+// started from it (StartStandby) are stopped first, the same way. Safe to
+// call twice.
 func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() { c.stopErr = c.stop() })
 	return c.stopErr
@@ -124,6 +131,15 @@ func (c *Cluster) Stop() error {
 
 func (c *Cluster) stop() error {
 	var errs []error
+	c.standbyMu.Lock()
+	standbys := c.standbys
+	c.standbys = nil
+	c.standbyMu.Unlock()
+	for _, s := range standbys {
+		if err := s.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("standby on port %d: %w", s.Port, err))
+		}
+	}
 	if c.exited != nil {
 		select {
 		case <-c.exited: // already gone
@@ -169,24 +185,12 @@ func StartCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 
-	var cred *syscall.Credential
-	runAs := "" // empty: as ourselves
-	if os.Geteuid() == 0 {
-		name := os.Getenv(EnvUser)
-		if name == "" {
-			name = "nobody"
-		}
-		u, err := user.Lookup(name)
-		if err != nil {
-			return nil, fmt.Errorf("pgtest: running as root, and initdb/postgres refuse root; need user %q to run them as: %w", name, err)
-		}
-		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
-		runAs = name
-		if !traversable(binDir, cred) {
-			return nil, fmt.Errorf("pgtest: %s is not reachable by user %s (initdb/postgres run as %s because we are root): make its parent directories world-traversable (chmod o+x) and the tree world-readable, or set %s", binDir, runAs, runAs, EnvBinDir)
-		}
+	cred, runAs, err := serverUser()
+	if err != nil {
+		return nil, err
+	}
+	if cred != nil && !traversable(binDir, cred) {
+		return nil, fmt.Errorf("pgtest: %s is not reachable by user %s (initdb/postgres run as %s because we are root): make its parent directories world-traversable (chmod o+x) and the tree world-readable, or set %s", binDir, runAs, runAs, EnvBinDir)
 	}
 
 	base := os.TempDir()
@@ -198,35 +202,24 @@ func StartCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	sweepStale(base)
 
-	root, err := os.MkdirTemp(base, tempPrefix)
-	if err != nil {
-		return nil, err
-	}
 	c := &Cluster{
 		Host:    "127.0.0.1",
 		BinDir:  binDir,
-		DataDir: filepath.Join(root, "data"),
 		Version: major,
 		Release: release,
 		LogPath: opts.LogFile,
-		root:    root,
+		cred:    cred,
+		runAs:   runAs,
 	}
 	defer func() {
 		if err != nil {
 			_ = c.Stop()
 		}
 	}()
-	if c.LogPath == "" {
-		c.LogPath = filepath.Join(root, "postgres.log")
-	}
-	if err := os.WriteFile(filepath.Join(root, "owner.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	if err := c.makeRoot(base); err != nil {
 		return nil, err
 	}
-	if cred != nil {
-		if err := os.Chown(root, int(cred.Uid), int(cred.Gid)); err != nil {
-			return nil, err
-		}
-	}
+	root := c.root
 
 	// initdb
 	initdb := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"),
@@ -268,24 +261,77 @@ func StartCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 
-	// postgres, with a few tries in case another test binary grabs the port
-	// between our probe and the server's bind.
+	if err := c.startOnPort(ctx, fixedPort); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// serverUser is the account initdb, postgres and pg_basebackup run as: nil
+// (ourselves) unless we are root, which they refuse; then $GREENSWAP_PG_USER,
+// default nobody.
+func serverUser() (*syscall.Credential, string, error) {
+	if os.Geteuid() != 0 {
+		return nil, "", nil
+	}
+	name := os.Getenv(EnvUser)
+	if name == "" {
+		name = "nobody"
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, "", fmt.Errorf("pgtest: running as root, and initdb/postgres refuse root; need user %q to run them as: %w", name, err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, name, nil
+}
+
+// makeRoot creates the server's temp dir under base (owned by the server's
+// user, with owner.pid for sweepStale) and sets root, DataDir and, unless
+// set, LogPath.
+func (c *Cluster) makeRoot(base string) error {
+	root, err := os.MkdirTemp(base, tempPrefix)
+	if err != nil {
+		return err
+	}
+	c.root = root
+	c.DataDir = filepath.Join(root, "data")
+	if c.LogPath == "" {
+		c.LogPath = filepath.Join(root, "postgres.log")
+	}
+	if err := os.WriteFile(filepath.Join(root, "owner.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return err
+	}
+	if c.cred != nil {
+		if err := os.Chown(root, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startOnPort starts postgres on fixedPort, or (0) on a free port with a few
+// tries in case another test binary grabs the port between our probe and
+// the server's bind.
+func (c *Cluster) startOnPort(ctx context.Context, fixedPort int) error {
 	for attempt := 1; ; attempt++ {
 		port := fixedPort
 		if port == 0 {
+			var err error
 			if port, err = freePort(); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		c.Port = port
-		logStart, startErr := c.startServer(ctx, cred)
+		logStart, startErr := c.startServer(ctx, c.cred)
 		if startErr == nil {
-			return c, nil
+			return nil
 		}
 		if fixedPort == 0 && attempt < 5 && strings.Contains(c.logTailFrom(logStart), "could not bind") {
 			continue
 		}
-		return nil, startErr
+		return startErr
 	}
 }
 
@@ -464,7 +510,9 @@ func appendConf(path string, settings map[string]string) error {
 	var b bytes.Buffer
 	b.WriteString("\n# --- added by greenswap internal/pgtest ---\n")
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(settings[k], "'", "''"))
+		// The config file reads backslash escapes inside quoted values.
+		v := strings.ReplaceAll(strings.ReplaceAll(settings[k], `\`, `\\`), "'", "''")
+		fmt.Fprintf(&b, "%s = '%s'\n", k, v)
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
