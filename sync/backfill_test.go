@@ -412,12 +412,33 @@ func TestLockWaiters(t *testing.T) {
 	if _, err := bf.CopyBatch(ctx, tx, nil, 50); err != nil {
 		t.Fatal(err)
 	}
+	pid := tx.Conn().PgConn().PID()
+	// greenswap's own session (the logical stream's applier) waiting on
+	// the batch does not count: it is not the application.
+	cfg, err := pgx.ParseConfig(f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = "greenswap:o:stream"
+	own, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close(ctx)
+	ownDone := make(chan error, 1)
+	go func() {
+		_, err := own.Exec(ctx, `INSERT INTO gs_o_green.orders (id, email, amount) VALUES (8, 'x', 0) ON CONFLICT (id) DO NOTHING`)
+		ownDone <- err
+	}()
+	waitBlocked(t, f.pool, own.PgConn().PID())
+	if n, err := gssync.LockWaiters(ctx, f.pool, pid); err != nil || n != 0 {
+		t.Fatalf("greenswap's own waiter counted: %d, %v", n, err)
+	}
 	done := make(chan error, 1)
 	go func() {
 		_, err := f.pool.Exec(ctx, `DELETE FROM orders WHERE id = 7`)
 		done <- err
 	}()
-	pid := tx.Conn().PgConn().PID()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		n, err := gssync.LockWaiters(ctx, f.pool, pid)
@@ -436,6 +457,9 @@ func TestLockWaiters(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ownDone; err != nil {
 		t.Fatal(err)
 	}
 	if n := f.count(t, `SELECT count(*) FROM gs_o_green.orders WHERE id = 7`); n != 0 {

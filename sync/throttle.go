@@ -81,8 +81,14 @@ func (r *ReplicaLag) Hold(ctx context.Context) (string, error) {
 	return r.reason, nil
 }
 
-// LockWaitersSQL counts the sessions waiting on a lock that backend $1 holds.
-const LockWaitersSQL = `SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND $1 = ANY (pg_blocking_pids(pid))`
+// LockWaitersSQL counts the sessions waiting on a lock that backend $1
+// holds, greenswap's own excepted: in logical mode the stream's applier
+// may wait a moment for a batch's uncommitted green rows, and holding the
+// backfill for that would slow both for no client's sake.
+const LockWaitersSQL = `SELECT count(DISTINCT l.pid) FROM pg_locks l
+	LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+	WHERE NOT l.granted AND $1 = ANY (pg_blocking_pids(l.pid))
+	  AND coalesce(a.application_name, '') NOT LIKE 'greenswap%'`
 
 // LockWaiters counts the sessions now waiting on locks held by backend pid.
 func LockWaiters(ctx context.Context, q db.Querier, pid uint32) (int, error) {
