@@ -86,10 +86,6 @@ type CutoverResult struct {
 	LockHold time.Duration `json:"-"`
 }
 
-// verifyPassed reports whether migration m has a passing verify since its
-// last backfill (verify.Passed: verify_ok and verified_at ≥ backfill_done_at).
-var verifyPassed = func(m *state.Migration) bool { return verify.Passed(m) }
-
 // Cutover points the app name at green in one transaction: dependent views,
 // foreign keys, user triggers and row-level security follow, green becomes
 // the primary side, the state moves to cut_over. Locks are taken in a fixed
@@ -114,7 +110,7 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s and cannot be cut over", name, m.Row.State)
 	}
 	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
-	if !verifyPassed(m.Row) {
+	if !verify.Passed(m.Row) { // verify_ok and verified_at ≥ backfill_done_at
 		if !opts.SkipVerify {
 			return nil, exitcode.Errorf(exitcode.BadInput,
 				"migration %s has no passing verify since its last backfill: run `greenswap verify %s` first (or pass --skip-verify)", name, name)

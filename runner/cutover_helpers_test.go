@@ -27,6 +27,7 @@ func coEnv(t *testing.T, dsn string) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tuneForTests(env)
 	t.Cleanup(env.Close)
 	return env
 }

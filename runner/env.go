@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	gosync "sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -19,6 +21,7 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/sync/stream"
 )
 
 // Env is a connected greenswap: the pool for the user's database, the
@@ -29,7 +32,23 @@ type Env struct {
 	Log         zerolog.Logger
 	ServerMajor int
 	DSN         string // for redaction only; never logged
+
+	// Stream tunes the logical-mode streamers this Env starts (zero
+	// fields: package stream's defaults; tests shorten them).
+	Stream stream.Options
+	// StreamCatchUp bounds how long a sync without --watch waits, once
+	// synced, for the stream to apply everything committed until then
+	// (0: DefaultStreamCatchUp).
+	StreamCatchUp time.Duration
+
+	// streams are the streamers running on this Env, by migration, so that
+	// progress reports can show their in-memory figures (lag in seconds,
+	// rate) and the metrics endpoint of the same process can too.
+	streams gosync.Map // string → *stream.Streamer
 }
+
+// DefaultStreamCatchUp is Env.StreamCatchUp's default.
+const DefaultStreamCatchUp = 5 * time.Minute
 
 // Connect opens the pool. A bad or unreachable DSN is bad input (exit 2),
 // and the error never contains the password.

@@ -30,9 +30,12 @@ func logicalSpec(name string, composite bool) string {
 	return strings.Replace(syncOrdersSpec(name, composite), "table: public.orders\n", "table: public.orders\nmode: logical\n", 1)
 }
 
-func init() {
-	StreamCatchUpTimeout = time.Minute
-	StreamOptions = stream.Options{StatusInterval: 200 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}
+// tuneForTests shortens the stream's intervals and the catch-up bound of
+// every Env these tests connect.
+func tuneForTests(env *Env) *Env {
+	env.Stream = stream.Options{StatusInterval: 200 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}
+	env.StreamCatchUp = time.Minute
+	return env
 }
 
 // logicalWait waits until green is current up to now, with a streamer of
@@ -130,9 +133,6 @@ func TestLogicalSyncUnderWorkload(t *testing.T) {
 			}
 			if stats.State != state.Synced || stats.Stream == nil || stats.Stream.Keys == 0 {
 				t.Fatalf("stats %+v, stream %+v", stats, stats.Stream)
-			}
-			if st, ok := LastStreamStats(name); !ok || st.Txns != stats.Stream.Txns {
-				t.Fatalf("LastStreamStats = %+v, %v", st, ok)
 			}
 			// Logical mode: the forward triggers are off.
 			if n := syncCount(t, pool, `SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname LIKE 'gs_sync_%' AND tgenabled <> 'D'`,

@@ -25,6 +25,7 @@ func testEnv(t *testing.T, dsn string) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tuneForTests(env)
 	t.Cleanup(env.Close)
 	return env
 }

@@ -30,6 +30,7 @@ func syncTestEnv(t *testing.T, dsn string) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tuneForTests(env)
 	t.Cleanup(env.Close)
 	return env
 }

@@ -31,10 +31,6 @@ import (
 // start of the backfill phase; the recorded phase stays "backfill").
 const PhaseCreateSlot = "create-slot"
 
-// StreamCatchUpTimeout bounds how long a sync without --watch waits, once
-// synced, for the stream to apply everything committed until then.
-var StreamCatchUpTimeout = 5 * time.Minute
-
 // installStepFor is the sync trigger step for spec's mode: in logical mode
 // the forward triggers are created disabled (the stream carries blue →
 // green) and the reverse functions mark their writes to blue as echoes.
@@ -47,25 +43,6 @@ func installStepFor(spec *shadow.Spec, n shadow.Names, m *shadow.Mapping, owner 
 
 // StreamStats are the logical stream's figures in a SyncStats.
 type StreamStats = stream.Stats
-
-// lastStream keeps the figures of the last stream a Sync of this process
-// ran, by migration (LastStreamStats).
-var lastStream gosync.Map // string → *stream.Stats
-
-// LastStreamStats returns the figures of the stream the last Sync of
-// migration name in this process ran (logical mode): transactions and keys
-// applied, apply rate, lag, reconnects. The bench reads them.
-func LastStreamStats(name string) (*stream.Stats, bool) {
-	v, ok := lastStream.Load(name)
-	if !ok {
-		return nil, false
-	}
-	return v.(*stream.Stats), true
-}
-
-// streams are the streamers running in this process, by migration, so that
-// progress reports can show their in-memory figures (lag in seconds, rate).
-var streams gosync.Map // string → *stream.Streamer
 
 // PhaseStreamCatchUp names, in events, the wait at the end of a logical
 // sync for the stream to apply everything committed until then.
@@ -100,7 +77,7 @@ func (r *syncRun) startLogical(ctx context.Context) error {
 
 // finishLogical is Sync's last phase in logical mode: once synced, wait
 // until the stream has applied everything committed so far (bounded by
-// StreamCatchUpTimeout), then stop streaming. `greenswap sync --watch`
+// Env.StreamCatchUp), then stop streaming. `greenswap sync --watch`
 // (WatchSync) keeps the stream going until cutover; without it the slot
 // retains the WAL of blue's changes and green falls behind.
 func (r *syncRun) finishLogical(ctx context.Context) error {
@@ -109,7 +86,11 @@ func (r *syncRun) finishLogical(ctx context.Context) error {
 		return nil
 	}
 	t0 := time.Now()
-	err := ls.catchUp(ctx, StreamCatchUpTimeout)
+	timeout := r.env.StreamCatchUp
+	if timeout <= 0 {
+		timeout = DefaultStreamCatchUp
+	}
+	err := ls.catchUp(ctx, timeout)
 	r.stopLogical()
 	if err != nil {
 		return err
@@ -132,7 +113,6 @@ func (r *syncRun) stopLogical() {
 	}
 	r.logical.stop()
 	r.stats.Stream = r.logical.stats()
-	lastStream.Store(r.spec.Name, r.stats.Stream)
 	if err := r.logical.failed(); err != nil && !errors.Is(err, stream.ErrRetired) {
 		r.log.Warn().Err(err).Msg("the logical stream stopped on an error")
 	}
@@ -257,16 +237,16 @@ type logicalSync struct {
 }
 
 func (r *syncRun) startStream(ctx context.Context) (*logicalSync, error) {
-	s, err := newStreamer(r.env, &Migration{Row: r.row, Spec: r.spec, Names: r.names}, r.build, StreamOptions)
+	s, err := newStreamer(r.env, &Migration{Row: r.row, Spec: r.spec, Names: r.names}, r.build, r.env.Stream)
 	if err != nil {
 		return nil, err
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	ls := &logicalSync{s: s, env: r.env, names: r.names, name: r.spec.Name, cancel: cancel, done: make(chan struct{})}
-	streams.Store(r.spec.Name, s)
+	r.env.streams.Store(r.spec.Name, s)
 	go func() {
 		defer close(ls.done)
-		defer streams.CompareAndDelete(ls.name, s)
+		defer r.env.streams.CompareAndDelete(ls.name, s)
 		err := s.Run(sctx)
 		ls.mu.Lock()
 		ls.err = err
@@ -274,9 +254,6 @@ func (r *syncRun) startStream(ctx context.Context) (*logicalSync, error) {
 	}()
 	return ls, nil
 }
-
-// StreamOptions tune the streamers runner starts (tests shorten them).
-var StreamOptions stream.Options
 
 // failed returns the streamer's fatal error, if it has stopped on one.
 func (ls *logicalSync) failed() error {
@@ -370,7 +347,7 @@ SELECT active, confirmed_flush_lsn::text,
 	case state.CutOver, state.Finalized:
 		p.Retired = true // cutover retires the stream
 	}
-	if v, ok := streams.Load(m.Row.Name); ok {
+	if v, ok := env.streams.Load(m.Row.Name); ok {
 		st := v.(*stream.Streamer).Stats()
 		p.Local, p.LagSeconds, p.KeysPerSec = true, st.LagSeconds, st.KeysPerSec
 		p.Keys, p.Txns, p.Echoes, p.Reconnects = st.Keys, st.Txns, st.Echoes, st.Reconnects
@@ -406,12 +383,12 @@ func watchLogical(ctx context.Context, env *Env, name string, every time.Duratio
 		}
 		return true, err
 	}
-	s, err := newStreamer(env, m, b, StreamOptions)
+	s, err := newStreamer(env, m, b, env.Stream)
 	if err != nil {
 		return true, err
 	}
-	streams.Store(name, s)
-	defer streams.CompareAndDelete(name, s)
+	env.streams.Store(name, s)
+	defer env.streams.CompareAndDelete(name, s)
 	rctx, stopReports := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -519,7 +496,7 @@ func streamConfig(env *Env, m *Migration, b *Build) (stream.Config, error) {
 		Checkpoint: func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error {
 			return state.SetConfirmedLSN(ctx, tx, name, lsn.String())
 		},
-		Log: env.Log.With().Str("migration", name).Logger(), Options: StreamOptions,
+		Log: env.Log.With().Str("migration", name).Logger(), Options: env.Stream,
 	}, nil
 }
 

@@ -51,6 +51,7 @@ func verifyFixture(t *testing.T, st state.State, backfillDone bool) (*Env, strin
 	if err != nil {
 		t.Fatal(err)
 	}
+	tuneForTests(env)
 	t.Cleanup(env.Close)
 	return env, dsn
 }

@@ -160,11 +160,11 @@ holds the migration; 5 gave up waiting for locks, nothing changed.`,
 	}
 }
 
-// stdinIsTerminal and stdin are variables so tests can stand in for a terminal.
-var (
-	stdinIsTerminal           = func() bool { return term.IsTerminal(int(os.Stdin.Fd())) }
-	stdin           io.Reader = os.Stdin
-)
+// isTerminal reports whether r is a terminal a person can answer on.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
 
 func finalizeCommand() *cli.Command {
 	return &cli.Command{
@@ -214,8 +214,8 @@ holds the migration; 5 gave up waiting for locks, nothing changed.`,
 				if opts.QuietPeriod == 0 {
 					opts.QuietPeriod = -1 // an explicit 0: do not watch
 				}
-				if !opts.Yes && stdinIsTerminal() {
-					opts.Confirm = confirmOn(c.App.ErrWriter, stdin, name)
+				if !opts.Yes && isTerminal(c.App.Reader) {
+					opts.Confirm = confirmOn(c.App.ErrWriter, c.App.Reader, name)
 				}
 				if !opts.Yes && opts.Confirm == nil {
 					return exitcode.Errorf(exitcode.BadInput, "finalize is irreversible and there is no terminal to ask on: pass --yes to confirm (nothing was changed)")

@@ -42,7 +42,6 @@ func TestSwapCommandsHaveUsageAndExample(t *testing.T) {
 }
 
 func TestSwapCommandsBadInputExits2(t *testing.T) {
-	stdinIsTerminal = func() bool { return false }
 	for _, tc := range []struct {
 		args []string
 		want string
