@@ -162,3 +162,39 @@ func vmHWM(path, name string) int64 {
 	}
 	return kb
 }
+
+// bgRun is a greenswap command running in the background (sync --watch).
+type bgRun struct {
+	cmd      *exec.Cmd
+	out, err *bytes.Buffer
+	start    time.Time
+	done     chan error
+}
+
+// start starts greenswap with args without waiting for it.
+func (c cli) start(ctx context.Context, dsn string, args ...string) (*bgRun, error) {
+	full := append([]string{"--dsn", dsn, "--log-format", "json"}, args...)
+	cmd := exec.CommandContext(ctx, c.bin, full...)
+	cmd.Env = append(os.Environ(), "NO_COLOR=1")
+	cmd.WaitDelay = 10 * time.Second
+	r := &bgRun{cmd: cmd, out: &bytes.Buffer{}, err: &bytes.Buffer{}, start: time.Now(), done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = r.out, r.err
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { r.done <- cmd.Wait() }()
+	return r, nil
+}
+
+// stop interrupts the command as Ctrl-C would and waits for it to exit.
+func (r *bgRun) stop(args []string) result {
+	_ = r.cmd.Process.Signal(os.Interrupt)
+	err := <-r.done
+	res := result{Args: args, Stdout: r.out.String(), Stderr: r.err.String(), Took: time.Since(r.start)}
+	if r.cmd.ProcessState != nil {
+		res.Code = r.cmd.ProcessState.ExitCode()
+	} else if err != nil {
+		res.Code = -1
+	}
+	return res
+}

@@ -81,6 +81,7 @@ func (b *bench) runAll(ctx context.Context) {
 	figBackfill := b.figure("backfill rows/s (trigger mode, idle table)", "≥ 0.8×")
 	figTPS := b.figure("app write TPS during trigger-mode sync (4 clients)", "≥ 0.6×")
 	figLogical := b.figure("app write TPS during logical-mode sync", "≥ 0.9×")
+	figStream := b.figure("app write TPS while the logical stream applies (sync --watch, copy done)", "≥ 0.9×")
 	figVerify1 := b.figure("verify time, --workers 1", "≤ 1.5×")
 	figVerify2 := b.figure("verify time, --workers 2", "≤ 1.5×")
 	figSwap := b.figure("cutover: swap lock-hold time", "< 50 ms")
@@ -108,11 +109,11 @@ func (b *bench) runAll(ctx context.Context) {
 	}
 	logicalDSN, err := b.clone(ctx, "bench", "bench_tps_logical")
 	if err != nil {
-		mark(err, figLogical)
+		mark(err, figLogical, figStream)
 	}
 	logicalSpec := filepath.Join(b.tmp, "bench_logical.yaml")
 	if err := os.WriteFile(logicalSpec, []byte(strings.Replace(specYAML, "mode: trigger", "mode: logical", 1)), 0o644); err != nil {
-		mark(err, figLogical)
+		mark(err, figLogical, figStream)
 	}
 
 	// 1. Backfill vs INSERT … SELECT, and RSS at n rows.
@@ -142,18 +143,14 @@ func (b *bench) runAll(ctx context.Context) {
 
 	// 4. App write TPS during sync vs before, on the clone.
 	if tpsDSN != "" && ctx.Err() == nil {
-		if err := b.tps(ctx, tpsDSN, specPath, figTPS); err != nil {
+		if err := b.tps(ctx, tpsDSN, specPath, figTPS, nil); err != nil {
 			mark(err, figTPS)
 		}
 		b.drop("bench_tps")
 	}
 	if logicalDSN != "" && ctx.Err() == nil {
-		if err := b.tps(ctx, logicalDSN, logicalSpec, figLogical); err != nil {
-			if strings.Contains(err.Error(), "not supported") {
-				figLogical.na("logical mode not built", oneLine(err.Error(), 200))
-			} else {
-				mark(err, figLogical)
-			}
+		if err := b.tps(ctx, logicalDSN, logicalSpec, figLogical, figStream); err != nil {
+			mark(err, figLogical, figStream)
 		}
 		b.drop("bench_tps_logical")
 	}
@@ -590,8 +587,10 @@ func parseDur(num, unit string) (time.Duration, bool) {
 
 // tps compares app write throughput (4 clients, pgbench-style updates of
 // random rows through the app name, as fast as they go) during a sync with
-// the same clients just before it.
-func (b *bench) tps(ctx context.Context, dsn, specPath string, fig *Figure) error {
+// the same clients just before it. In logical mode (streamFig not nil) it
+// then runs `sync --watch` and measures the same clients while the stream
+// applies their writes: the steady state logical mode is chosen for.
+func (b *bench) tps(ctx context.Context, dsn, specPath string, fig, streamFig *Figure) error {
 	if !b.cli.has(ctx, "sync") {
 		return notBuiltErr("sync")
 	}
@@ -618,34 +617,75 @@ func (b *bench) tps(ctx context.Context, dsn, specPath string, fig *Figure) erro
 	if err != nil {
 		return err
 	}
-	// The same clients again once synced (the triggers still run, the copy
-	// does not): with the seconds before, this brackets the sync, so load
-	// that drifts during the run skews both sides alike.
-	if err := sleep(ctx, window); err != nil {
-		return err
-	}
-	t2 := time.Now()
-	wl.Stop()
 	pre := wl.Window(t0.Add(-window), t0)
 	during := wl.Window(t0, t1)
-	post := wl.Window(t1, t2)
 	fig.Value = fmtRate(during.TPS, "tx/s")
 	fig.Baseline = fmtRate(pre.TPS, "tx/s") + " (before sync)"
 	fig.ratio(during.TPS, pre.TPS)
 	fig.raw("tps", during.TPS)
 	fig.raw("baseline_tps", pre.TPS)
-	fig.raw("after_sync_tps", post.TPS)
 	fig.raw("sync_seconds", r.Took.Seconds())
-	fig.Note = fmt.Sprintf("window = the whole sync command (%s: adopt, copy, index build); Go clients with unnamed statements; %d errors during, %d before; "+
-		"after sync (triggers on both ways, no copy): %s (%.2f×)",
-		fmtDur(r.Took), during.Errors, pre.Errors, fmtRate(post.TPS, "tx/s"), post.TPS/pre.TPS)
+	fig.Note = fmt.Sprintf("window = the whole sync command (%s: adopt, copy, index build); Go clients with unnamed statements; %d errors during, %d before",
+		fmtDur(r.Took), during.Errors, pre.Errors)
 	if st, err := readBackfill(ctx, dsn); err == nil && st.started != nil && st.done != nil {
 		copyWin := wl.Window(*st.started, *st.done)
 		fig.Note += fmt.Sprintf("; during the copy phase alone: %s (%.2f×)", fmtRate(copyWin.TPS, "tx/s"), copyWin.TPS/pre.TPS)
 		fig.raw("copy_phase_tps", copyWin.TPS)
 	}
 	b.logf("  %s before, %s during sync (%s)", fmtRate(pre.TPS, "tx/s"), fmtRate(during.TPS, "tx/s"), fig.ratioText())
+	if streamFig == nil {
+		// The same clients again once synced (the triggers still run, the
+		// copy does not): with the seconds before, this brackets the sync,
+		// so load that drifts during the run skews both sides alike.
+		if err := sleep(ctx, window); err != nil {
+			return err
+		}
+		post := wl.Window(t1, time.Now())
+		fig.raw("after_sync_tps", post.TPS)
+		fig.Note += fmt.Sprintf("; after sync (triggers on both ways, no copy): %s (%.2f×)", fmtRate(post.TPS, "tx/s"), post.TPS/pre.TPS)
+		return nil
+	}
+	b.logf("  logical stream: sync --watch, %s of the same clients once caught up", window)
+	sf, err := b.streamWindow(ctx, dsn, specPath, window)
+	if err != nil {
+		mark(err, streamFig)
+		return nil
+	}
+	post := wl.Window(sf.from, sf.to)
+	streamFig.Value = fmtRate(post.TPS, "tx/s")
+	streamFig.Baseline = fmtRate(pre.TPS, "tx/s") + " (before sync)"
+	streamFig.ratio(post.TPS, pre.TPS)
+	streamFig.raw("tps", post.TPS)
+	streamFig.raw("baseline_tps", pre.TPS)
+	streamFig.raw("apply_rows_per_sec", sf.applyRowsPerSc)
+	streamFig.raw("lag_bytes_median", sf.lagBytesMedian)
+	streamFig.raw("lag_bytes_max", sf.lagBytesMax)
+	streamFig.raw("lag_seconds_median", sf.lagSecsMedian)
+	streamFig.raw("catch_up_seconds", sf.catchUp.Seconds())
+	lagSecs := "not reported"
+	if sf.lagSecsMedian >= 0 {
+		lagSecs = fmt.Sprintf("%.2f s", sf.lagSecsMedian)
+	}
+	streamFig.Note = fmt.Sprintf("window = %s of `sync --watch` streaming, after it caught up (%s) with the backlog the sync left; "+
+		"apply %s into green (pg_stat_user_tables) for the clients' %s; slot lag (current WAL − confirmed_flush_lsn, %d samples) median %s, max %s; "+
+		"stream lag median %s (status lines); %d client errors",
+		fmtDur(sf.to.Sub(sf.from)), fmtDur(sf.catchUp), fmtRate(sf.applyRowsPerSc, "rows/s"), fmtRate(post.TPS, "tx/s"),
+		sf.samples, fmtBytes(sf.lagBytesMedian), fmtBytes(sf.lagBytesMax), lagSecs, post.Errors)
+	b.logf("  %s while streaming (%s); apply %s, lag median %s", fmtRate(post.TPS, "tx/s"), streamFig.ratioText(),
+		fmtRate(sf.applyRowsPerSc, "rows/s"), fmtBytes(sf.lagBytesMedian))
 	return nil
+}
+
+// fmtBytes prints a byte count in kB/MB.
+func fmtBytes(v float64) string {
+	switch {
+	case v < 0:
+		return "—"
+	case v < 1<<20:
+		return fmt.Sprintf("%.0f kB", v/1024)
+	default:
+		return fmt.Sprintf("%.1f MB", v/(1<<20))
+	}
 }
 
 // rss4 syncs a table 4× the size and compares greenswap's peak RSS.
