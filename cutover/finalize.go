@@ -45,13 +45,17 @@ type FinalizePlan struct {
 	Blue      shadow.QualifiedName `json:"blue"`
 	Views     []*viewMeta          `json:"dependent_views,omitempty"`
 	Sequences []SequenceMove       `json:"sequences,omitempty"`
-	Dropped   []string             `json:"dropped"`
-	Locks     []LockTarget         `json:"locks"`
-	SQL       []string             `json:"sql"`
-	Slot      string               `json:"slot,omitempty"`
-	Warnings  []string             `json:"warnings,omitempty"`
-	fpOIDs    []uint32
-	fp        string
+	// Partitions are green's partitions (every level) that move into the
+	// app schema with it: ALTER TABLE ... SET SCHEMA moves a partitioned
+	// table without them. Their indexes move with each.
+	Partitions []shadow.QualifiedName `json:"partitions,omitempty"`
+	Dropped    []string               `json:"dropped"`
+	Locks      []LockTarget           `json:"locks"`
+	SQL        []string               `json:"sql"`
+	Slot       string                 `json:"slot,omitempty"`
+	Warnings   []string               `json:"warnings,omitempty"`
+	fpOIDs     []uint32
+	fp         string
 }
 
 // Step is the plan as a shadow.Step, for listings.
@@ -62,12 +66,19 @@ func (p *FinalizePlan) Step() shadow.Step {
 	}
 	return shadow.Step{
 		Name:          "finalize",
-		Description:   fmt.Sprintf("make %s the table %s; drop %s, the sync triggers and the version schemas", p.Green, p.App, p.Blue),
+		Description:   fmt.Sprintf("make %s the table %s%s; drop %s, the sync triggers and the version schemas", p.Green, p.App, withPartitions(len(p.Partitions)), p.Blue),
 		SQL:           append(sql, p.SQL...),
 		Lock:          "ACCESS EXCLUSIVE on " + p.App.String() + ", " + p.Blue.String() + ", " + p.Green.String(),
 		LockHold:      "milliseconds (catalog changes only)",
 		Transactional: true,
 	}
+}
+
+func withPartitions(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (with its %d partitions)", n)
 }
 
 // PlanFinalize reads the catalog through q and returns what finalize does.
@@ -121,6 +132,22 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 		}
 		return nil, exitcode.Errorf(exitcode.BadInput, "foreign keys still reference %s: %s; point them at %s first",
 			n.Blue, strings.Join(names, ", "), n.App)
+	}
+	// Green's partitions move too; a name already taken in the app schema
+	// (by a partition or by the index of one) would fail the move half-way
+	// through the transaction, so refuse now, by name, with nothing touched.
+	clashes, err := shadow.LoadNameClashes(ctx, q, green.OID, n.App.Schema, 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(clashes) > 0 {
+		return nil, exitcode.Errorf(exitcode.BadInput, "refusing to finalize: it moves green's partitions and indexes into schema %s, where names are taken: %s; "+
+			"rename or drop those objects in %s (or rename green's: ALTER TABLE / ALTER INDEX %s.<name> RENAME TO ...), then run finalize again; nothing was changed",
+			n.App.Schema, strings.Join(clashes, "; "), n.App.Schema, db.Ident(n.GreenSchema))
+	}
+	parts, err := greenPartitions(ctx, q, green.OID, n.GreenSchema)
+	if err != nil {
+		return nil, err
 	}
 	blueT, err := shadow.LoadTable(ctx, q, n.Blue)
 	if err != nil {
@@ -242,6 +269,11 @@ END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "
 	}
 
 	sql = append(sql, "ALTER TABLE "+greenRel+" SET SCHEMA "+db.Ident(n.App.Schema))
+	for _, part := range parts {
+		// LOCK TABLE green (above) locked its partitions too.
+		sql = append(sql, "ALTER TABLE "+db.Ident(part.name.Schema, part.name.Name)+" SET SCHEMA "+db.Ident(n.App.Schema))
+		p.Partitions = append(p.Partitions, part.name)
+	}
 	sql = append(sql, after...)
 	// The app name's grants and comments carry over to the table.
 	sql = append(sql, shadow.GrantSQL(appRel, appMeta.Grants)...)
@@ -304,10 +336,36 @@ END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "
 	for _, l := range p.Locks {
 		p.fpOIDs = append(p.fpOIDs, l.OID)
 	}
+	for _, part := range parts {
+		// A partition renamed, moved or dropped before the locks: plan again.
+		p.fpOIDs = append(p.fpOIDs, part.oid)
+	}
 	if p.fp, err = fingerprint(ctx, q, p.fpOIDs); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+type partition struct {
+	oid  uint32
+	name shadow.QualifiedName
+}
+
+// greenPartitions lists the partitions of green, every level
+// (pg_partition_tree), that live in green's schema: finalize moves each.
+// One already elsewhere stays where it is.
+func greenPartitions(ctx context.Context, q db.Querier, green uint32, schema string) ([]partition, error) {
+	rows, err := q.Query(ctx, `SELECT c.oid, n.nspname::text, c.relname::text
+		FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE t.level > 0 AND n.nspname = $2 ORDER BY t.level, c.relname`, green, schema)
+	if err != nil {
+		return nil, fmt.Errorf("read green's partitions: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (partition, error) {
+		var x partition
+		err := r.Scan(&x.oid, &x.name.Schema, &x.name.Name)
+		return x, err
+	})
 }
 
 // nextValueDo wraps stmt, a format() string with two %s (the next value of

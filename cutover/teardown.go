@@ -115,6 +115,11 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 		sql = append(sql, "ALTER TABLE "+rel+" SET SCHEMA "+db.Ident(n.App.Schema))
 	}
 	if green != nil {
+		// A partitioned green's partitions (every level) and their indexes
+		// go with it: DROP TABLE of a partitioned table drops its
+		// partitions, and LOCK TABLE locks them too. So the green schema is
+		// empty for its DROP SCHEMA ... RESTRICT below, which would name any
+		// other object left in it.
 		ls.add(n.Green, green.OID, AccessExclusive, "dropped")
 		sql = append(sql, "DROP TABLE "+db.Ident(n.Green.Schema, n.Green.Name))
 	}

@@ -209,6 +209,8 @@ type planner struct {
 	lockFrom time.Time
 	swap     *cutover.SwapPlan // cutover's plan on the rehearsed catalog
 	swapErr  error
+	ixSQL    [][]string             // per target.indexes item: the SQL sync runs (a partitioned green: several statements)
+	parts    []shadow.QualifiedName // green's partitions (the whole tree), as the rehearsal created them
 }
 
 // skipRehearsal are the blocking hazards that make a rehearsal impossible
@@ -378,6 +380,15 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 	if err := p.greenWidths(ctx, green); err != nil {
 		return err
 	}
+	// finalize moves green's partitions and indexes into the app schema: a
+	// name taken there would make it refuse, so say it now. Blue's own
+	// relations do not count (adopt moves them out of the app schema).
+	if p.facts.NameClashes, err = shadow.LoadNameClashes(ctx, tx, green.OID, p.n.App.Schema, p.app.OID); err != nil {
+		return err
+	}
+	if err := p.loadPartitions(ctx, green.OID); err != nil {
+		return err
+	}
 	p.res.Rehearsal.Done = true
 	p.res.Mapping = p.build.Mapping
 	if p.swapErr != nil {
@@ -542,7 +553,14 @@ func (p *planner) insertGreen(ctx context.Context) error {
 	}
 	field, fix := "target.ddl", "relax target.ddl, change the forward mapping so the value fits, or fix the row in blue"
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.ColumnName != "" && m.Forward.Column(pe.ColumnName) != nil {
+	if noPartitionFor(err) {
+		// green is partitioned and no partition takes the row.
+		field = "target.partitions"
+		if len(p.spec.Target.Partitions) == 0 {
+			field = "target.ddl"
+		}
+		fix = "add a partition for it to target.partitions (or a DEFAULT partition), or change the forward mapping of the partition key"
+	} else if errors.As(err, &pe) && pe.ColumnName != "" && m.Forward.Column(pe.ColumnName) != nil {
 		if cm := m.Forward.Column(pe.ColumnName); cm.Explicit {
 			field = "forward." + pe.ColumnName
 		}
@@ -553,25 +571,71 @@ func (p *planner) insertGreen(ctx context.Context) error {
 
 // rehearseIndexes builds target.indexes (without CONCURRENTLY) on the green
 // table holding the sample: a bad statement, or a unique index the sampled
-// rows violate, is reported before sync starts.
+// rows violate, is reported before sync starts. On a partitioned table it
+// does what sync does (gssync.RehearsePartitioned: ON ONLY the parent, an
+// index per partition under the name sync gives it, attached), so a unique
+// index without the partition key fails here and the names finalize will
+// move are the real ones.
 func (p *planner) rehearseIndexes(ctx context.Context) error {
+	p.ixSQL = make([][]string, len(p.spec.Target.Indexes))
 	for i, ix := range p.spec.Target.Indexes {
 		field := fmt.Sprintf("target.indexes[%d]", i)
+		st, perr := gssync.ParseIndexStmt(ix)
+		var shown []string
 		err := p.savepoint(ctx, func() error {
 			if _, err := p.tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`,
 				db.Ident(p.n.GreenSchema)+", "+db.Ident(p.n.App.Schema)); err != nil {
 				return err
 			}
+			if perr == nil {
+				partitioned, sql, err := gssync.RehearsePartitioned(ctx, p.tx, st)
+				if partitioned || err != nil {
+					shown = sql
+					return err
+				}
+				shown = []string{st.SQL}
+			}
 			_, err := p.tx.Exec(ctx, strings.TrimRight(strings.TrimSpace(ix), ";"))
 			return err
 		})
-		if err != nil {
-			return specErr(p.spec, field, "fix the CREATE INDEX statement; it runs with search_path "+p.n.GreenSchema+", "+p.n.App.Schema,
-				"%s", shadow.ErrText(err))
+		if err == nil && perr != nil {
+			err = perr // PostgreSQL took it, but sync could not build it
 		}
+		if err != nil {
+			fix := "fix the CREATE INDEX statement; it runs with search_path " + p.n.GreenSchema + ", " + p.n.App.Schema
+			if db.SQLState(err) == "0A000" && st.Unique {
+				fix = "green is partitioned: a unique index must include every column of the partition key (" + p.build.Green.PartitionKey + ")"
+			}
+			return specErr(p.spec, field, fix, "%s", shadow.ErrText(err))
+		}
+		p.ixSQL[i] = shown
 	}
 	_, err := p.tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, mappingSearchPath(p.n))
 	return err
+}
+
+// loadPartitions reads green's partition tree as the rehearsal created it
+// (for the finalize step, which moves every partition).
+func (p *planner) loadPartitions(ctx context.Context, green uint32) error {
+	rows, err := p.tx.Query(ctx, `SELECT n.nspname::text, c.relname::text
+		FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE t.level > 0 ORDER BY t.level, c.relname`, green)
+	if err != nil {
+		return err
+	}
+	p.parts, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (shadow.QualifiedName, error) {
+		var q shadow.QualifiedName
+		err := r.Scan(&q.Schema, &q.Name)
+		return q, err
+	})
+	return err
+}
+
+// noPartitionFor: PostgreSQL found no partition of a partitioned table for
+// a row (SQLSTATE 23514, like a CHECK violation; told apart by its text).
+func noPartitionFor(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23514" && strings.HasPrefix(pe.Message, "no partition of relation")
 }
 
 // evalReverse computes blue rows from the green rows the forward mapping
@@ -952,22 +1016,39 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 	}, "sync", false, "sync generates the range bounds per batch; $1 = the last key copied, $2 = the range's upper key")
 
 	var ixSQL []string
-	for _, src := range s.Target.Indexes {
-		if st, err := gssync.ParseIndexStmt(src); err == nil {
-			ixSQL = append(ixSQL, st.SQL)
-		} else {
-			ixSQL = append(ixSQL, src)
+	for i, src := range s.Target.Indexes {
+		switch {
+		case i < len(p.ixSQL) && len(p.ixSQL[i]) > 0:
+			ixSQL = append(ixSQL, p.ixSQL[i]...)
+		default:
+			if st, err := gssync.ParseIndexStmt(src); err == nil {
+				ixSQL = append(ixSQL, st.SQL)
+			} else {
+				ixSQL = append(ixSQL, src)
+			}
 		}
 	}
 	if len(ixSQL) > 0 {
 		ixSQL = append([]string{"SET search_path TO " + db.Ident(n.GreenSchema) + ", " + db.Ident(n.App.Schema)}, ixSQL...)
+		desc := "build target.indexes on green, CONCURRENTLY, after the copy (rehearsed without CONCURRENTLY on the sampled rows)"
+		lock := "SHARE UPDATE EXCLUSIVE on " + n.Green.String() + " (reads and writes continue; blue untouched)"
+		note := "each index is its own statement outside a transaction; an invalid leftover from a crash is dropped and rebuilt"
+		if green.Kind == "p" {
+			desc = "build target.indexes on the partitioned green: each index ON ONLY the parent (catalog only, invalid), " +
+				"then CONCURRENTLY on each partition, attached; the parent index becomes valid once every partition's is attached " +
+				"(rehearsed without CONCURRENTLY on the sampled rows)"
+			lock = "ON ONLY: SHARE on " + n.Green.String() + ", ATTACH PARTITION: ACCESS EXCLUSIVE on the partition's new index " +
+				"(both catalog only, with lock_timeout, retried); CONCURRENTLY: SHARE UPDATE EXCLUSIVE on the partition (reads and writes continue)"
+			note = "each statement is its own transaction; after a crash the ON ONLY index is kept (invalid until its partitions' indexes are attached) " +
+				"and the build goes on, an INVALID partition index is dropped and rebuilt"
+		}
 		add(shadow.Step{
 			Name:        "build-indexes",
-			Description: "build target.indexes on green, CONCURRENTLY, after the copy (rehearsed without CONCURRENTLY on the sampled rows)",
+			Description: desc,
 			SQL:         ixSQL,
-			Lock:        "SHARE UPDATE EXCLUSIVE on " + n.Green.String() + " (reads and writes continue; blue untouched)",
+			Lock:        lock,
 			LockHold:    "while each index builds (scales with the table)",
-		}, "sync", false, "each index is its own statement outside a transaction; an invalid leftover from a crash is dropped and rebuilt")
+		}, "sync", false, note)
 	}
 	add(shadow.Step{
 		Name:        "analyze",
@@ -1018,6 +1099,10 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 
 	app := db.Ident(n.App.Schema, n.App.Name)
 	fin := []string{"DROP VIEW " + app, "ALTER TABLE " + db.Ident(n.Green.Schema, n.Green.Name) + " SET SCHEMA " + db.Ident(n.App.Schema)}
+	// SET SCHEMA moves a partitioned table without its partitions.
+	for _, part := range p.parts {
+		fin = append(fin, "ALTER TABLE "+db.Ident(part.Schema, part.Name)+" SET SCHEMA "+db.Ident(n.App.Schema))
+	}
 	fin = append(fin, trigger.RemoveSQL(n, n.App)...)
 	for _, seq := range shadow.SharedSequences(p.build.Blue, green, m) {
 		fin = append(fin, "ALTER SEQUENCE "+db.Ident(seq.Name.Schema, seq.Name.Name)+" OWNED BY "+app+"."+db.Ident(seq.Column),

@@ -54,16 +54,28 @@ func createGreenTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.N
 		return nil, fmt.Errorf("read blue %s: %w", n.Blue, err)
 	}
 	b.Blue = blue
+	desc := fmt.Sprintf("create schema %s and the green table from target.ddl", n.GreenSchema)
+	if k := len(spec.Target.Partitions); k > 0 {
+		desc += fmt.Sprintf(", with its %d partitions from target.partitions", k)
+	}
 	create := shadow.Step{
 		Name:          "create-green",
-		Description:   fmt.Sprintf("create schema %s and the green table from target.ddl", n.GreenSchema),
+		Description:   desc,
 		SQL:           shadow.CreateGreenSQL(n, spec),
 		Lock:          "none on blue (new objects only)",
 		LockHold:      "-",
 		Transactional: true,
 	}
-	if err := execStep(ctx, tx, create); err != nil {
-		return nil, spec.Errorf("target.ddl", "fix the CREATE TABLE statement", "%s", err)
+	for i, sql := range create.SQL {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			// Name the item that failed: a partition that overlaps another
+			// or does not fit the partition key is target.partitions[k].
+			if k := shadow.PartitionStatement(spec, i); k >= 0 {
+				return nil, spec.Errorf(fmt.Sprintf("target.partitions[%d]", k), "fix the CREATE TABLE ... PARTITION OF statement",
+					"%s: %s", create.Name, shadow.ErrText(err))
+			}
+			return nil, spec.Errorf("target.ddl", "fix the CREATE TABLE statement", "%s", fmt.Errorf("%s: %w", create.Name, err))
+		}
 	}
 	b.Steps = append(b.Steps, create)
 	green, err := shadow.LoadTable(ctx, tx, n.Green)

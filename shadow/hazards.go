@@ -65,6 +65,7 @@ const (
 	HazardLogicalReplicaIdentity = "logical_replica_identity"
 	HazardLogicalServerVersion   = "logical_server_version" // sync/stream: pgoutput messages need 14+
 	HazardLeftover               = "leftover_migration"
+	HazardFinalizeNameClash      = "finalize_name_clash"
 	// Found by evaluating the mapping on sampled rows (runner.Plan).
 	HazardGreenKeyNotUnique = "green_key_not_unique"
 	HazardLossyMapping      = "lossy_mapping"
@@ -100,6 +101,10 @@ type HazardFacts struct {
 	// Leftovers are greenswap objects of an earlier or running migration of
 	// this table or under this name, each with the SQL or command to clear it.
 	Leftovers []string `json:"leftovers,omitempty"`
+	// NameClashes are green's partitions and indexes whose names are taken
+	// in the app schema, where finalize would move them (LoadNameClashes on
+	// the rehearsed green; plan fills it after its rehearsal).
+	NameClashes []string `json:"name_clashes,omitempty"`
 }
 
 // Volatility is what DetectVolatility found for one mapped column.
@@ -332,6 +337,14 @@ func Hazards(in HazardInput) []Hazard {
 					db.Ident(n.BlueSchema), db.Ident(n.App.Schema)),
 				Objects: stricter})
 		}
+	}
+
+	if len(f.NameClashes) > 0 {
+		add(Hazard{Code: HazardFinalizeNameClash, Severity: Warning,
+			Message: fmt.Sprintf("finalize moves green's partitions and indexes into schema %s, where these names are taken: finalize would refuse until they are free", n.App.Schema),
+			Fix: fmt.Sprintf("rename the partition in target.partitions (or the index in target.indexes) before sync, or rename or drop the object in %s before finalize (ALTER TABLE / ALTER INDEX ... RENAME TO ...)",
+				n.App.Schema),
+			Objects: f.NameClashes})
 	}
 
 	add(Hazard{Code: HazardViewLimitations, Severity: Warning,
@@ -767,6 +780,76 @@ SELECT slot_name::text, active,
 		}
 	}
 	return out, nil
+}
+
+// nameClashesSQL: $1 green, $2 the app schema, $3 a table whose own
+// relations (itself, its indexes, the sequences it owns) do not count — at
+// plan time blue, which adopt moves out of the app schema before finalize
+// (0 for none). The relations that move are those of green's schema in its
+// partition tree, each with its indexes (the root keeps the app name: the
+// app-name view is dropped first). A table's row type also needs its name
+// free among the schema's types (a composite type has a pg_class row too,
+// so only types without one are read from pg_type).
+const nameClashesSQL = `
+WITH RECURSIVE tree(oid) AS (
+	SELECT $1::oid
+	UNION
+	SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid
+), moving AS (
+	SELECT c.oid, c.relname, c.relkind, c.relnamespace FROM pg_class c
+	 WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $1)
+	   AND (c.oid IN (SELECT oid FROM tree WHERE oid <> $1)
+	        OR c.oid IN (SELECT x.indexrelid FROM pg_index x JOIN tree t ON x.indrelid = t.oid))
+), excluded(oid) AS (
+	SELECT $3::oid
+	UNION SELECT indexrelid FROM pg_index WHERE indrelid = $3::oid
+	UNION SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+	        AND d.refobjid = $3::oid AND d.deptype IN ('a', 'i')
+), app AS (
+	SELECT oid FROM pg_namespace WHERE nspname = $2
+)
+SELECT m.relkind::text, n.nspname::text, m.relname::text, c.relkind::text
+  FROM moving m JOIN pg_namespace n ON n.oid = m.relnamespace
+  JOIN pg_class c ON c.relname = m.relname AND c.relnamespace = (SELECT oid FROM app)
+ WHERE c.oid <> m.oid AND c.oid NOT IN (SELECT oid FROM excluded)
+UNION ALL
+SELECT m.relkind::text, n.nspname::text, m.relname::text, 'type'
+  FROM moving m JOIN pg_namespace n ON n.oid = m.relnamespace
+  JOIN pg_type t ON t.typname = m.relname AND t.typnamespace = (SELECT oid FROM app) AND t.typrelid = 0
+ WHERE m.relkind IN ('r', 'p')
+ ORDER BY 3`
+
+// LoadNameClashes lists the relations finalize would move from green's
+// schema into appSchema — green's partitions (the whole tree) and the
+// indexes of green and of every partition — whose name is already taken
+// there, each as one line naming both. ALTER TABLE ... SET SCHEMA fails on
+// such a name, so finalize refuses up front and plan warns. exclude is a
+// table whose own relations do not count (plan: blue, which leaves the app
+// schema at adopt); 0 for none.
+func LoadNameClashes(ctx context.Context, q db.Querier, green uint32, appSchema string, exclude uint32) ([]string, error) {
+	rows, err := q.Query(ctx, nameClashesSQL, green, appSchema, exclude)
+	if err != nil {
+		return nil, fmt.Errorf("read names taken in schema %s: %w", appSchema, err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+		var kind, schema, name, taken string
+		if err := r.Scan(&kind, &schema, &name, &taken); err != nil {
+			return "", err
+		}
+		what := "index"
+		if kind == "r" || kind == "p" {
+			what = "partition"
+		}
+		holder := relkindNames[taken]
+		switch {
+		case taken == "type":
+			holder = "a type"
+		case holder == "":
+			holder = "a relation"
+		}
+		return fmt.Sprintf("%s %s would become %s, but %s of that name exists there",
+			what, db.Ident(schema, name), db.Ident(appSchema, name), holder), nil
+	})
 }
 
 // ---------------------------------------------------------------------------

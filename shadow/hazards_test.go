@@ -79,6 +79,9 @@ func (e *hazardEnv) load(t *testing.T, specYAML string, rehearse bool) *scenario
 	if sc.green, err = LoadTable(ctx, tx, n.Green); err != nil {
 		t.Fatal(err)
 	}
+	if sc.facts.NameClashes, err = LoadNameClashes(ctx, tx, sc.green.OID, n.App.Schema, sc.blue.OID); err != nil {
+		t.Fatal(err)
+	}
 	if sc.m, err = BuildMapping(spec, sc.blue, sc.green); err != nil {
 		t.Fatal(err)
 	}
@@ -284,6 +287,35 @@ func TestHazardsCatalog(t *testing.T) {
 		want(t, sc.hazards(), HazardPartitioned, Blocking)
 		sc = e.load(t, specFor("ev24_v2", "ev_2024", "CREATE TABLE ev_2024 (id int, at date, PRIMARY KEY (id, at))", ""), false)
 		want(t, sc.hazards(), HazardPartition, Blocking)
+	})
+
+	t.Run("partitioned green: names finalize would move", func(t *testing.T) {
+		pgtest.Exec(t, e.dsn, `CREATE TABLE pev (id int PRIMARY KEY, at date NOT NULL, kind text);
+			CREATE INDEX pev_kind ON pev (kind);
+			CREATE TABLE pev_2024 (x int);           -- a partition's name
+			CREATE TYPE pev_rest AS ENUM ('a');      -- a type a partition's row type would clash with
+			CREATE TABLE other (k text); CREATE INDEX pev_at_idx ON other (k); -- green's index name`)
+		spec := specFor("pev_v2", "pev", "CREATE TABLE pev (id int, at date NOT NULL, kind text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)",
+			"  partitions:\n"+
+				"    - CREATE TABLE pev_2024 PARTITION OF pev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')\n"+
+				"    - CREATE TABLE pev_2025 PARTITION OF pev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')\n"+
+				"    - CREATE TABLE pev_rest PARTITION OF pev DEFAULT\n"+
+				"  indexes:\n    - CREATE INDEX pev_at_idx ON pev (at)\n    - CREATE INDEX pev_kind ON pev (kind)\n")
+		sc := e.load(t, spec, true)
+		h := want(t, sc.hazards(), HazardFinalizeNameClash, Warning)
+		hasObject(t, h, `partition "gs_pev_v2_green"."pev_2024" would become "public"."pev_2024", but a table of that name exists there`)
+		hasObject(t, h, `partition "gs_pev_v2_green"."pev_rest" would become "public"."pev_rest", but a type of that name exists there`)
+		hasObject(t, h, `index "gs_pev_v2_green"."pev_at_idx" would become "public"."pev_at_idx", but an index of that name exists there`)
+		if len(h.Objects) != 3 {
+			// pev_2025 and its indexes are free; blue's own pev_pkey and
+			// pev_kind leave the app schema at adopt and do not count.
+			t.Errorf("clashes: %q", h.Objects)
+		}
+		if !strings.Contains(h.Fix, "target.partitions") || !strings.Contains(h.Message, "finalize") {
+			t.Errorf("hazard: %+v", h)
+		}
+		pgtest.Exec(t, e.dsn, `DROP TABLE pev_2024; DROP TYPE pev_rest; DROP INDEX pev_at_idx`)
+		none(t, e.load(t, spec, true).hazards(), HazardFinalizeNameClash)
 	})
 
 	t.Run("unlogged", func(t *testing.T) {

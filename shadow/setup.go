@@ -103,16 +103,35 @@ func schemaUsageSQL(schema string, t *Table) []string {
 }
 
 // CreateGreenSQL creates the green version schema and runs the target DDL in
-// it. search_path puts the green schema first so the DDL's unqualified
-// CREATE TABLE lands there, and the app schema second so the DDL can name the
-// app's own types and functions.
+// it, then target.partitions. search_path puts the green schema first so the
+// DDL's unqualified CREATE TABLE lands there, and the app schema second so
+// the DDL can name the app's own types and functions. The partitions follow
+// the same rule: their bare names land in green's schema, and PARTITION OF
+// <green's name> finds green there first (the spec loader refuses qualified
+// names, which could reach the live table). They run in the same
+// transaction as the DDL because a partitioned green without partitions
+// rejects every row the sync triggers would write. PartitionStatement gives
+// the position of target.partitions[i] in the result.
 func CreateGreenSQL(n Names, s *Spec) []string {
-	return []string{
+	sql := []string{
 		"CREATE SCHEMA " + db.Ident(n.GreenSchema),
 		"SET LOCAL search_path TO " + db.Ident(n.GreenSchema) + ", " + db.Ident(n.App.Schema),
 		strings.TrimRight(strings.TrimSpace(s.Target.DDL), ";"),
-		"RESET search_path",
 	}
+	for _, p := range s.Target.Partitions {
+		sql = append(sql, strings.TrimRight(strings.TrimSpace(p), ";"))
+	}
+	return append(sql, "RESET search_path")
+}
+
+// PartitionStatement maps the position of a statement of CreateGreenSQL to
+// the target.partitions item it runs, or -1 (the schema, the DDL, ...).
+func PartitionStatement(s *Spec, stmt int) int {
+	const first = 3 // CREATE SCHEMA, SET LOCAL search_path, target.ddl
+	if i := stmt - first; i >= 0 && i < len(s.Target.Partitions) {
+		return i
+	}
+	return -1
 }
 
 // GreenFixupSQL runs after the DDL, once green's catalog entry can be read:

@@ -38,6 +38,12 @@ type Spec struct {
 type Target struct {
 	DDL     string   `yaml:"ddl" json:"ddl"`
 	Indexes []string `yaml:"indexes" json:"indexes,omitempty"`
+	// Partitions are CREATE TABLE <name> PARTITION OF <green> ... statements,
+	// run right after DDL in the same transaction and with the same
+	// search_path, so they land in green's schema (a partitioned green
+	// without partitions would reject every row). Names are unqualified; a
+	// partition may be the parent of a later one (sub-partitioning).
+	Partitions []string `yaml:"partitions" json:"partitions,omitempty"`
 }
 
 // SyncOptions are per-migration defaults for sync; command-line flags

@@ -323,7 +323,7 @@ type specDecoder struct {
 
 var (
 	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync"}
-	targetFields = []string{"ddl", "indexes"}
+	targetFields = []string{"ddl", "indexes", "partitions"}
 	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout"}
 )
 
@@ -371,6 +371,9 @@ func (d *specDecoder) target(n *yaml.Node, path string, line int, t *Target) *Sp
 			t.DDL, err = d.str(v, fpath, fline)
 		case "indexes":
 			t.Indexes, err = d.strList(v, fpath, fline, "a list of CREATE INDEX statements", "write one '- CREATE INDEX ...' item per index")
+		case "partitions":
+			t.Partitions, err = d.strList(v, fpath, fline, "a list of CREATE TABLE ... PARTITION OF statements",
+				"write one '- CREATE TABLE name PARTITION OF table FOR VALUES ...' item per partition")
 		}
 		return err
 	})
@@ -731,10 +734,23 @@ func (s *Spec) Validate() error {
 	if msg, fix := checkCreateTable(s.Target.DDL); msg != "" {
 		return s.specErr("target.ddl", fix, "%s", msg)
 	}
+	partitioned := ddlPartitioned(s.Target.DDL)
 	for i, ix := range s.Target.Indexes {
+		f := fmt.Sprintf("target.indexes[%d]", i)
 		if msg, fix := checkCreateIndex(ix); msg != "" {
-			return s.specErr(fmt.Sprintf("target.indexes[%d]", i), fix, "%s", msg)
+			return s.specErr(f, fix, "%s", msg)
 		}
+		// On a partitioned green each partition gets its own index, named
+		// after the statement's (sync/indexes.go): an unnamed statement
+		// would leave nothing to derive those names from, nor to find a
+		// half-built index by after a crash.
+		if partitioned && !createIndexNamed(ix) {
+			return s.specErr(f, "write CREATE INDEX <name> ON ...: greenswap names each partition's index after it",
+				"target.ddl is partitioned: every index needs a name")
+		}
+	}
+	if err := s.validatePartitions(partitioned); err != nil {
+		return err
 	}
 
 	for _, side := range []struct {
@@ -1151,6 +1167,187 @@ func checkCreateIndex(ix string) (string, string) {
 	}
 	*l = save
 	return checkSingleStatement(l, "write one CREATE INDEX statement per item of target.indexes")
+}
+
+// identText is the name an identifier token stands for: unquoted words
+// fold to lower case, "quoted" ones keep theirs ("" is a quote).
+func identText(t sqlToken) (string, bool) {
+	switch t.kind {
+	case 'w':
+		return asciiLower(t.text), true
+	case 'q':
+		if len(t.text) < 3 || t.text[0] != '"' {
+			return "", false
+		}
+		return strings.ReplaceAll(t.text[1:len(t.text)-1], `""`, `"`), true
+	}
+	return "", false
+}
+
+// ddlPartitioned reports whether a CREATE TABLE statement has a PARTITION
+// BY clause (outside its parentheses).
+func ddlPartitioned(ddl string) bool {
+	l := &sqlLexer{s: ddl}
+	depth := 0
+	var prev sqlToken
+	for {
+		t, ok := l.next()
+		if !ok {
+			return false
+		}
+		switch {
+		case t.kind == 'p' && t.text == "(":
+			depth++
+		case t.kind == 'p' && t.text == ")":
+			depth--
+		case depth == 0 && isWord(prev, "partition") && isWord(t, "by"):
+			return true
+		}
+		prev = t
+	}
+}
+
+// createIndexNamed reports whether a CREATE [UNIQUE] INDEX statement names
+// its index (the word after INDEX [IF NOT EXISTS] is not ON).
+func createIndexNamed(ix string) bool {
+	l := &sqlLexer{s: ix}
+	for _, t := range statementWords(l, 8) {
+		switch {
+		case isWord(t, "create"), isWord(t, "unique"), isWord(t, "index"), isWord(t, "if"), isWord(t, "not"), isWord(t, "exists"):
+			continue
+		case isWord(t, "on"):
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+// partitionStmt is one target.partitions item, parsed.
+type partitionStmt struct {
+	name, parent string // identifier rules applied
+	partitioned  bool   // it has PARTITION BY: later items may be its partitions
+}
+
+// parsePartitionStmt reads CREATE TABLE [IF NOT EXISTS] name PARTITION OF
+// parent {( ... ) | FOR VALUES ... | DEFAULT} [PARTITION BY ...], one
+// statement, both names unqualified. msg says what is wrong, fix what to do.
+func parsePartitionStmt(src string) (p partitionStmt, msg, fix string) {
+	const shape = "write CREATE TABLE <name> PARTITION OF <table> FOR VALUES ... (or DEFAULT), one statement per item"
+	if strings.TrimSpace(src) == "" {
+		return p, "empty partition statement", shape
+	}
+	l := &sqlLexer{s: src}
+	toks := statementWords(l, 2)
+	if len(toks) < 2 || !isWord(toks[0], "create") || !isWord(toks[1], "table") {
+		if l.err != "" {
+			return p, l.err, "close it: the statement must be complete"
+		}
+		return p, "must be a CREATE TABLE ... PARTITION OF statement, found " + describeStart(toks), shape
+	}
+	t, ok := l.next()
+	if ok && isWord(t, "if") {
+		if w := statementWords(l, 2); len(w) != 2 || !isWord(w[0], "not") || !isWord(w[1], "exists") {
+			return p, "expected IF NOT EXISTS", shape
+		}
+		t, ok = l.next()
+	}
+	var good bool
+	if p.name, good = identText(t); !ok || !good {
+		return p, "expected the partition's name after CREATE TABLE", shape
+	}
+	t, ok = l.next()
+	if ok && t.kind == 'p' && t.text == "." {
+		return p, "the partition's name must not name a schema",
+			"write the bare name: greenswap creates every partition in green's schema, and finalize moves it into the app's schema"
+	}
+	if !ok || !isWord(t, "partition") {
+		return p, fmt.Sprintf("%s is not a partition: expected PARTITION OF after its name", oneLineQuote(p.name)), shape
+	}
+	if t, ok = l.next(); !ok || !isWord(t, "of") {
+		return p, "expected PARTITION OF", shape
+	}
+	t, ok = l.next()
+	if p.parent, good = identText(t); !ok || !good {
+		return p, "expected the partitioned table's name after PARTITION OF", shape
+	}
+	t, ok = l.next()
+	if ok && t.kind == 'p' && t.text == "." {
+		return p, "PARTITION OF must not name a schema",
+			"write PARTITION OF <the green table's name>, unqualified: it resolves to green in green's schema"
+	}
+	if !ok || !(t.kind == 'p' && t.text == "(" || isWord(t, "for") || isWord(t, "default")) {
+		if l.err != "" {
+			return p, l.err, "close it: the statement must be complete"
+		}
+		return p, fmt.Sprintf("expected FOR VALUES or DEFAULT after PARTITION OF %s", oneLineQuote(p.parent)), shape
+	}
+	depth := 0
+	prev := sqlToken{}
+	for ; ok; t, ok = l.next() {
+		switch {
+		case t.kind == 'p' && t.text == "(":
+			depth++
+		case t.kind == 'p' && t.text == ")":
+			depth--
+		case t.kind == 'p' && t.text == ";":
+			if t2, more := l.next(); more {
+				return p, fmt.Sprintf("more than one statement: %s follows the ';'", oneLineQuote(clip(t2.text, 30))),
+					"write one CREATE TABLE ... PARTITION OF statement per item of target.partitions"
+			}
+		case depth == 0 && isWord(prev, "partition") && isWord(t, "by"):
+			p.partitioned = true
+		}
+		prev = t
+	}
+	if l.err != "" {
+		return p, l.err, "close it: the statement must be complete"
+	}
+	return p, "", ""
+}
+
+// validatePartitions checks target.partitions: only on a partitioned
+// target.ddl, each item one CREATE TABLE <bare name> PARTITION OF <green,
+// or a partitioned partition listed before it>, every name once.
+// Qualified names are refused because they would escape green's schema
+// (PARTITION OF public.orders would attach to the live table).
+func (s *Spec) validatePartitions(partitioned bool) error {
+	if len(s.Target.Partitions) == 0 {
+		return nil
+	}
+	if !partitioned {
+		return s.specErr("target.partitions", "add PARTITION BY RANGE | LIST | HASH (...) to target.ddl, or remove target.partitions",
+			"target.ddl is not partitioned (it has no PARTITION BY clause): there is nothing to make partitions of")
+	}
+	green := s.AppTable().Name
+	seen := map[string]int{}
+	parents := map[string]bool{green: true}
+	for i, src := range s.Target.Partitions {
+		f := fmt.Sprintf("target.partitions[%d]", i)
+		p, msg, fix := parsePartitionStmt(src)
+		if msg != "" {
+			return s.specErr(f, fix, "%s", msg)
+		}
+		if p.name == green {
+			return s.specErr(f, "give the partition its own name", "partition %s has the name of the green table", oneLineQuote(p.name))
+		}
+		if j, dup := seen[p.name]; dup {
+			return s.specErr(f, "give each partition its own name", "partition %s is already target.partitions[%d]", oneLineQuote(p.name), j)
+		}
+		if !parents[p.parent] {
+			if _, ok := seen[p.parent]; ok {
+				return s.specErr(f, "add PARTITION BY ... to that partition to sub-partition it",
+					"PARTITION OF %s: that partition is not partitioned itself", oneLineQuote(p.parent))
+			}
+			return s.specErr(f, fmt.Sprintf("write PARTITION OF %s (the table of target.ddl), or of a partitioned partition listed before this one", green),
+				"PARTITION OF %s names another table than green", oneLineQuote(p.parent))
+		}
+		seen[p.name] = i
+		if p.partitioned {
+			parents[p.name] = true
+		}
+	}
+	return nil
 }
 
 // checkExpression: one SQL expression, as embedded into generated SQL.

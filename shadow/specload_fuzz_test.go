@@ -40,6 +40,16 @@ func FuzzLoadSpec(f *testing.F) {
 		`{"key": [1, null, true, 2.5]}`,
 		`{"name": "a"} trailing`,
 		`{"name": "\u00e9\ud800"}`,
+		// target.partitions
+		partYAML,
+		partEdit(" PARTITION BY RANGE (at)", ""),
+		partEdit("TABLE events_2024 PARTITION", "TABLE gs_ev_green.events_2024 PARTITION"),
+		partEdit("PARTITION OF events DEFAULT", "PARTITION OF app.events DEFAULT"),
+		partEdit("PARTITION OF events DEFAULT", `PARTITION OF "events" (id DEFAULT 1) DEFAULT PARTITION BY LIST (id)`),
+		partEdit("PARTITION OF events DEFAULT", "PARTITION OF events DEFAULT; -- x"),
+		partEdit("CREATE INDEX events_at_idx ON events", "CREATE INDEX ON events"),
+		"name: a\ntable: t\ntarget:\n  ddl: CREATE TABLE t (a int) PARTITION BY LIST (a)\n  partitions: [CREATE TABLE p PARTITION OF t DEFAULT, CREATE TABLE p PARTITION OF t DEFAULT]\n",
+		`{"name":"a","table":"t","target":{"ddl":"CREATE TABLE t (a int) PARTITION BY LIST (a)","partitions":["CREATE TABLE \"p\"\"q\" PARTITION OF t FOR VALUES IN (1)",null]}}`,
 	}
 	for _, s := range seeds {
 		for format := range uint8(3) {

@@ -244,7 +244,7 @@ func TestSpecErrors(t *testing.T) {
 	}{
 		// strict decoding
 		{"unknown top", "", edit("key: [id]", "kye: [id]"), []string{"orders.yaml:3: kye: unknown field (valid fields: name, table, mode, key, target, forward, reverse, sync)"}},
-		{"unknown nested", "", edit("  indexes:", "  indxes:"), []string{"orders.yaml:6: target.indxes: unknown field (valid fields: ddl, indexes)"}},
+		{"unknown nested", "", edit("  indexes:", "  indxes:"), []string{"orders.yaml:6: target.indxes: unknown field (valid fields: ddl, indexes, partitions)"}},
 		{"unknown sync", "", edit("  batch_size", "  batchsize"), []string{"orders.yaml:13: sync.batchsize: unknown field", "batch_size"}},
 		{"merge key", "", "base: &b {name: x}\n", []string{"orders.yaml:1: base: unknown field"}},
 		{"merge key used", "", "<<: {name: x}\n", []string{"orders.yaml:1: <<: unknown field", "merge keys"}},
@@ -304,7 +304,7 @@ func TestSpecErrors(t *testing.T) {
 		{"duration negative", "", edit("batch_size: 1000", "max_replica_lag: -1s"), []string{"orders.yaml:13: sync.max_replica_lag: must not be negative"}},
 
 		// JSON
-		{"json unknown", "json", "{\n  \"name\": \"a\",\n  \"table\": \"t\",\n  \"target\": {\"ddl\": \"CREATE TABLE t (id int)\",\n    \"indxes\": []}\n}", []string{"orders.yaml:5: target.indxes: unknown field (valid fields: ddl, indexes)"}},
+		{"json unknown", "json", "{\n  \"name\": \"a\",\n  \"table\": \"t\",\n  \"target\": {\"ddl\": \"CREATE TABLE t (id int)\",\n    \"indxes\": []}\n}", []string{"orders.yaml:5: target.indxes: unknown field (valid fields: ddl, indexes, partitions)"}},
 		{"json duplicate", "", "{\"name\": \"a\",\n\"name\": \"b\"}", []string{"orders.yaml:2: name: duplicate field (first given on line 1)"}},
 		{"json key type", "", "{\"name\": \"a\", \"table\": \"t\",\n \"key\": 5}", []string{"orders.yaml:2: key: must be a list of column names"}},
 		{"json batch type", "", "{\"sync\":\n {\"batch_size\": \"x\"}}", []string{"orders.yaml:2: sync.batch_size: must be a whole number"}},
@@ -387,7 +387,7 @@ func TestSpecLoadFileErrors(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 	for file, want := range map[string]string{
-		"broken_unknown.yaml":      "broken_unknown.yaml:5: target.indxes: unknown field (valid fields: ddl, indexes)",
+		"broken_unknown.yaml":      "broken_unknown.yaml:5: target.indxes: unknown field (valid fields: ddl, indexes, partitions)",
 		"broken_concurrently.json": "broken_concurrently.json:6: target.indexes[0]: must not say CONCURRENTLY",
 	} {
 		_, err := LoadSpecFile(filepath.Join("testdata", "spec", file))
@@ -418,5 +418,149 @@ func TestSpecValidateProgrammatic(t *testing.T) {
 	s.Name = ""
 	if err := s.Validate(); err == nil || err.Error() != "spec: name: required (add e.g. name: orders_v2)" {
 		t.Errorf("no lines: %v", err)
+	}
+}
+
+func TestSpecPartitionsAccepted(t *testing.T) {
+	s, err := LoadSpecFile(filepath.Join("testdata", "spec", "partitioned.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Target.Partitions) != 5 || !strings.HasPrefix(s.Target.Partitions[1], `CREATE TABLE "Events_2025" PARTITION OF events`) {
+		t.Errorf("partitions: %q", s.Target.Partitions)
+	}
+	for f, l := range map[string]int{"target.partitions": 11, "target.partitions[0]": 12, "target.partitions[1]": 13,
+		"target.partitions[2]": 16, "target.partitions[4]": 18, "target.indexes[1]": 21} {
+		if s.Lines[f] != l {
+			t.Errorf("Lines[%q] = %d, want %d", f, s.Lines[f], l)
+		}
+	}
+	j, err := LoadSpecFile(filepath.Join("testdata", "spec", "partitioned.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(j.Target.Partitions) != 2 || j.Lines["target.partitions[1]"] != 8 {
+		t.Errorf("json: %q, lines %v", j.Target.Partitions, j.Lines)
+	}
+	// The statements run in green's schema right after the DDL, in order.
+	sql := CreateGreenSQL(NamesFor(s.Name, s.AppTable()), s)
+	if len(sql) != 3+5+1 || sql[3] != s.Target.Partitions[0] || !strings.HasSuffix(sql[5], "TO (1000000)") || sql[8] != "RESET search_path" {
+		t.Errorf("CreateGreenSQL: %q", sql)
+	}
+	for stmt, want := range map[int]int{0: -1, 2: -1, 3: 0, 7: 4, 8: -1} {
+		if got := PartitionStatement(s, stmt); got != want {
+			t.Errorf("PartitionStatement(%d) = %d, want %d", stmt, got, want)
+		}
+	}
+	// A round trip keeps them.
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := ParseSpec(b, "rt.json", "json")
+	if err != nil || !reflect.DeepEqual(withoutLines(s), withoutLines(s2)) {
+		t.Errorf("round trip: %v\n%s", err, b)
+	}
+}
+
+// partYAML is a valid spec with a partitioned target; line numbers:
+//
+//	1 name, 2 table, 3 target, 4 ddl, 5 partitions, 6 item 0, 7 item 1, 8 indexes, 9 item 0
+const partYAML = `name: ev
+table: app.events
+target:
+  ddl: CREATE TABLE events (id bigint, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)
+  partitions:
+    - CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
+    - CREATE TABLE events_rest PARTITION OF events DEFAULT
+  indexes:
+    - CREATE INDEX events_at_idx ON events (at)
+`
+
+func partEdit(old, new string) string {
+	if !strings.Contains(partYAML, old) {
+		panic("partEdit: " + old)
+	}
+	return strings.Replace(partYAML, old, new, 1)
+}
+
+func TestSpecPartitionsRefused(t *testing.T) {
+	if _, err := ParseSpec([]byte(partYAML), "ev.yaml", ""); err != nil {
+		t.Fatalf("base: %v", err)
+	}
+	p0 := "CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')"
+	for _, tc := range []struct {
+		name string
+		in   string
+		want []string
+	}{
+		{"not partitioned", partEdit(" PARTITION BY RANGE (at)", ""),
+			[]string{"ev.yaml:5: target.partitions: target.ddl is not partitioned", "add PARTITION BY"}},
+		{"partition by inside parens only", partEdit("PRIMARY KEY (id, at)) PARTITION BY RANGE (at)", "PRIMARY KEY (id, at), \"partition\" int, by int)"),
+			[]string{"ev.yaml:5: target.partitions: target.ddl is not partitioned"}},
+		{"qualified name", partEdit("TABLE events_2024 PARTITION", "TABLE gs_ev_green.events_2024 PARTITION"),
+			[]string{"ev.yaml:6: target.partitions[0]: the partition's name must not name a schema", "green's schema"}},
+		{"qualified quoted name", partEdit("TABLE events_rest PARTITION", `TABLE public."events_rest" PARTITION`),
+			[]string{"ev.yaml:7: target.partitions[1]: the partition's name must not name a schema"}},
+		{"qualified parent", partEdit("PARTITION OF events DEFAULT", "PARTITION OF app.events DEFAULT"),
+			[]string{"ev.yaml:7: target.partitions[1]: PARTITION OF must not name a schema"}},
+		{"another table", partEdit("PARTITION OF events DEFAULT", "PARTITION OF orders DEFAULT"),
+			[]string{`ev.yaml:7: target.partitions[1]: PARTITION OF "orders" names another table than green`, "PARTITION OF events"}},
+		{"case matters when quoted", partEdit("PARTITION OF events DEFAULT", `PARTITION OF "Events" DEFAULT`),
+			[]string{`ev.yaml:7: target.partitions[1]: PARTITION OF "Events" names another table`}},
+		{"later partition as parent", partEdit("- "+p0, "- CREATE TABLE events_x PARTITION OF events_rest DEFAULT"),
+			[]string{`ev.yaml:6: target.partitions[0]: PARTITION OF "events_rest" names another table`}},
+		{"parent not partitioned", partEdit("PARTITION OF events DEFAULT", "PARTITION OF events_2024 DEFAULT"),
+			[]string{`ev.yaml:7: target.partitions[1]: PARTITION OF "events_2024": that partition is not partitioned itself`}},
+		{"duplicate", partEdit("TABLE events_rest PARTITION", "TABLE Events_2024 PARTITION"),
+			[]string{`ev.yaml:7: target.partitions[1]: partition "events_2024" is already target.partitions[0]`}},
+		{"green's name", partEdit("TABLE events_rest PARTITION", "TABLE events PARTITION"),
+			[]string{`ev.yaml:7: target.partitions[1]: partition "events" has the name of the green table`}},
+		{"not a partition", partEdit("- CREATE TABLE events_rest PARTITION OF events DEFAULT", "- CREATE TABLE events_rest (id bigint)"),
+			[]string{`ev.yaml:7: target.partitions[1]: "events_rest" is not a partition: expected PARTITION OF`}},
+		{"not create table", partEdit("- CREATE TABLE events_rest PARTITION OF events DEFAULT", "- ALTER TABLE events ATTACH PARTITION x DEFAULT"),
+			[]string{`ev.yaml:7: target.partitions[1]: must be a CREATE TABLE ... PARTITION OF statement, found "ALTER TABLE"`}},
+		{"unlogged", partEdit("- CREATE TABLE events_rest", "- CREATE UNLOGGED TABLE events_rest"),
+			[]string{`ev.yaml:7: target.partitions[1]: must be a CREATE TABLE ... PARTITION OF statement`}},
+		{"no bound", partEdit("PARTITION OF events DEFAULT", "PARTITION OF events"),
+			[]string{`ev.yaml:7: target.partitions[1]: expected FOR VALUES or DEFAULT after PARTITION OF "events"`}},
+		{"two statements", partEdit("PARTITION OF events DEFAULT", "PARTITION OF events DEFAULT; DROP TABLE app.events"),
+			[]string{`ev.yaml:7: target.partitions[1]: more than one statement: "DROP" follows the ';'`}},
+		{"unterminated", partEdit("TO ('2025-01-01')", "TO ('2025-01-01)"),
+			[]string{`ev.yaml:6: target.partitions[0]: unterminated string literal`}},
+		{"empty", partEdit("- CREATE TABLE events_rest PARTITION OF events DEFAULT", "- ''"),
+			[]string{`ev.yaml:7: target.partitions[1]: empty partition statement`}},
+		{"not a list", partEdit("  partitions:\n    - "+p0+"\n    - CREATE TABLE events_rest PARTITION OF events DEFAULT", "  partitions: "+p0),
+			[]string{`ev.yaml:5: target.partitions: must be a list of CREATE TABLE ... PARTITION OF statements`}},
+		{"unnamed index", partEdit("CREATE INDEX events_at_idx ON events", "CREATE INDEX ON events"),
+			[]string{`ev.yaml:9: target.indexes[0]: target.ddl is partitioned: every index needs a name`}},
+		{"unnamed unique index", partEdit("CREATE INDEX events_at_idx ON events", "create unique index if not exists on events"),
+			[]string{`ev.yaml:9: target.indexes[0]: target.ddl is partitioned: every index needs a name`}},
+		{"json qualified", "{\"name\": \"ev\", \"table\": \"events\", \"target\": {\n\"ddl\": \"CREATE TABLE events (id int) PARTITION BY LIST (id)\",\n\"partitions\": [\n\"CREATE TABLE x.p PARTITION OF events DEFAULT\"]}}",
+			[]string{`ev.yaml:4: target.partitions[0]: the partition's name must not name a schema`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := ParseSpec([]byte(tc.in), "ev.yaml", "")
+			if err == nil {
+				t.Fatalf("no error; spec %+v", s.Target)
+			}
+			var se *SpecError
+			if !errors.As(err, &se) || se.ExitCode() != 2 {
+				t.Errorf("error is %T, not a *SpecError (exit 2)", err)
+			}
+			msg := err.Error()
+			if strings.ContainsAny(msg, "\n\r") {
+				t.Errorf("error has a line break: %q", msg)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q\n does not contain %q", msg, w)
+				}
+			}
+		})
+	}
+	// Unnamed indexes stay fine on a plain target.
+	if _, err := ParseSpec([]byte(edit("CREATE INDEX orders_email_idx ON", "CREATE INDEX ON")), "o.yaml", ""); err != nil {
+		t.Errorf("unnamed index on a plain target: %v", err)
 	}
 }

@@ -2,11 +2,15 @@ package sync
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
@@ -16,16 +20,27 @@ import (
 )
 
 // IndexStmt is one target.indexes statement, parsed just enough to build it
-// concurrently and to find it again after a crash.
+// concurrently, to build it partition by partition on a partitioned table,
+// and to find it again after a crash.
 type IndexStmt struct {
 	Source string // as written in the spec
 	Name   string // the index name ("" when the statement names none)
 	SQL    string // the statement with CONCURRENTLY, without a trailing ';'
+	Unique bool
+	// Table is the relation after ON [ONLY], as written: one part, or
+	// schema and name (identifier rules applied).
+	Table []string
+	// Tail is the rest of the statement after the relation: [USING method]
+	// (columns) [INCLUDE ...] [NULLS ...] [WITH ...] [TABLESPACE ...]
+	// [WHERE ...]. Every partition's index repeats it, so it matches the
+	// parent's and can be attached.
+	Tail string
 }
 
-// ParseIndexStmt reads "CREATE [UNIQUE] INDEX [IF NOT EXISTS] [name] ON ..."
-// (comments and quoted identifiers allowed), adds CONCURRENTLY after INDEX
-// and extracts the name (folded to lower case unless quoted).
+// ParseIndexStmt reads "CREATE [UNIQUE] INDEX [IF NOT EXISTS] [name] ON
+// [ONLY] table ..." (comments and quoted identifiers allowed), adds
+// CONCURRENTLY after INDEX and extracts the name (folded to lower case
+// unless quoted), the table and what follows it.
 func ParseIndexStmt(src string) (IndexStmt, error) {
 	l := lexer{s: src}
 	bad := func(what string) (IndexStmt, error) {
@@ -34,7 +49,7 @@ func ParseIndexStmt(src string) (IndexStmt, error) {
 	if !l.word("create") {
 		return bad("expected CREATE")
 	}
-	l.word("unique")
+	unique := l.word("unique")
 	if !l.word("index") {
 		return bad("expected CREATE [UNIQUE] INDEX")
 	}
@@ -60,8 +75,50 @@ func ParseIndexStmt(src string) (IndexStmt, error) {
 			return bad("expected ON after the index name")
 		}
 	}
-	body := strings.TrimRight(strings.TrimSpace(src), "; \t\r\n")
-	return IndexStmt{Source: src, Name: name, SQL: body[:insertAt] + " CONCURRENTLY" + body[insertAt:]}, nil
+	l.word("only")
+	part, ok := l.ident()
+	if !ok {
+		return bad("expected the table after ON")
+	}
+	table := []string{part}
+	l.skip()
+	if l.pos < len(l.s) && l.s[l.pos] == '.' {
+		l.pos++
+		if part, ok = l.ident(); !ok {
+			return bad("expected the table's name after its schema")
+		}
+		table = append(table, part)
+	}
+	// Offsets are into src: trim its end only.
+	body := strings.TrimRight(src, "; \t\r\n\f")
+	tail := ""
+	if l.pos < len(body) {
+		tail = strings.TrimSpace(body[l.pos:])
+	}
+	if tail == "" {
+		return bad("expected the index's columns after the table")
+	}
+	return IndexStmt{Source: src, Name: name, SQL: strings.TrimLeft(body[:insertAt]+" CONCURRENTLY"+body[insertAt:], " \t\r\n\f"),
+		Unique: unique, Table: table, Tail: tail}, nil
+}
+
+// create is "CREATE [UNIQUE] INDEX [CONCURRENTLY] name ON [ONLY] rel tail",
+// rel already quoted: the statement rebuilt for one relation of a
+// partition tree.
+func (st IndexStmt) create(name, rel string, only, concurrently bool) string {
+	s := "CREATE "
+	if st.Unique {
+		s += "UNIQUE "
+	}
+	s += "INDEX "
+	if concurrently {
+		s += "CONCURRENTLY "
+	}
+	s += db.Ident(name) + " ON "
+	if only {
+		s += "ONLY "
+	}
+	return s + rel + " " + st.Tail
 }
 
 func oneLineStmt(s string) string {
@@ -163,10 +220,14 @@ func (l *lexer) ident() (string, bool) {
 	return strings.ToLower(w), true
 }
 
-// IndexEvent is one thing BuildIndexes did, for the event log.
+// IndexEvent is one thing IndexBuild did, for the event log.
 type IndexEvent struct {
-	Action    string // "build", "drop-invalid", "drop-leftover"
-	Statement int    // index into target.indexes; -1 for drops
+	// Action: "build" (a statement is done), "drop-invalid", "drop-leftover";
+	// on a partitioned table also "create-parent" (an index ON ONLY a
+	// partitioned table or partition), "build-partition" (one leaf
+	// partition's index, CONCURRENTLY) and "attach".
+	Action    string
+	Statement int    // index into target.indexes; -1 for drops of indexes no statement accounts for
 	Index     string // the index name
 	SQL       string
 	Took      time.Duration
@@ -184,17 +245,25 @@ type IndexBuild struct {
 	// OnEvent records what was done (required: unnamed statements are found
 	// again through it after a crash).
 	OnEvent func(ctx context.Context, ev IndexEvent) error
-	Log     zerolog.Logger
+	// Lock bounds the waits of the two short catalog-only steps of a build
+	// on a partitioned table, which take locks writers queue behind (trap
+	// 7): CREATE INDEX ... ON ONLY takes SHARE on the table, ALTER INDEX ...
+	// ATTACH PARTITION ACCESS EXCLUSIVE on the partition's index. Each runs
+	// through shadow.RunWithLockRetry. Zero: shadow.DefaultLockOptions().
+	Lock shadow.LockOptions
+	Log  zerolog.Logger
 }
 
 type greenIndex struct {
-	name       string
-	valid      bool
-	constraint bool
+	name        string
+	valid       bool
+	constraint  bool
+	partitioned bool // relkind I: an index of a partitioned table
 }
 
 const greenIndexesSQL = `SELECT c.relname::text, i.indisvalid,
-	EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid)
+	EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid),
+	c.relkind = 'I'
 	FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 	WHERE i.indrelid = to_regclass($1) ORDER BY c.relname`
 
@@ -205,7 +274,7 @@ func listGreenIndexes(ctx context.Context, q db.Querier, n shadow.Names) (map[st
 	}
 	out := map[string]greenIndex{}
 	var x greenIndex
-	_, err = pgx.ForEachRow(rows, []any{&x.name, &x.valid, &x.constraint}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&x.name, &x.valid, &x.constraint, &x.partitioned}, func() error {
 		out[x.name] = x
 		return nil
 	})
@@ -217,6 +286,11 @@ func listGreenIndexes(ctx context.Context, q db.Querier, n shadow.Names) (map[st
 // not finish) and, when some statement names no index, valid indexes that
 // no statement accounts for (built, but killed before it was recorded).
 // Green's only other indexes back its constraints, from target.ddl.
+//
+// A statement on a partitioned table is built partition by partition (see
+// buildPartitioned): its parent index, created ON ONLY, is INVALID until
+// the index of every partition is attached, so an invalid index of a
+// partitioned table is never dropped: the build goes on with it.
 //
 // The session runs with lock_timeout and statement_timeout off: CREATE
 // INDEX CONCURRENTLY takes SHARE UPDATE EXCLUSIVE, which blocks no reads or
@@ -245,23 +319,35 @@ func (ib *IndexBuild) Run(ctx context.Context) error {
 		db.Ident(ib.Names.GreenSchema)+", "+db.Ident(ib.Names.App.Schema), pgx.QueryExecModeSimpleProtocol); err != nil {
 		return err
 	}
+	targets := make([]relInfo, len(stmts))
+	for i, st := range stmts {
+		if targets[i], err = resolveRel(ctx, conn, st.Table); err != nil {
+			return fmt.Errorf("target.indexes[%d]: %w", i, err)
+		}
+		if targets[i].kind == "p" && st.Name == "" {
+			return fmt.Errorf("target.indexes[%d]: %s is partitioned: name the index (greenswap names the index of each partition after it)",
+				i, targets[i].qualified())
+		}
+	}
 	have, err := listGreenIndexes(ctx, conn, ib.Names)
 	if err != nil {
 		return err
 	}
-	drop := func(action, name string) error {
-		sql := "DROP INDEX CONCURRENTLY IF EXISTS " + db.Ident(ib.Names.Green.Schema, name)
+	drop := func(action string, statement int, schema, name string) error {
+		sql := "DROP INDEX CONCURRENTLY IF EXISTS " + db.Ident(schema, name)
 		t0 := time.Now()
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("drop index %s: %w", name, err)
 		}
-		delete(have, name)
+		if schema == ib.Names.Green.Schema {
+			delete(have, name)
+		}
 		ib.Log.Info().Str("index", name).Str("action", action).Msg("dropped an index left by an interrupted build")
-		return ib.OnEvent(ctx, IndexEvent{Action: action, Statement: -1, Index: name, SQL: sql, Took: time.Since(t0)})
+		return ib.OnEvent(ctx, IndexEvent{Action: action, Statement: statement, Index: name, SQL: sql, Took: time.Since(t0)})
 	}
 	for _, name := range slices.Sorted(maps.Keys(have)) {
-		if !have[name].valid {
-			if err := drop("drop-invalid", name); err != nil {
+		if x := have[name]; !x.valid && !x.partitioned {
+			if err := drop("drop-invalid", -1, ib.Names.Green.Schema, name); err != nil {
 				return err
 			}
 		}
@@ -277,7 +363,25 @@ func (ib *IndexBuild) Run(ctx context.Context) error {
 		if name != "" {
 			known[name] = true
 		}
-		if _, ok := have[name]; name != "" && ok {
+		if t := targets[i]; name != "" && t.oid != 0 {
+			// Found by name next to its table, which need not be green
+			// itself (an index of one partition, say).
+			ix, err := lookupIndex(ctx, conn, t.schema, name)
+			if err != nil {
+				return err
+			}
+			if ix != nil && ix.table != t.oid {
+				return fmt.Errorf("target.indexes[%d]: index %s exists, but not on %s: rename it", i, ix.qualified(), t.qualified())
+			}
+			if ix != nil && ix.valid {
+				continue
+			}
+			if ix != nil && !ix.partitioned && ix.table == t.oid && ix.attachedTo == 0 {
+				if err := drop("drop-invalid", i, t.schema, name); err != nil {
+					return err
+				}
+			}
+		} else if _, ok := have[name]; name != "" && ok {
 			continue
 		}
 		todo = append(todo, i)
@@ -287,8 +391,8 @@ func (ib *IndexBuild) Run(ctx context.Context) error {
 	}
 	if unnamedTodo {
 		for _, name := range slices.Sorted(maps.Keys(have)) {
-			if x := have[name]; !x.constraint && !known[name] {
-				if err := drop("drop-leftover", name); err != nil {
+			if x := have[name]; !x.constraint && !x.partitioned && !known[name] {
+				if err := drop("drop-leftover", -1, ib.Names.Green.Schema, name); err != nil {
 					return err
 				}
 			}
@@ -296,6 +400,12 @@ func (ib *IndexBuild) Run(ctx context.Context) error {
 	}
 	for _, i := range todo {
 		st := stmts[i]
+		if targets[i].kind == "p" {
+			if err := ib.buildPartitioned(ctx, conn, i, st, targets[i]); err != nil {
+				return err
+			}
+			continue
+		}
 		ib.Log.Info().Int("statement", i).Str("sql", st.SQL).Msg("building index")
 		t0 := time.Now()
 		if _, err := conn.Exec(ctx, st.SQL); err != nil {
@@ -320,6 +430,379 @@ func (ib *IndexBuild) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Partitioned tables.
+//
+// PostgreSQL refuses CREATE INDEX CONCURRENTLY on a partitioned table, and
+// a plain CREATE INDEX on one holds SHARE on every partition (writers wait)
+// for the whole build. The standard way, done here:
+//
+//  1. CREATE INDEX name ON ONLY parent (...): catalog only, instant, and
+//     INVALID (it covers no partition yet); a partition that is itself
+//     partitioned gets its own ON ONLY index the same way;
+//  2. per leaf partition, CREATE INDEX CONCURRENTLY of the same definition
+//     (the statement's tail) under PartitionIndexName(name, partition),
+//     then ALTER INDEX <its parent's index> ATTACH PARTITION <that index>;
+//  3. the indexes of sub-partitioned partitions, deepest first, attached to
+//     their parent's. Once every partition's index is attached (and valid),
+//     PostgreSQL marks the parent index valid by itself.
+//
+// Every step checks the catalog first, so a re-run after a crash continues
+// where it stopped: the ON ONLY indexes are kept (invalid on purpose), a
+// partition's index left INVALID by a crashed CONCURRENTLY build is
+// dropped and built again, one that is built but not attached is attached.
+
+// relInfo is one relation of a partition tree.
+type relInfo struct {
+	oid    uint32
+	schema string
+	name   string
+	kind   string // relkind
+	parent uint32 // the partitioned table it is a partition of (0: the root)
+}
+
+func (r relInfo) qualified() string { return db.Ident(r.schema, r.name) }
+
+// resolveRel finds the relation an index statement names, under the
+// session's search_path; oid 0 when there is none (the statement then
+// fails with PostgreSQL's own error).
+func resolveRel(ctx context.Context, q db.Querier, table []string) (relInfo, error) {
+	var r relInfo
+	err := q.QueryRow(ctx, `SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`,
+		db.Ident(table...)).Scan(&r.oid, &r.schema, &r.name, &r.kind)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return relInfo{}, nil
+	}
+	if err != nil {
+		return relInfo{}, fmt.Errorf("look up table %s: %w", db.Ident(table...), err)
+	}
+	return r, nil
+}
+
+// partitionTree lists the partitions below root, every level, parents
+// before their partitions.
+func partitionTree(ctx context.Context, q db.Querier, root uint32) ([]relInfo, error) {
+	rows, err := q.Query(ctx, `SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, t.parentrelid::oid
+		FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE t.level > 0 ORDER BY t.level, c.relname`, root)
+	if err != nil {
+		return nil, fmt.Errorf("read the partitions: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (relInfo, error) {
+		var x relInfo
+		err := r.Scan(&x.oid, &x.schema, &x.name, &x.kind, &x.parent)
+		return x, err
+	})
+}
+
+// indexInfo is an index found by name.
+type indexInfo struct {
+	oid         uint32
+	name        string
+	schema      string
+	table       uint32 // pg_index.indrelid
+	valid       bool
+	partitioned bool   // relkind I
+	attachedTo  uint32 // the partitioned index it is attached to (0: none)
+}
+
+func (x *indexInfo) qualified() string { return db.Ident(x.schema, x.name) }
+
+// lookupIndex finds the index called name in schema; nil when there is none.
+func lookupIndex(ctx context.Context, q db.Querier, schema, name string) (*indexInfo, error) {
+	x := &indexInfo{name: name, schema: schema}
+	err := q.QueryRow(ctx, `SELECT c.oid, i.indrelid, i.indisvalid, c.relkind = 'I',
+		coalesce((SELECT h.inhparent FROM pg_inherits h WHERE h.inhrelid = c.oid), 0)
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_index i ON i.indexrelid = c.oid
+		WHERE n.nspname = $1 AND c.relname = $2`, schema, name).Scan(&x.oid, &x.table, &x.valid, &x.partitioned, &x.attachedTo)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up index %s: %w", db.Ident(schema, name), err)
+	}
+	return x, nil
+}
+
+// maxIdentLen is PostgreSQL's NAMEDATALEN - 1: longer names are truncated.
+const maxIdentLen = 63
+
+// PartitionIndexName is the name of the index greenswap builds on
+// partition for the target.indexes statement whose index is called index
+// (at every level of the tree: partition names are unique in green's
+// schema, so the pair is too): "<index>_<partition>". A name longer than
+// PostgreSQL's 63 bytes would be truncated, and two partitions could then
+// collide, so it is cut (on a character boundary) and ends with 8 hex
+// digits of a hash of the full name instead. Deterministic, so a re-run
+// finds what an earlier run built.
+func PartitionIndexName(index, partition string) string {
+	name := index + "_" + partition
+	if len(name) <= maxIdentLen {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	suffix := "_" + hex.EncodeToString(sum[:4])
+	cut := maxIdentLen - len(suffix)
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
+	}
+	return name[:cut] + suffix
+}
+
+func attachSQL(parent, child *indexInfo) string {
+	return "ALTER INDEX " + parent.qualified() + " ATTACH PARTITION " + child.qualified()
+}
+
+// uniqueHint explains PostgreSQL's refusal of a unique index on a
+// partitioned table that lacks a partition key column.
+func uniqueHint(st IndexStmt, err error) string {
+	if st.Unique && db.SQLState(err) == "0A000" {
+		return "; a unique index on a partitioned table must include every column of its partition key"
+	}
+	return ""
+}
+
+func (ib *IndexBuild) lockOptions() shadow.LockOptions {
+	if ib.Lock.Timeout > 0 {
+		return ib.Lock
+	}
+	return shadow.DefaultLockOptions()
+}
+
+// short runs one catalog-only statement with a bounded lock wait, retried.
+func (ib *IndexBuild) short(ctx context.Context, conn *pgx.Conn, step, sql string) error {
+	return shadow.RunWithLockRetry(ctx, conn, step, ib.lockOptions(),
+		func(attempt int, _ []shadow.Blocker, wait time.Duration) {
+			ib.Log.Warn().Str("sql", sql).Int("attempt", attempt).Dur("retry_in", wait).Msg("lock wait timed out; rolled back, retrying")
+		},
+		func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, sql)
+			return err
+		})
+}
+
+// buildPartitioned builds statement i on the partitioned table root (see
+// above) and records it as built once its index is valid.
+func (ib *IndexBuild) buildPartitioned(ctx context.Context, conn *pgx.Conn, i int, st IndexStmt, root relInfo) error {
+	t0 := time.Now()
+	event := func(action, index, sql string, took time.Duration) error {
+		return ib.OnEvent(ctx, IndexEvent{Action: action, Statement: i, Index: index, SQL: sql, Took: took})
+	}
+	fail := func(sql string, err error) error {
+		return fmt.Errorf("target.indexes[%d]: %s: %w%s", i, oneLineStmt(sql), err, uniqueHint(st, err))
+	}
+	// only finds or creates the ON ONLY index name of the partitioned rel.
+	only := func(rel relInfo, name string) (*indexInfo, error) {
+		ix, err := lookupIndex(ctx, conn, rel.schema, name)
+		if err != nil || ix != nil {
+			return ix, err
+		}
+		sql := st.create(name, rel.qualified(), true, false)
+		ib.Log.Info().Int("statement", i).Str("sql", sql).Msg("creating a partitioned index")
+		t := time.Now()
+		if err := ib.short(ctx, conn, "create index "+name, sql); err != nil {
+			return nil, fail(sql, err)
+		}
+		if err := event("create-parent", name, sql, time.Since(t)); err != nil {
+			return nil, err
+		}
+		return lookupIndex(ctx, conn, rel.schema, name)
+	}
+	parent, err := only(root, st.Name)
+	if err != nil {
+		return err
+	}
+	if parent == nil || parent.table != root.oid {
+		return fmt.Errorf("target.indexes[%d]: an index %s exists, but not on %s: rename it", i, db.Ident(root.schema, st.Name), root.qualified())
+	}
+	tree, err := partitionTree(ctx, conn, root.oid)
+	if err != nil {
+		return err
+	}
+	indexOf := map[uint32]*indexInfo{root.oid: parent}
+	attach := func(p relInfo, ix *indexInfo) error {
+		up := indexOf[p.parent]
+		if up == nil {
+			return fmt.Errorf("target.indexes[%d]: partition %s: the index of its parent is missing", i, p.qualified())
+		}
+		if ix.attachedTo == up.oid {
+			return nil
+		}
+		if ix.attachedTo != 0 {
+			return fmt.Errorf("target.indexes[%d]: index %s is attached to another index than %s", i, ix.qualified(), up.qualified())
+		}
+		sql := attachSQL(up, ix)
+		t := time.Now()
+		if err := ib.short(ctx, conn, "attach index "+ix.name, sql); err != nil {
+			return fail(sql, err)
+		}
+		ix.attachedTo = up.oid
+		return event("attach", ix.name, sql, time.Since(t))
+	}
+	// Pass 1, top down: the ON ONLY index of each sub-partitioned partition
+	// (not attached yet, see pass 3).
+	for _, p := range tree {
+		name := PartitionIndexName(st.Name, p.name)
+		ix, err := lookupIndex(ctx, conn, p.schema, name)
+		if err != nil {
+			return err
+		}
+		if ix != nil && ix.table != p.oid {
+			return fmt.Errorf("target.indexes[%d]: the index of partition %s would be %s, but that name belongs to an index of another table: rename it",
+				i, p.qualified(), ix.qualified())
+		}
+		switch p.kind {
+		case "p":
+			if ix == nil {
+				if ix, err = only(p, name); err != nil {
+					return err
+				}
+			}
+		case "r":
+		default:
+			return fmt.Errorf("target.indexes[%d]: partition %s is not a table (relkind %s): it cannot have an index", i, p.qualified(), p.kind)
+		}
+		indexOf[p.oid] = ix // nil for a leaf not built yet
+	}
+	// Pass 2: each leaf's index, CONCURRENTLY, attached to its parent's.
+	for _, p := range tree {
+		if p.kind != "r" {
+			continue
+		}
+		name := PartitionIndexName(st.Name, p.name)
+		ix := indexOf[p.oid]
+		if ix != nil && !ix.valid {
+			if ix.attachedTo != 0 {
+				return fmt.Errorf("target.indexes[%d]: index %s of partition %s is INVALID but attached: REINDEX INDEX CONCURRENTLY %s, then sync again",
+					i, ix.qualified(), p.qualified(), ix.qualified())
+			}
+			// A CONCURRENTLY build that did not finish.
+			sql := "DROP INDEX CONCURRENTLY IF EXISTS " + ix.qualified()
+			t := time.Now()
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				return fmt.Errorf("drop index %s: %w", ix.qualified(), err)
+			}
+			ib.Log.Info().Str("index", name).Msg("dropped an invalid partition index left by an interrupted build")
+			if err := event("drop-invalid", name, sql, time.Since(t)); err != nil {
+				return err
+			}
+			ix = nil
+		}
+		if ix == nil {
+			sql := st.create(name, p.qualified(), false, true)
+			ib.Log.Info().Int("statement", i).Str("sql", sql).Msg("building a partition's index")
+			t := time.Now()
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				return fail(sql, err)
+			}
+			if err := event("build-partition", name, sql, time.Since(t)); err != nil {
+				return err
+			}
+			var err error
+			if ix, err = lookupIndex(ctx, conn, p.schema, name); err != nil {
+				return err
+			}
+			if ix == nil {
+				return fmt.Errorf("target.indexes[%d]: index %s of partition %s was not created", i, db.Ident(p.schema, name), p.qualified())
+			}
+			indexOf[p.oid] = ix
+		}
+		if err := attach(p, ix); err != nil {
+			return err
+		}
+	}
+	// Pass 3, bottom up: each sub-partitioned partition's index, complete
+	// (valid) by now, attached to its parent's. Attaching the last missing
+	// index under an index that is itself attached makes PostgreSQL
+	// re-validate the one above with ACCESS EXCLUSIVE on its table: writers
+	// holding a lock on the index being attached would deadlock with that.
+	// Attaching bottom up, an index is only ever attached once everything
+	// below it is, so no attachment reaches beyond its own parent.
+	for k := len(tree) - 1; k >= 0; k-- {
+		if p := tree[k]; p.kind == "p" {
+			if err := attach(p, indexOf[p.oid]); err != nil {
+				return err
+			}
+		}
+	}
+	done, err := lookupIndex(ctx, conn, root.schema, st.Name)
+	if err != nil {
+		return err
+	}
+	if done == nil || !done.valid {
+		return fmt.Errorf("target.indexes[%d]: index %s is still INVALID after the index of every partition was attached (a partition added meanwhile?); sync again",
+			i, db.Ident(root.schema, st.Name))
+	}
+	return event("build", st.Name, st.create(st.Name, root.qualified(), true, false), time.Since(t0))
+}
+
+// RehearsePartitioned does in q's transaction, without CONCURRENTLY, what
+// IndexBuild does for st when st's table is partitioned: the ON ONLY
+// index, each partition's index under PartitionIndexName, attached. Plan
+// runs it on the sampled rows, so a unique index without the partition key
+// or a partition the index does not fit fails before sync, and green holds
+// the names sync will give. q's search_path must be IndexBuild's (green's
+// schema, then the app's). partitioned is false, and nothing ran, when the
+// table is not partitioned; shown is the SQL as sync runs it.
+func RehearsePartitioned(ctx context.Context, q db.Querier, st IndexStmt) (partitioned bool, shown []string, err error) {
+	root, err := resolveRel(ctx, q, st.Table)
+	if err != nil || root.kind != "p" {
+		return false, nil, err
+	}
+	if st.Name == "" {
+		return true, nil, fmt.Errorf("%s is partitioned: name the index (greenswap names the index of each partition after it)", root.qualified())
+	}
+	run := func(sql, show string) error {
+		shown = append(shown, show)
+		if _, err := q.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("%s: %w%s", oneLineStmt(sql), err, uniqueHint(st, err))
+		}
+		return nil
+	}
+	only := st.create(st.Name, root.qualified(), true, false)
+	if err := run(only, only); err != nil {
+		return true, shown, err
+	}
+	tree, err := partitionTree(ctx, q, root.oid)
+	if err != nil {
+		return true, shown, err
+	}
+	// The order of IndexBuild's three passes.
+	indexOf := map[uint32]*indexInfo{root.oid: {name: st.Name, schema: root.schema}}
+	for _, p := range tree {
+		indexOf[p.oid] = &indexInfo{name: PartitionIndexName(st.Name, p.name), schema: p.schema}
+		if p.kind == "p" {
+			sql := st.create(indexOf[p.oid].name, p.qualified(), true, false)
+			if err := run(sql, sql); err != nil {
+				return true, shown, err
+			}
+		}
+	}
+	for _, p := range tree {
+		if p.kind == "p" {
+			continue
+		}
+		ix := indexOf[p.oid]
+		if err := run(st.create(ix.name, p.qualified(), false, false), st.create(ix.name, p.qualified(), false, true)); err != nil {
+			return true, shown, err
+		}
+		sql := attachSQL(indexOf[p.parent], ix)
+		if err := run(sql, sql); err != nil {
+			return true, shown, err
+		}
+	}
+	for k := len(tree) - 1; k >= 0; k-- {
+		if p := tree[k]; p.kind == "p" {
+			sql := attachSQL(indexOf[p.parent], indexOf[p.oid])
+			if err := run(sql, sql); err != nil {
+				return true, shown, err
+			}
+		}
+	}
+	return true, shown, nil
 }
 
 // Analyze collects statistics on green (SHARE UPDATE EXCLUSIVE: blocks
