@@ -49,6 +49,7 @@ type SyncOptions struct {
 	TargetBatchTime time.Duration // adaptive sizing aims each batch at this
 	MaxReplicaLag   time.Duration // hold the backfill while a standby lags more
 	LockTimeout     time.Duration // per attempt, for every lock-taking step
+	NiceRatio       float64       // > 0: after each batch, sleep this many times its duration
 
 	// Progress, when set, is called every ProgressEvery (default 1s) while
 	// Sync runs, and once more before it returns, with the figures the
@@ -517,6 +518,10 @@ func (r *syncRun) backfill(ctx context.Context) error {
 	if r.opts.TargetBatchTime > 0 {
 		bo.TargetBatchTime = r.opts.TargetBatchTime
 	}
+	bo.NiceRatio = so.NiceRatio
+	if r.opts.NiceRatio > 0 {
+		bo.NiceRatio = r.opts.NiceRatio
+	}
 	maxLag := so.MaxReplicaLag.Duration
 	if r.opts.MaxReplicaLag > 0 {
 		maxLag = r.opts.MaxReplicaLag
@@ -557,7 +562,7 @@ func (r *syncRun) backfill(ctx context.Context) error {
 		return err
 	}
 	r.log.Info().Strs("key", keyCols).Strs("cursor", cursor).Int64("rows_estimate", r.row.RowsEstimate).
-		Int("batch_size", bo.BatchSize).Bool("fixed", bo.Fixed).Msg("backfill")
+		Int("batch_size", bo.BatchSize).Bool("fixed", bo.Fixed).Float64("nice_ratio", bo.NiceRatio).Msg("backfill")
 	res, err := bf.Run(ctx, cursor)
 	r.stats.Rows, r.stats.Scanned, r.stats.Batches, r.stats.Retries, r.stats.Redone, r.stats.Backfill =
 		res.Rows, res.Scanned, res.Batches, res.Retries, res.Redone, res.Duration

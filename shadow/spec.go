@@ -55,7 +55,15 @@ type SyncOptions struct {
 	TargetBatchTime Duration `yaml:"target_batch_time" json:"target_batch_time,omitempty"`
 	MaxReplicaLag   Duration `yaml:"max_replica_lag" json:"max_replica_lag,omitempty"`
 	LockTimeout     Duration `yaml:"lock_timeout" json:"lock_timeout,omitempty"`
+	// NiceRatio makes the backfill yield: after each batch it sleeps this
+	// many times the batch's duration (0, the default: no pause). On a
+	// server short of CPU it gives the application its share back.
+	NiceRatio float64 `yaml:"nice_ratio" json:"nice_ratio,omitempty"`
 }
+
+// MaxNiceRatio bounds sync.nice_ratio and --nice-ratio: beyond it the copy
+// would mostly sleep, and a pause (greenswap pause) says that better.
+const MaxNiceRatio = 20.0
 
 // Duration is a time.Duration written as "200ms", "2s", "5m" in specs.
 type Duration struct{ time.Duration }

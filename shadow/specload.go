@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -324,7 +325,7 @@ type specDecoder struct {
 var (
 	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync"}
 	targetFields = []string{"ddl", "indexes", "partitions"}
-	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout"}
+	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio"}
 )
 
 func (d *specDecoder) errf(line int, field, fix, format string, args ...any) *SpecError {
@@ -395,6 +396,8 @@ func (d *specDecoder) sync(n *yaml.Node, path string, line int, o *SyncOptions) 
 			o.MaxReplicaLag, err = d.duration(v, fpath, fline)
 		case "lock_timeout":
 			o.LockTimeout, err = d.duration(v, fpath, fline)
+		case "nice_ratio":
+			o.NiceRatio, err = d.float(v, fpath, fline)
 		}
 		return err
 	})
@@ -554,6 +557,22 @@ func (d *specDecoder) int(n *yaml.Node, path string, line int) (int, *SpecError)
 		return 0, d.errf(line, path, "write a smaller number", "number %s is out of range", oneLineQuote(n.Value))
 	}
 	return int(v), nil
+}
+
+func (d *specDecoder) float(n *yaml.Node, path string, line int) (float64, *SpecError) {
+	n = resolveAlias(n)
+	if isNull(n) {
+		return 0, nil
+	}
+	if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!int" && n.ShortTag() != "!!float") {
+		return 0, d.errf(line, path, "write a plain number without quotes, e.g. 0.5",
+			"must be a number, not %s", describeNode(n))
+	}
+	var v float64
+	if err := n.Decode(&v); err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, d.errf(line, path, "write a finite number, e.g. 0.5", "number %s is not finite", oneLineQuote(n.Value))
+	}
+	return v, nil
 }
 
 func (d *specDecoder) duration(n *yaml.Node, path string, line int) (Duration, *SpecError) {
@@ -792,6 +811,10 @@ func (s *Spec) Validate() error {
 	if o.MinBatchSize > 0 && o.MaxBatchSize > 0 && o.MinBatchSize > o.MaxBatchSize {
 		return s.specErr("sync.min_batch_size", "make min_batch_size at most max_batch_size",
 			"min_batch_size %d is larger than max_batch_size %d", o.MinBatchSize, o.MaxBatchSize)
+	}
+	if o.NiceRatio < 0 || o.NiceRatio > MaxNiceRatio {
+		return s.specErr("sync.nice_ratio", fmt.Sprintf("write a number from 0 (no pause) to %g, e.g. 0.5", MaxNiceRatio),
+			"must be between 0 and %g, got %g", MaxNiceRatio, o.NiceRatio)
 	}
 	for _, dd := range []struct {
 		f string

@@ -99,6 +99,7 @@ func TestSpecLoadAllOptions(t *testing.T) {
 		TargetBatchTime: Duration{250 * time.Millisecond},
 		MaxReplicaLag:   Duration{5 * time.Second},
 		LockTimeout:     Duration{time.Second},
+		NiceRatio:       0.5,
 	}
 	if s.Sync != want {
 		t.Errorf("sync = %+v, want %+v", s.Sync, want)
@@ -260,6 +261,10 @@ func TestSpecErrors(t *testing.T) {
 		{"batch size huge", "", edit("batch_size: 1000", `batch_size: 99999999999999999999`), []string{`orders.yaml:13: sync.batch_size:`}},
 		{"duration int", "", edit("batch_size: 1000", "lock_timeout: 200"), []string{`orders.yaml:13: sync.lock_timeout: a duration needs a unit`, `"200ms"`}},
 		{"duration bad", "", edit("batch_size: 1000", "lock_timeout: 2 seconds"), []string{`orders.yaml:13: sync.lock_timeout: invalid duration "2 seconds"`, `"2s"`}},
+		{"nice ratio string", "", edit("batch_size: 1000", `nice_ratio: "half"`), []string{`orders.yaml:13: sync.nice_ratio: must be a number, not the string "half"`}},
+		{"nice ratio negative", "", edit("batch_size: 1000", "nice_ratio: -1"), []string{`orders.yaml:13: sync.nice_ratio: must be between 0 and 20, got -1`}},
+		{"nice ratio huge", "", edit("batch_size: 1000", "nice_ratio: 100"), []string{`orders.yaml:13: sync.nice_ratio: must be between 0 and 20, got 100`}},
+		{"nice ratio nan", "", edit("batch_size: 1000", "nice_ratio: .nan"), []string{`orders.yaml:13: sync.nice_ratio: number ".nan" is not finite`}},
 		{"ddl list", "", edit("  ddl: CREATE TABLE orders (id bigint PRIMARY KEY, email text NOT NULL)", "  ddl: [a]"), []string{"orders.yaml:5: target.ddl: must be a string, not a list"}},
 		{"target scalar", "", "name: a\ntable: t\ntarget: CREATE TABLE t()\n", []string{"orders.yaml:3: target: must be a mapping"}},
 		{"forward list", "", edit("forward:\n  email: coalesce(email, '')", "forward: [email]"), []string{"orders.yaml:8: forward: must be a mapping of column to SQL expression"}},

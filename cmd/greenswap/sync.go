@@ -54,13 +54,15 @@ Example:
 
    greenswap sync -f orders.yaml --watch
    greenswap sync -f orders.yaml --watch --metrics-addr :9187
-   greenswap sync -f orders.yaml --batch-size 5000 --max-replica-lag 30s`,
+   greenswap sync -f orders.yaml --batch-size 5000 --max-replica-lag 30s
+   greenswap sync -f orders.yaml --nice-ratio 1     # copy at about half speed`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the migration spec, YAML or JSON (required)", TakesFile: true},
 			&cli.BoolFlag{Name: "watch", Usage: "show live progress (a status line every few seconds without a terminal); after synced, keep showing it until Ctrl-C"},
 			&cli.IntFlag{Name: "batch-size", Usage: "copy exactly `N` rows per batch", DefaultText: "adaptive, toward --target-batch-time"},
 			&cli.DurationFlag{Name: "target-batch-time", Usage: "adaptive batch sizing aims each batch at this `DURATION`", DefaultText: "sync.target_batch_time, else 200ms"},
 			&cli.DurationFlag{Name: "max-replica-lag", Usage: "hold the backfill while a standby's replay lag exceeds `DURATION`", DefaultText: "sync.max_replica_lag, else 10s"},
+			&cli.Float64Flag{Name: "nice-ratio", Usage: "after each batch, sleep `RATIO` times its duration, leaving CPU to the application (the copy takes 1+RATIO times as long)", DefaultText: "sync.nice_ratio, else 0"},
 			&cli.DurationFlag{Name: "lock-timeout", Usage: "wait at most `DURATION` per attempt for a table lock, then retry", DefaultText: "sync.lock_timeout, else 2s"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on http://`ADDR`/metrics (host:port, e.g. :9187) while sync runs", DefaultText: "off"},
 		},
@@ -84,6 +86,7 @@ func syncAction(c *cli.Context) error {
 		TargetBatchTime: c.Duration("target-batch-time"),
 		MaxReplicaLag:   c.Duration("max-replica-lag"),
 		LockTimeout:     c.Duration("lock-timeout"),
+		NiceRatio:       c.Float64("nice-ratio"),
 	}
 	for _, f := range []struct {
 		name string
@@ -93,10 +96,14 @@ func syncAction(c *cli.Context) error {
 		{"target-batch-time", opts.TargetBatchTime < 0},
 		{"max-replica-lag", opts.MaxReplicaLag < 0},
 		{"lock-timeout", opts.LockTimeout < 0},
+		{"nice-ratio", opts.NiceRatio < 0},
 	} {
 		if f.bad {
 			return exitcode.Errorf(exitcode.BadInput, "--%s must not be negative", f.name)
 		}
+	}
+	if opts.NiceRatio > shadow.MaxNiceRatio {
+		return exitcode.Errorf(exitcode.BadInput, "--nice-ratio %g is above %g: the copy would mostly sleep (pause it with `greenswap pause` instead)", opts.NiceRatio, shadow.MaxNiceRatio)
 	}
 	file := c.String("file")
 	if file == "" {

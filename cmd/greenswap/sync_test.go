@@ -28,7 +28,7 @@ func TestSyncCommandsHaveUsageAndExample(t *testing.T) {
 		}
 	}
 	_, out, _ := syncRunCLI("sync", "--help")
-	for _, f := range []string{"--file", "--watch", "--batch-size", "--target-batch-time", "--max-replica-lag", "--lock-timeout", "--metrics-addr"} {
+	for _, f := range []string{"--file", "--watch", "--batch-size", "--target-batch-time", "--max-replica-lag", "--lock-timeout", "--metrics-addr", "--nice-ratio"} {
 		if !strings.Contains(out, f) {
 			t.Errorf("sync --help lacks %s", f)
 		}
@@ -46,6 +46,8 @@ func TestSyncBadInputExits2(t *testing.T) {
 		{[]string{"sync", "-f", "/nonexistent/spec.yaml"}, "cannot read the spec file"},
 		{[]string{"sync", "-f", spec}, "s.yaml:3"},
 		{[]string{"sync", "-f", spec, "--batch-size", "-5"}, "--batch-size must not be negative"},
+		{[]string{"sync", "-f", spec, "--nice-ratio", "-1"}, "--nice-ratio must not be negative"},
+		{[]string{"sync", "-f", spec, "--nice-ratio", "50"}, "--nice-ratio 50 is above 20"},
 		{[]string{"sync", "-f", spec, "extra"}, "takes no arguments"},
 		{[]string{"sync", "-f", spec, "--lock-timeout", "soon"}, "lock-timeout"},
 		{[]string{"pause"}, "one migration name"},
