@@ -34,6 +34,13 @@ type Options struct {
 	MaxBatchKeys      int           // keys per apply transaction (default 1000)
 	ApplyWorkers      int           // apply transactions of one batch running at once (default 2)
 	MaxPendingKeys    int           // received but unapplied keys at which reading pauses (default 100000)
+	// ApplyInterval is the least time between the starts of two apply
+	// batches while fewer than MaxBatchKeys keys wait (default 10ms): a
+	// steady trickle of one-row transactions is then applied a batch at a
+	// time instead of one apply transaction each, which costs the server
+	// several statements and a commit per application write. Green lags by
+	// at most this much more.
+	ApplyInterval time.Duration
 	StatusInterval    time.Duration // a standby status update at least this often (default 1s; wal_sender_timeout is 60s by default)
 	LockTimeout       time.Duration // per apply transaction, for row and table locks (default 500ms)
 	ApplyAttempts     int           // tries of one apply transaction on lock timeouts and deadlocks (default 30)
@@ -61,6 +68,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxPendingKeys <= 0 {
 		o.MaxPendingKeys = 100000
+	}
+	if o.ApplyInterval <= 0 {
+		o.ApplyInterval = 10 * time.Millisecond
 	}
 	if o.StatusInterval <= 0 {
 		o.StatusInterval = time.Second
@@ -401,9 +411,15 @@ func (s *Streamer) session(ctx context.Context, until pglogrepl.LSN) error {
 		if nextStatus.Before(deadline) {
 			deadline = nextStatus
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
-		raw, err := conn.ReceiveMessage(rctx)
-		cancel()
+		// The deadline goes on the socket, not on a context: pgconn watches
+		// a cancellable context with a goroutine per call, which at tens of
+		// thousands of messages a second was most of the stream's CPU. A
+		// read timeout is not fatal to the connection (pgconn keeps what it
+		// has read so far), and ctx is checked on every turn of the loop.
+		if err := conn.Conn().SetReadDeadline(deadline); err != nil {
+			return fmt.Errorf("set the stream's read deadline: %w", err)
+		}
+		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) || ctx.Err() != nil {
 				continue
@@ -512,6 +528,7 @@ func (s *Streamer) sendStatus(conn *pgconn.PgConn, reply bool) error {
 // stop never abandons a batch half-way (it would only be redone).
 func (s *Streamer) applyLoop(ctx context.Context, kick <-chan struct{}, errs chan<- error) {
 	dbctx := context.WithoutCancel(ctx)
+	var lastStart time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -519,6 +536,14 @@ func (s *Streamer) applyLoop(ctx context.Context, kick <-chan struct{}, errs cha
 		case <-kick:
 		}
 		for ctx.Err() == nil {
+			if wait := time.Until(lastStart.Add(s.opt.ApplyInterval)); wait > 0 && s.pendingKeys() < s.opt.MaxBatchKeys {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+			lastStart = time.Now()
 			s.mu.Lock()
 			b := s.pending
 			if b.empty() {
