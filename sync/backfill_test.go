@@ -34,8 +34,15 @@ type fixture struct {
 
 func setup(t *testing.T, tableSQL, specYAML string) *fixture {
 	t.Helper()
-	ctx := context.Background()
 	pool, dsn := pgtest.NewPool(t)
+	return setupOn(t, pool, dsn, tableSQL, specYAML)
+}
+
+// setupOn is setup on a database the caller chose (replica_test.go: one on
+// its own primary, followed by a standby).
+func setupOn(t *testing.T, pool *pgxpool.Pool, dsn, tableSQL, specYAML string) *fixture {
+	t.Helper()
+	ctx := context.Background()
 	pgtest.Exec(t, dsn, tableSQL)
 	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {

@@ -10,11 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
-	"github.com/greenswap/greenswap/runner"
-	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
 )
 
@@ -281,37 +278,6 @@ func TestReplicaLagRealStandby(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	rs.pollHold(t, th, 20*time.Second, "go after resume, the primary writing", func(r string) bool { return r == "" })
-}
-
-// setupOn is setup (backfill_test.go) on a database of our own primary.
-func setupOn(t *testing.T, pool *pgxpool.Pool, dsn, tableSQL, specYAML string) *fixture {
-	t.Helper()
-	ctx := context.Background()
-	pgtest.Exec(t, dsn, tableSQL)
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env, err := runner.Connect(ctx, dsn, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Close()
-	if _, err := runner.Sync(ctx, env, spec, runner.SyncOptions{StopAfterSetup: true}); err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{pool: pool, dsn: dsn, names: shadow.NamesFor(spec.Name, spec.AppTable())}
-	if f.blue, err = shadow.LoadTable(ctx, pool, f.names.Blue); err != nil {
-		t.Fatal(err)
-	}
-	green, err := shadow.LoadTable(ctx, pool, f.names.Green)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f.mapping, err = shadow.BuildMapping(spec, f.blue, green); err != nil {
-		t.Fatal(err)
-	}
-	return f
 }
 
 // A backfill started while a standby's replay is paused copies nothing and

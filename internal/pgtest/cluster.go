@@ -247,24 +247,32 @@ func StartCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		"max_connections":         "200",
 		"shared_buffers":          "128MB",
 	}
+	if err := c.configureAndStart(ctx, "postgresql.conf", settings, opts.Settings); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// configureAndStart appends settings, then extra (which win; its key
+// "port" pins the port instead), to the data directory's file conf, and
+// starts the server.
+func (c *Cluster) configureAndStart(ctx context.Context, conf string, settings, extra map[string]string) error {
 	fixedPort := 0
-	for k, v := range opts.Settings {
+	for k, v := range extra {
 		if k == "port" {
-			if fixedPort, err = strconv.Atoi(v); err != nil {
-				return nil, fmt.Errorf("pgtest: bad port setting %q", v)
+			p, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("pgtest: bad port setting %q", v)
 			}
+			fixedPort = p
 			continue
 		}
 		settings[k] = v
 	}
-	if err := appendConf(filepath.Join(c.DataDir, "postgresql.conf"), settings); err != nil {
-		return nil, err
+	if err := appendConf(filepath.Join(c.DataDir, conf), settings); err != nil {
+		return err
 	}
-
-	if err := c.startOnPort(ctx, fixedPort); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return c.startOnPort(ctx, fixedPort)
 }
 
 // serverUser is the account initdb, postgres and pg_basebackup run as: nil

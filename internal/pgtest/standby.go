@@ -93,20 +93,7 @@ func (c *Cluster) StartStandby(ctx context.Context, name string, opts StandbyOpt
 		"hot_standby":                  "on",
 		"wal_receiver_status_interval": "1s",
 	}
-	fixedPort := 0
-	for k, v := range opts.Settings {
-		if k == "port" {
-			if fixedPort, err = strconv.Atoi(v); err != nil {
-				return nil, fmt.Errorf("pgtest: bad port setting %q", v)
-			}
-			continue
-		}
-		settings[k] = v
-	}
-	if err := appendConf(filepath.Join(s.DataDir, "postgresql.auto.conf"), settings); err != nil {
-		return nil, err
-	}
-	if err := s.startOnPort(ctx, fixedPort); err != nil {
+	if err := s.configureAndStart(ctx, "postgresql.auto.conf", settings, opts.Settings); err != nil {
 		return nil, err
 	}
 	c.standbyMu.Lock()

@@ -31,16 +31,16 @@ var ErrSlotLost = errors.New("the migration's replication slot is gone")
 
 // Options tune a Streamer. Zero values take the defaults.
 type Options struct {
-	MaxBatchKeys      int           // keys per apply transaction (default 1000)
-	ApplyWorkers      int           // apply transactions of one batch running at once (default 2)
-	MaxPendingKeys    int           // received but unapplied keys at which reading pauses (default 100000)
+	MaxBatchKeys   int // keys per apply transaction (default 1000)
+	ApplyWorkers   int // apply transactions of one batch running at once (default 2)
+	MaxPendingKeys int // received but unapplied keys at which reading pauses (default 100000)
 	// ApplyInterval is the least time between the starts of two apply
 	// batches while fewer than MaxBatchKeys keys wait (default 10ms): a
 	// steady trickle of one-row transactions is then applied a batch at a
 	// time instead of one apply transaction each, which costs the server
 	// several statements and a commit per application write. Green lags by
 	// at most this much more.
-	ApplyInterval time.Duration
+	ApplyInterval     time.Duration
 	StatusInterval    time.Duration // a standby status update at least this often (default 1s; wal_sender_timeout is 60s by default)
 	LockTimeout       time.Duration // per apply transaction, for row and table locks (default 500ms)
 	ApplyAttempts     int           // tries of one apply transaction on lock timeouts and deadlocks (default 30)
