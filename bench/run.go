@@ -80,6 +80,7 @@ func (b *bench) runAll(ctx context.Context) {
 	n := b.rows
 	figBackfill := b.figure("backfill rows/s (trigger mode, idle table)", "≥ 0.8×")
 	figTPS := b.figure("app write TPS during trigger-mode sync (4 clients)", "≥ 0.6×")
+	figNice := b.figure("the same with sync.nice_ratio: 1 (a gentler copy)", "≥ 0.6×")
 	figLogical := b.figure("app write TPS during logical-mode sync", "≥ 0.9×")
 	figStream := b.figure("app write TPS while the logical stream applies (sync --watch, copy done)", "≥ 0.9×")
 	figVerify1 := b.figure("verify time, --workers 1", "≤ 1.5×")
@@ -106,6 +107,14 @@ func (b *bench) runAll(ctx context.Context) {
 	tpsDSN, err := b.clone(ctx, "bench", "bench_tps")
 	if err != nil {
 		mark(err, figTPS)
+	}
+	niceDSN, err := b.clone(ctx, "bench", "bench_tps_nice")
+	if err != nil {
+		mark(err, figNice)
+	}
+	niceSpec := filepath.Join(b.tmp, "bench_nice.yaml")
+	if err := os.WriteFile(niceSpec, []byte(specYAML+"sync:\n  nice_ratio: 1\n"), 0o644); err != nil {
+		mark(err, figNice)
 	}
 	logicalDSN, err := b.clone(ctx, "bench", "bench_tps_logical")
 	if err != nil {
@@ -147,6 +156,12 @@ func (b *bench) runAll(ctx context.Context) {
 			mark(err, figTPS)
 		}
 		b.drop("bench_tps")
+	}
+	if niceDSN != "" && ctx.Err() == nil {
+		if err := b.tps(ctx, niceDSN, niceSpec, figNice, nil); err != nil {
+			mark(err, figNice)
+		}
+		b.drop("bench_tps_nice")
 	}
 	if logicalDSN != "" && ctx.Err() == nil {
 		if err := b.tps(ctx, logicalDSN, logicalSpec, figLogical, figStream); err != nil {
