@@ -12,6 +12,7 @@ import (
 
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/verify"
@@ -174,7 +175,7 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 			for _, b := range blockers {
 				o.printf("  blocked by %s\n", b)
 			}
-			ev := log.Warn().Int("attempt", attempt).Dur("retry_in", wait)
+			ev := log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
 			for _, b := range blockers {
 				ev = ev.Str(fmt.Sprintf("blocker_%d", b.PID), b.String())
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 )
@@ -176,7 +177,7 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 			for _, b := range blockers {
 				opts.printf("  blocked by %s\n", b)
 			}
-			log.Warn().Int("attempt", attempt).Dur("retry_in", wait).Msg("lock wait timed out; retrying")
+			log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait)).Msg("lock wait timed out; retrying")
 		},
 	}, func(ctx context.Context, tx pgx.Tx, _ *cutover.FinalizePlan) error {
 		return state.Transition(ctx, tx, name, state.Finalized)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
@@ -158,7 +159,7 @@ func Plan(ctx context.Context, env *Env, spec *shadow.Spec, opts PlanOptions) (*
 	opts = opts.withDefaults(spec)
 	var res *PlanResult
 	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-		ev := env.Log.Warn().Int("attempt", attempt).Dur("retry_in", wait)
+		ev := env.Log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
 		for _, b := range blockers {
 			ev = ev.Str("blocked_by", b.String())
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 )
@@ -122,7 +123,7 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 			for _, b := range blockers {
 				o.printf("  blocked by %s\n", b)
 			}
-			log.Warn().Int("attempt", attempt).Dur("retry_in", wait).Msg("lock wait timed out; retrying")
+			log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait)).Msg("lock wait timed out; retrying")
 		},
 	}, func(ctx context.Context, tx pgx.Tx, _ *cutover.TeardownPlan) error {
 		if err := state.Transition(ctx, tx, name, state.RolledBack); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
@@ -303,7 +304,7 @@ func (r *syncRun) lockOptions() shadow.LockOptions {
 
 func (r *syncRun) onRetry(step string) func(int, []shadow.Blocker, time.Duration) {
 	return func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-		ev := r.log.Warn().Str("step", step).Int("attempt", attempt).Dur("retry_in", wait)
+		ev := r.log.Warn().Str("step", step).Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
 		for _, b := range blockers {
 			ev = ev.Str(fmt.Sprintf("blocker_%d", b.PID), b.String())
 		}
@@ -416,7 +417,7 @@ func (r *syncRun) adopt(ctx context.Context) error {
 		return err
 	}
 	r.phase, r.row.State = PhaseCreateGreen, state.Syncing
-	r.log.Info().Dur("took", time.Since(t0)).Msgf("adopted: %s is now a view over %s", r.names.App, r.names.Blue)
+	r.log.Info().Float64("took_ms", logx.Ms(time.Since(t0))).Msgf("adopted: %s is now a view over %s", r.names.App, r.names.Blue)
 	return nil
 }
 
@@ -468,7 +469,7 @@ func (r *syncRun) createGreen(ctx context.Context) error {
 	}
 	r.phase = PhaseBackfill
 	r.row.RowsEstimate, r.row.RowsCopied, r.row.Cursor = r.build.Blue.RowEstimate, 0, nil
-	r.log.Info().Dur("took", time.Since(t0)).Msgf("created %s; sync triggers on (blue → green)", r.names.Green)
+	r.log.Info().Float64("took_ms", logx.Ms(time.Since(t0))).Msgf("created %s; sync triggers on (blue → green)", r.names.Green)
 	return r.checkGreen()
 }
 
@@ -585,7 +586,7 @@ func (r *syncRun) backfill(ctx context.Context) error {
 		return err
 	}
 	r.phase = PhaseIndexes
-	r.log.Info().Int64("rows", res.Rows).Int("batches", res.Batches).Dur("took", res.Duration).
+	r.log.Info().Int64("rows", res.Rows).Int("batches", res.Batches).Float64("took_ms", logx.Ms(res.Duration)).
 		Float64("rows_per_sec", r.stats.RowsPerSec).Msg("backfill done")
 	return nil
 }

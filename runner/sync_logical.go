@@ -20,6 +20,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/sync/stream"
@@ -169,7 +170,7 @@ func (r *syncRun) ensureSlot(ctx context.Context) error {
 	slotName, lsnText := n.Slot, lsn.String()
 	r.row.SlotName, r.row.ConfirmedLSN = &slotName, &lsnText
 	sql := stream.SlotSQL(n)
-	r.log.Info().Str("slot", n.Slot).Stringer("consistent_point", lsn).Dur("took", time.Since(t0)).Msg("created the publication and the replication slot")
+	r.log.Info().Str("slot", n.Slot).Stringer("consistent_point", lsn).Float64("took_ms", logx.Ms(time.Since(t0))).Msg("created the publication and the replication slot")
 	return state.Record(ctx, pool, r.spec.Name, PhaseCreateSlot, "ok", time.Since(t0), sql, map[string]string{"slot": n.Slot, "lsn": lsn.String()})
 }
 
@@ -566,7 +567,7 @@ func settleLogical(ctx context.Context, env *Env, m *Migration, b *Build, lock s
 		if first {
 			first = false
 			release()
-			env.Log.Debug().Str("migration", m.Row.Name).Dur("caught_up", held.Sub(t0)).Dur("writers_held", time.Since(held)).
+			env.Log.Debug().Str("migration", m.Row.Name).Float64("caught_up_ms", logx.Ms(held.Sub(t0))).Float64("writers_held_ms", logx.Ms(time.Since(held))).
 				Msg("verify: the stream was settled for the snapshot")
 		}
 		return nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/verify"
@@ -99,7 +100,7 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 		ev = log.Warn()
 	}
 	ev.Bool("ok", res.OK).Int64("rows", res.Rows).Int("chunks", res.Chunks).Int("differences", res.DifferenceCount).
-		Dur("took", took).Msg("verify finished")
+		Float64("took_ms", logx.Ms(took)).Msg("verify finished")
 	return res, nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -288,7 +289,7 @@ func (b *Backfiller) Run(ctx context.Context, cursor Cursor) (res Result, err er
 		res.Scanned += batch.Scanned
 		res.Cursor = batch.Next
 		b.Log.Debug().Int("batch_size", size).Int64("inserted", batch.Inserted).Int64("scanned", batch.Scanned).
-			Dur("took", took).Strs("cursor", batch.Next).Msg("backfill batch")
+			Float64("took_ms", logx.Ms(took)).Strs("cursor", batch.Next).Msg("backfill batch")
 		if batch.Last {
 			res.Done = true
 			b.setThrottle("")

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -576,7 +577,7 @@ func (ib *IndexBuild) lockOptions() shadow.LockOptions {
 func (ib *IndexBuild) short(ctx context.Context, conn *pgx.Conn, step, sql string) error {
 	return shadow.RunWithLockRetry(ctx, conn, step, ib.lockOptions(),
 		func(attempt int, _ []shadow.Blocker, wait time.Duration) {
-			ib.Log.Warn().Str("sql", sql).Int("attempt", attempt).Dur("retry_in", wait).Msg("lock wait timed out; rolled back, retrying")
+			ib.Log.Warn().Str("sql", sql).Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait)).Msg("lock wait timed out; rolled back, retrying")
 		},
 		func(tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, sql)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -37,7 +38,7 @@ func (v *verifier) repair(ctx context.Context, pass *Pass) (*RepairResult, error
 		var up, del int64
 		err := shadow.RunWithLockRetry(ctx, v.pool, "verify-repair", shadow.DefaultLockOptions(),
 			func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-				ev := v.opt.Log.Warn().Int("attempt", attempt).Dur("retry_in", wait)
+				ev := v.opt.Log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
 				for _, bl := range blockers {
 					ev = ev.Str("blocked_by", bl.String())
 				}

@@ -64,3 +64,11 @@ func Redact(msg string, dsn string) string {
 	}
 	return kvPassword.ReplaceAllString(msg, "${1}xxxxx")
 }
+
+// Ms is d in milliseconds, to a tenth: log fields carry durations as
+// numbers whose unit is in the field's name ("took_ms"), so the console
+// and JSON lines read the same and neither depends on zerolog's
+// package-wide duration settings.
+func Ms(d time.Duration) float64 {
+	return float64(d.Round(100*time.Microsecond)) / float64(time.Millisecond)
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestRedactDSN(t *testing.T) {
@@ -45,5 +46,18 @@ func TestNewJSONWhenNotTerminal(t *testing.T) {
 	log.Debug().Msg("shown")
 	if strings.HasPrefix(buf.String(), "{") || !strings.Contains(buf.String(), "shown") {
 		t.Fatalf("console output %q", buf.String())
+	}
+}
+
+func TestMs(t *testing.T) {
+	for d, want := range map[time.Duration]float64{
+		10563462 * time.Nanosecond: 10.6,
+		0:                          0,
+		2 * time.Second:            2000,
+		49 * time.Microsecond:      0,
+	} {
+		if got := Ms(d); got != want {
+			t.Errorf("Ms(%s) = %v, want %v", d, got, want)
+		}
 	}
 }

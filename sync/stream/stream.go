@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -254,7 +255,7 @@ func (s *Streamer) run(ctx context.Context, until pglogrepl.LSN) error {
 				}
 			}
 		}
-		ev.Err(err).Dur("retry_in", wait).Str("slot", s.cfg.Names.Slot).Msg("logical stream interrupted; reconnecting")
+		ev.Err(err).Float64("retry_in_ms", logx.Ms(wait)).Str("slot", s.cfg.Names.Slot).Msg("logical stream interrupted; reconnecting")
 		select {
 		case <-ctx.Done():
 			return nil
