@@ -414,6 +414,11 @@ func TestLogicalLostSlotRestartsBackfill(t *testing.T) {
 	if _, err := Sync(sctx, env, spec, SyncOptions{BatchSize: 100}); err == nil {
 		t.Fatal("not interrupted")
 	}
+	// The walsender lets go of the slot a moment after the stream's
+	// connection closed.
+	syncWaitFor(t, 10*time.Second, "the slot to be released", func() bool {
+		return syncCount(t, pool, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active`, "gs_"+name) == 0
+	})
 	pgtest.Exec(t, dsn, `SELECT pg_drop_replication_slot('gs_`+name+`')`)
 	pgtest.Exec(t, dsn, `DELETE FROM orders WHERE id <= 50; UPDATE orders SET amount = 0 WHERE id <= 100`) // lost with the slot
 	if _, err := Sync(ctx, env, spec, SyncOptions{}); err != nil {
