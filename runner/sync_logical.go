@@ -93,13 +93,20 @@ func (r *syncRun) finishLogical(ctx context.Context) error {
 	}
 	err := ls.catchUp(ctx, timeout)
 	r.stopLogical()
-	if err != nil {
+	if err != nil && ctx.Err() == nil {
 		return err
+	}
+	// Interrupted (Ctrl-C) while catching up is no failure: the migration
+	// is synced all the same, and the slot keeps what was not applied yet.
+	msg := "synced; the stream is paused"
+	if err != nil {
+		msg = "synced; the stream was stopped before it had applied everything"
 	}
 	st := r.stats.Stream
 	r.log.Info().Int64("keys_applied", st.Keys).Int64("transactions", st.Txns).
-		Msg("synced; the stream is paused: run `greenswap sync -f FILE --watch` to keep applying blue's changes until cutover (the slot retains WAL meanwhile)")
-	return state.Record(ctx, r.env.Pool, r.spec.Name, "stream", "ok", time.Since(t0), "", map[string]any{
+		Msg(msg + ": run `greenswap sync -f FILE --watch` to keep applying blue's changes until cutover (the slot retains WAL meanwhile)")
+	// Recorded even when ctx has just been cancelled: it says what was done.
+	return state.Record(context.WithoutCancel(ctx), r.env.Pool, r.spec.Name, "stream", "ok", time.Since(t0), "", map[string]any{
 		"transactions": st.Txns, "changes": st.Changes, "keys_applied": st.Keys, "echoes_skipped": st.Echoes,
 		"batches": st.Batches, "keys_per_sec": st.KeysPerSec, "applied_lsn": st.Applied.String(), "reconnects": st.Reconnects,
 	})
