@@ -266,6 +266,12 @@ func TestLogicalSlotGoneOnEveryExitPath(t *testing.T) {
 		if _, err := Sync(ctx, env, syncSpec(t, logicalSpec(name, false)), SyncOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// Sync's own walsender lets go a moment after it returns: only then
+		// does "active" mean the watch's stream.
+		syncWaitFor(t, 10*time.Second, "sync's stream to let go of the slot", func() bool {
+			_, active, _, _ := stream.SlotInfo(ctx, env.Pool, "gs_"+name)
+			return !active
+		})
 		stop, _ := startWatch(t, env, name)
 		syncWaitFor(t, 10*time.Second, "the stream to be active", func() bool {
 			_, active, _, _ := stream.SlotInfo(ctx, env.Pool, "gs_"+name)

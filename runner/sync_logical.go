@@ -389,6 +389,11 @@ func watchLogical(ctx context.Context, env *Env, name string, every time.Duratio
 		if ctx.Err() != nil {
 			return true, nil // Ctrl-C while starting: watching ends cleanly
 		}
+		if now, gerr := env.LoadMigration(ctx, name); gerr == nil && now.Row.State != state.Syncing && now.Row.State != state.Synced {
+			// A rollback or cutover took green (or the stream) away while
+			// the watch was starting: there is nothing to stream, only to watch.
+			return false, nil
+		}
 		return true, err
 	}
 	s, err := newStreamer(env, m, b, env.Stream)

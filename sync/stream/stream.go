@@ -335,6 +335,7 @@ func (s *Streamer) session(ctx context.Context, until pglogrepl.LSN) error {
 	s.mu.Lock()
 	s.pending = newBatch()
 	s.inTx = false
+	s.applying = false // a batch that failed in the last session is streamed again
 	s.stats.Connected = true
 	s.mu.Unlock()
 
@@ -558,14 +559,17 @@ func (s *Streamer) applyLoop(ctx context.Context, kick <-chan struct{}, errs cha
 
 			written, echoes, err := s.ap.apply(dbctx, b)
 			s.mu.Lock()
-			s.applying = false
 			s.oldestOpen = time.Time{}
 			if err != nil {
+				// applying stays true until the session ends: the failed
+				// batch is no longer pending, and an idle-looking streamer
+				// would confirm a keepalive's WAL end past it (lost changes).
 				s.stats.LastError = err.Error()
 				s.mu.Unlock()
 				errs <- err
 				return
 			}
+			s.applying = false
 			now := time.Now()
 			s.stats.Keys += int64(written)
 			s.stats.Echoes += int64(echoes)

@@ -89,14 +89,35 @@ type fixture struct {
 	mapping *shadow.Mapping
 	blue    *shadow.Table
 	start   pglogrepl.LSN
-	ckpt    atomic.Uint64
+}
+
+// checkpointTable holds the fixture's stream checkpoint. It is written in
+// the apply transaction, as greenswap.migrations.confirmed_lsn is, so a
+// batch whose commit fails (its session killed) does not move it: a
+// checkpoint kept in memory by the callback would, and the next streamer
+// would start past a batch that never landed.
+const checkpointTable = "public.gs_test_checkpoint"
+
+// checkpoint is the last committed checkpoint (0 before any).
+func (f *fixture) checkpoint() pglogrepl.LSN {
+	f.t.Helper()
+	var lsn string
+	err := f.pool.QueryRow(context.Background(), `SELECT coalesce(max(lsn), '0/0')::text FROM `+checkpointTable).Scan(&lsn)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	l, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return l
 }
 
 func setup(t *testing.T, tableSQL, specYAML, name string) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	pool, dsn := pgtest.NewPool(t)
-	pgtest.Exec(t, dsn, tableSQL)
+	pgtest.Exec(t, dsn, tableSQL+";CREATE TABLE "+checkpointTable+" (lsn pg_lsn NOT NULL)")
 	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -169,14 +190,10 @@ func (f *fixture) config(opt stream.Options) stream.Config {
 	}
 	return stream.Config{
 		Pool: f.pool, Conn: cfg, Migration: f.name, Names: f.names, Mapping: f.mapping, Blue: f.blue,
-		Start: pglogrepl.LSN(max(uint64(f.start), f.ckpt.Load())),
-		Checkpoint: func(_ context.Context, _ pgx.Tx, lsn pglogrepl.LSN) error {
-			for {
-				cur := f.ckpt.Load()
-				if uint64(lsn) <= cur || f.ckpt.CompareAndSwap(cur, uint64(lsn)) {
-					return nil
-				}
-			}
+		Start: max(f.start, f.checkpoint()),
+		Checkpoint: func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error {
+			_, err := tx.Exec(ctx, `INSERT INTO `+checkpointTable+` VALUES ($1::text::pg_lsn)`, lsn.String())
+			return err
 		},
 		Log: testLog(f.t), Options: opt,
 	}
@@ -527,8 +544,8 @@ func TestStreamConvergesWithBackfill(t *testing.T) {
 			if d := f.diff(); d != 0 {
 				t.Fatalf("green differs from blue in %d rows", d)
 			}
-			if st.Keys == 0 || st.Txns == 0 || st.Reconnects < 1 || f.ckpt.Load() == 0 {
-				t.Fatalf("stats %+v, checkpoint %s", st, pglogrepl.LSN(f.ckpt.Load()))
+			if st.Keys == 0 || st.Txns == 0 || st.Reconnects < 1 || f.checkpoint() == 0 {
+				t.Fatalf("stats %+v, checkpoint %s", st, f.checkpoint())
 			}
 			t.Logf("backfill %d rows in %d batches; workload %d ops; stream %d txns, %d keys, %d batches, %d reconnects",
 				res.Rows, res.Batches, w.ops.Load(), st.Txns, st.Keys, st.Batches, st.Reconnects)
@@ -558,6 +575,9 @@ func TestStreamRestartMidTransaction(t *testing.T) {
 			f.exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 				WHERE (application_name = $1 OR (backend_type = 'client backend' AND query LIKE '%gs_' || $2 || '_green%'))
 				  AND pid <> pg_backend_pid()`, "greenswap:"+name+":stream", name)
+			// The appliers share the test's pool: drop its killed idle
+			// sessions, or the test's next query may get one.
+			f.pool.Reset()
 		}
 		_ = r.stop()
 		restarts++
