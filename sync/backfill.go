@@ -19,6 +19,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/internal/rate"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -102,7 +103,7 @@ type Backfiller struct {
 
 	key      keySpec
 	throttle string
-	rate     rateWindow
+	rate     rate.Window
 }
 
 // Result sums up one Run.
@@ -230,8 +231,8 @@ func (b *Backfiller) Run(ctx context.Context, cursor Cursor) (res Result, err er
 	// not abort a batch half-way through (it would be lost, not harmful).
 	dbctx := context.WithoutCancel(ctx)
 	total := b.StartRows
-	b.rate = rateWindow{}
-	b.rate.add(time.Now(), total)
+	b.rate = rate.Window{}
+	b.rate.Add(time.Now(), total)
 	backoff := opt.PollInterval
 	conflictBatches := 0 // > 0: the next batches insert ON CONFLICT DO NOTHING
 	defer func() { res.Duration = time.Since(start) }()
@@ -352,7 +353,7 @@ func (b *Backfiller) runBatch(ctx context.Context, cursor Cursor, size int, tota
 	}
 	rows := *total + batch.Inserted
 	now := time.Now()
-	cp := Checkpoint{Cursor: batch.Next, RowsCopied: rows, BatchSize: size, RowsPerSec: b.rate.perSec(now, rows), Done: batch.Last}
+	cp := Checkpoint{Cursor: batch.Next, RowsCopied: rows, BatchSize: size, RowsPerSec: b.rate.PerSec(now, rows), Done: batch.Last}
 	if err := b.Checkpoint(ctx, tx, cp); err != nil {
 		watch.stop()
 		return Batch{}, 0, fmt.Errorf("backfill checkpoint: %w", err)
@@ -363,7 +364,7 @@ func (b *Backfiller) runBatch(ctx context.Context, cursor Cursor, size int, tota
 		return Batch{}, 0, err
 	}
 	*total = rows
-	b.rate.add(now, rows)
+	b.rate.Add(now, rows)
 	return batch, waiters, nil
 }
 
@@ -399,33 +400,4 @@ func (b *Backfiller) sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
-}
-
-// rateWindow turns (time, total rows) samples into a recent rows/s figure.
-type rateWindow struct {
-	t    []time.Time
-	rows []int64
-}
-
-const rateSpan = 10 * time.Second
-
-func (w *rateWindow) add(t time.Time, rows int64) {
-	w.t = append(w.t, t)
-	w.rows = append(w.rows, rows)
-	i := 0
-	for i < len(w.t)-1 && t.Sub(w.t[i+1]) >= rateSpan {
-		i++
-	}
-	w.t, w.rows = w.t[i:], w.rows[i:]
-}
-
-func (w *rateWindow) perSec(now time.Time, rows int64) float64 {
-	if len(w.t) == 0 {
-		return 0
-	}
-	d := now.Sub(w.t[0]).Seconds()
-	if d <= 0 {
-		return 0
-	}
-	return float64(rows-w.rows[0]) / d
 }

@@ -55,19 +55,3 @@ func TestNextSize(t *testing.T) {
 		t.Errorf("instant batch: %d", n)
 	}
 }
-
-func TestRateWindow(t *testing.T) {
-	var w rateWindow
-	t0 := time.Now()
-	w.add(t0, 0)
-	w.add(t0.Add(time.Second), 1000)
-	if r := w.perSec(t0.Add(2*time.Second), 2000); r != 1000 {
-		t.Fatalf("rate %v", r)
-	}
-	for i := 3; i < 30; i++ {
-		w.add(t0.Add(time.Duration(i)*time.Second), int64(i)*10)
-	}
-	if len(w.t) > 12 {
-		t.Fatalf("window keeps %d samples", len(w.t))
-	}
-}

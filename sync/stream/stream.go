@@ -22,6 +22,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/internal/rate"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -150,8 +151,8 @@ type Streamer struct {
 	applying   bool
 	inTx       bool
 	stats      Stats
-	rate       rateWindow
-	oldestOpen time.Time // commit time of the oldest transaction being applied
+	rate       rate.Window // MinSpan 1s (New)
+	oldestOpen time.Time   // commit time of the oldest transaction being applied
 }
 
 // New prepares a streamer; nothing is connected until Run.
@@ -164,7 +165,7 @@ func New(cfg Config) (*Streamer, error) {
 		return nil, err
 	}
 	opt := cfg.Options.withDefaults()
-	s := &Streamer{cfg: cfg, opt: opt, log: cfg.Log, pending: newBatch()}
+	s := &Streamer{cfg: cfg, opt: opt, log: cfg.Log, pending: newBatch(), rate: rate.Window{MinSpan: time.Second}}
 	s.ap = &applier{pool: cfg.Pool, names: cfg.Names, migration: cfg.Migration, sql: sql,
 		searchPath: "pg_catalog, " + db.Ident(cfg.Names.App.Schema), opt: opt, checkpoint: cfg.Checkpoint}
 	s.confirmed.Store(uint64(cfg.Start))
@@ -196,7 +197,7 @@ func (s *Streamer) statsLocked() Stats {
 		st.LagSeconds = max(time.Since(oldest).Seconds(), 0)
 	}
 	st.Pending = len(s.pending.keys)
-	st.KeysPerSec = s.rate.perSec(time.Now(), s.stats.Keys)
+	st.KeysPerSec = s.rate.PerSec(time.Now(), s.stats.Keys)
 	return st
 }
 
@@ -576,7 +577,7 @@ func (s *Streamer) applyLoop(ctx context.Context, kick <-chan struct{}, errs cha
 			s.stats.Batches++
 			s.stats.LastApply = now
 			s.stats.LastDelay = now.Sub(b.newest)
-			s.rate.add(now, s.stats.Keys)
+			s.rate.Add(now, s.stats.Keys)
 			s.advance(b.endLSN)
 			st := s.statsLocked()
 			s.mu.Unlock()
@@ -586,36 +587,4 @@ func (s *Streamer) applyLoop(ctx context.Context, kick <-chan struct{}, errs cha
 			}
 		}
 	}
-}
-
-// rateWindow turns (time, total) samples into a recent per-second rate.
-type rateWindow struct {
-	t []time.Time
-	n []int64
-}
-
-const rateSpan = 10 * time.Second
-
-func (w *rateWindow) add(t time.Time, n int64) {
-	w.t = append(w.t, t)
-	w.n = append(w.n, n)
-	i := 0
-	for i < len(w.t)-1 && t.Sub(w.t[i+1]) >= rateSpan {
-		i++
-	}
-	w.t, w.n = w.t[i:], w.n[i:]
-}
-
-func (w *rateWindow) perSec(now time.Time, n int64) float64 {
-	if len(w.t) == 0 {
-		return 0
-	}
-	d := now.Sub(w.t[0]).Seconds()
-	if d < 1 {
-		d = 1
-	}
-	if now.Sub(w.t[len(w.t)-1]) > rateSpan {
-		return 0
-	}
-	return float64(n-w.n[0]) / d
 }
