@@ -407,7 +407,7 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 
 // mappingSearchPath is the search_path expressions are evaluated under:
 // the trigger functions' (trigger.FunctionSQL).
-func mappingSearchPath(n shadow.Names) string { return "pg_catalog, " + db.Ident(n.App.Schema) }
+func mappingSearchPath(n shadow.Names) string { return n.SearchPath() }
 
 // specErr builds a SpecError for field, with the nearest line the spec has.
 func specErr(s *shadow.Spec, field, fix, format string, args ...any) *shadow.SpecError {

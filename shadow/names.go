@@ -1,5 +1,7 @@
 package shadow
 
+import "github.com/greenswap/greenswap/internal/db"
+
 // QualifiedName is a schema-qualified relation name, unquoted.
 type QualifiedName struct {
 	Schema string `json:"schema"`
@@ -23,6 +25,11 @@ type Names struct {
 	SyncFlag    string        // transaction-local GUC that marks a sync write (echo guard)
 	Slot        string        // logical replication slot (logical mode)
 	Publication string        // publication (logical mode)
+	// EchoToken is a one-row table (column token text), readable by the
+	// table owner alone, holding a random secret: logical mode's reverse
+	// functions put it in their echo markers so the stream can tell them
+	// from a marker any role can emit with pg_logical_emit_message.
+	EchoToken QualifiedName
 }
 
 // NamesFor derives every object name of migration m over the app table app.
@@ -41,5 +48,21 @@ func NamesFor(m string, app QualifiedName) Names {
 		SyncFlag:    "greenswap.sync_" + m,
 		Slot:        "gs_" + m,
 		Publication: "gs_" + m,
+		EchoToken:   QualifiedName{blue, "gs_echo_token"},
 	}
+}
+
+// SearchPath is the one search_path under which the spec's expressions, the
+// sync functions and greenswap's own sessions (backfill, repair, verify,
+// apply, plan) resolve names: pg_catalog first, so no schema can shadow a
+// built-in type, function or operator; the app schema for the app's own
+// types and functions; pg_temp named last, because a search_path that does
+// not name it searches the caller's temporary schema first for relations and
+// types (trap 11: a role's pg_temp.text would otherwise be the text of a
+// SECURITY DEFINER function).
+func (n Names) SearchPath() string { return SearchPathFor(n.App.Schema) }
+
+// SearchPathFor is Names.SearchPath for an app schema.
+func SearchPathFor(appSchema string) string {
+	return "pg_catalog, " + db.Ident(appSchema) + ", pg_temp"
 }

@@ -100,7 +100,7 @@ const sessionSQL = `SELECT set_config('search_path', $1, true), set_config('lock
 
 // searchPath is the search_path the mapping's expressions are evaluated
 // under; the same as the trigger functions' (trigger.FunctionSQL).
-func searchPath(n shadow.Names) string { return "pg_catalog, " + db.Ident(n.App.Schema) }
+func searchPath(n shadow.Names) string { return n.SearchPath() }
 
 // boundSQL finds the key of the limit-th row after the cursor (after is
 // false for the first batch): the inclusive upper end of the next batch's

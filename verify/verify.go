@@ -460,7 +460,7 @@ func (v *verifier) beginWorker(ctx context.Context, snapshot string) (*worker, e
 // and no user statement_timeout cuts a whole-table scan short.
 func (v *verifier) sessionSettings(ctx context.Context, tx pgx.Tx) error {
 	_, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true), set_config('extra_float_digits', '1', true),
-		set_config('statement_timeout', '0', true)`, "pg_catalog, "+db.Ident(v.p.appSchema))
+		set_config('statement_timeout', '0', true)`, shadow.SearchPathFor(v.p.appSchema))
 	return err
 }
 

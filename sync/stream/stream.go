@@ -167,7 +167,7 @@ func New(cfg Config) (*Streamer, error) {
 	opt := cfg.Options.withDefaults()
 	s := &Streamer{cfg: cfg, opt: opt, log: cfg.Log, pending: newBatch(), rate: rate.Window{MinSpan: time.Second}}
 	s.ap = &applier{pool: cfg.Pool, names: cfg.Names, migration: cfg.Migration, sql: sql,
-		searchPath: "pg_catalog, " + db.Ident(cfg.Names.App.Schema), opt: opt, checkpoint: cfg.Checkpoint}
+		searchPath: cfg.Names.SearchPath(), opt: opt, checkpoint: cfg.Checkpoint}
 	s.confirmed.Store(uint64(cfg.Start))
 	s.stats = Stats{Migration: cfg.Migration, Since: time.Now(), Applied: cfg.Start}
 	return s, nil

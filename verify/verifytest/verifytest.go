@@ -113,7 +113,7 @@ func (f *Fixture) Copy(ctx context.Context, conn TxBeginner) error {
 	if _, err := tx.Exec(ctx, flag, args...); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, "pg_catalog, "+db.Ident(f.Names.App.Schema)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, f.Names.SearchPath()); err != nil {
 		return err
 	}
 	m := f.Mapping
