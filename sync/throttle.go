@@ -48,12 +48,22 @@ type ReplicaLag struct {
 	reason string
 }
 
-// ReplicaLagSQL is the worst replay lag in seconds over the standbys that
-// have not yet replayed all the WAL written (0 without any), and that
-// standby's application_name.
-const ReplicaLagSQL = `SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8,
-	coalesce((array_agg(application_name ORDER BY replay_lag DESC NULLS LAST))[1], '')
-	FROM pg_stat_replication WHERE replay_lsn < pg_current_wal_lsn()`
+// ReplicaLagSQL is the worst replay lag in seconds over the standbys and
+// subscribers that have not yet replayed all the WAL written (0 without
+// any), and that one's application_name.
+//
+// greenswap's own logical streams are not replicas: a walsender whose
+// application_name is greenswap's stream's ("greenswap:<m>:stream") and
+// which streams from a greenswap slot ("gs_<m>") is left out. Counting it
+// held the backfill behind the stream's own apply lag, which the copy's
+// writes were making: a stall that fed itself (issue 12).
+const ReplicaLagSQL = `SELECT coalesce(max(extract(epoch FROM r.replay_lag)), 0)::float8,
+	coalesce((array_agg(r.application_name ORDER BY r.replay_lag DESC NULLS LAST))[1], '')
+	FROM pg_catalog.pg_stat_replication r
+	WHERE r.replay_lsn < pg_catalog.pg_current_wal_lsn()
+	  AND NOT (r.application_name LIKE 'greenswap:%:stream' AND EXISTS (
+	      SELECT 1 FROM pg_catalog.pg_replication_slots s
+	       WHERE s.active_pid = r.pid AND s.slot_type = 'logical' AND s.slot_name LIKE 'gs\_%'))`
 
 func (r *ReplicaLag) Hold(ctx context.Context) (string, error) {
 	if r.Max <= 0 {
