@@ -77,22 +77,40 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug|info|warn|error"},
 		},
 		Commands: commands(),
-		CommandNotFound: func(c *cli.Context, name string) {
-			fmt.Fprintf(c.App.ErrWriter, "greenswap: no command %q; see `greenswap --help`\n", name)
-		},
-		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil // --help was asked for and printed
+		// No command, or a word that is none: help, or exit 2 naming it.
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return exitcode.Errorf(exitcode.BadInput, "no command %q; see `greenswap --help`", c.Args().First())
 			}
-			return exitcode.Errorf(exitcode.BadInput, "%s (see `greenswap %s --help`)", err, c.Command.Name)
+			return cli.ShowAppHelp(c)
 		},
+		OnUsageError: usageError,
 	}
+}
+
+// usageError turns a flag error, of the app or of a command, into exit 2
+// with one line naming the help to read (urfave/cli's default prints the
+// whole help to stdout and exits 1).
+func usageError(c *cli.Context, err error, _ bool) error {
+	top := c.Command == nil || c.Command.Name == "" || c.Command.Name == c.App.Name
+	if errors.Is(err, flag.ErrHelp) {
+		// Our own "help" command keeps urfave/cli from adding its --help
+		// flag to the app, so greenswap --help lands here.
+		if top {
+			return cli.ShowAppHelp(c)
+		}
+		return nil // a command's --help was printed by its own flag
+	}
+	if top {
+		return exitcode.Errorf(exitcode.BadInput, "%s (see `greenswap --help`)", err)
+	}
+	return exitcode.Errorf(exitcode.BadInput, "%s (see `greenswap %s --help`)", err, c.Command.Name)
 }
 
 // commands lists every subcommand, in the order of the operator's day; each
 // lives in its own file.
 func commands() []*cli.Command {
-	return []*cli.Command{
+	cmds := []*cli.Command{
 		planCommand(),
 		syncCommand(),
 		pauseCommand(),
@@ -104,6 +122,10 @@ func commands() []*cli.Command {
 		statusCommand(),
 		helpCommand(),
 	}
+	for _, c := range cmds {
+		c.OnUsageError = usageError
+	}
+	return cmds
 }
 
 // helpCommand replaces urfave/cli's own help so that `greenswap help
@@ -127,10 +149,15 @@ Example:
 				printExitCodes(c.App.Writer)
 				return nil
 			default:
-				if c.App.Command(arg) == nil {
+				cmd := c.App.Command(arg)
+				if cmd == nil {
 					return exitcode.Errorf(exitcode.BadInput, "no command or help topic %q (topics: exit-codes)", arg)
 				}
-				return cli.ShowCommandHelp(c, arg)
+				// Printed directly: cli.ShowCommandHelp, given this
+				// command's context, looks the name up among the help
+				// command's own subcommands and finds nothing.
+				cli.HelpPrinter(c.App.Writer, cli.CommandHelpTemplate, cmd)
+				return nil
 			}
 		},
 	}
