@@ -149,9 +149,9 @@ func rekey(d *shadow.Direction, target, lhs, oldKey, deleteOld, upsert string) s
 // table owner and a role that attaches it to a table of its own (a temp
 // table will do) would write the other side with the owner's rights.
 func misfiredSQL(fn shadow.QualifiedName, n shadow.Names, trigger string, on shadow.QualifiedName) string {
-	return "RAISE EXCEPTION " + db.Literal(percent(fmt.Sprintf("%s() is greenswap's sync function of migration %s and runs only as trigger %s on %s, not as trigger ",
-		db.Ident(fn.Schema, fn.Name), migrationOf(n), trigger, db.Ident(on.Schema, on.Name)))+"% % on %.%") +
-		", TG_WHEN, TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = '42501', HINT = " +
+	return "RAISE EXCEPTION " + db.Literal(percent(fmt.Sprintf("%s() is greenswap's sync function of migration %s and runs only as trigger %s on %s, not as ",
+		db.Ident(fn.Schema, fn.Name), migrationOf(n), trigger, db.Ident(on.Schema, on.Name)))+"% % trigger % on %.%") +
+		", TG_WHEN, TG_LEVEL, TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = '42501', HINT = " +
 		db.Literal("greenswap's functions are not for other tables; REVOKE EXECUTE on them from any role that was granted it") + ";"
 }
 
@@ -280,7 +280,15 @@ func truncateFunc(fn shadow.QualifiedName) shadow.QualifiedName {
 // current_setting and no role lookup.
 func EchoGuard(n shadow.Names, owner string) string {
 	return "pg_catalog.current_setting(" + db.Literal(n.SyncFlag) + ", true) IS DISTINCT FROM pg_catalog.pg_trigger_depth()::pg_catalog.text" +
-		" OR NOT pg_catalog.pg_has_role(" + db.Literal(owner) + "::pg_catalog.name, 'MEMBER')"
+		" OR NOT " + ownerMember(owner)
+}
+
+// ownerMember is true when the current role is a member of owner. By name:
+// PostgreSQL refuses a regrole constant in a stored expression (roles are
+// shared objects it does not track dependencies on), so renaming the owner
+// during a migration makes the triggers fail until greenswap re-creates them.
+func ownerMember(owner string) string {
+	return "pg_catalog.pg_has_role(" + db.Literal(owner) + "::pg_catalog.name, 'MEMBER')"
 }
 
 // gateGuard is the gate's WHEN condition: true unless a sync write of the
@@ -291,7 +299,7 @@ func EchoGuard(n shadow.Names, owner string) string {
 // reverse trigger is off, which it is whenever the gate is on.
 func gateGuard(n shadow.Names, owner string) string {
 	return "COALESCE(pg_catalog.current_setting(" + db.Literal(n.SyncFlag) + ", true), '') = ''" +
-		" OR NOT pg_catalog.pg_has_role(" + db.Literal(owner) + "::pg_catalog.name, 'MEMBER')"
+		" OR NOT " + ownerMember(owner)
 }
 
 // GateTrigger names green's write gate: a BEFORE INSERT OR UPDATE OR DELETE
