@@ -248,7 +248,7 @@ func TestUsageSensor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tx.Exec(ctx, `SELECT set_config($1, 'on', true)`, n.SyncFlag)
+	tx.Exec(ctx, `SELECT set_config($1, '0', true)`, n.SyncFlag) // what trigger.SyncFlagSQL sets
 	tx.Exec(ctx, `SET LOCAL search_path = gs_us_blue`)
 	tx.Exec(ctx, `INSERT INTO acc VALUES (3)`)
 	if err := tx.Commit(ctx); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/trigger"
 )
 
 // FinalizeInput names what to finalize.
@@ -186,8 +187,11 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 		sql = append(sql, p.Views[i].dropSQL())
 	}
 	sql = append(sql, "DROP VIEW "+appRel)
-	for _, tg := range []string{n.Trigger, n.Trigger + "_truncate"} {
+	for _, tg := range []string{n.Trigger, n.Trigger + "_truncate", trigger.GateTrigger(n)} {
 		sql = append(sql, "DROP TRIGGER IF EXISTS "+db.Ident(tg)+" ON "+greenRel)
+	}
+	for _, part := range parts { // the write gate is a statement trigger: each partition has its own
+		sql = append(sql, "DROP TRIGGER IF EXISTS "+db.Ident(trigger.GateTrigger(n))+" ON "+db.Ident(part.name.Schema, part.name.Name))
 	}
 
 	// Sequences, part 1 (green still in its schema).

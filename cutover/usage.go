@@ -10,6 +10,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/trigger"
 )
 
 // Who still uses blue after cutover.
@@ -22,8 +23,8 @@ import (
 // blue version schema. Two signals are reliable:
 //
 //   - writes that start on blue: at cutover a statement-level trigger (the
-//     usage sensor) is put on blue whose WHEN clause is false while the sync
-//     flag is on, that is for the reverse trigger's own writes. It notes the
+//     usage sensor) is put on blue whose WHEN clause (trigger.EchoGuard) is
+//     false for the reverse trigger's own writes only. It notes the
 //     session (pid, application_name, user, client address, query, time) in
 //     an unlogged table in the blue schema: one upsert per statement, only
 //     for statements that write blue directly.
@@ -92,23 +93,37 @@ func usageInstallSQL(n shadow.Names, owner string, u usageObjects) []string {
 		"ALTER TABLE " + st + " OWNER TO " + own,
 		"INSERT INTO " + st + " (active) SELECT false WHERE NOT EXISTS (SELECT 1 FROM " + st + ")",
 	}
+	// Like the sync functions (package trigger) the sensor runs as the owner
+	// and trusts nothing of its caller: EXECUTE revoked from PUBLIC in the
+	// same transaction, a raise unless fired by its own trigger on blue,
+	// every name qualified and pg_temp last on its search_path.
 	body := `
 BEGIN
-	IF NOT coalesce((SELECT active FROM ` + st + ` LIMIT 1), false) THEN
+	IF TG_NAME <> ` + db.Literal(usageTrigger(n)) + ` OR TG_TABLE_SCHEMA <> ` + db.Literal(n.Blue.Schema) + ` OR TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'STATEMENT' THEN
+		RAISE EXCEPTION ` + db.Literal(strings.ReplaceAll(fn+"() is greenswap's usage sensor of "+n.Blue.String()+" and runs only as trigger "+usageTrigger(n)+" on it, not as ", "%", "%%")+"% on %.%") + `,
+			TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = '42501';
+	END IF;
+	IF NOT COALESCE((SELECT active FROM ` + st + ` LIMIT 1), false) THEN
 		RETURN NULL; -- blue is primary: its writes are the app's
 	END IF;
 	INSERT INTO ` + tbl + ` AS u (pid, application_name, usename, client_addr, query, at)
-	VALUES (pg_backend_pid(), current_setting('application_name'), session_user,
-	        coalesce(host(inet_client_addr()), 'local'), left(current_query(), 500), clock_timestamp())
+	VALUES (pg_catalog.pg_backend_pid(), pg_catalog.current_setting('application_name'), session_user,
+	        COALESCE(pg_catalog.host(pg_catalog.inet_client_addr()), 'local'), pg_catalog."left"(pg_catalog.current_query(), 500),
+	        pg_catalog.clock_timestamp())
 	ON CONFLICT (pid) DO UPDATE SET application_name = EXCLUDED.application_name, usename = EXCLUDED.usename,
 		client_addr = EXCLUDED.client_addr, query = EXCLUDED.query, at = EXCLUDED.at;
 	RETURN NULL;
 END`
-	sql = append(sql, "CREATE OR REPLACE FUNCTION "+fn+"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $gs$"+body+"$gs$",
-		"ALTER FUNCTION "+fn+"() OWNER TO "+own)
+	sql = append(sql, "CREATE OR REPLACE FUNCTION "+fn+"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = "+
+		shadow.SearchPathFor(n.App.Schema)+" AS $gs$"+body+"$gs$",
+		"ALTER FUNCTION "+fn+"() OWNER TO "+own,
+		"REVOKE ALL ON FUNCTION "+fn+"() FROM PUBLIC")
 	if !u.trigger {
+		// The sync functions' echo guard: the reverse trigger's own writes
+		// are not a client's, and a client that sets the sync flag itself
+		// is still recorded.
 		sql = append(sql, "CREATE TRIGGER "+db.Ident(usageTrigger(n))+" AFTER INSERT OR UPDATE OR DELETE ON "+qident(n.Blue)+
-			" FOR EACH STATEMENT WHEN (coalesce(current_setting("+db.Literal(n.SyncFlag)+", true), '') <> 'on') EXECUTE FUNCTION "+fn+"()")
+			" FOR EACH STATEMENT WHEN ("+trigger.EchoGuard(n, owner)+") EXECUTE FUNCTION "+fn+"()")
 	}
 	return sql
 }

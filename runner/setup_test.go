@@ -62,7 +62,9 @@ reverse:
 	// Writes through the app-name view reach blue and, by trigger, green.
 	pgtest.Exec(t, dsn, `
 		INSERT INTO orders (email, amount) VALUES ('c@x', 3);
+		SELECT set_config('greenswap.sync_o2', '0', true); -- as the backfill: past green's write gate
 		INSERT INTO gs_o2_green.orders SELECT id, coalesce(email, 'unknown@invalid'), amount, note FROM gs_o2_blue.orders ON CONFLICT DO NOTHING;
+		SELECT set_config('greenswap.sync_o2', '', true);
 		UPDATE orders SET amount = 20, note = repeat('x', 100000) WHERE id = 2;
 		UPDATE orders SET id = 10 WHERE id = 1;
 		DELETE FROM orders WHERE id = 3;
@@ -100,9 +102,12 @@ target:
   ddl: CREATE TABLE items (id bigint PRIMARY KEY, seq bigint NOT NULL, v text)
 `)
 	pgtest.Exec(t, dsn, `
+		SELECT set_config('greenswap.sync_i2', '0', true); -- as the backfill: past green's write gate
 		INSERT INTO gs_i2_green.items SELECT id, seq, v FROM gs_i2_blue.items;
+		SELECT set_config('greenswap.sync_i2', '', true);
 		UPDATE items SET seq = 42 WHERE id = 1;
 		ALTER TABLE gs_i2_green.items ENABLE TRIGGER gs_sync_i2;
+		ALTER TABLE gs_i2_green.items DISABLE TRIGGER gs_sync_i2_gate;
 		UPDATE gs_i2_green.items SET seq = 43 WHERE id = 1;`)
 	var green, blue int64
 	if err := pool.QueryRow(context.Background(), `SELECT g.seq, b.seq FROM gs_i2_green.items g, gs_i2_blue.items b

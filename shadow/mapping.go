@@ -169,7 +169,7 @@ func buildDirection(s *Spec, field string, exprs map[string]string, src, dst *Ta
 		if c.Generated != "" {
 			continue // stored generated columns are never written
 		}
-		cm := ColumnMap{Target: c.Name, Type: c.Type, Identity: c.Identity}
+		cm := ColumnMap{Target: c.Name, Type: QualifiedType(c.Type), Identity: c.Identity}
 		if e, ok := exprs[c.Name]; ok {
 			cm.Expr, cm.Explicit = e, true
 		} else if src.Column(c.Name) != nil {
@@ -287,4 +287,44 @@ func (m *Mapping) SourceRowLock() string {
 		}
 	}
 	return "FOR KEY SHARE"
+}
+
+// QualifiedType is a column type as loadColumns spells it (format_type,
+// other schemas' types already qualified) with pg_catalog's types that are
+// looked up by name qualified too: text → pg_catalog.text, uuid[] →
+// pg_catalog.uuid[], "char" → pg_catalog."char". The cast then names the same
+// type under any search_path, in particular not a pg_temp.text that a
+// client created (trap 11; the sync functions also put pg_temp last, so this
+// is the second line of defence). The SQL-standard spellings (integer,
+// numeric(12,2), character varying(20), timestamp with time zone, ...) are
+// grammar keywords that resolve to pg_catalog without a lookup, and cannot
+// be qualified: they are left as they are.
+func QualifiedType(t string) string {
+	if t == "" || strings.Contains(t, ".") {
+		return t // another schema's type (or a qualified name already)
+	}
+	base := strings.TrimRight(t, "[]")
+	if i := strings.IndexByte(base, '('); i >= 0 {
+		base = base[:i]
+	}
+	if sqlKeywordType(base) {
+		return t
+	}
+	return "pg_catalog." + t
+}
+
+// sqlKeywordType reports whether format_type's spelling starts with one of
+// the type names the SQL grammar resolves itself (time(3) with time zone
+// and interval year to month included).
+func sqlKeywordType(base string) bool {
+	first := base
+	if i := strings.IndexByte(base, ' '); i >= 0 {
+		first = base[:i]
+	}
+	switch first {
+	case "bigint", "bit", "boolean", "character", "double", "integer", "interval", "numeric",
+		"real", "smallint", "time", "timestamp", "decimal", "float", "int", "char", "varchar", "dec", "national", "nchar":
+		return true
+	}
+	return false
 }

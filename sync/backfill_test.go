@@ -181,7 +181,7 @@ target:
 			f.mu.Lock()
 			cp := f.checkpoints[len(f.checkpoints)/2]
 			f.mu.Unlock()
-			pgtest.Exec(t, f.dsn, `DELETE FROM gs_k_green.k`)
+			pgtest.Exec(t, f.dsn, `SELECT set_config('greenswap.sync_k', '0', true); DELETE FROM gs_k_green.k`) // the flag passes green's write gate
 			res, err = f.backfiller(t, gssync.Options{BatchSize: 7, Fixed: true}).Run(context.Background(), cp.Cursor)
 			if err != nil {
 				t.Fatal(err)
@@ -376,7 +376,7 @@ func TestBackfillNiceRatio(t *testing.T) {
 	if d := f.diff(t, ordersBlue, "*"); d != 0 {
 		t.Fatalf("%d rows differ", d)
 	}
-	f.exec(t, `TRUNCATE gs_o_green.orders`)
+	f.exec(t, `SELECT set_config('greenswap.sync_o', '0', true); TRUNCATE gs_o_green.orders`) // the flag passes green's write gate
 	plain, err := f.backfiller(t, gssync.Options{BatchSize: 500, Fixed: true}).Run(context.Background(), nil)
 	if err != nil || plain.Yielded != 0 || plain.Rows != 2000 {
 		t.Fatalf("without NiceRatio: %+v, %v", plain, err)
@@ -434,7 +434,7 @@ func TestLockWaiters(t *testing.T) {
 	defer own.Close(ctx)
 	ownDone := make(chan error, 1)
 	go func() {
-		_, err := own.Exec(ctx, `INSERT INTO gs_o_green.orders (id, email, amount) VALUES (8, 'x', 0) ON CONFLICT (id) DO NOTHING`)
+		_, err := own.Exec(ctx, `SELECT set_config('greenswap.sync_o', '0', true); INSERT INTO gs_o_green.orders (id, email, amount) VALUES (8, 'x', 0) ON CONFLICT (id) DO NOTHING`)
 		ownDone <- err
 	}()
 	waitBlocked(t, f.pool, own.PgConn().PID())

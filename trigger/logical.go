@@ -53,8 +53,11 @@ func reverseLogicalSQL(n shadow.Names, m *shadow.Mapping) []string {
 }
 
 // inPlaceUpdate wraps upsert: an UPDATE that keeps its key updates the
-// target row under that key (and does nothing when there is none).
-func inPlaceUpdate(d *shadow.Direction, target, lhs, newKey, oldRowKey, newRowKey, upsert string) string {
+// target row under that key (and does nothing when there is none). An
+// UPDATE that changes the key never gets here: functionSQL re-keys the
+// target row in place (rekey), falling back to the upsert only when no row
+// has the old key.
+func inPlaceUpdate(d *shadow.Direction, target, lhs, newKey, upsert string) string {
 	var cols, exprs []string
 	for _, c := range d.Columns {
 		if slices.Contains(d.TargetKey, c.Target) || c.Identity != "" {
@@ -68,7 +71,7 @@ func inPlaceUpdate(d *shadow.Direction, target, lhs, newKey, oldRowKey, newRowKe
 		update = "UPDATE " + target + " AS t SET (" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
 			" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " = " + newKey + ";"
 	}
-	return "IF TG_OP = 'UPDATE' AND " + oldRowKey + " IS NOT DISTINCT FROM " + newRowKey + " THEN\n\t\t\t" + update +
+	return "IF TG_OP = 'UPDATE' THEN\n\t\t\t" + update +
 		"\n\t\tELSE\n\t\t\t" + upsert + "\n\t\tEND IF;"
 }
 

@@ -4,6 +4,7 @@ package trigger
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
@@ -12,27 +13,35 @@ import (
 
 // FunctionSQL returns CREATE OR REPLACE FUNCTION for one direction: a row
 // trigger function that applies the source table's change to the target
-// through d's expressions.
+// through d's expressions. appSchema is the app table's schema (the
+// function's search_path is shadow.SearchPathFor(appSchema)).
 //
-// The echo guard (trap 2) is a transaction-local setting, set just around the
-// write to the other side and cleared right after: the other side's trigger
-// sees it and does nothing. pg_trigger_depth() is not used, because a user's
-// trigger elsewhere that writes this table runs at depth > 1 and must still
-// be synced.
+// The echo guard (trap 2) is the transaction-local setting flag, holding the
+// trigger depth of the sync write while it runs: the function sets it to its
+// own pg_trigger_depth() just before the write to the other side and puts
+// the previous value back right after. The other side's row trigger skips
+// only a write made at exactly that depth by a member of the table owner
+// (EchoGuard, in its WHEN clause), so a write one level deeper (an FK cascade
+// or a user trigger fired by the sync write) is mirrored, and no role that
+// sets the flag itself can make its writes skip the other side.
 //
 // The function is SECURITY DEFINER (owned by the table owner, see
 // InstallStep) so a client allowed to INSERT into one shape does not also need
-// UPDATE and DELETE on the other for the upsert, and its search_path is fixed
-// to the app schema so the spec's expressions resolve the same for every caller.
-func FunctionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Direction) string {
-	return functionSQL(fn, flag, searchPath, d, "", "", false)
+// UPDATE and DELETE on the other for the upsert. Because it runs as the
+// owner it trusts nothing of its caller (trap 11): it raises 42501 unless it
+// was fired by its own trigger on its own side's schema, every name it
+// writes is schema-qualified, and its search_path names pg_temp last.
+func FunctionSQL(fn shadow.QualifiedName, flag, appSchema string, d *shadow.Direction) string {
+	return functionSQL(fn, flag, appSchema, d, "", "", false)
 }
 
 // functionSQL is FunctionSQL with two optional statements placed just
 // before and just after the write to the target, and, with inPlace, an
 // UPDATE that keeps its key updating the target row in place (never
 // inserting it) — logical mode's reverse function; see logical.go.
+// searchPath is the app schema (FunctionSQL's appSchema).
 func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, inPlace bool) string {
+	n := namesOf(flag)
 	target := db.Ident(d.Target.Schema, d.Target.Name)
 	keyList := db.IdentList(d.TargetKey)
 	keyExprs := make([]string, len(d.TargetKey))
@@ -48,11 +57,11 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	// key, because types like numeric or a nondeterministic collation call
 	// values equal (1.0 = 1.00) that are different keys once written.
 	// Equal text means an equal key; unequal text at worst re-keys a row
-	// that kept its key (a DELETE and an INSERT instead of an UPDATE).
+	// that kept its key (an UPDATE of the key to an equal value).
 	rowKeyOf := func(rec string) string {
 		texts := make([]string, len(keyExprs))
 		for i, e := range keyExprs {
-			texts[i] = e + "::text"
+			texts[i] = e + "::pg_catalog.text"
 		}
 		return "(SELECT ROW(" + strings.Join(texts, ", ") + ") FROM (SELECT " + rec + ".*) AS s)"
 	}
@@ -76,36 +85,92 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	deleteBy := func(rec string) string {
 		return "DELETE FROM " + target + " AS t WHERE " + lhs + " = " + keyOf(rec) + ";"
 	}
-	write := fmt.Sprintf(`INSERT INTO %s (%s)%s
-		SELECT %s FROM (SELECT NEW.*) AS s
-		ON CONFLICT (%s) %s;`, target, d.TargetList(), overriding, d.SelectList(), keyList, conflict)
+	upsert := fmt.Sprintf(`INSERT INTO %s (%s)%s
+			SELECT %s FROM (SELECT NEW.*) AS s
+			ON CONFLICT (%s) %s;`, target, d.TargetList(), overriding, d.SelectList(), keyList, conflict)
+	write := upsert
 	if inPlace {
-		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), oldKey, newKey, write)
+		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), upsert)
 	}
 	body := fmt.Sprintf(`
 #variable_conflict use_column
+DECLARE
+	prev pg_catalog.text;
 BEGIN
-	IF current_setting(%[1]s, true) = 'on' THEN
-		RETURN NULL; -- this change is the other side's sync write: do not echo it back
+	IF TG_NAME <> %[1]s OR TG_TABLE_SCHEMA <> %[2]s OR TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'ROW' THEN
+		%[3]s
 	END IF;
-	PERFORM set_config(%[1]s, 'on', true);%[7]s
+	prev := pg_catalog.current_setting(%[4]s, true);
+	PERFORM pg_catalog.set_config(%[4]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);%[5]s
 	IF TG_OP = 'DELETE' THEN
-		%[2]s
-	ELSE
-		IF TG_OP = 'UPDATE' AND %[3]s IS DISTINCT FROM %[4]s THEN
-			%[5]s -- the key changed: the row under the old key goes away (trap 3)
-		END IF;
 		%[6]s
-	END IF;%[8]s
-	PERFORM set_config(%[1]s, '', true);
+	ELSIF TG_OP = 'UPDATE' AND %[7]s IS DISTINCT FROM %[8]s THEN
+		%[9]s
+	ELSE
+		%[10]s
+	END IF;%[11]s
+	PERFORM pg_catalog.set_config(%[4]s, COALESCE(prev, ''), true);
 	RETURN NULL;
 END`,
-		db.Literal(flag), deleteBy("OLD"), oldKey, newKey, deleteBy("OLD"),
-		write, stmt(before), stmt(after))
+		db.Literal(n.Trigger), db.Literal(d.Source.Schema), misfiredSQL(fn, n, n.Trigger, d.Source),
+		db.Literal(flag), stmt(before), deleteBy("OLD"), oldKey, newKey,
+		rekey(d, target, lhs, keyOf("OLD"), deleteBy("OLD"), upsert), write, stmt(after))
 	return "CREATE OR REPLACE FUNCTION " + db.Ident(fn.Schema, fn.Name) +
-		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, " + db.Ident(searchPath) +
+		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = " + shadow.SearchPathFor(searchPath) +
 		" AS " + dollarQuote(body)
 }
+
+// rekey is what an UPDATE that changes the key does on the target (trap 13):
+// an UPDATE of the row under the old key, key columns included, so foreign
+// keys referencing the target see an UPDATE (ON UPDATE CASCADE follows, ON
+// DELETE CASCADE never fires) and the target's columns that the mapping does
+// not write keep their values. Only when no row has the old key (the
+// backfill has not copied it yet) is the new row upserted. A target key
+// column that is GENERATED ALWAYS cannot be updated: that key moves by
+// DELETE and upsert, as before.
+func rekey(d *shadow.Direction, target, lhs, oldKey, deleteOld, upsert string) string {
+	var cols, exprs []string
+	for _, c := range d.Columns {
+		if c.Identity == "a" {
+			if slices.Contains(d.TargetKey, c.Target) {
+				return deleteOld + "\n\t\t" + upsert
+			}
+			continue // PostgreSQL lets it be updated only to DEFAULT; its value never changes
+		}
+		cols = append(cols, db.Ident(c.Target))
+		exprs = append(exprs, d.ValueExpr(c.Target))
+	}
+	return "UPDATE " + target + " AS t SET (" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
+		" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " = " + oldKey + ";\n\t\tIF NOT FOUND THEN\n\t\t\t" + upsert + "\n\t\tEND IF;"
+}
+
+// misfiredSQL is the RAISE of a sync function fired by anything but its own
+// trigger on its own table's schema: 42501, because the function runs as the
+// table owner and a role that attaches it to a table of its own (a temp
+// table will do) would write the other side with the owner's rights.
+func misfiredSQL(fn shadow.QualifiedName, n shadow.Names, trigger string, on shadow.QualifiedName) string {
+	return "RAISE EXCEPTION " + db.Literal(percent(fmt.Sprintf("%s() is greenswap's sync function of migration %s and runs only as trigger %s on %s, not as ",
+		db.Ident(fn.Schema, fn.Name), migrationOf(n), trigger, db.Ident(on.Schema, on.Name)))+"% % trigger % on %.%") +
+		", TG_WHEN, TG_LEVEL, TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = '42501', HINT = " +
+		db.Literal("greenswap's functions are not for other tables; REVOKE EXECUTE on them from any role that was granted it") + ";"
+}
+
+// percent escapes % for a RAISE format string.
+func percent(s string) string { return strings.ReplaceAll(s, "%", "%%") }
+
+// namesOf recovers the names of the migration that owns sync flag flag.
+// shadow.NamesFor derives the flag, the trigger and the version schemas from
+// the migration name alone, so the generators whose parameters predate the
+// self-check (functionSQL, truncateFunctionSQL) need nothing more. The app
+// table's name is not among them and stays empty.
+func namesOf(flag string) shadow.Names {
+	return shadow.NamesFor(strings.TrimPrefix(flag, flagPrefix), shadow.QualifiedName{})
+}
+
+// flagPrefix is how shadow.NamesFor names the sync flag.
+const flagPrefix = "greenswap.sync_"
+
+func migrationOf(n shadow.Names) string { return strings.TrimPrefix(n.SyncFlag, flagPrefix) }
 
 // byNameKey returns the target key's columns when every one is copied from
 // the source column of the same name (no spec expression), else nil.
@@ -125,30 +190,61 @@ func byNameKey(d *shadow.Direction) []string {
 func textKey(rec string, cols []string) string {
 	parts := make([]string, len(cols))
 	for i, c := range cols {
-		parts[i] = rec + "." + db.Ident(c) + "::text"
+		parts[i] = rec + "." + db.Ident(c) + "::pg_catalog.text"
 	}
 	return "ROW(" + strings.Join(parts, ", ") + ")"
 }
 
 // TruncateFunctionSQL returns a statement-trigger function that empties the
-// target when the source is truncated (TRUNCATE fires no row triggers).
+// target when the source is truncated (TRUNCATE fires no row triggers). The
+// source is the other version schema's table.
 func TruncateFunctionSQL(fn shadow.QualifiedName, flag string, target shadow.QualifiedName) string {
 	return truncateFunctionSQL(fn, flag, target, "", "")
 }
 
+// truncateFunctionSQL is TruncateFunctionSQL with optional statements just
+// before and after the TRUNCATE (logical mode's echo markers).
+//
+// The reverse one (it fires on green) is also green's write gate (GateSQL):
+// fired by the gate trigger it refuses the statement. Hosting the gate here
+// keeps the set of functions that teardown and finalize drop unchanged.
+//
+// Its search_path is pg_catalog, pg_temp: unlike the row functions it
+// evaluates no spec expression, so it needs nothing from the app schema.
 func truncateFunctionSQL(fn shadow.QualifiedName, flag string, target shadow.QualifiedName, before, after string) string {
+	n := namesOf(flag)
+	src := shadow.QualifiedName{Schema: n.GreenSchema, Name: target.Name}
+	if target.Schema == n.GreenSchema {
+		src.Schema = n.BlueSchema
+	}
+	gate := ""
+	if src.Schema == n.GreenSchema {
+		gate = fmt.Sprintf(`
+	IF TG_NAME = %[1]s AND TG_TABLE_SCHEMA = %[2]s AND TG_WHEN = 'BEFORE' AND TG_LEVEL = 'STATEMENT' THEN
+		RAISE EXCEPTION %[3]s, TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+			USING ERRCODE = '55000', HINT = %[4]s;
+	END IF;`, db.Literal(GateTrigger(n)), db.Literal(n.GreenSchema),
+			db.Literal(percent("greenswap migration "+migrationOf(n)+" is not synced yet: ")+"% on %.% refused"),
+			db.Literal(percent(fmt.Sprintf("green (%s) accepts writes from state synced on, when they also reach blue; until then write through the app name (%s) or blue's schema (%s)",
+				db.Ident(n.GreenSchema), db.Ident(target.Name), db.Ident(n.BlueSchema, target.Name)))))
+	}
+	trig := n.Trigger + "_truncate"
 	body := fmt.Sprintf(`
-BEGIN
-	IF current_setting(%[1]s, true) = 'on' THEN
-		RETURN NULL;
+DECLARE
+	prev pg_catalog.text;
+BEGIN%[1]s
+	IF TG_NAME <> %[2]s OR TG_TABLE_SCHEMA <> %[3]s OR TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'STATEMENT' OR TG_OP <> 'TRUNCATE' THEN
+		%[4]s
 	END IF;
-	PERFORM set_config(%[1]s, 'on', true);%[3]s
-	TRUNCATE %[2]s;%[4]s
-	PERFORM set_config(%[1]s, '', true);
+	prev := pg_catalog.current_setting(%[5]s, true);
+	PERFORM pg_catalog.set_config(%[5]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);%[6]s
+	TRUNCATE %[7]s;%[8]s
+	PERFORM pg_catalog.set_config(%[5]s, COALESCE(prev, ''), true);
 	RETURN NULL;
-END`, db.Literal(flag), db.Ident(target.Schema, target.Name), stmt(before), stmt(after))
+END`, gate, db.Literal(trig), db.Literal(src.Schema), misfiredSQL(fn, n, trig, src),
+		db.Literal(flag), stmt(before), db.Ident(target.Schema, target.Name), stmt(after))
 	return "CREATE OR REPLACE FUNCTION " + db.Ident(fn.Schema, fn.Name) +
-		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS " + dollarQuote(body)
+		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS " + dollarQuote(body)
 }
 
 // stmt places an optional extra statement on its own line ("" → nothing).
@@ -172,20 +268,61 @@ func truncateFunc(fn shadow.QualifiedName) shadow.QualifiedName {
 	return shadow.QualifiedName{Schema: fn.Schema, Name: fn.Name + "_truncate"}
 }
 
+// EchoGuard is the WHEN condition of greenswap's triggers: true unless the
+// statement being written is greenswap's own sync write, that is, the sync
+// flag holds the current trigger depth (set by the sync function just around
+// its write, or '0' by SyncFlagSQL for greenswap's own top-level sessions) and
+// the writing role is a member of the table owner. WHEN is evaluated as the
+// role that runs the writing statement: inside the SECURITY DEFINER sync
+// function that is the owner; a client that sets the flag itself is not (a
+// role that can become the owner could drop the triggers anyway). The flag
+// is read first so that the common case (not set) costs one
+// current_setting and no role lookup.
+func EchoGuard(n shadow.Names, owner string) string {
+	return "pg_catalog.current_setting(" + db.Literal(n.SyncFlag) + ", true) IS DISTINCT FROM pg_catalog.pg_trigger_depth()::pg_catalog.text" +
+		" OR NOT " + ownerMember(owner)
+}
+
+// ownerMember is true when the current role is a member of owner. By name:
+// PostgreSQL refuses a regrole constant in a stored expression (roles are
+// shared objects it does not track dependencies on), so renaming the owner
+// during a migration makes the triggers fail until greenswap re-creates them.
+func ownerMember(owner string) string {
+	return "pg_catalog.pg_has_role(" + db.Literal(owner) + "::pg_catalog.name, 'MEMBER')"
+}
+
+// gateGuard is the gate's WHEN condition: true unless a sync write of the
+// owner is in progress at this depth or above. Looser than EchoGuard on
+// purpose: a write to green one level inside a forward sync write (green's
+// own ON DELETE CASCADE of a row the sync deleted) is part of that sync
+// write and must not be refused; its echo is not a concern while green's
+// reverse trigger is off, which it is whenever the gate is on.
+func gateGuard(n shadow.Names, owner string) string {
+	return "COALESCE(pg_catalog.current_setting(" + db.Literal(n.SyncFlag) + ", true), '') = ''" +
+		" OR NOT " + ownerMember(owner)
+}
+
+// GateTrigger names green's write gate: a BEFORE INSERT OR UPDATE OR DELETE
+// OR TRUNCATE statement trigger on green and on each of its partitions,
+// enabled from green's creation until synced, whose function
+// (gs_reverse_truncate) refuses the statement with SQLSTATE 55000. Without
+// it green's version schema would accept writes that never reach blue
+// (trap 12). The gs_sync_ prefix marks it as greenswap's own for every
+// catalog read that skips the sync triggers.
+func GateTrigger(n shadow.Names) string { return n.Trigger + "_gate" }
+
 // triggerSQL creates the row and TRUNCATE triggers on table, disabled when enabled is false.
 //
-// The row trigger's WHEN clause repeats the function's echo guard: it is
-// evaluated as the row is written, so the other side's sync write does not
-// even queue an event, let alone call a function (its own check stays, for
-// a trigger created without the clause by an older greenswap).
-func triggerSQL(n shadow.Names, table, fn shadow.QualifiedName, enabled bool) []string {
+// Their WHEN clause is the echo guard: the other side's sync write does not
+// even queue an event, let alone call a function.
+func triggerSQL(n shadow.Names, owner string, table, fn shadow.QualifiedName, enabled bool) []string {
 	rel := db.Ident(table.Schema, table.Name)
+	guard := " WHEN (" + EchoGuard(n, owner) + ")"
 	sql := []string{
 		"CREATE TRIGGER " + db.Ident(n.Trigger) + " AFTER INSERT OR UPDATE OR DELETE ON " + rel +
-			" FOR EACH ROW WHEN (current_setting(" + db.Literal(n.SyncFlag) + ", true) IS DISTINCT FROM 'on')" +
-			" EXECUTE FUNCTION " + db.Ident(fn.Schema, fn.Name) + "()",
+			" FOR EACH ROW" + guard + " EXECUTE FUNCTION " + db.Ident(fn.Schema, fn.Name) + "()",
 		"CREATE TRIGGER " + db.Ident(n.Trigger+"_truncate") + " AFTER TRUNCATE ON " + rel +
-			" FOR EACH STATEMENT EXECUTE FUNCTION " + db.Ident(truncateFunc(fn).Schema, truncateFunc(fn).Name) + "()",
+			" FOR EACH STATEMENT" + guard + " EXECUTE FUNCTION " + db.Ident(truncateFunc(fn).Schema, truncateFunc(fn).Name) + "()",
 	}
 	if !enabled {
 		sql = append(sql, "ALTER TABLE "+rel+" DISABLE TRIGGER "+db.Ident(n.Trigger),
@@ -194,10 +331,49 @@ func triggerSQL(n shadow.Names, table, fn shadow.QualifiedName, enabled bool) []
 	return sql
 }
 
+// gateSQL creates green's write gate (GateTrigger), enabled, on green and on
+// every partition of it. A statement trigger of a partitioned table fires
+// only for statements that name it, so a write naming a partition needs the
+// partition's own; the partitions are listed when the statement runs (they
+// are created with green, before it). A partition attached later has none.
+func gateSQL(n shadow.Names, owner string) []string {
+	fn := truncateFunc(n.ReverseFunc)
+	create := func(rel string) string {
+		return "CREATE TRIGGER " + db.Ident(GateTrigger(n)) + " BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON " + rel +
+			" FOR EACH STATEMENT WHEN (" + gateGuard(n, owner) + ") EXECUTE FUNCTION " + db.Ident(fn.Schema, fn.Name) + "()"
+	}
+	const rel = "\x00rel\x00"
+	return []string{
+		create(db.Ident(n.Green.Schema, n.Green.Name)),
+		onPartitions(n.Green, strings.Replace(percent(create(rel)), rel, "%I.%I", 1)),
+	}
+}
+
+// onPartitions is a DO block that runs format(stmt, schema, name) for every
+// partition of rel, every level, parents before children. Nothing for a
+// table that is not partitioned.
+func onPartitions(rel shadow.QualifiedName, stmt string) string {
+	return "DO " + dollarQuote(`
+DECLARE
+	p record;
+BEGIN
+	FOR p IN SELECT n.nspname, c.relname
+	           FROM pg_catalog.pg_partition_tree(`+db.Literal(db.Ident(rel.Schema, rel.Name))+`::pg_catalog.regclass) t
+	           JOIN pg_catalog.pg_class c ON c.oid = t.relid
+	           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	          WHERE t.level > 0
+	          ORDER BY t.level, c.relname
+	LOOP
+		EXECUTE pg_catalog.format(`+db.Literal(stmt)+`, p.nspname, p.relname);
+	END LOOP;
+END`)
+}
+
 // InstallStep creates both trigger functions, the forward triggers on blue
-// (enabled: every change from now on reaches green) and the reverse triggers
-// on green (disabled until the migration is synced). It belongs in the same
-// transaction as green's creation, so green never exists without capture.
+// (enabled: every change from now on reaches green), the reverse triggers
+// on green (disabled until the migration is synced) and green's write gate
+// (enabled until then). It belongs in the same transaction as green's
+// creation, so green never exists without capture.
 func InstallStep(n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
 	sql := []string{
 		FunctionSQL(n.ForwardFunc, n.SyncFlag, n.App.Schema, &m.Forward),
@@ -209,16 +385,21 @@ func InstallStep(n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
 }
 
 // installStep completes InstallStep (and LogicalInstallStep) from the four
-// CREATE FUNCTION statements: owners, then the triggers.
+// CREATE FUNCTION statements: owners and EXECUTE revoked from PUBLIC (in
+// the same transaction, so no other role ever holds it; PostgreSQL checks
+// EXECUTE when CREATE TRIGGER attaches a function, not when the trigger
+// fires), then the triggers and the gate.
 func installStep(n shadow.Names, owner string, sql []string) shadow.Step {
 	for _, fn := range []shadow.QualifiedName{n.ForwardFunc, truncateFunc(n.ForwardFunc), n.ReverseFunc, truncateFunc(n.ReverseFunc)} {
-		sql = append(sql, "ALTER FUNCTION "+db.Ident(fn.Schema, fn.Name)+"() OWNER TO "+db.Ident(owner))
+		f := db.Ident(fn.Schema, fn.Name) + "()"
+		sql = append(sql, "ALTER FUNCTION "+f+" OWNER TO "+db.Ident(owner), "REVOKE ALL ON FUNCTION "+f+" FROM PUBLIC")
 	}
-	sql = append(sql, triggerSQL(n, n.Blue, n.ForwardFunc, true)...)
-	sql = append(sql, triggerSQL(n, n.Green, n.ReverseFunc, false)...)
+	sql = append(sql, triggerSQL(n, owner, n.Blue, n.ForwardFunc, true)...)
+	sql = append(sql, triggerSQL(n, owner, n.Green, n.ReverseFunc, false)...)
+	sql = append(sql, gateSQL(n, owner)...)
 	return shadow.Step{
 		Name:          "install-sync-triggers",
-		Description:   "create the blue → green sync triggers (on) and green → blue (off until synced)",
+		Description:   "create the blue → green sync triggers (on), green → blue (off until synced) and green's write gate (on until synced)",
 		SQL:           sql,
 		Lock:          "SHARE ROW EXCLUSIVE on " + n.Blue.String() + " (waits for in-flight writes, blocks new ones while held)",
 		LockHold:      "milliseconds",
@@ -226,33 +407,41 @@ func installStep(n shadow.Names, owner string, sql []string) shadow.Step {
 	}
 }
 
-// SetReverseSQL switches the green → blue direction on or off.
+// SetReverseSQL switches the green → blue direction on or off, and green's
+// write gate the other way in the same statements' transaction: green
+// accepts writes exactly while they reach blue.
 func SetReverseSQL(n shadow.Names, on bool) []string {
-	verb := "DISABLE"
+	verb, gate := "DISABLE", "ENABLE"
 	if on {
-		verb = "ENABLE"
+		verb, gate = "ENABLE", "DISABLE"
 	}
 	rel := db.Ident(n.Green.Schema, n.Green.Name)
 	return []string{
 		"ALTER TABLE " + rel + " " + verb + " TRIGGER " + db.Ident(n.Trigger),
 		"ALTER TABLE " + rel + " " + verb + " TRIGGER " + db.Ident(n.Trigger+"_truncate"),
+		"ALTER TABLE " + rel + " " + gate + " TRIGGER " + db.Ident(GateTrigger(n)),
+		onPartitions(n.Green, "ALTER TABLE %I.%I "+gate+" TRIGGER "+percent(db.Ident(GateTrigger(n)))),
 	}
 }
 
-// RemoveSQL drops the sync triggers and functions from whichever tables still exist.
+// RemoveSQL drops the sync triggers and the gate from one table (finalize).
 // Functions live in the version schemas, so dropping those schemas removes them too;
-// this is for finalize, which keeps green.
+// this is for finalize, which keeps green. Green's partitions keep their gate
+// triggers (disabled): finalize drops those by name.
 func RemoveSQL(n shadow.Names, table shadow.QualifiedName) []string {
 	rel := db.Ident(table.Schema, table.Name)
 	return []string{
 		"DROP TRIGGER IF EXISTS " + db.Ident(n.Trigger) + " ON " + rel,
 		"DROP TRIGGER IF EXISTS " + db.Ident(n.Trigger+"_truncate") + " ON " + rel,
+		"DROP TRIGGER IF EXISTS " + db.Ident(GateTrigger(n)) + " ON " + rel,
 	}
 }
 
-// SyncFlagSQL marks the current transaction as a sync write, for a backfill
-// or repair batch that writes green directly: green's reverse trigger (if on)
-// must not copy those rows back to blue.
+// SyncFlagSQL marks the current transaction's top-level statements as sync
+// writes, for a backfill, repair or apply batch that writes one side
+// itself: the other side's trigger (if on) and green's gate let them pass.
+// '0' is the trigger depth of a top-level statement (EchoGuard); writes a
+// level deeper (an FK cascade they cause) still sync.
 func SyncFlagSQL(n shadow.Names) (string, []any) {
-	return "SELECT set_config($1, 'on', true)", []any{n.SyncFlag}
+	return "SELECT pg_catalog.set_config($1, '0', true)", []any{n.SyncFlag}
 }

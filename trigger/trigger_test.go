@@ -20,6 +20,7 @@ import (
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
+	"github.com/greenswap/greenswap/trigger"
 )
 
 type mig struct {
@@ -152,7 +153,13 @@ func TestTrap1GhostRowDuringBackfill(t *testing.T) {
 			done := make(chan error, 1)
 			go func() {
 				if naive {
-					// What trap 1 warns about: no row locks.
+					// What trap 1 warns about: no row locks. (The sync flag,
+					// as the backfill sets it, passes green's write gate.)
+					flag, args := trigger.SyncFlagSQL(m.names)
+					if _, err := batch.Exec(ctx, flag, args...); err != nil {
+						done <- err
+						return
+					}
 					_, err := batch.Exec(ctx, `INSERT INTO gs_o_green.orders SELECT id, coalesce(email, '-'), amount, note
 						FROM gs_o_blue.orders WHERE id <= 10 ON CONFLICT DO NOTHING`)
 					done <- err
@@ -506,7 +513,8 @@ func TestTruncate(t *testing.T) {
 }
 
 // The generated trigger functions are SECURITY DEFINER with a fixed
-// search_path, and the reverse triggers stay off until synced.
+// search_path, the reverse triggers stay off until synced, and green's
+// write gate refuses a write meanwhile.
 func TestReverseOffUntilSynced(t *testing.T) {
 	t.Parallel()
 	m := migrate(t, ordersTable, ordersSpec, true)
@@ -515,10 +523,13 @@ func TestReverseOffUntilSynced(t *testing.T) {
 		WHERE tgrelid = 'gs_o_green.orders'::regclass AND NOT tgisinternal`).Scan(&enabled); err != nil {
 		t.Fatal(err)
 	}
-	if enabled != "gs_sync_o=D gs_sync_o_truncate=D" {
+	if enabled != "gs_sync_o=D gs_sync_o_gate=O gs_sync_o_truncate=D" {
 		t.Fatalf("green triggers: %s", enabled)
 	}
-	m.exec(t, `INSERT INTO gs_o_green.orders (id, email, amount) VALUES (5000, 'g', 1)`)
+	_, err := m.pool.Exec(context.Background(), `INSERT INTO gs_o_green.orders (id, email, amount) VALUES (5000, 'g', 1)`)
+	if pgCode(err) != "55000" {
+		t.Fatalf("a write to green before synced: %v, want SQLSTATE 55000 from the gate", err)
+	}
 	if n := m.count(t, `SELECT count(*) FROM gs_o_blue.orders WHERE id = 5000`); n != 0 {
 		t.Fatal("a write to green reached blue before synced")
 	}
