@@ -52,6 +52,7 @@ type entry struct {
 // The batch composes them into moves (batch.moves).
 type event struct {
 	from, to []string
+	fk, tk   string // keyString of from and to
 	echo     bool
 }
 
@@ -68,12 +69,14 @@ type txn struct {
 	forged     bool // a message with the echo prefix that is not a genuine marker was seen
 }
 
-func (t *txn) add(key []string, echo, gone bool) {
+func (t *txn) add(key []string, echo, gone bool) string {
 	t.changes++
 	if echo {
 		t.echoed++
 	}
-	t.keys[keyString(key)] = &entry{key: key, echo: echo, gone: gone}
+	ks := keyString(key)
+	t.keys[ks] = &entry{key: key, echo: echo, gone: gone}
+	return ks
 }
 
 // keyString is a map key for key values (text values never hold NUL).
@@ -161,8 +164,8 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		if err != nil {
 			return decoded{}, fmt.Errorf("insert into %s: %w", r.name, err)
 		}
-		d.tx.add(k, d.tx.inEcho, false)
-		d.tx.events = append(d.tx.events, event{to: k, echo: d.tx.inEcho})
+		tk := d.tx.add(k, d.tx.inEcho, false)
+		d.tx.events = append(d.tx.events, event{to: k, tk: tk, echo: d.tx.inEcho})
 	case *pglogrepl.UpdateMessage:
 		r, err := d.rel(m.RelationID)
 		if err != nil {
@@ -181,10 +184,12 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		if old != nil && !slices.Equal(old, k) {
 			// The key changed (trap 3): the row under the old key is gone,
 			// and green's row there moves to the new key (trap 13).
-			d.tx.add(old, d.tx.inEcho, true)
-			d.tx.events = append(d.tx.events, event{from: old, to: k, echo: d.tx.inEcho})
+			fk := d.tx.add(old, d.tx.inEcho, true)
+			tk := d.tx.add(k, d.tx.inEcho, false)
+			d.tx.events = append(d.tx.events, event{from: old, to: k, fk: fk, tk: tk, echo: d.tx.inEcho})
+		} else {
+			d.tx.add(k, d.tx.inEcho, false)
 		}
-		d.tx.add(k, d.tx.inEcho, false)
 	case *pglogrepl.DeleteMessage:
 		r, err := d.rel(m.RelationID)
 		if err != nil {
@@ -194,8 +199,8 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		if err != nil {
 			return decoded{}, fmt.Errorf("delete from %s: %w", r.name, err)
 		}
-		d.tx.add(k, d.tx.inEcho, true)
-		d.tx.events = append(d.tx.events, event{from: k, echo: d.tx.inEcho})
+		fk := d.tx.add(k, d.tx.inEcho, true)
+		d.tx.events = append(d.tx.events, event{from: k, fk: fk, echo: d.tx.inEcho})
 	case *pglogrepl.TruncateMessage:
 		if d.tx == nil {
 			return decoded{}, fmt.Errorf("TRUNCATE outside a transaction")
@@ -300,24 +305,30 @@ type batch struct {
 	// blue's under key, and the applier moves it by an UPDATE (trap 13)
 	// instead of deleting it and inserting a new one.
 	moves map[string]*move
-	// fresh are the keys whose blue row is new in the batch (inserted, or
-	// re-keyed from such a key): green has no row of theirs to move.
-	fresh    map[string]bool
-	truncate bool
-	xids     []uint32
-	txns     int64
-	changes  int64
-	echoed   int64
-	endLSN   pglogrepl.LSN // end of the last commit: confirm up to here once applied
-	oldest   time.Time     // commit time of the oldest transaction in it
-	newest   time.Time
+	// fresh are the keys whose blue row is new in the batch (inserted
+	// under a key the batch vacated, or re-keyed from such a key): green's
+	// row under such a key, if any, is another row's. vacated are the keys
+	// whose row the batch deleted or re-keyed away. An insert under a key
+	// the batch did not vacate is not recorded: green has no row there.
+	fresh, vacated map[string]bool
+	truncate       bool
+	xids           []uint32
+	txns           int64
+	changes        int64
+	echoed         int64
+	endLSN         pglogrepl.LSN // end of the last commit: confirm up to here once applied
+	oldest         time.Time     // commit time of the oldest transaction in it
+	newest         time.Time
 }
 
 // move is one re-keyed row: green holds it under from, blue under to.
-type move struct{ from, to []string }
+type move struct {
+	from, to []string
+	fk       string // keyString(from)
+}
 
 func newBatch() *batch {
-	return &batch{keys: map[string]*entry{}, moves: map[string]*move{}, fresh: map[string]bool{}}
+	return &batch{keys: map[string]*entry{}, moves: map[string]*move{}, fresh: map[string]bool{}, vacated: map[string]bool{}}
 }
 
 func (b *batch) empty() bool { return b.txns == 0 }
@@ -328,6 +339,7 @@ func (b *batch) add(t *txn, c *pglogrepl.CommitMessage) {
 		b.truncate = true
 		clear(b.moves) // green's rows under the old keys are gone with blue's
 		clear(b.fresh)
+		clear(b.vacated)
 	}
 	for _, ev := range t.events {
 		b.compose(ev)
@@ -357,30 +369,38 @@ func (b *batch) add(t *txn, c *pglogrepl.CommitMessage) {
 // nowhere. An echo was made on green first: green's row is where blue's
 // is already, so it neither moves nor is fresh.
 func (b *batch) compose(ev event) {
-	var origin []string // nil: the row is not in green
+	// Where green holds the row blue has under ev.from: under key ofrom
+	// (ofk), or nowhere (!held).
+	var ofrom []string
+	var ofk string
+	held := false
 	if ev.from != nil {
-		fk := keyString(ev.from)
-		origin = ev.from
-		if m, ok := b.moves[fk]; ok {
-			origin = m.from
-		} else if b.fresh[fk] {
-			origin = nil
+		ofrom, ofk, held = ev.from, ev.fk, true
+		if m, ok := b.moves[ev.fk]; ok {
+			ofrom, ofk = m.from, m.fk
+		} else if b.fresh[ev.fk] {
+			held = false
 		}
-		delete(b.moves, fk)
-		delete(b.fresh, fk)
+		delete(b.moves, ev.fk)
+		delete(b.fresh, ev.fk)
+		b.vacated[ev.fk] = true
 	}
-	if ev.to == nil {
-		return
-	}
-	tk := keyString(ev.to)
-	delete(b.moves, tk)
-	delete(b.fresh, tk)
 	switch {
-	case ev.echo:
-	case origin == nil:
-		b.fresh[tk] = true
-	case keyString(origin) != tk:
-		b.moves[tk] = &move{from: origin, to: ev.to}
+	case ev.to == nil: // a delete
+	case ev.from == nil: // an insert
+		if !ev.echo && b.vacated[ev.tk] {
+			b.fresh[ev.tk] = true
+		}
+	default: // a key update
+		delete(b.moves, ev.tk)
+		delete(b.fresh, ev.tk)
+		switch {
+		case ev.echo:
+		case !held:
+			b.fresh[ev.tk] = true
+		case ofk != ev.tk:
+			b.moves[ev.tk] = &move{from: ofrom, fk: ofk, to: ev.to}
+		}
 	}
 }
 
@@ -442,7 +462,7 @@ func (b *batch) work(n int) (chunks []chunk, echoes int) {
 	}
 	done := map[string]bool{}
 	for tk, m := range b.moves {
-		fk := keyString(m.from)
+		fk := m.fk
 		te, fe := b.keys[tk], b.keys[fk]
 		if te == nil || fe == nil || te.echo || fe.echo || done[tk] || done[fk] {
 			continue
