@@ -321,6 +321,7 @@ END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "
 		sql = append(sql, "DROP FUNCTION IF EXISTS "+db.Ident(fn.Schema, fn.Name)+"()")
 	}
 	sql = append(sql, "DROP TABLE IF EXISTS "+qident(usageTable(n)), "DROP TABLE IF EXISTS "+qident(usageStateTable(n)),
+		"DROP TABLE IF EXISTS "+qident(n.EchoToken), // logical mode's echo token, if the stream's retirement left it
 		"DROP SCHEMA "+db.Ident(n.BlueSchema), "DROP SCHEMA "+db.Ident(n.GreenSchema))
 	p.Dropped = append(p.Dropped, "schema "+n.BlueSchema, "schema "+n.GreenSchema, "sync triggers and functions")
 	var pub bool

@@ -131,7 +131,8 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 		}
 	}
 	if blueSchema {
-		sql = append(sql, "DROP TABLE IF EXISTS "+qident(usageTable(n)), "DROP TABLE IF EXISTS "+qident(usageStateTable(n)))
+		sql = append(sql, "DROP TABLE IF EXISTS "+qident(usageTable(n)), "DROP TABLE IF EXISTS "+qident(usageStateTable(n)),
+			"DROP TABLE IF EXISTS "+qident(n.EchoToken)) // logical mode's echo token (trigger.EchoTokenSQL)
 	}
 	if greenSchema {
 		sql = append(sql, "DROP SCHEMA "+db.Ident(n.GreenSchema))

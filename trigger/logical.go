@@ -7,8 +7,9 @@ package trigger
 // the stream like any other blue write; they are the echo of a write green
 // already has (trap 2 across the stream). In logical mode the reverse
 // functions bracket their write to blue with two transactional logical
-// decoding messages (pg_logical_emit_message, prefix EchoPrefix(n)), and the
-// stream skips the blue changes between them.
+// decoding messages (pg_logical_emit_message, prefix EchoPrefix(n), content
+// carrying the migration's secret echo token), and the stream skips the blue
+// changes between them.
 
 import (
 	"slices"
@@ -18,8 +19,12 @@ import (
 	"github.com/greenswap/greenswap/shadow"
 )
 
-// Echo marker contents: the blue changes between EchoBegin and EchoEnd of
-// one transaction are the reverse trigger's own writes.
+// Echo marker contents: the blue changes between EchoBegin+token and
+// EchoEnd+token of one transaction are the reverse trigger's own writes,
+// where token is the migration's echo token (EchoTokenSQL). Any role may
+// call pg_logical_emit_message with any prefix; only the table owner (and
+// a superuser) can read the token, so only the reverse functions, which
+// run as the owner, can emit a marker the stream accepts.
 const (
 	EchoBegin = "b"
 	EchoEnd   = "e"
@@ -29,8 +34,37 @@ const (
 // markers: the sync flag's name, unique per migration.
 func EchoPrefix(n shadow.Names) string { return n.SyncFlag }
 
+// echoMarker emits content followed by the echo token. The token is read
+// at every marker rather than baked into the function's text: a function's
+// source is readable by every role (pg_proc.prosrc), the token table by
+// the owner alone. A missing row makes the content NULL and the message is
+// not emitted (the function is strict): the write then reaches the stream
+// as an ordinary change, which costs a re-copy, never a lost change.
 func echoMarker(n shadow.Names, content string) string {
-	return "PERFORM pg_catalog.pg_logical_emit_message(true, " + db.Literal(EchoPrefix(n)) + ", " + db.Literal(content) + ");"
+	return "PERFORM pg_catalog.pg_logical_emit_message(true, " + db.Literal(EchoPrefix(n)) +
+		", pg_catalog.concat(CAST(" + db.Literal(content) + " AS pg_catalog.text), t.token)) FROM " +
+		db.Ident(n.EchoToken.Schema, n.EchoToken.Name) + " AS t;"
+}
+
+// EchoTokenSQL creates migration n's echo token: a one-row table holding a
+// random value (gen_random_uuid draws from the server's strong random
+// source; PostgreSQL 13+, and logical mode needs 14+), owned by the table
+// owner, readable by nobody else. Idempotent: a re-run keeps the token, so
+// a restarted stream and the reverse functions keep agreeing.
+func EchoTokenSQL(n shadow.Names, owner string) []string {
+	rel := db.Ident(n.EchoToken.Schema, n.EchoToken.Name)
+	return []string{
+		"CREATE TABLE IF NOT EXISTS " + rel + " (token pg_catalog.text NOT NULL)",
+		"INSERT INTO " + rel + " (token) SELECT CAST(pg_catalog.gen_random_uuid() AS pg_catalog.text) WHERE NOT EXISTS (SELECT FROM " + rel + ")",
+		"ALTER TABLE " + rel + " OWNER TO " + db.Ident(owner),
+		"REVOKE ALL ON " + rel + " FROM PUBLIC",
+	}
+}
+
+// ReadEchoTokenSQL reads the echo token (the stream, connected as the
+// owner or a superuser).
+func ReadEchoTokenSQL(n shadow.Names) string {
+	return "SELECT token FROM " + db.Ident(n.EchoToken.Schema, n.EchoToken.Name)
 }
 
 // reverseLogicalSQL are the reverse functions of logical mode: the
@@ -81,10 +115,11 @@ func inPlaceUpdate(d *shadow.Direction, target, lhs, newKey, upsert string) stri
 // stream is retired before cutover) and the reverse functions mark their writes
 // to blue as echoes for the stream to skip.
 func LogicalInstallStep(n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
-	sql := []string{
+	sql := EchoTokenSQL(n, owner)
+	sql = append(sql,
 		FunctionSQL(n.ForwardFunc, n.SyncFlag, n.App.Schema, &m.Forward),
 		TruncateFunctionSQL(truncateFunc(n.ForwardFunc), n.SyncFlag, n.Green),
-	}
+	)
 	sql = append(sql, reverseLogicalSQL(n, m)...)
 	st := installStep(n, owner, sql)
 	st.SQL = append(st.SQL, SetForwardSQL(n, false)...)
@@ -110,7 +145,10 @@ func SetForwardSQL(n shadow.Names, on bool) []string {
 // markers (trigger mode). Run it once the stream is retired and its slot
 // dropped: blue → green runs by the forward trigger then, whose echo guard is
 // the sync flag alone. Until the slot is gone the markers must stay, or the
-// last changes the stream applies could include unmarked echoes.
+// last changes the stream applies could include unmarked echoes. The echo
+// token stays until finalize or teardown drops blue's schema: a statement
+// already running the old function reads it after this commits (seen in
+// TestRetireUnderWorkload when it was dropped here).
 func PlainReverseSQL(n shadow.Names, m *shadow.Mapping) []string {
 	return []string{
 		FunctionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse),

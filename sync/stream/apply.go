@@ -30,10 +30,15 @@ var ErrRetired = errors.New("the logical stream of this migration is retired")
 type applySQL struct {
 	keyCols  []string // blue's sync key
 	upsert   string   // re-copy the keys' rows from blue through the mapping
-	stale    string   // delete green rows of the keys that blue no longer has (under that green key)
+	stale    string   // delete green rows of the keys that blue no longer has (under that green key); $k+1 = gone flags
 	all      string   // delete every green row of the keys (replace mode)
 	truncate string   // delete every green row blue no longer has (after a TRUNCATE of blue)
 	live     string   // is the stream still the way blue → green?
+	// move re-keys green rows in place (trap 13): $1..$k the old sync key,
+	// $k+1..$2k the new one; "" when green's key cannot be updated (a
+	// GENERATED ALWAYS identity column). moveKey is the same for the rows
+	// blue no longer has under the new key: only the key moves.
+	move, moveKey string
 	// combined is stale and upsert in one statement reading blue once,
 	// when green's key is the sync key (then the rows it deletes and those
 	// it upserts are disjoint); "" otherwise.
@@ -70,6 +75,9 @@ func buildSQL(n shadow.Names, m *shadow.Mapping, blue *shadow.Table) (*applySQL,
 		ucols[i] = fmt.Sprintf("gs_k%d", i)
 	}
 	from := "unnest(" + strings.Join(params, ", ") + ") AS u(" + strings.Join(ucols, ", ") + ")"
+	// The same with each key's gone flag (entry.gone) as the last parameter.
+	fromGone := "unnest(" + strings.Join(params, ", ") + fmt.Sprintf(", $%d::boolean[]", len(m.Key)+1) +
+		") AS u(" + strings.Join(ucols, ", ") + ", gs_gone)"
 	keysAs := func(green bool) string {
 		sel := make([]string, len(m.Key))
 		for i := range m.Key {
@@ -128,10 +136,22 @@ ON CONFLICT (%s) %s`,
 		sCols = append(sCols, m.Forward.ValueExpr(k)+" AS "+db.Ident(fmt.Sprintf("gs_t%d", i)))
 		match = append(match, "s."+db.Ident(fmt.Sprintf("gs_t%d", i))+" IS NOT DISTINCT FROM g."+db.Ident(k))
 	}
+	// A key blue lacks although the batch did not remove it is left alone
+	// (entry.gone): a later change in the stream removed it.
+	var dk, dmatch, bhas []string
+	for i, k := range m.Key {
+		dk = append(dk, "CAST(CAST(u."+ucols[i]+" AS "+bt[i]+") AS "+gt[i]+") AS "+ucols[i])
+		dmatch = append(dmatch, "g."+db.Ident(k)+" = d."+ucols[i])
+		bhas = append(bhas, "b."+db.Ident(k)+" = CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
+	}
 	s.stale = fmt.Sprintf(`DELETE FROM %s AS g
-WHERE %s IN %s
-  AND NOT EXISTS (SELECT 1 FROM (SELECT %s FROM %s) AS s WHERE %s)`,
-		greenRel, row("g."), keysAs(true), strings.Join(sCols, ", "), blueRel, strings.Join(match, " AND "))
+USING (SELECT %s, u.gs_gone FROM %s) AS d
+WHERE %s
+  AND NOT EXISTS (SELECT 1 FROM (SELECT %s FROM %s) AS s WHERE %s)
+  AND (d.gs_gone OR EXISTS (SELECT 1 FROM %s AS b WHERE %s))`,
+		greenRel, strings.Join(dk, ", "), fromGone, strings.Join(dmatch, " AND "),
+		strings.Join(sCols, ", "), blueRel, strings.Join(match, " AND "),
+		blueRel, strings.Join(bhas, " AND "))
 	s.all = fmt.Sprintf(`DELETE FROM %s AS g WHERE %s IN %s`, greenRel, row("g."), keysAs(true))
 
 	if sameSet(m.Key, m.Forward.TargetKey) {
@@ -147,12 +167,13 @@ WHERE %s IN %s
 		for i := range m.Key {
 			kcols[i] = "CAST(u." + ucols[i] + " AS " + bt[i] + ") AS " + ucols[i]
 		}
+		kcols = append(kcols, "u.gs_gone")
 		s.combined = fmt.Sprintf(`WITH k AS MATERIALIZED (
 	SELECT %s FROM %s
 ), src AS MATERIALIZED (
 	SELECT * FROM %s WHERE %s IN (SELECT %s FROM k) ORDER BY %s FOR KEY SHARE
 ), del AS (
-	DELETE FROM %s AS g WHERE %s IN (SELECT %s FROM k)
+	DELETE FROM %s AS g WHERE %s IN (SELECT %s FROM k WHERE k.gs_gone)
 	AND NOT EXISTS (SELECT 1 FROM src AS s WHERE %s)
 	RETURNING 1
 ), ins AS (
@@ -162,7 +183,7 @@ WHERE %s IN %s
 	RETURNING 1
 )
 SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ins)`,
-			strings.Join(kcols, ", "), from,
+			strings.Join(kcols, ", "), fromGone,
 			blueRel, row(""), strings.Join(ucols, ", "), db.IdentList(m.Key),
 			greenRel, row("g."), strings.Join(gk, ", "), strings.Join(eq, " AND "),
 			greenRel, m.Forward.TargetList(), overriding,
@@ -177,10 +198,77 @@ SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ins)`,
 	s.truncate = fmt.Sprintf(`DELETE FROM %s AS g WHERE NOT EXISTS (SELECT 1 FROM %s AS b WHERE %s)`,
 		greenRel, blueRel, strings.Join(bmatch, " AND "))
 
+	s.move, s.moveKey = buildMoveSQL(m, blueRel, greenRel, bt, gt)
+
 	s.live = `SELECT coalesce((SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t
 	                          WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2), ''),
 	       to_regclass($3) IS NOT NULL`
 	return s, nil
+}
+
+// buildMoveSQL are the statements that move green's row of a re-keyed
+// blue row from the old key to the new one: an UPDATE setting every mapped
+// column, the key included, from blue's row at the new key. An UPDATE and
+// not a DELETE and INSERT, so that columns only green has keep their
+// values and foreign keys referencing green see a key update (ON UPDATE
+// actions, never ON DELETE CASCADE). It moves only where green has the old
+// key and not the new one: anything else (the row not copied yet, moved
+// already by an earlier apply of the same batch) is left to the re-copy
+// that follows in the same transaction, as before. Blue is read as it is
+// now, not as of the batch: when blue no longer has the new key, a later
+// change in the stream moved or deleted the row again, and moveKey moves
+// only green's key, for that later change to find the row (deleting it
+// here would lose green's own columns when the later change is another
+// re-key).
+func buildMoveSQL(m *shadow.Mapping, blueRel, greenRel string, bt, gt []string) (move, moveKey string) {
+	var cols, exprs []string
+	for _, c := range m.Forward.Columns {
+		if c.Identity == "a" {
+			if slices.Contains(m.Key, c.Target) {
+				return "", "" // PostgreSQL updates a GENERATED ALWAYS column only to DEFAULT
+			}
+			continue // its value never changes, as in the upsert
+		}
+		cols = append(cols, db.Ident(c.Target))
+		exprs = append(exprs, m.Forward.ValueExpr(c.Target)+" AS "+db.Ident(c.Target))
+	}
+	k := len(m.Key)
+	params := make([]string, 2*k)
+	ucols := make([]string, 2*k)
+	casts := make([]string, 2*k)
+	for i := range 2 * k {
+		params[i] = fmt.Sprintf("$%d::text[]", i+1)
+		if i < k {
+			ucols[i] = fmt.Sprintf("gs_f%d", i)
+		} else {
+			ucols[i] = fmt.Sprintf("gs_t%d", i-k)
+		}
+		casts[i] = "CAST(u." + ucols[i] + " AS " + bt[i%k] + ") AS " + ucols[i]
+	}
+	var gOld, gNew, bNew, keyCols, keyVals []string
+	for i, kc := range m.Key {
+		gOld = append(gOld, "g."+db.Ident(kc)+" = CAST(mv.gs_f"+fmt.Sprint(i)+" AS "+gt[i]+")")
+		gNew = append(gNew, "g2."+db.Ident(kc)+" = CAST(mv.gs_t"+fmt.Sprint(i)+" AS "+gt[i]+")")
+		bNew = append(bNew, "b."+db.Ident(kc)+" = mv.gs_t"+fmt.Sprint(i))
+		keyCols = append(keyCols, db.Ident(kc))
+		keyVals = append(keyVals, "CAST(mv.gs_t"+fmt.Sprint(i)+" AS "+gt[i]+")")
+	}
+	from := fmt.Sprintf(`FROM (SELECT %s FROM unnest(%s) AS u(%s)) AS mv
+WHERE %s
+  AND %%s (SELECT 1 FROM %s AS b WHERE %s)
+  AND NOT EXISTS (SELECT 1 FROM %s AS g2 WHERE %s)`,
+		strings.Join(casts, ", "), strings.Join(params, ", "), strings.Join(ucols, ", "),
+		strings.Join(gOld, " AND "),
+		blueRel, strings.Join(bNew, " AND "),
+		greenRel, strings.Join(gNew, " AND "))
+	// The mapped values come from a subquery whose only FROM item is blue's
+	// row: the spec's expressions name blue's columns bare.
+	move = fmt.Sprintf("UPDATE %s AS g SET (%s) = (SELECT %s FROM %s AS b WHERE %s)\n",
+		greenRel, strings.Join(cols, ", "), strings.Join(exprs, ", "), blueRel, strings.Join(bNew, " AND ")) +
+		fmt.Sprintf(from, "EXISTS")
+	moveKey = fmt.Sprintf("UPDATE %s AS g SET (%s) = ROW(%s)\n", greenRel, strings.Join(keyCols, ", "), strings.Join(keyVals, ", ")) +
+		fmt.Sprintf(from, "NOT EXISTS")
+	return move, moveKey
 }
 
 // settingsSQL are the transaction-local settings of every apply
@@ -234,7 +322,7 @@ func (a *applier) apply(ctx context.Context, b *batch) (written, echoes int, err
 		}
 	}
 	if len(chunks) == 0 {
-		chunks = [][][]string{nil} // checkpoint and liveness check: one transaction anyway
+		chunks = []chunk{nil} // checkpoint and liveness check: one transaction anyway
 	}
 	// Every chunk but the last on up to ApplyWorkers sessions at once (they
 	// touch different keys); the last one, with the checkpoint, once all
@@ -259,7 +347,7 @@ func (a *applier) apply(ctx context.Context, b *batch) (written, echoes int, err
 				ferr = err
 			}
 			if err == nil {
-				written += len(keys)
+				written += keys.size()
 			}
 		}()
 	}
@@ -270,7 +358,7 @@ func (a *applier) apply(ctx context.Context, b *batch) (written, echoes int, err
 	if err := a.applyChunk(ctx, chunks[last], false, b.endLSN); err != nil {
 		return written, echoes, err
 	}
-	return written + len(chunks[last]), echoes, nil
+	return written + chunks[last].size(), echoes, nil
 }
 
 // waitVisible waits until every transaction of xids is visible to new
@@ -335,7 +423,7 @@ func WaitVisible(ctx context.Context, q db.Querier, xids []uint32, timeout time.
 	}
 }
 
-// applyChunk applies keys (and the truncate, when set) in one transaction,
+// applyChunk applies the chunk's keys and moves (and the truncate, when set) in one transaction,
 // with the checkpoint when lsn is not 0. A unique violation on another
 // index of green (two rows of the batch swapping a unique value, applied in
 // the wrong order) retries once in replace mode: delete the keys' green
@@ -344,7 +432,7 @@ func WaitVisible(ctx context.Context, q db.Querier, xids []uint32, timeout time.
 // splits the keys in two halves applied one after the other, down to single
 // keys retried after a jittered backoff: under heavy writes a big chunk
 // would keep meeting some writer.
-func (a *applier) applyChunk(ctx context.Context, keys [][]string, truncate bool, lsn pglogrepl.LSN) error {
+func (a *applier) applyChunk(ctx context.Context, keys chunk, truncate bool, lsn pglogrepl.LSN) error {
 	replace := false
 	backoff := 10 * time.Millisecond
 	for attempt := 1; ; attempt++ {
@@ -360,7 +448,7 @@ func (a *applier) applyChunk(ctx context.Context, keys [][]string, truncate bool
 		if st != db.LockNotAvailable && st != db.DeadlockDetected && st != db.SerializationFailure {
 			return err
 		}
-		if len(keys) > 1 {
+		if len(keys) > 1 { // split between units: a move's two keys stay together
 			mid := len(keys) / 2
 			if err := a.applyChunk(ctx, keys[:mid], truncate, 0); err != nil {
 				return err
@@ -388,7 +476,7 @@ func (a *applier) applyChunk(ctx context.Context, keys [][]string, truncate bool
 // READ COMMITTED the upsert would wait for the writer, then update its row
 // with the values read before; the writer's echo being skipped, green
 // would keep the stale values.)
-func (a *applier) applyTx(ctx context.Context, keys [][]string, truncate bool, lsn pglogrepl.LSN, replace bool) error {
+func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglogrepl.LSN, replace bool) error {
 	tx, err := a.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
 	if err != nil {
 		return err
@@ -418,26 +506,29 @@ func (a *applier) applyTx(ctx context.Context, keys [][]string, truncate bool, l
 			return fmt.Errorf("apply a TRUNCATE of blue: %w", err)
 		}
 	}
-	if len(keys) > 0 {
-		args := make([]any, len(a.sql.keyCols))
-		for i := range args {
-			col := make([]string, len(keys))
-			for j, k := range keys {
-				col[j] = k[i]
-			}
-			args[i] = col
+	moves := c.moves()
+	if replace || a.sql.move == "" {
+		moves = nil
+	}
+	if len(moves) > 0 {
+		if err := a.applyMoves(ctx, tx, moves); err != nil {
+			return err
 		}
+	}
+	if keys, gone := c.keys(); len(keys) > 0 {
+		args := keyArgs(keys, len(a.sql.keyCols))
+		withGone := append(args[:len(args):len(args)], gone)
 		if a.sql.combined != "" && !replace {
-			if _, err := tx.Exec(ctx, a.sql.combined, args...); err != nil {
+			if _, err := tx.Exec(ctx, a.sql.combined, withGone...); err != nil {
 				return fmt.Errorf("apply %d keys from blue: %w", len(keys), err)
 			}
 			return a.commit(ctx, tx, lsn)
 		}
-		del := a.sql.stale
+		del, delArgs := a.sql.stale, withGone
 		if replace {
-			del = a.sql.all
+			del, delArgs = a.sql.all, args
 		}
-		if _, err := tx.Exec(ctx, del, args...); err != nil {
+		if _, err := tx.Exec(ctx, del, delArgs...); err != nil {
 			return fmt.Errorf("apply: delete green rows blue no longer has: %w", err)
 		}
 		if _, err := tx.Exec(ctx, a.sql.upsert, args...); err != nil {
@@ -445,6 +536,46 @@ func (a *applier) applyTx(ctx context.Context, keys [][]string, truncate bool, l
 		}
 	}
 	return a.commit(ctx, tx, lsn)
+}
+
+// keyArgs are keys as the statements' parameters: one text[] per key column.
+func keyArgs(keys [][]string, ncols int) []any {
+	args := make([]any, ncols)
+	for i := range args {
+		col := make([]string, len(keys))
+		for j, k := range keys {
+			col[j] = k[i]
+		}
+		args[i] = col
+	}
+	return args
+}
+
+// applyMoves moves green's rows of re-keyed blue rows to their new keys,
+// before the keys are re-copied. Run until it moves nothing: a row moved
+// to a key another moved row has just left (A → B while C → A) finds its
+// new key free only after the first one moved.
+func (a *applier) applyMoves(ctx context.Context, tx pgx.Tx, moves []*move) error {
+	for range len(moves) {
+		from := make([][]string, len(moves))
+		to := make([][]string, len(moves))
+		for i, m := range moves {
+			from[i], to[i] = m.from, m.to
+		}
+		args := append(keyArgs(from, len(a.sql.keyCols)), keyArgs(to, len(a.sql.keyCols))...)
+		n := int64(0)
+		for _, q := range []string{a.sql.move, a.sql.moveKey} {
+			tag, err := tx.Exec(ctx, q, args...)
+			if err != nil {
+				return fmt.Errorf("apply: move %d re-keyed rows in green: %w", len(moves), err)
+			}
+			n += tag.RowsAffected()
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+	return nil
 }
 
 // commit records the checkpoint (when lsn is not 0) and commits.

@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/rs/zerolog"
+
+	"github.com/greenswap/greenswap/trigger"
 )
 
 // FullXid widens the 32-bit xid of a BEGIN message to the xid8 it denotes,
@@ -36,6 +39,21 @@ type relation struct {
 type entry struct {
 	key  []string
 	echo bool
+	// gone: the change removed the key's row from blue (a delete, or a
+	// re-key away from it). Only then does the applier delete green's row
+	// when blue has none: a key blue lacks although its last change in the
+	// batch left a row there was moved or deleted by a later change, still
+	// in the stream, which will say what became of the row.
+	gone bool
+}
+
+// event is a change of a row's identity within a transaction, in order:
+// a key update (from → to), a delete (from only) or an insert (to only).
+// The batch composes them into moves (batch.moves).
+type event struct {
+	from, to []string
+	fk, tk   string // keyString of from and to
+	echo     bool
 }
 
 // txn is one transaction being received.
@@ -43,18 +61,22 @@ type txn struct {
 	xid        uint32
 	commitTime time.Time
 	keys       map[string]*entry
+	events     []event
 	changes    int64
 	inEcho     bool
 	truncate   bool // a TRUNCATE of blue not made by the reverse trigger
 	echoed     int64
+	forged     bool // a message with the echo prefix that is not a genuine marker was seen
 }
 
-func (t *txn) add(key []string, echo bool) {
+func (t *txn) add(key []string, echo, gone bool) string {
 	t.changes++
 	if echo {
 		t.echoed++
 	}
-	t.keys[keyString(key)] = &entry{key: key, echo: echo}
+	ks := keyString(key)
+	t.keys[ks] = &entry{key: key, echo: echo, gone: gone}
+	return ks
 }
 
 // keyString is a map key for key values (text values never hold NUL).
@@ -66,16 +88,30 @@ type decoder struct {
 	key        []string // the sync key columns
 	echoPrefix string   // transactional messages bracketing the reverse trigger's writes
 	pingPrefix string   // non-transactional messages asking for a prompt confirmation
-	rels       map[uint32]*relation
-	tx         *txn
+	// echoBegin and echoEnd are the only contents of an echo-prefixed
+	// message that are markers: the marker letter and the migration's
+	// secret token (trigger.EchoTokenSQL). Anything else under the prefix
+	// was emitted by some other session and is ignored, so the changes
+	// around it are applied as ordinary changes.
+	echoBegin, echoEnd string
+	log                zerolog.Logger
+	forgedOutside      bool // a forgery outside a transaction was logged already
+	rels               map[uint32]*relation
+	tx                 *txn
 }
 
-func newDecoder(key []string, echoPrefix string) *decoder {
-	return &decoder{key: key, echoPrefix: echoPrefix, pingPrefix: PingPrefix(echoPrefix), rels: map[uint32]*relation{}}
+func newDecoder(key []string, echoPrefix, token string, log zerolog.Logger) *decoder {
+	return &decoder{key: key, echoPrefix: echoPrefix, pingPrefix: PingPrefix(echoPrefix),
+		echoBegin: trigger.EchoBegin + token, echoEnd: trigger.EchoEnd + token,
+		log: log, rels: map[uint32]*relation{}}
 }
 
 // PingPrefix is the prefix of the non-transactional message WaitApplied
-// emits so that an idle stream confirms past a position promptly.
+// emits so that an idle stream confirms past a position promptly. Any role
+// can emit one too: a ping only makes the stream send a standby status
+// update (asking for a keepalive when idle), and the position it reports
+// moves only after green has applied everything before it, so a forged or
+// flooded ping can neither confirm an unapplied change nor hold one back.
 func PingPrefix(echoPrefix string) string { return echoPrefix + ".ping" }
 
 // decoded is what one message amounted to.
@@ -128,7 +164,8 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		if err != nil {
 			return decoded{}, fmt.Errorf("insert into %s: %w", r.name, err)
 		}
-		d.tx.add(k, d.tx.inEcho)
+		tk := d.tx.add(k, d.tx.inEcho, false)
+		d.tx.events = append(d.tx.events, event{to: k, tk: tk, echo: d.tx.inEcho})
 	case *pglogrepl.UpdateMessage:
 		r, err := d.rel(m.RelationID)
 		if err != nil {
@@ -145,10 +182,14 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 			return decoded{}, fmt.Errorf("update of %s: %w", r.name, err)
 		}
 		if old != nil && !slices.Equal(old, k) {
-			// The key changed (trap 3): the row under the old key is gone.
-			d.tx.add(old, d.tx.inEcho)
+			// The key changed (trap 3): the row under the old key is gone,
+			// and green's row there moves to the new key (trap 13).
+			fk := d.tx.add(old, d.tx.inEcho, true)
+			tk := d.tx.add(k, d.tx.inEcho, false)
+			d.tx.events = append(d.tx.events, event{from: old, to: k, fk: fk, tk: tk, echo: d.tx.inEcho})
+		} else {
+			d.tx.add(k, d.tx.inEcho, false)
 		}
-		d.tx.add(k, d.tx.inEcho)
 	case *pglogrepl.DeleteMessage:
 		r, err := d.rel(m.RelationID)
 		if err != nil {
@@ -158,7 +199,8 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		if err != nil {
 			return decoded{}, fmt.Errorf("delete from %s: %w", r.name, err)
 		}
-		d.tx.add(k, d.tx.inEcho)
+		fk := d.tx.add(k, d.tx.inEcho, true)
+		d.tx.events = append(d.tx.events, event{from: k, fk: fk, echo: d.tx.inEcho})
 	case *pglogrepl.TruncateMessage:
 		if d.tx == nil {
 			return decoded{}, fmt.Errorf("TRUNCATE outside a transaction")
@@ -171,11 +213,15 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		switch {
 		case m.Transactional && m.Prefix == d.echoPrefix && d.tx != nil:
 			switch string(m.Content) {
-			case echoBegin:
+			case d.echoBegin:
 				d.tx.inEcho = true
-			case echoEnd:
+			case d.echoEnd:
 				d.tx.inEcho = false
+			default:
+				d.forgery(m)
 			}
+		case m.Prefix == d.echoPrefix:
+			d.forgery(m)
 		case !m.Transactional && m.Prefix == d.pingPrefix:
 			return decoded{ping: true}, nil
 		}
@@ -183,12 +229,29 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 	return decoded{}, nil
 }
 
-// Echo marker contents (trigger.EchoBegin, trigger.EchoEnd; not imported
-// to keep this package's dependencies to shadow and below).
-const (
-	echoBegin = "b"
-	echoEnd   = "e"
-)
+// forgery reports an echo-prefixed message that is not a genuine marker,
+// once per transaction. The content is never logged: a near miss could
+// contain the token.
+func (d *decoder) forgery(m *pglogrepl.LogicalDecodingMessage) {
+	if d.tx != nil {
+		if d.tx.forged {
+			return
+		}
+		d.tx.forged = true
+	} else {
+		if d.forgedOutside {
+			return
+		}
+		d.forgedOutside = true
+	}
+	ev := d.log.Warn().Str("prefix", m.Prefix).Bool("transactional", m.Transactional).Int("content_bytes", len(m.Content)).Stringer("lsn", m.LSN)
+	if d.tx != nil {
+		ev = ev.Uint32("xid", d.tx.xid)
+	}
+	ev.Msg("logical stream: a session emitted a message with greenswap's echo prefix that is not a greenswap echo marker " +
+		"(an attempt to hide writes from green?); it is ignored and the transaction's changes are applied to green; " +
+		"find the session by the xid in pg_stat_activity or the server log")
+}
 
 func (d *decoder) rel(id uint32) (*relation, error) {
 	if d.tx == nil {
@@ -235,18 +298,38 @@ func (r *relation) keyOf(t *pglogrepl.TupleData, fallback []string) ([]string, e
 // coalesced: for each key only its last change counts, since the applier
 // re-reads the key's row from blue anyway.
 type batch struct {
-	keys     map[string]*entry
-	truncate bool
-	xids     []uint32
-	txns     int64
-	changes  int64
-	echoed   int64
-	endLSN   pglogrepl.LSN // end of the last commit: confirm up to here once applied
-	oldest   time.Time     // commit time of the oldest transaction in it
-	newest   time.Time
+	keys map[string]*entry
+	// moves are the key updates of the batch, composed: for a key whose
+	// row another key held at the start of the batch, moves[key] names
+	// that key (from). Green's row under from is then the same row as
+	// blue's under key, and the applier moves it by an UPDATE (trap 13)
+	// instead of deleting it and inserting a new one.
+	moves map[string]*move
+	// fresh are the keys whose blue row is new in the batch (inserted
+	// under a key the batch vacated, or re-keyed from such a key): green's
+	// row under such a key, if any, is another row's. vacated are the keys
+	// whose row the batch deleted or re-keyed away. An insert under a key
+	// the batch did not vacate is not recorded: green has no row there.
+	fresh, vacated map[string]bool
+	truncate       bool
+	xids           []uint32
+	txns           int64
+	changes        int64
+	echoed         int64
+	endLSN         pglogrepl.LSN // end of the last commit: confirm up to here once applied
+	oldest         time.Time     // commit time of the oldest transaction in it
+	newest         time.Time
 }
 
-func newBatch() *batch { return &batch{keys: map[string]*entry{}} }
+// move is one re-keyed row: green holds it under from, blue under to.
+type move struct {
+	from, to []string
+	fk       string // keyString(from)
+}
+
+func newBatch() *batch {
+	return &batch{keys: map[string]*entry{}, moves: map[string]*move{}, fresh: map[string]bool{}, vacated: map[string]bool{}}
+}
 
 func (b *batch) empty() bool { return b.txns == 0 }
 
@@ -254,6 +337,12 @@ func (b *batch) empty() bool { return b.txns == 0 }
 func (b *batch) add(t *txn, c *pglogrepl.CommitMessage) {
 	if t.truncate {
 		b.truncate = true
+		clear(b.moves) // green's rows under the old keys are gone with blue's
+		clear(b.fresh)
+		clear(b.vacated)
+	}
+	for _, ev := range t.events {
+		b.compose(ev)
 	}
 	for k, e := range t.keys {
 		b.keys[k] = e
@@ -271,20 +360,125 @@ func (b *batch) add(t *txn, c *pglogrepl.CommitMessage) {
 	b.endLSN = c.TransactionEndLSN
 }
 
+// compose folds one event into the batch's moves. Green holds a key's row
+// as of the batch's start; the row blue has under a key now came from
+// moves[key].from, or is new (fresh), or is the one under that key at the
+// start. A row re-keyed A → B → C moves from A to C; re-keyed back to A it
+// does not move; a row inserted in the batch (under a key another row has
+// just left, too) is not in green and does not move; a deleted row moves
+// nowhere. An echo was made on green first: green's row is where blue's
+// is already, so it neither moves nor is fresh.
+func (b *batch) compose(ev event) {
+	// Where green holds the row blue has under ev.from: under key ofrom
+	// (ofk), or nowhere (!held).
+	var ofrom []string
+	var ofk string
+	held := false
+	if ev.from != nil {
+		ofrom, ofk, held = ev.from, ev.fk, true
+		if m, ok := b.moves[ev.fk]; ok {
+			ofrom, ofk = m.from, m.fk
+		} else if b.fresh[ev.fk] {
+			held = false
+		}
+		delete(b.moves, ev.fk)
+		delete(b.fresh, ev.fk)
+		b.vacated[ev.fk] = true
+	}
+	switch {
+	case ev.to == nil: // a delete
+	case ev.from == nil: // an insert
+		if !ev.echo && b.vacated[ev.tk] {
+			b.fresh[ev.tk] = true
+		}
+	default: // a key update
+		delete(b.moves, ev.tk)
+		delete(b.fresh, ev.tk)
+		switch {
+		case ev.echo:
+		case !held:
+			b.fresh[ev.tk] = true
+		case ofk != ev.tk:
+			b.moves[ev.tk] = &move{from: ofrom, fk: ofk, to: ev.to}
+		}
+	}
+}
+
+// unit is what must be applied together: one key, or a move's two keys
+// (its from and to), which the applier must see in one transaction.
+type unit struct {
+	keys []*entry
+	move *move
+}
+
+// chunk is one apply transaction's work.
+type chunk []unit
+
+func (c chunk) size() int {
+	n := 0
+	for _, u := range c {
+		n += len(u.keys)
+	}
+	return n
+}
+
+// keys are the chunk's keys, gone says which of them the batch removed
+// from blue (entry.gone), and moves are its moves.
+func (c chunk) keys() (keys [][]string, gone []bool) {
+	for _, u := range c {
+		for _, e := range u.keys {
+			keys = append(keys, e.key)
+			gone = append(gone, e.gone)
+		}
+	}
+	return keys, gone
+}
+
+func (c chunk) moves() []*move {
+	var out []*move
+	for _, u := range c {
+		if u.move != nil {
+			out = append(out, u.move)
+		}
+	}
+	return out
+}
+
 // work splits the batch into what has to be applied: the keys whose last
-// change is not an echo, in chunks of at most n.
-func (b *batch) work(n int) (chunks [][][]string, echoes int) {
-	var cur [][]string
-	for _, e := range b.keys {
+// change is not an echo, in chunks of about n keys (a move's two keys stay
+// in one chunk). A move is applied only when neither of its keys' last
+// change is an echo: an echo at its from key means green wrote a new row
+// there, which must not move.
+func (b *batch) work(n int) (chunks []chunk, echoes int) {
+	var cur chunk
+	size := 0
+	push := func(u unit) {
+		cur = append(cur, u)
+		size += len(u.keys)
+		if size >= n {
+			chunks = append(chunks, cur)
+			cur, size = nil, 0
+		}
+	}
+	done := map[string]bool{}
+	for tk, m := range b.moves {
+		fk := m.fk
+		te, fe := b.keys[tk], b.keys[fk]
+		if te == nil || fe == nil || te.echo || fe.echo || done[tk] || done[fk] {
+			continue
+		}
+		done[tk], done[fk] = true, true
+		push(unit{keys: []*entry{fe, te}, move: m})
+	}
+	for k, e := range b.keys {
 		if e.echo {
 			echoes++
 			continue
 		}
-		cur = append(cur, e.key)
-		if len(cur) >= n {
-			chunks = append(chunks, cur)
-			cur = nil
+		if done[k] {
+			continue
 		}
+		push(unit{keys: []*entry{e}})
 	}
 	if len(cur) > 0 {
 		chunks = append(chunks, cur)

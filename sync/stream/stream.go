@@ -219,10 +219,14 @@ func (s *Streamer) RunUntil(ctx context.Context, lsn pglogrepl.LSN) error {
 }
 
 func (s *Streamer) run(ctx context.Context, until pglogrepl.LSN) error {
+	token, err := ReadEchoToken(ctx, s.cfg.Pool, s.cfg.Names)
+	if err != nil {
+		return err
+	}
 	backoff := s.opt.MinBackoff
 	for {
 		t0 := time.Now()
-		err := s.session(ctx, until)
+		err := s.session(ctx, until, token)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -291,6 +295,32 @@ func (s *Streamer) gone(ctx context.Context) (error, error) {
 	return nil, nil
 }
 
+// ReadEchoToken reads the migration's echo token (trigger.EchoTokenSQL),
+// which tells the reverse functions' echo markers from messages any
+// session can emit. Read once per Run: it never changes while the stream
+// exists, so a restarted stream reads the same one. It needs the table
+// owner's (or a superuser's) connection, as greenswap's is.
+func ReadEchoToken(ctx context.Context, q db.Querier, n shadow.Names) (string, error) {
+	var tokens []string
+	rows, err := q.Query(ctx, trigger.ReadEchoTokenSQL(n))
+	if err == nil {
+		tokens, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	switch {
+	case db.SQLState(err) == "42P01": // undefined_table
+		return "", fmt.Errorf("stream %s: the echo token table %s is missing: the migration was synced by an older greenswap "+
+			"whose echo markers any role can forge; roll it back (greenswap rollback) and sync it again: %w", n.Slot, n.EchoToken, err)
+	case db.SQLState(err) == "42501": // insufficient_privilege
+		return "", fmt.Errorf("stream %s: cannot read the echo token %s: connect as the table's owner or a superuser: %w", n.Slot, n.EchoToken, err)
+	case err != nil:
+		return "", fmt.Errorf("stream %s: read the echo token %s: %w", n.Slot, n.EchoToken, err)
+	case len(tokens) != 1 || tokens[0] == "":
+		return "", fmt.Errorf("stream %s: the echo token table %s has %d rows, want one non-empty token: "+
+			"it was changed by hand; roll the migration back and sync it again", n.Slot, n.EchoToken, len(tokens))
+	}
+	return tokens[0], nil
+}
+
 // connect opens the replication session.
 func (s *Streamer) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	cfg := s.cfg.Conn.Copy()
@@ -316,7 +346,7 @@ func quoteLiteral(v string) string { return db.Literal(v) }
 // session is one replication connection: it receives, hands committed
 // transactions to the applier goroutine, and reports the confirmed
 // position. It returns nil when ctx is done or until is reached.
-func (s *Streamer) session(ctx context.Context, until pglogrepl.LSN) error {
+func (s *Streamer) session(ctx context.Context, until pglogrepl.LSN, token string) error {
 	conn, err := s.connect(ctx)
 	if err != nil {
 		return err
@@ -355,7 +385,7 @@ func (s *Streamer) session(ctx context.Context, until pglogrepl.LSN) error {
 	}
 	defer stop()
 
-	dec := newDecoder(s.cfg.Mapping.Key, trigger.EchoPrefix(s.cfg.Names))
+	dec := newDecoder(s.cfg.Mapping.Key, trigger.EchoPrefix(s.cfg.Names), token, s.log)
 	nextStatus := time.Now()
 	lastReply := time.Time{}
 	for {
