@@ -502,7 +502,8 @@ func (p *SwapPlan) buildSQL(in SwapInput, usage usageObjects) {
 // column keeps the view's column privileges; one the view did not have
 // takes the new base table's (the privileges of that shape's column).
 func (p *SwapPlan) viewTable() *shadow.Table {
-	t := &shadow.Table{Owner: p.appMeta.Owner, Grants: p.appMeta.Grants, Comment: p.appMeta.Comment}
+	t := &shadow.Table{Owner: p.appMeta.Owner, Grants: p.appMeta.Grants, Comment: p.appMeta.Comment,
+		RLSEnabled: p.fromTable.RLSEnabled || p.toTable.RLSEnabled} // security_invoker follows RLS (shadow.ViewSQL)
 	comments := map[string]string{}
 	for _, c := range p.appMeta.ColComment {
 		comments[c[0]] = c[1]

@@ -65,7 +65,7 @@ func viewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
 		cols[i] = db.Ident(c.Name)
 	}
 	with := ""
-	if serverMajor >= 15 {
+	if viewInvoker(t, serverMajor) {
 		// The caller's privileges and RLS policies apply through the view.
 		with = " WITH (security_invoker = true)"
 	}
@@ -85,6 +85,21 @@ func viewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
 		}
 	}
 	return sql
+}
+
+// viewInvoker says whether the app-name view over t is security_invoker.
+// It must be for row-level security (PostgreSQL < 15 cannot: a blocking
+// hazard). Without RLS the view's own ACL, a copy of the table's, is the
+// gate either way, with one difference: a security_invoker view checks the
+// caller's privileges on the table for every column the view reads, so a
+// role holding column privileges only (SELECT (id, email)) would be denied
+// everything through the app name. So a table with column grants and no
+// RLS gets a plain view, which checks the caller against the view's column
+// grants and reads the table as its owner. (A table with both RLS and
+// column grants keeps security_invoker: the column-privileged roles then
+// reach their columns through the version schemas only.)
+func viewInvoker(t *Table, serverMajor int) bool {
+	return serverMajor >= 15 && (t.RLSEnabled || len(t.ColumnGrants) == 0)
 }
 
 // GrantSQL re-grants each privilege of grants on rel (a quoted relation name).
