@@ -86,7 +86,7 @@ target:
   ddl: CREATE TABLE orders (id bigint PRIMARY KEY, tenant_id int NOT NULL, note text)
 `)
 			if s := coStr(t, pool, `SELECT relrowsecurity::text || ' ' || relforcerowsecurity::text || ' ' ||
-					(SELECT string_agg(polname, ',') FROM pg_policy WHERE polrelid = c.oid)
+					coalesce((SELECT string_agg(polname, ',') FROM pg_policy WHERE polrelid = c.oid), '')
 				FROM pg_class c WHERE oid = 'gs_rls_green.orders'::regclass`); s != fmt.Sprintf("true %v tenant_rows", force) {
 				t.Errorf("green's row-level security once synced: %s", s)
 			}
