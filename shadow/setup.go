@@ -16,11 +16,15 @@ import (
 //
 // Blue's serial sequences stay in the app schema under their own names, so
 // nextval('orders_id_seq') and ORMs keep finding them (trap 14): SET SCHEMA
-// would move an owned sequence with the table, and PostgreSQL allows
-// OWNED BY only within the table's schema, so each is detached (OWNED BY
-// NONE) before the move and recorded in SequenceRecord, from which finalize
-// gives it to green's column and rollback before cutover gives it back to
-// blue's. Identity sequences cannot be detached and move with blue.
+// moves an owned sequence with the table, PostgreSQL refuses SET SCHEMA on
+// an owned sequence and allows OWNED BY only within the table's schema, so
+// each, once moved, is detached (OWNED BY NONE), moved back and recorded in
+// SequenceRecord, from which finalize gives it to green's column and
+// rollback before cutover back to blue's. The table is moved first: its
+// ACCESS EXCLUSIVE lock comes before the sequence's, the order in which
+// writers take them (an insert locks the table, then nextval the
+// sequence), so adopt never waits on a sequence while holding writers up.
+// Identity sequences cannot be detached and move with blue.
 func AdoptStep(n Names, blue *Table, serverMajor int) Step {
 	sql := []string{"CREATE SCHEMA " + db.Ident(n.BlueSchema)}
 	var serial []Sequence
@@ -29,17 +33,18 @@ func AdoptStep(n Names, blue *Table, serverMajor int) Step {
 			serial = append(serial, seq)
 		}
 	}
-	if len(serial) > 0 {
-		rec := SequenceRecord(n)
-		sql = append(sql, "CREATE TABLE "+db.Ident(rec.Schema, rec.Name)+" (seq pg_catalog.oid PRIMARY KEY, col pg_catalog.text NOT NULL)")
-		for _, seq := range serial {
-			name := db.Ident(seq.Name.Schema, seq.Name.Name)
-			sql = append(sql,
-				"ALTER SEQUENCE "+name+" OWNED BY NONE",
-				"INSERT INTO "+db.Ident(rec.Schema, rec.Name)+" (seq, col) VALUES ("+db.Literal(name)+"::pg_catalog.regclass, "+db.Literal(seq.Column)+")")
-		}
-	}
 	sql = append(sql, "ALTER TABLE "+db.Ident(n.App.Schema, n.App.Name)+" SET SCHEMA "+db.Ident(n.BlueSchema))
+	rec := db.Ident(SequenceRecord(n).Schema, SequenceRecord(n).Name)
+	if len(serial) > 0 {
+		sql = append(sql, "CREATE TABLE "+rec+" (seq pg_catalog.oid PRIMARY KEY, col pg_catalog.text NOT NULL)")
+	}
+	for _, seq := range serial {
+		moved := db.Ident(n.BlueSchema, seq.Name.Name)
+		sql = append(sql,
+			"ALTER SEQUENCE "+moved+" OWNED BY NONE",
+			"ALTER SEQUENCE "+moved+" SET SCHEMA "+db.Ident(seq.Name.Schema),
+			"INSERT INTO "+rec+" (seq, col) VALUES ("+db.Literal(db.Ident(seq.Name.Schema, seq.Name.Name))+"::pg_catalog.regclass, "+db.Literal(seq.Column)+")")
+	}
 	sql = append(sql, viewSQL(n.App, n.Blue, blue, serverMajor)...)
 	sql = append(sql, schemaUsageSQL(n.BlueSchema, blue)...)
 	return Step{
