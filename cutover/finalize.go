@@ -169,6 +169,18 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 	if err != nil {
 		return nil, err
 	}
+	detached, err := detachedSequences(ctx, q, n)
+	if err != nil {
+		return nil, err
+	}
+	isDetached := map[uint32]bool{}
+	for _, d := range detached {
+		isDetached[d.oid] = true
+	}
+	viewColGrants, err := shadow.LoadColumnGrants(ctx, q, app.OID)
+	if err != nil {
+		return nil, err
+	}
 
 	var ls lockSet
 	for i := len(p.Views) - 1; i >= 0; i-- {
@@ -195,7 +207,8 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 	}
 
 	// Sequences, part 1 (green still in its schema).
-	var after []string // once green is in the app schema
+	var after []string     // once green is in the app schema
+	var afterBlue []string // once blue, whose defaults may use them, is dropped
 	used := map[string]bool{}
 	insertGrantees := func() []shadow.Grant {
 		var out []shadow.Grant
@@ -213,6 +226,37 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 		switch {
 		case s.OwnerOID == green.OID:
 			p.Sequences = append(p.Sequences, SequenceMove{s.Column, s.Seq, "kept"})
+		case s.OwnerOID == 0 && isDetached[s.SeqOID] && in.Identity[s.Column] != "":
+			// blue's serial sequence, detached at adopt: the identity column
+			// takes its name and continues after it; it goes once blue is gone.
+			kind := "ALWAYS"
+			if in.Identity[s.Column] == "d" {
+				kind = "BY DEFAULT"
+			}
+			retired := db.Ident(s.Seq.Schema, retiredName(s.Seq.Name))
+			after = append(after, "ALTER TABLE "+appRel+" ALTER COLUMN "+col+" DROP DEFAULT",
+				"ALTER SEQUENCE "+seq+" RENAME TO "+db.Ident(retiredName(s.Seq.Name)),
+				nextValueDo(retired, "ALTER TABLE "+appRel+" ALTER COLUMN "+col+" ADD GENERATED "+kind+" AS IDENTITY (SEQUENCE NAME "+
+					db.Ident(n.App.Schema, s.Seq.Name)+" START WITH %s INCREMENT BY %s)"))
+			afterBlue = append(afterBlue, "DROP SEQUENCE "+retired)
+			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "identity"})
+		case s.OwnerOID == 0 && isDetached[s.SeqOID]:
+			// blue's serial sequence, detached at adopt and kept in the app
+			// schema: green's column owns it from now on, widened to fit.
+			if s.Seq.Schema != n.App.Schema {
+				sql = append(sql, "ALTER SEQUENCE "+seq+" SET SCHEMA "+db.Ident(n.App.Schema))
+			}
+			final := db.Ident(n.App.Schema, s.Seq.Name)
+			after = append(after, "ALTER SEQUENCE "+final+" OWNED BY "+appRel+"."+col)
+			w, warn, err := widenSequence(ctx, q, s.SeqOID, final, greenT.Column(s.Column))
+			if err != nil {
+				return nil, err
+			}
+			after = append(after, w...)
+			if warn != "" {
+				p.Warnings = append(p.Warnings, warn)
+			}
+			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "re-owned"})
 		case s.OwnerOID != blue.OID:
 			p.Sequences = append(p.Sequences, SequenceMove{s.Column, s.Seq, "kept"})
 			p.Warnings = append(p.Warnings, fmt.Sprintf("column %s draws from %s, which greenswap does not own; left as it is", s.Column, s.Seq))
@@ -230,7 +274,16 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 			if s.Seq.Schema != n.App.Schema {
 				sql = append(sql, "ALTER SEQUENCE "+seq+" SET SCHEMA "+db.Ident(n.App.Schema))
 			}
-			after = append(after, "ALTER SEQUENCE "+db.Ident(n.App.Schema, s.Seq.Name)+" OWNED BY "+appRel+"."+col)
+			final := db.Ident(n.App.Schema, s.Seq.Name)
+			after = append(after, "ALTER SEQUENCE "+final+" OWNED BY "+appRel+"."+col)
+			w, warn, err := widenSequence(ctx, q, s.SeqOID, final, greenT.Column(s.Column))
+			if err != nil {
+				return nil, err
+			}
+			after = append(after, w...)
+			if warn != "" {
+				p.Warnings = append(p.Warnings, warn)
+			}
 			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "re-owned"})
 		default:
 			// blue's identity sequence cannot change owner: a new one takes over.
@@ -281,6 +334,7 @@ END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "
 	sql = append(sql, after...)
 	// The app name's grants and comments carry over to the table.
 	sql = append(sql, shadow.GrantSQL(appRel, appMeta.Grants)...)
+	sql = append(sql, shadow.ColumnGrantSQL(appRel, viewColGrants, func(c string) bool { return greenT.Column(c) != nil })...)
 	if appMeta.Comment != "" && greenT.Comment == "" {
 		sql = append(sql, "COMMENT ON TABLE "+appRel+" IS "+db.Literal(appMeta.Comment))
 	}
@@ -316,12 +370,15 @@ END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "
 
 	blueRel := db.Ident(n.Blue.Schema, n.Blue.Name)
 	sql = append(sql, "DROP TABLE "+blueRel)
+	sql = append(sql, afterBlue...)
 	p.Dropped = append(p.Dropped, n.Blue.String(), n.App.String()+" (view)")
 	for _, fn := range []shadow.QualifiedName{n.ForwardFunc, truncFunc(n.ForwardFunc), n.ReverseFunc, truncFunc(n.ReverseFunc), usageFunc(n)} {
 		sql = append(sql, "DROP FUNCTION IF EXISTS "+db.Ident(fn.Schema, fn.Name)+"()")
 	}
+	rec := shadow.SequenceRecord(n)
 	sql = append(sql, "DROP TABLE IF EXISTS "+qident(usageTable(n)), "DROP TABLE IF EXISTS "+qident(usageStateTable(n)),
 		"DROP TABLE IF EXISTS "+qident(n.EchoToken), // logical mode's echo token, if the stream's retirement left it
+		"DROP TABLE IF EXISTS "+db.Ident(rec.Schema, rec.Name),
 		"DROP SCHEMA "+db.Ident(n.BlueSchema), "DROP SCHEMA "+db.Ident(n.GreenSchema))
 	p.Dropped = append(p.Dropped, "schema "+n.BlueSchema, "schema "+n.GreenSchema, "sync triggers and functions")
 	var pub bool
@@ -371,6 +428,54 @@ func greenPartitions(ctx context.Context, q db.Querier, green uint32, schema str
 		err := r.Scan(&x.oid, &x.name.Schema, &x.name.Name)
 		return x, err
 	})
+}
+
+// retiredName is the name blue's serial sequence takes while an identity
+// column takes over its own name at finalize (dropped in the same
+// transaction).
+func retiredName(name string) string {
+	const suffix = "_gs_retired"
+	if len(name)+len(suffix) > 63 {
+		name = name[:63-len(suffix)]
+	}
+	return name + suffix
+}
+
+// intMax and intMin are the bounds of the integer types a sequence can be.
+var (
+	intRank = map[string]int{"smallint": 2, "integer": 4, "bigint": 8}
+	intMax  = map[string]int64{"smallint": 1<<15 - 1, "integer": 1<<31 - 1, "bigint": 1<<63 - 1}
+	intMin  = map[string]int64{"smallint": -1 << 15, "integer": -1 << 31, "bigint": -1 << 63}
+)
+
+// widenSequence makes the sequence seq (oid, quoted final name) as wide as
+// the column it feeds when the column's integer type is wider (blue's
+// narrower column bounded it until now: trap 14). ALTER SEQUENCE ... AS
+// moves a MAXVALUE (MINVALUE when descending) that was the old type's
+// bound to the new one's; a custom one stays, and the warning says so.
+func widenSequence(ctx context.Context, q db.Querier, oid uint32, seq string, col *shadow.Column) ([]string, string, error) {
+	if col == nil || intRank[col.Type] == 0 {
+		return nil, "", nil
+	}
+	var (
+		typ             string
+		maxV, minV, inc int64
+	)
+	if err := q.QueryRow(ctx, `SELECT format_type(seqtypid, NULL), seqmax, seqmin, seqincrement FROM pg_sequence WHERE seqrelid = $1`, oid).
+		Scan(&typ, &maxV, &minV, &inc); err != nil {
+		return nil, "", fmt.Errorf("read sequence %s: %w", seq, err)
+	}
+	if intRank[typ] == 0 || intRank[col.Type] <= intRank[typ] {
+		return nil, "", nil
+	}
+	sql := []string{"ALTER SEQUENCE " + seq + " AS " + col.Type}
+	switch {
+	case inc > 0 && maxV != intMax[typ]:
+		return sql, fmt.Sprintf("sequence %s is now AS %s but keeps its own MAXVALUE %d: raise it (ALTER SEQUENCE %s MAXVALUE ...) if the column should use its range", seq, col.Type, maxV, seq), nil
+	case inc < 0 && minV != intMin[typ]:
+		return sql, fmt.Sprintf("sequence %s is now AS %s but keeps its own MINVALUE %d: lower it (ALTER SEQUENCE %s MINVALUE ...) if the column should use its range", seq, col.Type, minV, seq), nil
+	}
+	return sql, "", nil
 }
 
 // nextValueDo wraps stmt, a format() string with two %s (the next value of

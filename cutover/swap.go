@@ -41,26 +41,30 @@ type SwapPlan struct {
 	RowTypeChanged bool `json:"row_type_changed"`
 	// ViewMode is "replace" (CREATE OR REPLACE VIEW: nothing else moves) or
 	// "rebuild" (dependent views dropped and created again around it).
-	ViewMode   string        `json:"view_mode"`
-	Views      []*viewMeta   `json:"dependent_views,omitempty"` // rebuilt, in creation order
-	MovedFKs   []*foreignKey `json:"moved_foreign_keys,omitempty"`
-	AddedFKs   []*foreignKey `json:"added_foreign_keys,omitempty"`
-	Triggers   []TriggerMove `json:"user_triggers,omitempty"`
-	Policies   []string      `json:"policies_added,omitempty"`
-	Locks      []LockTarget  `json:"locks"`
-	SQL        []string      `json:"sql"`             // under the locks, one transaction
-	After      []string      `json:"after,omitempty"` // each in its own short transaction once the swap committed
-	Warnings   []string      `json:"warnings,omitempty"`
-	validate   []*foreignKey // what After validates
-	fpOIDs     []uint32      // relations the fingerprint covers
-	fp         string        // fingerprint the plan was made from
-	fromTable  *shadow.Table // as loaded
-	toTable    *shadow.Table // as loaded
-	sequences  []sequenceUse // green defaults drawing from blue's sequences
-	appMeta    *viewMeta     // the app-name view as it is
-	triggerSQL []string      // the user-trigger statements, placed by buildSQL
-	touchFrom  bool          // triggerSQL changes the old primary side
-	touchTo    bool          // and the new one
+	ViewMode  string        `json:"view_mode"`
+	Views     []*viewMeta   `json:"dependent_views,omitempty"` // rebuilt, in creation order
+	MovedFKs  []*foreignKey `json:"moved_foreign_keys,omitempty"`
+	AddedFKs  []*foreignKey `json:"added_foreign_keys,omitempty"`
+	Triggers  []TriggerMove `json:"user_triggers,omitempty"`
+	Policies  []string      `json:"policies_added,omitempty"`
+	Locks     []LockTarget  `json:"locks"`
+	SQL       []string      `json:"sql"`             // under the locks, one transaction
+	After     []string      `json:"after,omitempty"` // each in its own short transaction once the swap committed
+	Warnings  []string      `json:"warnings,omitempty"`
+	validate  []*foreignKey // what After validates
+	fpOIDs    []uint32      // relations the fingerprint covers
+	fp        string        // fingerprint the plan was made from
+	fromTable *shadow.Table // as loaded
+	toTable   *shadow.Table // as loaded
+	sequences []sequenceUse // green defaults drawing from blue's sequences
+	appMeta   *viewMeta     // the app-name view as it is
+	// appColGrants are the view's column privileges (CREATE OR REPLACE VIEW
+	// keeps them; a view created again gets them back: viewTable).
+	appColGrants []shadow.ColumnGrant
+	appColNames  map[string]bool // the view's columns
+	triggerSQL   []string        // the user-trigger statements, placed by buildSQL
+	touchFrom    bool            // triggerSQL changes the old primary side
+	touchTo      bool            // and the new one
 }
 
 // TriggerMove is one user trigger changing sides.
@@ -166,6 +170,13 @@ func PlanSwap(ctx context.Context, q db.Querier, in SwapInput) (*SwapPlan, error
 	p.appMeta = &viewMeta{OID: app.OID, Name: n.App}
 	if err := loadViewMeta(ctx, q, p.appMeta); err != nil {
 		return nil, err
+	}
+	if p.appColGrants, err = shadow.LoadColumnGrants(ctx, q, app.OID); err != nil {
+		return nil, err
+	}
+	p.appColNames = map[string]bool{}
+	for _, c := range appCols {
+		p.appColNames[c.Name] = true
 	}
 
 	// Dependent views. At cutover, views that read blue itself (those that
@@ -487,9 +498,12 @@ func (p *SwapPlan) buildSQL(in SwapInput, usage usageObjects) {
 }
 
 // viewTable describes the app-name view to shadow.ViewSQL: the new base
-// table's columns, with the view's own owner, grants and comments.
+// table's columns, with the view's own owner, grants and comments. A
+// column keeps the view's column privileges; one the view did not have
+// takes the new base table's (the privileges of that shape's column).
 func (p *SwapPlan) viewTable() *shadow.Table {
-	t := &shadow.Table{Owner: p.appMeta.Owner, Grants: p.appMeta.Grants, Comment: p.appMeta.Comment}
+	t := &shadow.Table{Owner: p.appMeta.Owner, Grants: p.appMeta.Grants, Comment: p.appMeta.Comment,
+		RLSEnabled: p.fromTable.RLSEnabled || p.toTable.RLSEnabled} // security_invoker follows RLS (shadow.ViewSQL)
 	comments := map[string]string{}
 	for _, c := range p.appMeta.ColComment {
 		comments[c[0]] = c[1]
@@ -499,6 +513,15 @@ func (p *SwapPlan) viewTable() *shadow.Table {
 			c.Comment = vc
 		}
 		t.Columns = append(t.Columns, c)
+		src := p.toTable.ColumnGrants
+		if p.appColNames[c.Name] {
+			src = p.appColGrants
+		}
+		for _, g := range src {
+			if g.Column == c.Name {
+				t.ColumnGrants = append(t.ColumnGrants, g)
+			}
+		}
 	}
 	return t
 }

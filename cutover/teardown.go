@@ -98,9 +98,14 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 			sql = append(sql, p.Views[i].dropSQL())
 		}
 		sql = append(sql, "DROP VIEW "+db.Ident(n.App.Schema, n.App.Name))
+		colGrants, err := shadow.LoadColumnGrants(ctx, q, app.OID)
+		if err != nil {
+			return nil, err
+		}
 		defer func() {
 			// Grants made on the view during the migration stay with the app name.
 			p.SQL = append(p.SQL, shadow.GrantSQL(db.Ident(n.App.Schema, n.App.Name), appMeta.Grants)...)
+			p.SQL = append(p.SQL, shadow.ColumnGrantSQL(db.Ident(n.App.Schema, n.App.Name), colGrants, nil)...)
 			for _, v := range p.Views {
 				p.SQL = append(p.SQL, v.createSQL()...)
 			}
@@ -113,6 +118,21 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 			sql = append(sql, "DROP TRIGGER IF EXISTS "+db.Ident(tg)+" ON "+rel)
 		}
 		sql = append(sql, "ALTER TABLE "+rel+" SET SCHEMA "+db.Ident(n.App.Schema))
+		// The serial sequences adopt detached stayed in the app schema:
+		// blue's columns own them again, as before sync.
+		seqs, err := detachedSequences(ctx, q, n)
+		if err != nil {
+			return nil, err
+		}
+		appRel := db.Ident(n.App.Schema, n.App.Name)
+		for _, s := range seqs {
+			if s.name.Schema != n.App.Schema {
+				p.Warnings = append(p.Warnings, fmt.Sprintf("sequence %s was moved out of %s during the migration: left unowned; "+
+					"move it back and run ALTER SEQUENCE ... OWNED BY %s.%s", s.name, n.App.Schema, n.App, s.column))
+				continue
+			}
+			sql = append(sql, "ALTER SEQUENCE "+db.Ident(s.name.Schema, s.name.Name)+" OWNED BY "+appRel+"."+db.Ident(s.column))
+		}
 	}
 	if green != nil {
 		// A partitioned green's partitions (every level) and their indexes
@@ -131,8 +151,10 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 		}
 	}
 	if blueSchema {
+		rec := shadow.SequenceRecord(n)
 		sql = append(sql, "DROP TABLE IF EXISTS "+qident(usageTable(n)), "DROP TABLE IF EXISTS "+qident(usageStateTable(n)),
-			"DROP TABLE IF EXISTS "+qident(n.EchoToken)) // logical mode's echo token (trigger.EchoTokenSQL)
+			"DROP TABLE IF EXISTS "+qident(n.EchoToken), // logical mode's echo token (trigger.EchoTokenSQL)
+			"DROP TABLE IF EXISTS "+db.Ident(rec.Schema, rec.Name))
 	}
 	if greenSchema {
 		sql = append(sql, "DROP SCHEMA "+db.Ident(n.GreenSchema))
@@ -162,6 +184,38 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 		return nil, err
 	}
 	return p, nil
+}
+
+// detachedSequence is a serial sequence of blue's that adopt detached
+// (shadow.SequenceRecord), where it is now.
+type detachedSequence struct {
+	oid    uint32
+	name   shadow.QualifiedName
+	column string
+}
+
+// detachedSequences reads shadow.SequenceRecord; none when it does not exist
+// (no serial sequence, or adopted by a greenswap that moved them with blue).
+func detachedSequences(ctx context.Context, q db.Querier, n shadow.Names) ([]detachedSequence, error) {
+	rec := shadow.SequenceRecord(n)
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, db.Ident(rec.Schema, rec.Name)).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("read %s: %w", rec, err)
+	}
+	if !exists {
+		return nil, nil
+	}
+	rows, err := q.Query(ctx, `SELECT c.oid, n.nspname::text, c.relname::text, r.col
+		FROM `+db.Ident(rec.Schema, rec.Name)+` r JOIN pg_class c ON c.oid = r.seq JOIN pg_namespace n ON n.oid = c.relnamespace
+		ORDER BY r.col`)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", rec, err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (detachedSequence, error) {
+		var s detachedSequence
+		err := r.Scan(&s.oid, &s.name.Schema, &s.name.Name, &s.column)
+		return s, err
+	})
 }
 
 func truncFunc(fn shadow.QualifiedName) shadow.QualifiedName {

@@ -159,13 +159,17 @@ func TestCutoverFeaturesBehaveTheSame(t *testing.T) {
 	}
 
 	check("before cutover", true)
+	// Green has blue's policy from the moment it exists: cutover adds none.
+	if pol := coStr(t, pool, `SELECT coalesce(string_agg(polname, ','), '') FROM pg_policy WHERE polrelid = 'gs_feat_green.orders'::regclass`); pol != "own" {
+		t.Errorf("green's policies before cutover: %q, want own", pol)
+	}
 
 	res, err := Cutover(ctx, env, n, CutoverOptions{SwapCommandOptions: opts})
 	if err != nil {
 		t.Fatalf("cutover: %v\n%s", err, out)
 	}
 	if !res.Plan.RowTypeChanged || res.Plan.ViewMode != "rebuild" || len(res.Plan.MovedFKs) != 1 || len(res.Plan.AddedFKs) != 1 ||
-		len(res.Validations) != 2 || res.Validations[0].Error != "" || res.Validations[1].Error != "" || len(res.Plan.Policies) != 1 {
+		len(res.Validations) != 2 || res.Validations[0].Error != "" || res.Validations[1].Error != "" || len(res.Plan.Policies) != 0 {
 		t.Fatalf("cutover plan: %+v\nvalidations %+v\n%s", res.Plan, res.Validations, out)
 	}
 	if res.LockHold <= 0 || res.LockHoldMS <= 0 {

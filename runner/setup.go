@@ -89,9 +89,12 @@ func createGreenTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.N
 	if b.Mapping, err = shadow.BuildMapping(spec, blue, green); err != nil {
 		return nil, err
 	}
+	if err := shadow.CheckPolicies(spec, blue, green); err != nil {
+		return nil, err
+	}
 	fix := shadow.Step{
 		Name:          "prepare-green",
-		Description:   "give green blue's owner and grants; share blue's sequences",
+		Description:   "give green blue's owner, grants and row-level security; share blue's sequences",
 		SQL:           shadow.GreenFixupSQL(n, blue, green, b.Mapping),
 		Lock:          "none on blue",
 		LockHold:      "-",

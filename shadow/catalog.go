@@ -11,17 +11,23 @@ type Table struct {
 	Columns    []Column      `json:"columns"`
 	PrimaryKey *Index        `json:"primary_key,omitempty"`
 	// Indexes holds every index, the primary key and unique ones included.
-	Indexes         []Index        `json:"indexes"`
-	Constraints     []Constraint   `json:"constraints,omitempty"`   // CHECK, UNIQUE, EXCLUDE (not FK, not PK, not NOT NULL)
-	ForeignKeys     []ForeignKey   `json:"foreign_keys,omitempty"`  // this table references others
-	ReferencedBy    []ForeignKey   `json:"referenced_by,omitempty"` // others reference this table
-	Triggers        []Trigger      `json:"triggers,omitempty"`      // user triggers (not internal, not greenswap's own)
-	DependentViews  []View         `json:"dependent_views,omitempty"`
-	RLSEnabled      bool           `json:"rls_enabled"`
-	RLSForced       bool           `json:"rls_forced"`
-	Policies        []Policy       `json:"policies,omitempty"`
-	Grants          []Grant        `json:"grants,omitempty"`
-	OwnedSequences  []Sequence     `json:"owned_sequences,omitempty"`
+	Indexes        []Index       `json:"indexes"`
+	Constraints    []Constraint  `json:"constraints,omitempty"`   // CHECK, UNIQUE, EXCLUDE (not FK, not PK, not NOT NULL)
+	ForeignKeys    []ForeignKey  `json:"foreign_keys,omitempty"`  // this table references others
+	ReferencedBy   []ForeignKey  `json:"referenced_by,omitempty"` // others reference this table
+	Triggers       []Trigger     `json:"triggers,omitempty"`      // user triggers (not internal, not greenswap's own)
+	DependentViews []View        `json:"dependent_views,omitempty"`
+	RLSEnabled     bool          `json:"rls_enabled"`
+	RLSForced      bool          `json:"rls_forced"`
+	Policies       []Policy      `json:"policies,omitempty"`
+	Grants         []Grant       `json:"grants,omitempty"`
+	ColumnGrants   []ColumnGrant `json:"column_grants,omitempty"` // pg_attribute.attacl, by column then grantee then privilege
+	OwnedSequences []Sequence    `json:"owned_sequences,omitempty"`
+	// FreeSequences are sequences a column default draws from (nextval)
+	// that no column owns. Adopt detaches blue's serial sequences this way
+	// so they stay in the app schema (see AdoptStep): on blue they show
+	// here, no longer in OwnedSequences.
+	FreeSequences   []Sequence     `json:"free_sequences,omitempty"`
 	Publications    []string       `json:"publications,omitempty"`
 	PartitionKey    string         `json:"partition_key,omitempty"` // pg_get_partkeydef when Kind == "p"
 	PartitionOf     *QualifiedName `json:"partition_of,omitempty"`  // parent when this table is a partition
@@ -99,6 +105,23 @@ type Policy struct {
 	Name string `json:"name"`
 	Cmd  string `json:"cmd"`
 	Def  string `json:"def"` // a CREATE POLICY statement reconstructed from pg_policies
+	// The parts of Def, so the policy can be created on another table
+	// (PolicySQL).
+	Permissive bool     `json:"permissive"`
+	Roles      []string `json:"roles"` // "" stands for PUBLIC
+	Using      string   `json:"using,omitempty"`
+	Check      string   `json:"with_check,omitempty"`
+	// Columns are the table's columns the expressions read (pg_depend), in
+	// attnum order: the other table needs each under the same name.
+	Columns []string `json:"columns,omitempty"`
+}
+
+// ColumnGrant is one privilege from a column's ACL (aclexplode of attacl).
+type ColumnGrant struct {
+	Column    string `json:"column"`
+	Grantee   string `json:"grantee"`   // role name, "PUBLIC" for 0
+	Privilege string `json:"privilege"` // SELECT, INSERT, UPDATE, REFERENCES
+	Grantable bool   `json:"grantable"`
 }
 
 // Grant is one privilege from the table's ACL (aclexplode).

@@ -97,7 +97,13 @@ SELECT c.oid, c.relkind::text, pg_get_userbyid(c.relowner)::text,
 			}
 			return loadGrants(ctx, q, t)
 		}},
+		{"column grants", func() error {
+			var err error
+			t.ColumnGrants, err = LoadColumnGrants(ctx, q, t.OID)
+			return err
+		}},
 		{"owned sequences", func() error { return loadSequences(ctx, q, t) }},
+		{"free sequences", func() error { return loadFreeSequences(ctx, q, t) }},
 		{"publications", func() error { return loadPublications(ctx, q, t, version) }},
 		{"partitioning", func() error { return loadPartitioning(ctx, q, t, isPartition) }},
 		{"size", func() error { return loadSize(ctx, q, t) }},
@@ -143,6 +149,7 @@ func sortCatalog(t *Table) {
 		return cmp.Or(cmp.Compare(a.Grantee, b.Grantee), cmp.Compare(a.Privilege, b.Privilege))
 	})
 	slices.Sort(t.Publications)
+	sortColumnGrants(t.ColumnGrants)
 
 	t.Constraints = nilIfEmpty(t.Constraints)
 	t.ForeignKeys = nilIfEmpty(t.ForeignKeys)
@@ -152,6 +159,8 @@ func sortCatalog(t *Table) {
 	t.Policies = nilIfEmpty(t.Policies)
 	t.Grants = nilIfEmpty(t.Grants)
 	t.OwnedSequences = nilIfEmpty(t.OwnedSequences)
+	t.FreeSequences = nilIfEmpty(t.FreeSequences)
+	t.ColumnGrants = nilIfEmpty(t.ColumnGrants)
 	t.Publications = nilIfEmpty(t.Publications)
 }
 
@@ -372,7 +381,13 @@ SELECT p.polname::text, p.polcmd::text, p.polpermissive,
        ARRAY(SELECT CASE WHEN u.r = 0 THEN '' ELSE pg_get_userbyid(u.r)::text END
                FROM unnest(p.polroles) WITH ORDINALITY u(r, o) ORDER BY u.o),
        coalesce(pg_get_expr(p.polqual, p.polrelid), ''),
-       coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '')
+       coalesce(pg_get_expr(p.polwithcheck, p.polrelid), ''),
+       ARRAY(SELECT a.attname::text
+               FROM pg_depend d
+               JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+              WHERE d.classid = 'pg_policy'::regclass AND d.objid = p.oid
+                AND d.refclassid = 'pg_class'::regclass AND d.refobjid = p.polrelid AND d.refobjsubid > 0
+              GROUP BY a.attnum, a.attname ORDER BY a.attnum)
   FROM pg_policy p
  WHERE p.polrelid = $1
  ORDER BY p.polname`, t.OID)
@@ -386,13 +401,20 @@ SELECT p.polname::text, p.polcmd::text, p.polpermissive,
 			permissive        bool
 			roles             []string
 		)
-		if err := r.Scan(&p.Name, &cmd, &permissive, &roles, &using, &check); err != nil {
+		if err := r.Scan(&p.Name, &cmd, &permissive, &roles, &using, &check, &p.Columns); err != nil {
 			return p, err
 		}
 		p.Cmd = policyCmds[cmd]
 		if p.Cmd == "" {
 			p.Cmd = cmd
 		}
+		if len(p.Columns) == 0 {
+			p.Columns = nil
+		}
+		if roles == nil {
+			roles = []string{}
+		}
+		p.Permissive, p.Roles, p.Using, p.Check = permissive, roles, using, check
 		p.Def = policyDef(p.Name, t.Name, permissive, p.Cmd, roles, using, check)
 		return p, nil
 	})
@@ -459,6 +481,48 @@ SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::te
 	return err
 }
 
+// LoadColumnGrants reads the column-level privileges of relation rel
+// (pg_attribute.attacl), sorted by column number, grantee, privilege.
+func LoadColumnGrants(ctx context.Context, q db.Querier, rel uint32) ([]ColumnGrant, error) {
+	rows, err := q.Query(ctx, `
+SELECT a.attname::text,
+       CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee)::text END,
+       x.privilege_type, x.is_grantable
+  FROM pg_attribute a, aclexplode(a.attacl) x
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attacl IS NOT NULL
+ ORDER BY a.attnum, 2, 3`, rel)
+	if err != nil {
+		return nil, err
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ColumnGrant, error) {
+		var g ColumnGrant
+		err := r.Scan(&g.Column, &g.Grantee, &g.Privilege, &g.Grantable)
+		return g, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The query orders columns by attnum; only grantee and privilege need
+	// a byte-wise order independent of the collation.
+	sortColumnGrants(out)
+	return nilIfEmpty(out), nil
+}
+
+// sortColumnGrants keeps the columns in the order they come (attnum) and
+// sorts each column's grants by grantee, then privilege, byte-wise.
+func sortColumnGrants(g []ColumnGrant) {
+	pos := map[string]int{}
+	for _, x := range g {
+		if _, ok := pos[x.Column]; !ok {
+			pos[x.Column] = len(pos)
+		}
+	}
+	slices.SortStableFunc(g, func(a, b ColumnGrant) int {
+		return cmp.Or(cmp.Compare(pos[a.Column], pos[b.Column]), cmp.Compare(a.Grantee, b.Grantee),
+			cmp.Compare(a.Privilege, b.Privilege))
+	})
+}
+
 func loadSequences(ctx context.Context, q db.Querier, t *Table) error {
 	rows, err := q.Query(ctx, `
 SELECT n.nspname::text, s.relname::text, a.attname::text, d.deptype = 'i'
@@ -475,6 +539,35 @@ SELECT n.nspname::text, s.relname::text, a.attname::text, d.deptype = 'i'
 	t.OwnedSequences, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Sequence, error) {
 		var s Sequence
 		err := r.Scan(&s.Name.Schema, &s.Name.Name, &s.Column, &s.Identity)
+		return s, err
+	})
+	return err
+}
+
+// loadFreeSequences finds the sequences the table's column defaults call
+// nextval on that no column of any table owns.
+func loadFreeSequences(ctx context.Context, q db.Querier, t *Table) error {
+	rows, err := q.Query(ctx, `
+SELECT DISTINCT n.nspname::text, s.relname::text, a.attname::text, a.attnum
+  FROM pg_attrdef ad
+  JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+  JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+  JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+  JOIN pg_namespace n ON n.oid = s.relnamespace
+ WHERE ad.adrelid = $1
+   AND NOT EXISTS (SELECT 1 FROM pg_depend o
+                    WHERE o.classid = 'pg_class'::regclass AND o.objid = s.oid
+                      AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))
+ ORDER BY a.attnum, 2`, t.OID)
+	if err != nil {
+		return err
+	}
+	t.FreeSequences, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Sequence, error) {
+		var (
+			s   Sequence
+			num int16
+		)
+		err := r.Scan(&s.Name.Schema, &s.Name.Name, &s.Column, &num)
 		return s, err
 	})
 	return err

@@ -291,9 +291,11 @@ func TestLoadTable(t *testing.T) {
 		eq(t, "Policies", tbl.Policies, []Policy{
 			{Name: "Orders visible", Cmd: "SELECT",
 				Def: `CREATE POLICY "Orders visible" ON "app"."orders" AS RESTRICTIVE FOR SELECT TO "` + f.role +
-					`", "` + f.owner + `" USING ((status <> 'hidden'::text))`},
+					`", "` + f.owner + `" USING ((status <> 'hidden'::text))`,
+				Roles: []string{f.role, f.owner}, Using: "(status <> 'hidden'::text)", Columns: []string{"status"}},
 			{Name: "orders_all", Cmd: "ALL",
-				Def: `CREATE POLICY "orders_all" ON "app"."orders" AS PERMISSIVE FOR ALL TO PUBLIC USING (true) WITH CHECK ((amount >= (0)::numeric))`},
+				Def:        `CREATE POLICY "orders_all" ON "app"."orders" AS PERMISSIVE FOR ALL TO PUBLIC USING (true) WITH CHECK ((amount >= (0)::numeric))`,
+				Permissive: true, Roles: []string{""}, Using: "true", Check: "(amount >= (0)::numeric)", Columns: []string{"amount"}},
 		})
 
 		var wantGrants []Grant

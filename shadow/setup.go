@@ -2,6 +2,7 @@ package shadow
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
@@ -12,10 +13,37 @@ import (
 // nothing: the view is auto-updatable, omitted columns take the base table's
 // defaults (identity included), and prepared statements re-plan to the same
 // result type.
+//
+// Blue's serial sequences stay in the app schema under their own names, so
+// nextval('orders_id_seq') and ORMs keep finding them (trap 14): SET SCHEMA
+// moves an owned sequence with the table, PostgreSQL refuses SET SCHEMA on
+// an owned sequence and allows OWNED BY only within the table's schema, so
+// each, once moved, is detached (OWNED BY NONE), moved back and recorded in
+// SequenceRecord, from which finalize gives it to green's column and
+// rollback before cutover back to blue's. The table is moved first: its
+// ACCESS EXCLUSIVE lock comes before the sequence's, the order in which
+// writers take them (an insert locks the table, then nextval the
+// sequence), so adopt never waits on a sequence while holding writers up.
+// Identity sequences cannot be detached and move with blue.
 func AdoptStep(n Names, blue *Table, serverMajor int) Step {
-	sql := []string{
-		"CREATE SCHEMA " + db.Ident(n.BlueSchema),
-		"ALTER TABLE " + db.Ident(n.App.Schema, n.App.Name) + " SET SCHEMA " + db.Ident(n.BlueSchema),
+	sql := []string{"CREATE SCHEMA " + db.Ident(n.BlueSchema)}
+	var serial []Sequence
+	for _, seq := range blue.OwnedSequences {
+		if !seq.Identity {
+			serial = append(serial, seq)
+		}
+	}
+	sql = append(sql, "ALTER TABLE "+db.Ident(n.App.Schema, n.App.Name)+" SET SCHEMA "+db.Ident(n.BlueSchema))
+	rec := db.Ident(SequenceRecord(n).Schema, SequenceRecord(n).Name)
+	if len(serial) > 0 {
+		sql = append(sql, "CREATE TABLE "+rec+" (seq pg_catalog.oid PRIMARY KEY, col pg_catalog.text NOT NULL)")
+	}
+	for _, seq := range serial {
+		moved := db.Ident(n.BlueSchema, seq.Name.Name)
+		sql = append(sql,
+			"ALTER SEQUENCE "+moved+" OWNED BY NONE",
+			"ALTER SEQUENCE "+moved+" SET SCHEMA "+db.Ident(seq.Name.Schema),
+			"INSERT INTO "+rec+" (seq, col) VALUES ("+db.Literal(db.Ident(seq.Name.Schema, seq.Name.Name))+"::pg_catalog.regclass, "+db.Literal(seq.Column)+")")
 	}
 	sql = append(sql, viewSQL(n.App, n.Blue, blue, serverMajor)...)
 	sql = append(sql, schemaUsageSQL(n.BlueSchema, blue)...)
@@ -42,7 +70,7 @@ func viewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
 		cols[i] = db.Ident(c.Name)
 	}
 	with := ""
-	if serverMajor >= 15 {
+	if viewInvoker(t, serverMajor) {
 		// The caller's privileges and RLS policies apply through the view.
 		with = " WITH (security_invoker = true)"
 	}
@@ -52,6 +80,7 @@ func viewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
 		"ALTER VIEW " + view + " OWNER TO " + db.Ident(t.Owner),
 	}
 	sql = append(sql, GrantSQL(view, t.Grants)...)
+	sql = append(sql, ColumnGrantSQL(view, t.ColumnGrants, nil)...)
 	if t.Comment != "" {
 		sql = append(sql, "COMMENT ON VIEW "+view+" IS "+db.Literal(t.Comment))
 	}
@@ -61,6 +90,21 @@ func viewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
 		}
 	}
 	return sql
+}
+
+// viewInvoker says whether the app-name view over t is security_invoker.
+// It must be for row-level security (PostgreSQL < 15 cannot: a blocking
+// hazard). Without RLS the view's own ACL, a copy of the table's, is the
+// gate either way, with one difference: a security_invoker view checks the
+// caller's privileges on the table for every column the view reads, so a
+// role holding column privileges only (SELECT (id, email)) would be denied
+// everything through the app name. So a table with column grants and no
+// RLS gets a plain view, which checks the caller against the view's column
+// grants and reads the table as its owner. (A table with both RLS and
+// column grants keeps security_invoker: the column-privileged roles then
+// reach their columns through the version schemas only.)
+func viewInvoker(t *Table, serverMajor int) bool {
+	return serverMajor >= 15 && (t.RLSEnabled || len(t.ColumnGrants) == 0)
 }
 
 // GrantSQL re-grants each privilege of grants on rel (a quoted relation name).
@@ -80,21 +124,63 @@ func GrantSQL(rel string, grants []Grant) []string {
 	return sql
 }
 
-// schemaUsageSQL lets every role that may use blue also reach a version
-// schema (clients pinned to a shape set search_path to it).
+// ColumnGrantSQL re-grants column privileges on rel (a quoted relation
+// name), one GRANT per grantee, privilege and grant option, for the columns
+// has accepts (nil: all).
+func ColumnGrantSQL(rel string, grants []ColumnGrant, has func(column string) bool) []string {
+	type key struct {
+		grantee, privilege string
+		grantable          bool
+	}
+	var order []key
+	cols := map[key][]string{}
+	for _, g := range grants {
+		if has != nil && !has(g.Column) {
+			continue
+		}
+		k := key{g.Grantee, g.Privilege, g.Grantable}
+		if _, ok := cols[k]; !ok {
+			order = append(order, k)
+		}
+		cols[k] = append(cols[k], db.Ident(g.Column))
+	}
+	var sql []string
+	for _, k := range order {
+		to := "PUBLIC"
+		if k.grantee != "PUBLIC" {
+			to = db.Ident(k.grantee)
+		}
+		s := "GRANT " + k.privilege + " (" + strings.Join(cols[k], ", ") + ") ON " + rel + " TO " + to
+		if k.grantable {
+			s += " WITH GRANT OPTION"
+		}
+		sql = append(sql, s)
+	}
+	return sql
+}
+
+// schemaUsageSQL lets every role that holds a privilege on blue, on the
+// table or on one of its columns, also reach a version schema (clients
+// pinned to a shape set search_path to it); no other role gets USAGE.
 func schemaUsageSQL(schema string, t *Table) []string {
 	seen := map[string]bool{}
 	var sql []string
-	for _, g := range t.Grants {
-		if seen[g.Grantee] {
-			continue
+	usage := func(grantee string) {
+		if seen[grantee] {
+			return
 		}
-		seen[g.Grantee] = true
+		seen[grantee] = true
 		to := "PUBLIC"
-		if g.Grantee != "PUBLIC" {
-			to = db.Ident(g.Grantee)
+		if grantee != "PUBLIC" {
+			to = db.Ident(grantee)
 		}
 		sql = append(sql, "GRANT USAGE ON SCHEMA "+db.Ident(schema)+" TO "+to)
+	}
+	for _, g := range t.Grants {
+		usage(g.Grantee)
+	}
+	for _, g := range t.ColumnGrants {
+		usage(g.Grantee)
 	}
 	if t.Owner != "" {
 		sql = append(sql, "ALTER SCHEMA "+db.Ident(schema)+" OWNER TO "+db.Ident(t.Owner))
@@ -135,16 +221,21 @@ func PartitionStatement(s *Spec, stmt int) int {
 }
 
 // GreenFixupSQL runs after the DDL, once green's catalog entry can be read:
-// green takes blue's owner, grants and schema usage, and green columns that
-// share a blue column fed by a sequence draw from that same sequence, so ids
-// written through either shape never collide (trap 4). A green identity
-// column is turned into a plain default for the duration of the migration
-// (finalize restores it).
+// green takes blue's owner, grants (column grants for the columns green has
+// by name), schema usage and row-level security (ENABLE, FORCE and every
+// policy, in the same transaction that creates green, so green's version
+// schema never shows a row blue's policies hide; CheckPolicies first), and
+// green columns that share a blue column fed by a sequence draw from that
+// same sequence, so ids written through either shape never collide (trap
+// 4). A green identity column is turned into a plain default for the
+// duration of the migration (finalize restores it).
 func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 	rel := db.Ident(n.Green.Schema, n.Green.Name)
 	sql := []string{"ALTER TABLE " + rel + " OWNER TO " + db.Ident(blue.Owner)}
 	sql = append(sql, GrantSQL(rel, blue.Grants)...)
+	sql = append(sql, ColumnGrantSQL(rel, blue.ColumnGrants, func(c string) bool { return green.Column(c) != nil })...)
 	sql = append(sql, schemaUsageSQL(n.GreenSchema, blue)...)
+	sql = append(sql, rlsSQL(n.Green, blue, green)...)
 	for _, seq := range SharedSequences(blue, green, m) {
 		col := db.Ident(seq.Column)
 		if gc := green.Column(seq.Column); gc != nil && gc.Identity != "" {
@@ -156,11 +247,66 @@ func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 	return sql
 }
 
+// rlsSQL gives the table to (green) blue's row-level security: enabled and
+// forced as on blue, with each of blue's policies to lacks by name.
+func rlsSQL(to QualifiedName, blue, green *Table) []string {
+	rel := db.Ident(to.Schema, to.Name)
+	var sql []string
+	if blue.RLSEnabled && !green.RLSEnabled {
+		sql = append(sql, "ALTER TABLE "+rel+" ENABLE ROW LEVEL SECURITY")
+	}
+	if blue.RLSForced && !green.RLSForced {
+		sql = append(sql, "ALTER TABLE "+rel+" FORCE ROW LEVEL SECURITY")
+	}
+	for _, p := range blue.Policies {
+		if slices.ContainsFunc(green.Policies, func(g Policy) bool { return g.Name == p.Name }) {
+			continue
+		}
+		sql = append(sql, PolicySQL(p, to))
+	}
+	return sql
+}
+
+// PolicySQL is the CREATE POLICY statement of p on the table on. The
+// expressions name columns bare, so they read on's columns of those names.
+func PolicySQL(p Policy, on QualifiedName) string {
+	return policyDef(p.Name, on, p.Permissive, p.Cmd, p.Roles, p.Using, p.Check)
+}
+
+// CheckPolicies refuses, as a spec error on target.ddl, a green that lacks
+// (or renamed) a column one of blue's row-level security policies reads:
+// the policy could not be created on green, and green's version schema
+// would show or accept rows blue's policy keeps from its caller.
+func CheckPolicies(s *Spec, blue, green *Table) error {
+	for _, p := range blue.Policies {
+		var missing []string
+		for _, c := range p.Columns {
+			if green.Column(c) == nil {
+				missing = append(missing, c)
+			}
+		}
+		if len(missing) > 0 {
+			return s.Errorf("target.ddl", "keep those columns, under the same names, in target.ddl, or change the policy on "+blue.Name.String()+" first",
+				"row-level security policy %q of %s reads column(s) %s, which green lacks: it cannot be created on green",
+				p.Name, blue.Name, strings.Join(missing, ", "))
+		}
+	}
+	return nil
+}
+
+// SequenceRecord is the table, in blue's schema, that lists the serial
+// sequences adopt detached from blue's columns (seq oid, col text). Only
+// adopt writes it; finalize and rollback before cutover read it and drop it.
+func SequenceRecord(n Names) QualifiedName {
+	return QualifiedName{n.BlueSchema, "gs_sequences"}
+}
+
 // SharedSequences lists blue's sequences whose column green maps by name;
-// green's column of the same name must draw from them.
+// green's column of the same name must draw from them. After adopt blue's
+// serial sequences are free (detached), before it owned: both count.
 func SharedSequences(blue, green *Table, m *Mapping) []Sequence {
 	var out []Sequence
-	for _, seq := range blue.OwnedSequences {
+	for _, seq := range slices.Concat(blue.OwnedSequences, blue.FreeSequences) {
 		cm := m.Forward.Column(seq.Column)
 		if cm == nil || cm.Explicit || green.Column(seq.Column) == nil {
 			continue
