@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -11,8 +12,10 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
 )
 
 // lpRole creates a LOGIN role unique to the test's database (roles are
@@ -166,5 +169,44 @@ target:
 	}
 	if got := coStr(t, env.Pool, `SELECT pg_get_userbyid(relowner)::text || ' ' || relkind::text FROM pg_class WHERE oid = 'public.accounts'::regclass`); got != owner+" r" {
 		t.Errorf("after finalize public.accounts is %q, want a table owned by %s", got, owner)
+	}
+}
+
+// Cutover, rollback and finalize check the privileges they need before
+// anything: an owner that lost CREATE on the app schema after sync gets
+// exit 2 naming the GRANT, and the catalog is as it was.
+func TestLeastPrivilegeCutoverChecksFirst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, dsn := pgtest.NewPool(t)
+	owner, ownerDSN := lpOwner(t, dsn)
+	pgtest.Exec(t, dsn, wlSchema)
+	pgtest.Exec(t, dsn, fmt.Sprintf(`ALTER TABLE accounts OWNER TO %[1]s; ALTER TABLE ledger OWNER TO %[1]s`, db.Ident(owner)))
+	env := coEnv(t, ownerDSN)
+	spec := coSync(t, env, `
+name: lpc
+table: public.accounts
+target:
+  ddl: CREATE TABLE accounts (id bigint PRIMARY KEY, value bigint NOT NULL, note text)
+`)
+	pgtest.Exec(t, dsn, "REVOKE CREATE ON SCHEMA public FROM "+db.Ident(owner))
+	super := coEnv(t, dsn)
+	before := coCatalog(t, super.Pool)
+	out := &coBuffer{}
+	opts := SwapCommandOptions{Out: out, LockTimeout: 500 * time.Millisecond, MaxAttempts: 5}
+	_, err := Cutover(ctx, env, spec.Name, CutoverOptions{SwapCommandOptions: opts})
+	var pe *shadow.PrivilegeError
+	if !errors.As(err, &pe) || exitcode.Of(err) != exitcode.BadInput || !strings.Contains(err.Error(), `GRANT CREATE ON SCHEMA "public" TO "`+owner+`"`) {
+		t.Fatalf("cutover without CREATE on public: want exit 2 naming the grant, got exit %d: %v", exitcode.Of(err), err)
+	}
+	if after := coCatalog(t, super.Pool); after != before {
+		t.Fatalf("the refused cutover changed the catalog:\n%s", coDiff(before, after))
+	}
+	if m, err := state.Get(ctx, super.Pool, spec.Name); err != nil || m.State != state.Synced {
+		t.Fatalf("state after the refused cutover: %v %v", m, err)
+	}
+	pgtest.Exec(t, dsn, "GRANT CREATE ON SCHEMA public TO "+db.Ident(owner))
+	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{SwapCommandOptions: opts}); err != nil {
+		t.Fatalf("cutover once granted: %v\n%s", err, out)
 	}
 }
