@@ -369,6 +369,10 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 	if p.vols, err = shadow.DetectVolatility(ctx, tx, s, "pg_temp", &probe); err != nil {
 		return err
 	}
+	// Schemas of user functions the expressions call, writable by others.
+	if p.facts.WritableSchemas, err = shadow.FunctionSchemas(ctx, tx, p.n.App.Schema, p.app.Owner, p.vols, p.facts.WritableSchemas); err != nil {
+		return err
+	}
 	if err := p.evalForward(ctx); err != nil {
 		return err
 	}

@@ -112,41 +112,75 @@ SELECT n.nspname || '.' || c.relname FROM pg_inherits i JOIN pg_class c ON c.oid
 	return children, parents, nil
 }
 
-// WritableSchema is a schema on the sync functions' search path in which
-// roles other than the table's owner may create objects.
+// WritableSchema is a schema the sync functions resolve names in (the app
+// schema, on their search path, or one holding a function the spec's
+// expressions call) in which roles other than the table's owner may create
+// objects.
 type WritableSchema struct {
-	Schema string   `json:"schema"`
-	Roles  []string `json:"roles"` // "PUBLIC" for every role
+	Schema    string   `json:"schema"`
+	Roles     []string `json:"roles"`               // "PUBLIC" for every role
+	Functions []string `json:"functions,omitempty"` // the fields calling its functions, when it is not the app schema
 }
 
-// loadWritableSchemas reads who may CREATE in the app schema besides the
+// LoadWritableSchemas reads who may CREATE in each of schemas besides the
 // table owner, superusers (who can do anything anyway) and roles whose
 // rights the owner already has. pg_database_owner counts only when the
 // database's owner is such a role too. pg_catalog comes first on the path
-// and only superusers create there, so it is not read.
-func loadWritableSchemas(ctx context.Context, q db.Querier, appSchema, owner string) ([]WritableSchema, error) {
+// and only superusers create there, so it is never asked about.
+func LoadWritableSchemas(ctx context.Context, q db.Querier, schemas []string, owner string) ([]WritableSchema, error) {
 	rows, err := q.Query(ctx, `
 WITH acl AS (
-    SELECT (aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner)))).* FROM pg_namespace n WHERE n.nspname = $1
+    SELECT n.nspname, (aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner)))).* FROM pg_namespace n WHERE n.nspname = ANY ($1)
 ), creators AS (
-    SELECT DISTINCT grantee FROM acl WHERE privilege_type = 'CREATE'
+    SELECT DISTINCT nspname, grantee FROM acl WHERE privilege_type = 'CREATE'
 )
-SELECT CASE WHEN c.grantee = 0 THEN 'PUBLIC' ELSE r.rolname::text END
+SELECT c.nspname::text, array_agg(CASE WHEN c.grantee = 0 THEN 'PUBLIC' ELSE r.rolname::text END ORDER BY 1)
   FROM creators c LEFT JOIN pg_roles r ON r.oid = c.grantee
  WHERE c.grantee = 0
     OR (r.rolname <> $2 AND NOT r.rolsuper AND NOT pg_has_role($2, r.oid, 'USAGE')
         AND NOT (r.rolname = 'pg_database_owner'
                  AND (SELECT d.datdba = o.oid OR o.rolsuper OR pg_has_role($2, d.datdba, 'USAGE')
                         FROM pg_database d, pg_roles o WHERE d.datname = current_database() AND o.oid = d.datdba)))
- ORDER BY 1`, appSchema, owner)
+ GROUP BY 1 ORDER BY 1`, schemas, owner)
 	if err != nil {
-		return nil, fmt.Errorf("read who may create in schema %s: %w", appSchema, err)
+		return nil, fmt.Errorf("read who may create in schemas %s: %w", strings.Join(schemas, ", "), err)
 	}
-	roles, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil || len(roles) == 0 {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (WritableSchema, error) {
+		var w WritableSchema
+		err := r.Scan(&w.Schema, &w.Roles)
+		return w, err
+	})
+}
+
+// FunctionSchemas adds to ws the schemas other than the app schema that
+// hold functions the mapping calls (Volatility.Schemas) and in which others
+// may CREATE.
+func FunctionSchemas(ctx context.Context, q db.Querier, appSchema, owner string, vols []Volatility, ws []WritableSchema) ([]WritableSchema, error) {
+	fields := map[string][]string{}
+	var schemas []string
+	for _, v := range vols {
+		for _, sc := range v.Schemas {
+			if sc == appSchema || sc == "pg_temp" || strings.HasPrefix(sc, "pg_temp_") {
+				continue
+			}
+			if fields[sc] == nil {
+				schemas = append(schemas, sc)
+			}
+			fields[sc] = append(fields[sc], v.Field)
+		}
+	}
+	if len(schemas) == 0 {
+		return ws, nil
+	}
+	more, err := LoadWritableSchemas(ctx, q, schemas, owner)
+	if err != nil {
 		return nil, err
 	}
-	return []WritableSchema{{Schema: appSchema, Roles: roles}}, nil
+	for _, w := range more {
+		w.Functions = fields[w.Schema]
+		ws = append(ws, w)
+	}
+	return ws, nil
 }
 
 // Privilege codes. Part of plan's JSON document: never rename one.

@@ -129,6 +129,10 @@ type Volatility struct {
 	Field    string   `json:"field"`              // "forward.email", "reverse.amount"
 	Volatile []string `json:"volatile,omitempty"` // functions making the value differ per evaluation
 	Stable   []string `json:"stable,omitempty"`   // functions depending on session settings only
+	// Schemas hold the user functions the expression calls (any
+	// volatility): one where others may CREATE could get a better-matching
+	// overload (LoadWritableSchemas).
+	Schemas []string `json:"schemas,omitempty"`
 }
 
 // HazardInput is everything Hazards looks at. Green, Mapping and Volatility
@@ -292,6 +296,10 @@ func Hazards(in HazardInput) []Hazard {
 			Objects: f.InheritanceParents})
 	}
 	for _, w := range f.WritableSchemas {
+		where := fmt.Sprintf("which the sync functions (running as the owner) and greenswap's sessions search: %s", n.SearchPath())
+		if w.Schema != n.App.Schema {
+			where = "which holds functions that the spec's expressions call (" + strings.Join(w.Functions, ", ") + ")"
+		}
 		var roles []string
 		for _, r := range w.Roles {
 			if r == "PUBLIC" {
@@ -301,8 +309,8 @@ func Hazards(in HazardInput) []Hazard {
 			}
 		}
 		add(Hazard{Code: HazardWritableSchema, Severity: Warning,
-			Message: fmt.Sprintf("roles other than the table's owner (%s) may CREATE in schema %s, which the sync functions (running as the owner) and greenswap's sessions search: %s. pg_catalog comes first, so built-in functions, types and operators cannot be shadowed, which is why this does not block; but a function or type of %s that a spec expression names unqualified could be overloaded there by a better-matching one, which the sync triggers would then run as the owner",
-				blue.Owner, w.Schema, n.SearchPath(), w.Schema),
+			Message: fmt.Sprintf("roles other than the table's owner (%s) may CREATE in schema %s, %s. pg_catalog comes first on that path, so built-in functions, types and operators cannot be shadowed, which is why this does not block; but a function or type of %s that a spec expression calls could be overloaded there by a better-matching one, which the sync triggers would then run as the owner",
+				blue.Owner, w.Schema, where, w.Schema),
 			Fix:     fmt.Sprintf("REVOKE CREATE ON SCHEMA %s FROM %s; or schema-qualify every user function and type in the spec's forward and reverse expressions", db.Ident(w.Schema), strings.Join(roles, ", ")),
 			Objects: w.Roles})
 	}
@@ -758,7 +766,7 @@ SELECT a.attname::text
 	if f.InheritanceChildren, f.InheritanceParents, err = loadInheritance(ctx, q, blue); err != nil {
 		return f, err
 	}
-	f.WritableSchemas, err = loadWritableSchemas(ctx, q, blue.Name.Schema, blue.Owner)
+	f.WritableSchemas, err = LoadWritableSchemas(ctx, q, []string{blue.Name.Schema}, blue.Owner)
 	return f, err
 }
 
@@ -1014,7 +1022,7 @@ func DetectVolatility(ctx context.Context, q db.Querier, s *Spec, schema string,
 			}
 			v.Field = field
 			c.Volatile = len(v.Volatile) > 0
-			if len(v.Volatile)+len(v.Stable) > 0 {
+			if len(v.Volatile)+len(v.Stable)+len(v.Schemas) > 0 {
 				out = append(out, v)
 			}
 		}
@@ -1064,6 +1072,15 @@ func probeVolatility(ctx context.Context, q db.Querier, schema string, d *Direct
 		return v, nil
 	}
 	rows, err := q.Query(ctx, `
+SELECT DISTINCT n.nspname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.oid = ANY ($1::oid[]) AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1`, oids)
+	if err != nil {
+		return v, err
+	}
+	if v.Schemas, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		return v, err
+	}
+	rows, err = q.Query(ctx, `
 SELECT CASE WHEN n.nspname = 'pg_catalog' THEN p.proname::text ELSE n.nspname || '.' || p.proname END,
        p.proname::text, p.provolatile::text
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

@@ -750,6 +750,26 @@ func TestHazardsWritableSchema(t *testing.T) {
 	if len(h.Objects) != 1 || h.Objects[0] != role {
 		t.Errorf("roles = %q, want only %s (the owner %s may create there)", h.Objects, role, owner)
 	}
+
+	// A schema holding a function a spec expression calls, where the role
+	// may create: a better-matching overload could be planted there.
+	pgtest.Exec(t, e.dsn, fmt.Sprintf(`REVOKE CREATE ON SCHEMA public FROM %[1]s; CREATE SCHEMA fx;
+		CREATE FUNCTION fx.norm(v text) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT lower(v)';
+		CREATE SCHEMA fy; CREATE FUNCTION fy.tidy(v text) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT trim(v)';
+		GRANT CREATE ON SCHEMA fx TO %[1]s`, role))
+	sc := e.load(t, specFor("ws_v3", "ws", "CREATE TABLE ws (id int PRIMARY KEY, v text)", "forward:\n  v: fy.tidy(fx.norm(v))\n"), true)
+	ws, err := FunctionSchemas(context.Background(), e.pool, "public", owner, sc.vols, sc.facts.WritableSchemas)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.facts.WritableSchemas = ws
+	h = want(t, sc.hazards(), HazardWritableSchema, Warning)
+	if len(ws) != 1 || ws[0].Schema != "fx" || !slices.Equal(ws[0].Roles, []string{role}) || !slices.Equal(ws[0].Functions, []string{"forward.v"}) {
+		t.Errorf("writable function schemas = %+v, want fx (not fy) for %s, called by forward.v", ws, role)
+	}
+	if !strings.Contains(h.Message, "functions that the spec's expressions call (forward.v)") || !strings.Contains(h.Fix, `ON SCHEMA "fx"`) {
+		t.Errorf("function schema hazard: %+v", h)
+	}
 }
 
 // Issue 11.3: pg_get_serial_sequence on the app name returns NULL during the
