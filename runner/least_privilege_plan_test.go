@@ -67,6 +67,14 @@ func TestLeastPrivilegeMissingFailsEarly(t *testing.T) {
 				return rd
 			},
 			want: []string{"schema greenswap", `GRANT "postgres" TO "owner_`}},
+		{name: "an operator whose owner role cannot create in the database", code: shadow.PrivOwnerCreateOnDB,
+			setup: func(t *testing.T, dsn, dbname string) string {
+				owner, _ := lpRole(t, dsn, "owner", "GRANT CREATE ON SCHEMA public TO {role}")
+				pgtest.Exec(t, dsn, "ALTER TABLE accounts OWNER TO "+db.Ident(owner))
+				_, rd := lpRole(t, dsn, "operator", "GRANT "+db.Ident(owner)+" TO {role}", "GRANT CREATE ON DATABASE "+db.Ident(dbname)+" TO {role}")
+				return rd
+			},
+			want: []string{"for the table's owner", `GRANT CREATE ON DATABASE "gs_test_`}},
 		{name: "logical without REPLICATION", code: shadow.PrivReplication, mode: "mode: logical\n",
 			setup: func(t *testing.T, dsn, dbname string) string {
 				owner, rd := lpOwner(t, dsn)

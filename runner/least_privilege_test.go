@@ -60,9 +60,22 @@ func lpOwner(t *testing.T, dsn string) (string, string) {
 // phase.
 func TestLeastPrivilegeTriggerLifecycle(t *testing.T) {
 	t.Parallel()
+	t.Run("as the owner", func(t *testing.T) { t.Parallel(); lpLifecycle(t, false) })
+	// An operator role that was granted the owner's role, as the owner
+	// role itself often cannot log in: the objects greenswap creates are
+	// then owned by the operator.
+	t.Run("as a member of the owner role", func(t *testing.T) { t.Parallel(); lpLifecycle(t, true) })
+}
+
+func lpLifecycle(t *testing.T, member bool) {
 	ctx := context.Background()
 	_, dsn := pgtest.NewPool(t)
 	owner, ownerDSN := lpOwner(t, dsn)
+	if member {
+		var op string
+		op, ownerDSN = lpRole(t, dsn, "operator", "GRANT "+db.Ident(owner)+" TO {role}")
+		t.Logf("greenswap connects as %s, a member of %s", op, owner)
+	}
 	pgtest.Exec(t, dsn, wlSchema)
 	pgtest.Exec(t, dsn, fmt.Sprintf(`ALTER TABLE accounts OWNER TO %[1]s; ALTER TABLE ledger OWNER TO %[1]s`, db.Ident(owner)))
 	// The clients are a separate application role with DML rights only,
@@ -72,7 +85,7 @@ func TestLeastPrivilegeTriggerLifecycle(t *testing.T) {
 		"GRANT USAGE ON SEQUENCE accounts_id_seq, ledger_seq_seq TO {role}")
 	var super bool
 	env := coEnv(t, ownerDSN)
-	if err := env.Pool.QueryRow(ctx, `SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user`).Scan(&super); err != nil || super {
+	if err := env.Pool.QueryRow(ctx, `SELECT rolsuper OR rolreplication OR rolcreatedb FROM pg_roles WHERE rolname = current_user`).Scan(&super); err != nil || super {
 		t.Fatalf("the test must connect as a plain role: super/replication=%v err=%v", super, err)
 	}
 

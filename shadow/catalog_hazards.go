@@ -193,6 +193,7 @@ const (
 	PrivViewOwner       = "dependent_view_owner"
 	PrivReferencerOwner = "referencing_table_owner"
 	PrivReplication     = "replication"
+	PrivOwnerCreateOnDB = "owner_create_on_database"
 )
 
 // Commands, as Privilege.Steps names them.
@@ -266,6 +267,19 @@ SELECT current_user::text, current_database()::text, r.rolsuper, r.rolsuper OR r
 			Need: "CREATE on schema " + app.Schema,
 			Why:  "adopt creates the app-name view there, cutover and rollback re-create it, finalize moves green there",
 			Fix:  fmt.Sprintf("GRANT CREATE ON SCHEMA %s TO %s", db.Ident(app.Schema), role)},
+	}
+	if me != table.Owner && !super {
+		// The version schemas are handed to the owner (ALTER SCHEMA ...
+		// OWNER TO), which PostgreSQL allows only to a role with CREATE
+		// on the database.
+		var ok bool
+		if err := q.QueryRow(ctx, `SELECT has_database_privilege($1, current_database(), 'CREATE')`, table.Owner).Scan(&ok); err != nil {
+			return nil, fmt.Errorf("read the table owner's privileges: %w", err)
+		}
+		ps = append(ps, Privilege{Code: PrivOwnerCreateOnDB, Granted: ok, Steps: []string{StepPlan, StepSync},
+			Need: fmt.Sprintf("CREATE on database %s for the table's owner %s", dbname, table.Owner),
+			Why:  fmt.Sprintf("connected as %s, not the owner, sync hands the version schemas to the owner so that green can be the owner's and any member of the owner's role can finish the migration", me),
+			Fix:  fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s, or connect as %s", db.Ident(dbname), db.Ident(table.Owner), table.Owner)})
 	}
 	if stateExists {
 		ps = append(ps, Privilege{Code: PrivStateSchema, Granted: stateOK, Steps: []string{StepSync, StepVerify, StepCutover, StepRollback, StepFinalize},
