@@ -110,6 +110,9 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 	default:
 		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s and cannot be cut over", name, m.Row.State)
 	}
+	if err := checkCommandPrivileges(ctx, env, m, shadow.StepCutover); err != nil {
+		return nil, err
+	}
 	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
 	if !verify.Passed(m.Row) { // verify_ok and verified_at ≥ backfill_done_at
 		if !opts.SkipVerify {

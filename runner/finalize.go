@@ -89,6 +89,9 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 	default:
 		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s: finalize comes after cutover", name, m.Row.State)
 	}
+	if err := checkCommandPrivileges(ctx, env, m, shadow.StepFinalize); err != nil {
+		return nil, err
+	}
 	lo := opts.lockOptions(m.Spec)
 	refuse := func(outcome string, err error) (*FinalizeResult, error) {
 		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, "finalize", outcome, time.Since(start), "",

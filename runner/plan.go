@@ -83,10 +83,14 @@ type PlanResult struct {
 	Steps         []PlanStep      `json:"steps"`
 	Estimate      Estimate        `json:"estimate"`
 	Hazards       []shadow.Hazard `json:"hazards"`
-	Blocking      int             `json:"blocking"`
-	Warnings      int             `json:"warnings"`
-	Infos         int             `json:"infos"`
-	Mapping       *shadow.Mapping `json:"mapping,omitempty"`
+	// Privileges are what the connecting role needs, per command, and
+	// whether it has them: plan refuses (exit 2) when one that plan or sync
+	// needs is missing; one only later commands need is a warning.
+	Privileges []shadow.Privilege `json:"privileges"`
+	Blocking   int                `json:"blocking"`
+	Warnings   int                `json:"warnings"`
+	Infos      int                `json:"infos"`
+	Mapping    *shadow.Mapping    `json:"mapping,omitempty"`
 }
 
 // ServerInfo identifies the PostgreSQL server plan ran against.
@@ -224,7 +228,7 @@ func (p *planner) run(ctx context.Context) error {
 	p.res = &PlanResult{
 		SchemaVersion: PlanSchemaVersion, Migration: s.Name, SpecFile: s.File, Table: s.AppTable().String(),
 		Mode: s.Mode, BlueSchema: p.n.BlueSchema, GreenSchema: p.n.GreenSchema, GreenTable: p.n.Green.String(),
-		Steps: []PlanStep{}, Hazards: []shadow.Hazard{}, Key: []string{},
+		Steps: []PlanStep{}, Hazards: []shadow.Hazard{}, Key: []string{}, Privileges: []shadow.Privilege{},
 	}
 	if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`,
 		fmt.Sprintf("%dms", p.opts.StatementTimeout.Milliseconds())); err != nil {
@@ -268,6 +272,9 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 	}
 
 	if p.app, err = loadApp(ctx, tx, s); err != nil {
+		return err
+	}
+	if err := p.privileges(ctx); err != nil {
 		return err
 	}
 	if p.facts, err = shadow.LoadHazardFacts(ctx, tx, s, p.app); err != nil {
@@ -362,6 +369,10 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 	if p.vols, err = shadow.DetectVolatility(ctx, tx, s, "pg_temp", &probe); err != nil {
 		return err
 	}
+	// Schemas of user functions the expressions call, writable by others.
+	if p.facts.WritableSchemas, err = shadow.FunctionSchemas(ctx, tx, p.n.App.Schema, p.app.Owner, p.vols, p.facts.WritableSchemas); err != nil {
+		return err
+	}
 	if err := p.evalForward(ctx); err != nil {
 		return err
 	}
@@ -403,6 +414,63 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 	p.steps(adopt, p.build.Green, reverseOn)
 	p.estimate()
 	return nil
+}
+
+// privileges reads what the connecting role needs (shadow.LoadPrivileges)
+// before anything is rehearsed: one that plan or sync needs and the role
+// lacks ends plan with a *shadow.PrivilegeError (exit 2) naming it; one only
+// verify, cutover, rollback or finalize need is a warning, as those commands
+// check again and refuse up front.
+func (p *planner) privileges(ctx context.Context) error {
+	ps, err := shadow.LoadPrivileges(ctx, p.tx, p.spec, p.app)
+	if err != nil {
+		return err
+	}
+	p.res.Privileges = ps
+	for _, step := range []string{shadow.StepPlan, shadow.StepSync} {
+		if err := shadow.CheckPrivileges(ctx, p.tx, ps, step); err != nil {
+			return err
+		}
+	}
+	var later []string
+	for _, pr := range ps {
+		if !pr.Granted {
+			later = append(later, fmt.Sprintf("%s, for %s (%s): %s", pr.Need, strings.Join(pr.Steps, ", "), pr.Why, pr.Fix))
+		}
+	}
+	if len(later) > 0 {
+		p.extra = append(p.extra, shadow.Hazard{Code: shadow.HazardMissingPrivileges, Severity: shadow.Warning,
+			Message: "the connecting role lacks privileges that later commands need: they will refuse (exit 2) before changing anything",
+			Fix:     "grant them before those commands, as listed", Objects: later})
+	}
+	return nil
+}
+
+// checkCommandPrivileges is the up-front check of verify, cutover,
+// rollback and finalize on a migration under way: the privileges step needs
+// (shadow.LoadPrivileges on blue wherever it is now), or a
+// *shadow.PrivilegeError (exit 2) before anything is changed.
+func checkCommandPrivileges(ctx context.Context, env *Env, m *Migration, step string) error {
+	name := m.Names.Blue
+	var exists bool
+	if err := env.Pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, db.Ident(name.Schema, name.Name)).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		name = m.Names.App
+	}
+	tbl, err := shadow.LoadTable(ctx, env.Pool, name)
+	if errors.Is(err, shadow.ErrTableNotFound) {
+		return nil // the command itself says what is missing
+	}
+	if err != nil {
+		return err
+	}
+	ps, err := shadow.LoadPrivileges(ctx, env.Pool, m.Spec, tbl)
+	if err != nil {
+		return err
+	}
+	return shadow.CheckPrivileges(ctx, env.Pool, ps, step)
 }
 
 // mappingSearchPath is the search_path expressions are evaluated under:

@@ -56,6 +56,11 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	defer lock.Release(context.WithoutCancel(ctx))
 	res := &RollbackResult{SchemaVersion: SwapSchemaVersion, Migration: name, From: m.Row.State}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
+	if m.Row.State != state.RolledBack && m.Row.State != state.Finalized {
+		if err := checkCommandPrivileges(ctx, env, m, shadow.StepRollback); err != nil {
+			return nil, err
+		}
+	}
 	switch m.Row.State {
 	case state.CutOver:
 		res.Kind = "swap"

@@ -41,7 +41,30 @@ func adoptTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.Names, 
 		return shadow.Step{}, err
 	}
 	step := shadow.AdoptStep(n, app, major)
+	own, err := schemaOwnerSQL(ctx, tx, n.BlueSchema, app.Owner)
+	if err != nil {
+		return step, err
+	}
+	step.SQL = append(step.SQL, own...)
 	return step, execStep(ctx, tx, step)
+}
+
+// schemaOwnerSQL hands a version schema to the table's owner when greenswap
+// connects as another role with the owner's rights (an operator granted the
+// owner role): ALTER TABLE ... OWNER TO the owner needs the owner to be able
+// to create in green's schema, and any member of the owner role must be
+// able to drop both schemas at finalize or rollback. Nothing when the
+// connecting role is the owner or a superuser (the schema is theirs, or
+// nothing is checked).
+func schemaOwnerSQL(ctx context.Context, tx pgx.Tx, schema, owner string) ([]string, error) {
+	var other bool
+	if err := tx.QueryRow(ctx, `SELECT current_user <> $1 AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, owner).Scan(&other); err != nil {
+		return nil, err
+	}
+	if !other {
+		return nil, nil
+	}
+	return []string{"ALTER SCHEMA " + db.Ident(schema) + " OWNER TO " + db.Ident(owner)}, nil
 }
 
 // createGreenTx creates green from the target DDL, fixes it up (owner,
@@ -92,10 +115,14 @@ func createGreenTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.N
 	if err := shadow.CheckPolicies(spec, blue, green); err != nil {
 		return nil, err
 	}
+	own, err := schemaOwnerSQL(ctx, tx, n.GreenSchema, blue.Owner)
+	if err != nil {
+		return nil, err
+	}
 	fix := shadow.Step{
 		Name:          "prepare-green",
 		Description:   "give green blue's owner, grants and row-level security; share blue's sequences",
-		SQL:           shadow.GreenFixupSQL(n, blue, green, b.Mapping),
+		SQL:           append(own, shadow.GreenFixupSQL(n, blue, green, b.Mapping)...),
 		Lock:          "none on blue",
 		LockHold:      "-",
 		Transactional: true,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
@@ -19,7 +20,9 @@ func gateNewSync(ctx context.Context, env *Env, spec *shadow.Spec) error {
 	if err == nil && row.State != state.RolledBack {
 		return nil
 	}
-	if err != nil && !errors.Is(err, state.ErrNotFound) {
+	// A state schema the role may not read (42501 insufficient_privilege)
+	// is for plan's privilege check to name (exit 2), not a raw error.
+	if err != nil && !errors.Is(err, state.ErrNotFound) && db.SQLState(err) != "42501" {
 		return err
 	}
 	res, err := Plan(ctx, env, spec, PlanOptions{})

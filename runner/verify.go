@@ -50,6 +50,9 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 	if err := verifiable(mig); err != nil {
 		return nil, err
 	}
+	if err := checkCommandPrivileges(ctx, env, mig, shadow.StepVerify); err != nil {
+		return nil, err
+	}
 	b, err := loadBuild(ctx, env.Pool, mig.Spec, mig.Names)
 	if err != nil {
 		return nil, badInput(err)

@@ -66,12 +66,20 @@ const (
 	HazardLogicalServerVersion   = "logical_server_version" // sync/stream: pgoutput messages need 14+
 	HazardLeftover               = "leftover_migration"
 	HazardFinalizeNameClash      = "finalize_name_clash"
+	HazardInheritanceChildren    = "inheritance_children"
+	HazardInheritanceParent      = "inheritance_parent"
+	HazardWritableSchema         = "writable_schema_on_path"
+	HazardCrossShapeDeadlock     = "cross_shape_deadlock"
+	HazardSerialSequenceLookup   = "serial_sequence_lookup"
 	// Found by evaluating the mapping on sampled rows (runner.Plan).
 	HazardGreenKeyNotUnique = "green_key_not_unique"
 	HazardLossyMapping      = "lossy_mapping"
 	HazardEmptySample       = "empty_sample"
 	// The cutover package's planner, run on the rehearsed catalog, refuses.
 	HazardCutoverRefuses = "cutover_would_refuse"
+	// The connecting role lacks privileges only later commands need (plan
+	// itself refuses with exit 2 when plan or sync would lack one).
+	HazardMissingPrivileges = "missing_privileges"
 )
 
 // Hazard is one finding of plan.
@@ -105,6 +113,15 @@ type HazardFacts struct {
 	// in the app schema, where finalize would move them (LoadNameClashes on
 	// the rehearsed green; plan fills it after its rehearsal).
 	NameClashes []string `json:"name_clashes,omitempty"`
+	// Publications publish blue (greenswap's own gs_<m> excluded).
+	Publications []PublicationRef `json:"publications,omitempty"`
+	// InheritanceChildren inherit from blue (it is not partitioned);
+	// InheritanceParents are what blue inherits from (it is no partition).
+	InheritanceChildren []string `json:"inheritance_children,omitempty"`
+	InheritanceParents  []string `json:"inheritance_parents,omitempty"`
+	// WritableSchemas: schemas on the sync functions' search path in which
+	// roles other than the table owner may CREATE.
+	WritableSchemas []WritableSchema `json:"writable_schemas,omitempty"`
 }
 
 // Volatility is what DetectVolatility found for one mapped column.
@@ -112,6 +129,10 @@ type Volatility struct {
 	Field    string   `json:"field"`              // "forward.email", "reverse.amount"
 	Volatile []string `json:"volatile,omitempty"` // functions making the value differ per evaluation
 	Stable   []string `json:"stable,omitempty"`   // functions depending on session settings only
+	// Schemas hold the user functions the expression calls (any
+	// volatility): one where others may CREATE could get a better-matching
+	// overload (LoadWritableSchemas).
+	Schemas []string `json:"schemas,omitempty"`
 }
 
 // HazardInput is everything Hazards looks at. Green, Mapping and Volatility
@@ -259,11 +280,59 @@ func Hazards(in HazardInput) []Hazard {
 			Fix:     "check that they can run against green's shape after cutover (NEW.column names and types) and that they do not depend on firing for both shapes",
 			Objects: objs})
 	}
-	if len(blue.Publications) > 0 {
-		add(Hazard{Code: HazardPublications, Severity: Warning,
-			Message: fmt.Sprintf("%s is in publications %s: subscribers keep receiving blue's changes; green is a different table with a different shape", blue.Name, strings.Join(blue.Publications, ", ")),
-			Fix:     "before cutover add green to the publication (ALTER PUBLICATION ... ADD TABLE " + db.Ident(n.Green.Schema, n.Green.Name) + ") and give subscribers a table of green's shape; FOR ALL TABLES publications also publish greenswap's own tables",
-			Objects: blue.Publications})
+	if len(f.Publications) > 0 {
+		add(publicationsHazard(n, f.Publications))
+	}
+	if len(f.InheritanceChildren) > 0 {
+		add(Hazard{Code: HazardInheritanceChildren, Severity: Blocking,
+			Message: fmt.Sprintf("%d tables inherit from %s: the backfill reads blue with its children and would copy their rows into green, but the sync triggers are on blue alone, so writes to the children never reach green, and at finalize the children lose their parent", len(f.InheritanceChildren), blue.Name),
+			Fix:     fmt.Sprintf("migrate without inheritance: ALTER TABLE <child> NO INHERIT %s for each child listed (or move their rows into %s), then plan again", db.Ident(blue.Name.Schema, blue.Name.Name), blue.Name),
+			Objects: f.InheritanceChildren})
+	}
+	if len(f.InheritanceParents) > 0 {
+		add(Hazard{Code: HazardInheritanceParent, Severity: Blocking,
+			Message: fmt.Sprintf("%s inherits from %s: the parent's queries include blue's rows in the old shape until finalize, then lose them all when blue is dropped (green inherits from nothing; making it inherit would show every row twice meanwhile)", blue.Name, strings.Join(f.InheritanceParents, ", ")),
+			Fix:     fmt.Sprintf("ALTER TABLE %s NO INHERIT <parent> before the migration and re-attach the new table after finalize (ALTER TABLE ... INHERIT, which needs the parent's columns), or change it with ALTER TABLE", db.Ident(blue.Name.Schema, blue.Name.Name)),
+			Objects: f.InheritanceParents})
+	}
+	for _, w := range f.WritableSchemas {
+		where := fmt.Sprintf("which the sync functions (running as the owner) and greenswap's sessions search: %s", n.SearchPath())
+		if w.Schema != n.App.Schema {
+			where = "which holds functions that the spec's expressions call (" + strings.Join(w.Functions, ", ") + ")"
+		}
+		var roles []string
+		for _, r := range w.Roles {
+			if r == "PUBLIC" {
+				roles = append(roles, "PUBLIC")
+			} else {
+				roles = append(roles, db.Ident(r))
+			}
+		}
+		add(Hazard{Code: HazardWritableSchema, Severity: Warning,
+			Message: fmt.Sprintf("roles other than the table's owner (%s) may CREATE in schema %s, %s. pg_catalog comes first on that path, so built-in functions, types and operators cannot be shadowed, which is why this does not block; but a function or type of %s that a spec expression calls could be overloaded there by a better-matching one, which the sync triggers would then run as the owner",
+				blue.Owner, w.Schema, where, w.Schema),
+			Fix:     fmt.Sprintf("REVOKE CREATE ON SCHEMA %s FROM %s; or schema-qualify every user function and type in the spec's forward and reverse expressions", db.Ident(w.Schema), strings.Join(roles, ", ")),
+			Objects: w.Roles})
+	}
+	add(Hazard{Code: HazardCrossShapeDeadlock, Severity: Info,
+		Message: fmt.Sprintf("once synced, a write through one shape updates the other in the same transaction: two clients writing the same rows at the same moment, one through blue's shape (old releases, %s before cutover) and one through green's, each hold their own row and wait for the other's through the sync trigger; PostgreSQL aborts one with SQLSTATE 40P01 (deadlock detected) after deadlock_timeout (default 1s) of stall",
+			s.AppTable()),
+		Fix: "route all writers of a given row through one shape (e.g. by tenant or by key range, or move writers to the new shape all at once), and retry transactions that fail with 40P01, as with any deadlock; see docs/runbook.md"})
+	if len(blue.OwnedSequences) > 0 {
+		var objs []string
+		for _, sq := range blue.OwnedSequences {
+			kind := "serial"
+			if sq.Identity {
+				kind = "identity, moves with blue to " + n.BlueSchema
+			}
+			objs = append(objs, fmt.Sprintf("%s.%s: %s (%s)", s.AppTable(), sq.Column, sq.Name, kind))
+		}
+		add(Hazard{Code: HazardSerialSequenceLookup, Severity: Warning,
+			Message: fmt.Sprintf("from adopt until finalize %s is a view, so pg_get_serial_sequence(%s, column) returns NULL: ORMs and scripts that call it to find the id sequence (to reset it, or to read currval) get nothing; identity sequences move with blue into %s",
+				s.AppTable(), db.Literal(db.Ident(s.AppTable().Schema, s.AppTable().Name)), n.BlueSchema),
+			Fix: fmt.Sprintf("point such code at the sequence's name (listed) or at pg_get_serial_sequence(%s, column) for the migration; plain nextval/currval of a serial sequence by name and inserts through %s keep working",
+				db.Literal(db.Ident(n.Blue.Schema, n.Blue.Name)), s.AppTable()),
+			Objects: objs})
 	}
 
 	// Identity and generated columns.
@@ -687,7 +756,49 @@ SELECT a.attname::text
 		}
 	}
 	f.Leftovers, err = loadLeftovers(ctx, q, s, blue)
+	if err != nil || blue == nil {
+		return f, err
+	}
+	n := NamesFor(s.Name, s.AppTable())
+	if f.Publications, err = loadPublicationRefs(ctx, q, blue, f.ServerMajor, n.Publication); err != nil {
+		return f, err
+	}
+	if f.InheritanceChildren, f.InheritanceParents, err = loadInheritance(ctx, q, blue); err != nil {
+		return f, err
+	}
+	f.WritableSchemas, err = LoadWritableSchemas(ctx, q, []string{blue.Name.Schema}, blue.Owner)
 	return f, err
+}
+
+// publicationsHazard says, per kind of publication, what moving blue out of
+// its schema breaks for the subscribers (trap 15) and what to do.
+func publicationsHazard(n Names, pubs []PublicationRef) Hazard {
+	app := db.Ident(n.App.Schema, n.App.Name)
+	var objs, breaks, fixes []string
+	var slots []string
+	for _, p := range pubs {
+		objs = append(objs, p.Name+" ("+p.Via+")")
+		slots = p.Slots
+		pub := db.Ident(p.Name)
+		switch p.Via {
+		case PubForTable:
+			breaks = append(breaks, fmt.Sprintf("%s names the table: from adopt its changes are published as relation %s, a subscriber's apply worker fails on that relation in a loop, every table of its subscription stalls and this server's slot retains WAL until the disk fills", p.Name, n.Blue))
+			fixes = append(fixes, fmt.Sprintf("ALTER PUBLICATION %s DROP TABLE %s before sync; after finalize ALTER PUBLICATION %s ADD TABLE %s and on each subscriber ALTER SUBSCRIPTION ... REFRESH PUBLICATION (copy_data = true, into an emptied copy, to bring it up to date)", pub, app, pub, app))
+		case PubForSchema:
+			breaks = append(breaks, fmt.Sprintf("%s publishes schema %s: from adopt the table is in %s and is silently no longer published, so subscribers miss every change until finalize and stay behind after it", p.Name, n.App.Schema, n.BlueSchema))
+			fixes = append(fixes, fmt.Sprintf("stop the subscribers' use of %s for the migration (for example replace %s by a FOR TABLE publication of the schema's other tables), and resynchronize the table on the subscribers after finalize (ALTER SUBSCRIPTION ... REFRESH PUBLICATION WITH (copy_data = true) into an emptied copy)", p.Name, pub))
+		default:
+			breaks = append(breaks, fmt.Sprintf("%s publishes all tables: from adopt the table's changes are published as %s, green's as %s and greenswap's state tables too; subscribers have no such relations, so their apply workers fail in a loop and this server's slot retains WAL", p.Name, n.Blue, n.Green))
+			fixes = append(fixes, fmt.Sprintf("disable the subscriptions of %s (ALTER SUBSCRIPTION ... DISABLE) for the migration, or create matching tables %s, %s and schema greenswap on each subscriber first; after finalize REFRESH PUBLICATION and resynchronize the table", p.Name, n.Blue, n.Green))
+		}
+	}
+	for _, sl := range slots {
+		objs = append(objs, "logical slot "+sl+" (a subscriber that may read them)")
+	}
+	return Hazard{Code: HazardPublications, Severity: Blocking,
+		Message: fmt.Sprintf("%s is published and adopt moves it to schema %s: %s", n.App, n.BlueSchema, strings.Join(breaks, "; ")),
+		Fix:     strings.Join(fixes, "; ") + "; then plan again",
+		Objects: objs}
 }
 
 // loadLeftovers finds objects of another (or an abandoned) greenswap
@@ -911,7 +1022,7 @@ func DetectVolatility(ctx context.Context, q db.Querier, s *Spec, schema string,
 			}
 			v.Field = field
 			c.Volatile = len(v.Volatile) > 0
-			if len(v.Volatile)+len(v.Stable) > 0 {
+			if len(v.Volatile)+len(v.Stable)+len(v.Schemas) > 0 {
 				out = append(out, v)
 			}
 		}
@@ -961,6 +1072,15 @@ func probeVolatility(ctx context.Context, q db.Querier, schema string, d *Direct
 		return v, nil
 	}
 	rows, err := q.Query(ctx, `
+SELECT DISTINCT n.nspname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.oid = ANY ($1::oid[]) AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1`, oids)
+	if err != nil {
+		return v, err
+	}
+	if v.Schemas, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		return v, err
+	}
+	rows, err = q.Query(ctx, `
 SELECT CASE WHEN n.nspname = 'pg_catalog' THEN p.proname::text ELSE n.nspname || '.' || p.proname END,
        p.proname::text, p.provolatile::text
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

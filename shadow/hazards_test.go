@@ -149,13 +149,17 @@ func TestHazardsCatalog(t *testing.T) {
 	e := newHazardEnv(t)
 	major := pgtest.ServerMajor(t)
 
-	t.Run("plain table has only the view limitations", func(t *testing.T) {
+	t.Run("plain table has only the view limitations and the cross-shape deadlock note", func(t *testing.T) {
 		pgtest.Exec(t, e.dsn, `CREATE TABLE plain (id int PRIMARY KEY, v text)`)
 		sc := e.load(t, specFor("plain_v2", "plain", "CREATE TABLE plain (id int PRIMARY KEY, v text)", ""), true)
 		hs := sc.hazards()
 		want(t, hs, HazardViewLimitations, Warning)
-		if len(hs) != 1 {
-			t.Errorf("hazards = %s, want only view_limitations", codes(hs))
+		h := want(t, hs, HazardCrossShapeDeadlock, Info)
+		if !strings.Contains(h.Message, "40P01") || !strings.Contains(h.Fix, "retry") {
+			t.Errorf("the deadlock note must name 40P01 and the retry: %+v", h)
+		}
+		if len(hs) != 2 {
+			t.Errorf("hazards = %s, want only view_limitations and cross_shape_deadlock", codes(hs))
 		}
 		if HasBlocking(hs) {
 			t.Error("HasBlocking = true")
@@ -236,8 +240,8 @@ func TestHazardsCatalog(t *testing.T) {
 		hasObject(t, h, "public.busy_mv (materialized)")
 		h = want(t, hs, HazardUserTriggers, Warning)
 		hasObject(t, h, "busy_audit")
-		h = want(t, hs, HazardPublications, Warning)
-		hasObject(t, h, "busy_pub")
+		h = want(t, hs, HazardPublications, Blocking)
+		hasObject(t, h, "busy_pub (FOR TABLE)")
 	})
 
 	t.Run("identity and generated columns", func(t *testing.T) {
@@ -620,5 +624,174 @@ func TestHazardSyncWriteCanFail(t *testing.T) {
 	all, uncovered := greenStricter(s, blue, green)
 	if len(all) != 2 || len(uncovered) != 1 || !strings.HasPrefix(uncovered[0], "b:") {
 		t.Fatalf("stricter %q, uncovered %q; want a and b, only b uncovered", all, uncovered)
+	}
+}
+
+// Trap 15: every kind of publication that contains the table blocks, with
+// what breaks for its subscribers and the fix naming it; greenswap's own
+// publication of a logical migration does not count.
+func TestHazardsPublicationKinds(t *testing.T) {
+	t.Parallel()
+	e := newHazardEnv(t)
+	major := pgtest.ServerMajor(t)
+	pgtest.Exec(t, e.dsn, `
+		CREATE TABLE pt (id int PRIMARY KEY, v text);
+		CREATE TABLE other (id int PRIMARY KEY);
+		CREATE PUBLICATION pub_other FOR TABLE other`)
+	spec := specFor("pt_v2", "pt", "CREATE TABLE pt (id int PRIMARY KEY, v text)", "")
+
+	sc := e.load(t, spec, false)
+	none(t, sc.hazards(), HazardPublications)
+
+	// greenswap's own publication gs_<m> (a logical migration's) is not a subscriber's.
+	pgtest.Exec(t, e.dsn, `CREATE PUBLICATION gs_pt_v2 FOR TABLE pt`)
+	sc = e.load(t, spec, false)
+	none(t, sc.hazards(), HazardPublications)
+	pgtest.Exec(t, e.dsn, `DROP PUBLICATION gs_pt_v2`)
+
+	pgtest.Exec(t, e.dsn, `CREATE PUBLICATION pub_t FOR TABLE pt, other`)
+	h := want(t, e.load(t, spec, false).hazards(), HazardPublications, Blocking)
+	hasObject(t, h, "pub_t (FOR TABLE)")
+	for _, s := range []string{"gs_pt_v2_blue.pt", "in a loop", "retains WAL"} {
+		if !strings.Contains(h.Message, s) {
+			t.Errorf("FOR TABLE message lacks %q: %s", s, h.Message)
+		}
+	}
+	for _, s := range []string{`ALTER PUBLICATION "pub_t" DROP TABLE "public"."pt"`, `ALTER PUBLICATION "pub_t" ADD TABLE "public"."pt"`, "REFRESH PUBLICATION"} {
+		if !strings.Contains(h.Fix, s) {
+			t.Errorf("FOR TABLE fix lacks %q: %s", s, h.Fix)
+		}
+	}
+	pgtest.Exec(t, e.dsn, `DROP PUBLICATION pub_t`)
+
+	if major >= 15 {
+		pgtest.Exec(t, e.dsn, `CREATE PUBLICATION pub_s FOR TABLES IN SCHEMA public`)
+		h := want(t, e.load(t, spec, false).hazards(), HazardPublications, Blocking)
+		hasObject(t, h, "pub_s (FOR TABLES IN SCHEMA)")
+		if !strings.Contains(h.Message, "silently") || !strings.Contains(h.Fix, "pub_s") {
+			t.Errorf("FOR TABLES IN SCHEMA hazard: %+v", h)
+		}
+		pgtest.Exec(t, e.dsn, `DROP PUBLICATION pub_s`)
+	}
+
+	// With a subscriber's slot in sight, it is named too.
+	pgtest.Exec(t, e.dsn, `CREATE PUBLICATION pub_all FOR ALL TABLES`)
+	pgtest.Exec(t, e.dsn, `SELECT pg_create_logical_replication_slot('sub_slot_pt', 'pgoutput')`)
+	h = want(t, e.load(t, spec, false).hazards(), HazardPublications, Blocking)
+	hasObject(t, h, "pub_all (FOR ALL TABLES)")
+	hasObject(t, h, "logical slot sub_slot_pt (inactive)")
+	if !strings.Contains(h.Message, "gs_pt_v2_green.pt") || !strings.Contains(h.Fix, "DISABLE") {
+		t.Errorf("FOR ALL TABLES hazard: %+v", h)
+	}
+}
+
+// Issue 11.6: blue with inheritance children, or blue itself a child, blocks.
+func TestHazardsInheritance(t *testing.T) {
+	t.Parallel()
+	e := newHazardEnv(t)
+	pgtest.Exec(t, e.dsn, `
+		CREATE TABLE parent_t (id int PRIMARY KEY, v text);
+		CREATE TABLE child_t (extra int) INHERITS (parent_t);
+		CREATE TABLE part_root (id int, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+		CREATE TABLE part_1 PARTITION OF part_root FOR VALUES FROM (0) TO (100)`)
+
+	h := want(t, e.load(t, specFor("pa_v2", "parent_t", "CREATE TABLE parent_t (id int PRIMARY KEY, v text)", ""), false).hazards(),
+		HazardInheritanceChildren, Blocking)
+	hasObject(t, h, "public.child_t")
+	if !strings.Contains(h.Message, "never reach green") || !strings.Contains(h.Fix, "NO INHERIT") {
+		t.Errorf("inheritance children hazard: %+v", h)
+	}
+	pgtest.Exec(t, e.dsn, `ALTER TABLE child_t ADD PRIMARY KEY (id)`)
+	h = want(t, e.load(t, specFor("ch_v2", "child_t", "CREATE TABLE child_t (id int PRIMARY KEY, v text, extra int)", ""), false).hazards(),
+		HazardInheritanceParent, Blocking)
+	hasObject(t, h, "public.parent_t")
+
+	// Partitioning is not inheritance here: it has its own hazards.
+	hs := e.load(t, specFor("pr_v2", "part_root", "CREATE TABLE part_root (id int PRIMARY KEY)", ""), false).hazards()
+	none(t, hs, HazardInheritanceChildren)
+	want(t, hs, HazardPartitioned, Blocking)
+	pgtest.Exec(t, e.dsn, `ALTER TABLE part_1 ADD UNIQUE (id)`)
+	hs = e.load(t, specFor("p1_v2", "part_1", "CREATE TABLE part_1 (id int PRIMARY KEY)", ""), false).hazards()
+	none(t, hs, HazardInheritanceParent)
+	want(t, hs, HazardPartition, Blocking)
+}
+
+// Issue 10.2: roles other than the owner that may CREATE in the app schema
+// (on the sync functions' search path) are a warning naming them; the owner
+// itself, superusers and PostgreSQL 15's default public schema are not.
+func TestHazardsWritableSchema(t *testing.T) {
+	t.Parallel()
+	e := newHazardEnv(t)
+	pgtest.Exec(t, e.dsn, `CREATE TABLE ws (id int PRIMARY KEY, v text)`)
+	spec := specFor("ws_v2", "ws", "CREATE TABLE ws (id int PRIMARY KEY, v text)", "")
+	if pgtest.ServerMajor(t) >= 15 {
+		none(t, e.load(t, spec, false).hazards(), HazardWritableSchema)
+	}
+	pgtest.Exec(t, e.dsn, `GRANT CREATE ON SCHEMA public TO PUBLIC`)
+	h := want(t, e.load(t, spec, false).hazards(), HazardWritableSchema, Warning)
+	hasObject(t, h, "PUBLIC")
+	if !strings.Contains(h.Fix, `REVOKE CREATE ON SCHEMA "public" FROM PUBLIC`) || !strings.Contains(h.Message, "pg_catalog comes first") {
+		t.Errorf("writable schema hazard: %+v", h)
+	}
+	pgtest.Exec(t, e.dsn, `REVOKE CREATE ON SCHEMA public FROM PUBLIC`)
+
+	role := "gs_hz_creator_" + strings.TrimPrefix(e.dsn[strings.LastIndex(e.dsn, "/")+1:strings.Index(e.dsn, "?")], "gs_test_")
+	owner := role + "_own"
+	pgtest.Exec(t, e.dsn, fmt.Sprintf(`CREATE ROLE %[1]s; CREATE ROLE %[2]s; GRANT CREATE ON SCHEMA public TO %[1]s, %[2]s;
+		ALTER TABLE ws OWNER TO %[2]s`, role, owner))
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), e.dsn)
+		if err == nil {
+			c.Exec(context.Background(), fmt.Sprintf(`DROP OWNED BY %[1]s, %[2]s; DROP ROLE %[1]s, %[2]s`, role, owner))
+			c.Close(context.Background())
+		}
+	})
+	h = want(t, e.load(t, spec, false).hazards(), HazardWritableSchema, Warning)
+	if len(h.Objects) != 1 || h.Objects[0] != role {
+		t.Errorf("roles = %q, want only %s (the owner %s may create there)", h.Objects, role, owner)
+	}
+
+	// A schema holding a function a spec expression calls, where the role
+	// may create: a better-matching overload could be planted there.
+	pgtest.Exec(t, e.dsn, fmt.Sprintf(`REVOKE CREATE ON SCHEMA public FROM %[1]s; CREATE SCHEMA fx;
+		CREATE FUNCTION fx.norm(v text) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT lower(v)';
+		CREATE SCHEMA fy; CREATE FUNCTION fy.tidy(v text) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT trim(v)';
+		GRANT CREATE ON SCHEMA fx TO %[1]s`, role))
+	sc := e.load(t, specFor("ws_v3", "ws", "CREATE TABLE ws (id int PRIMARY KEY, v text)", "forward:\n  v: fy.tidy(fx.norm(v))\n"), true)
+	ws, err := FunctionSchemas(context.Background(), e.pool, "public", owner, sc.vols, sc.facts.WritableSchemas)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.facts.WritableSchemas = ws
+	h = want(t, sc.hazards(), HazardWritableSchema, Warning)
+	if len(ws) != 1 || ws[0].Schema != "fx" || !slices.Equal(ws[0].Roles, []string{role}) || !slices.Equal(ws[0].Functions, []string{"forward.v"}) {
+		t.Errorf("writable function schemas = %+v, want fx (not fy) for %s, called by forward.v", ws, role)
+	}
+	if !strings.Contains(h.Message, "functions that the spec's expressions call (forward.v)") || !strings.Contains(h.Fix, `ON SCHEMA "fx"`) {
+		t.Errorf("function schema hazard: %+v", h)
+	}
+}
+
+// Issue 11.3: pg_get_serial_sequence on the app name returns NULL during the
+// migration; plan says so and names the sequences.
+func TestHazardsSerialSequenceLookup(t *testing.T) {
+	t.Parallel()
+	e := newHazardEnv(t)
+	pgtest.Exec(t, e.dsn, `CREATE TABLE sq (id serial PRIMARY KEY, n int GENERATED BY DEFAULT AS IDENTITY, v text);
+		CREATE TABLE nosq (id int PRIMARY KEY)`)
+	h := want(t, e.load(t, specFor("sq_v2", "sq", "CREATE TABLE sq (id bigint PRIMARY KEY, n int, v text)", ""), false).hazards(),
+		HazardSerialSequenceLookup, Warning)
+	hasObject(t, h, "public.sq.id: public.sq_id_seq (serial)")
+	hasObject(t, h, "public.sq.n: public.sq_n_seq (identity, moves with blue to gs_sq_v2_blue)")
+	if !strings.Contains(h.Message, "pg_get_serial_sequence") || !strings.Contains(h.Fix, `'"gs_sq_v2_blue"."sq"'`) {
+		t.Errorf("sequence hazard: %+v", h)
+	}
+	none(t, e.load(t, specFor("nosq_v2", "nosq", "CREATE TABLE nosq (id int PRIMARY KEY)", ""), false).hazards(), HazardSerialSequenceLookup)
+
+	// What it warns about, for real: a view has no serial sequence.
+	pgtest.Exec(t, e.dsn, `CREATE VIEW sq_view AS SELECT * FROM sq`)
+	var seq *string
+	if err := e.pool.QueryRow(context.Background(), `SELECT pg_get_serial_sequence('public.sq_view', 'id')`).Scan(&seq); err != nil || seq != nil {
+		t.Errorf("pg_get_serial_sequence on a view = %v, %v; want NULL", seq, err)
 	}
 }

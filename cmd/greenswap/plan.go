@@ -100,6 +100,8 @@ type jsonError struct {
 		Line    int    `json:"line,omitempty"`
 		Field   string `json:"field,omitempty"`
 		Fix     string `json:"fix,omitempty"`
+		// MissingPrivileges: what the connecting role lacks, when that is why.
+		MissingPrivileges []shadow.Privilege `json:"missing_privileges,omitempty"`
 	} `json:"error"`
 	ExitCode int `json:"exit_code"`
 }
@@ -111,6 +113,10 @@ func writeJSONError(w io.Writer, version int, err error) {
 	var se *shadow.SpecError
 	if errors.As(err, &se) {
 		doc.Error.File, doc.Error.Line, doc.Error.Field, doc.Error.Fix = se.File, se.Line, se.Field, se.Fix
+	}
+	var pe *shadow.PrivilegeError
+	if errors.As(err, &pe) {
+		doc.Error.MissingPrivileges = pe.Missing
 	}
 	doc.ExitCode = int(exitcode.Of(err))
 	enc := json.NewEncoder(w)
@@ -188,6 +194,21 @@ func writePlan(w io.Writer, r *runner.PlanResult, path string) {
 		runner.HumanBytes(e.GreenTotalBytes), widths)
 	p("  WARNING free disk space is unknown to greenswap (not readable over SQL): keep at least %s free", runner.HumanBytes(e.DiskNeededBytes))
 	p("          (2 × green and its indexes: the copy, its WAL, and the writes while it runs)")
+
+	if len(r.Privileges) > 0 {
+		p("")
+		p("Privileges of the connecting role")
+		for _, pr := range r.Privileges {
+			mark := "ok     "
+			if !pr.Granted {
+				mark = "MISSING"
+			}
+			planWrap(w, fmt.Sprintf("  %s %s: ", mark, strings.Join(pr.Steps, ", ")), "           ", pr.Need+" ("+pr.Why+")")
+			if !pr.Granted {
+				planWrap(w, "           fix: ", "                ", pr.Fix)
+			}
+		}
+	}
 
 	p("")
 	if len(r.Hazards) == 0 {
