@@ -120,6 +120,12 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		res.Warnings = append(res.Warnings, "cut over without a passing verify since the last backfill (--skip-verify)")
 		_ = state.Record(ctx, env.Pool, name, "cutover", "verify-skipped", 0, "", nil)
 	}
+	// An app deploy may have changed the view, blue or green since sync
+	// built them (trap 16): the swap would copy or drop its work blindly.
+	if err := refuseOnDrift(ctx, env, m, "cutover"); err != nil {
+		res.TotalMS = swapMS(time.Since(start))
+		return res, err
+	}
 	// Logical mode: hand blue → green over from the stream to the sync
 	// triggers first, losing nothing; the swap is then trigger mode's (sync_logical.go).
 	if _, err := prepareCutoverLogical(ctx, env, m, opts.lockOptions(m.Spec), opts.printf); err != nil {
@@ -185,7 +191,12 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 			if err := state.Transition(ctx, tx, name, next); err != nil {
 				return err
 			}
-			return state.Update(ctx, tx, name, map[string]any{"primary_side": side})
+			if err := state.Update(ctx, tx, name, map[string]any{"primary_side": side}); err != nil {
+				return err
+			}
+			// The swap changed the view and the triggers: what is there now
+			// is greenswap's.
+			return recordFingerprint(ctx, tx, m.Names, name)
 		},
 	})
 	res.Plan, res.Attempts, res.Blockers = sr.Plan, sr.Attempts, sr.Blockers
