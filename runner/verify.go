@@ -84,7 +84,17 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 		return nil, err
 	}
 	defer release()
+	// A repair copies from the primary side, the one the app name reads:
+	// after cutover green's rows are the truth and blue is brought in line
+	// through the reverse mapping (trap 12: copying blue over green then
+	// would erase every write made since the cutover that missed blue).
+	dir := verify.Forward
+	if opts.Repair && mig.Row.PrimarySide == "green" {
+		dir = verify.Reverse
+	}
 	res, err := verify.Run(ctx, env.Pool, verify.Target{Names: b.Names, Mapping: b.Mapping, Blue: b.Blue, Green: b.Green}, verify.Options{
+		Direction:     dir,
+		DeleteExtra:   opts.DeleteExtra,
 		Stream:        waiter,
 		Workers:       opts.Workers,
 		ChunkRows:     opts.ChunkRows,
@@ -214,6 +224,7 @@ func recordVerify(ctx context.Context, pool interface {
 	}
 	if r := res.Repair; r != nil {
 		detail["repair"] = map[string]any{"keys": r.Keys, "upserted": r.Upserted, "deleted": r.Deleted,
+			"source": res.SourceSide, "extra_left": r.ExtraLeft, "extra_keys": r.ExtraKeys,
 			"recheck_chunks": r.Recheck.Chunks, "remaining_differences": r.Recheck.DifferenceCount}
 	}
 	tx, err := pool.Begin(ctx)

@@ -198,8 +198,14 @@ reverse:
 	}
 
 	// Repair, then a clean verify; cutover's check passes.
+	// The row only green has is listed and kept (exit 1) until --delete-extra.
 	code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2", "--repair", "--chunk-rows", "500")
-	if code != 0 || !strings.Contains(out, "REPAIRED") || !strings.Contains(out, "2 rows copied from blue, 1 extra rows deleted") {
+	if code != 1 || !strings.Contains(out, "2 rows copied from blue, 0 extra rows deleted") ||
+		!strings.Contains(out, "left alone      1 row(s) only green has") || !strings.Contains(out, "(9999)") {
+		t.Fatalf("repair without --delete-extra: exit %d\n%s", code, out)
+	}
+	code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2", "--repair", "--delete-extra", "--chunk-rows", "500")
+	if code != 0 || !strings.Contains(out, "REPAIRED") || !strings.Contains(out, "0 rows copied from blue, 1 extra rows deleted") {
 		t.Fatalf("repair: exit %d\n%s", code, out)
 	}
 	if code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2"); code != 0 {
