@@ -111,6 +111,13 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s and cannot be cut over", name, m.Row.State)
 	}
 	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
+	// An app deploy may have changed the view, blue or green since sync
+	// built them (trap 16): the swap would copy or drop its work blindly.
+	// Checked first: drift also fails verify, and this names it.
+	if err := refuseOnDrift(ctx, env, m, "cutover"); err != nil {
+		res.TotalMS = swapMS(time.Since(start))
+		return res, err
+	}
 	if !verify.Passed(m.Row) { // verify_ok and verified_at ≥ backfill_done_at
 		if !opts.SkipVerify {
 			return nil, exitcode.Errorf(exitcode.BadInput,
@@ -119,12 +126,6 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		res.VerifySkipped = true
 		res.Warnings = append(res.Warnings, "cut over without a passing verify since the last backfill (--skip-verify)")
 		_ = state.Record(ctx, env.Pool, name, "cutover", "verify-skipped", 0, "", nil)
-	}
-	// An app deploy may have changed the view, blue or green since sync
-	// built them (trap 16): the swap would copy or drop its work blindly.
-	if err := refuseOnDrift(ctx, env, m, "cutover"); err != nil {
-		res.TotalMS = swapMS(time.Since(start))
-		return res, err
 	}
 	// Logical mode: hand blue → green over from the stream to the sync
 	// triggers first, losing nothing; the swap is then trigger mode's (sync_logical.go).
