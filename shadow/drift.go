@@ -139,19 +139,41 @@ func TakeFingerprint(ctx context.Context, q TxBeginner, n Names) (*Fingerprint, 
 	// A rollback (of the savepoint, inside a caller's transaction) also
 	// undoes the SET LOCAL.
 	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "SET LOCAL search_path = pg_catalog"); err != nil {
-		return nil, fmt.Errorf("fingerprint: %w", err)
-	}
+	// Two round trips in all (cutover takes it while holding its locks):
+	// the relations, then everything about the ones that exist.
 	fp := &Fingerprint{Version: FingerprintVersion}
-	for _, o := range []struct {
+	roles := []struct {
 		role string
 		name QualifiedName
-	}{{"app", n.App}, {"blue", n.Blue}, {"green", n.Green}} {
-		op, err := driftObjectPrint(ctx, tx, n, o.role, o.name)
-		if err != nil {
-			return nil, fmt.Errorf("fingerprint of %s: %w", o.name, err)
+	}{{"app", n.App}, {"blue", n.Blue}, {"green", n.Green}}
+	fp.Objects = make([]ObjectPrint, len(roles))
+	oids := make([]uint32, len(roles))
+	b := &pgx.Batch{}
+	b.Queue("SET LOCAL search_path = pg_catalog")
+	for i, r := range roles {
+		o := &fp.Objects[i]
+		o.Role, o.Name = r.role, r.name.String()
+		b.Queue(driftRelSQL, r.name.Schema, r.name.Name).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				o.Exists = true
+				if err := rows.Scan(&oids[i], &o.Kind, &o.Owner, &o.RLS, &o.ForceRLS, &o.Options, &o.ViewDef); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("fingerprint of %s: %w", n.App, err)
+	}
+	b = &pgx.Batch{}
+	for i := range fp.Objects {
+		if fp.Objects[i].Exists {
+			driftQueueObject(b, n, &fp.Objects[i], oids[i])
 		}
-		fp.Objects = append(fp.Objects, *op)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("fingerprint of %s: %w", n.App, err)
 	}
 	return fp, nil
 }
@@ -227,72 +249,61 @@ SELECT 'child', pg_catalog.format('%I.%I', n.nspname, c.relname)
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = $1
 ORDER BY 1, 2`
 
-func driftObjectPrint(ctx context.Context, tx pgx.Tx, n Names, role string, name QualifiedName) (*ObjectPrint, error) {
-	o := &ObjectPrint{Role: role, Name: name.String()}
-	var oid uint32
-	err := tx.QueryRow(ctx, driftRelSQL, name.Schema, name.Name).Scan(&oid, &o.Kind, &o.Owner, &o.RLS, &o.ForceRLS, &o.Options, &o.ViewDef)
-	if err == pgx.ErrNoRows {
-		return o, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	o.Exists = true
-	if o.ACL, err = driftPrivileges(ctx, tx, driftAclSQL, oid); err != nil {
-		return nil, err
-	}
-	rows, err := tx.Query(ctx, driftColSQL, oid)
-	if err != nil {
-		return nil, err
-	}
-	o.Columns, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ColumnPrint, error) {
-		var c ColumnPrint
-		var acl []string
-		err := r.Scan(&c.Num, &c.Name, &c.Type, &c.NotNull, &c.Default, &c.Generated, &c.Identity, &c.Collation, &acl)
-		for _, a := range acl {
-			f := strings.SplitN(a, "|", 3)
-			c.ACL = append(c.ACL, Privilege{Grantee: f[0], Privilege: f[1], Grantable: f[2] == "true"})
-		}
-		return c, err
+// driftQueueObject queues the queries of one existing relation into b,
+// each filling its part of o.
+func driftQueueObject(b *pgx.Batch, n Names, o *ObjectPrint, oid uint32) {
+	b.Queue(driftAclSQL, oid).Query(func(rows pgx.Rows) error {
+		ps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Privilege, error) {
+			var p Privilege
+			err := r.Scan(&p.Grantee, &p.Privilege, &p.Grantable)
+			return p, err
+		})
+		driftSortPrivileges(ps)
+		o.ACL = slices.Compact(ps)
+		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	if o.Constraints, err = driftNamedDefs(ctx, tx, driftConSQL, oid); err != nil {
-		return nil, err
-	}
-	if o.Triggers, err = driftNamedDefs(ctx, tx, driftTrgSQL, oid, n.Trigger, n.BlueSchema, n.GreenSchema); err != nil {
-		return nil, err
-	}
-	if o.Policies, err = driftNamedDefs(ctx, tx, driftPolSQL, oid); err != nil {
-		return nil, err
-	}
-	inh, err := driftNamedDefs(ctx, tx, driftInhSQL, oid)
-	if err != nil {
-		return nil, err
-	}
-	for _, i := range inh {
-		if i.Name == "parent" {
-			o.Parents = append(o.Parents, i.Def)
-		} else {
-			o.Children = append(o.Children, i.Def)
+	b.Queue(driftColSQL, oid).Query(func(rows pgx.Rows) error {
+		var err error
+		o.Columns, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ColumnPrint, error) {
+			var c ColumnPrint
+			var acl []string
+			err := r.Scan(&c.Num, &c.Name, &c.Type, &c.NotNull, &c.Default, &c.Generated, &c.Identity, &c.Collation, &acl)
+			for _, a := range acl {
+				f := strings.SplitN(a, "|", 3)
+				c.ACL = append(c.ACL, Privilege{Grantee: f[0], Privilege: f[1], Grantable: f[2] == "true"})
+			}
+			return c, err
+		})
+		return err
+	})
+	defs := func(dst *[]NamedDef) func(pgx.Rows) error {
+		return func(rows pgx.Rows) error {
+			var err error
+			*dst, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (NamedDef, error) {
+				var d NamedDef
+				err := r.Scan(&d.Name, &d.Def)
+				return d, err
+			})
+			return err
 		}
 	}
-	return o, nil
-}
-
-func driftPrivileges(ctx context.Context, tx pgx.Tx, sql string, args ...any) ([]Privilege, error) {
-	rows, err := tx.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	ps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Privilege, error) {
-		var p Privilege
-		err := r.Scan(&p.Grantee, &p.Privilege, &p.Grantable)
-		return p, err
+	b.Queue(driftConSQL, oid).Query(defs(&o.Constraints))
+	b.Queue(driftTrgSQL, oid, n.Trigger, n.BlueSchema, n.GreenSchema).Query(defs(&o.Triggers))
+	b.Queue(driftPolSQL, oid).Query(defs(&o.Policies))
+	var inh []NamedDef
+	b.Queue(driftInhSQL, oid).Query(func(rows pgx.Rows) error {
+		if err := defs(&inh)(rows); err != nil {
+			return err
+		}
+		for _, i := range inh {
+			if i.Name == "parent" {
+				o.Parents = append(o.Parents, i.Def)
+			} else {
+				o.Children = append(o.Children, i.Def)
+			}
+		}
+		return nil
 	})
-	driftSortPrivileges(ps)
-	return slices.Compact(ps), err
 }
 
 func driftSortPrivileges(ps []Privilege) {
@@ -304,18 +315,6 @@ func driftSortPrivileges(ps []Privilege) {
 			return ps[i].Privilege < ps[j].Privilege
 		}
 		return !ps[i].Grantable && ps[j].Grantable
-	})
-}
-
-func driftNamedDefs(ctx context.Context, tx pgx.Tx, sql string, args ...any) ([]NamedDef, error) {
-	rows, err := tx.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (NamedDef, error) {
-		var d NamedDef
-		err := r.Scan(&d.Name, &d.Def)
-		return d, err
 	})
 }
 

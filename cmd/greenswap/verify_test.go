@@ -212,6 +212,29 @@ reverse:
 		t.Fatalf("after repair: exit %d\n%s", code, out)
 	}
 
+	// A column added to blue outside greenswap: exit 3, named, in text and
+	// in --json; dropped again, verify passes.
+	exec(`ALTER TABLE gs_o2_blue.orders ADD COLUMN memo text`)
+	code, _, stderr = verifyCLI("--dsn", dsn, "verify", "o2")
+	if code != 3 || !strings.Contains(stderr, "gs_o2_blue.orders (blue): column memo text added") || !strings.Contains(stderr, "fix: ") {
+		t.Fatalf("drift: exit %d\n%s", code, stderr)
+	}
+	code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2", "--json")
+	var driftDoc struct {
+		ExitCode int `json:"exit_code"`
+		Drift    []struct {
+			Object, Kind, Change, Fix string
+		} `json:"drift"`
+	}
+	if err := json.Unmarshal([]byte(out), &driftDoc); err != nil || code != 3 || driftDoc.ExitCode != 3 || len(driftDoc.Drift) != 1 ||
+		driftDoc.Drift[0].Kind != "column" || driftDoc.Drift[0].Change != "column memo text added" {
+		t.Fatalf("drift --json: exit %d %v\n%s", code, err, out)
+	}
+	exec(`ALTER TABLE gs_o2_blue.orders DROP COLUMN memo`)
+	if code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2"); code != 0 {
+		t.Fatalf("drift undone: exit %d\n%s", code, out)
+	}
+
 	// A second verify while one holds the lock: exit 4.
 	lock, err := state.Acquire(ctx, pool.Config().ConnConfig, "o2")
 	if err != nil {
