@@ -125,6 +125,11 @@ func runVerify(c *cli.Context) error {
 	}
 	res, err := runner.Verify(c.Context, env, name, opts)
 	bar.clear()
+	var de *runner.DriftError
+	if err != nil && !asJSON && errors.As(err, &de) {
+		writeDrift(c.App.Writer, de)
+		return exitcode.Errorf(exitcode.Blocked, "verify %s refused: %d change(s) made outside greenswap, listed above; nothing was compared", name, len(de.Drift))
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -204,6 +209,20 @@ func writeVerifyJSONError(w io.Writer, err error) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(doc)
+}
+
+// writeDrift lists the changes made outside greenswap, one line each with
+// what to do under it.
+func writeDrift(w io.Writer, de *runner.DriftError) {
+	fmt.Fprintf(w, "greenswap verify: %s — %d change(s) made outside greenswap since its last step:\n", de.Migration, len(de.Drift))
+	for _, d := range de.Drift {
+		fmt.Fprintf(w, "  %s\n", d)
+		if d.Fix != "" {
+			fmt.Fprintf(w, "      fix: %s\n", d.Fix)
+		}
+	}
+	fmt.Fprintf(w, "\nBLOCKED: apply the same change to the other shape(s) or undo it, then verify again "+
+		"(--accept-drift records a change mirrored on every shape); or `greenswap rollback %s`\n", de.Migration)
 }
 
 // verifyBar is the one-line progress display on a terminal.
@@ -335,6 +354,6 @@ func writeVerify(w io.Writer, name string, r *verify.Result) {
 	case r.Repair != nil:
 		p("DIFFERENT: %d difference(s) remain after repair (concurrent damage, or a write the mapping cannot express)", r.Repair.Recheck.DifferenceCount)
 	default:
-		p("DIFFERENT: %d difference(s); `greenswap verify %s --repair` re-copies them from %s", r.DifferenceCount, name, r.SourceSide)
+		p("DIFFERENT: %d difference(s); `greenswap verify %s --repair` re-copies them from the primary side (blue before cutover, green after)", r.DifferenceCount, name)
 	}
 }

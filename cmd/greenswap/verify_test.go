@@ -215,9 +215,10 @@ reverse:
 	// A column added to blue outside greenswap: exit 3, named, in text and
 	// in --json; dropped again, verify passes.
 	exec(`ALTER TABLE gs_o2_blue.orders ADD COLUMN memo text`)
-	code, _, stderr = verifyCLI("--dsn", dsn, "verify", "o2")
-	if code != 3 || !strings.Contains(stderr, "gs_o2_blue.orders (blue): column memo text added") || !strings.Contains(stderr, "fix: ") {
-		t.Fatalf("drift: exit %d\n%s", code, stderr)
+	code, out, stderr = verifyCLI("--dsn", dsn, "verify", "o2")
+	if code != 3 || !strings.Contains(out, "\n  gs_o2_blue.orders (blue): column memo text added\n      fix: ") ||
+		!strings.Contains(out, "BLOCKED") || !strings.Contains(stderr, "1 change(s) made outside greenswap") {
+		t.Fatalf("drift: exit %d\n%s\n%s", code, out, stderr)
 	}
 	code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2", "--json")
 	var driftDoc struct {
