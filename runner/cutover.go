@@ -114,6 +114,13 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		return nil, err
 	}
 	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
+	// An app deploy may have changed the view, blue or green since sync
+	// built them (trap 16): the swap would copy or drop its work blindly.
+	// Checked first: drift also fails verify, and this names it.
+	if err := refuseOnDrift(ctx, env, m, "cutover"); err != nil {
+		res.TotalMS = swapMS(time.Since(start))
+		return res, err
+	}
 	if !verify.Passed(m.Row) { // verify_ok and verified_at ≥ backfill_done_at
 		if !opts.SkipVerify {
 			return nil, exitcode.Errorf(exitcode.BadInput,
@@ -188,7 +195,12 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 			if err := state.Transition(ctx, tx, name, next); err != nil {
 				return err
 			}
-			return state.Update(ctx, tx, name, map[string]any{"primary_side": side})
+			if err := state.Update(ctx, tx, name, map[string]any{"primary_side": side}); err != nil {
+				return err
+			}
+			// The swap changed the view and the triggers: what is there now
+			// is greenswap's.
+			return recordFingerprint(ctx, tx, m.Names, name)
 		},
 	})
 	res.Plan, res.Attempts, res.Blockers = sr.Plan, sr.Attempts, sr.Blockers

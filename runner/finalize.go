@@ -98,6 +98,12 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 			map[string]any{"error": err.Error(), "clients": res.Clients})
 		return res, err
 	}
+	// Finalize drops blue: a column or trigger added to it (or to the view)
+	// outside greenswap would go with it (trap 16). Checked before the
+	// quiet period and again after it.
+	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
+		return res, err
+	}
 
 	identity, err := cutover.TargetIdentity(ctx, env.Pool, m.Names, m.Spec, lo)
 	if err != nil {
@@ -169,6 +175,9 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		}
 	}
 
+	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
+		return res, err
+	}
 	if !opts.Force {
 		in.Since = since
 	}

@@ -30,6 +30,9 @@ type RollbackResult struct {
 	LockHoldMS    float64                 `json:"lock_hold_ms"`
 	TotalMS       float64                 `json:"total_ms"`
 	Notes         []string                `json:"notes,omitempty"`
+	// Warnings name changes made outside greenswap (drift) that rollback
+	// went ahead despite: see Rollback.
+	Warnings    []string `json:"warnings,omitempty"`
 	teardownRes   *cutover.TeardownResult // for tests
 }
 
@@ -59,6 +62,18 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	if m.Row.State != state.RolledBack && m.Row.State != state.Finalized {
 		if err := checkCommandPrivileges(ctx, env, m, shadow.StepRollback); err != nil {
 			return nil, err
+		}
+	}
+	// Rollback is the emergency exit: drift does not block it (an operator
+	// backing out of a bad cutover must not first reconcile a GRANT), but
+	// every change is named, in the output, the result and the event log,
+	// since the swap back or the teardown may not carry it.
+	if m.Row.State == state.CutOver || m.Row.State == state.Synced || m.Row.State == state.Syncing {
+		if w := rollbackDriftWarnings(ctx, env, m); len(w) > 0 {
+			res.Warnings = append(res.Warnings, w...)
+			for _, l := range w {
+				opts.printf("warning: %s\n", l)
+			}
 		}
 	}
 	switch m.Row.State {
@@ -158,4 +173,23 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	o.printf("done: %s is the app's table again; greenswap's objects are gone (%d attempt%s, locks held %.1f ms, %s)\n",
 		m.Names.App, tr.Attempts, swapPlural(tr.Attempts), res.LockHoldMS, tr.Duration.Round(time.Millisecond))
 	return nil
+}
+
+// rollbackDriftWarnings lists drift as warnings (recorded as an event);
+// a failure to check is itself a warning, never a reason not to roll back.
+func rollbackDriftWarnings(ctx context.Context, env *Env, m *Migration) []string {
+	c, err := checkDrift(ctx, env, m)
+	if err != nil {
+		return []string{"could not check for changes made outside greenswap: " + err.Error()}
+	}
+	d := c.all()
+	if len(d) == 0 {
+		return nil
+	}
+	w := make([]string, 0, len(d))
+	for _, x := range d {
+		w = append(w, "changed outside greenswap, rolling back anyway: "+x.String()+" (the rollback may not carry it; fix: "+x.Fix+")")
+	}
+	_ = state.Record(context.WithoutCancel(ctx), env.Pool, m.Spec.Name, "rollback", "drift-warning", 0, "", map[string]any{"drift": d})
+	return w
 }

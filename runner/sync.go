@@ -411,6 +411,9 @@ func (r *syncRun) adopt(ctx context.Context) error {
 		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{"phase": PhaseCreateGreen}); err != nil {
 			return err
 		}
+		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name); err != nil {
+			return err
+		}
 		return state.Record(ctx, tx, r.spec.Name, "adopt", "ok", time.Since(t0), stepSQL(step), nil)
 	})
 	if err != nil {
@@ -460,6 +463,9 @@ func (r *syncRun) createGreen(ctx context.Context) error {
 			"phase": PhaseBackfill, "rows_estimate": b.Blue.RowEstimate, "backfill_started_at": time.Now(),
 			"cursor": nil, "rows_copied": 0, "batch_size": 0, "rows_per_sec": 0,
 		}); err != nil {
+			return err
+		}
+		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name); err != nil {
 			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "create-green", "ok", time.Since(t0), stepSQL(b.Steps...), nil)
@@ -677,6 +683,9 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 			return err
 		}
 		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{"phase": PhaseNone, "throttle": ""}); err != nil {
+			return err
+		}
+		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name); err != nil {
 			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)

@@ -2,8 +2,13 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
@@ -21,6 +26,13 @@ type VerifyOptions struct {
 	Repair      bool
 	Exact       bool
 	MaxReported int
+	// DeleteExtra lets --repair delete rows found only on the side that
+	// is not primary (by default they are reported and left alone).
+	DeleteExtra bool
+	// AcceptDrift records the objects' current fingerprint when they were
+	// changed outside greenswap but the change is mirrored on every shape
+	// (privileges must agree all the same).
+	AcceptDrift bool
 	Progress    func(verify.Progress)
 }
 
@@ -53,6 +65,9 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 	if err := checkCommandPrivileges(ctx, env, mig, shadow.StepVerify); err != nil {
 		return nil, err
 	}
+	if err := verifyDrift(ctx, env, mig, opts.AcceptDrift); err != nil {
+		return nil, err
+	}
 	b, err := loadBuild(ctx, env.Pool, mig.Spec, mig.Names)
 	if err != nil {
 		return nil, badInput(err)
@@ -72,7 +87,17 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 		return nil, err
 	}
 	defer release()
+	// A repair copies from the primary side, the one the app name reads:
+	// after cutover green's rows are the truth and blue is brought in line
+	// through the reverse mapping (trap 12: copying blue over green then
+	// would erase every write made since the cutover that missed blue).
+	dir := verify.Forward
+	if opts.Repair && mig.Row.PrimarySide == "green" {
+		dir = verify.Reverse
+	}
 	res, err := verify.Run(ctx, env.Pool, verify.Target{Names: b.Names, Mapping: b.Mapping, Blue: b.Blue, Green: b.Green}, verify.Options{
+		Direction:     dir,
+		DeleteExtra:   opts.DeleteExtra,
 		Stream:        waiter,
 		Workers:       opts.Workers,
 		ChunkRows:     opts.ChunkRows,
@@ -105,6 +130,46 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 	ev.Bool("ok", res.OK).Int64("rows", res.Rows).Int("chunks", res.Chunks).Int("differences", res.DifferenceCount).
 		Float64("took_ms", logx.Ms(took)).Msg("verify finished")
 	return res, nil
+}
+
+// verifyDrift refuses (exit 3) a migration whose objects drifted, marking
+// its last verify failed so cutover needs a new one; with accept, a change
+// of definitions (not of privileges, which must agree) is recorded as the
+// new baseline instead.
+func verifyDrift(ctx context.Context, env *Env, m *Migration, accept bool) error {
+	c, err := checkDrift(ctx, env, m)
+	if err != nil {
+		return err
+	}
+	name := m.Spec.Name
+	if accept && len(c.Changes) > 0 && len(c.ACL) == 0 {
+		tx, err := env.Pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback(ctx)
+		if err := state.SetFingerprint(ctx, tx, name, c.Current); err != nil {
+			return err
+		}
+		if err := state.Record(ctx, tx, name, "accept-drift", "ok", 0, "", map[string]any{"drift": c.Changes}); err != nil {
+			return err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return err
+		}
+		env.Log.Warn().Str("migration", name).Int("changes", len(c.Changes)).Msg("verify --accept-drift: recorded the objects as they are now")
+		return nil
+	}
+	d := c.all()
+	if len(d) == 0 {
+		return nil
+	}
+	rctx := context.WithoutCancel(ctx)
+	_ = state.Record(rctx, env.Pool, name, VerifyStep, "drift", 0, "", map[string]any{"drift": d})
+	if err := state.Update(rctx, env.Pool, name, map[string]any{"verify_ok": false}); err != nil {
+		return err
+	}
+	return &DriftError{Migration: name, Step: VerifyStep, Drift: d}
 }
 
 // verifiable refuses migrations whose green is not complete yet (exit 2).
@@ -162,6 +227,7 @@ func recordVerify(ctx context.Context, pool interface {
 	}
 	if r := res.Repair; r != nil {
 		detail["repair"] = map[string]any{"keys": r.Keys, "upserted": r.Upserted, "deleted": r.Deleted,
+			"source": res.SourceSide, "extra_left": r.ExtraLeft, "extra_keys": r.ExtraKeys,
 			"recheck_chunks": r.Recheck.Chunks, "remaining_differences": r.Recheck.DifferenceCount}
 	}
 	tx, err := pool.Begin(ctx)
@@ -185,4 +251,104 @@ func recordVerify(ctx context.Context, pool interface {
 // --skip-verify. See verify.LastVerifyPassed.
 func LastVerifyPassed(ctx context.Context, q db.Querier, name string) (bool, error) {
 	return verify.LastVerifyPassed(ctx, q, name)
+}
+
+// DriftError refuses a step because blue, green or the app-name view was
+// changed outside greenswap since greenswap last changed them, or because
+// their privileges disagree (exit 3, nothing changed).
+type DriftError struct {
+	Migration string
+	Step      string
+	Drift     []shadow.Drift
+}
+
+func (e *DriftError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s refused, nothing was changed: %d change(s) made outside greenswap since its last step:",
+		e.Step, e.Migration, len(e.Drift))
+	for _, d := range e.Drift {
+		fmt.Fprintf(&b, "\n  %s", d)
+		if d.Fix != "" {
+			fmt.Fprintf(&b, "\n      fix: %s", d.Fix)
+		}
+	}
+	fmt.Fprintf(&b, "\nApply the same change to the other shape(s) or undo it, then `greenswap verify %s` "+
+		"(`--accept-drift` records a change mirrored on every shape); or `greenswap rollback %s`", e.Migration, e.Migration)
+	return b.String()
+}
+
+// ExitCode is exit 3 (blocked).
+func (e *DriftError) ExitCode() exitcode.Code { return exitcode.Blocked }
+
+// driftCheck is the outcome of comparing the catalog with the record.
+type driftCheck struct {
+	Current  *shadow.Fingerprint
+	Recorded bool           // a fingerprint was recorded (an older greenswap did not)
+	Changes  []shadow.Drift // recorded vs current
+	ACL      []shadow.Drift // the shapes' privileges disagree
+}
+
+func (c *driftCheck) all() []shadow.Drift { return append(slices.Clone(c.Changes), c.ACL...) }
+
+// checkDrift compares the migration's objects with the fingerprint
+// recorded at greenswap's last step, and the privileges of blue and green
+// with the app view's. A migration with no recorded fingerprint (started
+// by an older greenswap) gets the current one recorded as its baseline
+// when the privileges agree, and is not refused for the rest.
+func checkDrift(ctx context.Context, env *Env, m *Migration) (*driftCheck, error) {
+	if err := state.Upgrade(ctx, env.Pool); err != nil {
+		return nil, fmt.Errorf("upgrade the greenswap state schema: %w", err)
+	}
+	cur, err := shadow.TakeFingerprint(ctx, env.Pool, m.Names)
+	if err != nil {
+		return nil, err
+	}
+	c := &driftCheck{Current: cur, ACL: shadow.PrivilegeDrift(cur)}
+	js, err := state.Fingerprint(ctx, env.Pool, m.Spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	var rec shadow.Fingerprint
+	if js != nil {
+		if err := json.Unmarshal(js, &rec); err != nil {
+			return nil, fmt.Errorf("decode the recorded fingerprint of %s: %w", m.Spec.Name, err)
+		}
+	}
+	if js != nil && rec.Version == shadow.FingerprintVersion {
+		c.Recorded = true
+		c.Changes = shadow.DiffFingerprints(&rec, cur)
+		return c, nil
+	}
+	if len(c.ACL) == 0 {
+		if err := state.SetFingerprint(ctx, env.Pool, m.Spec.Name, cur); err != nil {
+			return nil, err
+		}
+		_ = state.Record(ctx, env.Pool, m.Spec.Name, "fingerprint", "baseline", 0, "",
+			map[string]any{"note": "no fingerprint recorded (an older greenswap started this migration): the current one is the baseline"})
+	}
+	return c, nil
+}
+
+// refuseOnDrift runs checkDrift for step and returns a *DriftError naming
+// every change, after recording a refused event.
+func refuseOnDrift(ctx context.Context, env *Env, m *Migration, step string) error {
+	c, err := checkDrift(ctx, env, m)
+	if err != nil {
+		return err
+	}
+	if d := c.all(); len(d) > 0 {
+		_ = state.Record(context.WithoutCancel(ctx), env.Pool, m.Spec.Name, step, "drift", 0, "", map[string]any{"drift": d})
+		return &DriftError{Migration: m.Spec.Name, Step: step, Drift: d}
+	}
+	return nil
+}
+
+// recordFingerprint records the objects as they are now, inside tx: the
+// transaction of the greenswap step that changed them.
+func recordFingerprint(ctx context.Context, tx pgx.Tx, n shadow.Names, name string) error {
+	fp, err := shadow.TakeFingerprint(ctx, tx, n)
+	if err != nil {
+		return err
+	}
+	return state.SetFingerprint(ctx, tx, name, fp)
 }

@@ -3,6 +3,8 @@ package verify
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,7 +17,8 @@ import (
 // repairBatch is how many keys one repair transaction re-copies.
 const repairBatch = 500
 
-// repair re-copies every differing key of pass from the source, in batches,
+// repair re-copies every missing or different key of pass from the source
+// (extra keys only with DeleteExtra; otherwise they are listed), in batches,
 // each one short READ COMMITTED transaction with the sync flag set (so the
 // other side's trigger does not echo the write back):
 //
@@ -29,12 +32,26 @@ const repairBatch = 500
 // Then the affected chunks are verified again under a new snapshot.
 func (v *verifier) repair(ctx context.Context, pass *Pass) (*RepairResult, error) {
 	start := time.Now()
-	rep := &RepairResult{Keys: len(pass.keys)}
+	todo := pass.keys
+	var left [][]string
+	if v.opt.DeleteExtra {
+		todo = append(slices.Clone(todo), pass.extra...)
+	} else {
+		left = pass.extra
+	}
+	rep := &RepairResult{Keys: len(todo), ExtraLeft: len(left)}
+	if len(left) > 0 {
+		sorted := slices.Clone(left)
+		sort.Slice(sorted, func(i, j int) bool { return lessKey(sorted[i], sorted[j]) })
+		rep.ExtraKeys = sorted[:min(len(sorted), MaxExtraKeys)]
+		v.opt.Log.Warn().Int("keys", len(left)).Str("side", v.p.dst.label).
+			Msg("rows only the non-primary side has are left alone (they may be writes that reached only that side); DeleteExtra deletes them")
+	}
 	p := v.p
 	flagSQL, flagArgs := trigger.SyncFlagSQL(v.names)
-	batches := (len(pass.keys) + repairBatch - 1) / repairBatch
+	batches := (len(todo) + repairBatch - 1) / repairBatch
 	for b := 0; b < batches; b++ {
-		keys := pass.keys[b*repairBatch : min((b+1)*repairBatch, len(pass.keys))]
+		keys := todo[b*repairBatch : min((b+1)*repairBatch, len(todo))]
 		var up, del int64
 		err := shadow.RunWithLockRetry(ctx, v.pool, "verify-repair", shadow.DefaultLockOptions(),
 			func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
@@ -70,7 +87,7 @@ func (v *verifier) repair(ctx context.Context, pass *Pass) (*RepairResult, error
 		rep.Upserted += up
 		rep.Deleted += del
 		if v.opt.Progress != nil {
-			v.opt.Progress(Progress{Phase: "repair", Done: b + 1, Total: batches, Rows: int64(min((b+1)*repairBatch, len(pass.keys))), Elapsed: time.Since(start)})
+			v.opt.Progress(Progress{Phase: "repair", Done: b + 1, Total: batches, Rows: int64(min((b+1)*repairBatch, len(todo))), Elapsed: time.Since(start)})
 		}
 	}
 	v.opt.Log.Info().Int("keys", rep.Keys).Int64("upserted", rep.Upserted).Int64("deleted", rep.Deleted).Msg("repaired; verifying the affected chunks again")

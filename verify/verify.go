@@ -65,10 +65,15 @@ type Options struct {
 	Direction Direction // Forward (default) or Reverse
 	Workers   int       // concurrent readers, each in its own transaction on the shared snapshot (default 2)
 	ChunkRows int       // target rows per chunk (default 50000)
-	// Repair re-copies every differing key from the source through the
-	// mapping (and deletes target rows the source no longer has), then
-	// verifies the affected chunks again under a new snapshot.
+	// Repair re-copies every missing or different key from the source
+	// through the mapping, then verifies the affected chunks again under a
+	// new snapshot. The source must be the primary side (the one the app
+	// name reads): its rows are the truth. Target rows whose key the source
+	// lacks ("extra") may be writes that reached only the target: they are
+	// reported in RepairResult and left alone unless DeleteExtra.
 	Repair bool
+	// DeleteExtra lets Repair delete the extra target rows too.
+	DeleteExtra bool
 	// Bidirectional accepts a target row that differs from the mapped
 	// source row when the source row equals the target row mapped back
 	// through the opposite direction: a row written on the target side and
@@ -185,17 +190,27 @@ type Pass struct {
 	Duration   time.Duration `json:"-"`
 	DurationMS float64       `json:"duration_ms"`
 
-	keys       [][]string // every differing key (for repair)
+	keys       [][]string // every missing or different key (for repair)
+	extra      [][]string // every key only the target has (for repair)
 	mismatched []int
 }
 
 // RepairResult says what --repair did.
 type RepairResult struct {
-	Keys     int   `json:"keys"`     // differing keys re-copied
+	Keys     int   `json:"keys"`     // differing keys re-copied (extra ones included only with DeleteExtra)
 	Upserted int64 `json:"upserted"` // target rows written from the source
 	Deleted  int64 `json:"deleted"`  // target rows deleted (absent from the source)
-	Recheck  *Pass `json:"recheck"`  // the affected chunks verified again
+	// ExtraLeft counts the target rows whose key the source lacks, left
+	// alone because DeleteExtra was not set (a write that reached only
+	// the target is never erased silently); ExtraKeys lists the first
+	// MaxExtraKeys of them.
+	ExtraLeft int        `json:"extra_left,omitempty"`
+	ExtraKeys [][]string `json:"extra_keys,omitempty"`
+	Recheck   *Pass      `json:"recheck"` // the affected chunks verified again
 }
+
+// MaxExtraKeys is how many left-alone extra keys RepairResult lists.
+const MaxExtraKeys = 20
 
 // Result is the outcome of Run.
 type Result struct {
@@ -754,7 +769,11 @@ func (v *verifier) drill(ctx context.Context, w *worker, c chunk, pass *Pass, mu
 		}
 		pass.DifferenceCount++
 		if v.opt.Repair {
-			pass.keys = append(pass.keys, key)
+			if inS {
+				pass.keys = append(pass.keys, key)
+			} else {
+				pass.extra = append(pass.extra, key)
+			}
 		}
 		// Keep a bounded list; sorted and cut after the pass.
 		if len(pass.Differences) < 4*v.opt.MaxReported {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/runner"
+	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/verify"
 )
 
@@ -35,8 +37,18 @@ their text instead. Columns whose mapping cannot be recomputed (now(),
 random(), clock_timestamp(), gen_random_uuid() ...) are left out with a
 warning; green columns filled by defaults are left out with a note.
 
---repair re-copies exactly the differing keys from blue through the mapping
-(and deletes green rows blue no longer has), then verifies those chunks again.
+--repair re-copies exactly the differing keys from the primary side (blue
+before cutover, green after it, through the reverse mapping into blue), then
+verifies those chunks again. Rows only the other side has may be writes that
+reached only that side: they are listed and left alone (exit 1) unless
+--delete-extra is given.
+
+Before comparing, verify checks that blue, green and the app-name view were
+not changed outside greenswap since its last step (columns, defaults,
+constraints, the view's definition, user triggers, row-level security and
+policies, owner, inheritance) and that their privileges agree; a change is
+refused with exit 3, one line per change and what to do. Once a change is
+mirrored on every shape, --accept-drift records it (privileges must agree).
 
 It runs while syncing once the backfill is done, synced, or cut over, and
 records its result; cutover requires a passing verify since the last backfill.
@@ -46,12 +58,15 @@ Example:
    greenswap verify orders_v2 --workers 4 --json | jq '.differences'
    greenswap verify orders_v2 --repair
 
-Exit codes: 0 identical (or repaired and rechecked); 1 differences found (listed);
-2 bad input (unknown migration, backfill not finished); 4 migration busy.`,
+Exit codes: 0 identical (or repaired and rechecked); 1 differences found (listed),
+or left after --repair; 2 bad input (unknown migration, backfill not finished);
+3 the objects were changed outside greenswap (drift, listed); 4 migration busy.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON: counts, per-chunk timings, differing keys"},
 			&cli.IntFlag{Name: "workers", Value: verify.DefaultWorkers, Usage: "concurrent readers sharing the snapshot (`N` connections, plus one)"},
-			&cli.BoolFlag{Name: "repair", Usage: "re-copy the differing keys from blue, then verify their chunks again"},
+			&cli.BoolFlag{Name: "repair", Usage: "re-copy the differing keys from the primary side, then verify their chunks again"},
+			&cli.BoolFlag{Name: "delete-extra", Usage: "with --repair: also delete the rows only the non-primary side has (listed and kept otherwise)"},
+			&cli.BoolFlag{Name: "accept-drift", Usage: "record changes made outside greenswap as mirrored on every shape (privileges must agree)"},
 			&cli.IntFlag{Name: "chunk-rows", Value: verify.DefaultChunkRows, Usage: "about `N` rows per chunk"},
 			&cli.BoolFlag{Name: "exact", Usage: "compare values by their text output (also reports -0 vs 0, 1.0 vs 1.00); about twice the CPU"},
 			&cli.IntFlag{Name: "max-keys", Value: verify.DefaultMaxReported, Usage: "list at most `N` differing keys (all are counted and repaired)"},
@@ -76,6 +91,9 @@ func runVerify(c *cli.Context) error {
 		return fail(err)
 	}
 	asJSON = c.Bool("json")
+	if c.Bool("delete-extra") && !c.Bool("repair") {
+		return fail(exitcode.Errorf(exitcode.BadInput, "--delete-extra only means something with --repair"))
+	}
 	if len(args) != 1 {
 		return fail(exitcode.Errorf(exitcode.BadInput, "verify takes one migration name: greenswap verify NAME (see `greenswap status` for the names)"))
 	}
@@ -94,6 +112,8 @@ func runVerify(c *cli.Context) error {
 		Workers:     c.Int("workers"),
 		ChunkRows:   c.Int("chunk-rows"),
 		Repair:      c.Bool("repair"),
+		DeleteExtra: c.Bool("delete-extra"),
+		AcceptDrift: c.Bool("accept-drift"),
 		Exact:       c.Bool("exact"),
 		MaxReported: c.Int("max-keys"),
 	}
@@ -105,6 +125,11 @@ func runVerify(c *cli.Context) error {
 	}
 	res, err := runner.Verify(c.Context, env, name, opts)
 	bar.clear()
+	var de *runner.DriftError
+	if err != nil && !asJSON && errors.As(err, &de) {
+		writeDrift(c.App.Writer, de)
+		return exitcode.Errorf(exitcode.Blocked, "verify %s refused: %d change(s) made outside greenswap, listed above; nothing was compared", name, len(de.Drift))
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -172,13 +197,32 @@ type verifyJSON struct {
 
 func writeVerifyJSONError(w io.Writer, err error) {
 	var doc struct {
-		Error    string `json:"error"`
-		ExitCode int    `json:"exit_code"`
+		Error    string         `json:"error"`
+		ExitCode int            `json:"exit_code"`
+		Drift    []shadow.Drift `json:"drift,omitempty"`
 	}
 	doc.Error, doc.ExitCode = err.Error(), int(exitcode.Of(err))
+	var de *runner.DriftError
+	if errors.As(err, &de) {
+		doc.Drift = de.Drift
+	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(doc)
+}
+
+// writeDrift lists the changes made outside greenswap, one line each with
+// what to do under it.
+func writeDrift(w io.Writer, de *runner.DriftError) {
+	fmt.Fprintf(w, "greenswap verify: %s — %d change(s) made outside greenswap since its last step:\n", de.Migration, len(de.Drift))
+	for _, d := range de.Drift {
+		fmt.Fprintf(w, "  %s\n", d)
+		if d.Fix != "" {
+			fmt.Fprintf(w, "      fix: %s\n", d.Fix)
+		}
+	}
+	fmt.Fprintf(w, "\nBLOCKED: apply the same change to the other shape(s) or undo it, then verify again "+
+		"(--accept-drift records a change mirrored on every shape); or `greenswap rollback %s`\n", de.Migration)
 }
 
 // verifyBar is the one-line progress display on a terminal.
@@ -276,6 +320,20 @@ func writeVerify(w io.Writer, name string, r *verify.Result) {
 		p("")
 		p("  repair          %d keys: %d rows copied from %s, %d extra rows deleted from %s",
 			rep.Keys, rep.Upserted, r.SourceSide, rep.Deleted, r.TargetSide)
+		if rep.ExtraLeft > 0 {
+			keys := make([]string, len(rep.ExtraKeys))
+			for i, k := range rep.ExtraKeys {
+				keys[i] = "(" + strings.Join(k, ", ") + ")"
+			}
+			more := ""
+			if rep.ExtraLeft > len(keys) {
+				more = fmt.Sprintf(" … and %d more", rep.ExtraLeft-len(keys))
+			}
+			p("  left alone      %d row(s) only %s has, maybe writes that never reached %s: %s%s",
+				rep.ExtraLeft, r.TargetSide, r.SourceSide, strings.Join(keys, " "), more)
+			p("                  copy what must survive to %s by hand, then `greenswap verify %s --repair --delete-extra` deletes the rest",
+				r.SourceSide, name)
+		}
 		p("  recheck         %d chunk(s) under a new snapshot: %d difference(s) left", rep.Recheck.Chunks, rep.Recheck.DifferenceCount)
 		for i, d := range rep.Recheck.Differences {
 			if i == verifyShown {
@@ -290,9 +348,12 @@ func writeVerify(w io.Writer, name string, r *verify.Result) {
 		p("REPAIRED: %s and %s are now identical (%d difference(s) fixed)", r.SourceSide, r.TargetSide, r.DifferenceCount)
 	case r.OK:
 		p("IDENTICAL: %s matches %s in every compared column", r.TargetSide, r.SourceSide)
+	case r.Repair != nil && r.Repair.ExtraLeft > 0:
+		p("DIFFERENT: %d difference(s) remain after repair, %d of them rows only %s has, left alone (see above)",
+			r.Repair.Recheck.DifferenceCount, r.Repair.ExtraLeft, r.TargetSide)
 	case r.Repair != nil:
 		p("DIFFERENT: %d difference(s) remain after repair (concurrent damage, or a write the mapping cannot express)", r.Repair.Recheck.DifferenceCount)
 	default:
-		p("DIFFERENT: %d difference(s); `greenswap verify %s --repair` re-copies them from %s", r.DifferenceCount, name, r.SourceSide)
+		p("DIFFERENT: %d difference(s); `greenswap verify %s --repair` re-copies them from the primary side (blue before cutover, green after)", r.DifferenceCount, name)
 	}
 }

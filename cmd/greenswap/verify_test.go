@@ -198,12 +198,42 @@ reverse:
 	}
 
 	// Repair, then a clean verify; cutover's check passes.
+	// The row only green has is listed and kept (exit 1) until --delete-extra.
 	code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2", "--repair", "--chunk-rows", "500")
-	if code != 0 || !strings.Contains(out, "REPAIRED") || !strings.Contains(out, "2 rows copied from blue, 1 extra rows deleted") {
+	if code != 1 || !strings.Contains(out, "2 rows copied from blue, 0 extra rows deleted") ||
+		!strings.Contains(out, "left alone      1 row(s) only green has") || !strings.Contains(out, "(9999)") {
+		t.Fatalf("repair without --delete-extra: exit %d\n%s", code, out)
+	}
+	code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2", "--repair", "--delete-extra", "--chunk-rows", "500")
+	if code != 0 || !strings.Contains(out, "REPAIRED") || !strings.Contains(out, "0 rows copied from blue, 1 extra rows deleted") {
 		t.Fatalf("repair: exit %d\n%s", code, out)
 	}
 	if code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2"); code != 0 {
 		t.Fatalf("after repair: exit %d\n%s", code, out)
+	}
+
+	// A column added to blue outside greenswap: exit 3, named, in text and
+	// in --json; dropped again, verify passes.
+	exec(`ALTER TABLE gs_o2_blue.orders ADD COLUMN memo text`)
+	code, out, stderr = verifyCLI("--dsn", dsn, "verify", "o2")
+	if code != 3 || !strings.Contains(out, "\n  gs_o2_blue.orders (blue): column memo text added\n      fix: ") ||
+		!strings.Contains(out, "BLOCKED") || !strings.Contains(stderr, "1 change(s) made outside greenswap") {
+		t.Fatalf("drift: exit %d\n%s\n%s", code, out, stderr)
+	}
+	code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2", "--json")
+	var driftDoc struct {
+		ExitCode int `json:"exit_code"`
+		Drift    []struct {
+			Object, Kind, Change, Fix string
+		} `json:"drift"`
+	}
+	if err := json.Unmarshal([]byte(out), &driftDoc); err != nil || code != 3 || driftDoc.ExitCode != 3 || len(driftDoc.Drift) != 1 ||
+		driftDoc.Drift[0].Kind != "column" || driftDoc.Drift[0].Change != "column memo text added" {
+		t.Fatalf("drift --json: exit %d %v\n%s", code, err, out)
+	}
+	exec(`ALTER TABLE gs_o2_blue.orders DROP COLUMN memo`)
+	if code, out, _ = verifyCLI("--dsn", dsn, "verify", "o2"); code != 0 {
+		t.Fatalf("drift undone: exit %d\n%s", code, out)
 	}
 
 	// A second verify while one holds the lock: exit 4.

@@ -60,6 +60,15 @@ var ddl = []string{
 		sql         text NOT NULL DEFAULT '',
 		detail      jsonb
 	)`,
+	// Upgrades of a state schema made by an older greenswap: columns added
+	// later, each guarded by a catalog check so an up-to-date schema takes
+	// no lock on the table.
+	`DO $$BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'greenswap.migrations'::regclass
+		               AND attname = 'fingerprint' AND NOT attisdropped) THEN
+			ALTER TABLE greenswap.migrations ADD COLUMN fingerprint jsonb;
+		END IF;
+	END$$`,
 	`CREATE INDEX IF NOT EXISTS events_migration_idx ON greenswap.events (migration, id)`,
 	// The event log is append-only: refuse UPDATE and DELETE outright.
 	`CREATE OR REPLACE FUNCTION greenswap.events_append_only() RETURNS trigger LANGUAGE plpgsql AS
@@ -199,7 +208,7 @@ func Create(ctx context.Context, q db.Querier, name, appTable, mode string, spec
 			state = 'planned', phase = '', cursor = NULL, rows_copied = 0, rows_estimate = 0,
 			batch_size = 0, rows_per_sec = 0, throttle = '', paused = false,
 			backfill_started_at = NULL, backfill_done_at = NULL, verified_at = NULL, verify_ok = NULL,
-			slot_name = NULL, confirmed_lsn = NULL, primary_side = 'blue',
+			slot_name = NULL, confirmed_lsn = NULL, primary_side = 'blue', fingerprint = NULL,
 			created_at = now(), updated_at = now(), state_changed_at = now()
 		WHERE greenswap.migrations.state = 'rolled_back'
 		RETURNING `+migrationCols, name, appTable, mode, js))
@@ -292,4 +301,57 @@ func Events(ctx context.Context, q db.Querier, migration string, limit int) ([]E
 		err := r.Scan(&e.ID, &e.At, &e.Migration, &e.Step, &e.Actor, &e.ClientAddr, &e.Host, &e.Outcome, &e.DurationMS, &e.SQL, &e.Detail)
 		return e, err
 	})
+}
+
+// Upgrade brings a state schema made by an older greenswap up to date
+// (Ensure's guarded column additions); no state schema is left alone.
+// Commands other than sync call it before they read or write a column
+// added later.
+func Upgrade(ctx context.Context, conn interface {
+	db.Querier
+	Begin(context.Context) (pgx.Tx, error)
+}) error {
+	ok, err := Exists(ctx, conn)
+	if err != nil || !ok {
+		return err
+	}
+	var have bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'greenswap.migrations'::regclass
+		AND attname = 'fingerprint' AND NOT attisdropped)`).Scan(&have); err != nil || have {
+		return err
+	}
+	return Ensure(ctx, conn)
+}
+
+// Fingerprint reads the recorded fingerprint of a migration (see
+// shadow.Fingerprint): nil when none was recorded, as for a migration
+// started by a greenswap that did not record one, or when the state
+// schema predates the column.
+func Fingerprint(ctx context.Context, q db.Querier, name string) (json.RawMessage, error) {
+	var js json.RawMessage
+	err := q.QueryRow(ctx, `SELECT to_jsonb(m) -> 'fingerprint' FROM greenswap.migrations m WHERE name = $1`, name).Scan(&js)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, exitcode.With(exitcode.BadInput, fmt.Errorf("%w: %q", ErrNotFound, name))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the recorded fingerprint of %s: %w", name, err)
+	}
+	if string(js) == "null" {
+		js = nil
+	}
+	return js, nil
+}
+
+// SetFingerprint records fp (JSON-encoded) as the migration's fingerprint,
+// through q: the caller's transaction, so the step that changed the
+// objects and the record of them commit together.
+func SetFingerprint(ctx context.Context, q db.Querier, name string, fp any) error {
+	js, err := json.Marshal(fp)
+	if err != nil {
+		return err
+	}
+	if _, err := q.Exec(ctx, `UPDATE greenswap.migrations SET fingerprint = $2, updated_at = now() WHERE name = $1`, name, js); err != nil {
+		return fmt.Errorf("record the fingerprint of %s: %w", name, err)
+	}
+	return nil
 }
