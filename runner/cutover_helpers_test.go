@@ -242,5 +242,5 @@ func coDropRole(dsn, role string) {
 		return
 	}
 	defer c.Close(ctx)
-	_, _ = c.Exec(ctx, "DROP OWNED BY "+db.Ident(role)+"; DROP ROLE "+db.Ident(role))
+	_, _ = c.Exec(ctx, "DROP OWNED BY "+db.Ident(role)+" CASCADE; DROP ROLE "+db.Ident(role))
 }

@@ -63,7 +63,7 @@ func createRole(t *testing.T, dsn, name string) {
 		}
 		defer c.Close(ctx)
 		r := pgx.Identifier{name}.Sanitize()
-		if _, err := c.Exec(ctx, "DROP OWNED BY "+r+"; DROP ROLE "+r); err != nil {
+		if _, err := c.Exec(ctx, "DROP OWNED BY "+r+" CASCADE; DROP ROLE "+r); err != nil {
 			t.Errorf("drop role %s: %v", name, err)
 		}
 	})

@@ -114,7 +114,7 @@ BEGIN
 END`,
 		db.Literal(n.Trigger), db.Literal(d.Source.Schema), misfiredSQL(fn, n, n.Trigger, d.Source),
 		db.Literal(flag), stmt(before), deleteBy("OLD"), oldKey, newKey,
-		rekey(d, target, lhs, keyOf("OLD"), deleteBy("OLD"), upsert), write, stmt(after))
+		rekey(d, target, lhs, keyOf("OLD"), keyOf("NEW"), deleteBy("OLD"), upsert), write, stmt(after))
 	return "CREATE OR REPLACE FUNCTION " + db.Ident(fn.Schema, fn.Name) +
 		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = " + shadow.SearchPathFor(searchPath) +
 		" AS " + dollarQuote(body)
@@ -128,7 +128,14 @@ END`,
 // backfill has not copied it yet) is the new row upserted. A target key
 // column that is GENERATED ALWAYS cannot be updated: that key moves by
 // DELETE and upsert, as before.
-func rekey(d *shadow.Direction, target, lhs, oldKey, deleteOld, upsert string) string {
+//
+// The UPDATE moves the row only while no target row holds the new key
+// already: in sync that never happens, but while logical mode hands over to
+// the triggers (Retire) green may still hold a row the stream has yet to
+// delete there, and moving onto it would fail the client's write with a
+// unique violation. Then, as when no row had the old key, the old row goes
+// and the new one is upserted.
+func rekey(d *shadow.Direction, target, lhs, oldKey, newKey, deleteOld, upsert string) string {
 	var cols, exprs []string
 	for _, c := range d.Columns {
 		if c.Identity == "a" {
@@ -140,8 +147,18 @@ func rekey(d *shadow.Direction, target, lhs, oldKey, deleteOld, upsert string) s
 		cols = append(cols, db.Ident(c.Target))
 		exprs = append(exprs, d.ValueExpr(c.Target))
 	}
+	uKey := make([]string, len(d.TargetKey))
+	for i, k := range d.TargetKey {
+		uKey[i] = "u." + db.Ident(k)
+	}
+	taken := strings.Join(uKey, ", ")
+	if len(uKey) > 1 {
+		taken = "(" + taken + ")"
+	}
 	return "UPDATE " + target + " AS t SET (" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
-		" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " = " + oldKey + ";\n\t\tIF NOT FOUND THEN\n\t\t\t" + upsert + "\n\t\tEND IF;"
+		" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " = " + oldKey +
+		" AND NOT EXISTS (SELECT FROM " + target + " AS u WHERE " + taken + " = " + newKey + ");" +
+		"\n\t\tIF NOT FOUND THEN\n\t\t\t" + deleteOld + "\n\t\t\t" + upsert + "\n\t\tEND IF;"
 }
 
 // misfiredSQL is the RAISE of a sync function fired by anything but its own

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/sync/stream"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -108,7 +109,9 @@ func TestKeyUpdatesRandomized(t *testing.T) {
 			green := db.Ident(f.names.Green.Schema, f.names.Green.Name)
 			blue := db.Ident(f.names.Blue.Schema, f.names.Blue.Name)
 			// Set before the reverse direction is on: green's own column only.
-			f.exec(`UPDATE ` + green + ` SET origin = id::text`)
+			// As greenswap's own session (sync flag set): green refuses other
+			// writes until synced.
+			pgtest.Exec(t, f.dsn, `SELECT pg_catalog.set_config(`+db.Literal(f.names.SyncFlag)+`, '0', true); UPDATE `+green+` SET origin = id::text`)
 			f.exec(strings.Join(trigger.SetReverseSQL(f.names, true), ";"))
 			r := f.run(stream.Options{MaxBatchKeys: 40, ApplyWorkers: 3})
 

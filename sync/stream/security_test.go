@@ -40,7 +40,7 @@ func dropRole(t *testing.T, dsn, role string) {
 			return
 		}
 		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP OWNED BY "+r+"; DROP ROLE "+r); err != nil {
+		if _, err := conn.Exec(ctx, "DROP OWNED BY "+r+" CASCADE; DROP ROLE "+r); err != nil {
 			t.Logf("drop role %s: %v", role, err)
 		}
 	})
