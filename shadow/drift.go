@@ -43,7 +43,7 @@ type ObjectPrint struct {
 	RLS         bool          `json:"rls,omitempty"`
 	ForceRLS    bool          `json:"force_rls,omitempty"`
 	Policies    []NamedDef    `json:"policies,omitempty"`
-	ACL         []ACLItem   `json:"acl,omitempty"`
+	ACL         []ACLItem     `json:"acl,omitempty"`
 	Parents     []string      `json:"parents,omitempty"`
 	Children    []string      `json:"children,omitempty"`
 }
@@ -51,14 +51,14 @@ type ObjectPrint struct {
 // ColumnPrint is one column. Num (attnum) survives RENAME COLUMN, so a
 // rename reads as one.
 type ColumnPrint struct {
-	Num       int         `json:"num"`
-	Name      string      `json:"name"`
-	Type      string      `json:"type"`
-	NotNull   bool        `json:"not_null,omitempty"`
-	Default   string      `json:"default,omitempty"`
-	Generated string      `json:"generated,omitempty"`
-	Identity  string      `json:"identity,omitempty"`
-	Collation string      `json:"collation,omitempty"`
+	Num       int       `json:"num"`
+	Name      string    `json:"name"`
+	Type      string    `json:"type"`
+	NotNull   bool      `json:"not_null,omitempty"`
+	Default   string    `json:"default,omitempty"`
+	Generated string    `json:"generated,omitempty"`
+	Identity  string    `json:"identity,omitempty"`
+	Collation string    `json:"collation,omitempty"`
 	ACL       []ACLItem `json:"acl,omitempty"`
 }
 
