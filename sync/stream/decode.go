@@ -463,10 +463,10 @@ func (c chunk) moves() []*move {
 }
 
 // work splits the batch into what has to be applied: the keys whose last
-// change is not an echo, in chunks of about n keys (a move's two keys stay
-// in one chunk). A move is applied only when neither of its keys' last
-// change is an echo: an echo at its from key means green wrote a new row
-// there, which must not move.
+// change is not an echo, in chunks of about n keys (a unit's keys stay in
+// one chunk), with entry.fresh set. A move is applied only when neither of
+// its keys' last change is an echo: an echo at its from key means green
+// wrote a new row there, which must not move.
 func (b *batch) work(n int) (chunks []chunk, echoes int) {
 	var cur chunk
 	size := 0
