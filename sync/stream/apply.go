@@ -515,6 +515,14 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 			return err
 		}
 	}
+	if fresh := c.freshKeys(); len(fresh) > 0 && !replace {
+		// A new row under a key another row left in this batch: green's
+		// row there is the old one's (unless moved above); the re-copy
+		// then inserts the new row instead of updating the old one.
+		if _, err := tx.Exec(ctx, a.sql.all, keyArgs(fresh, len(a.sql.keyCols))...); err != nil {
+			return fmt.Errorf("apply: delete green rows of keys with a new row: %w", err)
+		}
+	}
 	if keys, gone := c.keys(); len(keys) > 0 {
 		args := keyArgs(keys, len(a.sql.keyCols))
 		withGone := append(args[:len(args):len(args)], gone)

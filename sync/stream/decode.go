@@ -45,6 +45,11 @@ type entry struct {
 	// batch left a row there was moved or deleted by a later change, still
 	// in the stream, which will say what became of the row.
 	gone bool
+	// fresh (set by batch.work): blue's row under the key is new in the
+	// batch, under a key the batch vacated; green's row there, if any, is
+	// the old row's and must not be updated into the new one (its columns
+	// only green has would carry over).
+	fresh bool
 }
 
 // event is a change of a row's identity within a transaction, in order:
@@ -404,11 +409,12 @@ func (b *batch) compose(ev event) {
 	}
 }
 
-// unit is what must be applied together: one key, or a move's two keys
-// (its from and to), which the applier must see in one transaction.
+// unit is what must be applied together: one key, or moves and their
+// keys (each move's from and to, and moves sharing a key: A → B while
+// C → A), which the applier must see in one transaction.
 type unit struct {
-	keys []*entry
-	move *move
+	keys  []*entry
+	moves []*move
 }
 
 // chunk is one apply transaction's work.
@@ -434,21 +440,33 @@ func (c chunk) keys() (keys [][]string, gone []bool) {
 	return keys, gone
 }
 
-func (c chunk) moves() []*move {
-	var out []*move
+// freshKeys are the keys of the chunk whose green row must go before the
+// re-copy (entry.fresh).
+func (c chunk) freshKeys() [][]string {
+	var out [][]string
 	for _, u := range c {
-		if u.move != nil {
-			out = append(out, u.move)
+		for _, e := range u.keys {
+			if e.fresh {
+				out = append(out, e.key)
+			}
 		}
 	}
 	return out
 }
 
+func (c chunk) moves() []*move {
+	var out []*move
+	for _, u := range c {
+		out = append(out, u.moves...)
+	}
+	return out
+}
+
 // work splits the batch into what has to be applied: the keys whose last
-// change is not an echo, in chunks of about n keys (a move's two keys stay
-// in one chunk). A move is applied only when neither of its keys' last
-// change is an echo: an echo at its from key means green wrote a new row
-// there, which must not move.
+// change is not an echo, in chunks of about n keys (a unit's keys stay in
+// one chunk), with entry.fresh set. A move is applied only when neither of
+// its keys' last change is an echo: an echo at its from key means green
+// wrote a new row there, which must not move.
 func (b *batch) work(n int) (chunks []chunk, echoes int) {
 	var cur chunk
 	size := 0
@@ -460,15 +478,49 @@ func (b *batch) work(n int) (chunks []chunk, echoes int) {
 			cur, size = nil, 0
 		}
 	}
+	for k := range b.fresh {
+		if e := b.keys[k]; e != nil {
+			e.fresh = !e.echo
+		}
+	}
+	// Moves sharing a key form one unit (a small union of key sets).
 	done := map[string]bool{}
+	owner := map[string]*unit{}
+	var units []*unit
 	for tk, m := range b.moves {
-		fk := m.fk
-		te, fe := b.keys[tk], b.keys[fk]
-		if te == nil || fe == nil || te.echo || fe.echo || done[tk] || done[fk] {
+		te, fe := b.keys[tk], b.keys[m.fk]
+		if te == nil || fe == nil || te.echo || fe.echo {
 			continue
 		}
-		done[tk], done[fk] = true, true
-		push(unit{keys: []*entry{fe, te}, move: m})
+		u := owner[tk]
+		if v := owner[m.fk]; u == nil || (v != nil && v != u) {
+			if u != nil { // both keys already in different units: merge u into v
+				v.keys = append(v.keys, u.keys...)
+				v.moves = append(v.moves, u.moves...)
+				for _, e := range u.keys {
+					owner[keyString(e.key)] = v
+				}
+				u.keys, u.moves = nil, nil
+			}
+			u = v
+		}
+		if u == nil {
+			u = &unit{}
+			units = append(units, u)
+		}
+		u.moves = append(u.moves, m)
+		for ks, e := range map[string]*entry{tk: te, m.fk: fe} {
+			if owner[ks] == nil {
+				owner[ks] = u
+				u.keys = append(u.keys, e)
+				done[ks] = true
+			}
+		}
+	}
+	for _, u := range units {
+		if len(u.keys) > 0 {
+			push(*u)
+		}
 	}
 	for k, e := range b.keys {
 		if e.echo {

@@ -41,19 +41,21 @@ func TestKeyUpdateStaysUpdate(t *testing.T) {
 	green := db.Ident(f.names.Green.Schema, f.names.Green.Name)
 	r := f.run(stream.Options{})
 	f.exec(`CREATE TABLE public.line_items (order_id bigint NOT NULL REFERENCES ` + green + ` (id) ON UPDATE CASCADE ON DELETE CASCADE, n int)`)
-	f.exec(`UPDATE ` + green + ` SET origin = 'green ' || id WHERE id IN (5, 6, 7, 8)`)
-	f.exec(`INSERT INTO public.line_items VALUES (5, 1), (6, 1), (7, 1), (8, 1)`)
+	f.exec(`UPDATE ` + green + ` SET origin = 'green ' || id WHERE id IN (5, 6, 7, 8, 9, 10, 11)`)
+	f.exec(`INSERT INTO public.line_items VALUES (5, 1), (6, 1), (7, 1), (8, 1), (9, 1), (10, 1)`)
 	f.waitApplied(10 * time.Second)
 
 	f.exec(`UPDATE orders SET id = -5 WHERE id = 5`)
 	f.exec(`BEGIN; UPDATE orders SET id = 1006 WHERE id = 6; UPDATE orders SET amount = 66 WHERE id = 1006; UPDATE orders SET id = 2006 WHERE id = 1006; COMMIT`)
 	f.exec(`BEGIN; UPDATE orders SET id = -7 WHERE id = 7; INSERT INTO orders (id, tenant, email, amount) VALUES (7, 1, 'new@x', 7); COMMIT`)
-	f.exec(`BEGIN; UPDATE orders SET id = -8 WHERE id = 8; UPDATE orders SET id = 8 WHERE id = -8; COMMIT`) // back where it was
+	f.exec(`BEGIN; UPDATE orders SET id = -8 WHERE id = 8; UPDATE orders SET id = 8 WHERE id = -8; COMMIT`)                               // back where it was
+	f.exec(`BEGIN; UPDATE orders SET id = 3009 WHERE id = 9; UPDATE orders SET id = 9 WHERE id = 10; COMMIT`)                             // into the key just freed
+	f.exec(`BEGIN; DELETE FROM orders WHERE id = 11; INSERT INTO orders (id, tenant, email, amount) VALUES (11, 1, 'new@x', 11); COMMIT`) // a new row, not the old one
 	f.waitApplied(10 * time.Second)
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := f.pool.Query(ctx, `SELECT id, origin FROM `+green+` WHERE id IN (-5, 5, 6, 1006, 2006, -7, 7, 8, -8) ORDER BY id`)
+	rows, err := f.pool.Query(ctx, `SELECT id, origin FROM `+green+` WHERE id IN (-5, 5, 6, 1006, 2006, -7, 7, 8, -8, 9, 10, 3009, 11) ORDER BY id`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +71,7 @@ func TestKeyUpdateStaysUpdate(t *testing.T) {
 	if rows.Err() != nil {
 		t.Fatal(rows.Err())
 	}
-	want := map[int64]string{-5: "green 5", 2006: "green 6", -7: "green 7", 7: "default", 8: "green 8"}
+	want := map[int64]string{-5: "green 5", 2006: "green 6", -7: "green 7", 7: "default", 8: "green 8", 3009: "green 9", 9: "green 10", 11: "default"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("green rows after blue's key updates: %v, want %v (a re-key applied as DELETE + INSERT resets green's own columns)", got, want)
 	}
@@ -77,8 +79,8 @@ func TestKeyUpdateStaysUpdate(t *testing.T) {
 	if err := f.pool.QueryRow(ctx, `SELECT string_agg(order_id::text, ',' ORDER BY order_id) FROM public.line_items`).Scan(&items); err != nil {
 		t.Fatal(err)
 	}
-	if items != "-7,-5,8,2006" {
-		t.Fatalf("line items reference %s, want -7,-5,8,2006 (ON DELETE CASCADE fired?)", items)
+	if items != "-7,-5,8,9,2006,3009" {
+		t.Fatalf("line items reference %s, want -7,-5,8,9,2006,3009 (ON DELETE CASCADE fired?)", items)
 	}
 	if d := f.diff(); d != 0 {
 		t.Fatalf("green differs from blue in %d rows", d)

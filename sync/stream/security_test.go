@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/sync/stream"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -260,5 +259,3 @@ func TestSelectOnlyRoleCannotAttachReverse(t *testing.T) {
 		t.Fatalf("green differs from blue in %d rows", d)
 	}
 }
-
-var _ = pgtest.Exec
