@@ -287,3 +287,54 @@ func TestRepairAfterCutoverKeepsGreenWrites(t *testing.T) {
 		t.Fatalf("%d rows differ between blue and green after repair", n)
 	}
 }
+
+// TestDriftSurvivesRollback: rollback goes ahead despite drift, but does
+// not make it the new baseline: a column added to blue after cutover is
+// still named when cutover is tried again, and once dropped, cutover and
+// finalize proceed (the column would otherwise go with blue at finalize).
+func TestDriftSurvivesRollback(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, driftSchema)
+	env := coEnv(t, dsn)
+	spec := coSync(t, env, driftSpec)
+	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `ALTER TABLE gs_dr_blue.orders ADD COLUMN memo text`)
+	rb, err := Rollback(ctx, env, spec.Name, SwapCommandOptions{})
+	if err != nil {
+		t.Fatalf("rollback with drift: %v", err)
+	}
+	const want = "gs_dr_blue.orders (blue): column memo text added"
+	if !strings.Contains(strings.Join(rb.Warnings, "\n"), want) {
+		t.Fatalf("rollback does not warn about the column: %v", rb.Warnings)
+	}
+	if n := coInt(t, pool, `SELECT count(*) FROM greenswap.events WHERE migration = 'dr' AND step = 'rollback' AND outcome = 'drift-warning'`); n != 1 {
+		t.Errorf("%d rollback drift-warning events, want 1", n)
+	}
+	var de *DriftError
+	_, err = Cutover(ctx, env, spec.Name, CutoverOptions{})
+	if !errors.As(err, &de) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("cutover after a rollback that went ahead despite drift: %v", err)
+	}
+	if len(de.Drift) != 1 {
+		t.Fatalf("the rollback's own changes read as drift: %v", de.Drift)
+	}
+	// The swap back builds the view from blue as it is (memo included):
+	// undoing it means the view too, then accepting the result.
+	pgtest.Exec(t, dsn, `DROP VIEW public.orders;
+		CREATE VIEW public.orders WITH (security_invoker = true) AS SELECT id, note, amount FROM gs_dr_blue.orders;
+		ALTER TABLE gs_dr_blue.orders DROP COLUMN memo`)
+	if _, err := Verify(ctx, env, spec.Name, VerifyOptions{AcceptDrift: true}); err != nil {
+		t.Fatalf("verify --accept-drift once undone: %v", err)
+	}
+	coVerify(t, env, spec)
+	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Finalize(ctx, env, spec.Name, FinalizeOptions{Force: true, Yes: true}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -280,7 +280,7 @@ func (e *DriftError) ExitCode() exitcode.Code { return exitcode.Blocked }
 // driftCheck is the outcome of comparing the catalog with the record.
 type driftCheck struct {
 	Current  *shadow.Fingerprint
-	Recorded bool           // a fingerprint was recorded (an older greenswap did not)
+	Recorded *shadow.Fingerprint // nil: none was recorded (an older greenswap did not)
 	Changes  []shadow.Drift // recorded vs current
 	ACL      []shadow.Drift // the shapes' privileges disagree
 }
@@ -312,7 +312,7 @@ func checkDrift(ctx context.Context, env *Env, m *Migration) (*driftCheck, error
 		}
 	}
 	if js != nil && rec.Version == shadow.FingerprintVersion {
-		c.Recorded = true
+		c.Recorded = &rec
 		c.Changes = shadow.DiffFingerprints(&rec, cur)
 		return c, nil
 	}
@@ -341,11 +341,16 @@ func refuseOnDrift(ctx context.Context, env *Env, m *Migration, step string) err
 }
 
 // recordFingerprint records the objects as they are now, inside tx: the
-// transaction of the greenswap step that changed them.
-func recordFingerprint(ctx context.Context, tx pgx.Tx, n shadow.Names, name string) error {
+// transaction of the greenswap step that changed them. keep (may be nil)
+// is drift the step went ahead despite (rollback): its parts keep their
+// recorded state, so later checks still report it.
+func recordFingerprint(ctx context.Context, tx pgx.Tx, n shadow.Names, name string, keep *driftCheck) error {
 	fp, err := shadow.TakeFingerprint(ctx, tx, n)
 	if err != nil {
 		return err
+	}
+	if keep != nil && keep.Recorded != nil && len(keep.Changes) > 0 {
+		fp = shadow.KeepDrifted(keep.Recorded, fp, keep.Changes)
 	}
 	return state.SetFingerprint(ctx, tx, name, fp)
 }
