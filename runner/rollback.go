@@ -19,21 +19,21 @@ import (
 // (Swap), or before cutover a teardown (Teardown). Its JSON form is the
 // --json document.
 type RollbackResult struct {
-	SchemaVersion int                     `json:"schema_version"`
-	Migration     string                  `json:"migration"`
-	Kind          string                  `json:"kind"` // "swap" (after cutover), "teardown" (before), "none" (already rolled back)
-	From          state.State             `json:"from_state"`
-	State         state.State             `json:"state"`
-	Swap          *CutoverResult          `json:"swap,omitempty"`
-	Teardown      *cutover.TeardownPlan   `json:"teardown,omitempty"`
-	Attempts      int                     `json:"attempts,omitempty"`
-	LockHoldMS    float64                 `json:"lock_hold_ms"`
-	TotalMS       float64                 `json:"total_ms"`
-	Notes         []string                `json:"notes,omitempty"`
+	SchemaVersion int                   `json:"schema_version"`
+	Migration     string                `json:"migration"`
+	Kind          string                `json:"kind"` // "swap" (after cutover), "teardown" (before), "none" (already rolled back)
+	From          state.State           `json:"from_state"`
+	State         state.State           `json:"state"`
+	Swap          *CutoverResult        `json:"swap,omitempty"`
+	Teardown      *cutover.TeardownPlan `json:"teardown,omitempty"`
+	Attempts      int                   `json:"attempts,omitempty"`
+	LockHoldMS    float64               `json:"lock_hold_ms"`
+	TotalMS       float64               `json:"total_ms"`
+	Notes         []string              `json:"notes,omitempty"`
 	// Warnings name changes made outside greenswap (drift) that rollback
 	// went ahead despite: see Rollback.
-	Warnings    []string `json:"warnings,omitempty"`
-	teardownRes   *cutover.TeardownResult // for tests
+	Warnings    []string                `json:"warnings,omitempty"`
+	teardownRes *cutover.TeardownResult // for tests
 }
 
 // Rollback switches the app name back to blue.

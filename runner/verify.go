@@ -281,8 +281,8 @@ func (e *DriftError) ExitCode() exitcode.Code { return exitcode.Blocked }
 type driftCheck struct {
 	Current  *shadow.Fingerprint
 	Recorded *shadow.Fingerprint // nil: none was recorded (an older greenswap did not)
-	Changes  []shadow.Drift // recorded vs current
-	ACL      []shadow.Drift // the shapes' privileges disagree
+	Changes  []shadow.Drift      // recorded vs current
+	ACL      []shadow.Drift      // the shapes' privileges disagree
 }
 
 func (c *driftCheck) all() []shadow.Drift { return append(slices.Clone(c.Changes), c.ACL...) }
