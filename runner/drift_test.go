@@ -80,7 +80,9 @@ var driftCases = []driftCase{
 // each change an app deploy may make during the migration, verify, cutover
 // and finalize refuse with exit 3 naming it, and nothing is changed (the
 // app name reads the same table, blue still exists); rollback goes ahead
-// with a warning; once the change is undone or mirrored they proceed.
+// with a warning; once the change is undone or mirrored they proceed. A
+// role granted SELECT on the app name alone is shown to be denied through
+// it (the view runs as the caller) until the grant is mirrored.
 func TestDriftRefusesCutoverAndFinalize(t *testing.T) {
 	t.Parallel()
 	for _, c := range driftCases {
@@ -141,8 +143,32 @@ func testDriftCase(t *testing.T, c driftCase) {
 		t.Errorf("%d cutover drift events, want 1", n)
 	}
 
+	// Why a GRANT on the app name alone is drift: the view runs with the
+	// caller's privileges, so the grantee still cannot read through it.
+	asRole := func() error {
+		rcfg := cfg.Copy()
+		rcfg.User = role
+		conn, err := pgx.ConnectConfig(ctx, rcfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var n int
+		return conn.QueryRow(ctx, `SELECT count(*) FROM public.orders`).Scan(&n)
+	}
+	if c.name == "grant on the app name" && pgtest.ServerMajor(t) >= 15 {
+		if err := asRole(); db.SQLState(err) != "42501" {
+			t.Fatalf("%s reading through the app name granted alone: %v, want permission denied on blue", role, err)
+		}
+	}
+
 	// Undone or mirrored: verify (accepting a mirrored change) and cutover proceed.
 	pgtest.Exec(t, dsn, sql(c.fix, "gs_dr_blue.orders"))
+	if c.name == "grant on the app name" {
+		if err := asRole(); err != nil {
+			t.Fatalf("%s reading through the app name once the grant is mirrored: %v", role, err)
+		}
+	}
 	if c.accept {
 		_, err = Verify(ctx, env, spec.Name, VerifyOptions{})
 		refused("verify of a mirrored change before --accept-drift", err)
