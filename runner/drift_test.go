@@ -364,3 +364,29 @@ func TestDriftSurvivesRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDriftDuringSyncIsNotAbsorbed: a change made while sync runs (here
+// between green's creation and the backfill) is not recorded as
+// greenswap's by the later sync phases: verify names it once synced.
+func TestDriftDuringSyncIsNotAbsorbed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, driftSchema)
+	env := coEnv(t, dsn)
+	spec := syncSpec(t, driftSpec)
+	if _, err := Sync(ctx, env, spec, SyncOptions{StopAfterSetup: true}); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `ALTER TABLE gs_dr_blue.orders ADD COLUMN memo text; ALTER VIEW public.orders ALTER COLUMN note SET DEFAULT 'x'`)
+	st, err := Sync(ctx, env, spec, SyncOptions{})
+	if err != nil || st.State != "synced" {
+		t.Fatalf("sync: %v", err)
+	}
+	_, err = Verify(ctx, env, spec.Name, VerifyOptions{})
+	var de *DriftError
+	if !errors.As(err, &de) || !strings.Contains(err.Error(), "gs_dr_blue.orders (blue): column memo text added") ||
+		!strings.Contains(err.Error(), "public.orders (the app view): column note default changed from none to 'x'::text") {
+		t.Fatalf("verify after drift during sync: %v", err)
+	}
+}
