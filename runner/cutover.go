@@ -136,7 +136,7 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		res.TotalMS = swapMS(time.Since(start))
 		return res, err
 	}
-	err = swap(ctx, env, m, cutover.ToGreen, opts.SwapCommandOptions, res)
+	err = swap(ctx, env, m, cutover.ToGreen, opts.SwapCommandOptions, res, nil)
 	res.TotalMS = swapMS(time.Since(start))
 	return res, err
 }
@@ -158,8 +158,9 @@ func loadLocked(ctx context.Context, env *Env, name string) (*Migration, *state.
 	return m, lock, nil
 }
 
-// swap runs a swap in direction dir and fills res.
-func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o SwapCommandOptions, res *CutoverResult) error {
+// swap runs a swap in direction dir and fills res. keep is drift the swap
+// goes ahead despite (rollback; nil for cutover), kept reported afterwards.
+func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o SwapCommandOptions, res *CutoverResult, keep *driftCheck) error {
 	name := m.Spec.Name
 	in := cutover.SwapInput{Migration: name, Names: m.Names, Direction: dir, ServerMajor: env.ServerMajor}
 	lo := o.lockOptions(m.Spec)
@@ -200,7 +201,7 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 			}
 			// The swap changed the view and the triggers: what is there now
 			// is greenswap's.
-			return recordFingerprint(ctx, tx, m.Names, name)
+			return recordFingerprint(ctx, tx, m.Names, name, keep)
 		},
 	})
 	res.Plan, res.Attempts, res.Blockers = sr.Plan, sr.Attempts, sr.Blockers

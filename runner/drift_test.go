@@ -80,7 +80,9 @@ var driftCases = []driftCase{
 // each change an app deploy may make during the migration, verify, cutover
 // and finalize refuse with exit 3 naming it, and nothing is changed (the
 // app name reads the same table, blue still exists); rollback goes ahead
-// with a warning; once the change is undone or mirrored they proceed.
+// with a warning; once the change is undone or mirrored they proceed. A
+// role granted SELECT on the app name alone is shown to be denied through
+// it (the view runs as the caller) until the grant is mirrored.
 func TestDriftRefusesCutoverAndFinalize(t *testing.T) {
 	t.Parallel()
 	for _, c := range driftCases {
@@ -141,8 +143,32 @@ func testDriftCase(t *testing.T, c driftCase) {
 		t.Errorf("%d cutover drift events, want 1", n)
 	}
 
+	// Why a GRANT on the app name alone is drift: the view runs with the
+	// caller's privileges, so the grantee still cannot read through it.
+	asRole := func() error {
+		rcfg := cfg.Copy()
+		rcfg.User = role
+		conn, err := pgx.ConnectConfig(ctx, rcfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var n int
+		return conn.QueryRow(ctx, `SELECT count(*) FROM public.orders`).Scan(&n)
+	}
+	if c.name == "grant on the app name" && pgtest.ServerMajor(t) >= 15 {
+		if err := asRole(); db.SQLState(err) != "42501" {
+			t.Fatalf("%s reading through the app name granted alone: %v, want permission denied on blue", role, err)
+		}
+	}
+
 	// Undone or mirrored: verify (accepting a mirrored change) and cutover proceed.
 	pgtest.Exec(t, dsn, sql(c.fix, "gs_dr_blue.orders"))
+	if c.name == "grant on the app name" {
+		if err := asRole(); err != nil {
+			t.Fatalf("%s reading through the app name once the grant is mirrored: %v", role, err)
+		}
+	}
 	if c.accept {
 		_, err = Verify(ctx, env, spec.Name, VerifyOptions{})
 		refused("verify of a mirrored change before --accept-drift", err)
@@ -285,5 +311,82 @@ func TestRepairAfterCutoverKeepsGreenWrites(t *testing.T) {
 	if n := coInt(t, pool, `SELECT count(*) FROM ((SELECT id, note, amount::bigint FROM gs_dr_blue.orders EXCEPT SELECT * FROM gs_dr_green.orders)
 		UNION ALL (SELECT * FROM gs_dr_green.orders EXCEPT SELECT id, note, amount::bigint FROM gs_dr_blue.orders)) d`); n != 0 {
 		t.Fatalf("%d rows differ between blue and green after repair", n)
+	}
+}
+
+// TestDriftSurvivesRollback: rollback goes ahead despite drift, but does
+// not make it the new baseline: a column added to blue after cutover is
+// still named when cutover is tried again, and once dropped, cutover and
+// finalize proceed (the column would otherwise go with blue at finalize).
+func TestDriftSurvivesRollback(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, driftSchema)
+	env := coEnv(t, dsn)
+	spec := coSync(t, env, driftSpec)
+	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `ALTER TABLE gs_dr_blue.orders ADD COLUMN memo text`)
+	rb, err := Rollback(ctx, env, spec.Name, SwapCommandOptions{})
+	if err != nil {
+		t.Fatalf("rollback with drift: %v", err)
+	}
+	const want = "gs_dr_blue.orders (blue): column memo text added"
+	if !strings.Contains(strings.Join(rb.Warnings, "\n"), want) {
+		t.Fatalf("rollback does not warn about the column: %v", rb.Warnings)
+	}
+	if n := coInt(t, pool, `SELECT count(*) FROM greenswap.events WHERE migration = 'dr' AND step = 'rollback' AND outcome = 'drift-warning'`); n != 1 {
+		t.Errorf("%d rollback drift-warning events, want 1", n)
+	}
+	var de *DriftError
+	_, err = Cutover(ctx, env, spec.Name, CutoverOptions{})
+	if !errors.As(err, &de) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("cutover after a rollback that went ahead despite drift: %v", err)
+	}
+	if len(de.Drift) != 1 {
+		t.Fatalf("the rollback's own changes read as drift: %v", de.Drift)
+	}
+	// The swap back builds the view from blue as it is (memo included):
+	// undoing it means the view too, then accepting the result.
+	pgtest.Exec(t, dsn, `DROP VIEW public.orders;
+		CREATE VIEW public.orders WITH (security_invoker = true) AS SELECT id, note, amount FROM gs_dr_blue.orders;
+		ALTER TABLE gs_dr_blue.orders DROP COLUMN memo`)
+	if _, err := Verify(ctx, env, spec.Name, VerifyOptions{AcceptDrift: true}); err != nil {
+		t.Fatalf("verify --accept-drift once undone: %v", err)
+	}
+	coVerify(t, env, spec)
+	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Finalize(ctx, env, spec.Name, FinalizeOptions{Force: true, Yes: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDriftDuringSyncIsNotAbsorbed: a change made while sync runs (here
+// between green's creation and the backfill) is not recorded as
+// greenswap's by the later sync phases: verify names it once synced.
+func TestDriftDuringSyncIsNotAbsorbed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, driftSchema)
+	env := coEnv(t, dsn)
+	spec := syncSpec(t, driftSpec)
+	if _, err := Sync(ctx, env, spec, SyncOptions{StopAfterSetup: true}); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `ALTER TABLE gs_dr_blue.orders ADD COLUMN memo text; ALTER VIEW public.orders ALTER COLUMN note SET DEFAULT 'x'`)
+	st, err := Sync(ctx, env, spec, SyncOptions{})
+	if err != nil || st.State != "synced" {
+		t.Fatalf("sync: %v", err)
+	}
+	_, err = Verify(ctx, env, spec.Name, VerifyOptions{})
+	var de *DriftError
+	if !errors.As(err, &de) || !strings.Contains(err.Error(), "gs_dr_blue.orders (blue): column memo text added") ||
+		!strings.Contains(err.Error(), "public.orders (the app view): column note default changed from none to 'x'::text") {
+		t.Fatalf("verify after drift during sync: %v", err)
 	}
 }

@@ -68,8 +68,10 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	// backing out of a bad cutover must not first reconcile a GRANT), but
 	// every change is named, in the output, the result and the event log,
 	// since the swap back or the teardown may not carry it.
+	var drift *driftCheck
 	if m.Row.State == state.CutOver || m.Row.State == state.Synced || m.Row.State == state.Syncing {
-		if w := rollbackDriftWarnings(ctx, env, m); len(w) > 0 {
+		var w []string
+		if drift, w = rollbackDriftWarnings(ctx, env, m); len(w) > 0 {
 			res.Warnings = append(res.Warnings, w...)
 			for _, l := range w {
 				opts.printf("warning: %s\n", l)
@@ -81,7 +83,7 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 		res.Kind = "swap"
 		cr := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "rollback", App: m.Names.App.String()}
 		res.Swap = cr
-		err := swap(ctx, env, m, cutover.ToBlue, opts, cr)
+		err := swap(ctx, env, m, cutover.ToBlue, opts, cr, drift)
 		cr.TotalMS = swapMS(time.Since(start))
 		res.State, res.Attempts, res.LockHoldMS = cr.State, cr.Attempts, cr.LockHoldMS
 		if err == nil {
@@ -175,21 +177,22 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	return nil
 }
 
-// rollbackDriftWarnings lists drift as warnings (recorded as an event);
+// rollbackDriftWarnings lists drift as warnings (recorded as an event) and
+// returns the check, so the swap back records the drift as still pending;
 // a failure to check is itself a warning, never a reason not to roll back.
-func rollbackDriftWarnings(ctx context.Context, env *Env, m *Migration) []string {
+func rollbackDriftWarnings(ctx context.Context, env *Env, m *Migration) (*driftCheck, []string) {
 	c, err := checkDrift(ctx, env, m)
 	if err != nil {
-		return []string{"could not check for changes made outside greenswap: " + err.Error()}
+		return nil, []string{"could not check for changes made outside greenswap: " + err.Error()}
 	}
 	d := c.all()
 	if len(d) == 0 {
-		return nil
+		return c, nil
 	}
 	w := make([]string, 0, len(d))
 	for _, x := range d {
 		w = append(w, "changed outside greenswap, rolling back anyway: "+x.String()+" (the rollback may not carry it; fix: "+x.Fix+")")
 	}
 	_ = state.Record(context.WithoutCancel(ctx), env.Pool, m.Spec.Name, "rollback", "drift-warning", 0, "", map[string]any{"drift": d})
-	return w
+	return c, w
 }

@@ -411,7 +411,7 @@ func (r *syncRun) adopt(ctx context.Context) error {
 		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{"phase": PhaseCreateGreen}); err != nil {
 			return err
 		}
-		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name); err != nil {
+		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name, nil); err != nil {
 			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "adopt", "ok", time.Since(t0), stepSQL(step), nil)
@@ -465,7 +465,7 @@ func (r *syncRun) createGreen(ctx context.Context) error {
 		}); err != nil {
 			return err
 		}
-		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name); err != nil {
+		if err := recordFingerprintOf(ctx, tx, r.names, r.spec.Name, "blue", "green"); err != nil {
 			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "create-green", "ok", time.Since(t0), stepSQL(b.Steps...), nil)
@@ -685,7 +685,7 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{"phase": PhaseNone, "throttle": ""}); err != nil {
 			return err
 		}
-		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name); err != nil {
+		if err := recordFingerprintOf(ctx, tx, r.names, r.spec.Name); err != nil {
 			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)

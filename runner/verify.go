@@ -283,9 +283,9 @@ func (e *DriftError) ExitCode() exitcode.Code { return exitcode.Blocked }
 // driftCheck is the outcome of comparing the catalog with the record.
 type driftCheck struct {
 	Current  *shadow.Fingerprint
-	Recorded bool           // a fingerprint was recorded (an older greenswap did not)
-	Changes  []shadow.Drift // recorded vs current
-	ACL      []shadow.Drift // the shapes' privileges disagree
+	Recorded *shadow.Fingerprint // nil: none was recorded (an older greenswap did not)
+	Changes  []shadow.Drift      // recorded vs current
+	ACL      []shadow.Drift      // the shapes' privileges disagree
 }
 
 func (c *driftCheck) all() []shadow.Drift { return append(slices.Clone(c.Changes), c.ACL...) }
@@ -315,7 +315,7 @@ func checkDrift(ctx context.Context, env *Env, m *Migration) (*driftCheck, error
 		}
 	}
 	if js != nil && rec.Version == shadow.FingerprintVersion {
-		c.Recorded = true
+		c.Recorded = &rec
 		c.Changes = shadow.DiffFingerprints(&rec, cur)
 		return c, nil
 	}
@@ -343,12 +343,47 @@ func refuseOnDrift(ctx context.Context, env *Env, m *Migration, step string) err
 	return nil
 }
 
+// recordFingerprintOf records, inside tx, the current state of only the
+// objects a step changed (roles "app", "blue", "green"), the others as
+// recorded before: a sync phase that creates green must not make a change
+// an app deploy made to the view or blue meanwhile part of the baseline.
+// With no usable recorded fingerprint (an older greenswap's row) it
+// records everything as it is.
+func recordFingerprintOf(ctx context.Context, tx pgx.Tx, n shadow.Names, name string, roles ...string) error {
+	js, err := state.Fingerprint(ctx, tx, name)
+	if err != nil {
+		return err
+	}
+	var rec shadow.Fingerprint
+	if js == nil || json.Unmarshal(js, &rec) != nil || rec.Version != shadow.FingerprintVersion {
+		return recordFingerprint(ctx, tx, n, name, nil)
+	}
+	if len(roles) == 0 {
+		return nil
+	}
+	cur, err := shadow.TakeFingerprint(ctx, tx, n)
+	if err != nil {
+		return err
+	}
+	for i := range rec.Objects {
+		if o := cur.Object(rec.Objects[i].Role); o != nil && slices.Contains(roles, o.Role) {
+			rec.Objects[i] = *o
+		}
+	}
+	return state.SetFingerprint(ctx, tx, name, &rec)
+}
+
 // recordFingerprint records the objects as they are now, inside tx: the
-// transaction of the greenswap step that changed them.
-func recordFingerprint(ctx context.Context, tx pgx.Tx, n shadow.Names, name string) error {
+// transaction of the greenswap step that changed them. keep (may be nil)
+// is drift the step went ahead despite (rollback): its parts keep their
+// recorded state, so later checks still report it.
+func recordFingerprint(ctx context.Context, tx pgx.Tx, n shadow.Names, name string, keep *driftCheck) error {
 	fp, err := shadow.TakeFingerprint(ctx, tx, n)
 	if err != nil {
 		return err
+	}
+	if keep != nil && keep.Recorded != nil && len(keep.Changes) > 0 {
+		fp = shadow.KeepDrifted(keep.Recorded, fp, keep.Changes)
 	}
 	return state.SetFingerprint(ctx, tx, name, fp)
 }

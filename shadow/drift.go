@@ -119,6 +119,7 @@ func (o *ObjectPrint) column(name string) *ColumnPrint {
 // Drift is one change found. Object is the label of the relation, Change
 // what changed, Fix what to do (SQL where it is simple).
 type Drift struct {
+	Role   string `json:"role"` // "app", "blue", "green"
 	Object string `json:"object"`
 	Kind   string `json:"kind"` // "column", "constraint", "view", "trigger", "rls", "policy", "owner", "privilege", "inheritance", "relation"
 	Change string `json:"change"`
@@ -329,7 +330,47 @@ func DiffFingerprints(recorded, current *Fingerprint) []Drift {
 		if a == nil || b == nil {
 			continue
 		}
-		out = append(out, driftDiffObject(a, b)...)
+		for _, d := range driftDiffObject(a, b) {
+			d.Role = role
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// KeepDrifted returns current with the parts of blue and green that drift
+// names (columns, constraints, policies, RLS, owner, inheritance) taken from
+// recorded: what a step that goes ahead despite drift (rollback) records,
+// so its own changes become the baseline but the drift stays reported.
+// The view, and triggers (whose enabled state the swap itself changes), are
+// taken as they are now.
+func KeepDrifted(recorded, current *Fingerprint, drift []Drift) *Fingerprint {
+	out := &Fingerprint{Version: current.Version, Objects: slices.Clone(current.Objects)}
+	for i := range out.Objects {
+		o := &out.Objects[i]
+		old := recorded.Object(o.Role)
+		if o.Role == "app" || old == nil || !old.Exists || !o.Exists {
+			continue
+		}
+		for _, d := range drift {
+			if d.Role != o.Role {
+				continue
+			}
+			switch d.Kind {
+			case "column":
+				o.Columns = old.Columns
+			case "constraint":
+				o.Constraints = old.Constraints
+			case "policy":
+				o.Policies = old.Policies
+			case "rls":
+				o.RLS, o.ForceRLS = old.RLS, old.ForceRLS
+			case "owner":
+				o.Owner = old.Owner
+			case "inheritance":
+				o.Parents, o.Children = old.Parents, old.Children
+			}
+		}
 	}
 	return out
 }
@@ -528,12 +569,16 @@ func PrivilegeDrift(current *Fingerprint) []Drift {
 		if o == nil || !o.Exists {
 			continue
 		}
-		out = append(out, driftAclDrift(app, o, "", app.ACL, o.ACL)...)
+		d := driftAclDrift(app, o, "", app.ACL, o.ACL)
 		for _, ac := range app.Columns {
 			if oc := o.column(ac.Name); oc != nil {
-				out = append(out, driftAclDrift(app, o, ac.Name, ac.ACL, oc.ACL)...)
+				d = append(d, driftAclDrift(app, o, ac.Name, ac.ACL, oc.ACL)...)
 			}
 		}
+		for i := range d {
+			d[i].Role = role
+		}
+		out = append(out, d...)
 	}
 	return out
 }

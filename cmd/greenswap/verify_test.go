@@ -38,6 +38,7 @@ func TestVerifyBadInputExits2(t *testing.T) {
 		{[]string{"verify", "a", "--workers", "0"}, "--workers must be at least 1"},
 		{[]string{"verify", "a", "--bogus"}, "bogus"},
 		{[]string{"verify", "a", "--repair", "b"}, "one migration name"},
+		{[]string{"verify", "a", "--delete-extra"}, "--delete-extra only means something with --repair"},
 		{[]string{"--dsn", "postgres://nobody@127.0.0.1:1/none?connect_timeout=2", "verify", "a"}, "cannot connect"},
 	} {
 		code, _, stderr := verifyCLI(tc.args...)
