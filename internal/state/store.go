@@ -202,7 +202,7 @@ func Create(ctx context.Context, q db.Querier, name, appTable, mode string, spec
 	}
 	m, err := scanMigration(q.QueryRow(ctx, `
 		INSERT INTO greenswap.migrations (name, app_table, mode, spec, state)
-		VALUES ($1, $2, $3, $4, 'planned')
+		VALUES ($1, $2, $3, $4::jsonb, 'planned')
 		ON CONFLICT (name) DO UPDATE SET
 			app_table = EXCLUDED.app_table, mode = EXCLUDED.mode, spec = EXCLUDED.spec,
 			state = 'planned', phase = '', cursor = NULL, rows_copied = 0, rows_estimate = 0,
@@ -211,7 +211,7 @@ func Create(ctx context.Context, q db.Querier, name, appTable, mode string, spec
 			slot_name = NULL, confirmed_lsn = NULL, primary_side = 'blue', fingerprint = NULL,
 			created_at = now(), updated_at = now(), state_changed_at = now()
 		WHERE greenswap.migrations.state = 'rolled_back'
-		RETURNING `+migrationCols, name, appTable, mode, js))
+		RETURNING `+migrationCols, name, appTable, mode, string(js)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		cur, gerr := Get(ctx, q, name)
 		if gerr != nil {
@@ -250,8 +250,16 @@ func Update(ctx context.Context, q db.Querier, name string, cols map[string]any)
 	sql := `UPDATE greenswap.migrations SET updated_at = now()`
 	args := []any{name}
 	for _, c := range sortedKeys(cols) {
-		args = append(args, cols[c])
-		sql += fmt.Sprintf(", %s = $%d", db.Ident(c), len(args))
+		v, cast := cols[c], ""
+		if jsonColumn(c) && v != nil {
+			js, err := jsonText(v)
+			if err != nil {
+				return fmt.Errorf("encode %s of %s: %w", c, name, err)
+			}
+			v, cast = js, "::jsonb"
+		}
+		args = append(args, v)
+		sql += fmt.Sprintf(", %s = $%d%s", db.Ident(c), len(args), cast)
 	}
 	_, err := q.Exec(ctx, sql+` WHERE name = $1`, args...)
 	return err
@@ -274,16 +282,17 @@ type Event struct {
 
 // Record appends an event. detail may be nil.
 func Record(ctx context.Context, q db.Querier, migration, step, outcome string, took time.Duration, sql string, detail any) error {
-	var js []byte
+	var js *string
 	if detail != nil {
-		var err error
-		if js, err = json.Marshal(detail); err != nil {
+		v, err := jsonText(detail)
+		if err != nil {
 			return err
 		}
+		js = &v
 	}
 	host, _ := os.Hostname()
 	_, err := q.Exec(ctx, `INSERT INTO greenswap.events (migration, step, host, outcome, duration_ms, sql, detail)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)`,
 		migration, step, host, outcome, float64(took.Microseconds())/1000, sql, js)
 	return err
 }
@@ -346,12 +355,31 @@ func Fingerprint(ctx context.Context, q db.Querier, name string) (json.RawMessag
 // through q: the caller's transaction, so the step that changed the
 // objects and the record of them commit together.
 func SetFingerprint(ctx context.Context, q db.Querier, name string, fp any) error {
-	js, err := json.Marshal(fp)
+	js, err := jsonText(fp)
 	if err != nil {
 		return err
 	}
-	if _, err := q.Exec(ctx, `UPDATE greenswap.migrations SET fingerprint = $2, updated_at = now() WHERE name = $1`, name, js); err != nil {
+	if _, err := q.Exec(ctx, `UPDATE greenswap.migrations SET fingerprint = $2::jsonb, updated_at = now() WHERE name = $1`, name, js); err != nil {
 		return fmt.Errorf("record the fingerprint of %s: %w", name, err)
 	}
 	return nil
+}
+
+// jsonColumn tells the jsonb columns of greenswap.migrations.
+func jsonColumn(c string) bool { return c == "spec" || c == "cursor" || c == "fingerprint" }
+
+// jsonText is v as JSON text, bound as a string and cast to jsonb in the
+// SQL. Under the simple protocol and pgx's exec mode no parameter type is
+// known, so bytes went as a bytea literal and a []string as a text[] one,
+// neither of them JSON (22P02). Bytes that are JSON already
+// (json.RawMessage) are sent as they are.
+func jsonText(v any) (string, error) {
+	switch b := v.(type) {
+	case json.RawMessage:
+		return string(b), nil
+	case []byte:
+		return string(b), nil
+	}
+	js, err := json.Marshal(v)
+	return string(js), err
 }
