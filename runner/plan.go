@@ -427,10 +427,8 @@ func (p *planner) privileges(ctx context.Context) error {
 		return err
 	}
 	p.res.Privileges = ps
-	for _, step := range []string{shadow.StepPlan, shadow.StepSync} {
-		if err := shadow.CheckPrivileges(ctx, p.tx, ps, step); err != nil {
-			return err
-		}
+	if err := shadow.CheckPrivileges(ctx, p.tx, ps, shadow.StepPlan, shadow.StepSync); err != nil {
+		return err
 	}
 	var later []string
 	for _, pr := range ps {

@@ -348,19 +348,19 @@ func (e *PrivilegeError) Error() string {
 	for i, p := range e.Missing {
 		parts[i] = fmt.Sprintf("%s (%s): %s", p.Need, p.Why, p.Fix)
 	}
-	return fmt.Sprintf("%s refused, nothing was changed: role %s lacks %s", e.Step, e.Role, strings.Join(parts, "; "))
+	return fmt.Sprintf("role %s lacks what %s needs, so nothing was changed: %s", e.Role, e.Step, strings.Join(parts, "; "))
 }
 
 // ExitCode makes a missing privilege bad input: the operator fixes the
 // grants and runs the command again.
 func (e *PrivilegeError) ExitCode() exitcode.Code { return exitcode.BadInput }
 
-// CheckPrivileges returns a *PrivilegeError naming what ps lacks for step
-// (nil when nothing is missing).
-func CheckPrivileges(ctx context.Context, q db.Querier, ps []Privilege, step string) error {
+// CheckPrivileges returns a *PrivilegeError naming what ps lacks for any of
+// steps (nil when nothing is missing).
+func CheckPrivileges(ctx context.Context, q db.Querier, ps []Privilege, steps ...string) error {
 	var missing []Privilege
 	for _, p := range ps {
-		if !p.Granted && slices.Contains(p.Steps, step) {
+		if !p.Granted && slices.ContainsFunc(steps, func(s string) bool { return slices.Contains(p.Steps, s) }) {
 			missing = append(missing, p)
 		}
 	}
@@ -371,7 +371,7 @@ func CheckPrivileges(ctx context.Context, q db.Querier, ps []Privilege, step str
 	if err := q.QueryRow(ctx, `SELECT current_user::text`).Scan(&me); err != nil {
 		return err
 	}
-	return &PrivilegeError{Role: me, Step: step, Missing: missing}
+	return &PrivilegeError{Role: me, Step: strings.Join(steps, " and "), Missing: missing}
 }
 
 // LoadPrivilegeSubject reads, in one query, the part of name's Table that
