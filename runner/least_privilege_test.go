@@ -78,8 +78,11 @@ func lpLifecycle(t *testing.T, member, logical bool) {
 	ctx := context.Background()
 	_, dsn := pgtest.NewPool(t)
 	owner, ownerDSN := lpOwner(t, dsn)
-	mode := ""
+	// Replication slots are cluster-wide: the logical run's slot gs_<name>
+	// must not look like a leftover to the trigger runs.
+	name, mode := "lp", ""
 	if logical {
+		name = "lplog"
 		pgtest.Exec(t, dsn, "ALTER ROLE "+db.Ident(owner)+" REPLICATION")
 		mode = "mode: logical\n"
 	}
@@ -102,7 +105,7 @@ func lpLifecycle(t *testing.T, member, logical bool) {
 	}
 
 	spec := parseSpec(t, `
-name: lp
+name: `+name+`
 table: public.accounts
 `+mode+`target:
   ddl: CREATE TABLE accounts (id bigint PRIMARY KEY, value bigint NOT NULL CHECK (value >= 0), note text)
@@ -135,15 +138,15 @@ table: public.accounts
 		t.Fatalf("sync ended in %s", st.State)
 	}
 	coVerify(t, env, spec)
-	blueP := w.start("blue-prepared", "blue", prepared, "gs_lp")
-	w.start("green-simple", "green", simple, "gs_lp")
+	blueP := w.start("blue-prepared", "blue", prepared, "gs_"+name)
+	w.start("green-simple", "green", simple, "gs_"+name)
 	run := func() { time.Sleep(300 * time.Millisecond) }
 	consistent := func(phase string, shapes bool) {
 		t.Helper()
 		tables := map[string]string{"app": `SELECT id, value::bigint FROM public.accounts`}
 		if shapes {
-			tables["blue"] = `SELECT id, value::bigint FROM gs_lp_blue.accounts`
-			tables["green"] = `SELECT id, value::bigint FROM gs_lp_green.accounts`
+			tables["blue"] = `SELECT id, value::bigint FROM gs_`+name+`_blue.accounts`
+			tables["green"] = `SELECT id, value::bigint FROM gs_`+name+`_green.accounts`
 		}
 		// The oracle reads as the superuser: it must not depend on what
 		// greenswap granted.
@@ -162,7 +165,7 @@ table: public.accounts
 		// snapshot; cutover drains the slot and hands over to the triggers,
 		// after which every shape must match it.
 		for k, d := range ledgerDiff(t, dsn, map[string]string{"app": `SELECT id, value::bigint FROM public.accounts`,
-			"blue": `SELECT id, value::bigint FROM gs_lp_blue.accounts`}) {
+			"blue": `SELECT id, value::bigint FROM gs_`+name+`_blue.accounts`}) {
 			if d != 0 {
 				t.Errorf("synced: %s differs from the ledger in %d rows", k, d)
 			}
