@@ -191,6 +191,7 @@ const (
 	PrivTempOnDB        = "temp_on_database"
 	PrivCreateOnApp     = "create_on_app_schema"
 	PrivStateSchema     = "greenswap_schema"
+	PrivStateWrite      = "greenswap_state_rows"
 	PrivViewOwner       = "dependent_view_owner"
 	PrivReferencerOwner = "referencing_table_owner"
 	PrivReplication     = "replication"
@@ -283,10 +284,24 @@ SELECT current_user::text, current_database()::text, r.rolsuper, r.rolsuper OR r
 			Fix:  fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s, or connect as %s", db.Ident(dbname), db.Ident(table.Owner), table.Owner)})
 	}
 	if stateExists {
-		ps = append(ps, Privilege{Code: PrivStateSchema, Granted: stateOK, Steps: []string{StepSync, StepVerify, StepCutover, StepRollback, StepFinalize},
+		ps = append(ps, Privilege{Code: PrivStateSchema, Granted: stateOK, Steps: []string{StepSync},
 			Need: "the rights of the owner of schema greenswap and its tables (" + strings.Join(stateOwners, ", ") + ")",
-			Why:  "every command records the migration's state and events there, and sync re-applies the state schema's DDL",
+			Why:  "sync re-applies the state schema's DDL (CREATE ... IF NOT EXISTS, CREATE OR REPLACE FUNCTION) before recording the migration there",
 			Fix:  fmt.Sprintf("GRANT %s TO %s", db.IdentList(stateOwners), role)})
+		// The other commands only read and write its rows.
+		var write bool
+		if err := q.QueryRow(ctx, `
+SELECT has_schema_privilege('greenswap', 'USAGE')
+       AND coalesce(has_table_privilege(to_regclass('greenswap.migrations'), 'SELECT, INSERT, UPDATE'), false)
+       AND coalesce(has_table_privilege(to_regclass('greenswap.events'), 'SELECT, INSERT'), false)
+       AND coalesce(has_sequence_privilege(to_regclass('greenswap.events_id_seq'), 'USAGE'), true)`).Scan(&write); err != nil {
+			return nil, fmt.Errorf("read the privileges on schema greenswap: %w", err)
+		}
+		ps = append(ps, Privilege{Code: PrivStateWrite, Granted: write || stateOK, Steps: []string{StepVerify, StepCutover, StepRollback, StepFinalize},
+			Need: "USAGE on schema greenswap, SELECT, INSERT, UPDATE on greenswap.migrations, SELECT, INSERT on greenswap.events and USAGE on its sequence",
+			Why:  "every command records the migration's state and its events there",
+			Fix: fmt.Sprintf("GRANT USAGE ON SCHEMA greenswap TO %[1]s; GRANT SELECT, INSERT, UPDATE ON greenswap.migrations TO %[1]s; GRANT SELECT, INSERT ON greenswap.events TO %[1]s; GRANT USAGE ON SEQUENCE greenswap.events_id_seq TO %[1]s (or GRANT %[2]s TO %[1]s)",
+				role, db.IdentList(stateOwners))})
 	}
 	if s.Mode == ModeLogical {
 		ps = append(ps, Privilege{Code: PrivReplication, Granted: canRepl, Steps: []string{StepSync, StepVerify, StepCutover, StepRollback},
