@@ -135,9 +135,9 @@ func TestLeastPrivilegeMissingFailsEarly(t *testing.T) {
 	}
 }
 
-// With every privilege, plan lists them all as granted; a privilege only
-// cutover needs (the owner of a view reading the table) is a warning in
-// plan, not a refusal.
+// With every privilege, plan lists them all as granted; privileges only
+// cutover needs (the owners of a view reading the table and of a table
+// referencing it) are a warning in plan, not a refusal.
 func TestLeastPrivilegePlanListsPrivileges(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -146,7 +146,8 @@ func TestLeastPrivilegePlanListsPrivileges(t *testing.T) {
 	owner, ownerDSN := lpOwner(t, dsn)
 	other, _ := lpRole(t, dsn, "viewer", "GRANT CREATE ON SCHEMA public TO {role}")
 	pgtest.Exec(t, dsn, "ALTER TABLE accounts OWNER TO "+db.Ident(owner)+"; GRANT SELECT ON accounts TO "+db.Ident(other)+
-		"; CREATE VIEW accounts_report AS SELECT id, value FROM accounts; ALTER VIEW accounts_report OWNER TO "+db.Ident(other))
+		"; CREATE VIEW accounts_report AS SELECT id, value FROM accounts; ALTER VIEW accounts_report OWNER TO "+db.Ident(other)+
+		"; CREATE TABLE payments (id int PRIMARY KEY, account bigint REFERENCES accounts); ALTER TABLE payments OWNER TO "+db.Ident(other))
 	spec := parseSpec(t, "name: lpl\ntable: public.accounts\ntarget:\n  ddl: CREATE TABLE accounts (id bigint PRIMARY KEY, value bigint NOT NULL, note text)\n")
 	res, err := Plan(ctx, testEnv(t, ownerDSN), spec, PlanOptions{})
 	if err != nil {
@@ -164,8 +165,12 @@ func TestLeastPrivilegePlanListsPrivileges(t *testing.T) {
 	if g, ok := got[shadow.PrivViewOwner]; !ok || g {
 		t.Errorf("the view owned by %s: listed %v, granted %v; want listed, not granted", other, ok, g)
 	}
+	if g, ok := got[shadow.PrivReferencerOwner]; !ok || g {
+		t.Errorf("the referencing table owned by %s: listed %v, granted %v; want listed, not granted", other, ok, g)
+	}
 	h := hazard(res, shadow.HazardMissingPrivileges)
-	if h == nil || h.Severity != shadow.Warning || !strings.Contains(strings.Join(h.Objects, " "), "public.accounts_report") {
+	if h == nil || h.Severity != shadow.Warning || !strings.Contains(strings.Join(h.Objects, " "), "public.accounts_report") ||
+		!strings.Contains(strings.Join(h.Objects, " "), "table public.payments") {
 		t.Fatalf("missing_privileges hazard = %+v", h)
 	}
 	if res.Blocking != 0 {

@@ -60,17 +60,32 @@ func lpOwner(t *testing.T, dsn string) (string, string) {
 // phase.
 func TestLeastPrivilegeTriggerLifecycle(t *testing.T) {
 	t.Parallel()
-	t.Run("as the owner", func(t *testing.T) { t.Parallel(); lpLifecycle(t, false) })
+	t.Run("as the owner", func(t *testing.T) { t.Parallel(); lpLifecycle(t, false, false) })
 	// An operator role that was granted the owner's role, as the owner
 	// role itself often cannot log in: the objects greenswap creates are
 	// then owned by the operator.
-	t.Run("as a member of the owner role", func(t *testing.T) { t.Parallel(); lpLifecycle(t, true) })
+	t.Run("as a member of the owner role", func(t *testing.T) { t.Parallel(); lpLifecycle(t, true, false) })
 }
 
-func lpLifecycle(t *testing.T, member bool) {
+// TestLeastPrivilegeLogicalLifecycle is the same lifecycle in logical mode,
+// as the owner with the REPLICATION attribute and no superuser.
+func TestLeastPrivilegeLogicalLifecycle(t *testing.T) {
+	t.Parallel()
+	lpLifecycle(t, false, true)
+}
+
+func lpLifecycle(t *testing.T, member, logical bool) {
 	ctx := context.Background()
 	_, dsn := pgtest.NewPool(t)
 	owner, ownerDSN := lpOwner(t, dsn)
+	// Replication slots are cluster-wide: the logical run's slot gs_<name>
+	// must not look like a leftover to the trigger runs.
+	name, mode := "lp", ""
+	if logical {
+		name = "lplog"
+		pgtest.Exec(t, dsn, "ALTER ROLE "+db.Ident(owner)+" REPLICATION")
+		mode = "mode: logical\n"
+	}
 	if member {
 		var op string
 		op, ownerDSN = lpRole(t, dsn, "operator", "GRANT "+db.Ident(owner)+" TO {role}")
@@ -85,14 +100,14 @@ func lpLifecycle(t *testing.T, member bool) {
 		"GRANT USAGE ON SEQUENCE accounts_id_seq, ledger_seq_seq TO {role}")
 	var super bool
 	env := coEnv(t, ownerDSN)
-	if err := env.Pool.QueryRow(ctx, `SELECT rolsuper OR rolreplication OR rolcreatedb FROM pg_roles WHERE rolname = current_user`).Scan(&super); err != nil || super {
+	if err := env.Pool.QueryRow(ctx, `SELECT rolsuper OR (rolreplication AND NOT $1) OR rolcreatedb FROM pg_roles WHERE rolname = current_user`, logical).Scan(&super); err != nil || super {
 		t.Fatalf("the test must connect as a plain role: super/replication=%v err=%v", super, err)
 	}
 
 	spec := parseSpec(t, `
-name: lp
+name: `+name+`
 table: public.accounts
-target:
+`+mode+`target:
   ddl: CREATE TABLE accounts (id bigint PRIMARY KEY, value bigint NOT NULL CHECK (value >= 0), note text)
   indexes:
     - CREATE INDEX accounts_value_idx ON accounts (value)
@@ -123,15 +138,15 @@ target:
 		t.Fatalf("sync ended in %s", st.State)
 	}
 	coVerify(t, env, spec)
-	blueP := w.start("blue-prepared", "blue", prepared, "gs_lp")
-	w.start("green-simple", "green", simple, "gs_lp")
+	blueP := w.start("blue-prepared", "blue", prepared, "gs_"+name)
+	w.start("green-simple", "green", simple, "gs_"+name)
 	run := func() { time.Sleep(300 * time.Millisecond) }
 	consistent := func(phase string, shapes bool) {
 		t.Helper()
 		tables := map[string]string{"app": `SELECT id, value::bigint FROM public.accounts`}
 		if shapes {
-			tables["blue"] = `SELECT id, value::bigint FROM gs_lp_blue.accounts`
-			tables["green"] = `SELECT id, value::bigint FROM gs_lp_green.accounts`
+			tables["blue"] = `SELECT id, value::bigint FROM gs_`+name+`_blue.accounts`
+			tables["green"] = `SELECT id, value::bigint FROM gs_`+name+`_green.accounts`
 		}
 		// The oracle reads as the superuser: it must not depend on what
 		// greenswap granted.
@@ -144,7 +159,20 @@ target:
 	out := &coBuffer{}
 	opts := SwapCommandOptions{Out: out, LockTimeout: 500 * time.Millisecond, MaxAttempts: 40}
 	run()
-	consistent("synced", true)
+	if logical {
+		// The stream applies blue's writes to green after they commit, so
+		// under a running workload green is never equal to the ledger at one
+		// snapshot; cutover drains the slot and hands over to the triggers,
+		// after which every shape must match it.
+		for k, d := range ledgerDiff(t, dsn, map[string]string{"app": `SELECT id, value::bigint FROM public.accounts`,
+			"blue": `SELECT id, value::bigint FROM gs_`+name+`_blue.accounts`}) {
+			if d != 0 {
+				t.Errorf("synced: %s differs from the ledger in %d rows", k, d)
+			}
+		}
+	} else {
+		consistent("synced", true)
+	}
 	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{SwapCommandOptions: opts}); err != nil {
 		t.Fatalf("cutover as %s: %v\n%s", owner, err, out)
 	}
@@ -219,7 +247,26 @@ target:
 		t.Fatalf("state after the refused cutover: %v %v", m, err)
 	}
 	pgtest.Exec(t, dsn, "GRANT CREATE ON SCHEMA public TO "+db.Ident(owner))
+
+	// A view over the app name owned by another role: cutover re-creates
+	// the views over it when the row type changes, which only that role
+	// may do.
+	viewer, _ := lpRole(t, dsn, "viewer", "GRANT SELECT ON accounts TO {role}", "GRANT CREATE ON SCHEMA public TO {role}")
+	pgtest.Exec(t, dsn, "CREATE VIEW public.accounts_report AS SELECT id, value FROM public.accounts; ALTER VIEW public.accounts_report OWNER TO "+db.Ident(viewer))
+	before = coCatalog(t, super.Pool)
+	_, err = Cutover(ctx, env, spec.Name, CutoverOptions{SwapCommandOptions: opts})
+	if !errors.As(err, &pe) || exitcode.Of(err) != exitcode.BadInput || !strings.Contains(err.Error(), "view public.accounts_report") ||
+		!strings.Contains(err.Error(), `GRANT "`+viewer+`" TO "`+owner+`"`) {
+		t.Fatalf("cutover with another role's view: want exit 2 naming the view and the grant, got exit %d: %v", exitcode.Of(err), err)
+	}
+	if after := coCatalog(t, super.Pool); after != before {
+		t.Fatalf("the refused cutover changed the catalog:\n%s", coDiff(before, after))
+	}
+	pgtest.Exec(t, dsn, "ALTER VIEW public.accounts_report OWNER TO "+db.Ident(owner))
 	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{SwapCommandOptions: opts}); err != nil {
 		t.Fatalf("cutover once granted: %v\n%s", err, out)
+	}
+	if n := coInt(t, env.Pool, `SELECT count(*) FROM public.accounts_report`); n != coInt(t, env.Pool, `SELECT count(*) FROM gs_lpc_green.accounts`) {
+		t.Errorf("the view reads %d rows after cutover", n)
 	}
 }

@@ -427,10 +427,8 @@ func (p *planner) privileges(ctx context.Context) error {
 		return err
 	}
 	p.res.Privileges = ps
-	for _, step := range []string{shadow.StepPlan, shadow.StepSync} {
-		if err := shadow.CheckPrivileges(ctx, p.tx, ps, step); err != nil {
-			return err
-		}
+	if err := shadow.CheckPrivileges(ctx, p.tx, ps, shadow.StepPlan, shadow.StepSync); err != nil {
+		return err
 	}
 	var later []string
 	for _, pr := range ps {
@@ -448,18 +446,14 @@ func (p *planner) privileges(ctx context.Context) error {
 
 // checkCommandPrivileges is the up-front check of verify, cutover,
 // rollback and finalize on a migration under way: the privileges step needs
-// (shadow.LoadPrivileges on blue wherever it is now), or a
+// (shadow.LoadPrivileges on blue wherever it is now, read by the cheap
+// LoadPrivilegeSubject), or a
 // *shadow.PrivilegeError (exit 2) before anything is changed.
 func checkCommandPrivileges(ctx context.Context, env *Env, m *Migration, step string) error {
-	name := m.Names.Blue
-	var exists bool
-	if err := env.Pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, db.Ident(name.Schema, name.Name)).Scan(&exists); err != nil {
-		return err
+	tbl, err := shadow.LoadPrivilegeSubject(ctx, env.Pool, m.Names.Blue)
+	if errors.Is(err, shadow.ErrTableNotFound) { // not adopted (yet, or any more)
+		tbl, err = shadow.LoadPrivilegeSubject(ctx, env.Pool, m.Names.App)
 	}
-	if !exists {
-		name = m.Names.App
-	}
-	tbl, err := shadow.LoadTable(ctx, env.Pool, name)
 	if errors.Is(err, shadow.ErrTableNotFound) {
 		return nil // the command itself says what is missing
 	}

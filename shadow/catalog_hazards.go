@@ -7,6 +7,7 @@ package shadow
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -190,6 +191,7 @@ const (
 	PrivTempOnDB        = "temp_on_database"
 	PrivCreateOnApp     = "create_on_app_schema"
 	PrivStateSchema     = "greenswap_schema"
+	PrivStateWrite      = "greenswap_state_rows"
 	PrivViewOwner       = "dependent_view_owner"
 	PrivReferencerOwner = "referencing_table_owner"
 	PrivReplication     = "replication"
@@ -282,10 +284,24 @@ SELECT current_user::text, current_database()::text, r.rolsuper, r.rolsuper OR r
 			Fix:  fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s, or connect as %s", db.Ident(dbname), db.Ident(table.Owner), table.Owner)})
 	}
 	if stateExists {
-		ps = append(ps, Privilege{Code: PrivStateSchema, Granted: stateOK, Steps: []string{StepSync, StepVerify, StepCutover, StepRollback, StepFinalize},
+		ps = append(ps, Privilege{Code: PrivStateSchema, Granted: stateOK, Steps: []string{StepSync},
 			Need: "the rights of the owner of schema greenswap and its tables (" + strings.Join(stateOwners, ", ") + ")",
-			Why:  "every command records the migration's state and events there, and sync re-applies the state schema's DDL",
+			Why:  "sync re-applies the state schema's DDL (CREATE ... IF NOT EXISTS, CREATE OR REPLACE FUNCTION) before recording the migration there",
 			Fix:  fmt.Sprintf("GRANT %s TO %s", db.IdentList(stateOwners), role)})
+		// The other commands only read and write its rows.
+		var write bool
+		if err := q.QueryRow(ctx, `
+SELECT has_schema_privilege('greenswap', 'USAGE')
+       AND coalesce(has_table_privilege(to_regclass('greenswap.migrations'), 'SELECT, INSERT, UPDATE'), false)
+       AND coalesce(has_table_privilege(to_regclass('greenswap.events'), 'SELECT, INSERT'), false)
+       AND coalesce(has_sequence_privilege(to_regclass('greenswap.events_id_seq'), 'USAGE'), true)`).Scan(&write); err != nil {
+			return nil, fmt.Errorf("read the privileges on schema greenswap: %w", err)
+		}
+		ps = append(ps, Privilege{Code: PrivStateWrite, Granted: write || stateOK, Steps: []string{StepVerify, StepCutover, StepRollback, StepFinalize},
+			Need: "USAGE on schema greenswap, SELECT, INSERT, UPDATE on greenswap.migrations, SELECT, INSERT on greenswap.events and USAGE on its sequence",
+			Why:  "every command records the migration's state and its events there",
+			Fix: fmt.Sprintf("GRANT USAGE ON SCHEMA greenswap TO %[1]s; GRANT SELECT, INSERT, UPDATE ON greenswap.migrations TO %[1]s; GRANT SELECT, INSERT ON greenswap.events TO %[1]s; GRANT USAGE ON SEQUENCE greenswap.events_id_seq TO %[1]s (or GRANT %[2]s TO %[1]s)",
+				role, db.IdentList(stateOwners))})
 	}
 	if s.Mode == ModeLogical {
 		ps = append(ps, Privilege{Code: PrivReplication, Granted: canRepl, Steps: []string{StepSync, StepVerify, StepCutover, StepRollback},
@@ -347,19 +363,19 @@ func (e *PrivilegeError) Error() string {
 	for i, p := range e.Missing {
 		parts[i] = fmt.Sprintf("%s (%s): %s", p.Need, p.Why, p.Fix)
 	}
-	return fmt.Sprintf("%s refused, nothing was changed: role %s lacks %s", e.Step, e.Role, strings.Join(parts, "; "))
+	return fmt.Sprintf("role %s lacks what %s needs, so nothing was changed: %s", e.Role, e.Step, strings.Join(parts, "; "))
 }
 
 // ExitCode makes a missing privilege bad input: the operator fixes the
 // grants and runs the command again.
 func (e *PrivilegeError) ExitCode() exitcode.Code { return exitcode.BadInput }
 
-// CheckPrivileges returns a *PrivilegeError naming what ps lacks for step
-// (nil when nothing is missing).
-func CheckPrivileges(ctx context.Context, q db.Querier, ps []Privilege, step string) error {
+// CheckPrivileges returns a *PrivilegeError naming what ps lacks for any of
+// steps (nil when nothing is missing).
+func CheckPrivileges(ctx context.Context, q db.Querier, ps []Privilege, steps ...string) error {
 	var missing []Privilege
 	for _, p := range ps {
-		if !p.Granted && slices.Contains(p.Steps, step) {
+		if !p.Granted && slices.ContainsFunc(steps, func(s string) bool { return slices.Contains(p.Steps, s) }) {
 			missing = append(missing, p)
 		}
 	}
@@ -370,5 +386,54 @@ func CheckPrivileges(ctx context.Context, q db.Querier, ps []Privilege, step str
 	if err := q.QueryRow(ctx, `SELECT current_user::text`).Scan(&me); err != nil {
 		return err
 	}
-	return &PrivilegeError{Role: me, Step: step, Missing: missing}
+	return &PrivilegeError{Role: me, Step: strings.Join(steps, " and "), Missing: missing}
+}
+
+// LoadPrivilegeSubject reads, in one query, the part of name's Table that
+// LoadPrivileges looks at: its owner, the views that read it (directly or
+// through other views) and the tables whose foreign keys reference it.
+// Commands check their privileges with it before anything else: it must be
+// cheap, as finalize's quiet period starts right after. ErrTableNotFound
+// when there is no such table.
+func LoadPrivilegeSubject(ctx context.Context, q db.Querier, name QualifiedName) (*Table, error) {
+	t := &Table{Name: name}
+	var views, refs [][]string
+	err := q.QueryRow(ctx, `
+WITH RECURSIVE tbl AS (
+    SELECT c.oid, pg_get_userbyid(c.relowner)::text AS owner
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+), deps(oid, depth) AS (
+    SELECT DISTINCT r.ev_class, 1
+      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid, tbl
+     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = tbl.oid AND r.ev_class <> tbl.oid
+  UNION
+    SELECT r.ev_class, deps.depth + 1
+      FROM deps
+      JOIN pg_depend d ON d.refobjid = deps.oid AND d.refclassid = 'pg_class'::regclass AND d.classid = 'pg_rewrite'::regclass
+      JOIN pg_rewrite r ON r.oid = d.objid
+     WHERE r.ev_class <> deps.oid AND deps.depth < 100
+)
+SELECT tbl.oid, tbl.owner,
+       coalesce((SELECT array_agg(ARRAY[n.nspname::text, c.relname::text] ORDER BY 1)
+                   FROM (SELECT DISTINCT oid FROM deps) v JOIN pg_class c ON c.oid = v.oid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm')), '{}'),
+       coalesce((SELECT array_agg(DISTINCT ARRAY[n.nspname::text, c.relname::text])
+                   FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE k.contype = 'f' AND k.confrelid = tbl.oid AND k.conrelid <> tbl.oid), '{}')
+  FROM tbl`, name.Schema, name.Name).Scan(&t.OID, &t.Owner, &views, &refs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrTableNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the owner and dependents of %s: %w", name, err)
+	}
+	for _, v := range views {
+		t.DependentViews = append(t.DependentViews, View{Name: QualifiedName{Schema: v[0], Name: v[1]}})
+	}
+	for _, r := range refs {
+		t.ReferencedBy = append(t.ReferencedBy, ForeignKey{Table: QualifiedName{Schema: r[0], Name: r[1]}, RefTable: name})
+	}
+	return t, nil
 }

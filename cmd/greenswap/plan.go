@@ -31,8 +31,12 @@ Example:
    greenswap plan -f examples/orders/spec.yaml
    greenswap plan -f orders.yaml --json | jq '.hazards[] | select(.severity == "blocking")'
 
-Exit codes: 0 nothing blocking; 2 bad input (spec, missing table, unreachable database);
-3 blocking hazards. See greenswap help exit-codes.`,
+It also lists the privileges each command needs and whether the connecting role has
+them; one that plan or sync needs and the role lacks ends plan with exit 2, naming the
+GRANT that gives it.
+
+Exit codes: 0 nothing blocking; 2 bad input (spec, missing table, unreachable database,
+a missing privilege); 3 blocking hazards. See greenswap help exit-codes.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the migration spec (YAML or JSON)", TakesFile: true},
 			&cli.BoolFlag{Name: "json", Usage: "print the plan as a JSON document (schema_version " + fmt.Sprint(runner.PlanSchemaVersion) + ")"},
