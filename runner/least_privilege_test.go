@@ -145,8 +145,8 @@ table: public.accounts
 		t.Helper()
 		tables := map[string]string{"app": `SELECT id, value::bigint FROM public.accounts`}
 		if shapes {
-			tables["blue"] = `SELECT id, value::bigint FROM gs_`+name+`_blue.accounts`
-			tables["green"] = `SELECT id, value::bigint FROM gs_`+name+`_green.accounts`
+			tables["blue"] = `SELECT id, value::bigint FROM gs_` + name + `_blue.accounts`
+			tables["green"] = `SELECT id, value::bigint FROM gs_` + name + `_green.accounts`
 		}
 		// The oracle reads as the superuser: it must not depend on what
 		// greenswap granted.
@@ -165,7 +165,7 @@ table: public.accounts
 		// snapshot; cutover drains the slot and hands over to the triggers,
 		// after which every shape must match it.
 		for k, d := range ledgerDiff(t, dsn, map[string]string{"app": `SELECT id, value::bigint FROM public.accounts`,
-			"blue": `SELECT id, value::bigint FROM gs_`+name+`_blue.accounts`}) {
+			"blue": `SELECT id, value::bigint FROM gs_` + name + `_blue.accounts`}) {
 			if d != 0 {
 				t.Errorf("synced: %s differs from the ledger in %d rows", k, d)
 			}
