@@ -251,7 +251,10 @@ target:
 	// A view over the app name owned by another role: cutover re-creates
 	// the views over it when the row type changes, which only that role
 	// may do.
-	viewer, _ := lpRole(t, dsn, "viewer", "GRANT SELECT ON accounts TO {role}", "GRANT CREATE ON SCHEMA public TO {role}")
+	// The grant goes to every shape: one on the app name alone is drift,
+	// which cutover refuses before anything else.
+	viewer, _ := lpRole(t, dsn, "viewer", "GRANT SELECT ON accounts, gs_lpc_blue.accounts, gs_lpc_green.accounts TO {role}",
+		"GRANT USAGE ON SCHEMA gs_lpc_blue, gs_lpc_green TO {role}", "GRANT CREATE ON SCHEMA public TO {role}")
 	pgtest.Exec(t, dsn, "CREATE VIEW public.accounts_report AS SELECT id, value FROM public.accounts; ALTER VIEW public.accounts_report OWNER TO "+db.Ident(viewer))
 	before = coCatalog(t, super.Pool)
 	_, err = Cutover(ctx, env, spec.Name, CutoverOptions{SwapCommandOptions: opts})

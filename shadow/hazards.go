@@ -39,6 +39,7 @@ const (
 	HazardNoKey                  = "no_key"
 	HazardRLSNeedsInvoker        = "rls_without_security_invoker"
 	HazardRLSNotOnGreen          = "rls_not_on_green"
+	HazardRLSForcedOnGreenswap   = "rls_forced_on_greenswap"
 	HazardReferencedByFKs        = "referenced_by_foreign_keys"
 	HazardReferencedKeyMissing   = "referenced_key_missing_on_green"
 	HazardForeignKeysMissing     = "foreign_keys_missing_on_green"
@@ -122,6 +123,11 @@ type HazardFacts struct {
 	// WritableSchemas: schemas on the sync functions' search path in which
 	// roles other than the table owner may CREATE.
 	WritableSchemas []WritableSchema `json:"writable_schemas,omitempty"`
+	// RLSSubjects are the roles greenswap works as (the table owner, whom
+	// the sync triggers run as, and the connecting role, which copies and
+	// checksums) that blue's FORCE ROW LEVEL SECURITY would filter: neither
+	// superuser nor BYPASSRLS.
+	RLSSubjects []string `json:"rls_subjects,omitempty"`
 }
 
 // Volatility is what DetectVolatility found for one mapped column.
@@ -201,6 +207,14 @@ func Hazards(in HazardInput) []Hazard {
 		add(Hazard{Code: HazardRLSNeedsInvoker, Severity: Blocking,
 			Message: fmt.Sprintf("%s has row-level security and PostgreSQL %d has no security_invoker views: the app-name view would read the table with its owner's rights and bypass the policies", blue.Name, f.ServerMajor),
 			Fix:     "upgrade to PostgreSQL 15 or later, or migrate another way"})
+	}
+	if blue.RLSEnabled && blue.RLSForced && len(f.RLSSubjects) > 0 {
+		add(Hazard{Code: HazardRLSForcedOnGreenswap, Severity: Blocking,
+			Message: fmt.Sprintf("%s has FORCE ROW LEVEL SECURITY, which applies to %s (neither superuser nor BYPASSRLS): the policies would filter greenswap's own reads and writes (the copy, the sync triggers, the checksums), so rows they hide would be missing from green while verify, seeing the same subset on both sides, called them equal; finalize would then drop them with blue",
+				blue.Name, strings.Join(f.RLSSubjects, " and ")),
+			Fix: fmt.Sprintf("for the migration, ALTER TABLE %s NO FORCE ROW LEVEL SECURITY (the owner is then exempt, other roles stay restricted) and FORCE it again after finalize; or, as a superuser, ALTER ROLE ... BYPASSRLS for the roles named",
+				db.Ident(blue.Name.Schema, blue.Name.Name)),
+			Objects: f.RLSSubjects})
 	}
 	if blue.RLSEnabled && green != nil && !green.RLSEnabled {
 		pols := make([]string, len(blue.Policies))
@@ -766,8 +780,20 @@ SELECT a.attname::text
 	if f.InheritanceChildren, f.InheritanceParents, err = loadInheritance(ctx, q, blue); err != nil {
 		return f, err
 	}
-	f.WritableSchemas, err = LoadWritableSchemas(ctx, q, []string{blue.Name.Schema}, blue.Owner)
-	return f, err
+	if f.WritableSchemas, err = LoadWritableSchemas(ctx, q, []string{blue.Name.Schema}, blue.Owner); err != nil {
+		return f, err
+	}
+	if blue.RLSForced {
+		rows, err := q.Query(ctx, `SELECT CASE WHEN r.rolname = current_user AND r.rolname <> $1 THEN 'the connecting role ' ELSE 'the table owner ' END || r.rolname
+			FROM pg_catalog.pg_roles r WHERE r.rolname IN ($1, current_user) AND NOT (r.rolsuper OR r.rolbypassrls) ORDER BY r.rolname <> $1`, blue.Owner)
+		if err != nil {
+			return f, fmt.Errorf("read the RLS bypass of %s's owner: %w", blue.Name, err)
+		}
+		if f.RLSSubjects, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
 }
 
 // publicationsHazard says, per kind of publication, what moving blue out of

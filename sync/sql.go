@@ -92,11 +92,15 @@ func (k keySpec) asText() string {
 // travel as text, so their text form must read back as the same value
 // whatever the role's defaults (ISO dates, exact floats, hex bytea); the
 // mapping's expressions resolve through the same search_path as in the
-// trigger functions; a batch waits at most lockTimeout for a row lock.
+// trigger functions; a batch waits at most lockTimeout for a row lock; and
+// row_security is off, so a policy that would filter the copy (FORCE ROW
+// LEVEL SECURITY turned on mid-migration) fails the batch instead of
+// silently leaving the rows it hides out of green.
 // Args: $1 search_path, $2 lock_timeout.
 const sessionSQL = `SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true),
 	set_config('datestyle', 'ISO, MDY', true), set_config('intervalstyle', 'postgres', true),
-	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true)`
+	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true),
+	set_config('row_security', 'off', true)`
 
 // searchPath is the search_path the mapping's expressions are evaluated
 // under; the same as the trigger functions' (trigger.FunctionSQL).

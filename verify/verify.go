@@ -471,11 +471,13 @@ func (v *verifier) beginWorker(ctx context.Context, snapshot string) (*worker, e
 }
 
 // sessionSettings makes the mapping expressions resolve as they do in the
-// triggers (search_path = pg_catalog, app schema), floats print exactly,
-// and no user statement_timeout cuts a whole-table scan short.
+// triggers (search_path = pg_catalog, app schema, pg_temp), floats print
+// exactly, no user statement_timeout cuts a whole-table scan short, and
+// row_security is off: a policy filtering both sides alike would make a
+// subset look equal, so it must be an error instead.
 func (v *verifier) sessionSettings(ctx context.Context, tx pgx.Tx) error {
 	_, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true), set_config('extra_float_digits', '1', true),
-		set_config('statement_timeout', '0', true)`, shadow.SearchPathFor(v.p.appSchema))
+		set_config('statement_timeout', '0', true), set_config('row_security', 'off', true)`, shadow.SearchPathFor(v.p.appSchema))
 	return err
 }
 

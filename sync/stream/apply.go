@@ -275,10 +275,13 @@ WHERE %s
 // transaction, the same as the backfill's: keys travel as text in ISO
 // styles, the mapping's expressions resolve through the trigger functions'
 // search_path, and row lock waits are bounded so the applier, not the
-// application, gives way on a conflict. Args: $1 search_path, $2 lock_timeout.
+// application, gives way on a conflict; row_security is off, as in the
+// backfill (an RLS filter is an error, never a silent gap).
+// Args: $1 search_path, $2 lock_timeout.
 const settingsSQL = `SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true),
 	set_config('datestyle', 'ISO, MDY', true), set_config('intervalstyle', 'postgres', true),
-	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true)`
+	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true),
+	set_config('row_security', 'off', true)`
 
 // replicationParams are the replication session's settings: key values are
 // printed by the walsender in the forms settingsSQL reads back exactly.
