@@ -87,6 +87,7 @@ func (b *bench) runAll(ctx context.Context) {
 	figVerify2 := b.figure("verify time, --workers 2", "≤ 1.5×")
 	figSwap := b.figure("cutover: swap lock-hold time", "< 50 ms")
 	figCutLat := b.figure("cutover: client max latency (16 clients)", "≤ lock timeout (2 s)")
+	figDeadlock := b.figure("cross-shape deadlocks (8 clients on both shapes, 50 hot rows)", "measured; 0 on one shape")
 	figRSS1 := b.figure("greenswap peak RSS, sync of "+fmtRows(n)+" rows", "< 100 MB")
 	figRSS4 := b.figure("greenswap peak RSS, sync of "+fmtRows(4*n)+" rows", "flat (≈ 1.0× of "+fmtRows(n)+"), < 100 MB")
 
@@ -146,8 +147,12 @@ func (b *bench) runAll(ctx context.Context) {
 	// 3. Cutover under 16 clients.
 	if synced {
 		if err := b.cutover(ctx, dsn, verified, figSwap, figCutLat); err != nil {
-			mark(err, figSwap, figCutLat)
+			mark(err, figSwap, figCutLat, figDeadlock)
+		} else if err := b.crossShape(ctx, dsn, figDeadlock); err != nil {
+			mark(err, figDeadlock)
 		}
+	} else {
+		figDeadlock.na("skipped", "needs the synced migration, whose sync failed")
 	}
 
 	// 4. App write TPS during sync vs before, on the clone.
