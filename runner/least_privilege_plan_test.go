@@ -46,7 +46,8 @@ func TestLeastPrivilegeMissingFailsEarly(t *testing.T) {
 		{name: "no CREATE on the app schema", code: shadow.PrivCreateOnApp,
 			setup: func(t *testing.T, dsn, dbname string) string {
 				owner, rd := lpRole(t, dsn, "owner", "GRANT CREATE ON DATABASE "+db.Ident(dbname)+" TO {role}")
-				pgtest.Exec(t, dsn, "ALTER TABLE accounts OWNER TO "+db.Ident(owner))
+				// PostgreSQL ≤ 14 grants CREATE on public to PUBLIC.
+				pgtest.Exec(t, dsn, "REVOKE CREATE ON SCHEMA public FROM PUBLIC; ALTER TABLE accounts OWNER TO "+db.Ident(owner))
 				return rd
 			},
 			want: []string{"CREATE on schema public", `GRANT CREATE ON SCHEMA "public" TO "owner_`}},

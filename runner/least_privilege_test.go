@@ -230,7 +230,7 @@ table: public.accounts
 target:
   ddl: CREATE TABLE accounts (id bigint PRIMARY KEY, value bigint NOT NULL, note text)
 `)
-	pgtest.Exec(t, dsn, "REVOKE CREATE ON SCHEMA public FROM "+db.Ident(owner))
+	pgtest.Exec(t, dsn, "REVOKE CREATE ON SCHEMA public FROM PUBLIC, "+db.Ident(owner)) // PUBLIC: PostgreSQL ≤ 14's default
 	super := coEnv(t, dsn)
 	before := coCatalog(t, super.Pool)
 	out := &coBuffer{}

@@ -68,6 +68,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO %s;
 // another tenant's rows into blue.)
 func TestPrivilegesRLSOnGreen(t *testing.T) {
 	t.Parallel()
+	if pgtest.ServerMajor(t) < 15 {
+		t.Skip("RLS tables are a blocking hazard below PostgreSQL 15 (no security_invoker views)")
+	}
 	for _, force := range []bool{false, true} {
 		t.Run(fmt.Sprintf("force=%v", force), func(t *testing.T) {
 			t.Parallel()

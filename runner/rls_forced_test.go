@@ -51,6 +51,9 @@ GRANT CREATE ON SCHEMA public TO `+db.Ident(owner))
 		t.Fatalf("plan + sync changed the database:\n%s", coDiff(before, after))
 	}
 
+	if pgtest.ServerMajor(t) < 15 {
+		return // RLS is blocking there anyway (rls_without_security_invoker)
+	}
 	// The hazard's fix: the owner is exempt, every row is copied.
 	pgtest.Exec(t, dsn, `ALTER TABLE orders NO FORCE ROW LEVEL SECURITY`)
 	if _, err := Sync(ctx, env, spec, SyncOptions{}); err != nil {

@@ -24,7 +24,7 @@ func driftFixture(t *testing.T) (*pgxpool.Pool, string, Names) {
 		CREATE SCHEMA gs_dr_blue; CREATE SCHEMA gs_dr_green;
 		CREATE TABLE gs_dr_blue.orders (id int PRIMARY KEY, note text, amount int NOT NULL DEFAULT 0);
 		CREATE TABLE gs_dr_green.orders (id bigint PRIMARY KEY, note text, amount numeric(12,2) NOT NULL DEFAULT 0);
-		CREATE VIEW public.orders WITH (security_invoker = true) AS SELECT id, note, amount FROM gs_dr_blue.orders;
+		CREATE VIEW public.orders WITH (security_barrier = true) AS SELECT id, note, amount FROM gs_dr_blue.orders;
 		CREATE FUNCTION gs_dr_green.gs_forward() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
 		CREATE TRIGGER gs_sync_dr AFTER INSERT ON gs_dr_blue.orders FOR EACH ROW EXECUTE FUNCTION gs_dr_green.gs_forward();
 		CREATE FUNCTION public.audit() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;`)
@@ -60,7 +60,7 @@ func TestFingerprintNamesEachDrift(t *testing.T) {
 		want               []string // substrings of the one-line drifts
 	}{
 		{"view add column", `CREATE OR REPLACE VIEW public.orders AS SELECT id, note, amount, 1::numeric AS discount FROM gs_dr_blue.orders`,
-			`DROP VIEW public.orders; CREATE VIEW public.orders WITH (security_invoker = true) AS SELECT id, note, amount FROM gs_dr_blue.orders`,
+			`DROP VIEW public.orders; CREATE VIEW public.orders WITH (security_barrier = true) AS SELECT id, note, amount FROM gs_dr_blue.orders`,
 			[]string{"public.orders (the app view): column discount numeric added", "view definition changed"}},
 		{"view rename column", `ALTER VIEW public.orders RENAME COLUMN note TO memo`, `ALTER VIEW public.orders RENAME COLUMN memo TO note`,
 			[]string{"public.orders (the app view): column note renamed to memo"}},
@@ -82,8 +82,8 @@ func TestFingerprintNamesEachDrift(t *testing.T) {
 			[]string{"gs_dr_blue.orders (blue): row level security enabled"}},
 		{"blue inheritance child", `CREATE TABLE public.orders_old () INHERITS (gs_dr_blue.orders)`, `DROP TABLE public.orders_old`,
 			[]string{"gs_dr_blue.orders (blue): inheritance child (or partition) public.orders_old added"}},
-		{"view options", `ALTER VIEW public.orders RESET (security_invoker)`, `ALTER VIEW public.orders SET (security_invoker = true)`,
-			[]string{"public.orders (the app view): options changed from [security_invoker=true] to []"}},
+		{"view options", `ALTER VIEW public.orders RESET (security_barrier)`, `ALTER VIEW public.orders SET (security_barrier = true)`,
+			[]string{"public.orders (the app view): options changed from [security_barrier=true] to []"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

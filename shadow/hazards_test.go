@@ -150,7 +150,8 @@ func TestHazardsCatalog(t *testing.T) {
 	major := pgtest.ServerMajor(t)
 
 	t.Run("plain table has only the view limitations and the cross-shape deadlock note", func(t *testing.T) {
-		pgtest.Exec(t, e.dsn, `CREATE TABLE plain (id int PRIMARY KEY, v text)`)
+		// REVOKE: PostgreSQL ≤ 14 lets PUBLIC create in public (writable_schema_on_path).
+		pgtest.Exec(t, e.dsn, `REVOKE CREATE ON SCHEMA public FROM PUBLIC; CREATE TABLE plain (id int PRIMARY KEY, v text)`)
 		sc := e.load(t, specFor("plain_v2", "plain", "CREATE TABLE plain (id int PRIMARY KEY, v text)", ""), true)
 		hs := sc.hazards()
 		want(t, hs, HazardViewLimitations, Warning)
