@@ -235,7 +235,7 @@ func TestUsageSensor(t *testing.T) {
 	if _, err := old.Exec(ctx, `INSERT INTO gs_us_blue.acc VALUES (1)`); err != nil {
 		t.Fatal(err)
 	}
-	if cs, err := Usage(ctx, pool, n, since); err != nil || len(cs) != 1 || cs[0].How != "query" {
+	if cs, err := Usage(ctx, pool, n, since, nil); err != nil || len(cs) != 1 || cs[0].How != "query" {
 		t.Fatalf("sensor off: %+v %v (want only the query naming the schema)", cs, err)
 	}
 	pgtest.Exec(t, dsn, usageSwitchSQL(n, true))
@@ -263,7 +263,7 @@ func TestUsageSensor(t *testing.T) {
 	rtx.Exec(ctx, `SET LOCAL search_path = gs_us_blue`)
 	rtx.Exec(ctx, `SELECT count(*) FROM acc`)
 
-	cs, err := Usage(ctx, pool, n, since)
+	cs, err := Usage(ctx, pool, n, since, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

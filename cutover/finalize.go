@@ -28,6 +28,9 @@ type FinalizeInput struct {
 	// Since: a write to blue recorded by the usage sensor at or after this
 	// time, seen under finalize's locks, makes it refuse (nothing changed).
 	Since time.Time
+	// Own: the backend PIDs of the caller's own sessions, which are not
+	// clients (see Usage and OwnSessions).
+	Own []int32
 }
 
 // SequenceMove says what finalize does with one sequence a green column
@@ -538,7 +541,7 @@ func Finalize(ctx context.Context, pool *pgxpool.Pool, in FinalizeInput, opt Swa
 		if in.Since.IsZero() {
 			return nil
 		}
-		cs, err := Usage(ctx, tx, in.Names, in.Since)
+		cs, err := Usage(ctx, tx, in.Names, in.Since, in.Own)
 		if err != nil {
 			return err
 		}

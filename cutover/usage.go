@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
@@ -34,10 +35,15 @@ import (
 //     so is pg_stat_activity.query naming the blue schema (last query of
 //     idle sessions included, with its start time).
 //
-// Sessions whose application_name starts with "greenswap" are greenswap's
-// own. A read shorter than the sampling interval, by a session that names
-// the table without the schema (search_path), can be missed: the quiet
-// period is what makes a regular client visible.
+// greenswap's own sessions are known by backend PID, never by name: any
+// client may call itself application_name = 'greenswap…' (finding 03), and
+// one that did went unseen and had blue dropped under it. The caller passes
+// the PIDs of its own connections (OwnSessions); the sampling session is
+// excluded by pg_backend_pid(). A session of another greenswap process
+// (a `sync --watch`, a `status`) is a client like any other. A read shorter
+// than the sampling interval, by a session that names the table without the
+// schema (search_path), can be missed: the quiet period is what makes a
+// regular client visible.
 
 // usageObjects says which parts of the sensor exist.
 type usageObjects struct {
@@ -165,11 +171,11 @@ WITH me AS (SELECT oid FROM pg_database WHERE datname = current_database()),
 others AS (
     SELECT * FROM pg_stat_activity a
      WHERE a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
-       AND coalesce(a.application_name, '') NOT LIKE 'greenswap%%'
+       AND a.pid <> ALL ($4::int4[])
        AND a.datid = (SELECT oid FROM me)
 )
 SELECT pid, application_name, usename, client_addr, at, 'write', query FROM %s
- WHERE at >= $3 AND application_name NOT LIKE 'greenswap%%'
+ WHERE at >= $3 AND pid <> pg_backend_pid() AND pid <> ALL ($4::int4[])
 UNION ALL
 SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
        now(), 'lock ' || string_agg(DISTINCT l.mode, '+'), coalesce(a.query, '')
@@ -184,8 +190,10 @@ SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), c
  WHERE strpos(lower(a.query), lower($2)) > 0 AND a.query_start >= $3`
 
 // Usage takes one sample of who uses blue (see the comment above). since
-// bounds the sensor's records and the query start times considered.
-func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time) ([]Client, error) {
+// bounds the sensor's records and the query start times considered; own
+// are the backend PIDs of the caller's own sessions (OwnSessions), left
+// out besides the sampling session itself.
+func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time, own []int32) ([]Client, error) {
 	blue, err := findRelation(ctx, q, n.Blue)
 	if err != nil || blue == nil {
 		return nil, err
@@ -199,7 +207,10 @@ func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time) (
 	if u.table {
 		src = qident(usageTable(n))
 	}
-	rows, err := q.Query(ctx, fmt.Sprintf(usageSQL, src), blue.OID, n.BlueSchema, since)
+	if own == nil {
+		own = []int32{}
+	}
+	rows, err := q.Query(ctx, fmt.Sprintf(usageSQL, src), blue.OID, n.BlueSchema, since, own)
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +250,28 @@ type WatchOptions struct {
 	Since time.Time
 	// Tick, when set, is called after each sample with the time left.
 	Tick func(left time.Duration, seen []Client)
+	// Own: the backend PIDs of the caller's own sessions (see Usage).
+	Own []int32
+}
+
+// OwnSessions returns the backend PIDs of pool's idle connections and of
+// extra (dedicated sessions, such as the migration lock's): greenswap's
+// own sessions in this process, known by what the server told it at
+// connect time rather than by any name a client could also claim. A
+// connection busy elsewhere at the time is not listed, so it would show as
+// a client: the mistake this can make is a refusal, never a blind eye.
+func OwnSessions(ctx context.Context, pool *pgxpool.Pool, extra ...uint32) []int32 {
+	var own []int32
+	for _, c := range pool.AcquireAllIdle(ctx) {
+		own = append(own, int32(c.Conn().PgConn().PID()))
+		c.Release()
+	}
+	for _, pid := range extra {
+		if pid != 0 {
+			own = append(own, int32(pid))
+		}
+	}
+	return own
 }
 
 // WatchUsage samples Usage every Interval for Period and returns every
@@ -254,7 +287,7 @@ func WatchUsage(ctx context.Context, q db.Querier, n shadow.Names, opt WatchOpti
 	}
 	var seen []Client
 	for {
-		cs, err := Usage(ctx, q, n, since)
+		cs, err := Usage(ctx, q, n, since, opt.Own)
 		if err != nil {
 			return seen, err
 		}

@@ -50,7 +50,7 @@ func TestUsageSensorNotFooledBySpoofedFlag(t *testing.T) {
 		}
 		c.Close(ctx)
 	}
-	cs, err := Usage(ctx, pool, n, since)
+	cs, err := Usage(ctx, pool, n, since, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

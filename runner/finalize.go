@@ -122,17 +122,19 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 	res.Plan = plan
 	describeFinalize(opts, plan)
 
-	// The quiet period.
+	// The quiet period. greenswap's own sessions are this process's
+	// connections, by PID: a client calling itself greenswap is a client.
 	since := time.Now().Add(-opts.QuietPeriod)
+	own := cutover.OwnSessions(ctx, env.Pool, lock.PID())
 	var clients []cutover.Client
 	if opts.Force {
-		clients, err = cutover.Usage(ctx, env.Pool, m.Names, since)
+		clients, err = cutover.Usage(ctx, env.Pool, m.Names, since, own)
 	} else {
 		opts.printf("watching %s for clients other than greenswap for %s (sampled every %s) ...\n",
 			m.Names.Blue, opts.QuietPeriod, durOr(opts.SampleEvery, time.Second))
 		lastTick := time.Now()
 		clients, err = cutover.WatchUsage(ctx, env.Pool, m.Names, cutover.WatchOptions{
-			Period: opts.QuietPeriod, Interval: opts.SampleEvery, Since: since,
+			Period: opts.QuietPeriod, Interval: opts.SampleEvery, Since: since, Own: own,
 			Tick: func(left time.Duration, seen []cutover.Client) {
 				if len(seen) == 0 && left > 0 && time.Since(lastTick) >= 30*time.Second {
 					lastTick = time.Now()
@@ -181,6 +183,8 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 	if !opts.Force {
 		in.Since = since
 	}
+	// Again: the pool may have opened connections since.
+	in.Own = cutover.OwnSessions(ctx, env.Pool, lock.PID())
 	log := env.Log.With().Str("migration", name).Str("step", "finalize").Logger()
 	fr, err := cutover.Finalize(ctx, env.Pool, in, cutover.SwapOptions{
 		Lock: lo,

@@ -287,7 +287,10 @@ SELECT current_user::text, current_database()::text, r.rolsuper, r.rolsuper OR r
 		ps = append(ps, Privilege{Code: PrivStateSchema, Granted: stateOK, Steps: []string{StepSync},
 			Need: "the rights of the owner of schema greenswap and its tables (" + strings.Join(stateOwners, ", ") + ")",
 			Why:  "sync re-applies the state schema's DDL (CREATE ... IF NOT EXISTS, CREATE OR REPLACE FUNCTION) before recording the migration there",
-			Fix:  fmt.Sprintf("GRANT %s TO %s", db.IdentList(stateOwners), role)})
+			// Never "GRANT <owner> TO <role>": a planted schema's owner would
+			// then have its triggers run in this role's session (finding 02).
+			Fix: fmt.Sprintf("if you did not expect %s to own schema greenswap, inspect it and drop it (DROP SCHEMA greenswap CASCADE) so that greenswap creates its own; if you did, connect as %s",
+				strings.Join(stateOwners, ", "), strings.Join(stateOwners, " or "))})
 		// The other commands only read and write its rows.
 		var write bool
 		if err := q.QueryRow(ctx, `
@@ -300,8 +303,8 @@ SELECT has_schema_privilege('greenswap', 'USAGE')
 		ps = append(ps, Privilege{Code: PrivStateWrite, Granted: write || stateOK, Steps: []string{StepVerify, StepCutover, StepRollback, StepFinalize},
 			Need: "USAGE on schema greenswap, SELECT, INSERT, UPDATE on greenswap.migrations, SELECT, INSERT on greenswap.events and USAGE on its sequence",
 			Why:  "every command records the migration's state and its events there",
-			Fix: fmt.Sprintf("GRANT USAGE ON SCHEMA greenswap TO %[1]s; GRANT SELECT, INSERT, UPDATE ON greenswap.migrations TO %[1]s; GRANT SELECT, INSERT ON greenswap.events TO %[1]s; GRANT USAGE ON SEQUENCE greenswap.events_id_seq TO %[1]s (or GRANT %[2]s TO %[1]s)",
-				role, db.IdentList(stateOwners))})
+			Fix: fmt.Sprintf("GRANT USAGE ON SCHEMA greenswap TO %[1]s; GRANT SELECT, INSERT, UPDATE ON greenswap.migrations TO %[1]s; GRANT SELECT, INSERT ON greenswap.events TO %[1]s; GRANT USAGE ON SEQUENCE greenswap.events_id_seq TO %[1]s, connected as %[2]s (or connect as %[2]s)",
+				role, strings.Join(stateOwners, " or "))})
 	}
 	if s.Mode == ModeLogical {
 		ps = append(ps, Privilege{Code: PrivReplication, Granted: canRepl, Steps: []string{StepSync, StepVerify, StepCutover, StepRollback},

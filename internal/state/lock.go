@@ -90,6 +90,15 @@ func Acquire(ctx context.Context, connConfig *pgx.ConnConfig, migration string) 
 	return nil, h
 }
 
+// PID is the backend PID of the lock's session (0 once released), so a
+// caller can tell this session of its own from a client's.
+func (l *Lock) PID() uint32 {
+	if l == nil || l.conn == nil {
+		return 0
+	}
+	return l.conn.PgConn().PID()
+}
+
 // Release gives the lock back and closes its session.
 func (l *Lock) Release(ctx context.Context) error {
 	if l == nil || l.conn == nil {

@@ -91,18 +91,39 @@ func Ensure(ctx context.Context, conn interface {
 		return err
 	}
 	defer tx.Rollback(ctx)
-	for _, s := range ddl {
+	// Checked under the advisory lock, before the DDL (which would run
+	// CREATE OR REPLACE FUNCTION and DO blocks in a planted schema) and
+	// again after it, in the same transaction, for a schema another
+	// session created in between.
+	if _, err := tx.Exec(ctx, ddl[0]); err != nil {
+		return fmt.Errorf("create greenswap state schema: %w", err)
+	}
+	if err := Check(ctx, tx); err != nil {
+		return err
+	}
+	for _, s := range ddl[1:] {
 		if _, err := tx.Exec(ctx, s); err != nil {
 			return fmt.Errorf("create greenswap state schema: %w", err)
 		}
 	}
+	if err := Check(ctx, tx); err != nil {
+		return err
+	}
 	return tx.Commit(ctx)
 }
 
-// Exists reports whether the state schema has been created in this database.
+// Exists reports whether the state schema has been created in this
+// database. A schema greenswap must not use (see Check) is an
+// *UntrustedError (exit 2): every reader and writer of the state goes
+// through here first (Get, List, Upgrade).
 func Exists(ctx context.Context, q db.Querier) (bool, error) {
+	// Checked first: to_regclass fails (42501) for a role without USAGE
+	// on a schema someone else made, which would hide who made it.
+	if err := Check(ctx, q); err != nil {
+		return false, err
+	}
 	var ok bool
-	err := q.QueryRow(ctx, `SELECT to_regclass('greenswap.migrations') IS NOT NULL`).Scan(&ok)
+	err := q.QueryRow(ctx, `SELECT pg_catalog.to_regclass('greenswap.migrations') IS NOT NULL`).Scan(&ok)
 	return ok, err
 }
 
