@@ -169,9 +169,14 @@ func (e *UntrustedError) Error() string {
 		}
 		parts = append(parts, f.String())
 	}
-	return fmt.Sprintf("refusing to use the state schema greenswap: %s; whatever fires on greenswap's writes there would run as %s: "+
-		"inspect schema greenswap and, if you did not make it so, drop it (DROP SCHEMA greenswap CASCADE) so that greenswap creates its own "+
-		"(do not grant its owner's role to anyone)", strings.Join(parts, "; "), db.Ident(e.User))
+	// Two readers: a DBA who ran the migration as the table owner and now
+	// connects as a superuser (connect as the owner again), and one facing
+	// a planted schema (drop it). Dropping a real state schema loses every
+	// migration's state, so that is said too.
+	return fmt.Sprintf("refusing to use the state schema greenswap: %s; whatever fires on greenswap's writes there would run as %s. "+
+		"If its migrations were run as its owner, run greenswap as that role (or a member of it); otherwise inspect schema greenswap "+
+		"and drop it (DROP SCHEMA greenswap CASCADE, which deletes the state of every migration in it) so that greenswap creates its own; "+
+		"do not grant its owner's role to anyone", strings.Join(parts, "; "), db.Ident(e.User))
 }
 
 func (e *UntrustedError) ExitCode() exitcode.Code { return exitcode.BadInput }
