@@ -246,14 +246,15 @@ func (p *plan) keySet(types []string, keys [][]string, args *[]any) string {
 			vals[j] = k[i]
 		}
 		*args = append(*args, vals)
-		unnest[i] = "$" + strconv.Itoa(len(*args)) + "::text[]"
+		// ROWS FROM: the multi-argument unnest is syntax only unqualified.
+		unnest[i] = "pg_catalog.unnest($" + strconv.Itoa(len(*args)) + "::text[])"
 		cols[i] = "u.k" + strconv.Itoa(i) + "::" + types[i]
 	}
 	names := make([]string, len(p.key))
 	for i := range p.key {
 		names[i] = "k" + strconv.Itoa(i)
 	}
-	return "SELECT " + strings.Join(cols, ", ") + " FROM pg_catalog.unnest(" + strings.Join(unnest, ", ") + ") AS u(" + strings.Join(names, ", ") + ")"
+	return "SELECT " + strings.Join(cols, ", ") + " FROM ROWS FROM (" + strings.Join(unnest, ", ") + ") AS u(" + strings.Join(names, ", ") + ")"
 }
 
 // repairDeleteSQL deletes target rows with these keys that the source no

@@ -74,10 +74,10 @@ func buildSQL(n shadow.Names, m *shadow.Mapping, blue *shadow.Table) (*applySQL,
 		params[i] = fmt.Sprintf("$%d::text[]", i+1)
 		ucols[i] = fmt.Sprintf("gs_k%d", i)
 	}
-	from := "pg_catalog.unnest(" + strings.Join(params, ", ") + ") AS u(" + strings.Join(ucols, ", ") + ")"
+	from := rowsFromUnnest(params) + " AS u(" + strings.Join(ucols, ", ") + ")"
 	// The same with each key's gone flag (entry.gone) as the last parameter.
-	fromGone := "pg_catalog.unnest(" + strings.Join(params, ", ") + fmt.Sprintf(", $%d::boolean[]", len(m.Key)+1) +
-		") AS u(" + strings.Join(ucols, ", ") + ", gs_gone)"
+	fromGone := rowsFromUnnest(append(slices.Clone(params), fmt.Sprintf("$%d::boolean[]", len(m.Key)+1))) +
+		" AS u(" + strings.Join(ucols, ", ") + ", gs_gone)"
 	keysAs := func(green bool) string {
 		sel := make([]string, len(m.Key))
 		for i := range m.Key {
@@ -253,11 +253,11 @@ func buildMoveSQL(m *shadow.Mapping, blueRel, greenRel string, bt, gt []string) 
 		keyCols = append(keyCols, db.Ident(kc))
 		keyVals = append(keyVals, "CAST(mv.gs_t"+fmt.Sprint(i)+" AS "+gt[i]+")")
 	}
-	from := fmt.Sprintf(`FROM (SELECT %s FROM pg_catalog.unnest(%s) AS u(%s)) AS mv
+	from := fmt.Sprintf(`FROM (SELECT %s FROM %s AS u(%s)) AS mv
 WHERE %s
   AND %%s (SELECT 1 FROM %s AS b WHERE %s)
   AND NOT EXISTS (SELECT 1 FROM %s AS g2 WHERE %s)`,
-		strings.Join(casts, ", "), strings.Join(params, ", "), strings.Join(ucols, ", "),
+		strings.Join(casts, ", "), rowsFromUnnest(params), strings.Join(ucols, ", "),
 		strings.Join(gOld, " AND "),
 		blueRel, strings.Join(bNew, " AND "),
 		greenRel, strings.Join(gNew, " AND "))
@@ -609,4 +609,16 @@ func sameSet(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// rowsFromUnnest zips arrays into rows: ROWS FROM (pg_catalog.unnest($1),
+// pg_catalog.unnest($2), ...). The multi-argument unnest(a, b) is syntax
+// that only exists unqualified, and an unqualified unnest can resolve to
+// an overload in the app schema, which is on the apply session's path.
+func rowsFromUnnest(arrays []string) string {
+	calls := make([]string, len(arrays))
+	for i, a := range arrays {
+		calls[i] = "pg_catalog.unnest(" + a + ")"
+	}
+	return "ROWS FROM (" + strings.Join(calls, ", ") + ")"
 }
