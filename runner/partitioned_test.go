@@ -287,7 +287,7 @@ func TestFinalizePartitioned(t *testing.T) {
 		t.Errorf("%d rows after finalize, want %d", n, rows)
 	}
 	if p := coStr(t, env.Pool, `WITH i AS (INSERT INTO public.events (id, created_at, kind, account_id) VALUES (-1, '2024-04-20', 'x', 1) RETURNING tableoid)
-		SELECT tableoid::regclass::text FROM i`); p != "events_2024q2_a" {
+		SELECT tableoid::regclass::text FROM i`); p != "public.events_2024q2_a" {
 		t.Errorf("a new row went to %s", p)
 	}
 }
