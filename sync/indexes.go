@@ -316,8 +316,8 @@ func (ib *IndexBuild) Run(ctx context.Context) error {
 		return fmt.Errorf("connect to build indexes: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "SET lock_timeout = 0; SET statement_timeout = 0; SET search_path TO "+
-		db.Ident(ib.Names.GreenSchema)+", "+db.Ident(ib.Names.App.Schema), pgx.QueryExecModeSimpleProtocol); err != nil {
+	if _, err := conn.Exec(ctx, "SET lock_timeout = 0; SET statement_timeout = 0; SET search_path TO pg_catalog, "+
+		db.Ident(ib.Names.GreenSchema)+", "+db.Ident(ib.Names.App.Schema)+", pg_temp", pgx.QueryExecModeSimpleProtocol); err != nil {
 		return err
 	}
 	targets := make([]relInfo, len(stmts))
