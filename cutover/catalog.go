@@ -24,7 +24,7 @@ const catalogPath = "pg_catalog"
 
 // setPath sets the transaction-local search_path.
 func setPath(ctx context.Context, q db.Querier, path string) error {
-	_, err := q.Exec(ctx, "SELECT set_config('search_path', $1, true)", path)
+	_, err := q.Exec(ctx, "SELECT pg_catalog.set_config('search_path', $1, true)", path)
 	return err
 }
 
@@ -82,7 +82,7 @@ type column struct {
 }
 
 func loadColumns(ctx context.Context, q db.Querier, oid uint32) ([]column, error) {
-	rows, err := q.Query(ctx, `SELECT attname::text, format_type(atttypid, atttypmod), attcollation::int8
+	rows, err := q.Query(ctx, `SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attcollation::int8
 		FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, oid)
 	if err != nil {
 		return nil, err
@@ -216,13 +216,13 @@ WITH RECURSIVE deps(oid, depth, direct) AS (
       JOIN pg_rewrite r ON r.oid = d.objid
      WHERE r.ev_class <> deps.oid AND r.ev_class <> ALL ($1) AND deps.depth < 100
 )
-SELECT d.oid, n.nspname::text, c.relname::text, c.relkind = 'm', max(d.depth), bool_or(d.direct)
+SELECT d.oid, n.nspname::text, c.relname::text, c.relkind = 'm', pg_catalog.max(d.depth), pg_catalog.bool_or(d.direct)
   FROM deps d
   JOIN pg_class c ON c.oid = d.oid
   JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('v', 'm')
  GROUP BY d.oid, n.nspname, c.relname, c.relkind
- ORDER BY max(d.depth), n.nspname, c.relname`
+ ORDER BY pg_catalog.max(d.depth), n.nspname, c.relname`
 
 // loadDependents returns the views over roots in creation order. A view that
 // reads repointFrom directly (0: none) is marked Repoint: its definition is
@@ -266,8 +266,8 @@ func loadViewMeta(ctx context.Context, q db.Querier, v *viewMeta) error {
 			return err
 		}
 	}
-	err := q.QueryRow(ctx, `SELECT pg_get_viewdef($1::oid), coalesce(c.reloptions, '{}'), pg_get_userbyid(c.relowner)::text,
-			coalesce(obj_description(c.oid, 'pg_class'), ''), c.relispopulated, c.relkind = 'm'
+	err := q.QueryRow(ctx, `SELECT pg_catalog.pg_get_viewdef($1::oid), coalesce(c.reloptions, '{}'), pg_catalog.pg_get_userbyid(c.relowner)::text,
+			coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), ''), c.relispopulated, c.relkind = 'm'
 		FROM pg_class c WHERE c.oid = $1`, v.OID).Scan(&v.Def, &v.Options, &v.Owner, &v.Comment, &v.Populated, &v.Materialized)
 	if v.PrintPath != catalogPath {
 		if perr := setPath(ctx, q, catalogPath); err == nil {
@@ -279,8 +279,8 @@ func loadViewMeta(ctx context.Context, q db.Querier, v *viewMeta) error {
 	}
 	v.Def = strings.TrimRight(strings.TrimSpace(v.Def), ";")
 	rows, err := q.Query(ctx, `
-		SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END, a.privilege_type, a.is_grantable
-		  FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = $1 ORDER BY 1, 2`, v.OID)
+		SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END, a.privilege_type, a.is_grantable
+		  FROM pg_class c, pg_catalog.aclexplode(c.relacl) a WHERE c.oid = $1 ORDER BY 1, 2`, v.OID)
 	if err != nil {
 		return err
 	}
@@ -307,7 +307,7 @@ func loadViewMeta(ctx context.Context, q db.Querier, v *viewMeta) error {
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`); err != nil {
 		return err
 	}
-	if v.ColDefault, err = pairs(`SELECT a.attname::text, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
+	if v.ColDefault, err = pairs(`SELECT a.attname::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
 		JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = $1 ORDER BY a.attnum`); err != nil {
 		return err
 	}
@@ -318,16 +318,16 @@ func loadViewMeta(ctx context.Context, q db.Querier, v *viewMeta) error {
 		}
 		return pgx.CollectRows(rows, pgx.RowTo[string])
 	}
-	if v.Triggers, err = list(`SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY tgname`); err != nil {
+	if v.Triggers, err = list(`SELECT pg_catalog.pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY tgname`); err != nil {
 		return err
 	}
-	if v.Rules, err = list(`SELECT pg_get_ruledef(oid) FROM pg_rewrite WHERE ev_class = $1 AND rulename <> '_RETURN' ORDER BY rulename`); err != nil {
+	if v.Rules, err = list(`SELECT pg_catalog.pg_get_ruledef(oid) FROM pg_rewrite WHERE ev_class = $1 AND rulename <> '_RETURN' ORDER BY rulename`); err != nil {
 		return err
 	}
 	for i := range v.Rules {
 		v.Rules[i] = strings.TrimRight(strings.TrimSpace(v.Rules[i]), ";")
 	}
-	if v.Indexes, err = list(`SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = $1 ORDER BY indexrelid`); err != nil {
+	if v.Indexes, err = list(`SELECT pg_catalog.pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = $1 ORDER BY indexrelid`); err != nil {
 		return err
 	}
 	return nil
@@ -393,15 +393,15 @@ func (f *foreignKey) validateSQL() string {
 func fkQuery(major int) string {
 	setCols := `'{}'::text[]`
 	if major >= 15 {
-		setCols = `ARRAY(SELECT a.attname::text FROM unnest(con.confdelsetcols) WITH ORDINALITY k(n, o)
+		setCols = `ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(con.confdelsetcols) WITH ORDINALITY k(n, o)
 			JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o)`
 	}
 	return `
 SELECT con.oid, con.conname::text, rn.nspname::text, rc.relname::text, rc.oid,
-       ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
+       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY k(n, o)
                JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
        fn.nspname::text, fc.relname::text, fc.oid,
-       ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
+       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(con.confkey) WITH ORDINALITY k(n, o)
                JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o),
        con.confmatchtype::text, con.confupdtype::text, con.confdeltype::text, ` + setCols + `,
        con.condeferrable, con.condeferred, con.convalidated
@@ -447,7 +447,7 @@ func outgoingFKs(ctx context.Context, q db.Querier, oid uint32, major int) ([]*f
 // primary key) on exactly the columns cols, which a foreign key needs.
 func hasUniqueOn(ctx context.Context, q db.Querier, oid uint32, cols []string) (bool, error) {
 	rows, err := q.Query(ctx, `
-		SELECT ARRAY(SELECT a.attname::text FROM generate_series(0, i.indnkeyatts - 1) s
+		SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.generate_series(0, i.indnkeyatts - 1) s
 		             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[s])
 		  FROM pg_index i
 		 WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
@@ -487,8 +487,8 @@ func loadTriggers(ctx context.Context, q db.Querier, oid uint32) ([]userTrigger,
 	if err := q.QueryRow(ctx, `SELECT $1::oid::regclass::text`, oid).Scan(&printed); err != nil {
 		return nil, "", err
 	}
-	rows, err := q.Query(ctx, `SELECT tgname::text, tgenabled::text, pg_get_triggerdef(oid) FROM pg_trigger
-		WHERE tgrelid = $1 AND NOT tgisinternal AND left(tgname::text, 8) <> 'gs_sync_' ORDER BY tgname`, oid)
+	rows, err := q.Query(ctx, `SELECT tgname::text, tgenabled::text, pg_catalog.pg_get_triggerdef(oid) FROM pg_trigger
+		WHERE tgrelid = $1 AND NOT tgisinternal AND pg_catalog.left(tgname::text, 8) <> 'gs_sync_' ORDER BY tgname`, oid)
 	if err != nil {
 		return nil, "", err
 	}
@@ -539,7 +539,7 @@ func syncTriggerState(ctx context.Context, q db.Querier, oid uint32, name string
 // triggers, constraints, policies and the views over them. Read again under
 // the locks, a different value means the plan is stale.
 const fingerprintSQL = `
-SELECT coalesce(md5(string_agg(x, ',' ORDER BY x)), '') FROM (
+SELECT coalesce(pg_catalog.md5(pg_catalog.string_agg(x, ',' ORDER BY x)), '') FROM (
     SELECT 'c' || c.oid || ':' || c.xmin::text || ':' || c.relname || ':' || c.relnamespace AS x FROM pg_class c WHERE c.oid = ANY ($1)
     UNION ALL SELECT 't' || t.oid || t.tgenabled::text FROM pg_trigger t WHERE t.tgrelid = ANY ($1)
     UNION ALL SELECT 'k' || k.oid FROM pg_constraint k WHERE k.conrelid = ANY ($1) OR k.confrelid = ANY ($1)
@@ -557,6 +557,6 @@ func fingerprint(ctx context.Context, q db.Querier, oids []uint32) (string, erro
 // serverMajor reads the server's major version.
 func serverMajor(ctx context.Context, q db.Querier) (int, error) {
 	var v int
-	err := q.QueryRow(ctx, `SELECT current_setting('server_version_num')::int / 10000`).Scan(&v)
+	err := q.QueryRow(ctx, `SELECT pg_catalog.current_setting('server_version_num')::int / 10000`).Scan(&v)
 	return v, err
 }

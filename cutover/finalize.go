@@ -300,7 +300,7 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 				create += " AS " + typ
 			}
 			after = append(after, nextValueDo(seq, create+" START WITH %s INCREMENT BY %s OWNED BY "+appRel+"."+col),
-				"ALTER TABLE "+appRel+" ALTER COLUMN "+col+" SET DEFAULT nextval("+db.Literal(newSeq)+"::regclass)")
+				"ALTER TABLE "+appRel+" ALTER COLUMN "+col+" SET DEFAULT pg_catalog.nextval("+db.Literal(newSeq)+"::regclass)")
 			after = append(after, grantOnSequence(newSeq, insertGrantees())...)
 			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "new sequence"})
 		}
@@ -323,8 +323,8 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 			k = "BY DEFAULT"
 		}
 		after = append(after, fmt.Sprintf(`DO $gs$DECLARE v bigint; BEGIN
-	SELECT coalesce(max(%[1]s), 0) + 1 INTO v FROM %[2]s;
-	EXECUTE format(%[3]s, v);
+	SELECT coalesce(pg_catalog.max(%[1]s), 0) + 1 INTO v FROM %[2]s;
+	EXECUTE pg_catalog.format(%[3]s, v);
 END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "+db.Ident(c)+" ADD GENERATED "+k+" AS IDENTITY (START WITH %s)")))
 	}
 
@@ -421,7 +421,7 @@ type partition struct {
 // One already elsewhere stays where it is.
 func greenPartitions(ctx context.Context, q db.Querier, green uint32, schema string) ([]partition, error) {
 	rows, err := q.Query(ctx, `SELECT c.oid, n.nspname::text, c.relname::text
-		FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		FROM pg_catalog.pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE t.level > 0 AND n.nspname = $2 ORDER BY t.level, c.relname`, green, schema)
 	if err != nil {
 		return nil, fmt.Errorf("read green's partitions: %w", err)
@@ -464,7 +464,7 @@ func widenSequence(ctx context.Context, q db.Querier, oid uint32, seq string, co
 		typ             string
 		maxV, minV, inc int64
 	)
-	if err := q.QueryRow(ctx, `SELECT format_type(seqtypid, NULL), seqmax, seqmin, seqincrement FROM pg_sequence WHERE seqrelid = $1`, oid).
+	if err := q.QueryRow(ctx, `SELECT pg_catalog.format_type(seqtypid, NULL), seqmax, seqmin, seqincrement FROM pg_sequence WHERE seqrelid = $1`, oid).
 		Scan(&typ, &maxV, &minV, &inc); err != nil {
 		return nil, "", fmt.Errorf("read sequence %s: %w", seq, err)
 	}
@@ -487,7 +487,7 @@ func nextValueDo(seq, stmt string) string {
 	return fmt.Sprintf(`DO $gs$DECLARE v bigint; inc bigint; BEGIN
 	SELECT CASE WHEN s.is_called THEN s.last_value + p.seqincrement ELSE s.last_value END, p.seqincrement
 	  INTO v, inc FROM %[1]s s, pg_catalog.pg_sequence p WHERE p.seqrelid = %[2]s::regclass;
-	EXECUTE format(%[3]s, v, inc);
+	EXECUTE pg_catalog.format(%[3]s, v, inc);
 END$gs$`, seq, db.Literal(seq), db.Literal(stmt))
 }
 

@@ -225,11 +225,11 @@ func acquirePair(ctx context.Context, tx pgx.Tx, blue, green LockTarget, deadlin
 func holders(ctx context.Context, pool *pgxpool.Pool, oid uint32) ([]shadow.Blocker, error) {
 	rows, err := pool.Query(ctx, `
 		SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''),
-		       coalesce(a.state, '') || ', holds ' || string_agg(DISTINCT l.mode, '+'),
-		       coalesce(a.query, ''), coalesce(date_trunc('second', now() - a.xact_start)::text, '')
+		       coalesce(a.state, '') || ', holds ' || pg_catalog.string_agg(DISTINCT l.mode, '+'),
+		       coalesce(a.query, ''), coalesce(pg_catalog.date_trunc('second', pg_catalog.now() - a.xact_start)::text, '')
 		  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-		 WHERE l.locktype = 'relation' AND l.relation = $1 AND l.granted AND l.pid <> pg_backend_pid()
-		   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		 WHERE l.locktype = 'relation' AND l.relation = $1 AND l.granted AND l.pid <> pg_catalog.pg_backend_pid()
+		   AND l.database = (SELECT oid FROM pg_database WHERE datname = pg_catalog.current_database())
 		   AND NOT (coalesce(a.application_name, '') LIKE 'greenswap%' AND a.state = 'idle in transaction (aborted)')
 		 GROUP BY a.pid, a.application_name, a.usename, a.state, a.query, a.xact_start
 		 ORDER BY a.xact_start NULLS LAST LIMIT 10`, oid)

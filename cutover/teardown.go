@@ -169,7 +169,7 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 	if pub {
 		sql = append(sql, "DROP PUBLICATION "+db.Ident(n.Publication))
 	}
-	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()), '')`, n.Slot).Scan(&p.Slot); err != nil {
+	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1 AND database = pg_catalog.current_database()), '')`, n.Slot).Scan(&p.Slot); err != nil {
 		return nil, err
 	}
 	p.SQL = sql
@@ -199,7 +199,7 @@ type detachedSequence struct {
 func detachedSequences(ctx context.Context, q db.Querier, n shadow.Names) ([]detachedSequence, error) {
 	rec := shadow.SequenceRecord(n)
 	var exists bool
-	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, db.Ident(rec.Schema, rec.Name)).Scan(&exists); err != nil {
+	if err := q.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, db.Ident(rec.Schema, rec.Name)).Scan(&exists); err != nil {
 		return nil, fmt.Errorf("read %s: %w", rec, err)
 	}
 	if !exists {
@@ -255,17 +255,17 @@ func Teardown(ctx context.Context, pool *pgxpool.Pool, migration string, n shado
 // dropSlot drops a replication slot that is not in use and says what happened.
 func dropSlot(ctx context.Context, pool *pgxpool.Pool, slot string) string {
 	var active bool
-	if err := pool.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, slot).Scan(&active); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1 AND database = pg_catalog.current_database()`, slot).Scan(&active); err != nil {
 		if err == pgx.ErrNoRows {
 			return ""
 		}
-		return fmt.Sprintf("could not read replication slot %s: %v; drop it by hand: SELECT pg_drop_replication_slot('%s')", slot, err, slot)
+		return fmt.Sprintf("could not read replication slot %s: %v; drop it by hand: SELECT pg_catalog.pg_drop_replication_slot('%s')", slot, err, slot)
 	}
 	if active {
-		return fmt.Sprintf("replication slot %s is in use and was not dropped: it retains WAL; stop its consumer and run SELECT pg_drop_replication_slot('%s')", slot, slot)
+		return fmt.Sprintf("replication slot %s is in use and was not dropped: it retains WAL; stop its consumer and run SELECT pg_catalog.pg_drop_replication_slot('%s')", slot, slot)
 	}
-	if _, err := pool.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
-		return fmt.Sprintf("could not drop replication slot %s: %v; it retains WAL: SELECT pg_drop_replication_slot('%s')", slot, err, slot)
+	if _, err := pool.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, slot); err != nil {
+		return fmt.Sprintf("could not drop replication slot %s: %v; it retains WAL: SELECT pg_catalog.pg_drop_replication_slot('%s')", slot, err, slot)
 	}
 	return "dropped replication slot " + slot
 }

@@ -74,7 +74,7 @@ func qident(q shadow.QualifiedName) string { return db.Ident(q.Schema, q.Name) }
 
 func usageState(ctx context.Context, q db.Querier, n shadow.Names, blueOID uint32) (usageObjects, error) {
 	var u usageObjects
-	err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, to_regprocedure($3) IS NOT NULL,
+	err := q.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL, pg_catalog.to_regclass($2) IS NOT NULL, pg_catalog.to_regprocedure($3) IS NOT NULL,
 		EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $4 AND tgname = $5)`,
 		qident(usageTable(n)), qident(usageStateTable(n)), qident(usageFunc(n))+"()",
 		blueOID, usageTrigger(n)).Scan(&u.table, &u.state, &u.fn, &u.trigger)
@@ -167,18 +167,18 @@ func (c Client) String() string {
 // reading lock on blue now, and sessions whose query since $3 names the
 // blue schema.
 const usageSQL = `
-WITH me AS (SELECT oid FROM pg_database WHERE datname = current_database()),
+WITH me AS (SELECT oid FROM pg_database WHERE datname = pg_catalog.current_database()),
 others AS (
     SELECT * FROM pg_stat_activity a
-     WHERE a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+     WHERE a.pid <> pg_catalog.pg_backend_pid() AND a.backend_type = 'client backend'
        AND a.pid <> ALL ($4::int4[])
        AND a.datid = (SELECT oid FROM me)
 )
 SELECT pid, application_name, usename, client_addr, at, 'write', query FROM %s
- WHERE at >= $3 AND pid <> pg_backend_pid() AND pid <> ALL ($4::int4[])
+ WHERE at >= $3 AND pid <> pg_catalog.pg_backend_pid() AND pid <> ALL ($4::int4[])
 UNION ALL
 SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
-       now(), 'lock ' || string_agg(DISTINCT l.mode, '+'), coalesce(a.query, '')
+       pg_catalog.now(), 'lock ' || pg_catalog.string_agg(DISTINCT l.mode, '+'), coalesce(a.query, '')
   FROM pg_locks l JOIN others a ON a.pid = l.pid
  WHERE l.locktype = 'relation' AND l.relation = $1 AND l.mode <> 'RowExclusiveLock'
    AND l.database = (SELECT oid FROM me)
@@ -187,7 +187,7 @@ UNION ALL
 SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
        a.query_start, 'query', a.query
   FROM others a
- WHERE strpos(lower(a.query), lower($2)) > 0 AND a.query_start >= $3`
+ WHERE pg_catalog.strpos(pg_catalog.lower(a.query), pg_catalog.lower($2)) > 0 AND a.query_start >= $3`
 
 // Usage takes one sample of who uses blue (see the comment above). since
 // bounds the sensor's records and the query start times considered; own

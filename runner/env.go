@@ -47,6 +47,11 @@ type Env struct {
 	streams gosync.Map // string → *stream.Streamer
 }
 
+// SessionSearchPath is the search_path every connection greenswap opens
+// starts with (the pool, the lock session, the index and replication
+// sessions, which copy Env.ConnConfig): no schema a client can write to.
+const SessionSearchPath = "pg_catalog, pg_temp"
+
 // DefaultStreamCatchUp is Env.StreamCatchUp's default.
 const DefaultStreamCatchUp = 5 * time.Minute
 
@@ -61,6 +66,15 @@ func Connect(ctx context.Context, dsn string, log zerolog.Logger) (*Env, error) 
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "greenswap"
 	}
+	// Every session greenswap opens starts with only pg_catalog and pg_temp
+	// (last) on its path: a role with CREATE on the app schema could
+	// otherwise create an exact-match overload of a built-in that our
+	// catalog queries call with an implicit cast (col_description(oid,
+	// int2), pg_relation_size(oid)), and PostgreSQL prefers that exact
+	// match over pg_catalog's, running the attacker's code as us. Sessions
+	// that evaluate spec expressions set shadow.SearchPathFor(app)
+	// themselves and qualify what greenswap itself calls.
+	cfg.ConnConfig.RuntimeParams["search_path"] = SessionSearchPath
 	cfg.MaxConns = max(cfg.MaxConns, 8)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err == nil {

@@ -27,7 +27,7 @@ CREATE TABLE events (
     account_id int NOT NULL,
     amount     int NOT NULL DEFAULT 0
 );
-INSERT INTO events (created_at, kind, account_id, amount)
+INSERT INTO public.events (created_at, kind, account_id, amount)
 SELECT timestamptz '2024-01-01 00:00+00' + g * interval '7 minutes', (ARRAY['a', 'b', 'c'])[1 + g % 3], g % 500, g % 1000
 FROM generate_series(1, 30000) g;
 ANALYZE events;`
@@ -157,9 +157,9 @@ func TestSyncPartitionedGreen(t *testing.T) {
 	}
 	// Writes through the app name, one moving a row to another partition,
 	// and through green's version schema, keep both sides equal.
-	coExec(t, env.Pool, `INSERT INTO events (created_at, kind, account_id) VALUES ('2031-01-01', 'z', 1)`)
-	coExec(t, env.Pool, `UPDATE events SET created_at = created_at + interval '100 days' WHERE id % 50 = 0`)
-	coExec(t, env.Pool, `DELETE FROM events WHERE id % 77 = 0`)
+	coExec(t, env.Pool, `INSERT INTO public.events (created_at, kind, account_id) VALUES ('2031-01-01', 'z', 1)`)
+	coExec(t, env.Pool, `UPDATE public.events SET created_at = created_at + interval '100 days' WHERE id % 50 = 0`)
+	coExec(t, env.Pool, `DELETE FROM public.events WHERE id % 77 = 0`)
 	coExec(t, env.Pool, `INSERT INTO gs_pt_green.events (id, created_at, kind, account_id) VALUES (-5, '2024-04-02', 'g', 2)`)
 	ptEqual(t, env, "pt")
 	if n := coInt(t, env.Pool, `SELECT count(*) FROM gs_pt_green.events_rest WHERE kind = 'z'`); n != 1 {
@@ -258,8 +258,8 @@ func TestFinalizePartitioned(t *testing.T) {
 	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	coExec(t, env.Pool, `INSERT INTO events (created_at, kind, account_id) VALUES ('2024-04-15', 'after-cutover', 3)`)
-	rows := coInt(t, env.Pool, `SELECT count(*) FROM events`)
+	coExec(t, env.Pool, `INSERT INTO public.events (created_at, kind, account_id) VALUES ('2024-04-15', 'after-cutover', 3)`)
+	rows := coInt(t, env.Pool, `SELECT count(*) FROM public.events`)
 	res, err := Finalize(ctx, env, spec.Name, FinalizeOptions{QuietPeriod: -1, Yes: true})
 	if err != nil {
 		t.Fatal(err)
@@ -283,11 +283,11 @@ func TestFinalizePartitioned(t *testing.T) {
 		t.Errorf("%d version schemas left", n)
 	}
 	ptAssertIndexes(t, env, "public") // the indexes moved with their tables
-	if n := coInt(t, env.Pool, `SELECT count(*) FROM events`); n != rows {
+	if n := coInt(t, env.Pool, `SELECT count(*) FROM public.events`); n != rows {
 		t.Errorf("%d rows after finalize, want %d", n, rows)
 	}
-	if p := coStr(t, env.Pool, `WITH i AS (INSERT INTO events (id, created_at, kind, account_id) VALUES (-1, '2024-04-20', 'x', 1) RETURNING tableoid)
-		SELECT tableoid::regclass::text FROM i`); p != "events_2024q2_a" {
+	if p := coStr(t, env.Pool, `WITH i AS (INSERT INTO public.events (id, created_at, kind, account_id) VALUES (-1, '2024-04-20', 'x', 1) RETURNING tableoid)
+		SELECT tableoid::regclass::text FROM i`); p != "public.events_2024q2_a" {
 		t.Errorf("a new row went to %s", p)
 	}
 }
@@ -377,7 +377,7 @@ func TestRollbackPartitionedBeforeCutover(t *testing.T) {
 	if after := coCatalog(t, env.Pool); after != before {
 		t.Errorf("the catalog differs from before sync:\n%s", coDiff(before, after))
 	}
-	if n := coInt(t, env.Pool, `SELECT count(*) FROM events`); n != 30000 {
+	if n := coInt(t, env.Pool, `SELECT count(*) FROM public.events`); n != 30000 {
 		t.Errorf("%d rows in events", n)
 	}
 }
@@ -436,8 +436,8 @@ func TestPlanPartitioned(t *testing.T) {
 
 	// Without the DEFAULT partition a 2031 row fits nowhere: reported with
 	// its key, before anything is touched.
-	coExec(t, env.Pool, `INSERT INTO events (created_at, kind, account_id) VALUES ('2031-06-01', 'late', 1)`)
-	late := coInt(t, env.Pool, `SELECT id FROM events WHERE kind = 'late'`)
+	coExec(t, env.Pool, `INSERT INTO public.events (created_at, kind, account_id) VALUES ('2031-06-01', 'late', 1)`)
+	late := coInt(t, env.Pool, `SELECT id FROM public.events WHERE kind = 'late'`)
 	before = catalogSnapshot(t, dsn, "public.events")
 	_, err = Plan(ctx, env, syncSpec(t, strings.Replace(ptSpec("pp"), ptDefault, "", 1)), PlanOptions{})
 	var se *shadow.SpecError

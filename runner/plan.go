@@ -230,11 +230,11 @@ func (p *planner) run(ctx context.Context) error {
 		Mode: s.Mode, BlueSchema: p.n.BlueSchema, GreenSchema: p.n.GreenSchema, GreenTable: p.n.Green.String(),
 		Steps: []PlanStep{}, Hazards: []shadow.Hazard{}, Key: []string{}, Privileges: []shadow.Privilege{},
 	}
-	if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`,
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('statement_timeout', $1, true)`,
 		fmt.Sprintf("%dms", p.opts.StatementTimeout.Milliseconds())); err != nil {
 		return err
 	}
-	if err := tx.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&p.res.Server.Version); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT pg_catalog.current_setting('server_version')`).Scan(&p.res.Server.Version); err != nil {
 		return err
 	}
 	p.res.Server.Major = p.env.ServerMajor
@@ -358,7 +358,7 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 			return fmt.Errorf("re-create green for the sample: %w", err)
 		}
 	}
-	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, mappingSearchPath(p.n)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, mappingSearchPath(p.n)); err != nil {
 		return err
 	}
 	// Forward expressions are probed over the sample, which has blue's
@@ -505,7 +505,7 @@ func (p *planner) takeSample(ctx context.Context) error {
 	n, e := p.opts.SampleSize, p.opts.EdgeRows
 	var random string
 	if est := p.app.RowEstimate; est <= max(int64(10*n), randomScanRows) {
-		random = fmt.Sprintf("SELECT * FROM %s ORDER BY random() LIMIT %d", rel, n)
+		random = fmt.Sprintf("SELECT * FROM %s ORDER BY pg_catalog.random() LIMIT %d", rel, n)
 		p.res.Sample.Method = fmt.Sprintf("ORDER BY random() LIMIT %d, plus the first and last %d rows by key", n, e)
 	} else {
 		pct := math.Min(100, 300*float64(n)/float64(est))
@@ -521,7 +521,7 @@ SELECT DISTINCT ON (%[1]s) * FROM (
 	if _, err := p.tx.Exec(ctx, q); err != nil {
 		return fmt.Errorf("sample %s: %w", p.app.Name, err)
 	}
-	return p.tx.QueryRow(ctx, `SELECT count(*), coalesce(avg(pg_column_size(s.*)), 0)::float8 FROM `+sampleTable+` s`).
+	return p.tx.QueryRow(ctx, `SELECT pg_catalog.count(*), coalesce(pg_catalog.avg(pg_catalog.pg_column_size(s.*)), 0)::float8 FROM `+sampleTable+` s`).
 		Scan(&p.res.Sample.Rows, &p.res.Estimate.BlueRowWidth)
 }
 
@@ -543,8 +543,8 @@ func (p *planner) evalForward(ctx context.Context) error {
 	}
 	// Green's key over the mapped sample.
 	tk := db.IdentList(m.Forward.TargetKey)
-	rows, err := p.tx.Query(ctx, fmt.Sprintf(`SELECT CAST(ROW(%[1]s) AS text), count(*) FROM %[2]s
- GROUP BY %[1]s HAVING count(*) > 1 ORDER BY count(*) DESC LIMIT 5`, tk, fwdTable))
+	rows, err := p.tx.Query(ctx, fmt.Sprintf(`SELECT CAST(ROW(%[1]s) AS text), pg_catalog.count(*) FROM %[2]s
+ GROUP BY %[1]s HAVING pg_catalog.count(*) > 1 ORDER BY pg_catalog.count(*) DESC LIMIT 5`, tk, fwdTable))
 	if err != nil {
 		return err
 	}
@@ -646,7 +646,7 @@ func (p *planner) rehearseIndexes(ctx context.Context) error {
 		st, perr := gssync.ParseIndexStmt(ix)
 		var shown []string
 		err := p.savepoint(ctx, func() error {
-			if _, err := p.tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`,
+			if _, err := p.tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`,
 				db.Ident(p.n.GreenSchema)+", "+db.Ident(p.n.App.Schema)); err != nil {
 				return err
 			}
@@ -673,7 +673,7 @@ func (p *planner) rehearseIndexes(ctx context.Context) error {
 		}
 		p.ixSQL[i] = shown
 	}
-	_, err := p.tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, mappingSearchPath(p.n))
+	_, err := p.tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, mappingSearchPath(p.n))
 	return err
 }
 
@@ -681,7 +681,7 @@ func (p *planner) rehearseIndexes(ctx context.Context) error {
 // (for the finalize step, which moves every partition).
 func (p *planner) loadPartitions(ctx context.Context, green uint32) error {
 	rows, err := p.tx.Query(ctx, `SELECT n.nspname::text, c.relname::text
-		FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		FROM pg_catalog.pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE t.level > 0 ORDER BY t.level, c.relname`, green)
 	if err != nil {
 		return err
@@ -750,7 +750,7 @@ func (p *planner) evalReverse(ctx context.Context) error {
 	var sel []string
 	for _, c := range cols {
 		diff := fmt.Sprintf("CAST(r.%[1]s AS text) IS DISTINCT FROM CAST(s.%[1]s AS text)", db.Ident(c))
-		sel = append(sel, fmt.Sprintf("count(*) FILTER (WHERE %s), coalesce(min(CAST(ROW(%s) AS text)) FILTER (WHERE %s), '')",
+		sel = append(sel, fmt.Sprintf("pg_catalog.count(*) FILTER (WHERE %s), coalesce(pg_catalog.min(CAST(ROW(%s) AS text)) FILTER (WHERE %s), '')",
 			diff, prefixed("s.", m.Key), diff))
 	}
 	q := fmt.Sprintf("SELECT %s FROM %s r JOIN %s s USING (%s)", strings.Join(sel, ", "), revTable, sampleTable, db.IdentList(m.Key))
@@ -852,14 +852,14 @@ func (p *planner) narrow(ctx context.Context, side string, d *shadow.Direction, 
 			return specErr(p.spec, field, fix, "%s.%s does not compile: %s", side, c.Target, shadow.ErrText(err))
 		}
 		colErr := p.savepoint(ctx, func() error {
-			_, err := p.tx.Exec(ctx, "SELECT count("+expr+") FROM "+rel)
+			_, err := p.tx.Exec(ctx, "SELECT pg_catalog.count("+expr+") FROM "+rel)
 			return err
 		})
 		if colErr == nil {
 			continue
 		}
 		ctid, err := p.bisect(ctx, rel, func(where string) error {
-			_, err := p.tx.Exec(ctx, "SELECT count("+expr+") FROM "+rel+where)
+			_, err := p.tx.Exec(ctx, "SELECT pg_catalog.count("+expr+") FROM "+rel+where)
 			return err
 		})
 		if err != nil {
@@ -978,7 +978,7 @@ func isDataError(err error) bool {
 func (p *planner) sizes(ctx context.Context) error {
 	e := &p.res.Estimate
 	e.Rows = p.app.RowEstimate
-	return p.tx.QueryRow(ctx, `SELECT pg_table_size($1::oid), pg_indexes_size($1::oid)`, p.app.OID).
+	return p.tx.QueryRow(ctx, `SELECT pg_catalog.pg_table_size($1::oid), pg_catalog.pg_indexes_size($1::oid)`, p.app.OID).
 		Scan(&e.BlueTableBytes, &e.BlueIndexBytes)
 }
 
@@ -986,7 +986,7 @@ func (p *planner) sizes(ctx context.Context) error {
 func (p *planner) greenWidths(ctx context.Context, green *shadow.Table) error {
 	e := &p.res.Estimate
 	rel := db.Ident(p.n.Green.Schema, p.n.Green.Name)
-	if err := p.tx.QueryRow(ctx, "SELECT coalesce(avg(pg_column_size(g.*)), 0)::float8 FROM "+rel+" g").Scan(&e.GreenRowWidth); err != nil {
+	if err := p.tx.QueryRow(ctx, "SELECT coalesce(pg_catalog.avg(pg_catalog.pg_column_size(g.*)), 0)::float8 FROM "+rel+" g").Scan(&e.GreenRowWidth); err != nil {
 		return err
 	}
 	widths := map[string]float64{}

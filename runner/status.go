@@ -152,7 +152,7 @@ func slotInfo(ctx context.Context, env *Env, name string) (*SlotInfo, error) {
 	s := &SlotInfo{Name: name}
 	err := env.Pool.QueryRow(ctx, `
 SELECT active, restart_lsn::text, confirmed_flush_lsn::text, wal_status,
-       coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
+       coalesce(pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END,
                                 restart_lsn), 0)::int8
   FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(
 		&s.Active, &s.RestartLSN, &s.ConfirmedFlushLSN, &s.WALStatus, &s.RetainedBytes)

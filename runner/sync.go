@@ -332,10 +332,10 @@ type catalogState struct {
 }
 
 const catalogStateSQL = `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
-	to_regclass($2) IS NOT NULL,
+	pg_catalog.to_regclass($2) IS NOT NULL,
 	coalesce((SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 	          WHERE n.nspname = $3 AND c.relname = $4), ''),
-	to_regclass($5) IS NOT NULL`
+	pg_catalog.to_regclass($5) IS NOT NULL`
 
 func (r *syncRun) catalog(ctx context.Context) (catalogState, error) {
 	n := r.names

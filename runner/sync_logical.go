@@ -132,7 +132,7 @@ func (r *syncRun) stopLogical() {
 func streamRetired(ctx context.Context, env *Env, n shadow.Names) (bool, error) {
 	var st string
 	err := env.Pool.QueryRow(ctx, `SELECT coalesce((SELECT tgenabled::text FROM pg_trigger
-		WHERE tgrelid = to_regclass($1) AND tgname = $2), '')`, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger).Scan(&st)
+		WHERE tgrelid = pg_catalog.to_regclass($1) AND tgname = $2), '')`, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger).Scan(&st)
 	if err != nil {
 		return false, err
 	}
@@ -333,9 +333,9 @@ func readStreamProgress(ctx context.Context, env *Env, m *Migration) (*StreamPro
 	var confirmed *string
 	err := env.Pool.QueryRow(ctx, `
 SELECT active, confirmed_flush_lsn::text,
-       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8,
-       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8
-  FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, m.Names.Slot).Scan(
+       coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn), 0)::int8,
+       coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8
+  FROM pg_replication_slots WHERE slot_name = $1 AND database = pg_catalog.current_database()`, m.Names.Slot).Scan(
 		&p.Active, &confirmed, &p.RetainedBytes, &p.LagBytes)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -536,7 +536,7 @@ func dropLogicalObjects(ctx context.Context, env *Env, m *Migration) error {
 		return err
 	}
 	return state.Record(ctx, env.Pool, m.Row.Name, "drop-slot", "ok", time.Since(t0),
-		fmt.Sprintf("SELECT pg_drop_replication_slot(%s);\nDROP PUBLICATION IF EXISTS %s", db.Literal(m.Names.Slot), db.Ident(m.Names.Publication)),
+		fmt.Sprintf("SELECT pg_catalog.pg_drop_replication_slot(%s);\nDROP PUBLICATION IF EXISTS %s", db.Literal(m.Names.Slot), db.Ident(m.Names.Publication)),
 		map[string]any{"slot": m.Names.Slot, "slot_existed": exists, "retained_bytes": retained, "publication_existed": pub})
 }
 

@@ -70,7 +70,7 @@ SELECT p.pubname::text,
 	rows, err = q.Query(ctx, `
 SELECT slot_name::text || CASE WHEN active THEN ' (active)' ELSE ' (inactive)' END
   FROM pg_replication_slots
- WHERE slot_type = 'logical' AND plugin = 'pgoutput' AND database = current_database() AND slot_name <> $1
+ WHERE slot_type = 'logical' AND plugin = 'pgoutput' AND database = pg_catalog.current_database() AND slot_name <> $1
  ORDER BY 1`, own)
 	if err != nil {
 		return nil, fmt.Errorf("read the logical replication slots: %w", err)
@@ -125,23 +125,26 @@ type WritableSchema struct {
 
 // LoadWritableSchemas reads who may CREATE in each of schemas besides the
 // table owner, superusers (who can do anything anyway) and roles whose
-// rights the owner already has. pg_database_owner counts only when the
+// rights the owner already has (a superuser owner "has" every role's
+// rights, but its triggers would run that role's overloads as superuser,
+// so then every other creator counts). pg_database_owner counts only when the
 // database's owner is such a role too. pg_catalog comes first on the path
 // and only superusers create there, so it is never asked about.
 func LoadWritableSchemas(ctx context.Context, q db.Querier, schemas []string, owner string) ([]WritableSchema, error) {
 	rows, err := q.Query(ctx, `
 WITH acl AS (
-    SELECT n.nspname, (aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner)))).* FROM pg_namespace n WHERE n.nspname = ANY ($1)
+    SELECT n.nspname, (pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner)))).* FROM pg_namespace n WHERE n.nspname = ANY ($1)
 ), creators AS (
     SELECT DISTINCT nspname, grantee FROM acl WHERE privilege_type = 'CREATE'
 )
-SELECT c.nspname::text, array_agg(CASE WHEN c.grantee = 0 THEN 'PUBLIC' ELSE r.rolname::text END ORDER BY 1)
+SELECT c.nspname::text, pg_catalog.array_agg(CASE WHEN c.grantee = 0 THEN 'PUBLIC' ELSE r.rolname::text END ORDER BY 1)
   FROM creators c LEFT JOIN pg_roles r ON r.oid = c.grantee
  WHERE c.grantee = 0
-    OR (r.rolname <> $2 AND NOT r.rolsuper AND NOT pg_has_role($2, r.oid, 'USAGE')
+    OR (r.rolname <> $2 AND NOT r.rolsuper
+        AND NOT (pg_catalog.pg_has_role($2, r.oid, 'USAGE') AND NOT (SELECT s.rolsuper FROM pg_roles s WHERE s.rolname = $2))
         AND NOT (r.rolname = 'pg_database_owner'
-                 AND (SELECT d.datdba = o.oid OR o.rolsuper OR pg_has_role($2, d.datdba, 'USAGE')
-                        FROM pg_database d, pg_roles o WHERE d.datname = current_database() AND o.oid = d.datdba)))
+                 AND (SELECT d.datdba = o.oid OR o.rolsuper OR pg_catalog.pg_has_role($2, d.datdba, 'USAGE')
+                        FROM pg_database d, pg_roles o WHERE d.datname = pg_catalog.current_database() AND o.oid = d.datdba)))
  GROUP BY 1 ORDER BY 1`, schemas, owner)
 	if err != nil {
 		return nil, fmt.Errorf("read who may create in schemas %s: %w", strings.Join(schemas, ", "), err)
@@ -228,14 +231,14 @@ func LoadPrivileges(ctx context.Context, q db.Querier, s *Spec, table *Table) ([
 	var super, canRepl, createDB, tempDB, createApp, ownerOK, stateExists, stateOK bool
 	var stateOwners []string
 	err := q.QueryRow(ctx, `
-SELECT current_user::text, current_database()::text, r.rolsuper, r.rolsuper OR r.rolreplication,
-       has_database_privilege(current_database(), 'CREATE'),
-       has_database_privilege(current_database(), 'TEMP'),
-       coalesce(has_schema_privilege(a.oid, 'CREATE'), false),
-       r.rolsuper OR pg_has_role($2::text, 'USAGE'),
+SELECT current_user::text, pg_catalog.current_database()::text, r.rolsuper, r.rolsuper OR r.rolreplication,
+       pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'),
+       pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMP'),
+       coalesce(pg_catalog.has_schema_privilege(a.oid, 'CREATE'), false),
+       r.rolsuper OR pg_catalog.pg_has_role($2::text, 'USAGE'),
        s.oid IS NOT NULL,
-       coalesce(r.rolsuper OR bool_and(pg_has_role(o.oid, 'USAGE')), true),
-       coalesce(array_agg(DISTINCT o.rolname::text) FILTER (WHERE o.oid IS NOT NULL AND NOT pg_has_role(o.oid, 'USAGE')), '{}')
+       coalesce(r.rolsuper OR pg_catalog.bool_and(pg_catalog.pg_has_role(o.oid, 'USAGE')), true),
+       coalesce(pg_catalog.array_agg(DISTINCT o.rolname::text) FILTER (WHERE o.oid IS NOT NULL AND NOT pg_catalog.pg_has_role(o.oid, 'USAGE')), '{}')
   FROM pg_roles r
   LEFT JOIN pg_namespace a ON a.nspname = $1
   LEFT JOIN pg_namespace s ON s.nspname = 'greenswap'
@@ -275,7 +278,7 @@ SELECT current_user::text, current_database()::text, r.rolsuper, r.rolsuper OR r
 		// OWNER TO), which PostgreSQL allows only to a role with CREATE
 		// on the database.
 		var ok bool
-		if err := q.QueryRow(ctx, `SELECT has_database_privilege($1, current_database(), 'CREATE')`, table.Owner).Scan(&ok); err != nil {
+		if err := q.QueryRow(ctx, `SELECT pg_catalog.has_database_privilege($1, pg_catalog.current_database(), 'CREATE')`, table.Owner).Scan(&ok); err != nil {
 			return nil, fmt.Errorf("read the table owner's privileges: %w", err)
 		}
 		ps = append(ps, Privilege{Code: PrivOwnerCreateOnDB, Granted: ok, Steps: []string{StepPlan, StepSync},
@@ -294,10 +297,10 @@ SELECT current_user::text, current_database()::text, r.rolsuper, r.rolsuper OR r
 		// The other commands only read and write its rows.
 		var write bool
 		if err := q.QueryRow(ctx, `
-SELECT has_schema_privilege('greenswap', 'USAGE')
-       AND coalesce(has_table_privilege(to_regclass('greenswap.migrations'), 'SELECT, INSERT, UPDATE'), false)
-       AND coalesce(has_table_privilege(to_regclass('greenswap.events'), 'SELECT, INSERT'), false)
-       AND coalesce(has_sequence_privilege(to_regclass('greenswap.events_id_seq'), 'USAGE'), true)`).Scan(&write); err != nil {
+SELECT pg_catalog.has_schema_privilege('greenswap', 'USAGE')
+       AND coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass('greenswap.migrations'), 'SELECT, INSERT, UPDATE'), false)
+       AND coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass('greenswap.events'), 'SELECT, INSERT'), false)
+       AND coalesce(pg_catalog.has_sequence_privilege(pg_catalog.to_regclass('greenswap.events_id_seq'), 'USAGE'), true)`).Scan(&write); err != nil {
 			return nil, fmt.Errorf("read the privileges on schema greenswap: %w", err)
 		}
 		ps = append(ps, Privilege{Code: PrivStateWrite, Granted: write || stateOK, Steps: []string{StepVerify, StepCutover, StepRollback, StepFinalize},
@@ -335,7 +338,7 @@ SELECT has_schema_privilege('greenswap', 'USAGE')
 		var owner string
 		var ok bool
 		err := q.QueryRow(ctx, `
-SELECT pg_get_userbyid(c.relowner)::text, $3 OR pg_has_role(c.relowner, 'USAGE')
+SELECT pg_catalog.pg_get_userbyid(c.relowner)::text, $3 OR pg_catalog.pg_has_role(c.relowner, 'USAGE')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
 			r.name.Schema, r.name.Name, super).Scan(&owner, &ok)
 		if err != nil {
@@ -403,7 +406,7 @@ func LoadPrivilegeSubject(ctx context.Context, q db.Querier, name QualifiedName)
 	var views, refs [][]string
 	err := q.QueryRow(ctx, `
 WITH RECURSIVE tbl AS (
-    SELECT c.oid, pg_get_userbyid(c.relowner)::text AS owner
+    SELECT c.oid, pg_catalog.pg_get_userbyid(c.relowner)::text AS owner
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 ), deps(oid, depth) AS (
@@ -419,10 +422,10 @@ WITH RECURSIVE tbl AS (
      WHERE r.ev_class <> deps.oid AND deps.depth < 100
 )
 SELECT tbl.oid, tbl.owner,
-       coalesce((SELECT array_agg(ARRAY[n.nspname::text, c.relname::text] ORDER BY 1)
+       coalesce((SELECT pg_catalog.array_agg(ARRAY[n.nspname::text, c.relname::text] ORDER BY 1)
                    FROM (SELECT DISTINCT oid FROM deps) v JOIN pg_class c ON c.oid = v.oid
                    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm')), '{}'),
-       coalesce((SELECT array_agg(DISTINCT ARRAY[n.nspname::text, c.relname::text])
+       coalesce((SELECT pg_catalog.array_agg(DISTINCT ARRAY[n.nspname::text, c.relname::text])
                    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE k.contype = 'f' AND k.confrelid = tbl.oid AND k.conrelid <> tbl.oid), '{}')
   FROM tbl`, name.Schema, name.Name).Scan(&t.OID, &t.Owner, &views, &refs)

@@ -46,7 +46,7 @@ var relkindNames = map[string]string{
 // relation does not exist and ErrNotATable when it is not a table.
 func LoadTable(ctx context.Context, q db.Querier, name QualifiedName) (*Table, error) {
 	var version int
-	if err := q.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+	if err := q.QueryRow(ctx, `SELECT pg_catalog.current_setting('server_version_num')::int`).Scan(&version); err != nil {
 		return nil, fmt.Errorf("load %s: server version: %w", name, err)
 	}
 
@@ -56,8 +56,8 @@ func LoadTable(ctx context.Context, q db.Querier, name QualifiedName) (*Table, e
 		hasACL      bool
 	)
 	err := q.QueryRow(ctx, `
-SELECT c.oid, c.relkind::text, pg_get_userbyid(c.relowner)::text,
-       coalesce(obj_description(c.oid, 'pg_class'), ''),
+SELECT c.oid, c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
+       coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), ''),
        c.relrowsecurity, c.relforcerowsecurity, c.relreplident::text,
        c.relispartition, c.relacl IS NOT NULL
   FROM pg_class c
@@ -178,18 +178,18 @@ func loadColumns(ctx context.Context, q db.Querier, t *Table) error {
 SELECT a.attnum, a.attname::text,
        -- Qualify types outside pg_catalog that the caller's search_path
        -- happens to see: mapping casts run under a fixed search_path.
-       CASE WHEN ty.typnamespace = 'pg_catalog'::regnamespace OR NOT pg_type_is_visible(a.atttypid)
-            THEN format_type(a.atttypid, a.atttypmod)
-            ELSE quote_ident(tn.nspname) || '.' || format_type(a.atttypid, a.atttypmod) END,
+       CASE WHEN ty.typnamespace = 'pg_catalog'::regnamespace OR NOT pg_catalog.pg_type_is_visible(a.atttypid)
+            THEN pg_catalog.format_type(a.atttypid, a.atttypmod)
+            ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.format_type(a.atttypid, a.atttypmod) END,
        a.atttypid, a.attnotnull,
-       CASE WHEN a.attgenerated = '' THEN coalesce(pg_get_expr(d.adbin, d.adrelid), '') ELSE '' END,
+       CASE WHEN a.attgenerated = '' THEN coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '') ELSE '' END,
        a.attidentity::text, a.attgenerated::text,
-       CASE WHEN a.attgenerated <> '' THEN coalesce(pg_get_expr(d.adbin, d.adrelid), '') ELSE '' END,
+       CASE WHEN a.attgenerated <> '' THEN coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), '') ELSE '' END,
        CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation THEN
             CASE WHEN coll.collnamespace = 'pg_catalog'::regnamespace THEN coll.collname::text
                  ELSE cn.nspname || '.' || coll.collname END
             ELSE '' END,
-       coalesce(col_description(a.attrelid, a.attnum), '')
+       coalesce(pg_catalog.col_description(a.attrelid, a.attnum), '')
   FROM pg_attribute a
   JOIN pg_type ty ON ty.oid = a.atttypid
   JOIN pg_namespace tn ON tn.oid = ty.typnamespace
@@ -213,12 +213,12 @@ SELECT a.attnum, a.attname::text,
 func loadIndexes(ctx context.Context, q db.Querier, t *Table) error {
 	rows, err := q.Query(ctx, `
 SELECT ic.relname::text, i.indisprimary, i.indisunique, i.indisvalid, NOT i.indimmediate, i.indpred IS NOT NULL,
-       EXISTS (SELECT 1 FROM generate_series(0, i.indnkeyatts - 1) s WHERE i.indkey[s] = 0),
+       EXISTS (SELECT 1 FROM pg_catalog.generate_series(0, i.indnkeyatts - 1) s WHERE i.indkey[s] = 0),
        ARRAY(SELECT a.attname::text
-               FROM generate_series(0, i.indnkeyatts - 1) s
+               FROM pg_catalog.generate_series(0, i.indnkeyatts - 1) s
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[s]
               ORDER BY s),
-       pg_get_indexdef(i.indexrelid),
+       pg_catalog.pg_get_indexdef(i.indexrelid),
        coalesce((SELECT con.conname::text FROM pg_constraint con
                   WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid
                     AND con.contype IN ('p', 'u', 'x')
@@ -255,7 +255,7 @@ SELECT ic.relname::text, i.indisprimary, i.indisunique, i.indisvalid, NOT i.indi
 
 func loadConstraints(ctx context.Context, q db.Querier, t *Table) error {
 	rows, err := q.Query(ctx, `
-SELECT conname::text, contype::text, pg_get_constraintdef(oid), convalidated
+SELECT conname::text, contype::text, pg_catalog.pg_get_constraintdef(oid), convalidated
   FROM pg_constraint
  WHERE conrelid = $1 AND contype IN ('c', 'u', 'x')
  ORDER BY conname`, t.OID)
@@ -274,12 +274,12 @@ SELECT conname::text, contype::text, pg_get_constraintdef(oid), convalidated
 const fkQuery = `
 SELECT con.conname::text,
        rn.nspname::text, rc.relname::text,
-       ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
+       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(con.conkey) WITH ORDINALITY k(n, o)
                JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
        fn.nspname::text, fc.relname::text,
-       ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
+       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(con.confkey) WITH ORDINALITY k(n, o)
                JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o),
-       pg_get_constraintdef(con.oid), con.convalidated
+       pg_catalog.pg_get_constraintdef(con.oid), con.convalidated
   FROM pg_constraint con
   JOIN pg_class rc ON rc.oid = con.conrelid
   JOIN pg_namespace rn ON rn.oid = rc.relnamespace
@@ -319,9 +319,9 @@ func loadForeignKeys(ctx context.Context, q db.Querier, t *Table) error {
 
 func loadTriggers(ctx context.Context, q db.Querier, t *Table) error {
 	rows, err := q.Query(ctx, `
-SELECT tgname::text, tgenabled::text, pg_get_triggerdef(oid)
+SELECT tgname::text, tgenabled::text, pg_catalog.pg_get_triggerdef(oid)
   FROM pg_trigger
- WHERE tgrelid = $1 AND NOT tgisinternal AND left(tgname::text, 8) <> 'gs_sync_'
+ WHERE tgrelid = $1 AND NOT tgisinternal AND pg_catalog.left(tgname::text, 8) <> 'gs_sync_'
  ORDER BY tgname`, t.OID)
 	if err != nil {
 		return err
@@ -354,9 +354,9 @@ WITH RECURSIVE deps(oid, depth) AS (
       JOIN pg_rewrite r ON r.oid = d.objid
      WHERE r.ev_class <> deps.oid AND deps.depth < 100
 ), v AS (
-    SELECT oid, max(depth) AS depth FROM deps GROUP BY oid
+    SELECT oid, pg_catalog.max(depth) AS depth FROM deps GROUP BY oid
 )
-SELECT n.nspname::text, c.relname::text, c.relkind = 'm', pg_get_viewdef(c.oid), v.depth
+SELECT n.nspname::text, c.relname::text, c.relkind = 'm', pg_catalog.pg_get_viewdef(c.oid), v.depth
   FROM v
   JOIN pg_class c ON c.oid = v.oid
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -378,10 +378,10 @@ var policyCmds = map[string]string{"*": "ALL", "r": "SELECT", "a": "INSERT", "w"
 func loadPolicies(ctx context.Context, q db.Querier, t *Table) error {
 	rows, err := q.Query(ctx, `
 SELECT p.polname::text, p.polcmd::text, p.polpermissive,
-       ARRAY(SELECT CASE WHEN u.r = 0 THEN '' ELSE pg_get_userbyid(u.r)::text END
-               FROM unnest(p.polroles) WITH ORDINALITY u(r, o) ORDER BY u.o),
-       coalesce(pg_get_expr(p.polqual, p.polrelid), ''),
-       coalesce(pg_get_expr(p.polwithcheck, p.polrelid), ''),
+       ARRAY(SELECT CASE WHEN u.r = 0 THEN '' ELSE pg_catalog.pg_get_userbyid(u.r)::text END
+               FROM pg_catalog.unnest(p.polroles) WITH ORDINALITY u(r, o) ORDER BY u.o),
+       coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), ''),
+       coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''),
        ARRAY(SELECT a.attname::text
                FROM pg_depend d
                JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
@@ -465,9 +465,9 @@ func policyDef(name string, table QualifiedName, permissive bool, cmd string, ro
 
 func loadGrants(ctx context.Context, q db.Querier, t *Table) error {
 	rows, err := q.Query(ctx, `
-SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END,
+SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END,
        a.privilege_type, a.is_grantable
-  FROM pg_class c, aclexplode(c.relacl) a
+  FROM pg_class c, pg_catalog.aclexplode(c.relacl) a
  WHERE c.oid = $1
  ORDER BY 1, 2`, t.OID)
 	if err != nil {
@@ -486,9 +486,9 @@ SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::te
 func LoadColumnGrants(ctx context.Context, q db.Querier, rel uint32) ([]ColumnGrant, error) {
 	rows, err := q.Query(ctx, `
 SELECT a.attname::text,
-       CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee)::text END,
+       CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(x.grantee)::text END,
        x.privilege_type, x.is_grantable
-  FROM pg_attribute a, aclexplode(a.attacl) x
+  FROM pg_attribute a, pg_catalog.aclexplode(a.attacl) x
  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attacl IS NOT NULL
  ORDER BY a.attnum, 2, 3`, rel)
 	if err != nil {
@@ -582,7 +582,7 @@ func loadPublications(ctx context.Context, q db.Querier, t *Table, version int) 
 WITH rels AS (
     SELECT $1::oid AS relid
     UNION
-    SELECT relid FROM pg_partition_ancestors($1::oid)
+    SELECT relid FROM pg_catalog.pg_partition_ancestors($1::oid)
 )
 SELECT p.pubname::text FROM pg_publication p
  WHERE p.puballtables
@@ -607,7 +607,7 @@ SELECT p.pubname::text FROM pg_publication p
 
 func loadPartitioning(ctx context.Context, q db.Querier, t *Table, isPartition bool) error {
 	if t.Kind == "p" {
-		if err := q.QueryRow(ctx, `SELECT pg_get_partkeydef($1::oid)`, t.OID).Scan(&t.PartitionKey); err != nil {
+		if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_get_partkeydef($1::oid)`, t.OID).Scan(&t.PartitionKey); err != nil {
 			return err
 		}
 	}
@@ -641,22 +641,22 @@ func loadSize(ctx context.Context, q db.Querier, t *Table) error {
 		canSelect bool
 	)
 	err := q.QueryRow(ctx, `
-SELECT coalesce(sum(pg_total_relation_size(pt.relid)), 0)::int8,
-       coalesce(sum(pg_relation_size(pt.relid)) FILTER (WHERE pt.isleaf), 0)::int8,
-       coalesce(sum(greatest(c.reltuples, 0)) FILTER (WHERE pt.isleaf), 0)::float8,
-       coalesce(bool_or(c.reltuples < 0) FILTER (WHERE pt.isleaf), false),
-       has_table_privilege($1::oid, 'SELECT')
-  FROM (SELECT relid::oid AS relid, isleaf FROM pg_partition_tree($1::oid)
+SELECT coalesce(pg_catalog.sum(pg_catalog.pg_total_relation_size(pt.relid)), 0)::int8,
+       coalesce(pg_catalog.sum(pg_catalog.pg_relation_size(pt.relid)) FILTER (WHERE pt.isleaf), 0)::int8,
+       coalesce(pg_catalog.sum(greatest(c.reltuples, 0)) FILTER (WHERE pt.isleaf), 0)::float8,
+       coalesce(pg_catalog.bool_or(c.reltuples < 0) FILTER (WHERE pt.isleaf), false),
+       pg_catalog.has_table_privilege($1::oid, 'SELECT')
+  FROM (SELECT relid::oid AS relid, isleaf FROM pg_catalog.pg_partition_tree($1::oid)
         UNION ALL
         -- a table that is not part of a partition tree has no rows there
-        SELECT $1::oid, true WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree($1::oid))) pt
+        SELECT $1::oid, true WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partition_tree($1::oid))) pt
   JOIN pg_class c ON c.oid = pt.relid`, t.OID).Scan(&t.TotalBytes, &heapBytes, &tuples, &unknown, &canSelect)
 	if err != nil {
 		return err
 	}
 	t.RowEstimate = int64(tuples + 0.5)
 	if unknown && heapBytes < exactCountMaxBytes && canSelect {
-		return q.QueryRow(ctx, `SELECT count(*) FROM `+db.Ident(t.Name.Schema, t.Name.Name)).Scan(&t.RowEstimate)
+		return q.QueryRow(ctx, `SELECT pg_catalog.count(*) FROM `+db.Ident(t.Name.Schema, t.Name.Name)).Scan(&t.RowEstimate)
 	}
 	return nil
 }

@@ -323,9 +323,9 @@ func Hazards(in HazardInput) []Hazard {
 			}
 		}
 		add(Hazard{Code: HazardWritableSchema, Severity: Warning,
-			Message: fmt.Sprintf("roles other than the table's owner (%s) may CREATE in schema %s, %s. pg_catalog comes first on that path, so built-in functions, types and operators cannot be shadowed, which is why this does not block; but a function or type of %s that a spec expression calls could be overloaded there by a better-matching one, which the sync triggers would then run as the owner",
-				blue.Owner, w.Schema, where, w.Schema),
-			Fix:     fmt.Sprintf("REVOKE CREATE ON SCHEMA %s FROM %s; or schema-qualify every user function and type in the spec's forward and reverse expressions", db.Ident(w.Schema), strings.Join(roles, ", ")),
+			Message: fmt.Sprintf("roles other than the table's owner (%s) may CREATE in schema %s, %s. greenswap's own SQL qualifies every function it calls and its catalog sessions do not search %s, but the spec's forward and reverse expressions are evaluated with %s on the path, by the owner's triggers on every write: a function created there that matches a call's argument types better than the built-in (e.g. round(integer) for round(amount) on an integer column, where the built-in needs a cast to numeric) would run as the owner",
+				blue.Owner, w.Schema, where, w.Schema, w.Schema),
+			Fix:     fmt.Sprintf("REVOKE CREATE ON SCHEMA %s FROM %s; or write the spec's calls schema-qualified (pg_catalog.round(...), myschema.f(...))", db.Ident(w.Schema), strings.Join(roles, ", ")),
 			Objects: w.Roles})
 	}
 	add(Hazard{Code: HazardCrossShapeDeadlock, Severity: Info,
@@ -457,7 +457,7 @@ func logicalHazards(blue *Table, m *Mapping, s *Spec, f HazardFacts) []Hazard {
 	if f.MaxReplicationSlots-f.UsedReplicationSlots < 1 {
 		hs = append(hs, Hazard{Code: HazardLogicalNoSlot, Severity: Blocking,
 			Message: fmt.Sprintf("no free replication slot: %d of max_replication_slots = %d in use", f.UsedReplicationSlots, f.MaxReplicationSlots),
-			Fix:     "drop an unused slot (SELECT pg_drop_replication_slot(...)) or raise max_replication_slots (restart)"})
+			Fix:     "drop an unused slot (SELECT pg_catalog.pg_drop_replication_slot(...)) or raise max_replication_slots (restart)"})
 	}
 	if f.MaxWalSenders-f.UsedWalSenders < 1 {
 		hs = append(hs, Hazard{Code: HazardLogicalNoWalSender, Severity: Blocking,
@@ -727,14 +727,14 @@ func LoadHazardFacts(ctx context.Context, q db.Querier, s *Spec, blue *Table) (H
 	var f HazardFacts
 	var version int
 	err := q.QueryRow(ctx, `
-SELECT current_setting('server_version_num')::int,
-       current_setting('wal_level'),
-       current_setting('max_replication_slots')::int,
-       (SELECT count(*) FROM pg_replication_slots)::int,
-       current_setting('max_wal_senders')::int,
-       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int,
+SELECT pg_catalog.current_setting('server_version_num')::int,
+       pg_catalog.current_setting('wal_level'),
+       pg_catalog.current_setting('max_replication_slots')::int,
+       (SELECT pg_catalog.count(*) FROM pg_replication_slots)::int,
+       pg_catalog.current_setting('max_wal_senders')::int,
+       (SELECT pg_catalog.count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int,
        coalesce((SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), false),
-       has_database_privilege(current_database(), 'CREATE')`).Scan(
+       pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')`).Scan(
 		&version, &f.WalLevel, &f.MaxReplicationSlots, &f.UsedReplicationSlots,
 		&f.MaxWalSenders, &f.UsedWalSenders, &f.CanReplicate, &f.CanCreateInDB)
 	if err != nil {
@@ -868,7 +868,7 @@ func loadLeftovers(ctx context.Context, q db.Querier, s *Spec, blue *Table) ([]s
 
 	rows, err = q.Query(ctx, `
 SELECT slot_name::text, active,
-       coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, restart_lsn), 0)::int8
+       coalesce(pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END, restart_lsn), 0)::int8
   FROM pg_replication_slots WHERE slot_name = ANY ($1) ORDER BY 1`, slots)
 	if err != nil {
 		return nil, err
@@ -891,7 +891,7 @@ SELECT slot_name::text, active,
 		if sl.active {
 			st = "active"
 		}
-		out = append(out, fmt.Sprintf("replication slot %s exists (%s, retains %d bytes of WAL): SELECT pg_drop_replication_slot(%s)",
+		out = append(out, fmt.Sprintf("replication slot %s exists (%s, retains %d bytes of WAL): SELECT pg_catalog.pg_drop_replication_slot(%s)",
 			sl.name, st, sl.retained, db.Literal(sl.name)))
 	}
 
@@ -904,7 +904,7 @@ SELECT slot_name::text, active,
 	}
 
 	if blue != nil {
-		rows, err := q.Query(ctx, `SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND left(tgname::text, 8) = 'gs_sync_' ORDER BY 1`, blue.OID)
+		rows, err := q.Query(ctx, `SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND pg_catalog.left(tgname::text, 8) = 'gs_sync_' ORDER BY 1`, blue.OID)
 		if err != nil {
 			return nil, err
 		}

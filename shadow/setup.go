@@ -241,7 +241,7 @@ func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 		if gc := green.Column(seq.Column); gc != nil && gc.Identity != "" {
 			sql = append(sql, "ALTER TABLE "+rel+" ALTER COLUMN "+col+" DROP IDENTITY")
 		}
-		sql = append(sql, "ALTER TABLE "+rel+" ALTER COLUMN "+col+" SET DEFAULT nextval("+
+		sql = append(sql, "ALTER TABLE "+rel+" ALTER COLUMN "+col+" SET DEFAULT pg_catalog.nextval("+
 			db.Literal(db.Ident(seq.Name.Schema, seq.Name.Name))+"::regclass)")
 	}
 	return sql

@@ -128,12 +128,12 @@ func runOnce(ctx context.Context, conn TxBeginner, timeout time.Duration, fn fun
 		return err
 	}
 	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprintf("%dms", timeout.Milliseconds())); err != nil {
+	if _, err := tx.Exec(ctx, "SELECT pg_catalog.set_config('lock_timeout', $1, true)", fmt.Sprintf("%dms", timeout.Milliseconds())); err != nil {
 		return err
 	}
 	// A watcher notes who blocks us while we wait, so a timeout can name them.
 	var pid int32
-	if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+	if err := tx.QueryRow(ctx, "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
 		return err
 	}
 	watchCtx, stop := context.WithCancel(ctx)
@@ -176,8 +176,8 @@ func BlockersOf(ctx context.Context, conn TxBeginner, pid int32) ([]Blocker, err
 	}
 	rows, err := q.Query(ctx, `
 		SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(a.state, ''),
-		       coalesce(a.query, ''), coalesce(date_trunc('second', now() - a.xact_start)::text, '')
-		FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1))`, pid)
+		       coalesce(a.query, ''), coalesce(pg_catalog.date_trunc('second', pg_catalog.now() - a.xact_start)::text, '')
+		FROM pg_stat_activity a WHERE a.pid = ANY (pg_catalog.pg_blocking_pids($1))`, pid)
 	if err != nil {
 		return nil, err
 	}

@@ -266,7 +266,7 @@ const greenIndexesSQL = `SELECT c.relname::text, i.indisvalid,
 	EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid AND con.conrelid = i.indrelid),
 	c.relkind = 'I'
 	FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-	WHERE i.indrelid = to_regclass($1) ORDER BY c.relname`
+	WHERE i.indrelid = pg_catalog.to_regclass($1) ORDER BY c.relname`
 
 func listGreenIndexes(ctx context.Context, q db.Querier, n shadow.Names) (map[string]greenIndex, error) {
 	rows, err := q.Query(ctx, greenIndexesSQL, db.Ident(n.Green.Schema, n.Green.Name))
@@ -316,8 +316,8 @@ func (ib *IndexBuild) Run(ctx context.Context) error {
 		return fmt.Errorf("connect to build indexes: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "SET lock_timeout = 0; SET statement_timeout = 0; SET search_path TO "+
-		db.Ident(ib.Names.GreenSchema)+", "+db.Ident(ib.Names.App.Schema), pgx.QueryExecModeSimpleProtocol); err != nil {
+	if _, err := conn.Exec(ctx, "SET lock_timeout = 0; SET statement_timeout = 0; SET search_path TO pg_catalog, "+
+		db.Ident(ib.Names.GreenSchema)+", "+db.Ident(ib.Names.App.Schema)+", pg_temp", pgx.QueryExecModeSimpleProtocol); err != nil {
 		return err
 	}
 	targets := make([]relInfo, len(stmts))
@@ -472,7 +472,7 @@ func (r relInfo) qualified() string { return db.Ident(r.schema, r.name) }
 func resolveRel(ctx context.Context, q db.Querier, table []string) (relInfo, error) {
 	var r relInfo
 	err := q.QueryRow(ctx, `SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`,
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass($1)`,
 		db.Ident(table...)).Scan(&r.oid, &r.schema, &r.name, &r.kind)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return relInfo{}, nil
@@ -487,7 +487,7 @@ func resolveRel(ctx context.Context, q db.Querier, table []string) (relInfo, err
 // before their partitions.
 func partitionTree(ctx context.Context, q db.Querier, root uint32) ([]relInfo, error) {
 	rows, err := q.Query(ctx, `SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, t.parentrelid::oid
-		FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		FROM pg_catalog.pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE t.level > 0 ORDER BY t.level, c.relname`, root)
 	if err != nil {
 		return nil, fmt.Errorf("read the partitions: %w", err)

@@ -97,10 +97,10 @@ func (k keySpec) asText() string {
 // LEVEL SECURITY turned on mid-migration) fails the batch instead of
 // silently leaving the rows it hides out of green.
 // Args: $1 search_path, $2 lock_timeout.
-const sessionSQL = `SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true),
-	set_config('datestyle', 'ISO, MDY', true), set_config('intervalstyle', 'postgres', true),
-	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true),
-	set_config('row_security', 'off', true)`
+const sessionSQL = `SELECT pg_catalog.set_config('search_path', $1, true), pg_catalog.set_config('lock_timeout', $2, true),
+	pg_catalog.set_config('datestyle', 'ISO, MDY', true), pg_catalog.set_config('intervalstyle', 'postgres', true),
+	pg_catalog.set_config('extra_float_digits', '3', true), pg_catalog.set_config('bytea_output', 'hex', true),
+	pg_catalog.set_config('row_security', 'off', true)`
 
 // searchPath is the search_path the mapping's expressions are evaluated
 // under; the same as the trigger functions' (trigger.FunctionSQL).
@@ -197,7 +197,7 @@ func batchSQL(k keySpec, n shadow.Names, m *shadow.Mapping, after, upper, onConf
 	ON CONFLICT (%s) DO NOTHING
 	RETURNING 1
 )
-SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM src)`,
+SELECT (SELECT pg_catalog.count(*) FROM ins), (SELECT pg_catalog.count(*) FROM src)`,
 		blue, where, k.list(), m.SourceRowLock(),
 		green, m.Forward.TargetList(), overriding,
 		m.Forward.SelectList(), db.IdentList(m.Forward.TargetKey))

@@ -57,8 +57,8 @@ type ReplicaLag struct {
 // which streams from a greenswap slot ("gs_<m>") is left out. Counting it
 // held the backfill behind the stream's own apply lag, which the copy's
 // writes were making: a stall that fed itself (issue 12).
-const ReplicaLagSQL = `SELECT coalesce(max(extract(epoch FROM r.replay_lag)), 0)::float8,
-	coalesce((array_agg(r.application_name ORDER BY r.replay_lag DESC NULLS LAST))[1], '')
+const ReplicaLagSQL = `SELECT coalesce(pg_catalog.max(extract(epoch FROM r.replay_lag)), 0)::float8,
+	coalesce((pg_catalog.array_agg(r.application_name ORDER BY r.replay_lag DESC NULLS LAST))[1], '')
 	FROM pg_catalog.pg_stat_replication r
 	WHERE r.replay_lsn < pg_catalog.pg_current_wal_lsn()
 	  AND NOT (r.application_name LIKE 'greenswap:%:stream' AND EXISTS (
@@ -95,9 +95,9 @@ func (r *ReplicaLag) Hold(ctx context.Context) (string, error) {
 // holds, greenswap's own excepted: in logical mode the stream's applier
 // may wait a moment for a batch's uncommitted green rows, and holding the
 // backfill for that would slow both for no client's sake.
-const LockWaitersSQL = `SELECT count(DISTINCT l.pid) FROM pg_locks l
+const LockWaitersSQL = `SELECT pg_catalog.count(DISTINCT l.pid) FROM pg_locks l
 	LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-	WHERE NOT l.granted AND $1 = ANY (pg_blocking_pids(l.pid))
+	WHERE NOT l.granted AND $1 = ANY (pg_catalog.pg_blocking_pids(l.pid))
 	  AND coalesce(a.application_name, '') NOT LIKE 'greenswap%'`
 
 // LockWaiters counts the sessions now waiting on locks held by backend pid.
@@ -150,7 +150,7 @@ func (w *waiterWatch) stop() int {
 // collector: every insert, update and delete, by the backfill and by the
 // triggers alike. $1 is green's quoted, qualified name.
 const GreenChangesSQL = `SELECT coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables
-	WHERE relid = to_regclass($1)), 0)`
+	WHERE relid = pg_catalog.to_regclass($1)), 0)`
 
 // GreenChanges is green's cumulative row changes (see GreenChangesSQL). The
 // statistics lag the writes by up to a second or so: an estimate.

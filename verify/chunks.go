@@ -34,7 +34,7 @@ func (p *plan) boundaries(ctx context.Context, tx pgx.Tx, chunkRows int) ([]chun
 	var pages int64
 	var reltuples float64
 	var relpages int64
-	err := tx.QueryRow(ctx, `SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint, c.reltuples::float8, c.relpages::bigint
+	err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::bigint, c.reltuples::float8, c.relpages::bigint
 		FROM pg_class c WHERE c.oid = $1::regclass`, p.src.rel).Scan(&pages, &reltuples, &relpages)
 	if err != nil {
 		return nil, 0, fmt.Errorf("size of %s: %w", p.src.name, err)
@@ -50,7 +50,7 @@ func (p *plan) boundaries(ctx context.Context, tx pgx.Tx, chunkRows int) ([]chun
 	var est int64
 	from := p.src.rel
 	if pages <= smallTablePages {
-		if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+p.src.rel).Scan(&est); err != nil {
+		if err := tx.QueryRow(ctx, "SELECT pg_catalog.count(*) FROM "+p.src.rel).Scan(&est); err != nil {
 			return nil, 0, err
 		}
 	} else {

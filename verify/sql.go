@@ -69,13 +69,13 @@ func (p *plan) cmpTerm(i int, v string) string {
 // column i is vals[i]: one 64-bit hash; chunks compare count and sum.
 func (p *plan) rowHash(vals []string) string {
 	if p.textRow {
-		return "hashtextextended(ROW(" + strings.Join(vals, ", ") + ")::text, 0)"
+		return "pg_catalog.hashtextextended(ROW(" + strings.Join(vals, ", ") + ")::pg_catalog.text, 0::pg_catalog.int8)"
 	}
 	terms := make([]string, len(vals))
 	for i, v := range vals {
 		terms[i] = p.cmpTerm(i, v)
 	}
-	return "hash_record_extended(ROW(" + strings.Join(terms, ", ") + "), 0)"
+	return "pg_catalog.hash_record_extended(ROW(" + strings.Join(terms, ", ") + "), 0::pg_catalog.int8)"
 }
 
 // rangePred is the WHERE clause selecting chunk c on s; args are appended
@@ -116,7 +116,7 @@ func rowOf(parts []string) string {
 func (p *plan) chunkSQL(s *side, c chunk) (string, []any) {
 	var args []any
 	where := p.rangePred(s, c, &args)
-	return "SELECT count(*), coalesce(sum(" + s.hash + "), 0)::text FROM " + s.rel + " WHERE " + where, args
+	return "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(" + s.hash + "), 0)::text FROM " + s.rel + " WHERE " + where, args
 }
 
 // groupedSQL counts and hashes every chunk of s in one scan: each row goes
@@ -149,9 +149,9 @@ func (p *plan) groupedSQL(s *side, chunks []chunk) (string, []any) {
 		} else {
 			operand = castTo(operand, s.keyType[0], p.srcType[0])
 		}
-		bucket = "width_bucket(" + operand + ", ARRAY[" + strings.Join(bounds, ", ") + "])"
+		bucket = "pg_catalog.width_bucket(" + operand + ", ARRAY[" + strings.Join(bounds, ", ") + "])"
 	}
-	return "SELECT " + bucket + "::int AS b, count(*), coalesce(sum(" + s.hash + "), 0)::text FROM " + s.rel + " GROUP BY 1", args
+	return "SELECT " + bucket + "::int AS b, pg_catalog.count(*), coalesce(pg_catalog.sum(" + s.hash + "), 0)::text FROM " + s.rel + " GROUP BY 1", args
 }
 
 // castTo casts ref to type to unless it already has it. width_bucket needs
@@ -217,8 +217,8 @@ func (p *plan) drillSQL(c chunk, width int) (string, []any) {
 	sql := "WITH s AS (SELECT " + strings.Join(sSel, ", ") + " FROM " + p.src.rel + " WHERE " + sWhere + "),\n" +
 		" t AS (SELECT " + strings.Join(tSel, ", ") + " FROM " + p.dst.rel + " WHERE " + tWhere + ")\n" +
 		"SELECT s.k0 IS NOT NULL, t.k0 IS NOT NULL, " + strings.Join(keyOut, ", ") + ",\n" +
-		" left(" + sRow + ", " + w + "), left(" + tRow + ", " + w + "),\n" +
-		" array_remove(ARRAY[" + strings.Join(diffs, ", ") + "]::int[], NULL),\n" +
+		" pg_catalog.left(" + sRow + ", " + w + "), pg_catalog.left(" + tRow + ", " + w + "),\n" +
+		" pg_catalog.array_remove(ARRAY[" + strings.Join(diffs, ", ") + "]::int[], NULL),\n" +
 		" " + accepted + "\n" +
 		"FROM s FULL JOIN t ON " + strings.Join(on, " AND ") + "\n" +
 		"WHERE s.k0 IS NULL OR t.k0 IS NULL OR " + p.rowDistinct(sCmp, tCmp, sRow, tRow) + "\n" +
@@ -246,14 +246,15 @@ func (p *plan) keySet(types []string, keys [][]string, args *[]any) string {
 			vals[j] = k[i]
 		}
 		*args = append(*args, vals)
-		unnest[i] = "$" + strconv.Itoa(len(*args)) + "::text[]"
+		// ROWS FROM: the multi-argument unnest is syntax only unqualified.
+		unnest[i] = "pg_catalog.unnest($" + strconv.Itoa(len(*args)) + "::text[])"
 		cols[i] = "u.k" + strconv.Itoa(i) + "::" + types[i]
 	}
 	names := make([]string, len(p.key))
 	for i := range p.key {
 		names[i] = "k" + strconv.Itoa(i)
 	}
-	return "SELECT " + strings.Join(cols, ", ") + " FROM unnest(" + strings.Join(unnest, ", ") + ") AS u(" + strings.Join(names, ", ") + ")"
+	return "SELECT " + strings.Join(cols, ", ") + " FROM ROWS FROM (" + strings.Join(unnest, ", ") + ") AS u(" + strings.Join(names, ", ") + ")"
 }
 
 // repairDeleteSQL deletes target rows with these keys that the source no
@@ -362,5 +363,5 @@ func comparable(ctx context.Context, q db.Querier, rel string, refs, srcTypes []
 // field; json, xml, point and the like have none and are compared as text).
 func hashable(ctx context.Context, q db.Querier, typ string) bool {
 	var h int64
-	return q.QueryRow(ctx, "SELECT hash_record_extended(ROW(NULL::"+typ+"), 0)").Scan(&h) == nil
+	return q.QueryRow(ctx, "SELECT pg_catalog.hash_record_extended(ROW(NULL::"+typ+"), 0::pg_catalog.int8)").Scan(&h) == nil
 }

@@ -36,6 +36,6 @@ func Passed(m *state.Migration) bool {
 func HashScan(ctx context.Context, q db.Querier, table shadow.QualifiedName) (time.Duration, error) {
 	start := time.Now()
 	var sum *string
-	err := q.QueryRow(ctx, "SELECT sum(hashtextextended(t::text, 0))::text FROM "+db.Ident(table.Schema, table.Name)+" AS t").Scan(&sum)
+	err := q.QueryRow(ctx, "SELECT pg_catalog.sum(pg_catalog.hashtextextended(t::pg_catalog.text, 0::pg_catalog.int8))::text FROM "+db.Ident(table.Schema, table.Name)+" AS t").Scan(&sum)
 	return time.Since(start), err
 }

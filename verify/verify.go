@@ -410,7 +410,7 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*v
 	// (hash_record_extended, PostgreSQL 14+), the text output for types
 	// without them, or the whole row's text in exact mode.
 	var version int
-	if err := pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT pg_catalog.current_setting('server_version_num')::int`).Scan(&version); err != nil {
 		return nil, nil, err
 	}
 	p.textRow = opt.Exact || version < 140000
@@ -476,8 +476,8 @@ func (v *verifier) beginWorker(ctx context.Context, snapshot string) (*worker, e
 // row_security is off: a policy filtering both sides alike would make a
 // subset look equal, so it must be an error instead.
 func (v *verifier) sessionSettings(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true), set_config('extra_float_digits', '1', true),
-		set_config('statement_timeout', '0', true), set_config('row_security', 'off', true)`, shadow.SearchPathFor(v.p.appSchema))
+	_, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true), pg_catalog.set_config('extra_float_digits', '1', true),
+		pg_catalog.set_config('statement_timeout', '0', true), pg_catalog.set_config('row_security', 'off', true)`, shadow.SearchPathFor(v.p.appSchema))
 	return err
 }
 
@@ -512,13 +512,13 @@ func (v *verifier) run(ctx context.Context, only map[int]bool, phase string) (*P
 		return nil, err
 	}
 	defer tx.Rollback(ctx0)
-	if _, err := tx.Exec(ctx, `SELECT set_config('idle_in_transaction_session_timeout', '0', true)`); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', '0', true)`); err != nil {
 		return nil, err
 	}
 	pass := &Pass{}
 	var snapshot string
-	if err := tx.QueryRow(ctx, `SELECT pg_export_snapshot(), now(),
-		CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text`).Scan(&snapshot, &pass.SnapshotAt, &pass.SnapshotLSN); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_export_snapshot(), pg_catalog.now(),
+		CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END::text`).Scan(&snapshot, &pass.SnapshotAt, &pass.SnapshotLSN); err != nil {
 		return nil, fmt.Errorf("verify: export snapshot: %w", err)
 	}
 	if v.opt.Stream != nil {

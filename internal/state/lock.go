@@ -62,7 +62,7 @@ func Acquire(ctx context.Context, connConfig *pgx.ConnConfig, migration string) 
 		return nil, exitcode.With(exitcode.BadInput, fmt.Errorf("connect for migration lock: %w", err))
 	}
 	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+lockKey+`)`, migration).Scan(&got); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_try_advisory_lock(`+lockKey+`)`, migration).Scan(&got); err != nil {
 		conn.Close(ctx)
 		return nil, err
 	}
@@ -75,8 +75,8 @@ func Acquire(ctx context.Context, connConfig *pgx.ConnConfig, migration string) 
 	err = conn.QueryRow(ctx, `
 		SELECT l.pid, a.application_name, a.client_addr::text, a.backend_start
 		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-		WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-		  AND l.classid::int = hashtext('greenswap') AND l.objid::int = hashtext($1) AND l.objsubid = 2
+		WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = pg_catalog.current_database())
+		  AND l.classid::int = pg_catalog.hashtext('greenswap') AND l.objid::int = pg_catalog.hashtext($1) AND l.objsubid = 2
 		LIMIT 1`, migration).Scan(&h.PID, &app, &addr, &h.Since)
 	if err != nil && err != pgx.ErrNoRows {
 		return nil, err
@@ -104,7 +104,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	if l == nil || l.conn == nil {
 		return nil
 	}
-	_, err := l.conn.Exec(ctx, `SELECT pg_advisory_unlock(`+lockKey+`)`, l.migration)
+	_, err := l.conn.Exec(ctx, `SELECT pg_catalog.pg_advisory_unlock(`+lockKey+`)`, l.migration)
 	cerr := l.conn.Close(ctx)
 	l.conn = nil
 	if err != nil {

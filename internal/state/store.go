@@ -20,7 +20,7 @@ const Schema = "greenswap"
 // ddl creates the state schema idempotently. It runs under a transaction-level
 // advisory lock so two first invocations cannot race on CREATE ... IF NOT EXISTS.
 var ddl = []string{
-	`SELECT pg_advisory_xact_lock(hashtext('greenswap'), 0)`,
+	`SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('greenswap'), 0)`,
 	`CREATE SCHEMA IF NOT EXISTS greenswap`,
 	`CREATE TABLE IF NOT EXISTS greenswap.migrations (
 		name              text PRIMARY KEY,
@@ -43,17 +43,17 @@ var ddl = []string{
 		slot_name         text,
 		confirmed_lsn     pg_lsn,
 		primary_side      text NOT NULL DEFAULT 'blue',
-		created_at        timestamptz NOT NULL DEFAULT now(),
-		updated_at        timestamptz NOT NULL DEFAULT now(),
-		state_changed_at  timestamptz NOT NULL DEFAULT now()
+		created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+		updated_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+		state_changed_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
 	)`,
 	`CREATE TABLE IF NOT EXISTS greenswap.events (
 		id          bigserial PRIMARY KEY,
-		at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+		at          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 		migration   text NOT NULL,
 		step        text NOT NULL,
 		actor       text NOT NULL DEFAULT current_user,
-		client_addr text DEFAULT inet_client_addr()::text,
+		client_addr text DEFAULT pg_catalog.inet_client_addr()::text,
 		host        text NOT NULL DEFAULT '',
 		outcome     text NOT NULL,
 		duration_ms double precision NOT NULL DEFAULT 0,
@@ -230,7 +230,7 @@ func Create(ctx context.Context, q db.Querier, name, appTable, mode string, spec
 			batch_size = 0, rows_per_sec = 0, throttle = '', paused = false,
 			backfill_started_at = NULL, backfill_done_at = NULL, verified_at = NULL, verify_ok = NULL,
 			slot_name = NULL, confirmed_lsn = NULL, primary_side = 'blue', fingerprint = NULL,
-			created_at = now(), updated_at = now(), state_changed_at = now()
+			created_at = pg_catalog.now(), updated_at = pg_catalog.now(), state_changed_at = pg_catalog.now()
 		WHERE greenswap.migrations.state = 'rolled_back'
 		RETURNING `+migrationCols, name, appTable, mode, string(js)))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -257,8 +257,8 @@ func Transition(ctx context.Context, q db.Querier, name string, to State) error 
 	if from != to && !from.CanMoveTo(to) {
 		return exitcode.With(exitcode.BadInput, &TransitionError{Migration: name, From: from, To: to})
 	}
-	_, err := q.Exec(ctx, `UPDATE greenswap.migrations SET state = $2, updated_at = now(),
-		state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE now() END WHERE name = $1`, name, string(to))
+	_, err := q.Exec(ctx, `UPDATE greenswap.migrations SET state = $2, updated_at = pg_catalog.now(),
+		state_changed_at = CASE WHEN state = $2 THEN state_changed_at ELSE pg_catalog.now() END WHERE name = $1`, name, string(to))
 	return err
 }
 
@@ -268,7 +268,7 @@ func Update(ctx context.Context, q db.Querier, name string, cols map[string]any)
 	if len(cols) == 0 {
 		return nil
 	}
-	sql := `UPDATE greenswap.migrations SET updated_at = now()`
+	sql := `UPDATE greenswap.migrations SET updated_at = pg_catalog.now()`
 	args := []any{name}
 	for _, c := range sortedKeys(cols) {
 		v, cast := cols[c], ""
@@ -359,7 +359,7 @@ func Upgrade(ctx context.Context, conn interface {
 // schema predates the column.
 func Fingerprint(ctx context.Context, q db.Querier, name string) (json.RawMessage, error) {
 	var js json.RawMessage
-	err := q.QueryRow(ctx, `SELECT to_jsonb(m) -> 'fingerprint' FROM greenswap.migrations m WHERE name = $1`, name).Scan(&js)
+	err := q.QueryRow(ctx, `SELECT pg_catalog.to_jsonb(m) -> 'fingerprint' FROM greenswap.migrations m WHERE name = $1`, name).Scan(&js)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, exitcode.With(exitcode.BadInput, fmt.Errorf("%w: %q", ErrNotFound, name))
 	}
@@ -380,7 +380,7 @@ func SetFingerprint(ctx context.Context, q db.Querier, name string, fp any) erro
 	if err != nil {
 		return err
 	}
-	if _, err := q.Exec(ctx, `UPDATE greenswap.migrations SET fingerprint = $2::jsonb, updated_at = now() WHERE name = $1`, name, js); err != nil {
+	if _, err := q.Exec(ctx, `UPDATE greenswap.migrations SET fingerprint = $2::jsonb, updated_at = pg_catalog.now() WHERE name = $1`, name, js); err != nil {
 		return fmt.Errorf("record the fingerprint of %s: %w", name, err)
 	}
 	return nil

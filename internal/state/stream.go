@@ -12,7 +12,7 @@ import (
 // batches in either order. Run it in the apply transaction.
 func SetConfirmedLSN(ctx context.Context, q db.Querier, name, lsn string) error {
 	_, err := q.Exec(ctx, `UPDATE greenswap.migrations
-		SET confirmed_lsn = greatest(confirmed_lsn, $2::text::pg_lsn), updated_at = now()
+		SET confirmed_lsn = greatest(confirmed_lsn, $2::text::pg_lsn), updated_at = pg_catalog.now()
 		WHERE name = $1`, name, lsn)
 	return err
 }

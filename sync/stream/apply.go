@@ -74,10 +74,10 @@ func buildSQL(n shadow.Names, m *shadow.Mapping, blue *shadow.Table) (*applySQL,
 		params[i] = fmt.Sprintf("$%d::text[]", i+1)
 		ucols[i] = fmt.Sprintf("gs_k%d", i)
 	}
-	from := "unnest(" + strings.Join(params, ", ") + ") AS u(" + strings.Join(ucols, ", ") + ")"
+	from := rowsFromUnnest(params) + " AS u(" + strings.Join(ucols, ", ") + ")"
 	// The same with each key's gone flag (entry.gone) as the last parameter.
-	fromGone := "unnest(" + strings.Join(params, ", ") + fmt.Sprintf(", $%d::boolean[]", len(m.Key)+1) +
-		") AS u(" + strings.Join(ucols, ", ") + ", gs_gone)"
+	fromGone := rowsFromUnnest(append(slices.Clone(params), fmt.Sprintf("$%d::boolean[]", len(m.Key)+1))) +
+		" AS u(" + strings.Join(ucols, ", ") + ", gs_gone)"
 	keysAs := func(green bool) string {
 		sel := make([]string, len(m.Key))
 		for i := range m.Key {
@@ -182,7 +182,7 @@ WHERE %s
 	ON CONFLICT (%s) %s
 	RETURNING 1
 )
-SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ins)`,
+SELECT (SELECT pg_catalog.count(*) FROM del), (SELECT pg_catalog.count(*) FROM ins)`,
 			strings.Join(kcols, ", "), fromGone,
 			blueRel, row(""), strings.Join(ucols, ", "), db.IdentList(m.Key),
 			greenRel, row("g."), strings.Join(gk, ", "), strings.Join(eq, " AND "),
@@ -201,8 +201,8 @@ SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ins)`,
 	s.move, s.moveKey = buildMoveSQL(m, blueRel, greenRel, bt, gt)
 
 	s.live = `SELECT coalesce((SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t
-	                          WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2), ''),
-	       to_regclass($3) IS NOT NULL`
+	                          WHERE t.tgrelid = pg_catalog.to_regclass($1) AND t.tgname = $2), ''),
+	       pg_catalog.to_regclass($3) IS NOT NULL`
 	return s, nil
 }
 
@@ -253,11 +253,11 @@ func buildMoveSQL(m *shadow.Mapping, blueRel, greenRel string, bt, gt []string) 
 		keyCols = append(keyCols, db.Ident(kc))
 		keyVals = append(keyVals, "CAST(mv.gs_t"+fmt.Sprint(i)+" AS "+gt[i]+")")
 	}
-	from := fmt.Sprintf(`FROM (SELECT %s FROM unnest(%s) AS u(%s)) AS mv
+	from := fmt.Sprintf(`FROM (SELECT %s FROM %s AS u(%s)) AS mv
 WHERE %s
   AND %%s (SELECT 1 FROM %s AS b WHERE %s)
   AND NOT EXISTS (SELECT 1 FROM %s AS g2 WHERE %s)`,
-		strings.Join(casts, ", "), strings.Join(params, ", "), strings.Join(ucols, ", "),
+		strings.Join(casts, ", "), rowsFromUnnest(params), strings.Join(ucols, ", "),
 		strings.Join(gOld, " AND "),
 		blueRel, strings.Join(bNew, " AND "),
 		greenRel, strings.Join(gNew, " AND "))
@@ -278,10 +278,10 @@ WHERE %s
 // application, gives way on a conflict; row_security is off, as in the
 // backfill (an RLS filter is an error, never a silent gap).
 // Args: $1 search_path, $2 lock_timeout.
-const settingsSQL = `SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true),
-	set_config('datestyle', 'ISO, MDY', true), set_config('intervalstyle', 'postgres', true),
-	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true),
-	set_config('row_security', 'off', true)`
+const settingsSQL = `SELECT pg_catalog.set_config('search_path', $1, true), pg_catalog.set_config('lock_timeout', $2, true),
+	pg_catalog.set_config('datestyle', 'ISO, MDY', true), pg_catalog.set_config('intervalstyle', 'postgres', true),
+	pg_catalog.set_config('extra_float_digits', '3', true), pg_catalog.set_config('bytea_output', 'hex', true),
+	pg_catalog.set_config('row_security', 'off', true)`
 
 // replicationParams are the replication session's settings: key values are
 // printed by the walsender in the forms settingsSQL reads back exactly.
@@ -296,9 +296,9 @@ var replicationParams = map[string]string{
 // there); retiring takes it exclusively in the transaction that switches
 // the forward triggers on, so no apply transaction that saw the stream live
 // can commit after that.
-const RetireLockSQL = `SELECT pg_advisory_xact_lock(hashtext('greenswap'), hashtext($1 || ':stream'))`
+const RetireLockSQL = `SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('greenswap'), pg_catalog.hashtext($1 || ':stream'))`
 
-const retireLockSharedSQL = `SELECT pg_advisory_xact_lock_shared(hashtext('greenswap'), hashtext($1 || ':stream'))`
+const retireLockSharedSQL = `SELECT pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('greenswap'), pg_catalog.hashtext($1 || ':stream'))`
 
 // applier writes batches to green.
 type applier struct {
@@ -383,7 +383,7 @@ func (a *applier) waitVisible(ctx context.Context, xids []uint32) error {
 // timeout (0: no bound). See the applier's use: trap 8.
 func WaitVisible(ctx context.Context, q db.Querier, xids []uint32, timeout time.Duration) error {
 	var next string
-	if err := q.QueryRow(ctx, `SELECT pg_snapshot_xmax(pg_current_snapshot())::text`).Scan(&next); err != nil {
+	if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text`).Scan(&next); err != nil {
 		return fmt.Errorf("read the next transaction id: %w", err)
 	}
 	nx, err := strconv.ParseUint(next, 10, 64)
@@ -402,7 +402,7 @@ func WaitVisible(ctx context.Context, q db.Querier, xids []uint32, timeout time.
 	sleep := 500 * time.Microsecond
 	for {
 		var waiting []string
-		rows, err := q.Query(ctx, `SELECT x FROM unnest($1::text[]) AS x WHERE pg_xact_status(x::xid8) = 'in progress'`, full)
+		rows, err := q.Query(ctx, `SELECT x FROM pg_catalog.unnest($1::text[]) AS x WHERE pg_catalog.pg_xact_status(x::xid8) = 'in progress'`, full)
 		if err == nil {
 			waiting, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		}
@@ -609,4 +609,16 @@ func sameSet(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// rowsFromUnnest zips arrays into rows: ROWS FROM (pg_catalog.unnest($1),
+// pg_catalog.unnest($2), ...). The multi-argument unnest(a, b) is syntax
+// that only exists unqualified, and an unqualified unnest can resolve to
+// an overload in the app schema, which is on the apply session's path.
+func rowsFromUnnest(arrays []string) string {
+	calls := make([]string, len(arrays))
+	for i, a := range arrays {
+		calls[i] = "pg_catalog.unnest(" + a + ")"
+	}
+	return "ROWS FROM (" + strings.Join(calls, ", ") + ")"
 }

@@ -143,7 +143,7 @@ func Retire(ctx context.Context, cfg Config, opt RetireOptions) (*RetireResult, 
 			// The insert position: every blue write that did not fire the
 			// trigger has committed, but an asynchronous commit's record
 			// may not be written out yet (see CurrentLSN).
-			return tx.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&res.SwitchLSN)
+			return tx.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_insert_lsn()::text`).Scan(&res.SwitchLSN)
 		})
 		res.Switch = time.Since(t0)
 		if err != nil {
@@ -165,7 +165,7 @@ func forwardEnabled(ctx context.Context, cfg Config) (bool, error) {
 	n := cfg.Names
 	var st string
 	err := cfg.Pool.QueryRow(ctx, `SELECT coalesce((SELECT tgenabled::text FROM pg_catalog.pg_trigger
-		WHERE tgrelid = to_regclass($1) AND tgname = $2), '')`, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger).Scan(&st)
+		WHERE tgrelid = pg_catalog.to_regclass($1) AND tgname = $2), '')`, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger).Scan(&st)
 	if err != nil {
 		return false, err
 	}

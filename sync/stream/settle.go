@@ -74,7 +74,7 @@ func Settle(ctx context.Context, cfg Config, opt SettleOptions) (release func(),
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 			conn.Release()
 		}
-		_, err = tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprintf("%dms", opt.Lock.Timeout.Milliseconds()))
+		_, err = tx.Exec(ctx, "SELECT pg_catalog.set_config('lock_timeout', $1, true)", fmt.Sprintf("%dms", opt.Lock.Timeout.Milliseconds()))
 		if err == nil {
 			_, err = tx.Exec(ctx, "LOCK TABLE "+blue+" IN SHARE MODE")
 		}

@@ -72,8 +72,8 @@ func CheckServer(ctx context.Context, q db.Querier, n shadow.Names, m *shadow.Ma
 	var walLevel string
 	var major int
 	var otherDB *string
-	err := q.QueryRow(ctx, `SELECT current_setting('wal_level'), current_setting('server_version_num')::int / 10000,
-		(SELECT database::text FROM pg_replication_slots WHERE slot_name = $1 AND database IS DISTINCT FROM current_database())`,
+	err := q.QueryRow(ctx, `SELECT pg_catalog.current_setting('wal_level'), pg_catalog.current_setting('server_version_num')::int / 10000,
+		(SELECT database::text FROM pg_replication_slots WHERE slot_name = $1 AND database IS DISTINCT FROM pg_catalog.current_database())`,
 		n.Slot).Scan(&walLevel, &major, &otherDB)
 	if err != nil {
 		return err
@@ -114,10 +114,10 @@ func ReplicaIdentityColumns(ctx context.Context, q db.Querier, t shadow.Qualifie
 SELECT a.attname::text
   FROM pg_class c
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
- WHERE c.oid = to_regclass($1)
+ WHERE c.oid = pg_catalog.to_regclass($1)
    AND (c.relreplident = 'f'
-        OR (c.relreplident = 'd' AND a.attnum = ANY (SELECT unnest(i.indkey) FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
-        OR (c.relreplident = 'i' AND a.attnum = ANY (SELECT unnest(i.indkey) FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))
+        OR (c.relreplident = 'd' AND a.attnum = ANY (SELECT pg_catalog.unnest(i.indkey) FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+        OR (c.relreplident = 'i' AND a.attnum = ANY (SELECT pg_catalog.unnest(i.indkey) FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))
  ORDER BY a.attnum`, db.Ident(t.Schema, t.Name))
 	if err != nil {
 		return nil, err
@@ -137,8 +137,8 @@ func CreatePublication(ctx context.Context, q db.Querier, n shadow.Names) (strin
 	var major int
 	var ident string
 	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
-		current_setting('server_version_num')::int / 10000,
-		coalesce((SELECT relreplident::text FROM pg_class WHERE oid = to_regclass($2)), '')`,
+		pg_catalog.current_setting('server_version_num')::int / 10000,
+		coalesce((SELECT relreplident::text FROM pg_class WHERE oid = pg_catalog.to_regclass($2)), '')`,
 		n.Publication, db.Ident(n.Blue.Schema, n.Blue.Name)).Scan(&exists, &major, &ident); err != nil {
 		return "", err
 	}
@@ -173,7 +173,7 @@ func PublicationSQL(n shadow.Names, cols []string) string {
 
 // SlotSQL is what creates the slot (for plan's listing).
 func SlotSQL(n shadow.Names) string {
-	return "SELECT pg_create_logical_replication_slot(" + db.Literal(n.Slot) + ", 'pgoutput')"
+	return "SELECT pg_catalog.pg_create_logical_replication_slot(" + db.Literal(n.Slot) + ", 'pgoutput')"
 }
 
 func createSlot(ctx context.Context, q *pgxpool.Pool, slot string, log zerolog.Logger) (pglogrepl.LSN, error) {
@@ -188,9 +188,9 @@ func createSlot(ctx context.Context, q *pgxpool.Pool, slot string, log zerolog.L
 		case <-time.After(5 * time.Second):
 		}
 		rows, err := q.Query(context.WithoutCancel(ctx), `
-SELECT pid, coalesce(application_name, ''), coalesce(state, ''), date_trunc('second', now() - xact_start)::text
+SELECT pid, coalesce(application_name, ''), coalesce(state, ''), pg_catalog.date_trunc('second', pg_catalog.now() - xact_start)::text
   FROM pg_stat_activity
- WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+ WHERE backend_xid IS NOT NULL AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend'
  ORDER BY xact_start LIMIT 5`)
 		if err != nil {
 			return
@@ -207,7 +207,7 @@ SELECT pid, coalesce(application_name, ''), coalesce(state, ''), date_trunc('sec
 		log.Warn().Str("slot", slot).Strs("waiting_for", who).Msg("creating the replication slot waits for these open transactions to end")
 	}()
 	var lsn pglogrepl.LSN
-	err := q.QueryRow(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, slot).Scan(&lsn)
+	err := q.QueryRow(ctx, `SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, slot).Scan(&lsn)
 	if err != nil {
 		return 0, fmt.Errorf("create replication slot %s: %w", slot, err)
 	}
@@ -219,8 +219,8 @@ SELECT pid, coalesce(application_name, ''), coalesce(state, ''), date_trunc('sec
 // WAL position minus its restart_lsn; trap 9).
 func SlotInfo(ctx context.Context, q db.Querier, slot string) (exists, active bool, retainedBytes int64, err error) {
 	err = q.QueryRow(ctx, `
-SELECT active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8
-  FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, slot).Scan(&active, &retainedBytes)
+SELECT active, coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn), 0)::int8
+  FROM pg_replication_slots WHERE slot_name = $1 AND database = pg_catalog.current_database()`, slot).Scan(&active, &retainedBytes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, false, 0, nil
 	}
@@ -254,7 +254,7 @@ func dropSlot(ctx context.Context, q db.Querier, slot string) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var pid *int32
-		err := q.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, slot).Scan(&pid)
+		err := q.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND database = pg_catalog.current_database()`, slot).Scan(&pid)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -262,11 +262,11 @@ func dropSlot(ctx context.Context, q db.Querier, slot string) error {
 			return err
 		}
 		if pid != nil {
-			if _, err := q.Exec(ctx, `SELECT pg_terminate_backend($1)`, *pid); err != nil {
+			if _, err := q.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend($1)`, *pid); err != nil {
 				return fmt.Errorf("stop the walsender (pid %d) of slot %s: %w", *pid, slot, err)
 			}
 		} else {
-			_, err := q.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot)
+			_, err := q.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, slot)
 			switch db.SQLState(err) {
 			case "", "42704": // dropped, or gone meanwhile
 				return nil
@@ -291,8 +291,8 @@ func dropSlot(ctx context.Context, q db.Querier, slot string) error {
 // streamer reconnects with a backoff and then finds the slot busy or the
 // stream retired.
 func TakeOver(ctx context.Context, q db.Querier, slot string) error {
-	_, err := q.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
-		WHERE slot_name = $1 AND database = current_database() AND active_pid IS NOT NULL`, slot)
+	_, err := q.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(active_pid) FROM pg_replication_slots
+		WHERE slot_name = $1 AND database = pg_catalog.current_database() AND active_pid IS NOT NULL`, slot)
 	return err
 }
 
@@ -303,7 +303,7 @@ func TakeOver(ctx context.Context, q db.Querier, slot string) error {
 // can end beyond the write position. Wait for this one.
 func CurrentLSN(ctx context.Context, q db.Querier) (pglogrepl.LSN, error) {
 	var lsn pglogrepl.LSN
-	err := q.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn)
+	err := q.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_insert_lsn()::text`).Scan(&lsn)
 	return lsn, err
 }
 
@@ -311,7 +311,7 @@ func CurrentLSN(ctx context.Context, q db.Querier) (pglogrepl.LSN, error) {
 // is no slot).
 func ConfirmedLSN(ctx context.Context, q db.Querier, slot string) (pglogrepl.LSN, error) {
 	var lsn *string
-	err := q.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, slot).Scan(&lsn)
+	err := q.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1 AND database = pg_catalog.current_database()`, slot).Scan(&lsn)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && lsn == nil) {
 		return 0, nil
 	}
@@ -328,7 +328,7 @@ func ConfirmedLSN(ctx context.Context, q db.Querier, slot string) (pglogrepl.LSN
 // another greenswap) applies; nobody streaming means it times out.
 func WaitApplied(ctx context.Context, q db.Querier, n shadow.Names, lsn pglogrepl.LSN, timeout time.Duration) error {
 	var ping pglogrepl.LSN
-	if err := q.QueryRow(ctx, `SELECT pg_logical_emit_message(false, $1, '')::text`, PingPrefix(n.SyncFlag)).Scan(&ping); err != nil {
+	if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text`, PingPrefix(n.SyncFlag)).Scan(&ping); err != nil {
 		return fmt.Errorf("emit stream ping: %w", err)
 	}
 	start := time.Now()
