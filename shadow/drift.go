@@ -40,6 +40,7 @@ type ObjectPrint struct {
 	ViewDef     string        `json:"view_def,omitempty"`
 	Options     []string      `json:"options,omitempty"`
 	Triggers    []NamedDef    `json:"triggers,omitempty"`
+	Rules       []NamedDef    `json:"rules,omitempty"`
 	RLS         bool          `json:"rls,omitempty"`
 	ForceRLS    bool          `json:"force_rls,omitempty"`
 	Policies    []NamedDef    `json:"policies,omitempty"`
@@ -229,6 +230,13 @@ SELECT g.tgname, pg_catalog.pg_get_triggerdef(g.oid) || ' [' || g.tgenabled::tex
    AND NOT (pn.nspname IN ($3, $4) AND pg_catalog.left(p.proname, 3) = 'gs_')
  ORDER BY g.tgname`
 
+// Rules: a view's own _RETURN rule is its definition (ViewDef); any other
+// rule is the user's, and greenswap re-creates neither the view's at
+// cutover nor blue's at finalize, so one added mid-migration would vanish.
+const driftRuleSQL = `
+SELECT r.rulename::pg_catalog.text, pg_catalog.pg_get_ruledef(r.oid)
+  FROM pg_catalog.pg_rewrite r WHERE r.ev_class = $1 AND r.rulename <> '_RETURN' ORDER BY r.rulename`
+
 const driftPolSQL = `
 SELECT p.polname,
        CASE WHEN p.polpermissive THEN 'AS PERMISSIVE' ELSE 'AS RESTRICTIVE' END
@@ -291,6 +299,7 @@ func driftQueueObject(b *pgx.Batch, n Names, o *ObjectPrint, oid uint32) {
 	b.Queue(driftConSQL, oid).Query(defs(&o.Constraints))
 	b.Queue(driftTrgSQL, oid, n.Trigger, n.BlueSchema, n.GreenSchema).Query(defs(&o.Triggers))
 	b.Queue(driftPolSQL, oid).Query(defs(&o.Policies))
+	b.Queue(driftRuleSQL, oid).Query(defs(&o.Rules))
 	var inh []NamedDef
 	b.Queue(driftInhSQL, oid).Query(func(rows pgx.Rows) error {
 		if err := defs(&inh)(rows); err != nil {
@@ -417,6 +426,13 @@ func driftDiffObject(a, b *ObjectPrint) []Drift {
 	out = append(out, driftDiffDefs(label, "trigger", a.Triggers, b.Triggers, func(d NamedDef, added bool) string {
 		if added {
 			return fmt.Sprintf("DROP TRIGGER %s ON %s (a user trigger must exist on both shapes, enabled on the primary side only: add it to the other shape and accept it)",
+				db.Ident(d.Name), driftQuoted(b.Name))
+		}
+		return "create it again: " + d.Def
+	})...)
+	out = append(out, driftDiffDefs(label, "rule", a.Rules, b.Rules, func(d NamedDef, added bool) string {
+		if added {
+			return fmt.Sprintf("DROP RULE %s ON %s (greenswap re-creates the app-name view at cutover and drops blue at finalize, so the rule would silently vanish; re-create it on the final table after finalize)",
 				db.Ident(d.Name), driftQuoted(b.Name))
 		}
 		return "create it again: " + d.Def
