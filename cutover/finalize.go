@@ -226,6 +226,25 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 		used[s.Seq.String()] = true
 		col := db.Ident(s.Column)
 		seq := db.Ident(s.Seq.Schema, s.Seq.Name)
+		// reown: a serial sequence of blue's stays in the app schema under
+		// its name, owned by green's column from now on and widened to fit.
+		reown := func() error {
+			if s.Seq.Schema != n.App.Schema {
+				sql = append(sql, "ALTER SEQUENCE "+seq+" SET SCHEMA "+db.Ident(n.App.Schema))
+			}
+			final := db.Ident(n.App.Schema, s.Seq.Name)
+			after = append(after, "ALTER SEQUENCE "+final+" OWNED BY "+appRel+"."+col)
+			w, warn, err := widenSequence(ctx, q, s.SeqOID, final, greenT.Column(s.Column))
+			if err != nil {
+				return err
+			}
+			after = append(after, w...)
+			if warn != "" {
+				p.Warnings = append(p.Warnings, warn)
+			}
+			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "re-owned"})
+			return nil
+		}
 		switch {
 		case s.OwnerOID == green.OID:
 			p.Sequences = append(p.Sequences, SequenceMove{s.Column, s.Seq, "kept"})
@@ -246,20 +265,9 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 		case s.OwnerOID == 0 && isDetached[s.SeqOID]:
 			// blue's serial sequence, detached at adopt and kept in the app
 			// schema: green's column owns it from now on, widened to fit.
-			if s.Seq.Schema != n.App.Schema {
-				sql = append(sql, "ALTER SEQUENCE "+seq+" SET SCHEMA "+db.Ident(n.App.Schema))
-			}
-			final := db.Ident(n.App.Schema, s.Seq.Name)
-			after = append(after, "ALTER SEQUENCE "+final+" OWNED BY "+appRel+"."+col)
-			w, warn, err := widenSequence(ctx, q, s.SeqOID, final, greenT.Column(s.Column))
-			if err != nil {
+			if err := reown(); err != nil {
 				return nil, err
 			}
-			after = append(after, w...)
-			if warn != "" {
-				p.Warnings = append(p.Warnings, warn)
-			}
-			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "re-owned"})
 		case s.OwnerOID != blue.OID:
 			p.Sequences = append(p.Sequences, SequenceMove{s.Column, s.Seq, "kept"})
 			p.Warnings = append(p.Warnings, fmt.Sprintf("column %s draws from %s, which greenswap does not own; left as it is", s.Column, s.Seq))
@@ -274,20 +282,9 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 		case !s.Identity:
 			// blue's serial sequence: green's column owns it from now on.
 			sql = append(sql, "ALTER SEQUENCE "+seq+" OWNED BY NONE")
-			if s.Seq.Schema != n.App.Schema {
-				sql = append(sql, "ALTER SEQUENCE "+seq+" SET SCHEMA "+db.Ident(n.App.Schema))
-			}
-			final := db.Ident(n.App.Schema, s.Seq.Name)
-			after = append(after, "ALTER SEQUENCE "+final+" OWNED BY "+appRel+"."+col)
-			w, warn, err := widenSequence(ctx, q, s.SeqOID, final, greenT.Column(s.Column))
-			if err != nil {
+			if err := reown(); err != nil {
 				return nil, err
 			}
-			after = append(after, w...)
-			if warn != "" {
-				p.Warnings = append(p.Warnings, warn)
-			}
-			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "re-owned"})
 		default:
 			// blue's identity sequence cannot change owner: a new one takes over.
 			newSeq := db.Ident(n.App.Schema, s.Seq.Name)
