@@ -358,7 +358,7 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 			return fmt.Errorf("re-create green for the sample: %w", err)
 		}
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, mappingSearchPath(p.n)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, p.n.SearchPath()); err != nil {
 		return err
 	}
 	// Forward expressions are probed over the sample, which has blue's
@@ -466,10 +466,6 @@ func checkCommandPrivileges(ctx context.Context, env *Env, m *Migration, step st
 	}
 	return shadow.CheckPrivileges(ctx, env.Pool, ps, step)
 }
-
-// mappingSearchPath is the search_path expressions are evaluated under:
-// the trigger functions' (trigger.FunctionSQL).
-func mappingSearchPath(n shadow.Names) string { return n.SearchPath() }
 
 // specErr builds a SpecError for field, with the nearest line the spec has.
 func specErr(s *shadow.Spec, field, fix, format string, args ...any) *shadow.SpecError {
@@ -673,7 +669,7 @@ func (p *planner) rehearseIndexes(ctx context.Context) error {
 		}
 		p.ixSQL[i] = shown
 	}
-	_, err := p.tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, mappingSearchPath(p.n))
+	_, err := p.tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, p.n.SearchPath())
 	return err
 }
 

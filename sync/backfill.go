@@ -169,7 +169,7 @@ func (b *Backfiller) copyBatch(ctx context.Context, tx pgx.Tx, after Cursor, lim
 		return Batch{}, err
 	}
 	lt := b.Options.withDefaults().LockTimeout
-	if _, err := tx.Exec(ctx, sessionSQL, searchPath(b.Names), fmt.Sprintf("%dms", lt.Milliseconds())); err != nil {
+	if _, err := tx.Exec(ctx, sessionSQL, b.Names.SearchPath(), fmt.Sprintf("%dms", lt.Milliseconds())); err != nil {
 		return Batch{}, err
 	}
 	args := make([]any, 0, 2*len(b.key.Cols)+1)

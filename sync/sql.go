@@ -102,10 +102,6 @@ const sessionSQL = `SELECT pg_catalog.set_config('search_path', $1, true), pg_ca
 	pg_catalog.set_config('extra_float_digits', '3', true), pg_catalog.set_config('bytea_output', 'hex', true),
 	pg_catalog.set_config('row_security', 'off', true)`
 
-// searchPath is the search_path the mapping's expressions are evaluated
-// under; the same as the trigger functions' (trigger.FunctionSQL).
-func searchPath(n shadow.Names) string { return n.SearchPath() }
-
 // boundSQL finds the key of the limit-th row after the cursor (after is
 // false for the first batch): the inclusive upper end of the next batch's
 // range. No row means fewer than limit rows are left: the last batch.

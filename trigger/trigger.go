@@ -45,10 +45,8 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	target := db.Ident(d.Target.Schema, d.Target.Name)
 	keyList := db.IdentList(d.TargetKey)
 	keyExprs := make([]string, len(d.TargetKey))
-	gKey := make([]string, len(d.TargetKey))
 	for i, k := range d.TargetKey {
 		keyExprs[i] = d.ValueExpr(k)
-		gKey[i] = "t." + db.Ident(k)
 	}
 	keyOf := func(rec string) string {
 		return "(SELECT " + strings.Join(keyExprs, ", ") + " FROM (SELECT " + rec + ".*) AS s)"
@@ -77,11 +75,7 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	if set := d.UpdateSet(); set != "" {
 		conflict = "DO UPDATE SET " + set
 	}
-	lhs := "(" + strings.Join(gKey, ", ") + ")"
-	if len(gKey) == 1 {
-		// A one-column row constructor is not a row on the left of "= (subquery)".
-		lhs = gKey[0]
-	}
+	lhs := keyColumns("t", d.TargetKey)
 	deleteBy := func(rec string) string {
 		return "DELETE FROM " + target + " AS t WHERE " + lhs + " = " + keyOf(rec) + ";"
 	}
@@ -147,17 +141,9 @@ func rekey(d *shadow.Direction, target, lhs, oldKey, newKey, deleteOld, upsert s
 		cols = append(cols, db.Ident(c.Target))
 		exprs = append(exprs, d.ValueExpr(c.Target))
 	}
-	uKey := make([]string, len(d.TargetKey))
-	for i, k := range d.TargetKey {
-		uKey[i] = "u." + db.Ident(k)
-	}
-	taken := strings.Join(uKey, ", ")
-	if len(uKey) > 1 {
-		taken = "(" + taken + ")"
-	}
 	return "UPDATE " + target + " AS t SET (" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
 		" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " = " + oldKey +
-		" AND NOT EXISTS (SELECT FROM " + target + " AS u WHERE " + taken + " = " + newKey + ");" +
+		" AND NOT EXISTS (SELECT FROM " + target + " AS u WHERE " + keyColumns("u", d.TargetKey) + " = " + newKey + ");" +
 		"\n\t\tIF NOT FOUND THEN\n\t\t\t" + deleteOld + "\n\t\t\t" + upsert + "\n\t\tEND IF;"
 }
 
@@ -461,4 +447,18 @@ func RemoveSQL(n shadow.Names, table shadow.QualifiedName) []string {
 // level deeper (an FK cascade they cause) still sync.
 func SyncFlagSQL(n shadow.Names) (string, []any) {
 	return "SELECT pg_catalog.set_config($1, '0', true)", []any{n.SyncFlag}
+}
+
+// keyColumns is the key columns of the row alias as the left side of
+// "= (subquery)": a row of them, or the column alone, since a one-column
+// row constructor is not a row there.
+func keyColumns(alias string, key []string) string {
+	cols := make([]string, len(key))
+	for i, k := range key {
+		cols[i] = alias + "." + db.Ident(k)
+	}
+	if len(cols) == 1 {
+		return cols[0]
+	}
+	return "(" + strings.Join(cols, ", ") + ")"
 }
