@@ -235,7 +235,17 @@ func StartCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, fmt.Errorf("pgtest: initdb%s failed: %w\n%s", hint, err, tail(out, 40))
 	}
 
-	settings := map[string]string{
+	if err := c.configureAndStart(ctx, "postgresql.conf", serverSettings(), opts.Settings); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// serverSettings are the GUCs every server of the harness gets (a
+// container too, minus where it listens): logical decoding with room for
+// the suite's slots and walsenders, and durability traded for speed.
+func serverSettings() map[string]string {
+	return map[string]string{
 		"listen_addresses":        "127.0.0.1",
 		"unix_socket_directories": "",
 		"wal_level":               "logical",
@@ -247,10 +257,6 @@ func StartCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		"max_connections":         "200",
 		"shared_buffers":          "128MB",
 	}
-	if err := c.configureAndStart(ctx, "postgresql.conf", settings, opts.Settings); err != nil {
-		return nil, err
-	}
-	return c, nil
 }
 
 // configureAndStart appends settings, then extra (which win; its key
@@ -425,8 +431,10 @@ func (c *Cluster) logTailFrom(off int64) string {
 // FindBinDir locates PostgreSQL server binaries (a directory holding postgres
 // and initdb): $GREENSWAP_PG_BINDIR, `pg_config --bindir`, the newest
 // /usr/lib/postgresql/*/bin, postgres on $PATH.
-func FindBinDir() (string, error) {
-	if d := os.Getenv(EnvBinDir); d != "" {
+func FindBinDir() (string, error) { return findBinDir(os.Getenv) }
+
+func findBinDir(getenv func(string) string) (string, error) {
+	if d := getenv(EnvBinDir); d != "" {
 		if err := checkBinDir(d); err != nil {
 			return "", fmt.Errorf("%s: %w", EnvBinDir, err)
 		}
@@ -445,10 +453,10 @@ func FindBinDir() (string, error) {
 			return d, nil
 		}
 	}
-	return "", errors.New("pgtest: no PostgreSQL server binaries found (postgres + initdb). " +
-		"Install them (Debian: apt-get install postgresql-15), or set " + EnvBinDir +
-		" to a directory holding postgres and initdb (scripts/pg-fetch.sh 17 prints one), or set " + EnvDSN +
-		" to a postgres:// URL of a superuser on a server with wal_level=logical")
+	return "", fmt.Errorf("%w (%s unset; searched `pg_config --bindir`, /usr/lib/postgresql/*/bin, $PATH). "+
+		"Install them (Debian: apt-get install postgresql-15), or set %s"+
+		" to a directory holding postgres and initdb (scripts/pg-fetch.sh 17 prints one), or set %s"+
+		" to a postgres:// URL of a superuser on a server with wal_level=logical", ErrNoServerBinaries, EnvBinDir, EnvBinDir, EnvDSN)
 }
 
 func newestDebianBinDir() string {

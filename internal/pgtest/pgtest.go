@@ -37,10 +37,11 @@ import (
 
 // pkgState is the server of this test binary, set up on first use.
 type pkgState struct {
-	cluster  *Cluster // nil when using GREENSWAP_TEST_DSN
-	external string   // GREENSWAP_TEST_DSN, when set
-	admin    *pgxpool.Pool
-	major    int
+	cluster   *Cluster         // a throwaway cluster from local binaries, or nil
+	container *containerServer // a container started through Docker, or nil
+	external  string           // the admin DSN of a server we did not start (GREENSWAP_TEST_DSN) or of the container
+	admin     *pgxpool.Pool
+	major     int
 }
 
 var (
@@ -106,7 +107,7 @@ func shutdown() error {
 	if s.cluster != nil {
 		return s.cluster.Stop()
 	}
-	return nil
+	return s.container.Stop()
 }
 
 // ensure returns the package's server, starting it on first use.
@@ -119,7 +120,7 @@ func ensure(t testing.TB) *pkgState {
 	}
 	if !started {
 		started = true
-		state, startErr = setup()
+		state, startErr = setup(os.Getenv)
 	}
 	if startErr != nil {
 		t.Fatalf("pgtest: no PostgreSQL for this test: %v", startErr)
@@ -127,30 +128,47 @@ func ensure(t testing.TB) *pkgState {
 	return state
 }
 
-func setup() (*pkgState, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+// setup starts (or connects to) the package's server, chosen by choose, and
+// says on stderr which one it is, so a run's output names the path it took.
+func setup(getenv func(string) string) (*pkgState, error) {
+	// Long enough for a first pull of the postgres image.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	sel, err := choose(gatherSelection(ctx, getenv))
+	if err != nil {
+		return nil, err
+	}
 	s := &pkgState{}
-	adminDSN := os.Getenv(EnvDSN)
-	if adminDSN != "" {
-		s.external = adminDSN
-	} else {
-		c, err := StartCluster(ctx, Options{LogFile: os.Getenv(EnvLog)})
+	var adminDSN, from string
+	switch sel.Source {
+	case fromDSN:
+		s.external, adminDSN, from = sel.DSN, sel.DSN, EnvDSN
+	case fromBinaries:
+		c, err := StartCluster(ctx, Options{BinDir: sel.BinDir, LogFile: getenv(EnvLog)})
 		if err != nil {
 			return nil, err
 		}
-		s.cluster = c
-		adminDSN = c.DSN("postgres")
+		s.cluster, adminDSN, from = c, c.DSN("postgres"), c.BinDir
+	case fromContainer:
+		cs, err := startContainer(ctx, sel.DockerHost, sel.Major)
+		if err != nil {
+			return nil, err
+		}
+		s.container, s.external, adminDSN, from = cs, cs.DSN, cs.DSN, "container "+cs.Image+" (testcontainers)"
 	}
 	cfg, err := pgxpool.ParseConfig(adminDSN)
 	if err == nil {
 		cfg.MaxConns = 4
 		s.admin, err = pgxpool.NewWithConfig(ctx, cfg)
 	}
+	var release string
 	if err == nil {
 		var num int
-		err = s.admin.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&num)
+		err = s.admin.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, split_part(current_setting('server_version'), ' ', 1)").Scan(&num, &release)
 		s.major = num / 10000
+	}
+	if want, _ := wantMajor(getenv); err == nil && want != 0 && s.major != want {
+		err = fmt.Errorf("the server is PostgreSQL %d, and %s=%d asks for %d", s.major, EnvPGMajor, want, want)
 	}
 	if err != nil {
 		if s.admin != nil {
@@ -159,11 +177,13 @@ func setup() (*pkgState, error) {
 		if s.cluster != nil {
 			_ = s.cluster.Stop()
 		}
-		if s.external != "" {
+		_ = s.container.Stop()
+		if sel.Source == fromDSN {
 			return nil, fmt.Errorf("%s: %w", EnvDSN, err)
 		}
-		return nil, err
+		return nil, fmt.Errorf("pgtest: the server from %s: %w", from, err)
 	}
+	fmt.Fprintf(os.Stderr, "pgtest: PostgreSQL %s from %s\n", release, from)
 	return s, nil
 }
 

@@ -4,6 +4,7 @@ package pgtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -66,7 +67,7 @@ func TestNewDBSettings(t *testing.T) {
 		if user != SuperUser {
 			t.Errorf("current_user = %q, want %q", user, SuperUser)
 		}
-		if !strings.Contains(dsn, "127.0.0.1") {
+		if ensure(t).cluster != nil && !strings.Contains(dsn, "127.0.0.1") {
 			t.Errorf("dsn %q does not use 127.0.0.1", dsn)
 		}
 		for name, want := range map[string]string{
@@ -262,6 +263,9 @@ func TestStartClusterDirect(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	c, err := StartCluster(ctx, Options{Settings: map[string]string{"application_name": "pgtest it's"}})
+	if errors.Is(err, ErrNoServerBinaries) {
+		t.Skip(err) // a machine with only Docker: the package's server is a container
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,9 @@ func TestStartStandby(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	primary, err := StartCluster(ctx, Options{})
+	if errors.Is(err, ErrNoServerBinaries) {
+		t.Skip(err) // a machine with only Docker: no binaries to start a primary and standby from
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
