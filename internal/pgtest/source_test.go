@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -312,5 +313,28 @@ func TestDockerNotAskedWhenEarlierWayDecides(t *testing.T) {
 	}
 	if n := d.pings.Load(); n != 0 {
 		t.Errorf("the daemon was pinged %d times; an earlier way had decided", n)
+	}
+}
+
+// scripts/docker-answers.sh (which decides the Makefile's -tags
+// testcontainers) gives the same answer as pingDocker, for the same daemons.
+func TestDockerAnswersScriptAgrees(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("the script needs curl")
+	}
+	up := startFakeDocker(t, http.StatusOK)
+	down := startFakeDocker(t, http.StatusInternalServerError)
+	for _, host := range []string{up.host, down.host, "unix:///nonexistent/docker.sock", "ssh://me@box"} {
+		cmd := exec.Command("bash", "../../scripts/docker-answers.sh")
+		cmd.Env = append(os.Environ(), EnvDockerHost+"="+host, "DOCKER_TLS_VERIFY=")
+		scriptSays := cmd.Run() == nil
+		goSays := pingDocker(t.Context(), host, envMap{}.get) == nil
+		if scriptSays != goSays {
+			t.Errorf("DOCKER_HOST=%s: the script says answers=%v, pingDocker says %v", host, scriptSays, goSays)
+		}
+		if want := host == up.host; goSays != want {
+			t.Errorf("DOCKER_HOST=%s: answers=%v, want %v", host, goSays, want)
+		}
 	}
 }
