@@ -5,9 +5,7 @@ package pgtest
 import (
 	"context"
 	"fmt"
-	"maps"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,15 +19,6 @@ import (
 // containerSupport: see container_notc.go.
 const containerSupport = true
 
-// hbaScript runs once, after the image's initdb: the image trusts every
-// host for ordinary connections (POSTGRES_HOST_AUTH_METHOD=trust) but
-// replication connections only from inside the container, and the tests
-// open them from the host, through the mapped port.
-const hbaScript = `#!/bin/sh
-set -e
-echo 'host replication all all trust' >> "$PGDATA/pg_hba.conf"
-`
-
 // startContainer starts the official postgres:<major> image with the
 // harness's settings, and returns once a connection from here succeeds.
 // dockerHost is the address that answered the ping; testcontainers-go finds
@@ -37,24 +26,15 @@ echo 'host replication all all trust' >> "$PGDATA/pg_hba.conf"
 // default socket). The container is removed by Stop, and by
 // testcontainers' reaper (Ryuk) if this process dies first.
 func startContainer(ctx context.Context, dockerHost string, major int) (_ *containerServer, err error) {
-	image := "postgres:" + strconv.Itoa(major)
-	settings := containerSettings()
-	cmd := []string{"postgres"}
-	for _, k := range slices.Sorted(maps.Keys(settings)) {
-		cmd = append(cmd, "-c", k+"="+settings[k])
-	}
+	spec := newContainerSpec(major)
+	image := spec.Image
 	ctr, err := testcontainers.Run(ctx, image,
 		testcontainers.WithExposedPorts("5432/tcp"),
-		testcontainers.WithEnv(map[string]string{
-			"POSTGRES_USER":             SuperUser,
-			"POSTGRES_HOST_AUTH_METHOD": "trust",
-			// The same encoding and collation as a local cluster's initdb.
-			"POSTGRES_INITDB_ARGS": "--encoding=UTF8 --no-locale",
-		}),
-		testcontainers.WithCmd(cmd...),
+		testcontainers.WithEnv(spec.Env),
+		testcontainers.WithCmd(spec.Cmd...),
 		testcontainers.WithFiles(testcontainers.ContainerFile{
-			Reader:            strings.NewReader(hbaScript),
-			ContainerFilePath: "/docker-entrypoint-initdb.d/greenswap-replication-hba.sh",
+			Reader:            strings.NewReader(spec.InitScript),
+			ContainerFilePath: spec.InitScriptPath,
 			FileMode:          0o755,
 		}),
 		testcontainers.WithLabels(map[string]string{"greenswap.pgtest.pid": strconv.Itoa(os.Getpid())}),

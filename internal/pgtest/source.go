@@ -8,11 +8,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -288,13 +290,48 @@ func (c *containerServer) Stop() error {
 	return f()
 }
 
-// containerSettings are the GUCs the container's postgres is started with:
-// those of a throwaway cluster, minus where it listens (the image's own
-// entrypoint needs its socket, and listens on all addresses inside the
-// container).
-func containerSettings() map[string]string {
-	s := serverSettings()
-	delete(s, "listen_addresses")
-	delete(s, "unix_socket_directories")
-	return s
+// containerSpec is what startContainer asks Docker for. It is built here,
+// in the default build, so that it is tested where no daemon runs.
+type containerSpec struct {
+	Image string
+	Cmd   []string          // postgres -c k=v …
+	Env   map[string]string // the image's POSTGRES_* variables
+	// InitScript runs once as the image's init script, after its initdb;
+	// $PGDATA is set.
+	InitScript     string
+	InitScriptPath string
+}
+
+// hbaScript: the image trusts every host for ordinary connections
+// (POSTGRES_HOST_AUTH_METHOD=trust) but replication connections only from
+// inside the container, and the tests open them from the host, through the
+// mapped port.
+const hbaScript = `#!/bin/sh
+set -e
+echo 'host replication all all trust' >> "$PGDATA/pg_hba.conf"
+`
+
+func newContainerSpec(major int) containerSpec {
+	// The settings of a throwaway cluster, minus where it listens: the
+	// image's entrypoint needs its socket, and inside the container postgres
+	// listens on every address.
+	settings := serverSettings()
+	delete(settings, "listen_addresses")
+	delete(settings, "unix_socket_directories")
+	cmd := []string{"postgres"}
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
+		cmd = append(cmd, "-c", k+"="+settings[k])
+	}
+	return containerSpec{
+		Image: "postgres:" + strconv.Itoa(major),
+		Cmd:   cmd,
+		Env: map[string]string{
+			"POSTGRES_USER":             SuperUser,
+			"POSTGRES_HOST_AUTH_METHOD": "trust",
+			// The encoding and collation of a local cluster's initdb.
+			"POSTGRES_INITDB_ARGS": "--encoding=UTF8 --no-locale",
+		},
+		InitScript:     hbaScript,
+		InitScriptPath: "/docker-entrypoint-initdb.d/greenswap-replication-hba.sh",
+	}
 }

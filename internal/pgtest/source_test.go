@@ -305,7 +305,7 @@ func TestDockerNotAskedWhenEarlierWayDecides(t *testing.T) {
 	if _, err := choose(in); err == nil || !strings.Contains(err.Error(), EnvBinDir) {
 		t.Errorf("with a wrong %s: %v; want an error naming it", EnvBinDir, err)
 	}
-	if _, err := FindBinDir(); err == nil {
+	if _, err := findBinDir(envMap{}.get); err == nil { // found without GREENSWAP_PG_BINDIR, as gatherSelection below looks
 		in = gatherSelection(ctx, envMap{EnvDockerHost: d.host}.get)
 		if sel, err := choose(in); err != nil || sel.Source != fromBinaries || sel.BinDir == "" {
 			t.Errorf("with local binaries: %+v, %v", sel, err)
@@ -336,5 +336,99 @@ func TestDockerAnswersScriptAgrees(t *testing.T) {
 		if want := host == up.host; goSays != want {
 			t.Errorf("DOCKER_HOST=%s: answers=%v, want %v", host, goSays, want)
 		}
+	}
+}
+
+// The container's command line, given to a real postgres of the local
+// binaries (-C prints a setting as the server would have it and exits): every
+// harness setting takes effect, and nothing decides where it listens.
+func TestContainerSpec(t *testing.T) {
+	t.Parallel()
+	spec := newContainerSpec(17)
+	if spec.Image != "postgres:17" || spec.Cmd[0] != "postgres" {
+		t.Fatalf("spec %+v", spec)
+	}
+	for k, want := range map[string]string{"POSTGRES_USER": SuperUser, "POSTGRES_HOST_AUTH_METHOD": "trust", "POSTGRES_INITDB_ARGS": "--encoding=UTF8 --no-locale"} {
+		if got := spec.Env[k]; got != want {
+			t.Errorf("env %s = %q, want %q", k, got, want)
+		}
+	}
+	args := strings.Join(spec.Cmd, " ")
+	for _, k := range []string{"listen_addresses", "unix_socket_directories"} {
+		if strings.Contains(args, k) {
+			t.Errorf("the container's command sets %s: %s", k, args)
+		}
+	}
+	c := ensure(t).cluster
+	if c == nil {
+		t.Skip("no local cluster to run postgres -C against")
+	}
+	for k, want := range serverSettings() {
+		if k == "listen_addresses" || k == "unix_socket_directories" {
+			continue
+		}
+		if !strings.Contains(args, "-c "+k+"="+want) {
+			t.Errorf("the container's command lacks -c %s=%s: %s", k, want, args)
+		}
+		cmd := exec.Command(filepath.Join(c.BinDir, "postgres"), append([]string{"-C", k, "-D", c.DataDir}, spec.Cmd[1:]...)...)
+		cmd.Env = childEnv()
+		out, err := cmd.CombinedOutput()
+		// -C prints base units (shared_buffers in 8kB pages): compare with the
+		// running cluster, which got the same settings from its config file.
+		want = queryString(t, c.DSN("postgres"), "SELECT setting FROM pg_settings WHERE name = $1", k)
+		if got := strings.TrimSpace(string(out)); err != nil || got != want {
+			t.Errorf("postgres -C %s with the container's command: %q, %v; the local cluster has %q", k, got, err, want)
+		}
+	}
+}
+
+// The container's init script, run as the image would run it ($PGDATA set,
+// after initdb) on a real data directory: PostgreSQL parses the line it adds
+// as trust for replication connections from any host.
+func TestContainerHBAScript(t *testing.T) {
+	t.Parallel()
+	c := ensure(t).cluster
+	if c == nil {
+		t.Skip("no local cluster whose pg_hba.conf to check")
+	}
+	dir := t.TempDir()
+	hba := filepath.Join(dir, "pg_hba.conf")
+	orig, err := os.ReadFile(filepath.Join(c.DataDir, "pg_hba.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hba, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", newContainerSpec(15).InitScript)
+	cmd.Env = append(os.Environ(), "PGDATA="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("init script: %v\n%s", err, out)
+	}
+	after, err := os.ReadFile(hba)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := strings.TrimPrefix(string(after), string(orig))
+	if added == string(after) || strings.Count(added, "\n") != 1 {
+		t.Fatalf("the script should append one line to pg_hba.conf; it added %q", added)
+	}
+	// Parse it the way the server does: as the cluster's own hba file, read
+	// by pg_hba_file_rules (from disk, not what is loaded), then put back.
+	live := filepath.Join(c.DataDir, "pg_hba.conf")
+	if err := os.WriteFile(live, after, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := os.WriteFile(live, orig, 0); err != nil {
+			t.Errorf("restore %s: %v", live, err)
+		}
+	}()
+	got := queryString(t, c.DSN("postgres"), `
+		SELECT count(*) FILTER (WHERE error IS NOT NULL) || ' errors, ' ||
+		       count(*) FILTER (WHERE type = 'host' AND database = '{replication}' AND user_name = '{all}' AND address = 'all' AND auth_method = 'trust')
+		FROM pg_hba_file_rules`)
+	if got != "0 errors, 1" {
+		t.Errorf("pg_hba_file_rules with the script's line: %s; want 0 errors, 1 trust rule for replication from all hosts", got)
 	}
 }
