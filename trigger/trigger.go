@@ -446,7 +446,13 @@ func RemoveSQL(n shadow.Names, table shadow.QualifiedName) []string {
 // '0' is the trigger depth of a top-level statement (EchoGuard); writes a
 // level deeper (an FK cascade they cause) still sync.
 func SyncFlagSQL(n shadow.Names) (string, []any) {
-	return "SELECT pg_catalog.set_config($1, '0', true)", []any{n.SyncFlag}
+	return "SELECT " + SyncFlagExpr("$1"), []any{n.SyncFlag}
+}
+
+// SyncFlagExpr is SyncFlagSQL's expression, for a session that sets it in
+// a statement of its own; param is the placeholder bound to Names.SyncFlag.
+func SyncFlagExpr(param string) string {
+	return "pg_catalog.set_config(" + param + ", '0', true)"
 }
 
 // keyColumns is the key columns of the row alias as the left side of

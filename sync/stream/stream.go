@@ -33,8 +33,13 @@ var ErrSlotLost = errors.New("the migration's replication slot is gone")
 
 // Options tune a Streamer. Zero values take the defaults.
 type Options struct {
-	MaxBatchKeys   int // keys per apply transaction (default 1000)
-	ApplyWorkers   int // apply transactions of one batch running at once (default 2)
+	MaxBatchKeys int // keys per apply transaction (default 1000)
+	// ApplyWorkers is how many apply transactions of one batch run at once
+	// (default 4). A batch bigger than MaxBatchKeys is a backlog: on a
+	// server whose CPU the application already uses, each session gets
+	// about one runnable process's share, so the number of sessions sets
+	// how fast the stream catches up (see README: "Keeping up").
+	ApplyWorkers   int
 	MaxPendingKeys int // received but unapplied keys at which reading pauses (default 100000)
 	// ApplyInterval is the least time between the starts of two apply
 	// batches while fewer than MaxBatchKeys keys wait (default 10ms): a
@@ -66,7 +71,7 @@ func (o Options) withDefaults() Options {
 		o.MaxBatchKeys = 1000
 	}
 	if o.ApplyWorkers <= 0 {
-		o.ApplyWorkers = 2
+		o.ApplyWorkers = 4
 	}
 	if o.MaxPendingKeys <= 0 {
 		o.MaxPendingKeys = 100000
