@@ -228,6 +228,21 @@ func (s *Streamer) run(ctx context.Context, until pglogrepl.LSN) error {
 	if err != nil {
 		return err
 	}
+	// The apply sessions get a pool of their own, as many connections as
+	// ApplyWorkers: draining a backlog keeps every worker busy, and on the
+	// caller's pool they took every connection the backfill (and anything
+	// else sharing it) needed, which then waited for the stream's backlog
+	// to end. A copy of the caller's configuration: the same server, role
+	// and session settings.
+	pcfg := s.cfg.Pool.Config()
+	pcfg.MaxConns, pcfg.MinConns = int32(s.opt.ApplyWorkers), 0
+	applyPool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return fmt.Errorf("stream %s: the apply sessions' pool: %w", s.cfg.Names.Slot, err)
+	}
+	defer applyPool.Close()
+	s.ap.pool = applyPool
+	defer func() { s.ap.pool = s.cfg.Pool }()
 	backoff := s.opt.MinBackoff
 	for {
 		t0 := time.Now()
