@@ -228,7 +228,7 @@ func newStreamer(env *Env, m *Migration, b *Build, opt stream.Options) (*stream.
 	if err != nil {
 		return nil, err
 	}
-	cfg.Options = opt
+	cfg.Options = withSpecStreamOptions(opt, m.Spec)
 	return stream.New(cfg)
 }
 
@@ -509,8 +509,17 @@ func streamConfig(env *Env, m *Migration, b *Build) (stream.Config, error) {
 		Checkpoint: func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error {
 			return state.SetConfirmedLSN(ctx, tx, name, lsn.String())
 		},
-		Log: env.Log.With().Str("migration", name).Logger(), Options: env.Stream,
+		Log: env.Log.With().Str("migration", name).Logger(), Options: withSpecStreamOptions(env.Stream, m.Spec),
 	}, nil
+}
+
+// withSpecStreamOptions fills what opt leaves at its default from the
+// spec's sync section.
+func withSpecStreamOptions(opt stream.Options, spec *shadow.Spec) stream.Options {
+	if opt.ApplyWorkers == 0 && spec != nil {
+		opt.ApplyWorkers = spec.Sync.ApplyWorkers
+	}
+	return opt
 }
 
 // dropLogicalObjects removes migration m's replication slot and

@@ -59,7 +59,15 @@ type SyncOptions struct {
 	// many times the batch's duration (0, the default: no pause). On a
 	// server short of CPU it gives the application its share back.
 	NiceRatio float64 `yaml:"nice_ratio" json:"nice_ratio,omitempty"`
+	// ApplyWorkers is how many sessions the logical stream applies a
+	// backlog on at once (mode: logical; 0: the stream's default, 4). More
+	// drain a backlog faster and take that much more of the server's CPU
+	// while they do; a stream that is caught up uses one.
+	ApplyWorkers int `yaml:"apply_workers" json:"apply_workers,omitempty"`
 }
+
+// MaxApplyWorkers bounds sync.apply_workers: each is a connection.
+const MaxApplyWorkers = 32
 
 // MaxNiceRatio bounds sync.nice_ratio and --nice-ratio: beyond it the copy
 // would mostly sleep, and a pause (greenswap pause) says that better.

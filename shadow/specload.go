@@ -325,7 +325,7 @@ type specDecoder struct {
 var (
 	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync"}
 	targetFields = []string{"ddl", "indexes", "partitions"}
-	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio"}
+	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio", "apply_workers"}
 )
 
 func (d *specDecoder) errf(line int, field, fix, format string, args ...any) *SpecError {
@@ -398,6 +398,8 @@ func (d *specDecoder) sync(n *yaml.Node, path string, line int, o *SyncOptions) 
 			o.LockTimeout, err = d.duration(v, fpath, fline)
 		case "nice_ratio":
 			o.NiceRatio, err = d.float(v, fpath, fline)
+		case "apply_workers":
+			o.ApplyWorkers, err = d.int(v, fpath, fline)
 		}
 		return err
 	})
@@ -811,6 +813,14 @@ func (s *Spec) Validate() error {
 	if o.MinBatchSize > 0 && o.MaxBatchSize > 0 && o.MinBatchSize > o.MaxBatchSize {
 		return s.specErr("sync.min_batch_size", "make min_batch_size at most max_batch_size",
 			"min_batch_size %d is larger than max_batch_size %d", o.MinBatchSize, o.MaxBatchSize)
+	}
+	if o.ApplyWorkers != 0 && s.Mode != ModeLogical {
+		return s.specErr("sync.apply_workers", "remove it, or set mode: logical (trigger mode has no stream to apply)",
+			"applies only to mode: logical, and the mode is %s", s.Mode)
+	}
+	if o.ApplyWorkers < 0 || o.ApplyWorkers > MaxApplyWorkers {
+		return s.specErr("sync.apply_workers", fmt.Sprintf("write a number from 1 to %d, or leave it out for the default", MaxApplyWorkers),
+			"must be between 1 and %d, got %d", MaxApplyWorkers, o.ApplyWorkers)
 	}
 	if o.NiceRatio < 0 || o.NiceRatio > MaxNiceRatio {
 		return s.specErr("sync.nice_ratio", fmt.Sprintf("write a number from 0 (no pause) to %g, e.g. 0.5", MaxNiceRatio),

@@ -237,6 +237,12 @@ func TestSpecErrors(t *testing.T) {
 	if _, err := ParseSpec([]byte(baseYAML), "orders.yaml", ""); err != nil {
 		t.Fatalf("base spec: %v", err)
 	}
+	logical := strings.Replace(edit("batch_size: 1000", "apply_workers: 8"), "key: [id]", "key: [id]\nmode: logical", 1)
+	if s, err := ParseSpec([]byte(logical), "orders.yaml", ""); err != nil {
+		t.Fatalf("sync.apply_workers in mode: logical: %v", err)
+	} else if s.Sync.ApplyWorkers != 8 {
+		t.Fatalf("sync.apply_workers: 8 in mode: logical read as %d", s.Sync.ApplyWorkers)
+	}
 	for _, tc := range []struct {
 		name   string
 		format string // "" sniffs
@@ -264,6 +270,9 @@ func TestSpecErrors(t *testing.T) {
 		{"nice ratio string", "", edit("batch_size: 1000", `nice_ratio: "half"`), []string{`orders.yaml:13: sync.nice_ratio: must be a number, not the string "half"`}},
 		{"nice ratio negative", "", edit("batch_size: 1000", "nice_ratio: -1"), []string{`orders.yaml:13: sync.nice_ratio: must be between 0 and 20, got -1`}},
 		{"nice ratio huge", "", edit("batch_size: 1000", "nice_ratio: 100"), []string{`orders.yaml:13: sync.nice_ratio: must be between 0 and 20, got 100`}},
+		{"apply workers in trigger mode", "", edit("batch_size: 1000", "apply_workers: 4"), []string{`sync.apply_workers: applies only to mode: logical, and the mode is trigger`, "remove it, or set mode: logical"}},
+		{"apply workers zero", "", strings.Replace(edit("batch_size: 1000", "apply_workers: -1"), "key: [id]", "key: [id]\nmode: logical", 1), []string{`sync.apply_workers: must be between 1 and 32, got -1`}},
+		{"apply workers huge", "", strings.Replace(edit("batch_size: 1000", "apply_workers: 33"), "key: [id]", "key: [id]\nmode: logical", 1), []string{`sync.apply_workers: must be between 1 and 32, got 33`}},
 		{"nice ratio nan", "", edit("batch_size: 1000", "nice_ratio: .nan"), []string{`orders.yaml:13: sync.nice_ratio: number ".nan" is not finite`}},
 		{"ddl list", "", edit("  ddl: CREATE TABLE orders (id bigint PRIMARY KEY, email text NOT NULL)", "  ddl: [a]"), []string{"orders.yaml:5: target.ddl: must be a string, not a list"}},
 		{"target scalar", "", "name: a\ntable: t\ntarget: CREATE TABLE t()\n", []string{"orders.yaml:3: target: must be a mapping"}},

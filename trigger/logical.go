@@ -81,7 +81,7 @@ func ReadEchoTokenSQL(n shadow.Names) string {
 func reverseLogicalSQL(n shadow.Names, m *shadow.Mapping) []string {
 	b, e := echoMarker(n, EchoBegin), echoMarker(n, EchoEnd)
 	return []string{
-		functionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse, b, e, true),
+		functionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse, b, e, &m.Forward),
 		truncateFunctionSQL(truncateFunc(n.ReverseFunc), n.SyncFlag, n.Blue, b, e),
 	}
 }
@@ -154,4 +154,69 @@ func PlainReverseSQL(n shadow.Names, m *shadow.Mapping) []string {
 		FunctionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse),
 		TruncateFunctionSQL(truncateFunc(n.ReverseFunc), n.SyncFlag, n.Blue),
 	}
+}
+
+// staleGuard refuses a write through green that would overwrite a change
+// the stream has not brought to green yet (logical mode, before cutover:
+// blue → green is asynchronous, green → blue is not). Without it a client
+// of green's shape computing `amount = amount + 10` on a row blue changed a
+// moment ago wrote its result over blue's change, the stream then copied
+// blue back to green, and both sides agreed on a value that had lost an
+// update (issue 12; found from outside). So, before the write to blue:
+//
+//   - UPDATE: blue's row under the old key is locked (its newest version),
+//     and must be the one green's row came from: blue equals reverse(OLD)
+//     (green's row was written through green, or reverses exactly) or
+//     forward(blue) equals OLD (green's row is the stream's or the
+//     backfill's copy of blue). Otherwise SQLSTATE 40001, the error
+//     REPEATABLE READ gives a write that lost a race: the client retries,
+//     and once the stream has applied blue's change the retry computes on
+//     it. No row under the old key (blue deleted or re-keyed it): nothing
+//     is raised, and the write changes nothing on blue, as before
+//     (inPlaceUpdate; blue wins a delete race).
+//   - INSERT, or an UPDATE moving the row to another key: a blue row
+//     already under the new key is a duplicate the stream has not brought
+//     to green yet: SQLSTATE 23505, as the insert would get on one table.
+//
+// Columns are compared in their text forms: equality operators may be
+// missing (json) or call different values equal (numeric scale).
+func staleGuard(d, fwd *shadow.Direction, target, lhs, oldKeyOf, newKeyOf, oldKey, newKey string) string {
+	var blueCols, reverseOld []string
+	// A column whose expression is volatile (ColumnMap.Volatile, when plan's
+	// probe has set it) differs on every evaluation: compared, it would
+	// refuse every write of the row for good.
+	for _, c := range d.Columns {
+		if c.Volatile {
+			continue
+		}
+		blueCols = append(blueCols, "t."+db.Ident(c.Target))
+		reverseOld = append(reverseOld, d.ValueExpr(c.Target))
+	}
+	var greenOld, forwardBlue []string
+	for _, c := range fwd.Columns {
+		if c.Volatile {
+			continue
+		}
+		greenOld = append(greenOld, "OLD."+db.Ident(c.Target))
+		forwardBlue = append(forwardBlue, fwd.ValueExpr(c.Target))
+	}
+	current := "ROW(" + strings.Join(blueCols, ", ") + ")::pg_catalog.text IS NOT DISTINCT FROM (SELECT ROW(" +
+		strings.Join(reverseOld, ", ") + ")::pg_catalog.text FROM (SELECT OLD.*) AS s)" +
+		"\n\t\t\tOR (SELECT ROW(" + strings.Join(forwardBlue, ", ") + ")::pg_catalog.text FROM (SELECT t.*) AS s) IS NOT DISTINCT FROM ROW(" +
+		strings.Join(greenOld, ", ") + ")::pg_catalog.text"
+	stale := db.Literal("could not serialize access: the row changed on blue (the live table) and the logical stream has not brought the change to green yet")
+	dup := db.Literal("duplicate key: blue (the live table) already has a row with this key, which the logical stream has not brought to green yet")
+	hint := db.Literal("retry the transaction; until cutover, write each row through one shape, or use mode: trigger")
+	return `
+	IF TG_OP = 'UPDATE' THEN
+		PERFORM FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + ` FOR UPDATE OF t;
+		IF FOUND AND NOT EXISTS (SELECT FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + `
+			AND (` + current + `)) THEN
+			RAISE EXCEPTION ` + stale + ` USING ERRCODE = '40001', HINT = ` + hint + `;
+		END IF;
+	END IF;
+	IF (TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND ` + oldKey + ` IS DISTINCT FROM ` + newKey + `))
+		AND EXISTS (SELECT FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + newKeyOf + `) THEN
+		RAISE EXCEPTION ` + dup + ` USING ERRCODE = '23505', HINT = ` + hint + `;
+	END IF;`
 }

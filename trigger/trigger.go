@@ -32,15 +32,17 @@ import (
 // was fired by its own trigger on its own side's schema, every name it
 // writes is schema-qualified, and its search_path names pg_temp last.
 func FunctionSQL(fn shadow.QualifiedName, flag, appSchema string, d *shadow.Direction) string {
-	return functionSQL(fn, flag, appSchema, d, "", "", false)
+	return functionSQL(fn, flag, appSchema, d, "", "", nil)
 }
 
 // functionSQL is FunctionSQL with two optional statements placed just
-// before and just after the write to the target, and, with inPlace, an
-// UPDATE that keeps its key updating the target row in place (never
-// inserting it) — logical mode's reverse function; see logical.go.
+// before and just after the write to the target, and, with fwd (the
+// mapping's other direction), logical mode's reverse function (see
+// logical.go): an UPDATE that keeps its key updates the target row in
+// place (never inserting it), and a write onto a row the stream has not
+// brought to green yet is refused (staleGuard).
 // searchPath is the app schema (FunctionSQL's appSchema).
-func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, inPlace bool) string {
+func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, fwd *shadow.Direction) string {
 	n := namesOf(flag)
 	target := db.Ident(d.Target.Schema, d.Target.Name)
 	keyList := db.IdentList(d.TargetKey)
@@ -82,9 +84,10 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	upsert := fmt.Sprintf(`INSERT INTO %s (%s)%s
 			SELECT %s FROM (SELECT NEW.*) AS s
 			ON CONFLICT (%s) %s;`, target, d.TargetList(), overriding, d.SelectList(), keyList, conflict)
-	write := upsert
-	if inPlace {
+	write, guard := upsert, ""
+	if fwd != nil {
 		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), upsert)
+		guard = staleGuard(d, fwd, target, lhs, keyOf("OLD"), keyOf("NEW"), oldKey, newKey)
 	}
 	body := fmt.Sprintf(`
 #variable_conflict use_column
@@ -95,7 +98,7 @@ BEGIN
 		%[3]s
 	END IF;
 	prev := pg_catalog.current_setting(%[4]s, true);
-	PERFORM pg_catalog.set_config(%[4]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);%[5]s
+	PERFORM pg_catalog.set_config(%[4]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);%[12]s%[5]s
 	IF TG_OP = 'DELETE' THEN
 		%[6]s
 	ELSIF TG_OP = 'UPDATE' AND %[7]s IS DISTINCT FROM %[8]s THEN
@@ -108,7 +111,7 @@ BEGIN
 END`,
 		db.Literal(n.Trigger), db.Literal(d.Source.Schema), misfiredSQL(fn, n, n.Trigger, d.Source),
 		db.Literal(flag), stmt(before), deleteBy("OLD"), oldKey, newKey,
-		rekey(d, target, lhs, keyOf("OLD"), keyOf("NEW"), deleteBy("OLD"), upsert), write, stmt(after))
+		rekey(d, target, lhs, keyOf("OLD"), keyOf("NEW"), deleteBy("OLD"), upsert), write, stmt(after), guard)
 	return "CREATE OR REPLACE FUNCTION " + db.Ident(fn.Schema, fn.Name) +
 		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = " + shadow.SearchPathFor(searchPath) +
 		" AS " + dollarQuote(body)
@@ -446,7 +449,13 @@ func RemoveSQL(n shadow.Names, table shadow.QualifiedName) []string {
 // '0' is the trigger depth of a top-level statement (EchoGuard); writes a
 // level deeper (an FK cascade they cause) still sync.
 func SyncFlagSQL(n shadow.Names) (string, []any) {
-	return "SELECT pg_catalog.set_config($1, '0', true)", []any{n.SyncFlag}
+	return "SELECT " + SyncFlagExpr("$1"), []any{n.SyncFlag}
+}
+
+// SyncFlagExpr is SyncFlagSQL's expression, for a session that sets it in
+// a statement of its own; param is the placeholder bound to Names.SyncFlag.
+func SyncFlagExpr(param string) string {
+	return "pg_catalog.set_config(" + param + ", '0', true)"
 }
 
 // keyColumns is the key columns of the row alias as the left side of

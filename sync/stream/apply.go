@@ -34,6 +34,10 @@ type applySQL struct {
 	all      string   // delete every green row of the keys (replace mode)
 	truncate string   // delete every green row blue no longer has (after a TRUNCATE of blue)
 	live     string   // is the stream still the way blue → green?
+	// begin is live plus the apply transaction's settings (settingsList)
+	// and the sync flag, in one statement: $1..$3 as live, $4 the flag's
+	// name, $5 search_path, $6 lock_timeout.
+	begin string
 	// move re-keys green rows in place (trap 13): $1..$k the old sync key,
 	// $k+1..$2k the new one; "" when green's key cannot be updated (a
 	// GENERATED ALWAYS identity column). moveKey is the same for the rows
@@ -200,9 +204,15 @@ SELECT (SELECT pg_catalog.count(*) FROM del), (SELECT pg_catalog.count(*) FROM i
 
 	s.move, s.moveKey = buildMoveSQL(m, blueRel, greenRel, bt, gt)
 
-	s.live = `SELECT coalesce((SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t
-	                          WHERE t.tgrelid = pg_catalog.to_regclass($1) AND t.tgname = $2), ''),
+	live := `coalesce((SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t
+	                   WHERE t.tgrelid = pg_catalog.to_regclass($1) AND t.tgname = $2), ''),
 	       pg_catalog.to_regclass($3) IS NOT NULL`
+	s.live = "SELECT " + live
+	// One round trip for what each apply transaction sets up: on a server
+	// short of CPU every round trip waits for the backend and then
+	// greenswap to be scheduled again, and a small apply transaction
+	// spent most of its time in four of them.
+	s.begin = "SELECT " + live + ",\n\t" + trigger.SyncFlagExpr("$4") + " IS NOT NULL,\n\t" + settingsList("$5", "$6")
 	return s, nil
 }
 
@@ -271,20 +281,22 @@ WHERE %s
 	return move, moveKey
 }
 
-// settingsSQL are the transaction-local settings of every apply
+// settingsList are the transaction-local settings of every apply
 // transaction, the same as the backfill's: keys travel as text in ISO
 // styles, the mapping's expressions resolve through the trigger functions'
 // search_path, and row lock waits are bounded so the applier, not the
 // application, gives way on a conflict; row_security is off, as in the
 // backfill (an RLS filter is an error, never a silent gap).
-// Args: $1 search_path, $2 lock_timeout.
-const settingsSQL = `SELECT pg_catalog.set_config('search_path', $1, true), pg_catalog.set_config('lock_timeout', $2, true),
+// searchPath and lockTimeout are the placeholders of those two values.
+func settingsList(searchPath, lockTimeout string) string {
+	return `pg_catalog.set_config('search_path', ` + searchPath + `, true), pg_catalog.set_config('lock_timeout', ` + lockTimeout + `, true),
 	pg_catalog.set_config('datestyle', 'ISO, MDY', true), pg_catalog.set_config('intervalstyle', 'postgres', true),
 	pg_catalog.set_config('extra_float_digits', '3', true), pg_catalog.set_config('bytea_output', 'hex', true),
 	pg_catalog.set_config('row_security', 'off', true)`
+}
 
 // replicationParams are the replication session's settings: key values are
-// printed by the walsender in the forms settingsSQL reads back exactly.
+// printed by the walsender in the forms settingsList reads back exactly.
 var replicationParams = map[string]string{
 	"DateStyle": "ISO, MDY", "IntervalStyle": "postgres", "extra_float_digits": "3", "bytea_output": "hex",
 }
@@ -379,44 +391,38 @@ func (a *applier) waitVisible(ctx context.Context, xids []uint32) error {
 }
 
 // WaitVisible waits until none of the (32-bit) transactions xids is still
-// in progress, polling pg_xact_status with a short sleep, for at most
-// timeout (0: no bound). See the applier's use: trap 8.
+// in progress, for at most timeout (0: no bound). See the applier's use:
+// trap 8. It reads one snapshot per round (pg_current_snapshot: its xmax
+// and the in-progress list come from the proc array, as pg_xact_status's
+// answer does) and checks the transactions here, so a batch of 100k
+// transactions costs one small query instead of 100k status lookups.
 func WaitVisible(ctx context.Context, q db.Querier, xids []uint32, timeout time.Duration) error {
-	var next string
-	if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text`).Scan(&next); err != nil {
-		return fmt.Errorf("read the next transaction id: %w", err)
-	}
-	nx, err := strconv.ParseUint(next, 10, 64)
-	if err != nil {
-		return fmt.Errorf("next transaction id %q: %w", next, err)
-	}
-	seen := map[uint32]bool{}
-	var full []string
-	for _, x := range xids {
-		if !seen[x] {
-			seen[x] = true
-			full = append(full, strconv.FormatUint(FullXid(x, nx), 10))
-		}
-	}
+	waiting := slices.Clone(xids)
+	slices.Sort(waiting)
+	waiting = slices.Compact(waiting)
 	start := time.Now()
 	sleep := 500 * time.Microsecond
 	for {
-		var waiting []string
-		rows, err := q.Query(ctx, `SELECT x FROM pg_catalog.unnest($1::text[]) AS x WHERE pg_catalog.pg_xact_status(x::xid8) = 'in progress'`, full)
-		if err == nil {
-			waiting, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		}
-		if err != nil {
+		var text string
+		if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_current_snapshot()::text`).Scan(&text); err != nil {
 			return fmt.Errorf("wait for committed transactions to become visible: %w", err)
 		}
+		snap, err := parseSnapshot(text)
+		if err != nil {
+			return err
+		}
+		waiting = slices.DeleteFunc(waiting, func(x uint32) bool { return !snap.inProgress(FullXid(x, snap.xmax)) })
 		if len(waiting) == 0 {
 			return nil
 		}
 		if timeout > 0 && time.Since(start) > timeout {
+			full := make([]string, len(waiting))
+			for i, x := range waiting {
+				full[i] = strconv.FormatUint(FullXid(x, snap.xmax), 10)
+			}
 			return fmt.Errorf("transaction(s) %s reached the stream committed but are still in progress after %s "+
-				"(a commit waiting for a synchronous standby?); retrying later", strings.Join(waiting, ", "), timeout.Round(time.Millisecond))
+				"(a commit waiting for a synchronous standby?); retrying later", strings.Join(full, ", "), timeout.Round(time.Millisecond))
 		}
-		full = waiting
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -424,6 +430,44 @@ func WaitVisible(ctx context.Context, q db.Querier, xids []uint32, timeout time.
 		}
 		sleep = min(2*sleep, 20*time.Millisecond)
 	}
+}
+
+// snapshot is pg_snapshot's text form xmin:xmax:xip,... parsed.
+type snapshot struct {
+	xmin, xmax uint64
+	xip        map[uint64]bool
+}
+
+func parseSnapshot(text string) (snapshot, error) {
+	parts := strings.Split(text, ":")
+	bad := fmt.Errorf("unexpected pg_current_snapshot() %q", text)
+	if len(parts) != 3 {
+		return snapshot{}, bad
+	}
+	var s snapshot
+	var err1, err2 error
+	s.xmin, err1 = strconv.ParseUint(parts[0], 10, 64)
+	s.xmax, err2 = strconv.ParseUint(parts[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return snapshot{}, bad
+	}
+	s.xip = map[uint64]bool{}
+	if parts[2] != "" {
+		for _, f := range strings.Split(parts[2], ",") {
+			x, err := strconv.ParseUint(f, 10, 64)
+			if err != nil {
+				return snapshot{}, bad
+			}
+			s.xip[x] = true
+		}
+	}
+	return s, nil
+}
+
+// inProgress: the snapshot does not see x as finished (x is running, or
+// not even started as far as the snapshot knows).
+func (s snapshot) inProgress(x uint64) bool {
+	return x >= s.xmax || (x >= s.xmin && s.xip[x])
 }
 
 // applyChunk applies the chunk's keys and moves (and the truncate, when set) in one transaction,
@@ -491,18 +535,12 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 	n := a.names
 	var fwd string
 	var green bool
-	if err := tx.QueryRow(ctx, a.sql.live, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger, db.Ident(n.Green.Schema, n.Green.Name)).Scan(&fwd, &green); err != nil {
+	if err := tx.QueryRow(ctx, a.sql.begin, db.Ident(n.Blue.Schema, n.Blue.Name), n.Trigger, db.Ident(n.Green.Schema, n.Green.Name),
+		n.SyncFlag, a.searchPath, fmt.Sprintf("%dms", a.opt.LockTimeout.Milliseconds())).Scan(&fwd, &green, nil, nil, nil, nil, nil, nil, nil, nil); err != nil {
 		return err
 	}
 	if !green || (fwd != "D" && !a.opt.Draining) {
 		return ErrRetired
-	}
-	flagSQL, flagArgs := trigger.SyncFlagSQL(n)
-	if _, err := tx.Exec(ctx, flagSQL, flagArgs...); err != nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, settingsSQL, a.searchPath, fmt.Sprintf("%dms", a.opt.LockTimeout.Milliseconds())); err != nil {
-		return err
 	}
 	if truncate {
 		if _, err := tx.Exec(ctx, a.sql.truncate); err != nil {
@@ -530,7 +568,13 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 		args := keyArgs(keys, len(a.sql.keyCols))
 		withGone := append(args[:len(args):len(args)], gone)
 		if a.sql.combined != "" && !replace {
-			if _, err := tx.Exec(ctx, a.sql.combined, withGone...); err != nil {
+			q, qargs := a.sql.combined, withGone
+			if !slices.Contains(gone, true) {
+				// Nothing for the combined statement to delete: the
+				// upsert alone, without the key set's CTEs, costs less.
+				q, qargs = a.sql.upsert, args
+			}
+			if _, err := tx.Exec(ctx, q, qargs...); err != nil {
 				return fmt.Errorf("apply %d keys from blue: %w", len(keys), err)
 			}
 			return a.commit(ctx, tx, lsn)

@@ -33,8 +33,13 @@ var ErrSlotLost = errors.New("the migration's replication slot is gone")
 
 // Options tune a Streamer. Zero values take the defaults.
 type Options struct {
-	MaxBatchKeys   int // keys per apply transaction (default 1000)
-	ApplyWorkers   int // apply transactions of one batch running at once (default 2)
+	MaxBatchKeys int // keys per apply transaction (default 1000)
+	// ApplyWorkers is how many apply transactions of one batch run at once
+	// (default 4). A batch bigger than MaxBatchKeys is a backlog: on a
+	// server whose CPU the application already uses, each session gets
+	// about one runnable process's share, so the number of sessions sets
+	// how fast the stream catches up (see README: "Keeping up").
+	ApplyWorkers   int
 	MaxPendingKeys int // received but unapplied keys at which reading pauses (default 100000)
 	// ApplyInterval is the least time between the starts of two apply
 	// batches while fewer than MaxBatchKeys keys wait (default 10ms): a
@@ -66,7 +71,7 @@ func (o Options) withDefaults() Options {
 		o.MaxBatchKeys = 1000
 	}
 	if o.ApplyWorkers <= 0 {
-		o.ApplyWorkers = 2
+		o.ApplyWorkers = 4
 	}
 	if o.MaxPendingKeys <= 0 {
 		o.MaxPendingKeys = 100000
@@ -223,6 +228,21 @@ func (s *Streamer) run(ctx context.Context, until pglogrepl.LSN) error {
 	if err != nil {
 		return err
 	}
+	// The apply sessions get a pool of their own, as many connections as
+	// ApplyWorkers: draining a backlog keeps every worker busy, and on the
+	// caller's pool they took every connection the backfill (and anything
+	// else sharing it) needed, which then waited for the stream's backlog
+	// to end. A copy of the caller's configuration: the same server, role
+	// and session settings.
+	pcfg := s.cfg.Pool.Config()
+	pcfg.MaxConns, pcfg.MinConns = int32(s.opt.ApplyWorkers), 0
+	applyPool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return fmt.Errorf("stream %s: the apply sessions' pool: %w", s.cfg.Names.Slot, err)
+	}
+	defer applyPool.Close()
+	s.ap.pool = applyPool
+	defer func() { s.ap.pool = s.cfg.Pool }()
 	backoff := s.opt.MinBackoff
 	for {
 		t0 := time.Now()
