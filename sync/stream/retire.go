@@ -138,22 +138,52 @@ func Retire(ctx context.Context, cfg Config, opt RetireOptions) (*RetireResult, 
 	if err != nil {
 		return nil, err
 	}
+	// One streamer, one replication session for the whole handover: the
+	// catching up and the drain under the switch's lock only wait for its
+	// position, so blue's writers never wait for a reconnection (nor for a
+	// `sync --watch` that took the slot back in between).
+	if err := TakeOver(ctx, cfg.Pool, n.Slot); err != nil {
+		return nil, err
+	}
+	sctx, stopStream := context.WithCancel(ctx)
+	streamDone := make(chan error, 1)
+	go func() { streamDone <- s.Run(sctx) }()
+	streaming := true
+	var streamErr error
+	stop := func() error {
+		if streaming {
+			stopStream()
+			streamErr = <-streamDone
+			streaming = false
+		}
+		return streamErr
+	}
+	defer stop()
 	run := func(until pglogrepl.LSN, timeout time.Duration) (time.Duration, error) {
 		t0 := time.Now()
-		if err := TakeOver(ctx, cfg.Pool, n.Slot); err != nil {
-			return 0, err
-		}
-		rctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		err := s.RunUntil(rctx, until)
-		res.Keys = s.Stats().Keys
-		if err == nil && s.Applied() < until {
-			if ctx.Err() != nil {
-				return 0, ctx.Err()
+		deadline := t0.Add(timeout)
+		sleep := time.Millisecond
+		defer func() { res.Keys = s.Stats().Keys }()
+		for s.Applied() < until {
+			if !streaming {
+				return 0, fmt.Errorf("the stream stopped: %w", streamErr)
 			}
-			return 0, &LagError{Slot: n.Slot, Target: until, Confirmed: s.Applied(), Waited: time.Since(t0)}
+			if time.Now().After(deadline) {
+				return 0, &LagError{Slot: n.Slot, Target: until, Confirmed: s.Applied(), Waited: time.Since(t0)}
+			}
+			select {
+			case err := <-streamDone:
+				streaming, streamErr = false, err
+				if streamErr == nil {
+					streamErr = errors.New("it returned before the switch")
+				}
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(sleep):
+			}
+			sleep = min(2*sleep, 10*time.Millisecond)
 		}
-		return time.Since(t0), err
+		return time.Since(t0), nil
 	}
 	// Catch up to the WAL position at the start, again while a round takes
 	// long (at most PreDrainRounds), so that little is left to apply while
@@ -205,6 +235,9 @@ func Retire(ctx context.Context, cfg Config, opt RetireOptions) (*RetireResult, 
 			}
 			if opt.afterLock != nil {
 				opt.afterLock()
+			}
+			if err := flushAndPing(ctx, cfg); err != nil {
+				return err
 			}
 			d, err := run(res.SwitchLSN, opt.Hold)
 			res.Drain = d
@@ -263,7 +296,33 @@ func Retire(ctx context.Context, cfg Config, opt RetireOptions) (*RetireResult, 
 		}
 	}
 	res.Switch = time.Since(t0)
+	// Apply transactions after the switch see the triggers on and stop
+	// (ErrRetired); the switch waited for those before it.
+	if err := stop(); err != nil && !errors.Is(err, ErrRetired) {
+		res.Keys = s.Stats().Keys
+		return res, fmt.Errorf("stop the stream after the switch (the triggers carry blue → green already; run again to finish): %w", err)
+	}
+	res.Keys = s.Stats().Keys
 	return res, finishRetire(ctx, cfg)
+}
+
+// flushAndPing shortens the wait, while blue's writers are held, for the
+// stream to reach the switch position: a ping (PingPrefix) after it makes
+// the streamer ask for a keepalive as soon as it has read that far, and a
+// commit with synchronous_commit = local flushes the WAL through the ping
+// at once — the walsender sends only flushed WAL, and with asynchronous
+// commits the WAL writer would flush it only within wal_writer_delay.
+// (local: a synchronous standby is not waited for; the walsender needs the
+// local flush only.)
+func flushAndPing(ctx context.Context, cfg Config) error {
+	return pgx.BeginFunc(ctx, cfg.Pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('synchronous_commit', 'local', true),
+			pg_catalog.pg_logical_emit_message(false, $1, ''), pg_catalog.pg_current_xact_id()`, PingPrefix(cfg.Names.SyncFlag))
+		if err != nil {
+			return fmt.Errorf("flush the WAL up to the switch position: %w", err)
+		}
+		return nil
+	})
 }
 
 func forwardEnabled(ctx context.Context, cfg Config) (bool, error) {
