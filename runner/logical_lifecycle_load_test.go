@@ -147,7 +147,7 @@ func (l *llLoad) start(name, shape string, mode pgx.QueryExecMode, keys *llKeys,
 			}
 			// Paced: the stream must keep up on a loaded 2-core machine
 			// (issue 12 makes it faster; this test is about correctness).
-			time.Sleep(time.Duration(1+rng.IntN(3)) * time.Millisecond)
+			time.Sleep(time.Duration(2+rng.IntN(4)) * time.Millisecond)
 		}
 	}()
 	return c
