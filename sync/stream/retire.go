@@ -53,7 +53,13 @@ type RetireResult struct {
 type errHoldExpired struct{ lag *LagError }
 
 func (e *errHoldExpired) Error() string {
-	return "blue's writers were held as long as allowed and " + e.lag.Error()
+	behind := int64(0)
+	if e.lag.Target > e.lag.Confirmed {
+		behind = int64(e.lag.Target - e.lag.Confirmed)
+	}
+	return fmt.Sprintf("the stream (slot %s) did not apply up to the switch position %s within %s while blue's writers waited "+
+		"(confirmed %s, %d bytes behind): it applies more slowly than blue is written; cut over when writes are lighter, or with a longer lock timeout",
+		e.lag.Slot, e.lag.Target, e.lag.Waited.Round(time.Millisecond), e.lag.Confirmed, behind)
 }
 func (e *errHoldExpired) Unwrap() error { return e.lag }
 

@@ -2,6 +2,7 @@ package stream_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -164,4 +165,48 @@ func TestRetireHoldsWritersUntilDrained(t *testing.T) {
 		t.Fatalf("green differs from blue in %d rows after Retire", d)
 	}
 	t.Logf("retire: %d attempts, pre-drain %s, drain under the lock %s, switch %s", res.Attempts, res.PreDrain, res.Drain, res.Switch)
+}
+
+// TestRetireHoldExpiredChangesNothing: when the stream cannot apply the
+// rest within Hold in any attempt, Retire gives up with a lock timeout
+// (exit 5) naming the lag, and nothing has changed: the forward triggers
+// are still off, the slot and publication are still there, the writers it
+// held went on. Retire then succeeds with a Hold it can meet.
+func TestRetireHoldExpiredChangesNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	name := uniqueName("hexp")
+	f := setup(t, ordersTable(50), ordersSpec(name), name)
+	f.backfill(100)
+	f.exec(strings.Join(trigger.SetReverseSQL(f.names, true), ";")) // synced
+	w := startWorkload(t, f.dsn, "orders", 2, 21, false) // always something left to apply
+	time.Sleep(200 * time.Millisecond)
+	lock := shadow.DefaultLockOptions()
+	lock.MaxAttempts, lock.BaseBackoff = 2, 10*time.Millisecond
+	_, err := stream.Retire(ctx, f.config(stream.Options{}), stream.RetireOptions{Lock: lock, Hold: time.Nanosecond})
+	var lto *shadow.LockTimeoutError
+	if !errors.As(err, &lto) || lto.Attempts != 2 || !strings.Contains(err.Error(), "while blue's writers waited") {
+		t.Fatalf("Retire with a hold it cannot meet: %v", err)
+	}
+	if n := f.count(`SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname LIKE 'gs_sync_%' AND tgenabled <> 'D'`,
+		f.names.Blue.Schema+"."+f.names.Blue.Name); n != 0 {
+		t.Fatalf("%d forward triggers enabled after a failed Retire", n)
+	}
+	if exists, _, _, _ := stream.SlotInfo(ctx, f.pool, f.names.Slot); !exists {
+		t.Fatal("a failed Retire dropped the slot")
+	}
+	if errs := w.stop(); len(errs) > 0 { // the writers it held went on
+		t.Fatalf("%d workload errors, first: %v", len(errs), errs[0])
+	}
+	if w.ops.Load() == 0 {
+		t.Fatal("the workload did not run")
+	}
+	res, err := stream.Retire(ctx, f.config(stream.Options{}), stream.RetireOptions{Lock: shadow.DefaultLockOptions(), Hold: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := f.diff(); d != 0 {
+		t.Fatalf("green differs from blue in %d rows after Retire", d)
+	}
+	t.Logf("retire after the failed one: %d attempts", res.Attempts)
 }
