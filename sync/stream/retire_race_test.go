@@ -179,7 +179,7 @@ func TestRetireHoldExpiredChangesNothing(t *testing.T) {
 	f := setup(t, ordersTable(50), ordersSpec(name), name)
 	f.backfill(100)
 	f.exec(strings.Join(trigger.SetReverseSQL(f.names, true), ";")) // synced
-	w := startWorkload(t, f.dsn, "orders", 2, 21, false) // always something left to apply
+	w := startWorkload(t, f.dsn, "orders", 2, 21, false)            // always something left to apply
 	time.Sleep(200 * time.Millisecond)
 	lock := shadow.DefaultLockOptions()
 	lock.MaxAttempts, lock.BaseBackoff = 2, 10*time.Millisecond
