@@ -107,6 +107,22 @@ func TestLogicalLifecycleLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	if d := syncOrdersDiff(t, pool, name); d != 0 {
+		// Which rows, for the next time: the PG 18 failure that led to
+		// stream.Retire holding blue's writers while it drains (one green
+		// row under a re-keyed key, -32167, that blue lacked) showed only
+		// the count.
+		rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT 'blue only', id FROM (SELECT id FROM gs_%[1]s_blue.orders EXCEPT SELECT id FROM gs_%[1]s_green.orders) b
+			UNION ALL SELECT 'green only', id FROM (SELECT id FROM gs_%[1]s_green.orders EXCEPT SELECT id FROM gs_%[1]s_blue.orders) g LIMIT 20`, name))
+		if err == nil {
+			for rows.Next() {
+				var side string
+				var id int64
+				if rows.Scan(&side, &id) == nil {
+					t.Logf("%s: %d", side, id)
+				}
+			}
+			rows.Close()
+		}
 		t.Fatalf("green differs from blue in %d rows after cutover, rollback and cutover", d)
 	}
 	coExec(t, pool, fmt.Sprintf(`CREATE TABLE public.gs_test_snapshot AS SELECT * FROM gs_%s_green.orders`, name))

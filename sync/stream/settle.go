@@ -83,6 +83,11 @@ func Settle(ctx context.Context, cfg Config, opt SettleOptions) (release func(),
 			l, err = CurrentLSN(ctx, cfg.Pool)
 		}
 		if err == nil {
+			// The writers wait from here: let the stream read up to l at
+			// once rather than when the WAL writer flushes it.
+			err = flushAndPing(ctx, cfg)
+		}
+		if err == nil {
 			err = catchUp(ctx, cfg, l, opt.Hold)
 		}
 		if err == nil {
