@@ -539,7 +539,7 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 		n.SyncFlag, a.searchPath, fmt.Sprintf("%dms", a.opt.LockTimeout.Milliseconds())).Scan(&fwd, &green, nil, nil, nil, nil, nil, nil, nil, nil); err != nil {
 		return err
 	}
-	if !green || (fwd != "D" && !a.opt.Draining) {
+	if !green || fwd != "D" {
 		return ErrRetired
 	}
 	if truncate {

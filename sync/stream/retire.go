@@ -86,8 +86,7 @@ func (e *errHoldExpired) Unwrap() error { return e.lag }
 // finds nothing to do, and the stream's rule for a row re-keyed away from
 // a key blue no longer has ("a later change in the stream finishes the
 // job") then moves green's row there and leaves it: a row green has and
-// blue lacks (TestDrainAfterSwitchLeavesGhost; the PG 18 failure of
-// TestLogicalLifecycleLeastPrivilege). Holding blue's writers while the
+// blue lacks (the PG 18 failure of TestLogicalLifecycleLeastPrivilege). Holding blue's writers while the
 // rest is applied closes that window; step 1 keeps the rest short, and
 // Hold bounds the wait as the lock timeout bounds any lock.
 //
@@ -139,7 +138,6 @@ func Retire(ctx context.Context, cfg Config, opt RetireOptions) (*RetireResult, 
 	}
 	c := cfg
 	c.Options.takeOver = true
-	c.Options.Draining = false
 	s, err := New(c)
 	if err != nil {
 		return nil, err

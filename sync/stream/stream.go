@@ -54,10 +54,6 @@ type Options struct {
 	VisibilityTimeout time.Duration // bound of the wait for a streamed commit to become visible (trap 8; default 30s)
 	MinBackoff        time.Duration // reconnect backoff (default 200ms) ...
 	MaxBackoff        time.Duration // ... doubling up to this (default 10s)
-	// Draining applies even when the forward triggers are already on: the
-	// stream is being retired and must still be drained up to the point the
-	// triggers took over (cutover; see Retire).
-	Draining bool
 	// takeOver terminates another walsender holding the slot instead of
 	// waiting for it to let go (Retire).
 	takeOver bool
@@ -301,7 +297,7 @@ func (s *Streamer) gone(ctx context.Context) (error, error) {
 		db.Ident(n.Green.Schema, n.Green.Name)).Scan(&fwd, &green); err != nil {
 		return nil, err
 	}
-	if !green || (fwd != "D" && !s.opt.Draining) {
+	if !green || fwd != "D" {
 		return ErrRetired, nil
 	}
 	exists, _, _, err := SlotInfo(ctx, s.cfg.Pool, n.Slot)
