@@ -452,8 +452,12 @@ func prepareCutoverLogical(ctx context.Context, env *Env, m *Migration, lock sha
 	printf("logical mode: blue → green moves from the stream to the sync triggers first (lock wait at most %s per attempt)\n", lock.Timeout)
 	t0 := time.Now()
 	res, err := stream.Retire(ctx, cfg, stream.RetireOptions{Lock: lock,
-		OnRetry: func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-			printf("  switch attempt %d: a lock was not granted in time; rolled back, retrying in %s\n", attempt, wait.Round(time.Millisecond))
+		OnRetry: func(attempt int, blockers []shadow.Blocker, held bool, wait time.Duration) {
+			why := "a lock was not granted in time"
+			if held {
+				why = fmt.Sprintf("the stream did not apply the rest within %s while blue's writers waited", lock.Timeout)
+			}
+			printf("  switch attempt %d: %s; rolled back, retrying in %s\n", attempt, why, wait.Round(time.Millisecond))
 			for _, b := range blockers {
 				printf("    blocked by %s\n", b)
 			}

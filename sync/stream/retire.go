@@ -30,7 +30,10 @@ type RetireOptions struct {
 	// Lock.Timeout). Past it the transaction rolls back, the writers go on,
 	// and the attempt counts as a lock timeout (caught up again, retried).
 	Hold    time.Duration
-	OnRetry func(attempt int, blockers []shadow.Blocker, wait time.Duration)
+	// OnRetry is told of each switch attempt rolled back: a lock not
+	// granted within the lock timeout (blockers, when known), or held
+	// (true) when the stream did not apply up to the switch within Hold.
+	OnRetry func(attempt int, blockers []shadow.Blocker, held bool, wait time.Duration)
 	// afterLock, in tests, runs in the switch transaction once blue is
 	// locked and the switch position read, before the stream applies up to it.
 	afterLock func()
@@ -287,7 +290,7 @@ func Retire(ctx context.Context, cfg Config, opt RetireOptions) (*RetireResult, 
 			if lto != nil {
 				blockers = lto.Blockers
 			}
-			opt.OnRetry(res.Attempts, blockers, wait)
+			opt.OnRetry(res.Attempts, blockers, held != nil, wait)
 		}
 		select {
 		case <-ctx.Done():
