@@ -298,6 +298,7 @@ func (d *syncLiveDisplay) draw(p runner.SyncProgress) {
 	}
 	if line := syncStreamLine(p); line != "" { // logical mode (sync_logical.go)
 		rows[len(rows)-1] = line
+		rows = append(rows, syncBacklogLine(p))
 	}
 	for _, r := range rows {
 		b.WriteString("\x1b[2K" + r + "\n")
