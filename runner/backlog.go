@@ -24,6 +24,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -238,7 +239,7 @@ func (w *backlogWindow) add(s backlogSample) *StreamBacklog {
 		drop++
 	}
 	w.samples = w.samples[drop:]
-	b := estimateBacklog(w.samples, w.span/backlogRateShare)
+	b := estimateBacklog(w.samples, max(w.span/backlogRateShare, 2*backlogMinSpan))
 	switch b.Trend {
 	case TrendGrowing:
 		if w.growingSince.IsZero() {
@@ -369,17 +370,22 @@ func sampleBacklog(ctx context.Context, env *Env, name, slot string) (*StreamBac
 	return env.backlogWindow(name).add(s), nil
 }
 
-// logBacklogWarning logs, once per episode, that the stream of migration
-// name cannot keep up (its backlog has grown for longer than the window),
-// and once when such an episode ends. b is the latest estimate.
-func logBacklogWarning(env *Env, name string, b *StreamBacklog) {
+// logBacklogWarning logs, once per episode, that the stream of p's
+// migration cannot keep up (its backlog has grown for longer than the
+// window), and once when such an episode ends.
+func logBacklogWarning(env *Env, p *SyncProgress) {
+	b := p.StreamBacklog
 	if b == nil {
 		return
 	}
+	name := p.Migration
 	warn, recovered := env.backlogWindow(name).warning()
 	switch {
 	case warn:
-		what := "keep `greenswap sync --watch` running, reduce the write load on the table or pause the backfill (greenswap pause " + name + ")"
+		what := "reduce the write load on the table; if it never catches up, roll the migration back and sync it in mode: trigger"
+		if p.State == state.Syncing && !p.Done {
+			what = "pause the backfill (greenswap pause " + name + "), whose WAL the stream reads too, or " + what
+		}
 		if !b.Streaming {
 			what = "nothing streams the slot: run `greenswap sync -f FILE --watch`"
 		}
@@ -389,7 +395,7 @@ func logBacklogWarning(env *Env, name string, b *StreamBacklog) {
 		}
 		env.Log.Warn().Str("migration", name).Int64("backlog_bytes", b.Bytes).Float64("growth_bytes_per_sec", b.GrowthBytesPerSec).
 			Float64("wal_bytes_per_sec", b.WALBytesPerSec).Float64("apply_bytes_per_sec", b.ApplyBytesPerSec).
-			Msgf("the logical stream cannot keep up: its backlog has grown%s to %s (the server writes %s/s of WAL, the stream applies %s/s), "+
+			Msgf("the logical stream cannot keep up: its backlog has grown%s to %s (the server writes %s/s of WAL, the stream gets through %s/s), "+
 				"so green falls further behind and cutover refuses above --max-stream-backlog: %s",
 				since, HumanBytes(b.Bytes), HumanBytes(int64(b.WALBytesPerSec)), HumanBytes(int64(max(b.ApplyBytesPerSec, 0))), what)
 	case recovered:

@@ -3,11 +3,13 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
@@ -214,5 +216,74 @@ func TestLogicalBacklogRefusesCutover(t *testing.T) {
 	rep, err = Status(ctx, env, name, StatusOptions{Sample: 100 * time.Millisecond})
 	if err != nil || rep.Migrations[0].StreamBacklog != nil {
 		t.Fatalf("status after cutover: %v, backlog %+v", err, rep.Migrations[0].StreamBacklog)
+	}
+}
+
+// A stream that cannot keep up (its apply is held off: a session holds a
+// lock on green that the apply's writes need) while `sync --watch` runs:
+// the watch logs one warning once the backlog has grown for a whole
+// window, none more while it keeps growing, and says so once it keeps up
+// again.
+func TestLogicalBacklogWarnsOncePerEpisode(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	name := logicalName("bw")
+	pool, dsn := syncNewDB(t)
+	pgtest.Exec(t, dsn, syncOrdersTable(2000, false))
+	var logs coBuffer
+	env, err := Connect(ctx, dsn, zerolog.New(&logs).Level(zerolog.InfoLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(env.Close)
+	tuneForTests(env)
+	env.BacklogWindow = 3 * time.Second
+	if _, err := Sync(ctx, env, syncSpec(t, logicalSpec(name, false)), SyncOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stopWatch, last := startWatch(t, env, name)
+	logicalWait(t, env, name)
+	warnings := func() int { return strings.Count(logs.String(), "the logical stream cannot keep up") }
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	coExec(t, tx, `LOCK TABLE `+fmt.Sprintf("gs_%s_green.orders", name)+` IN EXCLUSIVE MODE`)
+	app := startSyncWorkload(t, dsn, "orders", false, 2, 43)
+	syncWaitFor(t, 20*time.Second, "the warning", func() bool { return warnings() > 0 })
+	if p := last(); p.StreamBacklog == nil || p.StreamBacklog.Trend != TrendGrowing || p.StreamBacklog.GrowingSince == nil {
+		t.Errorf("progress while held off: %+v", p.StreamBacklog)
+	}
+	time.Sleep(2 * time.Second) // still growing: no second warning
+	if n := warnings(); n != 1 {
+		t.Fatalf("%d warnings in one episode, want 1:\n%s", n, logs.String())
+	}
+	line := logs.String()[strings.Index(logs.String(), "the logical stream cannot keep up"):]
+	line = line[:strings.IndexByte(line, '\n')]
+	t.Logf("warning: %s", line)
+	for _, want := range []string{"of WAL", "--max-stream-backlog", "reduce the write load"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("warning %q lacks %q", line, want)
+		}
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if errs := app.stop(); len(errs) > 0 {
+		t.Fatalf("workload: %v", errs[0])
+	}
+	syncWaitFor(t, 60*time.Second, "the stream to keep up again", func() bool {
+		return strings.Contains(logs.String(), "the logical stream keeps up again")
+	})
+	if n := warnings(); n != 1 {
+		t.Fatalf("%d warnings, want 1", n)
+	}
+	if err := stopWatch(); err != nil {
+		t.Fatal(err)
+	}
+	if d := syncOrdersDiff(t, pool, name); d != 0 {
+		t.Fatalf("green differs from blue in %d rows", d)
 	}
 }

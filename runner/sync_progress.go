@@ -119,7 +119,7 @@ func (r *syncRun) report(ctx context.Context) {
 		return
 	}
 	if p, err := ReadSyncProgress(ctx, r.env, r.spec.Name); err == nil {
-		logBacklogWarning(r.env, r.spec.Name, p.StreamBacklog)
+		logBacklogWarning(r.env, p)
 		r.opts.Progress(*p)
 	}
 }
@@ -135,7 +135,7 @@ func WatchSync(ctx context.Context, env *Env, name string, every time.Duration, 
 	// per episode, whoever streams.
 	show := fn
 	fn = func(p SyncProgress) {
-		logBacklogWarning(env, name, p.StreamBacklog)
+		logBacklogWarning(env, &p)
 		show(p)
 	}
 	// Logical mode: watching streams blue's changes to green (sync_logical.go).
