@@ -315,13 +315,18 @@ func syncRateLine(p runner.SyncProgress) string {
 }
 
 func syncETA(p runner.SyncProgress) string {
+	eta := "-"
 	switch {
 	case p.Done:
 		return "done"
 	case p.ETA > 0:
-		return p.ETA.String()
+		eta = p.ETA.String()
 	}
-	return "-"
+	// Logical mode: synced means the stream has caught up too.
+	if b := p.StreamBacklog; b != nil && b.Trend != runner.TrendCaughtUp && b.Trend != runner.TrendUnknown {
+		eta += " (stream catch-up " + b.CatchUp() + ")"
+	}
+	return eta
 }
 
 func syncOrNone(s string) string {
