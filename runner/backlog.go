@@ -85,10 +85,10 @@ type StreamBacklog struct {
 	// Bytes is the WAL between the stream's confirmed position (green is
 	// current up to it) and the server's WAL insert position.
 	Bytes int64 `json:"bytes"`
-	// Seconds estimates how far behind green is in time: how long ago the
-	// server's WAL was at the stream's confirmed position, from the WAL
-	// positions sampled (beyond the oldest sample, extrapolated at the
-	// current WAL rate); null when the WAL did not move.
+	// Seconds estimates how far behind green is in time: since the server's
+	// WAL went past the stream's confirmed position, from the WAL positions
+	// sampled (before the oldest sample, extrapolated at their WAL rate);
+	// null when unknown.
 	Seconds *float64     `json:"seconds"`
 	Trend   BacklogTrend `json:"trend"`
 	// GrowthBytesPerSec is the backlog's change: WALBytesPerSec −
@@ -301,7 +301,7 @@ func estimateBacklog(samples []backlogSample, rateSpan time.Duration) *StreamBac
 	b.WALBytesPerSec = float64(int64(last.wal)-int64(first.wal)) / secs
 	b.ApplyBytesPerSec = float64(int64(last.confirmed)-int64(first.confirmed)) / secs
 	b.GrowthBytesPerSec = float64(last.bytes()-first.bytes()) / secs
-	b.Seconds = backlogAge(samples, b.WALBytesPerSec)
+	b.Seconds = backlogAge(samples)
 
 	caughtUp := max(float64(backlogCaughtUpBytes), b.WALBytesPerSec*backlogCaughtUpWAL.Seconds())
 	steady := max(float64(backlogSteadyBytesPerSec), backlogSteadyShare*b.WALBytesPerSec)
@@ -310,7 +310,9 @@ func estimateBacklog(samples []backlogSample, rateSpan time.Duration) *StreamBac
 		b.Trend = TrendCaughtUp
 	case b.GrowthBytesPerSec > steady:
 		b.Trend = TrendGrowing
-	case b.GrowthBytesPerSec < -steady:
+	case b.GrowthBytesPerSec < -steady && last.active:
+		// Without a streamer attached now nothing shrinks it, whatever
+		// one did earlier in the window.
 		b.Trend = TrendShrinking
 	default:
 		b.Trend = TrendSteady
@@ -328,35 +330,39 @@ func estimateBacklog(samples []backlogSample, rateSpan time.Duration) *StreamBac
 	return b
 }
 
-// backlogAge estimates how long ago the server's WAL stood at the newest
-// sample's confirmed position: interpolated between the samples around it,
-// or extrapolated at walRate before the oldest one. nil when unknown.
-func backlogAge(samples []backlogSample, walRate float64) *float64 {
+// backlogAge estimates how long green has been behind: since the WAL first
+// went past the newest sample's confirmed position. Within the samples that
+// is the first sample beyond it (so at least this long, to within one
+// sampling interval: an idle WAL does not make a small backlog look old);
+// before the oldest sample it is extrapolated at the WAL rate over all the
+// samples, when they span at least 2 s (a shorter span gives absurd ages
+// from a moment's lull). nil when unknown.
+func backlogAge(samples []backlogSample) *float64 {
 	last := samples[len(samples)-1]
 	c := last.confirmed
-	if c >= last.wal {
-		zero := 0.0
-		return &zero
-	}
 	age := func(t time.Time) *float64 {
 		a := max(last.at.Sub(t).Seconds(), 0)
 		return &a
 	}
-	for i := len(samples) - 1; i > 0; i-- {
-		lo, hi := samples[i-1], samples[i]
-		if lo.wal <= c && c <= hi.wal {
-			if hi.wal == lo.wal {
-				return age(hi.at)
-			}
-			f := float64(c-lo.wal) / float64(hi.wal-lo.wal)
-			return age(lo.at.Add(time.Duration(f * float64(hi.at.Sub(lo.at)))))
-		}
-	}
-	if walRate <= 0 {
-		return nil
+	if c >= last.wal {
+		return age(last.at)
 	}
 	first := samples[0]
-	back := float64(int64(first.wal)-int64(c)) / walRate
+	if c >= first.wal {
+		i, _ := slices.BinarySearchFunc(samples, c, func(s backlogSample, c pglogrepl.LSN) int {
+			if s.wal <= c {
+				return -1
+			}
+			return 1
+		})
+		return age(samples[i].at)
+	}
+	span := last.at.Sub(first.at)
+	if span < 2*backlogMinSpan || last.wal <= first.wal {
+		return nil
+	}
+	rate := float64(last.wal-first.wal) / span.Seconds()
+	back := float64(first.wal-c) / rate
 	return age(first.at.Add(-time.Duration(back * float64(time.Second))))
 }
 

@@ -48,11 +48,27 @@ func TestBacklogEstimate(t *testing.T) {
 	if s := b.Summary(); !strings.Contains(s, "76.0 MB") || !strings.Contains(s, "shrinking -2.0 MB/s") || !strings.Contains(s, "in 38s") {
 		t.Errorf("summary %q", s)
 	}
-	// Age interpolated between samples: the WAL was at the confirmed
-	// position (104 MB) halfway between the samples at 0 and 2 s.
+	// Age within the samples: the WAL went past the confirmed position
+	// (104 MB) between the samples at 0 and 2 s: behind for at least 2 s.
 	b = est(sample(0, 100*mb, 90*mb, true), sample(2, 108*mb, 95*mb, true), sample(4, 116*mb, 104*mb, true))
-	if b.Seconds == nil || *b.Seconds != 3 {
-		t.Errorf("age: %v, want 3 s", b.Seconds)
+	if b.Seconds == nil || *b.Seconds != 2 {
+		t.Errorf("age: %v, want 2 s", b.Seconds)
+	}
+	// A moment's lull right after the start gives no absurd age: before
+	// the oldest sample it needs samples spanning 2 s.
+	b = est(sample(0, 100*mb, 88*mb, true), sample(1.2, 100*mb+4096, 88*mb, true))
+	if b.Seconds != nil {
+		t.Errorf("age from 1.2 s of samples: %v, want unknown", *b.Seconds)
+	}
+	// An idle WAL: a small backlog does not look old.
+	b = est(sample(0, 100*mb, 100*mb-100, true), sample(5, 100*mb+7840, 100*mb, true))
+	if b.Seconds == nil || *b.Seconds != 0 || b.Trend != TrendCaughtUp {
+		t.Errorf("idle: age %v, trend %s", b.Seconds, b.Trend)
+	}
+	// A slot nobody streams does not shrink, whatever the window saw.
+	b = est(sample(0, 100*mb, 50*mb, true), sample(5, 100*mb, 70*mb, false))
+	if b.Trend != TrendSteady || !b.Never || !strings.Contains(b.CatchUp(), "nothing streams") {
+		t.Errorf("detached after applying: %+v", b)
 	}
 	// A streamer within a status interval's worth of WAL: caught up, ETA 0.
 	b = est(sample(0, 100*mb, 99*mb, true), sample(2, 101*mb, 100*mb+512<<10, true))
@@ -132,7 +148,7 @@ func TestLogicalBacklogRefusesCutover(t *testing.T) {
 	// ~100k rows through the app name: tens of MB of WAL nobody applies.
 	pgtest.Exec(t, dsn, `INSERT INTO orders (tenant, email, amount, note) SELECT g % 7, 'b' || g || '@x', g, 'n' FROM generate_series(1, 100000) g`)
 	app := startSyncWorkloadOpt(t, dsn, "orders", false, true, 2, 41)
-	rep, err := Status(ctx, env, name, StatusOptions{Sample: 1500 * time.Millisecond})
+	rep, err := Status(ctx, env, name, StatusOptions{Sample: DefaultStatusSample})
 	if errs := app.stop(); len(errs) > 0 {
 		t.Fatalf("workload: %v", errs[0])
 	}
