@@ -32,7 +32,7 @@ func TestSwapCommandsHaveUsageAndExample(t *testing.T) {
 		}
 	}
 	_, out, _ := runCutoverCLI("cutover", "--help")
-	if !strings.Contains(out, "(default: 2s)") || !strings.Contains(out, "(default: 10)") || !strings.Contains(out, `(default: "128.0 MB")`) {
+	if !strings.Contains(out, "(default: 2s)") || !strings.Contains(out, "(default: 10)") || !strings.Contains(out, `(default: "64.0 MB")`) {
 		t.Errorf("cutover --help does not show the defaults:\n%s", out)
 	}
 	_, out, _ = runCutoverCLI("finalize", "--help")
