@@ -40,9 +40,9 @@ type Env struct {
 	// synced, for the stream to apply everything committed until then
 	// (0: DefaultStreamCatchUp).
 	StreamCatchUp time.Duration
-	// BacklogWindow is the span the logical stream's backlog rates are
-	// computed over, and how long it must grow before a warning
-	// (0: DefaultBacklogWindow; backlog.go).
+	// BacklogWindow is how long the logical stream's backlog must grow
+	// before a warning, and how far back its samples go (its rates run
+	// over the last third; 0: DefaultBacklogWindow; backlog.go).
 	BacklogWindow time.Duration
 
 	// streams are the streamers running on this Env, by migration, so that
