@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -85,12 +86,17 @@ var (
 	descKeysApplied = desc("stream_keys_applied_total", "Logical mode, when this process streams: keys applied to green by this process's streamer.")
 	descTxns        = desc("stream_transactions_total", "Logical mode, when this process streams: transactions applied by this process's streamer.")
 	descReconnects  = desc("stream_reconnects_total", "Logical mode, when this process streams: replication connections this process's streamer re-established.")
+	descBacklog     = desc("stream_backlog_bytes", "Logical mode: WAL between the stream's confirmed position (green is current up to it) and the server's WAL insert position.")
+	descBacklogSecs = desc("stream_backlog_seconds", "Logical mode: estimate of how far behind green is in time (how long ago the WAL stood at the stream's confirmed position); absent when unknown.")
+	descGrowth      = desc("stream_backlog_growth_bytes_per_second", "Logical mode: change of the backlog over the last window, WAL rate minus apply rate; positive while the stream falls behind; absent until two samples span a second.")
+	descCatchUp     = desc("stream_catch_up_eta_seconds", "Logical mode: time until the stream has caught up at the current rates: 0 when it has, +Inf when it will not (the backlog grows or stands still); absent when unknown.")
+	descTrend       = desc("stream_backlog_trend", "Logical mode: which way the backlog moves, 1 for the current trend: unknown, caught_up, shrinking, steady or growing.", "trend")
 
 	allDescs = []*prometheus.Desc{
 		descScrapeError, descScrapeDuration, descState, descPhase, descRowsCopied, descRowsEstimate, descProgress,
 		descRowsPerSec, descBatchSize, descDone, descPaused, descThrottled, descThrottleInfo, descCaptured,
 		descSlotExists, descStreamAct, descRetired, descLagBytes, descRetained, descLagSeconds, descKeysPerSec,
-		descKeysApplied, descTxns, descReconnects,
+		descKeysApplied, descTxns, descReconnects, descBacklog, descBacklogSecs, descGrowth, descCatchUp, descTrend,
 	}
 )
 
@@ -185,6 +191,22 @@ func collectProgress(p *runner.SyncProgress, gauge func(*prometheus.Desc, float6
 	gauge(descRetired, bit(s.Retired))
 	gauge(descLagBytes, float64(s.LagBytes))
 	gauge(descRetained, float64(s.RetainedBytes))
+	if b := p.StreamBacklog; b != nil {
+		gauge(descBacklog, float64(b.Bytes))
+		gauge(descTrend, 1, string(b.Trend))
+		if b.Seconds != nil {
+			gauge(descBacklogSecs, *b.Seconds)
+		}
+		if b.Trend != runner.TrendUnknown {
+			gauge(descGrowth, b.GrowthBytesPerSec)
+		}
+		switch {
+		case b.ETASeconds != nil:
+			gauge(descCatchUp, *b.ETASeconds)
+		case b.Never:
+			gauge(descCatchUp, math.Inf(1))
+		}
+	}
 	if !s.Local {
 		// Only the process that streams knows these; another process's
 		// figures are not in the database, and a 0 would read as "no lag".

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -349,6 +350,18 @@ func TestScrapeLogicalStream(t *testing.T) {
 	if _, ok := sample(fams, "greenswap_stream_lag_seconds", nil); ok {
 		t.Error("lag in seconds reported while no streamer runs in this process")
 	}
+	// The backlog from one sample: its bytes, no trend, rate or ETA yet.
+	if v := must(t, fams, "greenswap_stream_backlog_bytes", mig); v < 0 {
+		t.Errorf("backlog bytes = %v", v)
+	}
+	if got := labelValues(fams, "greenswap_stream_backlog_trend", "trend"); len(got) != 1 || got[0] != string(runner.TrendUnknown) {
+		t.Errorf("trend after one sample: %v", got)
+	}
+	for _, metric := range []string{"greenswap_stream_backlog_growth_bytes_per_second", "greenswap_stream_catch_up_eta_seconds"} {
+		if _, ok := sample(fams, metric, nil); ok {
+			t.Errorf("%s reported from a single sample", metric)
+		}
+	}
 
 	wctx, cancel := context.WithCancel(ctx)
 	watched := make(chan error, 1)
@@ -375,6 +388,20 @@ func TestScrapeLogicalStream(t *testing.T) {
 	}
 	if v := must(t, fams, "greenswap_stream_active", mig); v != 1 {
 		t.Errorf("stream active = %v while this process streams", v)
+	}
+	// Samples over more than a second (the watch's reports and the
+	// scrapes): a trend, a growth rate and, caught up, an ETA of 0.
+	waitFor(t, 30*time.Second, "the backlog to read as caught up", func() bool {
+		fams = scrape(t, url)
+		got := labelValues(fams, "greenswap_stream_backlog_trend", "trend")
+		return len(got) == 1 && got[0] == string(runner.TrendCaughtUp)
+	})
+	if v := must(t, fams, "greenswap_stream_catch_up_eta_seconds", mig); v != 0 {
+		t.Errorf("catch-up ETA caught up = %v", v)
+	}
+	must(t, fams, "greenswap_stream_backlog_growth_bytes_per_second", mig)
+	if v := must(t, fams, "greenswap_stream_backlog_bytes", mig); v > 64<<20 {
+		t.Errorf("backlog caught up = %v bytes", v)
 	}
 	if mf := fams["greenswap_stream_keys_applied_total"]; mf.GetType() != dto.MetricType_COUNTER {
 		t.Errorf("keys applied is a %s", mf.GetType())
@@ -464,5 +491,37 @@ func TestThrottleReason(t *testing.T) {
 		if got := ThrottleReason(in); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A backlog that will never catch up at the current rates exports its ETA
+// as +Inf (alertable), and the trend as a label of a fixed set.
+func TestBacklogNeverIsInf(t *testing.T) {
+	t.Parallel()
+	age := 40.0
+	p := &runner.SyncProgress{Migration: "m", State: "synced", Stream: &runner.StreamProgress{Exists: true},
+		StreamBacklog: &runner.StreamBacklog{Bytes: 300 << 20, Seconds: &age, Trend: runner.TrendGrowing, GrowthBytesPerSec: 2 << 20, Never: true}}
+	got := map[string]float64{}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		name := d.String()
+		name = name[strings.Index(name, `"`)+1:]
+		name = name[:strings.Index(name, `"`)]
+		if len(labels) > 0 {
+			name += "{" + strings.Join(labels, ",") + "}"
+		}
+		got[name] = v
+	}
+	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
+	want := map[string]float64{
+		"greenswap_stream_backlog_bytes": 300 << 20, "greenswap_stream_backlog_seconds": 40,
+		"greenswap_stream_backlog_growth_bytes_per_second": 2 << 20, "greenswap_stream_backlog_trend{growing}": 1,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+	if v, ok := got["greenswap_stream_catch_up_eta_seconds"]; !ok || !math.IsInf(v, 1) {
+		t.Errorf("catch-up ETA = %v (present %v), want +Inf", v, ok)
 	}
 }

@@ -58,6 +58,11 @@ func (o SwapCommandOptions) printf(format string, args ...any) {
 type CutoverOptions struct {
 	SwapCommandOptions
 	SkipVerify bool // cut over without a passing verify since the last backfill
+	// MaxStreamBacklog is the largest backlog of a logical-mode stream, in
+	// WAL bytes, that cutover accepts (0: DefaultMaxStreamBacklog;
+	// negative: any); above it cutover refuses with a *BacklogError (exit
+	// 2) and changes nothing (backlog.go).
+	MaxStreamBacklog int64
 }
 
 // CutoverResult is what cutover (or rollback after cutover) did. Its JSON
@@ -111,6 +116,11 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s and cannot be cut over", name, m.Row.State)
 	}
 	if err := checkCommandPrivileges(ctx, env, m, shadow.StepCutover); err != nil {
+		return nil, err
+	}
+	// Logical mode: a stream far behind would hold the handover to the
+	// triggers (and the app's writes paying for it) too long, or never end.
+	if err := checkStreamBacklog(ctx, env, m, opts.MaxStreamBacklog); err != nil {
 		return nil, err
 	}
 	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}

@@ -40,11 +40,18 @@ type Env struct {
 	// synced, for the stream to apply everything committed until then
 	// (0: DefaultStreamCatchUp).
 	StreamCatchUp time.Duration
+	// BacklogWindow is how long the logical stream's backlog must grow
+	// before a warning, and how far back its samples go (its rates run
+	// over the last third; 0: DefaultBacklogWindow; backlog.go).
+	BacklogWindow time.Duration
 
 	// streams are the streamers running on this Env, by migration, so that
 	// progress reports can show their in-memory figures (lag in seconds,
 	// rate) and the metrics endpoint of the same process can too.
 	streams gosync.Map // string → *stream.Streamer
+	// backlogs are this process's samples of each logical migration's
+	// backlog, by migration (backlog.go).
+	backlogs gosync.Map // string → *backlogWindow
 }
 
 // SessionSearchPath is the search_path every connection greenswap opens

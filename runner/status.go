@@ -5,12 +5,15 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
 )
 
 // StatusSchemaVersion is the version of status's JSON document. Fields are
@@ -36,6 +39,19 @@ type MigrationStatus struct {
 	Timestamps  Timestamps   `json:"timestamps"`
 	LastEvent   *state.Event `json:"last_event,omitempty"`
 	Slot        *SlotInfo    `json:"slot,omitempty"` // logical mode, once a slot is recorded
+	// StreamBacklog is the logical stream's backlog, trend and catch-up ETA
+	// (backlog.go), from two readings StatusOptions.Sample apart: present
+	// while a slot exists and the stream is not retired.
+	StreamBacklog *StreamBacklog `json:"stream_backlog,omitempty"`
+}
+
+// StatusOptions tune Status.
+type StatusOptions struct {
+	// Sample is the time between the two readings of each logical
+	// migration's slot that give its backlog a rate (0: one reading, no
+	// rate unless this process has sampled before; negative: none at all).
+	// The CLI passes DefaultStatusSample.
+	Sample time.Duration
 }
 
 // Progress is the backfill's.
@@ -86,7 +102,11 @@ type SlotInfo struct {
 // Status reports every migration, or only name when it is not "". A
 // database without greenswap's state schema has no migrations; an unknown
 // name is bad input (exit 2).
-func Status(ctx context.Context, env *Env, name string) (*StatusReport, error) {
+func Status(ctx context.Context, env *Env, name string, opts ...StatusOptions) (*StatusReport, error) {
+	var opt StatusOptions
+	if len(opts) > 0 {
+		opt = opts[0]
+	}
 	rep := &StatusReport{SchemaVersion: StatusSchemaVersion, Migrations: []MigrationStatus{}}
 	var rows []*state.Migration
 	if name != "" {
@@ -108,7 +128,65 @@ func Status(ctx context.Context, env *Env, name string) (*StatusReport, error) {
 		}
 		rep.Migrations = append(rep.Migrations, st)
 	}
+	if opt.Sample >= 0 {
+		if err := statusBacklogs(ctx, env, rep, rows, opt.Sample); err != nil {
+			return nil, err
+		}
+	}
 	return rep, nil
+}
+
+// statusBacklogs fills in the backlog of each logical migration with a live
+// stream: one reading each, then, if that gives no rate yet, one more each
+// after sample (a single wait for all of them).
+func statusBacklogs(ctx context.Context, env *Env, rep *StatusReport, rows []*state.Migration, sample time.Duration) error {
+	type live struct {
+		st   *MigrationStatus
+		slot string
+	}
+	var todo []live
+	for i, m := range rows {
+		st := &rep.Migrations[i]
+		if shadow.Mode(m.Mode) != shadow.ModeLogical || st.Slot == nil || !st.Slot.Exists ||
+			(m.State != state.Syncing && m.State != state.Synced) {
+			continue
+		}
+		var spec shadow.Spec
+		if err := json.Unmarshal(m.Spec, &spec); err != nil {
+			return fmt.Errorf("decode stored spec of %s: %w", m.Name, err)
+		}
+		if retired, err := streamRetired(ctx, env, shadow.NamesFor(spec.Name, spec.AppTable())); err != nil {
+			return err
+		} else if retired {
+			continue
+		}
+		todo = append(todo, live{st, st.Slot.Name})
+	}
+	again := false
+	for _, l := range todo {
+		b, err := sampleBacklog(ctx, env, l.st.Name, l.slot)
+		if err != nil {
+			return err
+		}
+		l.st.StreamBacklog = b
+		again = again || (b != nil && b.Trend == TrendUnknown)
+	}
+	if !again || sample <= 0 {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(sample):
+	}
+	for _, l := range todo {
+		b, err := sampleBacklog(ctx, env, l.st.Name, l.slot)
+		if err != nil {
+			return err
+		}
+		l.st.StreamBacklog = b
+	}
+	return nil
 }
 
 func migrationStatus(ctx context.Context, env *Env, m *state.Migration) (MigrationStatus, error) {

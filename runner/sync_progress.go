@@ -30,6 +30,10 @@ type SyncProgress struct {
 	Done        bool          `json:"backfill_done"`
 
 	Stream *StreamProgress `json:"stream,omitempty"` // logical mode (sync_logical.go)
+	// StreamBacklog is the logical stream's backlog, its trend and catch-up
+	// ETA (backlog.go), from the samples this process took: absent in
+	// trigger mode, without a slot, and once the stream is retired.
+	StreamBacklog *StreamBacklog `json:"stream_backlog,omitempty"`
 }
 
 // ReadSyncProgress reads migration name's figures.
@@ -68,6 +72,11 @@ func ReadSyncProgress(ctx context.Context, env *Env, name string) (*SyncProgress
 	}
 	if p.Stream, err = readStreamProgress(ctx, env, m); err != nil { // logical mode (sync_logical.go)
 		return nil, err
+	}
+	if p.Stream != nil && p.Stream.Exists && !p.Stream.Retired {
+		if p.StreamBacklog, err = sampleBacklog(ctx, env, row.Name, m.Names.Slot); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -110,6 +119,7 @@ func (r *syncRun) report(ctx context.Context) {
 		return
 	}
 	if p, err := ReadSyncProgress(ctx, r.env, r.spec.Name); err == nil {
+		logBacklogWarning(r.env, p)
 		r.opts.Progress(*p)
 	}
 }
@@ -120,6 +130,13 @@ func (r *syncRun) report(ctx context.Context) {
 func WatchSync(ctx context.Context, env *Env, name string, every time.Duration, fn func(SyncProgress)) error {
 	if every <= 0 {
 		every = time.Second
+	}
+	// The stream's backlog growing for longer than a window is logged once
+	// per episode, whoever streams.
+	show := fn
+	fn = func(p SyncProgress) {
+		logBacklogWarning(env, &p)
+		show(p)
 	}
 	// Logical mode: watching streams blue's changes to green (sync_logical.go).
 	if handled, err := watchLogical(ctx, env, name, every, fn); handled || err != nil {

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -103,23 +105,41 @@ jitter, up to --max-attempts; then it exits 5 with everything as it was. The tim
 locks were held is measured and printed.
 
 cutover refuses unless the migration is synced and a verify passed since the last
-backfill (--skip-verify to go without).
+backfill (--skip-verify to go without). In mode: logical it also refuses while the
+stream's backlog (WAL not applied to green yet; greenswap status shows it) is above
+--max-stream-backlog: cutover first drains it while handing blue → green over to the
+sync triggers, which would take too long. Run greenswap sync -f FILE --watch until the
+backlog is below the bound, or raise the bound.
 
 Example:
    greenswap cutover orders_v2
    greenswap cutover orders_v2 --lock-timeout 500ms --max-attempts 30 --json
 
 Exit codes: 0 cut over; 1 cut over but a moved foreign key failed validation (named);
-2 not synced, not verified, or bad input; 4 another greenswap holds the migration;
+2 not synced, not verified, a stream backlog above --max-stream-backlog, or bad input
+(nothing changed); 4 another greenswap holds the migration;
 5 gave up waiting for locks, nothing changed.`,
 		Flags: append(lockFlags(),
 			&cli.BoolFlag{Name: "skip-verify", Usage: "cut over without a passing verify since the last backfill"},
+			&cli.StringFlag{Name: "max-stream-backlog", Value: runner.HumanBytes(runner.DefaultMaxStreamBacklog),
+				Usage: "mode: logical: refuse (exit 2) while the stream's backlog is above `SIZE` of WAL (B, kB, MB, GB in units of 1024; 0: no bound)"},
 		),
 		Action: func(c *cli.Context) error {
+			var maxBacklog int64
 			return runSwapCommand(c, func(env *runner.Env, name string) (any, error) {
 				return runner.Cutover(c.Context, env, name, runner.CutoverOptions{
-					SwapCommandOptions: swapOptions(c), SkipVerify: c.Bool("skip-verify"),
+					SwapCommandOptions: swapOptions(c), SkipVerify: c.Bool("skip-verify"), MaxStreamBacklog: maxBacklog,
 				})
+			}, func(string) error {
+				n, err := parseSize(c.String("max-stream-backlog"))
+				if err != nil {
+					return exitcode.Errorf(exitcode.BadInput, "--max-stream-backlog: %w", err)
+				}
+				maxBacklog = n
+				if n == 0 {
+					maxBacklog = -1 // an explicit 0: no bound
+				}
+				return nil
 			})
 		},
 	}
@@ -158,6 +178,24 @@ holds the migration; 5 gave up waiting for locks, nothing changed.`,
 			})
 		},
 	}
+}
+
+// parseSize reads "128 MB", "128MB", "128MiB", "1.5GB", "4096" (bytes) as
+// bytes, in units of 1024 as HumanBytes prints them.
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := len(t)
+	for i > 0 && (t[i-1] < '0' || t[i-1] > '9') && t[i-1] != '.' {
+		i--
+	}
+	num, unit := strings.TrimSpace(t[:i]), strings.ToLower(strings.TrimSpace(t[i:]))
+	mult := map[string]float64{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+		"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}[unit]
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || mult == 0 || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) || v*mult > math.MaxInt64/2 {
+		return 0, fmt.Errorf("%q is not a size: want a number of bytes with an optional unit, e.g. 128MB, 1.5GB, 0", s)
+	}
+	return int64(v * mult), nil
 }
 
 // isTerminal reports whether r is a terminal a person can answer on.

@@ -17,7 +17,7 @@ func runCutoverCLI(args ...string) (int, string, string) {
 
 func TestSwapCommandsHaveUsageAndExample(t *testing.T) {
 	for cmd, flags := range map[string][]string{
-		"cutover":  {"--lock-timeout", "--max-attempts", "--skip-verify", "--json"},
+		"cutover":  {"--lock-timeout", "--max-attempts", "--skip-verify", "--max-stream-backlog", "--json"},
 		"rollback": {"--lock-timeout", "--max-attempts", "--json"},
 		"finalize": {"--quiet-period", "--force", "--yes", "--json", "--lock-timeout", "--max-attempts"},
 	} {
@@ -32,7 +32,7 @@ func TestSwapCommandsHaveUsageAndExample(t *testing.T) {
 		}
 	}
 	_, out, _ := runCutoverCLI("cutover", "--help")
-	if !strings.Contains(out, "(default: 2s)") || !strings.Contains(out, "(default: 10)") {
+	if !strings.Contains(out, "(default: 2s)") || !strings.Contains(out, "(default: 10)") || !strings.Contains(out, `(default: "64.0 MB")`) {
 		t.Errorf("cutover --help does not show the defaults:\n%s", out)
 	}
 	_, out, _ = runCutoverCLI("finalize", "--help")
@@ -50,6 +50,7 @@ func TestSwapCommandsBadInputExits2(t *testing.T) {
 		{[]string{"rollback", "a", "b"}, "rollback takes one migration name"},
 		{[]string{"finalize"}, "finalize takes one migration name"},
 		{[]string{"cutover", "x", "--lock-timeout", "soon"}, "lock-timeout"},
+		{[]string{"cutover", "x", "--max-stream-backlog", "lots"}, "--max-stream-backlog"},
 		{[]string{"finalize", "x"}, "pass --yes"},
 	} {
 		code, _, stderr := runCutoverCLI(tc.args...)

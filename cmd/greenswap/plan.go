@@ -106,6 +106,10 @@ type jsonError struct {
 		Fix     string `json:"fix,omitempty"`
 		// MissingPrivileges: what the connecting role lacks, when that is why.
 		MissingPrivileges []shadow.Privilege `json:"missing_privileges,omitempty"`
+		// StreamBacklog and MaxStreamBacklog: a cutover refused for the
+		// logical stream's backlog, and the bound in bytes.
+		StreamBacklog    *runner.StreamBacklog `json:"stream_backlog,omitempty"`
+		MaxStreamBacklog int64                 `json:"max_stream_backlog,omitempty"`
 	} `json:"error"`
 	ExitCode int `json:"exit_code"`
 }
@@ -121,6 +125,10 @@ func writeJSONError(w io.Writer, version int, err error) {
 	var pe *shadow.PrivilegeError
 	if errors.As(err, &pe) {
 		doc.Error.MissingPrivileges = pe.Missing
+	}
+	var be *runner.BacklogError
+	if errors.As(err, &be) {
+		doc.Error.StreamBacklog, doc.Error.MaxStreamBacklog = &be.Backlog, be.Bound
 	}
 	doc.ExitCode = int(exitcode.Of(err))
 	enc := json.NewEncoder(w)

@@ -22,7 +22,10 @@ func statusCommand() *cli.Command {
 		Description: `status lists every migration recorded in this database (greenswap.migrations), or
 only NAME: its state and phase, backfill progress (rows copied of the estimate, rate,
 batch size, throttle, paused), the last verify result, which side is primary, timestamps,
-the last event of its log and, in logical mode, the WAL its replication slot retains.
+the last event of its log and, in logical mode, the WAL its replication slot retains
+and the stream's backlog: the WAL not applied to green yet, about how far behind that
+is in time, whether it grows or shrinks (WAL bytes/s, from two readings --sample apart)
+and when it will have caught up ("never at this rate" while it grows).
 It only reads; a database where greenswap never ran has no migrations.
 
 Example:
@@ -33,6 +36,8 @@ Exit codes: 0 shown (also when there are none); 2 no migration of that name, or 
 unreachable database.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print a JSON document (schema_version " + fmt.Sprint(runner.StatusSchemaVersion) + ")"},
+			&cli.DurationFlag{Name: "sample", Value: runner.DefaultStatusSample,
+				Usage: "logical mode: read each stream's backlog twice this `DURATION` apart for its trend and ETA (0: once, no trend)"},
 		},
 		BashComplete: completeMigrations,
 		Action:       runStatus,
@@ -63,7 +68,11 @@ func runStatus(c *cli.Context) error {
 		return fail(err)
 	}
 	defer env.Close()
-	rep, err := runner.Status(c.Context, env, name)
+	sample := c.Duration("sample")
+	if sample < 0 {
+		return fail(exitcode.Errorf(exitcode.BadInput, "--sample must not be negative"))
+	}
+	rep, err := runner.Status(c.Context, env, name, runner.StatusOptions{Sample: sample})
 	if err != nil {
 		return fail(err)
 	}
@@ -168,6 +177,9 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 				}
 				p("  slot      %s %s, retains %s of WAL", s.Name, act, runner.HumanBytes(s.RetainedBytes))
 			}
+		}
+		if b := m.StreamBacklog; b != nil {
+			p("  backlog   %s", b.Summary())
 		}
 		t := m.Timestamps
 		line := fmt.Sprintf("created %s, in this state since %s, updated %s", statusWhen(&t.Created, now), statusWhen(&t.StateChanged, now), statusWhen(&t.Updated, now))

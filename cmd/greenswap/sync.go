@@ -298,6 +298,7 @@ func (d *syncLiveDisplay) draw(p runner.SyncProgress) {
 	}
 	if line := syncStreamLine(p); line != "" { // logical mode (sync_logical.go)
 		rows[len(rows)-1] = line
+		rows = append(rows, syncBacklogLine(p))
 	}
 	for _, r := range rows {
 		b.WriteString("\x1b[2K" + r + "\n")
@@ -314,13 +315,18 @@ func syncRateLine(p runner.SyncProgress) string {
 }
 
 func syncETA(p runner.SyncProgress) string {
+	eta := "-"
 	switch {
 	case p.Done:
 		return "done"
 	case p.ETA > 0:
-		return p.ETA.String()
+		eta = p.ETA.String()
 	}
-	return "-"
+	// Logical mode: synced means the stream has caught up too.
+	if b := p.StreamBacklog; b != nil && b.Trend != runner.TrendCaughtUp && b.Trend != runner.TrendUnknown {
+		eta += " (stream catch-up " + b.CatchUp() + ")"
+	}
+	return eta
 }
 
 func syncOrNone(s string) string {

@@ -21,9 +21,13 @@ waits until green is current and returns: nothing applies blue's changes
 until ` + "`greenswap sync -f FILE --watch`" + ` runs again, and the slot retains
 WAL meanwhile (` + "`greenswap status`" + ` shows how much). --watch keeps streaming
 until Ctrl-C, showing the lag in bytes and seconds, the apply rate and the
-WAL the slot retains (--metrics-addr exports them as greenswap_stream_* and
-greenswap_slot_wal_retained_bytes); verify, cutover and rollback can run
-meanwhile.
+WAL the slot retains, and the backlog: WAL not applied to green yet, about how
+far behind that is in time, whether it grows or shrinks and when it will have
+caught up (--metrics-addr exports them as greenswap_stream_* and
+greenswap_slot_wal_retained_bytes). A backlog that grows for longer than 30 s
+is logged as a warning, once until it shrinks again: the stream cannot keep up
+with the writes. verify, cutover and rollback can run meanwhile; cutover
+refuses while the backlog is above its --max-stream-backlog.
 cutover hands blue → green over to the sync triggers before the swap; the
 slot is dropped then, and by rollback and finalize.
 `
@@ -66,7 +70,25 @@ func syncStreamFields(ev *zerolog.Event, p runner.SyncProgress) *zerolog.Event {
 	if s.Local {
 		ev = ev.Float64("stream_lag_seconds", s.LagSeconds).Int64("stream_keys_per_sec", int64(s.KeysPerSec)).Int64("stream_keys_applied", s.Keys)
 	}
+	if b := p.StreamBacklog; b != nil {
+		ev = ev.Int64("stream_backlog_bytes", b.Bytes).Str("stream_backlog_trend", string(b.Trend)).
+			Int64("stream_backlog_growth_bytes_per_sec", int64(b.GrowthBytesPerSec)).Str("stream_catch_up", b.CatchUp())
+		if b.Seconds != nil {
+			ev = ev.Float64("stream_backlog_seconds", float64(int(*b.Seconds*10))/10)
+		}
+		if b.ETASeconds != nil {
+			ev = ev.Float64("stream_catch_up_eta_seconds", float64(int(*b.ETASeconds*10))/10)
+		}
+	}
 	return ev
+}
+
+// syncBacklogLine is the live display's line for the stream's backlog.
+func syncBacklogLine(p runner.SyncProgress) string {
+	if p.StreamBacklog == nil {
+		return "  backlog   -"
+	}
+	return "  backlog   " + p.StreamBacklog.Summary()
 }
 
 // syncLogicalNote tells, after a logical-mode sync, what the stream did and

@@ -29,7 +29,7 @@ var Table = []struct {
 }{
 	{OK, "success; for plan: nothing blocking; for verify: blue and green are identical"},
 	{Failed, "the operation failed, or verify found differences"},
-	{BadInput, "bad input: spec, flags, missing table or migration, unreachable database; nothing was changed"},
+	{BadInput, "bad input: spec, flags, missing table or migration, unreachable database, or a migration not ready for the command (not synced, not verified, a logical stream's backlog above cutover's bound); nothing was changed"},
 	{Blocked, "plan (or a command that plans first) found blocking hazards, or verify/cutover/finalize found a change made outside greenswap (schema or privilege drift); nothing was changed"},
 	{Busy, "another greenswap process holds this migration's lock (its PID is named)"},
 	{LockTimeout, "gave up waiting for a table lock after all retries; everything left as it was"},
