@@ -1066,13 +1066,23 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 	}
 
 	opt := s.Sync.WithDefaults()
+	batch, err := gssync.BatchPreview(n, m, p.build.Blue, fmt.Sprintf("%dms", opt.LockTimeout.Milliseconds()))
+	note := fmt.Sprintf("the statements of one batch as sync sends them; sync finds each range's upper end first; "+
+		"in the batch, $1..$%d are the last key copied, then the range's upper key", 2*len(m.Key))
+	if err != nil {
+		note = "cannot show the batch: " + err.Error()
+	}
+	waits := "a DELETE or key UPDATE of those rows waits for the batch"
+	if m.SourceRowLock() != "FOR KEY SHARE" {
+		waits = "any UPDATE of those rows waits for the batch: green's key reads a column outside blue's key"
+	}
 	add(shadow.Step{
 		Name:        "backfill",
 		Description: fmt.Sprintf("copy blue's rows into green in key order, one short transaction per batch of %d–%d rows (adaptive, aiming at %s per batch), checkpointing the cursor", opt.MinBatchSize, opt.MaxBatchSize, opt.TargetBatchTime.Duration),
-		SQL:         backfillSQL(n, m),
-		Lock:        "FOR KEY SHARE row locks on the batch's blue rows (a DELETE or key UPDATE of those rows waits for the batch)",
+		SQL:         batch,
+		Lock:        fmt.Sprintf("%s row locks on the batch's blue rows (%s)", m.SourceRowLock(), waits),
 		LockHold:    fmt.Sprintf("one batch (~%s)", opt.TargetBatchTime.Duration), Transactional: true,
-	}, "sync", false, "sync generates the range bounds per batch; $1 = the last key copied, $2 = the range's upper key")
+	}, "sync", err == nil, note)
 
 	var ixSQL []string
 	for i, src := range s.Target.Indexes {
@@ -1177,32 +1187,3 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 	}, "finalize", false, "the finalize command generates this at run time (it also restores green's identity columns)")
 }
 
-// backfillSQL is the shape of one backfill batch (package sync owns the
-// exact statement): a key range of blue, its rows locked FOR KEY SHARE
-// (trap 1), mapped by the forward SELECT list, inserted ON CONFLICT DO NOTHING.
-func backfillSQL(n shadow.Names, m *shadow.Mapping) []string {
-	flag, _ := trigger.SyncFlagSQL(n)
-	key := db.IdentList(m.Key)
-	row := key
-	lo, hi := make([]string, len(m.Key)), make([]string, len(m.Key))
-	for i := range m.Key {
-		lo[i] = fmt.Sprintf("$%d", i+1)
-		hi[i] = fmt.Sprintf("$%d", len(m.Key)+i+1)
-	}
-	lower, upper := strings.Join(lo, ", "), strings.Join(hi, ", ")
-	if len(m.Key) > 1 {
-		row, lower, upper = "("+key+")", "("+lower+")", "("+upper+")"
-	}
-	overriding := ""
-	if m.Forward.NeedsOverriding() {
-		overriding = " OVERRIDING SYSTEM VALUE"
-	}
-	return []string{
-		strings.Replace(flag, "$1", db.Literal(n.SyncFlag), 1),
-		fmt.Sprintf("WITH src AS (SELECT * FROM %s WHERE %s > %s AND %s <= %s ORDER BY %s FOR KEY SHARE) "+
-			"INSERT INTO %s (%s)%s SELECT %s FROM src ON CONFLICT (%s) DO NOTHING",
-			db.Ident(n.Blue.Schema, n.Blue.Name), row, lower, row, upper, key,
-			db.Ident(n.Green.Schema, n.Green.Name), m.Forward.TargetList(), overriding, m.Forward.SelectList(),
-			db.IdentList(m.Forward.TargetKey)),
-	}
-}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/trigger"
 )
 
 // keySpec is the sync key as the backfill walks it: blue's key columns in the
@@ -197,4 +198,24 @@ SELECT (SELECT pg_catalog.count(*) FROM ins), (SELECT pg_catalog.count(*) FROM s
 		blue, where, k.list(), m.SourceRowLock(),
 		green, m.Forward.TargetList(), overriding,
 		m.Forward.SelectList(), db.IdentList(m.Forward.TargetKey))
+}
+
+// BatchPreview is one backfill batch as Backfiller runs it, for plan to
+// show the very statements sync will send (issue 13): the sync flag, the
+// session settings, and a middle batch over (cursor, upper] in the ON
+// CONFLICT form, keyed in the order the copy walks. In the batch, $1.. are
+// the cursor's values, then the upper end's; the flag's and the settings'
+// parameters are filled in as sync binds them (lock timeout lockTimeout).
+func BatchPreview(n shadow.Names, m *shadow.Mapping, blue *shadow.Table, lockTimeout string) ([]string, error) {
+	k, err := keyFor(m, blue)
+	if err != nil {
+		return nil, err
+	}
+	flag, _ := trigger.SyncFlagSQL(n)
+	settings := strings.NewReplacer("$1", db.Literal(n.SearchPath()), "$2", db.Literal(lockTimeout)).Replace(sessionSQL)
+	return []string{
+		strings.Replace(flag, "$1", db.Literal(n.SyncFlag), 1),
+		settings,
+		batchSQL(k, n, m, true, true, true),
+	}, nil
 }
