@@ -1186,4 +1186,3 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 		LockHold:    "milliseconds (catalog changes only)", Transactional: true,
 	}, "finalize", false, "the finalize command generates this at run time (it also restores green's identity columns)")
 }
-

@@ -29,7 +29,7 @@ type RetireOptions struct {
 	// for the stream to apply what committed before it (default:
 	// Lock.Timeout). Past it the transaction rolls back, the writers go on,
 	// and the attempt counts as a lock timeout (caught up again, retried).
-	Hold    time.Duration
+	Hold time.Duration
 	// OnRetry is told of each switch attempt rolled back: a lock not
 	// granted within the lock timeout (blockers, when known), or held
 	// (true) when the stream did not apply up to the switch within Hold.
