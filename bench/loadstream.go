@@ -343,7 +343,7 @@ const drainDoneBytes = 3 << 20
 // watch still streaming (nil on failure) for the TPS and latency windows.
 func (b *bench) pgbLoad(ctx context.Context, pb pgbenchTool, dbname, dsn, specPath string, window, stopFor time.Duration) (logicalLoad, *watchRun, error) {
 	var res logicalLoad
-	if err := execAll(ctx, dsn, "VACUUM pgbench_branches, pgbench_tellers", "TRUNCATE pgbench_history", "CHECKPOINT"); err != nil {
+	if err := pgbReset(ctx, dsn); err != nil {
 		return res, nil, err
 	}
 	addr, err := freeAddr()

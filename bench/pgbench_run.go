@@ -157,6 +157,30 @@ func (b *bench) runPgbench(ctx context.Context, f pgbFigs) {
 			}
 		}
 	}
+
+	// No migration once more, last: how far the machine drifted between
+	// the baseline and the states measured after it.
+	if ctx.Err() != nil || (f.tpsTrigger.Status != "ok" && f.tpsLogical.Status != "ok") {
+		return
+	}
+	b.logf("pgbench, no migration again (drift check): %s -M prepared", fmtDur(window))
+	if err := pgbReset(ctx, dsn); err != nil {
+		b.logf("  (drift check: %v)", err)
+		return
+	}
+	again, err := pb.tps(ctx, pgbDB, "prepared", window)
+	if err != nil {
+		b.logf("  (drift check: %v)", err)
+		return
+	}
+	b.logf("  %s (%.2f× of the first)", fmtRate(again.tps, "tx/s"), again.tps/none.prepared.tps)
+	for _, x := range []*Figure{f.tpsTrigger, f.tpsLogical} {
+		if x.Status == "ok" {
+			x.raw("baseline_tps_end", again.tps)
+			x.Note += fmt.Sprintf("; no migration measured again at the end: %s (%.2f× of the baseline): the machine's drift over the run",
+				fmtRate(again.tps, "tx/s"), again.tps/none.prepared.tps)
+		}
+	}
 }
 
 // pgbWindows runs, on one database, pgbench -M prepared for window, -M
@@ -170,7 +194,7 @@ func (b *bench) pgbWindows(ctx context.Context, pb pgbenchTool, dbname, dsn stri
 		return st, err
 	}
 	measure := func(kind string, fn func() (pgbenchRun, error)) (pgbenchRun, error) {
-		if err := execAll(ctx, dsn, "VACUUM pgbench_branches, pgbench_tellers", "TRUNCATE pgbench_history", "CHECKPOINT"); err != nil {
+		if err := pgbReset(ctx, dsn); err != nil {
 			return pgbenchRun{}, err
 		}
 		if hook == nil {
@@ -192,6 +216,13 @@ func (b *bench) pgbWindows(ctx context.Context, pb pgbenchTool, dbname, dsn stri
 		return pb.fixedRate(ctx, dbname, rate, window, strings.TrimPrefix(dbname, pgbDB+"_"))
 	})
 	return st, err
+}
+
+// pgbReset puts a pgbench database on the footing every run starts from:
+// what pgbench does itself without -n (tellers and branches vacuumed,
+// history emptied), and a checkpoint.
+func pgbReset(ctx context.Context, dsn string) error {
+	return execAll(ctx, dsn, "VACUUM pgbench_branches, pgbench_tellers", "TRUNCATE pgbench_history", "CHECKPOINT")
 }
 
 // around waits for the stream to catch up, then runs fn with the stream
