@@ -149,3 +149,21 @@ func TestWindowOfCounterRestart(t *testing.T) {
 		t.Error("a window with no samples was measured")
 	}
 }
+
+// A server bindir without pgbench (the npm builds of other majors) prints
+// every pgbench row as n/a, naming the bindir, and runs nothing.
+func TestPgbenchRowsWithoutPgbench(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	b := &bench{res: &Results{}, cluster: &pgtest.Cluster{BinDir: dir}, tmp: t.TempDir(), start: time.Now()}
+	f := b.pgbenchFigures()
+	b.runPgbench(context.Background(), f)
+	if len(b.res.Figures) != len(f.all()) {
+		t.Fatalf("%d rows in the table, want the %d pgbench rows", len(b.res.Figures), len(f.all()))
+	}
+	for _, x := range b.res.Figures {
+		if x.Status != "n/a" || x.Value != "n/a (no pgbench)" || !strings.Contains(x.Note, dir) {
+			t.Errorf("%s: status %q, value %q, note %q; want n/a (no pgbench) naming %s", x.Name, x.Status, x.Value, x.Note, dir)
+		}
+	}
+}
