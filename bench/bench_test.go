@@ -167,3 +167,18 @@ func TestPgbenchRowsWithoutPgbench(t *testing.T) {
 		}
 	}
 }
+
+// A window in which no scrape returned the counter has no apply rate: an
+// error, never 0 keys/s.
+func TestWindowOfWithoutCounter(t *testing.T) {
+	t.Parallel()
+	t0 := time.Unix(1_700_000_000, 0)
+	samples := []loadSample{
+		{t: t0, lag: 100, keys: -1, commits: 10},
+		{t: t0.Add(time.Second), lag: 100, keys: 7, commits: 20},
+		{t: t0.Add(2 * time.Second), lag: 100, keys: -1, commits: 30},
+	}
+	if w, err := windowOf(samples, t0, t0.Add(2*time.Second)); err == nil {
+		t.Errorf("measured %.1f keys/s from a single counter reading", w.applyPerSec)
+	}
+}

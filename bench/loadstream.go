@@ -42,7 +42,7 @@ func newLoadProbe(ctx context.Context, dsn, slot, metricsAddr string) (*loadProb
 		return nil, err
 	}
 	return &loadProbe{conn: conn, slot: slot, metrics: "http://" + metricsAddr + "/metrics",
-		http: &http.Client{Timeout: 2 * time.Second}}, nil
+		http: &http.Client{Timeout: 3 * time.Second}}, nil
 }
 
 func (p *loadProbe) close() { p.conn.Close(context.Background()) }
@@ -167,8 +167,10 @@ func windowOf(samples []loadSample, from, to time.Time) (loadWindow, error) {
 	w.writePerSec = (in[len(in)-1].commits - in[0].commits) / span
 	var inc, prev float64 = 0, -1
 	var lags []float64
+	keyed := 0
 	for _, s := range in {
 		if s.keys >= 0 {
+			keyed++
 			switch {
 			case prev < 0:
 			case s.keys >= prev:
@@ -181,6 +183,11 @@ func windowOf(samples []loadSample, from, to time.Time) (loadWindow, error) {
 		if s.lag >= 0 {
 			lags = append(lags, s.lag)
 		}
+	}
+	if keyed < 2 {
+		// No rate at all rather than a rate of 0: the scrapes failed or no
+		// streamer of this process ran.
+		return w, fmt.Errorf("the watch's metrics served the applied-keys counter in %d of the %d samples of the %s window", keyed, len(in), fmtDur(to.Sub(from)))
 	}
 	w.applyPerSec = inc / span
 	if len(lags) == 0 {
@@ -265,30 +272,18 @@ func waitUntil(ctx context.Context, w *watchRun, timeout, every time.Duration, w
 	}
 }
 
-// slotPid is the pid of the walsender streaming the slot, 0 when none does.
-func (p *loadProbe) slotPid(ctx context.Context) (int64, error) {
-	var pid int64
-	err := p.conn.QueryRow(ctx, `SELECT coalesce((SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1), 0)::int8`, p.slot).Scan(&pid)
-	return pid, err
-}
-
-// watchStreaming waits until the watch's own streamer streams: a
-// logical-mode sync streams with one streamer until it has caught up after
-// synced (it then records its "stream" event and stops it), and only then
-// does --watch start another, on a new replication connection (a walsender
-// other than syncPid, the one seen when the state turned synced).
-func watchStreaming(ctx context.Context, p *loadProbe, w *watchRun, syncPid int64, timeout time.Duration) error {
+// watchStreaming waits until the watch's own streamer streams. A
+// logical-mode sync streams with a streamer of its own until it has caught
+// up after synced, then stops it and records its "stream" event; only then
+// does --watch start another, on a new replication connection: a
+// walsender that started after that event.
+func watchStreaming(ctx context.Context, p *loadProbe, w *watchRun, timeout time.Duration) error {
 	return waitUntil(ctx, w, timeout, 100*time.Millisecond, "the watch's own streamer", func() (bool, string, error) {
-		var done bool
-		if err := p.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM greenswap.events WHERE migration = $1 AND step = 'stream')`,
-			pgbMigration).Scan(&done); err != nil {
-			return false, "", err
-		}
-		if !done {
-			return false, "the sync's stream has not stopped", nil
-		}
-		pid, err := p.slotPid(ctx)
-		return pid != 0 && pid != syncPid, fmt.Sprintf("slot streamed by pid %d", pid), err
+		var ok bool
+		err := p.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+			WHERE s.slot_name = $1 AND a.backend_start > (SELECT max(at) FROM greenswap.events WHERE migration = $2 AND step = 'stream'))`,
+			p.slot, pgbMigration).Scan(&ok)
+		return ok, "no walsender started after the sync's stream stopped", err
 	})
 }
 
@@ -436,13 +431,9 @@ func (b *bench) pgbLoad(ctx context.Context, pb pgbenchTool, dbname, dsn, specPa
 		return res, nil, fmt.Errorf("logical sync under pgbench load: %w", err)
 	}
 	tSynced := time.Now()
-	syncPid, err := probe.slotPid(ctx)
-	if err != nil {
-		return res, nil, err
-	}
 	res.backfillTook = done.Sub(*started)
 	b.logf("  synced after %s (copy %s); waiting for --watch's streamer to catch up", fmtDur(tSynced.Sub(tSync)), fmtDur(res.backfillTook))
-	if err := watchStreaming(ctx, probe, watch, syncPid, 6*time.Minute); err != nil {
+	if err := watchStreaming(ctx, probe, watch, 6*time.Minute); err != nil {
 		return res, nil, err
 	}
 	if err := lagUnder(ctx, probe, watch, catchUpBytes, 3*time.Minute); err != nil {
