@@ -169,6 +169,7 @@ type bgRun struct {
 	out, err *bytes.Buffer
 	start    time.Time
 	done     chan error
+	ended    chan struct{} // closed once the command has exited
 }
 
 // start starts greenswap with args without waiting for it.
@@ -177,13 +178,27 @@ func (c cli) start(ctx context.Context, dsn string, args ...string) (*bgRun, err
 	cmd := exec.CommandContext(ctx, c.bin, full...)
 	cmd.Env = append(os.Environ(), "NO_COLOR=1")
 	cmd.WaitDelay = 10 * time.Second
-	r := &bgRun{cmd: cmd, out: &bytes.Buffer{}, err: &bytes.Buffer{}, start: time.Now(), done: make(chan error, 1)}
+	r := &bgRun{cmd: cmd, out: &bytes.Buffer{}, err: &bytes.Buffer{}, start: time.Now(), done: make(chan error, 1), ended: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = r.out, r.err
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	go func() { r.done <- cmd.Wait() }()
+	go func() {
+		r.done <- cmd.Wait()
+		close(r.ended)
+	}()
 	return r, nil
+}
+
+// exited reports whether the command has ended on its own (its output may
+// then be read only through stop).
+func (r *bgRun) exited() bool {
+	select {
+	case <-r.ended:
+		return true
+	default:
+		return false
+	}
 }
 
 // stop interrupts the command as Ctrl-C would and waits for it to exit.

@@ -6,6 +6,7 @@
 //
 //	make bench                      # BENCH_ROWS=1000000 (default)
 //	BENCH_ROWS=100000 go run ./bench   # a quick run
+//	BENCH_WINDOW=3s BENCH_ONLY=pgbench BENCH_OUT=/tmp go run ./bench   # the pgbench rows, short windows, results elsewhere
 //
 // See README.md in this directory for what each figure measures.
 package main
@@ -50,6 +51,29 @@ func run() int {
 		}
 		rows = n
 	}
+	// The drain's stop is 20 s as issue 12 describes it, unless the
+	// windows are shortened for a quick run.
+	window, drainStop := 15*time.Second, 20*time.Second
+	if v := os.Getenv("BENCH_WINDOW"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second {
+			fmt.Fprintf(os.Stderr, "bench: BENCH_WINDOW=%q: want a duration of at least 1s (e.g. 5s)\n", v)
+			return 2
+		}
+		window, drainStop = d, d
+	}
+	parts := map[string]bool{"core": true, "pgbench": true}
+	if v := os.Getenv("BENCH_ONLY"); v != "" {
+		parts = map[string]bool{}
+		for _, p := range strings.Split(v, ",") {
+			p = strings.TrimSpace(p)
+			if p != "core" && p != "pgbench" {
+				fmt.Fprintf(os.Stderr, "bench: BENCH_ONLY=%q: want core, pgbench or both (comma-separated)\n", v)
+				return 2
+			}
+			parts[p] = true
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -65,7 +89,7 @@ func run() int {
 	}
 	defer os.RemoveAll(tmp)
 
-	b := &bench{rows: rows, tmp: tmp, start: time.Now()}
+	b := &bench{rows: rows, tmp: tmp, start: time.Now(), window: window, drainStop: drainStop, parts: parts}
 	loadStart := loadAvg()
 	b.logf("building cmd/greenswap")
 	bin, err := clibuild.Build(ctx, root, tmp)
@@ -101,6 +125,9 @@ func run() int {
 		fmtRows(rows), cluster.Release, res.Machine.Cores, res.Machine.RAM, res.Machine.LoadStart, res.Machine.LoadEnd, res.Elapsed)
 	fmt.Print(res.table())
 	out := filepath.Join(root, "bench")
+	if v := os.Getenv("BENCH_OUT"); v != "" {
+		out = v
+	}
 	if err := res.write(out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: writing results:", err)
 		return 1
@@ -120,6 +147,11 @@ type bench struct {
 	cli     cli
 	cluster *pgtest.Cluster
 	res     *Results
+	// window is the length of each pgbench measurement (BENCH_WINDOW,
+	// default 15 s); drainStop how long the drain figure stops the stream
+	// (20 s, or BENCH_WINDOW when set).
+	window, drainStop time.Duration
+	parts             map[string]bool // BENCH_ONLY: "core" (the orders figures), "pgbench"
 }
 
 func (b *bench) logf(format string, args ...any) {
