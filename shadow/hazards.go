@@ -992,17 +992,29 @@ func LoadNameClashes(ctx context.Context, q db.Querier, green uint32, appSchema 
 // ---------------------------------------------------------------------------
 // Volatility of the mapping.
 
-// timeVaryingStable are STABLE functions whose value changes with time or
-// the session, not only with settings: a mapping calling them is as good as
-// volatile for checksums.
-var timeVaryingStable = map[string]bool{
+// sessionDependent are built-in functions (and SQL value keywords, which
+// take no parentheses) whose value is not a function of the row: the time,
+// the writing session, its transaction or its settings. Most are STABLE, not
+// VOLATILE, in pg_proc, so the catalog alone would not flag them; recomputed
+// by verify in its own session they differ from what the trigger or the
+// backfill wrote. One list for plan (DetectVolatility) and verify
+// (SessionDependent), so that what plan says verify skips is what it skips.
+var sessionDependent = map[string]bool{
 	"now": true, "transaction_timestamp": true, "statement_timestamp": true,
-	"pg_backend_pid": true, "inet_client_addr": true, "inet_client_port": true,
-	"inet_server_addr": true, "inet_server_port": true, "txid_current": true,
-	"txid_current_if_assigned": true, "pg_current_xact_id": true,
-	"pg_current_xact_id_if_assigned": true, "pg_trigger_depth": true,
-	"pg_postmaster_start_time": true, "pg_conf_load_time": true,
+	"clock_timestamp": true, "timeofday": true,
+	"current_timestamp": true, "current_time": true, "current_date": true,
+	"localtime": true, "localtimestamp": true,
+	"current_user": true, "session_user": true, "user": true, "current_role": true,
+	"current_setting": true, "pg_backend_pid": true, "pg_trigger_depth": true,
+	"inet_client_addr": true, "inet_client_port": true, "inet_server_addr": true, "inet_server_port": true,
+	"txid_current": true, "txid_current_if_assigned": true, "pg_current_xact_id": true,
+	"pg_current_xact_id_if_assigned": true, "pg_postmaster_start_time": true, "pg_conf_load_time": true,
 }
+
+// SessionDependent reports whether the function or SQL value keyword name
+// (lower case, unqualified) is one whose value depends on the session, its
+// transaction, its settings or the time (see sessionDependent).
+func SessionDependent(name string) bool { return sessionDependent[name] }
 
 var (
 	funcIDRE   = regexp.MustCompile(`:(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)`)
@@ -1130,7 +1142,7 @@ SELECT CASE WHEN n.nspname = 'pg_catalog' THEN p.proname::text ELSE n.nspname ||
 			continue
 		}
 		seen[name] = true
-		if f.vol == "v" || timeVaryingStable[f.name] {
+		if f.vol == "v" || SessionDependent(f.name) {
 			v.Volatile = append(v.Volatile, name)
 		} else {
 			v.Stable = append(v.Stable, name)

@@ -382,13 +382,17 @@ table: public.ev
 target:
   ddl: |
     CREATE TABLE ev (id int PRIMARY KEY, body text, copied_at timestamptz NOT NULL, token uuid NOT NULL,
-      jitter float8, at_tx timestamptz, label text NOT NULL DEFAULT 'new', safe text, body_len int GENERATED ALWAYS AS (length(body)) STORED)
+      jitter float8, at_tx timestamptz, label text NOT NULL DEFAULT 'new', safe text, body_len int GENERATED ALWAYS AS (length(body)) STORED,
+      port int, depth int, app text)
 forward:
   copied_at: clock_timestamp()
   token: gen_random_uuid()
   jitter: random()
   at_tx: CURRENT_TIMESTAMP
   safe: coalesce(body, 'random()')
+  port: inet_client_port()
+  depth: pg_trigger_depth()
+  app: current_setting('application_name')
 `)
 	res := mustRun(t, pool, f, Options{})
 	if !res.OK {
@@ -399,7 +403,7 @@ forward:
 		reasons[e.Column] = e.Reason
 	}
 	want := map[string]string{"copied_at": "volatile", "token": "volatile", "jitter": "volatile", "at_tx": "volatile",
-		"label": "not mapped", "body_len": "generated"}
+		"label": "not mapped", "body_len": "generated", "port": "volatile", "depth": "volatile", "app": "volatile"}
 	for c, r := range want {
 		if reasons[c] != r {
 			t.Errorf("column %s: excluded as %q, want %q (all: %+v)", c, reasons[c], r, res.Excluded)

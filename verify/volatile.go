@@ -10,21 +10,6 @@ import (
 	"github.com/greenswap/greenswap/shadow"
 )
 
-// sessionDependent are functions and SQL keywords whose value is not a
-// function of the row: the time of the writing transaction, or who wrote it.
-// Most are STABLE, not VOLATILE, in pg_proc, so the catalog alone would not
-// flag them; re-computing them at verify time gives a different value than
-// the trigger or the backfill did.
-var sessionDependent = map[string]bool{
-	"now": true, "transaction_timestamp": true, "statement_timestamp": true,
-	"clock_timestamp": true, "timeofday": true,
-	"current_timestamp": true, "current_time": true, "current_date": true,
-	"localtime": true, "localtimestamp": true,
-	"current_user": true, "session_user": true, "user": true, "current_role": true,
-	"current_setting": true, "pg_backend_pid": true, "inet_client_addr": true,
-	"txid_current": true, "pg_current_xact_id": true,
-}
-
 // exprWords scans a SQL expression and returns the lowercased names it
 // calls as functions (an identifier, quoted or not, followed by "(") and the
 // bare words that are session-dependent keywords (CURRENT_TIMESTAMP takes no
@@ -121,7 +106,7 @@ func exprWords(expr string) []string {
 				continue
 			}
 			i = j
-			if nextNonSpace(i) == '(' || sessionDependent[word] {
+			if nextNonSpace(i) == '(' || shadow.SessionDependent(word) {
 				out = append(out, word)
 			}
 		default:
@@ -196,7 +181,7 @@ func volatileColumns(ctx context.Context, q db.Querier, d *shadow.Direction) (ma
 	for col, ws := range words {
 		var why []string
 		for _, w := range ws {
-			if (volatile[w] || sessionDependent[w]) && !slices.Contains(why, w) {
+			if (volatile[w] || shadow.SessionDependent(w)) && !slices.Contains(why, w) {
 				why = append(why, w)
 			}
 		}
