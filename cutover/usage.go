@@ -263,7 +263,12 @@ type WatchOptions struct {
 func OwnSessions(ctx context.Context, pool *pgxpool.Pool, extra ...uint32) []int32 {
 	var own []int32
 	for _, c := range pool.AcquireAllIdle(ctx) {
-		own = append(own, int32(c.Conn().PgConn().PID()))
+		// The server's PID, not the BackendKeyData's: behind a session-mode
+		// proxy the latter is the proxy's invention.
+		var pid int32
+		if err := c.QueryRow(ctx, `SELECT pg_catalog.pg_backend_pid()`, pgx.QueryExecModeSimpleProtocol).Scan(&pid); err == nil {
+			own = append(own, pid)
+		}
 		c.Release()
 	}
 	for _, pid := range extra {
