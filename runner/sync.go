@@ -544,7 +544,7 @@ func (r *syncRun) backfill(ctx context.Context) error {
 		Log:       r.log,
 		Throttles: []gssync.Throttle{
 			pausedThrottle(pool, name),
-			&gssync.ReplicaLag{Q: pool, Max: maxLag},
+			&gssync.ReplicaLag{Q: pool, Max: maxLag, Warn: func(msg string) { r.log.Warn().Msg(msg) }},
 		},
 		Checkpoint: func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
 			cols := map[string]any{"cursor": []string(cp.Cursor), "rows_copied": cp.RowsCopied,
