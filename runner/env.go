@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
@@ -85,6 +87,11 @@ func Connect(ctx context.Context, dsn string, log zerolog.Logger) (*Env, error) 
 	var poolerErr *PoolerError
 	if errors.As(err, &poolerErr) {
 		return nil, err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege: no CONNECT on the database
+		return nil, exitcode.Errorf(exitcode.BadInput, "role %s may not connect to database %s (%s, SQLSTATE %s), which every greenswap command needs, so nothing was changed: GRANT CONNECT ON DATABASE %s TO %s, as the database's owner",
+			cfg.ConnConfig.User, cfg.ConnConfig.Database, pgErr.Message, pgErr.Code, db.Ident(cfg.ConnConfig.Database), db.Ident(cfg.ConnConfig.User))
 	}
 	if err != nil {
 		return nil, exitcode.Errorf(exitcode.BadInput, "cannot connect to %s: %s (check --dsn / DATABASE_URL / PG* variables and that the server is running)",

@@ -149,11 +149,17 @@ func probePooler(ctx context.Context, cc *pgx.ConnConfig) (poolerProbe, error) {
 	if b1 == a1 {
 		return pooled("two of greenswap's connections were served by the same server backend, pid %d", a1)
 	}
-	wctx, cancel := context.WithTimeout(ctx, poolerProbeWait)
+	// Only a proxy can make the read wait for a backend: connected
+	// directly (the BackendKeyData names the backend itself) a slow server
+	// is no evidence.
+	wctx, cancel := ctx, context.CancelFunc(func() {})
+	if p.proxied {
+		wctx, cancel = context.WithTimeout(ctx, poolerProbeWait)
+	}
 	a2, err := backendPID(wctx, a)
 	cancel()
 	if err != nil {
-		if ctx.Err() == nil && wctx.Err() != nil {
+		if p.proxied && ctx.Err() == nil && wctx.Err() != nil {
 			return pooled("a connection's second query waited %s for a server backend while another connection held a transaction", poolerProbeWait)
 		}
 		return p, fmt.Errorf("probe the session: %w", err)

@@ -56,6 +56,19 @@ func TestFinalizeBlindWithoutReadAllStats(t *testing.T) {
 	if !warned {
 		t.Fatalf("plan's hazards do not warn about pg_read_all_stats: %+v", res.Hazards)
 	}
+	// Where plan advises pinning by SET search_path it warns about poolers.
+	var pinAdvice int
+	for _, h := range res.Hazards {
+		if strings.Contains(h.Fix, "SET search_path") {
+			pinAdvice++
+			if !strings.Contains(h.Fix, "transaction pooler") || !strings.Contains(h.Fix, "connect_query") {
+				t.Errorf("hazard %s advises SET search_path without the pooler caveat: %s", h.Code, h.Fix)
+			}
+		}
+	}
+	if pinAdvice == 0 {
+		t.Errorf("plan advises no pinning for a row type change: %+v", res.Hazards)
+	}
 
 	coSync(t, env, syncOrdersSpec("sv", false))
 	if _, err := Cutover(ctx, env, "sv", CutoverOptions{}); err != nil {
@@ -127,4 +140,75 @@ func TestFinalizeBlindWithoutReadAllStats(t *testing.T) {
 	if m, err := state.Get(ctx, env.Pool, "sv"); err != nil || m.State != state.Finalized {
 		t.Fatalf("after finalize: %+v, %v", m, err)
 	}
+}
+
+// A role that is not the owner, and lacks what a step needs, gets one line
+// naming the privilege and the step, exit 2, and nothing changes, at every
+// command (issue 19: bare "permission denied for schema greenswap",
+// "permission denied for database", and, resuming sync with the state
+// readable, "create greenswap state schema: permission denied for
+// database").
+func TestNonOwnerRefusedInOneLine(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := syncNewDB(t)
+	coExec(t, pool, syncOrdersTable(200, false))
+	env := coEnv(t, dsn)
+	coSync(t, env, syncOrdersSpec("no", false))
+	role, roleDSN := lpRole(t, dsn, "stranger")
+	renv := coEnv(t, roleDSN)
+	spec := syncSpec(t, syncOrdersSpec("no", false))
+	other := syncSpec(t, syncOrdersSpec("no2", false))
+
+	commands := []struct {
+		name string
+		run  func() error
+	}{
+		{"status", func() error { _, err := Status(ctx, renv, ""); return err }},
+		{"plan", func() error { _, err := Plan(ctx, renv, other, PlanOptions{}); return err }},
+		{"sync", func() error { _, err := Sync(ctx, renv, spec, SyncOptions{}); return err }},
+		{"verify", func() error { _, err := Verify(ctx, renv, "no", VerifyOptions{}); return err }},
+		{"cutover", func() error { _, err := Cutover(ctx, renv, "no", CutoverOptions{}); return err }},
+		{"rollback", func() error { _, err := Rollback(ctx, renv, "no", SwapCommandOptions{}); return err }},
+		{"pause", func() error { return Pause(ctx, renv, "no") }},
+	}
+	check := func(phase, cmd string, err error, wants ...string) {
+		t.Helper()
+		if exitcode.Of(err) != exitcode.BadInput {
+			t.Errorf("%s: %s = exit %d %v, want exit 2", phase, cmd, exitcode.Of(err), err)
+			return
+		}
+		msg := err.Error()
+		if strings.Contains(msg, "\n") || !strings.Contains(msg, "nothing was changed") {
+			t.Errorf("%s: %s: not one line saying nothing was changed: %q", phase, cmd, msg)
+		}
+		for _, w := range wants {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%s: %s: error lacks %q: %s", phase, cmd, w, msg)
+			}
+		}
+	}
+	before := coCatalog(t, pool)
+	for _, c := range commands {
+		check("no grants", c.name, c.run(), "lacks USAGE on schema greenswap", "GRANT USAGE ON SCHEMA greenswap TO "+db.Ident(role))
+	}
+	r := db.Ident(role)
+	coExec(t, pool, "GRANT USAGE ON SCHEMA greenswap TO "+r+"; GRANT SELECT, INSERT, UPDATE ON greenswap.migrations TO "+r+
+		"; GRANT SELECT, INSERT ON greenswap.events TO "+r+"; GRANT USAGE ON SEQUENCE greenswap.events_id_seq TO "+r)
+	if _, err := Status(ctx, renv, ""); err != nil {
+		t.Errorf("status with the state grants: %v", err)
+	}
+	for _, c := range commands[2:6] {
+		check("state readable", c.name, c.run(), "lacks what "+c.name+" needs", "the owner of gs_no_blue.orders")
+	}
+	if after := coCatalog(t, pool); after != before {
+		t.Fatalf("the catalog changed:\n%s", coDiff(before, after))
+	}
+	var dbname string
+	if err := pool.QueryRow(ctx, `SELECT current_database()`).Scan(&dbname); err != nil {
+		t.Fatal(err)
+	}
+	coExec(t, pool, "REVOKE CONNECT ON DATABASE "+db.Ident(dbname)+" FROM PUBLIC")
+	_, err := Connect(ctx, roleDSN, env.Log)
+	check("no CONNECT", "connect", err, "GRANT CONNECT ON DATABASE "+db.Ident(dbname)+" TO "+r)
 }

@@ -115,6 +115,13 @@ func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*
 	if err := gateNewSync(ctx, env, spec); err != nil {
 		return nil, interrupted(ctx, err)
 	}
+	// A migration under way (no plan gate): its privileges, before Ensure
+	// re-applies the state schema's DDL (a bare 42501 otherwise).
+	if m, err := env.LoadMigration(ctx, spec.Name); err == nil {
+		if err := checkCommandPrivileges(ctx, env, m, shadow.StepSync); err != nil {
+			return nil, err
+		}
+	}
 	if err := state.Ensure(ctx, env.Pool); err != nil {
 		return nil, interrupted(ctx, err)
 	}

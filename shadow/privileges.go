@@ -20,6 +20,12 @@ import (
 // held. pg_locks, pg_blocking_pids() and application_name are shown to every
 // role, so the lock-wait throttle is not blind.
 
+// PoolerPinNote ends every piece of advice to pin clients with SET
+// search_path (no % in it: it is appended to format strings). Behind a
+// transaction pooler a client's SET stays on the backend it ran on, not
+// with the client (issue 19: 1-6 of 30 statements stayed pinned).
+const PoolerPinNote = "behind a transaction pooler (pgbouncer pool_mode = transaction) a client's SET search_path does not stay with the client: pin by pooled database alias instead, one per shape, each pinned when its server connections are made (pgbouncer: connect_query='SET search_path = <version schema>, <app schema>'; docs/runbook.md, Poolers)"
+
 // PrivReadAllStats is the Privilege code of seeing other roles' sessions.
 const PrivReadAllStats = "read_all_stats"
 

@@ -207,7 +207,8 @@ func (l *Lock) Watch(every time.Duration, onLost func(error)) {
 				return
 			case <-t.C:
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), every)
+			// Generous: a cancelled query closes the lock's session.
+			ctx, cancel := context.WithTimeout(context.Background(), max(every, 30*time.Second))
 			err := l.Verify(ctx)
 			cancel()
 			var lost *LostError
