@@ -17,14 +17,22 @@ type AccessError struct {
 	Role    string
 	Owner   string // of schema greenswap
 	Missing string // e.g. "USAGE on schema greenswap"
+	Err     error  // the server's refusal of the read (42501), when it gave one
 }
+
+// Unwrap gives callers the server's SQLSTATE (db.SQLState).
+func (e *AccessError) Unwrap() error { return e.Err }
 
 func (e *AccessError) Error() string {
 	r := db.Ident(e.Role)
-	return fmt.Sprintf("role %s lacks %s, which every greenswap command needs to read and record the migrations' state, so nothing was changed: "+
-		"connect as %s (the schema's owner), or, connected as %s, GRANT USAGE ON SCHEMA greenswap TO %[5]s; GRANT SELECT, INSERT, UPDATE ON greenswap.migrations TO %[5]s; "+
-		"GRANT SELECT, INSERT ON greenswap.events TO %[5]s; GRANT USAGE ON SEQUENCE greenswap.events_id_seq TO %[5]s (status needs only the first and SELECT)",
-		e.Role, e.Missing, e.Owner, e.Owner, r)
+	state := ""
+	if c := db.SQLState(e.Err); c != "" {
+		state = " (SQLSTATE " + c + ")"
+	}
+	return fmt.Sprintf("role %s lacks %s%s, which every greenswap command needs to read and record the migrations' state, so nothing was changed: "+
+		"connect as %s (the schema's owner), or, connected as %s, GRANT USAGE ON SCHEMA greenswap TO %[6]s; GRANT SELECT, INSERT, UPDATE ON greenswap.migrations TO %[6]s; "+
+		"GRANT SELECT, INSERT ON greenswap.events TO %[6]s; GRANT USAGE ON SEQUENCE greenswap.events_id_seq TO %[6]s (status needs only the first and SELECT)",
+		e.Role, e.Missing, state, e.Owner, e.Owner, r)
 }
 
 func (e *AccessError) ExitCode() exitcode.Code { return exitcode.BadInput }
@@ -43,13 +51,19 @@ SELECT n.oid IS NOT NULL, coalesce(pg_catalog.has_schema_privilege(n.oid, 'USAGE
 	if err != nil {
 		return fmt.Errorf("read the privileges on schema greenswap: %w", err)
 	}
+	var missing string
 	switch {
 	case !exists:
 		return nil
 	case !usage:
-		return &AccessError{Role: role, Owner: owner, Missing: "USAGE on schema greenswap"}
+		missing = "USAGE on schema greenswap"
 	case !sel:
-		return &AccessError{Role: role, Owner: owner, Missing: "SELECT on greenswap.migrations"}
+		missing = "SELECT on greenswap.migrations"
+	default:
+		return nil
 	}
-	return nil
+	// The read itself, for the server's own error and SQLSTATE: callers
+	// that leave a 42501 for plan's privilege check to name keep doing so.
+	_, rerr := q.Exec(ctx, `SELECT FROM greenswap.migrations LIMIT 0`)
+	return &AccessError{Role: role, Owner: owner, Missing: missing, Err: rerr}
 }
