@@ -193,7 +193,14 @@ SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), c
 // bounds the sensor's records and the query start times considered; own
 // are the backend PIDs of the caller's own sessions (OwnSessions), left
 // out besides the sampling session itself.
+//
+// A role that cannot see other roles' sessions (no pg_read_all_stats) gets
+// a *shadow.BlindError (exit 3): pg_stat_activity would hide every client
+// of another role, and finalize dropped blue under one (issue 19).
 func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time, own []int32) ([]Client, error) {
+	if err := shadow.RequireStatsVisibility(ctx, q, "finalize's usage check of "+n.Blue.String()); err != nil {
+		return nil, err
+	}
 	blue, err := findRelation(ctx, q, n.Blue)
 	if err != nil || blue == nil {
 		return nil, err
@@ -263,7 +270,12 @@ type WatchOptions struct {
 func OwnSessions(ctx context.Context, pool *pgxpool.Pool, extra ...uint32) []int32 {
 	var own []int32
 	for _, c := range pool.AcquireAllIdle(ctx) {
-		own = append(own, int32(c.Conn().PgConn().PID()))
+		// The server's PID, not the BackendKeyData's: behind a session-mode
+		// proxy the latter is the proxy's invention.
+		var pid int32
+		if err := c.QueryRow(ctx, `SELECT pg_catalog.pg_backend_pid()`, pgx.QueryExecModeSimpleProtocol).Scan(&pid); err == nil {
+			own = append(own, pid)
+		}
 		c.Release()
 	}
 	for _, pid := range extra {

@@ -8,15 +8,18 @@ package runner
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	gosync "sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
@@ -32,6 +35,9 @@ type Env struct {
 	Log         zerolog.Logger
 	ServerMajor int
 	DSN         string // for redaction only; never logged
+	// Proxied: a session-mode proxy relays the connections (the backend
+	// PIDs pgx reports are the proxy's, not the server's).
+	Proxied bool
 
 	// Stream tunes the logical-mode streamers this Env starts (zero
 	// fields: package stream's defaults; tests shorten them).
@@ -82,6 +88,26 @@ func Connect(ctx context.Context, dsn string, log zerolog.Logger) (*Env, error) 
 	// that evaluate spec expressions set shadow.SearchPathFor(app)
 	// themselves and qualify what greenswap itself calls.
 	cfg.ConnConfig.RuntimeParams["search_path"] = SessionSearchPath
+	// Before the pool opens anything: a transaction pooler in between
+	// would spread our session state over other clients (pooler.go).
+	probe, err := probePooler(ctx, cfg.ConnConfig)
+	var poolerErr *PoolerError
+	if errors.As(err, &poolerErr) {
+		return nil, err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege: no CONNECT on the database
+		return nil, exitcode.Errorf(exitcode.BadInput, "role %s may not connect to database %s (%s, SQLSTATE %s), which every greenswap command needs, so nothing was changed: GRANT CONNECT ON DATABASE %s TO %s, as the database's owner",
+			cfg.ConnConfig.User, cfg.ConnConfig.Database, pgErr.Message, pgErr.Code, db.Ident(cfg.ConnConfig.Database), db.Ident(cfg.ConnConfig.User))
+	}
+	if err != nil {
+		return nil, exitcode.Errorf(exitcode.BadInput, "cannot connect to %s: %s (check --dsn / DATABASE_URL / PG* variables and that the server is running)",
+			describe(cfg.ConnConfig), logx.Redact(err.Error(), dsn))
+	}
+	if probe.startupRefuse || probe.pathDropped {
+		delete(cfg.ConnConfig.RuntimeParams, "search_path")
+		cfg.ConnConfig.AfterConnect = setSessionPath(cfg.ConnConfig.AfterConnect)
+	}
 	cfg.MaxConns = max(cfg.MaxConns, 8)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err == nil {
@@ -100,7 +126,10 @@ func Connect(ctx context.Context, dsn string, log zerolog.Logger) (*Env, error) 
 		return nil, err
 	}
 	n, _ := strconv.Atoi(num)
-	return &Env{Pool: pool, ConnConfig: cfg.ConnConfig, Log: log, ServerMajor: n / 10000, DSN: dsn}, nil
+	if probe.proxied {
+		log.Info().Str("target", describe(cfg.ConnConfig)).Msg("connected through a session-mode proxy: every connection keeps its own server backend")
+	}
+	return &Env{Pool: pool, ConnConfig: cfg.ConnConfig, Log: log, ServerMajor: n / 10000, DSN: dsn, Proxied: probe.proxied}, nil
 }
 
 func describe(c *pgx.ConnConfig) string {
@@ -113,9 +142,23 @@ func (e *Env) Close() { e.Pool.Close() }
 // Target identifies the database the Env is connected to, for log lines.
 func (e *Env) Target() string { return describe(e.ConnConfig) }
 
-// Lock takes the migration's advisory lock (exit 4 if held elsewhere).
+// LockCheckEvery is how often a held migration lock verifies that its
+// session still has the backend that took it (state.Lock.Watch).
+const LockCheckEvery = 10 * time.Second
+
+// Lock takes the migration's advisory lock (exit 4 if held elsewhere) and
+// watches it: a lock that lost its backend (a pooler moved the session) is
+// logged as an error at once, and Release returns it.
 func (e *Env) Lock(ctx context.Context, migration string) (*state.Lock, error) {
-	return state.Acquire(ctx, e.ConnConfig, migration)
+	l, err := state.Acquire(ctx, e.ConnConfig, migration)
+	if err != nil {
+		return nil, err
+	}
+	log := e.Log
+	l.Watch(LockCheckEvery, func(err error) {
+		log.Error().Str("migration", migration).Msg(err.Error())
+	})
+	return l, nil
 }
 
 // Migration is a stored migration with its spec decoded and names derived.

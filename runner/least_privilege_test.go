@@ -42,13 +42,14 @@ func lpRole(t *testing.T, dsn, prefix string, setup ...string) (role, roleDSN st
 // lpOwner is the table owner of the least-privilege tests: not superuser,
 // not REPLICATION, with CREATE on the database (the version schemas, the
 // greenswap schema) and on the app schema (the app-name view), as a managed
-// PostgreSQL's application owner typically is.
+// PostgreSQL's application owner typically is, and pg_read_all_stats
+// (finalize's usage check must see other roles' sessions).
 func lpOwner(t *testing.T, dsn string) (string, string) {
 	t.Helper()
 	u, _ := url.Parse(dsn)
 	return lpRole(t, dsn, "owner",
 		"GRANT CREATE ON DATABASE "+db.Ident(strings.TrimPrefix(u.Path, "/"))+" TO {role}",
-		"GRANT CREATE ON SCHEMA public TO {role}")
+		"GRANT CREATE ON SCHEMA public TO {role}", "GRANT pg_read_all_stats TO {role}")
 }
 
 // TestLeastPrivilegeTriggerLifecycle runs the whole trigger-mode lifecycle

@@ -43,7 +43,7 @@ func TestLogicalLifecycleLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	owner := "owner_" + dbname
-	pgtest.Exec(t, dsn, fmt.Sprintf(`CREATE ROLE %[1]s LOGIN REPLICATION; GRANT CREATE ON DATABASE %[2]s TO %[1]s; GRANT CREATE ON SCHEMA public TO %[1]s`,
+	pgtest.Exec(t, dsn, fmt.Sprintf(`CREATE ROLE %[1]s LOGIN REPLICATION; GRANT CREATE ON DATABASE %[2]s TO %[1]s; GRANT CREATE ON SCHEMA public TO %[1]s; GRANT pg_read_all_stats TO %[1]s`,
 		db.Ident(owner), db.Ident(dbname)))
 	t.Cleanup(func() { coDropRole(dsn, owner) })
 	odsn := asRole(t, dsn, owner)

@@ -426,6 +426,13 @@ func (p *planner) privileges(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Seeing other roles' sessions: finalize refuses without it (exit 3,
+	// not 2), so it is listed here and not checked up front by the steps.
+	stats, err := shadow.StatsPrivilege(ctx, p.tx)
+	if err != nil {
+		return err
+	}
+	ps = append(ps, stats)
 	p.res.Privileges = ps
 	if err := shadow.CheckPrivileges(ctx, p.tx, ps, shadow.StepPlan, shadow.StepSync); err != nil {
 		return err

@@ -115,6 +115,13 @@ func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*
 	if err := gateNewSync(ctx, env, spec); err != nil {
 		return nil, interrupted(ctx, err)
 	}
+	// A migration under way (no plan gate): its privileges, before Ensure
+	// re-applies the state schema's DDL (a bare 42501 otherwise).
+	if m, err := env.LoadMigration(ctx, spec.Name); err == nil {
+		if err := checkCommandPrivileges(ctx, env, m, shadow.StepSync); err != nil {
+			return nil, err
+		}
+	}
 	if err := state.Ensure(ctx, env.Pool); err != nil {
 		return nil, interrupted(ctx, err)
 	}
@@ -544,7 +551,7 @@ func (r *syncRun) backfill(ctx context.Context) error {
 		Log:       r.log,
 		Throttles: []gssync.Throttle{
 			pausedThrottle(pool, name),
-			&gssync.ReplicaLag{Q: pool, Max: maxLag},
+			&gssync.ReplicaLag{Q: pool, Max: maxLag, Warn: func(msg string) { r.log.Warn().Msg(msg) }},
 		},
 		Checkpoint: func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
 			cols := map[string]any{"cursor": []string(cp.Cursor), "rows_copied": cp.RowsCopied,

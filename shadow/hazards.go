@@ -402,7 +402,7 @@ func Hazards(in HazardInput) []Hazard {
 		if diffs := rowTypeDiffs(blue, green); len(diffs) > 0 {
 			add(Hazard{Code: HazardRowTypeChange, Severity: Warning,
 				Message: fmt.Sprintf("the row type of %s changes at cutover: a client holding a prepared statement on it gets one `cached plan must not change result type` error per statement, and code that expects the old columns or types breaks", s.AppTable()),
-				Fix: fmt.Sprintf("use version schemas: pin old releases to blue's shape with SET search_path TO %s, %s (it keeps the old shape until finalize, and its writes reach green through the forward mapping); point new releases at %s or the app name; clients that stay on the app name should retry once on that error or re-prepare (DISCARD PLANS / reconnect)",
+				Fix: fmt.Sprintf("use version schemas: pin old releases to blue's shape with SET search_path TO %s, %s (it keeps the old shape until finalize, and its writes reach green through the forward mapping); point new releases at %s or the app name; clients that stay on the app name should retry once on that error or re-prepare (DISCARD PLANS / reconnect); "+PoolerPinNote,
 					db.Ident(n.BlueSchema), db.Ident(n.App.Schema), db.Ident(n.GreenSchema)),
 				Objects: diffs})
 		}
@@ -416,7 +416,7 @@ func Hazards(in HazardInput) []Hazard {
 		if len(stricter) > 0 {
 			add(Hazard{Code: HazardGreenStricter, Severity: Warning,
 				Message: fmt.Sprintf("green is stricter than blue: after cutover an old client's write through %s that blue accepted fails", s.AppTable()),
-				Fix: fmt.Sprintf("upgrade those clients before cutover, or pin old releases to blue's shape with SET search_path TO %s, %s: their writes land in blue and the forward mapping (e.g. forward.email: coalesce(email, '...')) makes them fit green",
+				Fix: fmt.Sprintf("upgrade those clients before cutover, or pin old releases to blue's shape with SET search_path TO %s, %s: their writes land in blue and the forward mapping (e.g. forward.email: coalesce(email, '...')) makes them fit green; "+PoolerPinNote,
 					db.Ident(n.BlueSchema), db.Ident(n.App.Schema)),
 				Objects: stricter})
 		}

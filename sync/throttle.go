@@ -25,7 +25,9 @@ func (f ThrottleFunc) Hold(ctx context.Context) (string, error) { return f(ctx) 
 // ReplicaLag holds the backfill while any standby's replay lag
 // (pg_stat_replication.replay_lag) exceeds Max. The view is read at most
 // once per Every (default 1s). A role that may not see the lag columns
-// (neither superuser nor pg_read_all_stats) reads NULL: never held.
+// (neither superuser nor pg_read_all_stats) reads NULL and could never
+// hold: the first Hold finds that out (shadow.StatsVisibility) and calls
+// Warn once, naming the missing privilege; Blind then reports it.
 //
 // Against a real standby (sync/replica_test.go): while its replay is paused
 // replay_lag keeps growing, whether or not the primary writes (the
@@ -42,10 +44,22 @@ type ReplicaLag struct {
 	Q     db.Querier
 	Max   time.Duration
 	Every time.Duration
+	// Warn, when set, is told once that the throttle is blind.
+	Warn func(msg string)
 
-	mu     gosync.Mutex
-	at     time.Time
-	reason string
+	mu      gosync.Mutex
+	at      time.Time
+	reason  string
+	checked bool // visibility read
+	blind   bool
+}
+
+// Blind reports whether the throttle found it cannot see the replicas' lag
+// (known after the first Hold with Max > 0).
+func (r *ReplicaLag) Blind() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.blind
 }
 
 // ReplicaLagSQL is the worst replay lag in seconds over the standbys and
@@ -77,6 +91,17 @@ func (r *ReplicaLag) Hold(ctx context.Context) (string, error) {
 	}
 	if !r.at.IsZero() && time.Since(r.at) < every {
 		return r.reason, nil
+	}
+	if !r.checked {
+		ok, role, err := shadow.StatsVisibility(ctx, r.Q)
+		if err != nil {
+			return "", err
+		}
+		r.checked, r.blind = true, !ok
+		if r.blind && r.Warn != nil {
+			r.Warn(fmt.Sprintf("the replica-lag throttle (max %s) is blind: role %s is neither superuser nor has the privileges of pg_read_all_stats, so pg_stat_replication hides every replica's lag and the copy is never held for it; GRANT pg_read_all_stats TO %s to make it work",
+				r.Max, role, db.Ident(role)))
+		}
 	}
 	var lag float64
 	var name string

@@ -56,7 +56,9 @@ func TestPlanPrivilegesCommand(t *testing.T) {
 		t.Errorf("missing_privileges = %+v", doc.Error.Missing)
 	}
 
-	pgtest.Exec(t, dsn, `GRANT CREATE ON DATABASE `+dbname+` TO `+role)
+	// Every privilege: finalize's usage check also needs to see other
+	// roles' sessions (read_all_stats).
+	pgtest.Exec(t, dsn, `GRANT CREATE ON DATABASE `+dbname+` TO `+role+`; GRANT pg_read_all_stats TO `+role)
 	code, out, errOut = gsCLI("--dsn", roleDSN, "plan", "-f", exampleSpec)
 	if code != 0 || !strings.Contains(out, "Privileges of the connecting role") || strings.Contains(out, "MISSING") {
 		t.Fatalf("plan with the privileges: exit %d\n%s\n%s", code, out, errOut)

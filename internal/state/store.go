@@ -122,6 +122,9 @@ func Exists(ctx context.Context, q db.Querier) (bool, error) {
 	if err := Check(ctx, q); err != nil {
 		return false, err
 	}
+	if err := checkAccess(ctx, q); err != nil {
+		return false, err
+	}
 	var ok bool
 	err := q.QueryRow(ctx, `SELECT pg_catalog.to_regclass('greenswap.migrations') IS NOT NULL`).Scan(&ok)
 	return ok, err
