@@ -164,23 +164,32 @@ func PlainReverseSQL(n shadow.Names, m *shadow.Mapping) []string {
 // blue back to green, and both sides agreed on a value that had lost an
 // update (issue 12; found from outside). So, before the write to blue:
 //
-//   - UPDATE: blue's row under the old key is locked (its newest version),
-//     and must be the one green's row came from: blue equals reverse(OLD)
-//     (green's row was written through green, or reverses exactly) or
-//     forward(blue) equals OLD (green's row is the stream's or the
-//     backfill's copy of blue). Otherwise SQLSTATE 40001, the error
-//     REPEATABLE READ gives a write that lost a race: the client retries,
-//     and once the stream has applied blue's change the retry computes on
-//     it. No row under the old key (blue deleted or re-keyed it): nothing
-//     is raised, and the write changes nothing on blue, as before
-//     (inPlaceUpdate; blue wins a delete race).
+//   - UPDATE and DELETE: blue's row under the old key is locked (its
+//     newest version), and must be the one green's row came from: blue
+//     equals reverse(OLD) (green's row was written through green, or
+//     reverses exactly) or forward(blue) equals OLD (green's row is the
+//     stream's or the backfill's copy of blue). Otherwise SQLSTATE 40001,
+//     the error REPEATABLE READ gives a write that lost a race: the client
+//     retries, and once the stream has applied blue's change the retry
+//     computes on it. A DELETE counts too: DELETE and INSERT again in one
+//     transaction is a read-modify-write as well.
+//   - UPDATE of a row blue no longer has under that key (deleted or
+//     re-keyed there): 40001 as well — the retry then finds the row where
+//     blue moved it, or not at all, as on one table (an UPDATE that did
+//     nothing on blue while green reported "UPDATE 1" lost the client's
+//     write, found from outside). A DELETE of such a row goes through: on
+//     one table it would have found nothing to delete either.
 //   - INSERT, or an UPDATE moving the row to another key: a blue row
 //     already under the new key is a duplicate the stream has not brought
 //     to green yet: SQLSTATE 23505, as the insert would get on one table.
+//     The write to blue is then a plain INSERT, not the upsert of trigger
+//     mode (functionSQL), so a row inserted into blue after this check
+//     fails the client's write with the server's own 23505 instead of
+//     being overwritten.
 //
 // Columns are compared in their text forms: equality operators may be
 // missing (json) or call different values equal (numeric scale).
-func staleGuard(d, fwd *shadow.Direction, target, lhs, oldKeyOf, newKeyOf, oldKey, newKey string) string {
+func staleGuard(d, fwd *shadow.Direction, flag, target, lhs, oldKeyOf, newKeyOf, oldKey, newKey string) string {
 	var blueCols, reverseOld []string
 	// A column whose expression is volatile (ColumnMap.Volatile, when plan's
 	// probe has set it) differs on every evaluation: compared, it would
@@ -205,14 +214,30 @@ func staleGuard(d, fwd *shadow.Direction, target, lhs, oldKeyOf, newKeyOf, oldKe
 		"\n\t\t\tOR (SELECT ROW(" + strings.Join(forwardBlue, ", ") + ")::pg_catalog.text FROM (SELECT t.*) AS s) IS NOT DISTINCT FROM ROW(" +
 		strings.Join(greenOld, ", ") + ")::pg_catalog.text"
 	stale := db.Literal("could not serialize access: the row changed on blue (the live table) and the logical stream has not brought the change to green yet")
+	gone := db.Literal("could not serialize access: the row was deleted or re-keyed on blue (the live table) and the logical stream has not brought the change to green yet")
 	dup := db.Literal("duplicate key: blue (the live table) already has a row with this key, which the logical stream has not brought to green yet")
 	hint := db.Literal("retry the transaction; until cutover, write each row through one shape, or use mode: trigger")
 	return `
-	IF TG_OP = 'UPDATE' THEN
+	IF TG_OP IN ('UPDATE', 'DELETE') THEN
 		PERFORM FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + ` FOR UPDATE OF t;
-		IF FOUND AND NOT EXISTS (SELECT FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + `
-			AND (` + current + `)) THEN
-			RAISE EXCEPTION ` + stale + ` USING ERRCODE = '40001', HINT = ` + hint + `;
+		IF NOT FOUND THEN
+			-- A concurrent DELETE and INSERT of the key: the lock waited for
+			-- it and skipped the deleted version; this statement's snapshot
+			-- sees the new row.
+			PERFORM FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + ` FOR UPDATE OF t;
+		END IF;
+		IF FOUND THEN
+			IF NOT EXISTS (SELECT FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + `
+				AND (` + current + `)) THEN
+				RAISE EXCEPTION ` + stale + ` USING ERRCODE = '40001', HINT = ` + hint + `;
+			END IF;
+		ELSIF TG_OP = 'UPDATE' THEN
+			RAISE EXCEPTION ` + gone + ` USING ERRCODE = '40001', HINT = ` + hint + `;
+		ELSE
+			-- A DELETE of a row blue does not have: nothing to do there (a
+			-- DELETE by key now could remove a row inserted since).
+			PERFORM pg_catalog.set_config(` + flag + `, COALESCE(prev, ''), true);
+			RETURN NULL;
 		END IF;
 	END IF;
 	IF (TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND ` + oldKey + ` IS DISTINCT FROM ` + newKey + `))

@@ -84,10 +84,15 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	upsert := fmt.Sprintf(`INSERT INTO %s (%s)%s
 			SELECT %s FROM (SELECT NEW.*) AS s
 			ON CONFLICT (%s) %s;`, target, d.TargetList(), overriding, d.SelectList(), keyList, conflict)
-	write, guard := upsert, ""
+	write, guard, move := upsert, "", upsert
 	if fwd != nil {
-		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), upsert)
-		guard = staleGuard(d, fwd, target, lhs, keyOf("OLD"), keyOf("NEW"), oldKey, newKey)
+		// Logical mode: blue is the truth until cutover, so a row under the
+		// new key there is a conflict, never a row to overwrite (staleGuard).
+		insert := fmt.Sprintf(`INSERT INTO %s (%s)%s
+			SELECT %s FROM (SELECT NEW.*) AS s;`, target, d.TargetList(), overriding, d.SelectList())
+		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), insert)
+		move = insert
+		guard = staleGuard(d, fwd, db.Literal(flag), target, lhs, keyOf("OLD"), keyOf("NEW"), oldKey, newKey)
 	}
 	body := fmt.Sprintf(`
 #variable_conflict use_column
@@ -111,7 +116,7 @@ BEGIN
 END`,
 		db.Literal(n.Trigger), db.Literal(d.Source.Schema), misfiredSQL(fn, n, n.Trigger, d.Source),
 		db.Literal(flag), stmt(before), deleteBy("OLD"), oldKey, newKey,
-		rekey(d, target, lhs, keyOf("OLD"), keyOf("NEW"), deleteBy("OLD"), upsert), write, stmt(after), guard)
+		rekey(d, target, lhs, keyOf("OLD"), keyOf("NEW"), deleteBy("OLD"), move), write, stmt(after), guard)
 	return "CREATE OR REPLACE FUNCTION " + db.Ident(fn.Schema, fn.Name) +
 		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = " + shadow.SearchPathFor(searchPath) +
 		" AS " + dollarQuote(body)

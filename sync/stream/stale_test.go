@@ -64,8 +64,35 @@ func TestGreenWriteOnStaleRowRefused(t *testing.T) {
 	wantState(err, "23505", "an insert through green of a key blue already has")
 	_, err = f.pool.Exec(ctx, `UPDATE `+green+` SET id = 2000 WHERE id = 8`)
 	wantState(err, "23505", "a re-key through green onto a key blue already has")
-	if n := f.count(`SELECT count(*) FROM ` + blue + ` WHERE (id = 7 AND amount = 700) OR (id = 2000 AND email = 'blue@x') OR id = 8`); n != 3 {
-		t.Fatalf("a refused green write changed blue: %d of 3 rows as blue wrote them", n)
+	// Blue deletes row 20 and re-keys row 21 to 3021; changes row 22.
+	f.exec(`DELETE FROM orders WHERE id = 20`)
+	f.exec(`UPDATE orders SET id = 3021, amount = amount + 1 WHERE id = 21`)
+	f.exec(`UPDATE orders SET amount = 2200 WHERE id = 22`)
+	_, err = f.pool.Exec(ctx, `UPDATE `+green+` SET amount = amount + 1 WHERE id IN (21, 3021)`)
+	wantState(err, "40001", "an update through green of a row blue re-keyed (green reported UPDATE 1 and blue did nothing)")
+	_, err = f.pool.Exec(ctx, `INSERT INTO `+green+` (id, tenant, email, amount) VALUES (20, 1, 'up@x', 1)
+		ON CONFLICT (id) DO UPDATE SET amount = EXCLUDED.amount`)
+	wantState(err, "40001", "an upsert through green onto a key blue deleted (green's stale row took the update path)")
+	err = pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM `+green+` WHERE id = 22`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO `+green+` (id, tenant, email, amount) VALUES (22, 1, 'x@x', 23)`)
+		return err
+	})
+	wantState(err, "40001", "a delete and re-insert through green of a row blue changed")
+	if n := f.count(`SELECT count(*) FROM ` + blue + ` WHERE (id = 7 AND amount = 700) OR (id = 2000 AND email = 'blue@x') OR id = 8
+		OR (id = 3021 AND amount = 22) OR (id = 22 AND amount = 2200)`); n != 5 {
+		t.Fatalf("a refused green write changed blue: %d of 5 rows as blue wrote them", n)
+	}
+	if n := f.count(`SELECT count(*) FROM ` + blue + ` WHERE id IN (20, 21)`); n != 0 {
+		t.Fatalf("a refused green write brought back %d rows blue had deleted or re-keyed", n)
+	}
+	// A delete of a row blue deleted goes through (on one table it would
+	// have found nothing either): nothing to refuse, nothing changes.
+	f.exec(`DELETE FROM orders WHERE id = 23`)
+	if _, err := f.pool.Exec(ctx, `DELETE FROM `+green+` WHERE id = 23`); err != nil {
+		t.Fatalf("a green delete of a row blue deleted: %v", err)
 	}
 
 	// Rows blue did not change: through green as before, including a row
@@ -97,6 +124,17 @@ func TestGreenWriteOnStaleRowRefused(t *testing.T) {
 	if n := f.count(`SELECT count(*) FROM ` + blue + ` WHERE id = 7 AND amount = 710`); n != 1 {
 		t.Fatal("blue's update of row 7 was lost: the retry did not compute on it")
 	}
+	// The other refused writes, retried now, do what they would on one table.
+	if _, err := f.pool.Exec(ctx, `UPDATE `+green+` SET amount = amount + 1 WHERE id IN (21, 3021)`); err != nil {
+		t.Fatalf("the re-keyed row's retry: %v", err)
+	}
+	if _, err := f.pool.Exec(ctx, `INSERT INTO `+green+` (id, tenant, email, amount) VALUES (20, 1, 'up@x', 1)
+		ON CONFLICT (id) DO UPDATE SET amount = EXCLUDED.amount`); err != nil {
+		t.Fatalf("the upsert's retry: %v", err)
+	}
+	if n := f.count(`SELECT count(*) FROM ` + blue + ` WHERE (id = 3021 AND amount = 23) OR (id = 20 AND amount = 1 AND email = 'up@x')`); n != 2 {
+		t.Fatalf("the retries reached blue as %d of 2 rows", n)
+	}
 	f.waitApplied(10 * time.Second)
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
@@ -109,8 +147,10 @@ func TestGreenWriteOnStaleRowRefused(t *testing.T) {
 // Clients of both shapes increment the same hot rows at once while the
 // stream runs (logical mode, synced, before cutover): every increment that
 // committed is in the final amount — a ledger the clients keep, not
-// greenswap's verify — and green equals blue (EXCEPT diff). Writers retry
-// what PostgreSQL and the stale-row guard refuse (40001, 40P01, 23505).
+// greenswap's verify — and green equals blue (EXCEPT diff). The writes are
+// increments, upserts onto existing rows and delete-and-insert-again
+// transactions; writers retry what PostgreSQL and the stale-row guard
+// refuse (40001, 40P01, 23505).
 func TestBothShapesSameRowsNoLostUpdate(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -164,13 +204,47 @@ func TestBothShapesSameRowsNoLostUpdate(t *testing.T) {
 		defer conn.Close(context.Background())
 		for time.Now().Before(deadline) {
 			id, delta := int64(1+rng.IntN(rows)), int64(1+rng.IntN(9))
-			_, err := conn.Exec(ctx, `UPDATE `+table+` SET amount = amount + $1 WHERE id = $2`, delta, id)
+			var err error
+			var tag pgconn.CommandTag
+			applied := true // the write changed the row (an UPDATE can match none: below)
+			switch rng.IntN(4) {
+			case 0, 1:
+				// At READ COMMITTED an UPDATE that waited for another client's
+				// delete-and-insert of the row finds the old version deleted and
+				// updates nothing: committed, but no increment (as on one table).
+				tag, err = conn.Exec(ctx, `UPDATE `+table+` SET amount = amount + $1 WHERE id = $2`, delta, id)
+				applied = tag.RowsAffected() == 1
+			case 2: // an upsert onto a row that exists: its update path
+				_, err = conn.Exec(ctx, `INSERT INTO `+table+` (id, tenant, email, amount) VALUES ($2, 1, 'new@x', 0)
+					ON CONFLICT (id) DO UPDATE SET amount = `+table+`.amount + $1`, delta, id)
+			default: // read, delete and insert again: a read-modify-write by DELETE
+				err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					var tenant, amount int64
+					var email *string
+					if err := tx.QueryRow(ctx, `SELECT tenant, email, amount FROM `+table+` WHERE id = $1 FOR UPDATE`, id).Scan(&tenant, &email, &amount); err != nil {
+						return err
+					}
+					if _, err := tx.Exec(ctx, `DELETE FROM `+table+` WHERE id = $1`, id); err != nil {
+						return err
+					}
+					_, err := tx.Exec(ctx, `INSERT INTO `+table+` (id, tenant, email, amount) VALUES ($1, $2, coalesce($3, 'unknown@invalid'), $4)`,
+						id, tenant, email, amount+delta)
+					return err
+				})
+			}
 			mu.Lock()
 			switch st := db.SQLState(err); {
-			case err == nil:
+			case err == nil && applied:
 				ledger[id] += delta
+			case err == nil:
+				refused["updated nothing"]++
 			case st == "40001" || st == "40P01" || st == "23505":
 				refused[st]++
+			case errors.Is(err, pgx.ErrNoRows):
+				// Another delete-and-insert of the row committed meanwhile: at
+				// READ COMMITTED the FOR UPDATE skips the deleted version and
+				// this snapshot does not see the new one. Nothing written.
+				refused["no row"]++
 			default:
 				if fail == nil {
 					fail = fmt.Errorf("%s: %w", table, err)

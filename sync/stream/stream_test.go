@@ -741,10 +741,10 @@ func TestEchoSkipped(t *testing.T) {
 	}
 }
 
-// A client updates through green a row that blue deleted a moment ago
-// (the stream has not applied the delete yet): blue does not get the row
-// back (the reverse trigger updates in place in logical mode), and once
-// the stream applies blue's delete, green's row goes too: blue wins.
+// A client updates through green a row that blue deleted or re-keyed a
+// moment ago (the stream has not applied it yet): the write is refused,
+// blue does not get the row back, and once the stream applies blue's
+// change, green's row goes too: blue wins.
 func TestGreenUpdateDoesNotResurrect(t *testing.T) {
 	t.Parallel()
 	name := uniqueName("res")
@@ -756,7 +756,15 @@ func TestGreenUpdateDoesNotResurrect(t *testing.T) {
 	// No streamer runs: blue's changes are pending in the slot.
 	f.exec(`DELETE FROM orders WHERE id = 10`)
 	f.exec(`UPDATE orders SET id = -11 WHERE id = 11`)
-	f.exec(`UPDATE ` + green + ` SET amount = 5 WHERE id IN (10, 11, 12)`)
+	// An UPDATE through green of a row blue deleted or re-keyed is refused
+	// (40001: the retry finds the row where blue moved it, or not at all;
+	// see TestGreenWriteOnStaleRowRefused), never upserted back into blue.
+	for _, id := range []int{10, 11} {
+		if _, err := f.pool.Exec(context.Background(), `UPDATE `+green+` SET amount = 5 WHERE id = $1`, id); db.SQLState(err) != "40001" {
+			t.Fatalf("green update of row %d, which blue deleted or re-keyed: want 40001, got %v", id, err)
+		}
+	}
+	f.exec(`UPDATE ` + green + ` SET amount = 5 WHERE id = 12`)
 	if n := f.count(`SELECT count(*) FROM ` + blue + ` WHERE id IN (10, 11)`); n != 0 {
 		t.Fatalf("a green update brought back %d rows blue had deleted or re-keyed", n)
 	}
