@@ -173,12 +173,13 @@ func PlainReverseSQL(n shadow.Names, m *shadow.Mapping) []string {
 //     retries, and once the stream has applied blue's change the retry
 //     computes on it. A DELETE counts too: DELETE and INSERT again in one
 //     transaction is a read-modify-write as well.
-//   - UPDATE of a row blue no longer has under that key (deleted or
-//     re-keyed there): 40001 as well — the retry then finds the row where
-//     blue moved it, or not at all, as on one table (an UPDATE that did
-//     nothing on blue while green reported "UPDATE 1" lost the client's
-//     write, found from outside). A DELETE of such a row goes through: on
-//     one table it would have found nothing to delete either.
+//   - UPDATE or DELETE of a row blue no longer has under that key (deleted
+//     or re-keyed there): 40001 as well — the retry then finds the row
+//     where blue moved it, or not at all, as on one table. An UPDATE that
+//     did nothing on blue while green reported "UPDATE 1" lost the client's
+//     write, and a DELETE that reported "DELETE 1" let a client that then
+//     inserted the key again make a second row beside the re-keyed one
+//     (both found from outside).
 //   - INSERT, or an UPDATE moving the row to another key: a blue row
 //     already under the new key is a duplicate the stream has not brought
 //     to green yet: SQLSTATE 23505, as the insert would get on one table.
@@ -189,7 +190,7 @@ func PlainReverseSQL(n shadow.Names, m *shadow.Mapping) []string {
 //
 // Columns are compared in their text forms: equality operators may be
 // missing (json) or call different values equal (numeric scale).
-func staleGuard(d, fwd *shadow.Direction, flag, target, lhs, oldKeyOf, newKeyOf, oldKey, newKey string) string {
+func staleGuard(d, fwd *shadow.Direction, target, lhs, oldKeyOf, newKeyOf, oldKey, newKey string) string {
 	var blueCols, reverseOld []string
 	// A column whose expression is volatile (ColumnMap.Volatile, when plan's
 	// probe has set it) differs on every evaluation: compared, it would
@@ -231,13 +232,8 @@ func staleGuard(d, fwd *shadow.Direction, flag, target, lhs, oldKeyOf, newKeyOf,
 				AND (` + current + `)) THEN
 				RAISE EXCEPTION ` + stale + ` USING ERRCODE = '40001', HINT = ` + hint + `;
 			END IF;
-		ELSIF TG_OP = 'UPDATE' THEN
-			RAISE EXCEPTION ` + gone + ` USING ERRCODE = '40001', HINT = ` + hint + `;
 		ELSE
-			-- A DELETE of a row blue does not have: nothing to do there (a
-			-- DELETE by key now could remove a row inserted since).
-			PERFORM pg_catalog.set_config(` + flag + `, COALESCE(prev, ''), true);
-			RETURN NULL;
+			RAISE EXCEPTION ` + gone + ` USING ERRCODE = '40001', HINT = ` + hint + `;
 		END IF;
 	END IF;
 	IF (TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND ` + oldKey + ` IS DISTINCT FROM ` + newKey + `))

@@ -92,7 +92,7 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 			SELECT %s FROM (SELECT NEW.*) AS s;`, target, d.TargetList(), overriding, d.SelectList())
 		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), insert)
 		move = insert
-		guard = staleGuard(d, fwd, db.Literal(flag), target, lhs, keyOf("OLD"), keyOf("NEW"), oldKey, newKey)
+		guard = staleGuard(d, fwd, target, lhs, keyOf("OLD"), keyOf("NEW"), oldKey, newKey)
 	}
 	body := fmt.Sprintf(`
 #variable_conflict use_column
