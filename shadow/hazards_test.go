@@ -486,7 +486,7 @@ func TestDetectVolatility(t *testing.T) {
 		CREATE FUNCTION my_norm(text) RETURNS text LANGUAGE sql AS 'SELECT lower($1)'`)
 	sc := e.load(t, specFor("vol_v2", "vol", "CREATE TABLE vol (id int PRIMARY KEY, email text, created_at timestamptz, "+
 		"n int, a timestamptz, b double precision, c timestamptz, d uuid, f timestamptz, g date, h text, i text, j int, "+
-			"k int, l int, o text)", `forward:
+		"k int, l int, o text)", `forward:
   email: lower(email)
   a: now()
   b: random()
