@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	gosync "sync"
 	"testing"
 	"time"
@@ -31,16 +32,7 @@ func TestGreenWriteOnStaleRowRefused(t *testing.T) {
 	f := setup(t, ordersTable(50), ordersSpec(name), name)
 	f.backfill(100)
 	f.exec(`SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('orders', 'id'), 1000)`)
-	if err := pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
-		for _, q := range trigger.SetReverseSQL(f.names, true) {
-			if _, err := tx.Exec(ctx, q); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	f.exec(strings.Join(trigger.SetReverseSQL(f.names, true), ";")) // synced
 	green := fmt.Sprintf("gs_%s_green.orders", name)
 	blue := fmt.Sprintf("gs_%s_blue.orders", name)
 
@@ -158,16 +150,7 @@ func TestBothShapesSameRowsNoLostUpdate(t *testing.T) {
 	const rows = 6
 	f := setup(t, ordersTable(rows), ordersSpec(name), name)
 	f.backfill(100)
-	if err := pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
-		for _, q := range trigger.SetReverseSQL(f.names, true) {
-			if _, err := tx.Exec(ctx, q); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	f.exec(strings.Join(trigger.SetReverseSQL(f.names, true), ";")) // synced
 	r := f.run(stream.Options{})
 	green := fmt.Sprintf("gs_%s_green.orders", name)
 	blue := fmt.Sprintf("gs_%s_blue.orders", name)
