@@ -58,6 +58,8 @@ var (
 // The cluster is started lazily by the first NewDB/NewPool/ServerMajor call,
 // so `go test -run NONE` or a package whose tests all skip costs nothing.
 // SIGINT/SIGTERM during the run also stop the cluster before exiting.
+// After a passing run it checks that no goroutine is left running (leak.go)
+// and fails the package, naming each one's stack, if any is.
 func Main(m *testing.M) int {
 	mu.Lock()
 	mainCalled = true
@@ -87,6 +89,14 @@ func Main(m *testing.M) int {
 	if err := shutdown(); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: stopping the test cluster: %v\n", err)
 		if code == 0 {
+			code = 1
+		}
+	}
+	// Only after a green run: a failed test often leaves its goroutines
+	// blocked, and their stacks would bury the failure itself.
+	if code == 0 {
+		if err := findLeaks(); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
 			code = 1
 		}
 	}
