@@ -10,10 +10,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -23,13 +23,7 @@ import (
 // coEnv connects a runner Env to dsn, logging warnings to the test log.
 func coEnv(t *testing.T, dsn string) *Env {
 	t.Helper()
-	env, err := Connect(context.Background(), dsn, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tuneForTests(env)
-	t.Cleanup(env.Close)
-	return env
+	return syncTestEnv(t, dsn)
 }
 
 // coSync takes spec to synced with runner.Sync, then verifies it (as
@@ -74,11 +68,7 @@ func coExec(t *testing.T, q db.Querier, sql string, args ...any) {
 
 func coInt(t *testing.T, q db.Querier, sql string, args ...any) int64 {
 	t.Helper()
-	var n int64
-	if err := q.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return n
+	return testkit.Count(t, q, sql, args...)
 }
 
 func coStr(t *testing.T, q db.Querier, sql string, args ...any) string {
@@ -235,12 +225,4 @@ func (b *coBuffer) String() string {
 
 // coDropRole drops a role a test created (roles are cluster-wide), from
 // its database, before the database itself goes.
-func coDropRole(dsn, role string) {
-	ctx := context.Background()
-	c, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return
-	}
-	defer c.Close(ctx)
-	_, _ = c.Exec(ctx, "DROP OWNED BY "+db.Ident(role)+" CASCADE; DROP ROLE "+db.Ident(role))
-}
+func coDropRole(dsn, role string) { _ = testkit.DropRole(dsn, role) }

@@ -15,6 +15,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -24,19 +25,9 @@ import (
 // (with what it owns) before the database goes.
 func lpRole(t *testing.T, dsn, prefix string, setup ...string) (role, roleDSN string) {
 	t.Helper()
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbname := strings.TrimPrefix(u.Path, "/")
-	role = prefix + "_" + dbname
-	pgtest.Exec(t, dsn, "CREATE ROLE "+db.Ident(role)+" LOGIN NOSUPERUSER NOREPLICATION NOCREATEDB NOCREATEROLE")
-	t.Cleanup(func() { coDropRole(dsn, role) })
-	for _, s := range setup {
-		pgtest.Exec(t, dsn, strings.ReplaceAll(s, "{role}", db.Ident(role)))
-	}
-	u.User = url.User(role)
-	return role, u.String()
+	role = testkit.RoleName(t, dsn, prefix)
+	testkit.CreateRole(t, dsn, role, setup...)
+	return role, testkit.DSNAs(t, dsn, role)
 }
 
 // lpOwner is the table owner of the least-privilege tests: not superuser,

@@ -8,21 +8,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/internal/testkit"
 )
 
 // asRole is dsn connecting as role (the test cluster trusts every role).
 func asRole(t *testing.T, dsn, role string) string {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Replace(dsn, "://"+cfg.User+"@", "://"+role+"@", 1)
+	return testkit.DSNAs(t, dsn, role)
 }
 
 // TestLogicalLifecycleLeastPrivilege (issue 10.5): the table is owned by a

@@ -15,6 +15,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -31,12 +32,7 @@ func testEnv(t *testing.T, dsn string) *Env {
 }
 
 func parseSpec(t *testing.T, yaml string) *shadow.Spec {
-	t.Helper()
-	s, err := shadow.ParseSpec([]byte(yaml), "spec.yaml", "yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return testkit.ParseSpecAs(t, yaml, "spec.yaml")
 }
 
 // catalogSnapshot is everything plan must leave as it found it: catalog

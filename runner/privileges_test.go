@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -23,22 +21,15 @@ import (
 // when the test ends, and returns its name and a DSN that connects as it.
 func privRole(t *testing.T, dsn, prefix string) (string, string) {
 	t.Helper()
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	role := prefix + "_" + strings.TrimPrefix(strings.TrimPrefix(u.Path, "/"), "gs_test_")
-	pgtest.Exec(t, dsn, "CREATE ROLE "+db.Ident(role)+" LOGIN")
-	t.Cleanup(func() { coDropRole(dsn, role) })
-	u.User = url.User(role)
-	return role, u.String()
+	role := strings.Replace(testkit.RoleName(t, dsn, prefix), "_gs_test_", "_", 1)
+	testkit.CreateRole(t, dsn, role)
+	return role, testkit.DSNAs(t, dsn, role)
 }
 
 // privErr wants err to be a PostgreSQL error with SQLSTATE code.
 func privErr(t *testing.T, what string, err error, code string) {
 	t.Helper()
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != code {
+	if got := db.SQLState(err); got != code {
 		t.Errorf("%s: %v; want SQLSTATE %s", what, err, code)
 	}
 }

@@ -3,39 +3,16 @@ package runner
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/internal/testkit"
 )
 
 // testSeeds are the workload seeds: GREENSWAP_SEEDS="1,2,3" or a count "20".
-func syncSeeds(t *testing.T, def int) []uint64 {
-	v := os.Getenv("GREENSWAP_SEEDS")
-	if v == "" {
-		v = strconv.Itoa(def)
-	}
-	if n, err := strconv.Atoi(v); err == nil {
-		seeds := make([]uint64, n)
-		for i := range seeds {
-			seeds[i] = uint64(i + 1)
-		}
-		return seeds
-	}
-	var seeds []uint64
-	for _, f := range strings.Split(v, ",") {
-		s, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
-		if err != nil {
-			t.Fatalf("GREENSWAP_SEEDS: %v", err)
-		}
-		seeds = append(seeds, s)
-	}
-	return seeds
-}
+func syncSeeds(t *testing.T, def int) []uint64 { return testkit.Seeds(t, def) }
 
 // A randomized workload through the app name runs from before adopt to
 // after synced; then writes through both version schemas for a while.

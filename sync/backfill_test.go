@@ -10,10 +10,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
-	"github.com/greenswap/greenswap/runner"
+	"github.com/greenswap/greenswap/internal/testkit"
+	"github.com/greenswap/greenswap/internal/testkit/runsync"
 	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
 )
@@ -42,31 +42,10 @@ func setup(t *testing.T, tableSQL, specYAML string) *fixture {
 // its own primary, followed by a standby).
 func setupOn(t *testing.T, pool *pgxpool.Pool, dsn, tableSQL, specYAML string) *fixture {
 	t.Helper()
-	ctx := context.Background()
 	pgtest.Exec(t, dsn, tableSQL)
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env, err := runner.Connect(ctx, dsn, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Close()
-	if _, err := runner.Sync(ctx, env, spec, runner.SyncOptions{StopAfterSetup: true}); err != nil {
-		t.Fatal(err)
-	}
+	spec := runsync.Sync(t, dsn, specYAML, true)
 	f := &fixture{pool: pool, dsn: dsn, names: shadow.NamesFor(spec.Name, spec.AppTable())}
-	if f.blue, err = shadow.LoadTable(ctx, pool, f.names.Blue); err != nil {
-		t.Fatal(err)
-	}
-	green, err := shadow.LoadTable(ctx, pool, f.names.Green)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f.mapping, err = shadow.BuildMapping(spec, f.blue, green); err != nil {
-		t.Fatal(err)
-	}
+	f.blue, _, f.mapping = testkit.LoadMapping(t, pool, spec)
 	return f
 }
 
@@ -75,7 +54,7 @@ func setupOn(t *testing.T, pool *pgxpool.Pool, dsn, tableSQL, specYAML string) *
 func (f *fixture) backfiller(t *testing.T, o gssync.Options) *gssync.Backfiller {
 	return &gssync.Backfiller{
 		Pool: f.pool, Names: f.names, Mapping: f.mapping, Blue: f.blue, Options: o,
-		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+		Log: testkit.Logger(t),
 		Checkpoint: func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
 			f.mu.Lock()
 			defer f.mu.Unlock()
@@ -94,11 +73,7 @@ func (f *fixture) exec(t *testing.T, sql string) { t.Helper(); pgtest.Exec(t, f.
 
 func (f *fixture) count(t *testing.T, sql string, args ...any) int64 {
 	t.Helper()
-	var n int64
-	if err := f.pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return n
+	return testkit.Count(t, f.pool, sql, args...)
 }
 
 // diff counts rows differing between blue (selected with blueCols, the
@@ -107,26 +82,13 @@ func (f *fixture) diff(t *testing.T, blueCols, greenCols string) int64 {
 	t.Helper()
 	b := "SELECT " + blueCols + " FROM " + f.names.Blue.Schema + "." + f.names.Blue.Name
 	g := "SELECT " + greenCols + " FROM " + f.names.Green.Schema + "." + f.names.Green.Name
-	return f.count(t, fmt.Sprintf("SELECT count(*) FROM ((%s EXCEPT %s) UNION ALL (%s EXCEPT %s)) d", b, g, g, b))
+	return testkit.Diff(t, f.pool, b, g)
 }
 
 // waitBlocked waits until backend pid waits on a lock.
 func waitBlocked(t *testing.T, pool *pgxpool.Pool, pid uint32) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var n int
-		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`, int32(pid)).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backend %d never waited on a lock", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitLockWait(t, pool, pid)
 }
 
 // Key values go to the cursor as text and come back through casts to the

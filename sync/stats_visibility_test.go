@@ -2,7 +2,6 @@ package sync_test
 
 import (
 	"context"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/internal/testkit"
 	gssync "github.com/greenswap/greenswap/sync"
 )
 
@@ -18,29 +18,9 @@ import (
 // cluster-wide), dropped after the test, and returns a pool connected as it.
 func svRole(t *testing.T, dsn, prefix string, grants ...string) (string, *pgxpool.Pool) {
 	t.Helper()
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	role := prefix + "_" + strings.TrimPrefix(u.Path, "/")
-	pgtest.Exec(t, dsn, `CREATE ROLE "`+role+`" LOGIN`)
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), dsn)
-		if err == nil {
-			_, _ = c.Exec(context.Background(), `DROP OWNED BY "`+role+`"; DROP ROLE "`+role+`"`)
-			c.Close(context.Background())
-		}
-	})
-	for _, g := range grants {
-		pgtest.Exec(t, dsn, strings.ReplaceAll(g, "{role}", `"`+role+`"`))
-	}
-	u.User = url.User(role)
-	p, err := pgxpool.New(context.Background(), u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	return role, p
+	role := testkit.RoleName(t, dsn, prefix)
+	testkit.CreateRole(t, dsn, role, grants...)
+	return role, testkit.PoolAs(t, dsn, role)
 }
 
 // The replica-lag throttle as a role without pg_read_all_stats reads NULL

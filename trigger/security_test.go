@@ -8,28 +8,22 @@ package trigger_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
+	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
 )
 
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
-}
+func pgCode(err error) string { return db.SQLState(err) }
 
 // roles are the attacker's cast: the table owner (not a superuser), a role
 // that may only read the app table, one that may write it.
@@ -53,20 +47,7 @@ func roleName(t *testing.T, base string) string {
 // connections the test opened as it are closed: cleanups run last-in first-out).
 func createRole(t *testing.T, dsn, name string) {
 	t.Helper()
-	pgtest.Exec(t, dsn, "CREATE ROLE "+pgx.Identifier{name}.Sanitize()+" LOGIN")
-	t.Cleanup(func() {
-		ctx := context.Background()
-		c, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Errorf("drop role %s: %v", name, err)
-			return
-		}
-		defer c.Close(ctx)
-		r := pgx.Identifier{name}.Sanitize()
-		if _, err := c.Exec(ctx, "DROP OWNED BY "+r+" CASCADE; DROP ROLE "+r); err != nil {
-			t.Errorf("drop role %s: %v", name, err)
-		}
-	})
+	testkit.CreateRole(t, dsn, name)
 }
 
 // secureMigrate is migrate for a table owned by a non-superuser: tableSQL

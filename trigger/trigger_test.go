@@ -10,14 +10,14 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
-	"github.com/greenswap/greenswap/runner"
+	"github.com/greenswap/greenswap/internal/testkit"
+	"github.com/greenswap/greenswap/internal/testkit/runsync"
 	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
@@ -34,21 +34,9 @@ type mig struct {
 // when setupOnly, else all the way to synced (reverse direction on).
 func migrate(t *testing.T, tableSQL, specYAML string, setupOnly bool) *mig {
 	t.Helper()
-	ctx := context.Background()
 	pool, dsn := pgtest.NewPool(t)
 	pgtest.Exec(t, dsn, tableSQL)
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env, err := runner.Connect(ctx, dsn, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer env.Close()
-	if _, err := runner.Sync(ctx, env, spec, runner.SyncOptions{StopAfterSetup: setupOnly}); err != nil {
-		t.Fatal(err)
-	}
+	spec := runsync.Sync(t, dsn, specYAML, setupOnly)
 	return &mig{pool: pool, dsn: dsn, spec: spec, names: shadow.NamesFor(spec.Name, spec.AppTable())}
 }
 
@@ -56,17 +44,13 @@ func (m *mig) exec(t *testing.T, sql string) { t.Helper(); pgtest.Exec(t, m.dsn,
 
 func (m *mig) count(t *testing.T, sql string, args ...any) int64 {
 	t.Helper()
-	var n int64
-	if err := m.pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return n
+	return testkit.Count(t, m.pool, sql, args...)
 }
 
 // diff: rows in (blueSQL EXCEPT greenSQL) plus rows in (greenSQL EXCEPT blueSQL).
 func (m *mig) diff(t *testing.T, blueSQL, greenSQL string) int64 {
 	t.Helper()
-	return m.count(t, fmt.Sprintf("SELECT count(*) FROM ((%s EXCEPT %s) UNION ALL (%s EXCEPT %s)) d", blueSQL, greenSQL, greenSQL, blueSQL))
+	return testkit.Diff(t, m.pool, blueSQL, greenSQL)
 }
 
 func (m *mig) backfiller() *gssync.Backfiller {
@@ -89,20 +73,7 @@ func (m *mig) backfiller() *gssync.Backfiller {
 
 func waitLockWait(t *testing.T, pool *pgxpool.Pool, pid uint32) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var n int
-		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`, int32(pid)).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backend %d never waited on a lock", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitLockWait(t, pool, pid)
 }
 
 const ordersTable = `

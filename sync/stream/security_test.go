@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/sync/stream"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -31,16 +32,8 @@ func roleSQL(role, privs string) string {
 // first, in the database that holds them).
 func dropRole(t *testing.T, dsn, role string) {
 	t.Cleanup(func() {
-		r := pgx.Identifier{role}.Sanitize()
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Logf("drop role %s: %v", role, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP OWNED BY "+r+" CASCADE; DROP ROLE "+r); err != nil {
-			t.Logf("drop role %s: %v", role, err)
+		if err := testkit.DropRole(dsn, role); err != nil {
+			t.Log(err)
 		}
 	})
 }
@@ -48,17 +41,7 @@ func dropRole(t *testing.T, dsn, role string) {
 // connectAs opens a connection as role (the test cluster trusts every role).
 func connectAs(t *testing.T, dsn, role string) *pgx.Conn {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.User = role
-	conn, err := pgx.ConnectConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return testkit.ConnectAs(t, dsn, role)
 }
 
 func randomHex(t *testing.T, n int) string {

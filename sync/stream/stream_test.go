@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"strconv"
 	"strings"
-	gosync "sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/sync/stream"
@@ -173,9 +172,7 @@ func execAll(ctx context.Context, tx pgx.Tx, sql []string) error {
 	return nil
 }
 
-func testLog(t *testing.T) zerolog.Logger {
-	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-}
+func testLog(t *testing.T) zerolog.Logger { return testkit.Logger(t) }
 
 func (f *fixture) config(opt stream.Options) stream.Config {
 	cfg, err := pgconn.ParseConfig(f.dsn)
@@ -265,9 +262,8 @@ func (f *fixture) backfill(batch int) gssync.Result {
 // green's, and the other way round.
 func (f *fixture) diff() int {
 	f.t.Helper()
-	blue := fmt.Sprintf(`SELECT id, tenant, coalesce(email, 'unknown@invalid') AS email, amount::numeric(12,2) AS amount, note, created_at FROM gs_%s_blue.orders`, f.name)
-	green := fmt.Sprintf(`SELECT id, tenant, email, amount, note, created_at FROM gs_%s_green.orders`, f.name)
-	n := f.count(fmt.Sprintf(`SELECT count(*) FROM ((%s EXCEPT %s) UNION ALL (%s EXCEPT %s)) d`, blue, green, green, blue))
+	blue, green := testkit.OrdersBlueMapped(f.name), testkit.OrdersGreen(f.name)
+	n := int(testkit.Diff(f.t, f.pool, blue, green))
 	if n > 0 {
 		rows, err := f.pool.Query(context.Background(), fmt.Sprintf(`SELECT * FROM ((SELECT 'blue' AS side, b.* FROM (%s EXCEPT %s) b) UNION ALL (SELECT 'green', g.* FROM (%s EXCEPT %s) g)) d ORDER BY id, side LIMIT 10`, blue, green, green, blue))
 		if err == nil {
@@ -288,11 +284,7 @@ func (f *fixture) diff() int {
 
 func (f *fixture) count(sql string, args ...any) int {
 	f.t.Helper()
-	var n int
-	if err := f.pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		f.t.Fatalf("%s: %v", sql, err)
-	}
-	return n
+	return int(testkit.Count(f.t, f.pool, sql, args...))
 }
 
 func (f *fixture) exec(sql string, args ...any) {
@@ -302,25 +294,11 @@ func (f *fixture) exec(sql string, args ...any) {
 	}
 }
 
-// workload writes through the app-name view from several goroutines:
-// inserts, updates (TOAST-sized notes, NULLs), deletes, key updates,
-// multi-row updates, delete+insert transactions and big transactions.
+// workload is testkit's workload with the stream's mix
+// (testkit.MixStream), under the names this package's tests use.
 type workload struct {
-	pool   *pgxpool.Pool
-	table  string
-	ops    atomic.Int64
-	cancel context.CancelFunc
-	wg     gosync.WaitGroup
-	mu     gosync.Mutex
-	errs   []error
-	noNull bool
-	pause  time.Duration // between two operations of a worker (0: as fast as possible)
-	// parity, when 1 or 2, keeps the workload to rows whose |id| is odd
-	// (1) or even (2), but for the rows it inserts: two workloads writing
-	// blue and green at once then never write the same row on both sides
-	// within the stream's lag, which logical mode does not reconcile (a
-	// documented limit: see the package README).
-	parity int64
+	*testkit.Workload
+	ops *atomic.Int64
 }
 
 func startWorkload(t *testing.T, dsn, table string, workers int, seed uint64, noNull bool) *workload {
@@ -332,167 +310,20 @@ func startPacedWorkload(t *testing.T, dsn, table string, workers int, seed uint6
 	return startParityWorkload(t, dsn, table, workers, seed, noNull, pause, 0)
 }
 
-// startParityWorkload is startPacedWorkload kept to one parity of |id| (see workload.parity).
+// startParityWorkload is startPacedWorkload kept to one parity of |id| (see
+// testkit.WorkloadOptions.Parity).
 func startParityWorkload(t *testing.T, dsn, table string, workers int, seed uint64, noNull bool, pause time.Duration, parity int64) *workload {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = int32(workers)
-	cfg.ConnConfig.RuntimeParams["application_name"] = "test-workload"
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &workload{pool: pool, table: table, cancel: cancel, noNull: noNull, pause: pause, parity: parity}
-	for i := range workers {
-		w.wg.Add(1)
-		go w.run(ctx, rand.New(rand.NewPCG(seed, uint64(i))))
-	}
-	t.Cleanup(func() { w.stop() })
-	return w
+	w := testkit.StartWorkload(t, dsn, testkit.WorkloadOptions{
+		Table: table, Workers: workers, Seed: seed, Mix: testkit.MixStream,
+		NoNulls: noNull, Pause: pause, Parity: parity,
+	})
+	return &workload{Workload: w, ops: &w.Ops}
 }
 
-func (w *workload) stop() []error {
-	w.cancel()
-	w.wg.Wait()
-	w.pool.Close()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.errs
-}
+func (w *workload) stop() []error { return w.Stop() }
 
-func (w *workload) run(ctx context.Context, rng *rand.Rand) {
-	defer w.wg.Done()
-	var maxID int64
-	for ctx.Err() == nil {
-		if maxID == 0 || rng.IntN(50) == 0 {
-			if err := w.pool.QueryRow(ctx, "SELECT coalesce(max(id), 1) FROM "+w.table).Scan(&maxID); err != nil {
-				w.fail(ctx, err)
-				continue
-			}
-		}
-		id := rng.Int64N(maxID) + 1
-		if w.parity != 0 && id%2 != w.parity%2 {
-			id++
-		}
-		if rng.IntN(4) == 0 {
-			id = -id
-		}
-		same := "" // a range update keeps to the workload's parity too
-		if w.parity != 0 {
-			same = fmt.Sprintf(" AND abs(id) %% 2 = %d", w.parity%2)
-		}
-		var err error
-		switch op := rng.IntN(100); {
-		case op < 30:
-			_, err = w.pool.Exec(ctx, "INSERT INTO "+w.table+" (tenant, email, amount, note) VALUES ($1, $2, $3, $4)",
-				rng.IntN(7), w.email(rng), rng.IntN(100000), note(rng))
-		case op < 52:
-			_, err = w.pool.Exec(ctx, "UPDATE "+w.table+" SET amount = $2, email = $3, note = $4 WHERE id = $1",
-				id, rng.IntN(100000), w.email(rng), note(rng))
-		case op < 62:
-			// Leaves a TOASTed note unchanged: it arrives as 'u' in the stream.
-			_, err = w.pool.Exec(ctx, "UPDATE "+w.table+" SET amount = amount + 1 WHERE id = $1", id)
-		case op < 74:
-			_, err = w.pool.Exec(ctx, "DELETE FROM "+w.table+" WHERE id = $1", id)
-		case op < 84:
-			_, err = w.pool.Exec(ctx, "UPDATE "+w.table+" SET id = -id WHERE id = $1", id)
-		case op < 90:
-			_, err = w.pool.Exec(ctx, "UPDATE "+w.table+" SET amount = amount - 1 WHERE id BETWEEN $1 AND $1 + 40"+same, id)
-		case op < 95:
-			err = pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, "DELETE FROM "+w.table+" WHERE id = $1", id); err != nil {
-					return err
-				}
-				_, err := tx.Exec(ctx, "INSERT INTO "+w.table+" (tenant, email, amount, note) VALUES ($1, $2, 1, NULL)", rng.IntN(7), w.email(rng))
-				return err
-			})
-		default:
-			// A bigger transaction: many changes reach the stream at one commit.
-			err = pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-				for range 30 {
-					if _, err := tx.Exec(ctx, "INSERT INTO "+w.table+" (tenant, email, amount, note) VALUES ($1, $2, $3, $4)",
-						rng.IntN(7), w.email(rng), rng.IntN(100), note(rng)); err != nil {
-						return err
-					}
-				}
-				_, err := tx.Exec(ctx, "UPDATE "+w.table+" SET note = $2 WHERE id BETWEEN $1 AND $1 + 10"+same, id, note(rng))
-				return err
-			})
-		}
-		if err != nil {
-			w.fail(ctx, err)
-		} else {
-			w.ops.Add(1)
-		}
-		if w.pause > 0 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(w.pause):
-			}
-		}
-	}
-}
-
-func (w *workload) fail(ctx context.Context, err error) {
-	if ctx.Err() != nil {
-		return
-	}
-	if st := db.SQLState(err); st == db.DeadlockDetected {
-		return // between the workload's own multi-row writers
-	}
-	w.mu.Lock()
-	w.errs = append(w.errs, err)
-	w.mu.Unlock()
-}
-
-func (w *workload) email(rng *rand.Rand) any {
-	if !w.noNull && rng.IntN(4) == 0 {
-		return nil
-	}
-	return fmt.Sprintf("w%d@x", rng.IntN(1_000_000))
-}
-
-func note(rng *rand.Rand) any {
-	switch rng.IntN(10) {
-	case 0, 1:
-		return nil
-	case 2:
-		var b strings.Builder
-		for b.Len() < 12000 {
-			fmt.Fprintf(&b, "%016x", rng.Uint64())
-		}
-		return b.String()
-	default:
-		return fmt.Sprintf("note %d", rng.IntN(1000))
-	}
-}
-
-func seeds(t *testing.T, def int) []uint64 {
-	v := os.Getenv("GREENSWAP_SEEDS")
-	if v == "" {
-		v = strconv.Itoa(def)
-	}
-	if n, err := strconv.Atoi(v); err == nil {
-		out := make([]uint64, n)
-		for i := range out {
-			out[i] = uint64(i + 1)
-		}
-		return out
-	}
-	var out []uint64
-	for _, s := range strings.Split(v, ",") {
-		x, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, x)
-	}
-	return out
-}
+func seeds(t *testing.T, def int) []uint64 { return testkit.Seeds(t, def) }
 
 func TestFullXid(t *testing.T) {
 	const epoch = uint64(5) << 32
