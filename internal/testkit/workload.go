@@ -70,8 +70,6 @@ type Workload struct {
 	Ops       atomic.Int64 // operations that succeeded
 	Deadlocks atomic.Int64 // deadlocks between its own multi-row writers (not errors)
 	Refused   atomic.Int64 // with StaleOK: writes refused as documented
-	// StaleOKNow is StaleOK, changeable while the workload runs.
-	StaleOKNow atomic.Bool
 
 	mu     gosync.Mutex
 	errs   []error
@@ -96,7 +94,6 @@ func StartWorkload(t testing.TB, dsn string, o WorkloadOptions) *Workload {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &Workload{Pool: pool, WorkloadOptions: o, cancel: cancel}
-	w.StaleOKNow.Store(o.StaleOK)
 	for i := range o.Workers {
 		w.wg.Add(1)
 		go w.run(ctx, rand.New(rand.NewPCG(o.Seed, uint64(i))))
@@ -255,7 +252,7 @@ func (w *Workload) fail(ctx context.Context, err error) {
 		w.Deadlocks.Add(1)
 		return
 	}
-	if w.StaleOKNow.Load() && (code == db.SerializationFailure || code == db.UniqueViolation) &&
+	if w.StaleOK && (code == db.SerializationFailure || code == db.UniqueViolation) &&
 		strings.Contains(err.Error(), "the logical stream has not brought") {
 		w.Refused.Add(1)
 		return
