@@ -28,12 +28,12 @@ type Key struct {
 func KeyOrder(t *shadow.Table, key []string) []string {
 	usable := func(ix shadow.Index) bool { return ix.Valid && !ix.Partial && !ix.Expression }
 	for _, ix := range t.Indexes {
-		if usable(ix) && ix.Unique && len(ix.Columns) == len(key) && sameSet(ix.Columns, key) {
+		if usable(ix) && ix.Unique && len(ix.Columns) == len(key) && SameColumns(ix.Columns, key) {
 			return slices.Clone(ix.Columns)
 		}
 	}
 	for _, ix := range t.Indexes {
-		if usable(ix) && isBtree(ix) && len(ix.Columns) >= len(key) && sameSet(ix.Columns[:len(key)], key) {
+		if usable(ix) && isBtree(ix) && len(ix.Columns) >= len(key) && SameColumns(ix.Columns[:len(key)], key) {
 			return slices.Clone(ix.Columns[:len(key)])
 		}
 	}
@@ -176,7 +176,22 @@ func (k Key) params(role string, first int, typ string) []Param {
 	return ps
 }
 
-func sameSet(a, b []string) bool {
+// KeyArgs are keys (each one value per key column, as text) as Set's
+// parameters: one text[] per key column.
+func KeyArgs(keys [][]string, ncols int) []any {
+	args := make([]any, ncols)
+	for i := range args {
+		col := make([]string, len(keys))
+		for j, k := range keys {
+			col[j] = k[i]
+		}
+		args[i] = col
+	}
+	return args
+}
+
+// SameColumns reports whether a and b name the same columns, in any order.
+func SameColumns(a, b []string) bool {
 	if len(a) != len(b) {
 		return false
 	}

@@ -203,20 +203,6 @@ func (e *env) differ(t *testing.T, s shape) int64 {
 	return n
 }
 
-// args are the text values of keys[from:to] as Key.Set binds them: one
-// text[] per key column.
-func arrays(keys [][]string) []any {
-	out := make([]any, len(keys[0]))
-	for i := range out {
-		col := make([]string, len(keys))
-		for j, k := range keys {
-			col[j] = k[i]
-		}
-		out[i] = col
-	}
-	return out
-}
-
 func flat(keys ...[]string) []any {
 	var out []any
 	for _, k := range keys {
@@ -271,7 +257,7 @@ func TestStatementsOnEveryShape(t *testing.T) {
 			for round, want := range []int64{20, 0} {
 				e.tx(t, func(tx pgx.Tx) error {
 					if round == 0 {
-						tag, err := tx.Exec(ctx, del.SQL, arrays(e.keys[10:30])...)
+						tag, err := tx.Exec(ctx, del.SQL, rowsql.KeyArgs(e.keys[10:30], len(e.k.Cols))...)
 						if err != nil {
 							return err
 						}
@@ -292,7 +278,7 @@ func TestStatementsOnEveryShape(t *testing.T) {
 			// The plain form over (keys[29], keys[39]] after deleting those.
 			plain := e.b.CopyBatch(e.k, lock, true, true, false)
 			e.tx(t, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, del.SQL, arrays(e.keys[30:40])...); err != nil {
+				if _, err := tx.Exec(ctx, del.SQL, rowsql.KeyArgs(e.keys[30:40], len(e.k.Cols))...); err != nil {
 					return err
 				}
 				tag, err := tx.Exec(ctx, plain.SQL, flat(e.keys[29], e.keys[39])...)
@@ -323,7 +309,7 @@ func TestStatementsOnEveryShape(t *testing.T) {
 				t.Errorf("upsert params %+v", up.Params)
 			}
 			e.tx(t, func(tx pgx.Tx) error {
-				damaged := arrays(e.keys[50:55])
+				damaged := rowsql.KeyArgs(e.keys[50:55], len(e.k.Cols))
 				if _, err := tx.Exec(ctx, s.damage, damaged...); err != nil {
 					return err
 				}
@@ -333,7 +319,7 @@ func TestStatementsOnEveryShape(t *testing.T) {
 				t.Fatal("the damage changed nothing: the test proves nothing")
 			}
 			e.tx(t, func(tx pgx.Tx) error {
-				tag, err := tx.Exec(ctx, up.SQL, arrays(e.keys[50:55])...)
+				tag, err := tx.Exec(ctx, up.SQL, rowsql.KeyArgs(e.keys[50:55], len(e.k.Cols))...)
 				if err == nil && tag.RowsAffected() != 5 {
 					err = fmt.Errorf("upserted %d rows, want 5:\n%s", tag.RowsAffected(), up.SQL)
 				}
@@ -350,7 +336,7 @@ func TestStatementsOnEveryShape(t *testing.T) {
 				if _, err := tx.Exec(ctx, s.orphan); err != nil {
 					return err
 				}
-				tag, err := tx.Exec(ctx, orphans.SQL, arrays([][]string{s.orphanKey, e.keys[0]})...)
+				tag, err := tx.Exec(ctx, orphans.SQL, rowsql.KeyArgs([][]string{s.orphanKey, e.keys[0]}, len(e.k.Cols))...)
 				if err == nil && tag.RowsAffected() != 1 {
 					err = fmt.Errorf("deleted %d orphans, want 1:\n%s", tag.RowsAffected(), orphans.SQL)
 				}

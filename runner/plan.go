@@ -501,9 +501,11 @@ const randomScanRows = 50000
 // plus the first and last rows by key, where edge values live.
 func (p *planner) takeSample(ctx context.Context) error {
 	rel := db.Ident(p.app.Name.Schema, p.app.Name.Name)
-	key := db.IdentList(p.key)
-	desc := make([]string, len(p.key))
-	for i, k := range p.key {
+	// The first and last rows in the order the backfill walks the key.
+	walk := rowsql.KeyOrder(p.app, p.key)
+	key := db.IdentList(walk)
+	desc := make([]string, len(walk))
+	for i, k := range walk {
 		desc[i] = db.Ident(k) + " DESC"
 	}
 	n, e := p.opts.SampleSize, p.opts.EdgeRows

@@ -232,20 +232,6 @@ func (p *plan) rowDistinct(sCmp, tCmp []string, sRow, tRow string) string {
 	return "ROW(" + strings.Join(sCmp, ", ") + ") IS DISTINCT FROM ROW(" + strings.Join(tCmp, ", ") + ")"
 }
 
-// keyArrays are the repair statements' arguments: one text[] per key
-// column (rowsql.Key.Set), the keys' values of that column.
-func keyArrays(ncols int, keys [][]string) []any {
-	args := make([]any, ncols)
-	for i := range ncols {
-		vals := make([]string, len(keys))
-		for j, k := range keys {
-			vals[j] = k[i]
-		}
-		args[i] = vals
-	}
-	return args
-}
-
 // repairDeleteSQL deletes target rows with these keys that the source no
 // longer has, or whose target key is not the one the source row now maps to
 // (a row left under an old green key when green's key reads a blue column
@@ -256,7 +242,7 @@ func (p *plan) repairDeleteSQL(keys [][]string) (string, []any) {
 		srcTypes = p.srcType
 	}
 	st := p.repairBuilder().DeleteKeys(p.srcKey(), [][]string{p.dst.keyType}, true, srcTypes)
-	return st.SQL, keyArrays(len(p.key), keys)
+	return st.SQL, rowsql.KeyArgs(keys, len(p.key))
 }
 
 // repairUpsertSQL copies the source rows with these keys to the target
@@ -267,7 +253,7 @@ func (p *plan) repairDeleteSQL(keys [][]string) (string, []any) {
 // commit in between and this upsert would overwrite it with the older image).
 func (p *plan) repairUpsertSQL(keys [][]string) (string, []any) {
 	st := p.repairBuilder().UpsertKeys(p.srcKey(), "FOR NO KEY UPDATE")
-	return st.SQL, keyArrays(len(p.key), keys)
+	return st.SQL, rowsql.KeyArgs(keys, len(p.key))
 }
 
 func (p *plan) repairBuilder() rowsql.Builder {

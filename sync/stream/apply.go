@@ -127,7 +127,7 @@ WHERE %s
 		blueRel, strings.Join(bhas, " AND "))
 	s.all = b.DeleteKeys(key, [][]string{bt, gt}, false, nil).SQL
 
-	if sameSet(m.Key, m.Forward.TargetKey) {
+	if rowsql.SameColumns(m.Key, m.Forward.TargetKey) {
 		// One statement: the keys' blue rows are read (and locked) once;
 		// green rows of keys blue does not have are deleted (a hash anti
 		// join against those rows), the others upserted.
@@ -512,12 +512,12 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 		// A new row under a key another row left in this batch: green's
 		// row there is the old one's (unless moved above); the re-copy
 		// then inserts the new row instead of updating the old one.
-		if _, err := tx.Exec(ctx, a.sql.all, keyArgs(fresh, len(a.sql.keyCols))...); err != nil {
+		if _, err := tx.Exec(ctx, a.sql.all, rowsql.KeyArgs(fresh, len(a.sql.keyCols))...); err != nil {
 			return fmt.Errorf("apply: delete green rows of keys with a new row: %w", err)
 		}
 	}
 	if keys, gone := c.keys(); len(keys) > 0 {
-		args := keyArgs(keys, len(a.sql.keyCols))
+		args := rowsql.KeyArgs(keys, len(a.sql.keyCols))
 		withGone := append(args[:len(args):len(args)], gone)
 		if a.sql.combined != "" && !replace {
 			q, qargs := a.sql.combined, withGone
@@ -545,19 +545,6 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 	return a.commit(ctx, tx, lsn)
 }
 
-// keyArgs are keys as the statements' parameters: one text[] per key column.
-func keyArgs(keys [][]string, ncols int) []any {
-	args := make([]any, ncols)
-	for i := range args {
-		col := make([]string, len(keys))
-		for j, k := range keys {
-			col[j] = k[i]
-		}
-		args[i] = col
-	}
-	return args
-}
-
 // applyMoves moves green's rows of re-keyed blue rows to their new keys,
 // before the keys are re-copied. Run until it moves nothing: a row moved
 // to a key another moved row has just left (A → B while C → A) finds its
@@ -569,7 +556,7 @@ func (a *applier) applyMoves(ctx context.Context, tx pgx.Tx, moves []*move) erro
 		for i, m := range moves {
 			from[i], to[i] = m.from, m.to
 		}
-		args := append(keyArgs(from, len(a.sql.keyCols)), keyArgs(to, len(a.sql.keyCols))...)
+		args := append(rowsql.KeyArgs(from, len(a.sql.keyCols)), rowsql.KeyArgs(to, len(a.sql.keyCols))...)
 		n := int64(0)
 		for _, q := range []string{a.sql.move, a.sql.moveKey} {
 			tag, err := tx.Exec(ctx, q, args...)
@@ -593,16 +580,4 @@ func (a *applier) commit(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) erro
 		}
 	}
 	return tx.Commit(ctx)
-}
-
-func sameSet(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for _, x := range a {
-		if !slices.Contains(b, x) {
-			return false
-		}
-	}
-	return true
 }
