@@ -12,6 +12,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/rowsql"
+	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 	"github.com/greenswap/greenswap/verify/verifytest"
 )
@@ -346,5 +347,33 @@ func TestStatementsOnEveryShape(t *testing.T) {
 				t.Fatalf("after deleting orphans %d rows differ", n)
 			}
 		})
+	}
+}
+
+// KeyOrder takes the unique index on exactly the key's columns, else a
+// btree index leading with them (verify's source after cutover: green,
+// where blue's key need not be unique), else the key as given; HasIndexOn
+// sees only a btree index leading with the columns in that order.
+func TestKeyOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE uniq (a int, b int, c int);
+		CREATE INDEX uniq_lead ON uniq (b, a, c); CREATE UNIQUE INDEX uniq_z ON uniq (a, b);
+		CREATE TABLE lead (a int, b int, c int); CREATE INDEX lead_hash ON lead USING hash (a); CREATE INDEX lead_bac ON lead (b, a, c);
+		CREATE TABLE bare (a int, b int); CREATE INDEX bare_partial ON bare (b, a) WHERE a > 0`)
+	for _, c := range []struct {
+		table string
+		want  []string
+		index bool
+	}{{"uniq", []string{"a", "b"}, true}, {"lead", []string{"b", "a"}, true}, {"bare", []string{"a", "b"}, false}} {
+		tb, err := shadow.LoadTable(ctx, pool, shadow.QualifiedName{Schema: "public", Name: c.table})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := rowsql.KeyOrder(tb, []string{"a", "b"})
+		if !slices.Equal(got, c.want) || rowsql.HasIndexOn(tb, got) != c.index {
+			t.Errorf("%s: order %q (indexed %v), want %q (%v)", c.table, got, rowsql.HasIndexOn(tb, got), c.want, c.index)
+		}
 	}
 }
