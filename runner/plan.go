@@ -22,6 +22,7 @@ import (
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
@@ -358,7 +359,7 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 			return fmt.Errorf("re-create green for the sample: %w", err)
 		}
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, p.n.SearchPath()); err != nil {
+	if _, err := tx.Exec(ctx, rowsql.SelectSettings(rowsql.SearchPath("$1")), p.n.SearchPath()); err != nil {
 		return err
 	}
 	// Forward expressions are probed over the sample, which has blue's
@@ -500,9 +501,11 @@ const randomScanRows = 50000
 // plus the first and last rows by key, where edge values live.
 func (p *planner) takeSample(ctx context.Context) error {
 	rel := db.Ident(p.app.Name.Schema, p.app.Name.Name)
-	key := db.IdentList(p.key)
-	desc := make([]string, len(p.key))
-	for i, k := range p.key {
+	// The first and last rows in the order the backfill walks the key.
+	walk := rowsql.KeyOrder(p.app, p.key)
+	key := db.IdentList(walk)
+	desc := make([]string, len(walk))
+	for i, k := range walk {
 		desc[i] = db.Ident(k) + " DESC"
 	}
 	n, e := p.opts.SampleSize, p.opts.EdgeRows
@@ -591,13 +594,14 @@ func (p *planner) insertGreen(ctx context.Context) error {
 	if _, err := p.tx.Exec(ctx, flag, args...); err != nil {
 		return err
 	}
-	// green here is target.ddl as written: an identity column that sync
-	// turns into a plain default is still an identity, hence OVERRIDING.
-	ins := func(where string) string {
-		return fmt.Sprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s%s ON CONFLICT (%s) DO NOTHING",
-			db.Ident(p.n.Green.Schema, p.n.Green.Name), m.Forward.TargetList(),
-			m.Forward.TargetList(), fwdTable, where, db.IdentList(m.Forward.TargetKey))
-	}
+	// The backfill's insert (rowsql.Builder.Insert), over the mapped
+	// sample instead of through the mapping. green here is target.ddl as
+	// written: an identity column that sync turns into a plain default is
+	// still an identity, hence OVERRIDING.
+	b := rowsql.For(&m.Forward)
+	b.Into = db.Ident(p.n.Green.Schema, p.n.Green.Name)
+	b.Premapped, b.Overriding = true, true
+	ins := func(where string) string { return b.Insert(fwdTable+where, rowsql.DoNothing, "") }
 	err := p.savepoint(ctx, func() error { _, err := p.tx.Exec(ctx, ins("")); return err })
 	if err == nil {
 		p.res.Sample.Inserted = true
@@ -649,7 +653,7 @@ func (p *planner) rehearseIndexes(ctx context.Context) error {
 		st, perr := gssync.ParseIndexStmt(ix)
 		var shown []string
 		err := p.savepoint(ctx, func() error {
-			if _, err := p.tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`,
+			if _, err := p.tx.Exec(ctx, rowsql.SelectSettings(rowsql.SearchPath("$1")),
 				db.Ident(p.n.GreenSchema)+", "+db.Ident(p.n.App.Schema)); err != nil {
 				return err
 			}
@@ -676,7 +680,7 @@ func (p *planner) rehearseIndexes(ctx context.Context) error {
 		}
 		p.ixSQL[i] = shown
 	}
-	_, err := p.tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, p.n.SearchPath())
+	_, err := p.tx.Exec(ctx, rowsql.SelectSettings(rowsql.SearchPath("$1")), p.n.SearchPath())
 	return err
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/rate"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -101,7 +102,7 @@ type Backfiller struct {
 	StartRows int64
 	Log       zerolog.Logger
 
-	key      keySpec
+	key      rowsql.Key
 	throttle string
 	rate     rate.Window
 }
@@ -162,7 +163,7 @@ func (b *Backfiller) copyBatch(ctx context.Context, tx pgx.Tx, after Cursor, lim
 		return Batch{}, err
 	}
 	if after != nil && len(after) != len(b.key.Cols) {
-		return Batch{}, fmt.Errorf("backfill cursor %q does not match the key (%s)", after, b.key.list())
+		return Batch{}, fmt.Errorf("backfill cursor %q does not match the key (%s)", after, b.key.List())
 	}
 	flagSQL, flagArgs := trigger.SyncFlagSQL(b.Names)
 	if _, err := tx.Exec(ctx, flagSQL, flagArgs...); err != nil {
@@ -197,7 +198,7 @@ func (b *Backfiller) copyBatch(ctx context.Context, tx pgx.Tx, after Cursor, lim
 			args = append(args, *v)
 		}
 	}
-	sql := batchSQL(b.key, b.Names, b.Mapping, after != nil, !last, onConflict)
+	sql := batchSQL(b.key, b.Names, b.Mapping, after != nil, !last, onConflict).SQL
 	if onConflict {
 		err = tx.QueryRow(ctx, sql, args...).Scan(&out.Inserted, &out.Scanned)
 	} else {

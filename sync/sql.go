@@ -2,106 +2,25 @@ package sync
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
 
-// keySpec is the sync key as the backfill walks it: blue's key columns in the
-// order of the unique index that backs them (so ORDER BY and the row-value
-// range predicates are index scans), with blue's column types for the casts
-// that turn the text cursor back into exact values.
-type keySpec struct {
-	Cols  []string
-	Types []string
+// keyFor is the sync key as the backfill walks it: blue's key columns in
+// the order of the unique index that backs them (so ORDER BY and the
+// row-value range predicates are index scans), with blue's column types
+// for the casts that turn the text cursor back into exact values.
+func keyFor(m *shadow.Mapping, blue *shadow.Table) (rowsql.Key, error) {
+	return rowsql.WalkKey(blue, m.Key)
 }
 
-// keyFor orders m.Key like the valid, non-partial unique index on exactly
-// those columns (the primary key first), falling back to m.Key's order.
-func keyFor(m *shadow.Mapping, blue *shadow.Table) (keySpec, error) {
-	cols := slices.Clone(m.Key)
-	var ixs []shadow.Index
-	if blue.PrimaryKey != nil {
-		ixs = append(ixs, *blue.PrimaryKey)
-	}
-	ixs = append(ixs, blue.Indexes...)
-	for _, ix := range ixs {
-		if !ix.Unique || !ix.Valid || ix.Partial || ix.Expression || len(ix.Columns) != len(cols) {
-			continue
-		}
-		same := true
-		for _, c := range ix.Columns {
-			if !slices.Contains(cols, c) {
-				same = false
-				break
-			}
-		}
-		if same {
-			cols = slices.Clone(ix.Columns)
-			break
-		}
-	}
-	k := keySpec{Cols: cols}
-	for _, c := range cols {
-		col := blue.Column(c)
-		if col == nil {
-			return keySpec{}, fmt.Errorf("key column %s is missing from blue %s", c, blue.Name)
-		}
-		k.Types = append(k.Types, col.Type)
-	}
-	return k, nil
-}
-
-// list is the quoted key column list: "a", "b".
-func (k keySpec) list() string { return db.IdentList(k.Cols) }
-
-// row is the key as a row value, or the bare column for a one-column key
-// (a one-element row constructor would not use the index the same way).
-func (k keySpec) row() string {
-	if len(k.Cols) == 1 {
-		return db.Ident(k.Cols[0])
-	}
-	return "(" + k.list() + ")"
-}
-
-// params is the cursor bound as text and cast to the key types, starting at $first.
-func (k keySpec) params(first int) string {
-	p := make([]string, len(k.Cols))
-	for i, t := range k.Types {
-		p[i] = fmt.Sprintf("CAST($%d AS %s)", first+i, t)
-	}
-	if len(p) == 1 {
-		return p[0]
-	}
-	return "(" + strings.Join(p, ", ") + ")"
-}
-
-// asText selects the key columns as text. The outputs are aliased gs_k<i>:
-// left with the column's own name, an "ORDER BY id" beside it would sort by the text.
-func (k keySpec) asText() string {
-	p := make([]string, len(k.Cols))
-	for i, c := range k.Cols {
-		p[i] = fmt.Sprintf("CAST(%s AS text) AS gs_k%d", db.Ident(c), i)
-	}
-	return strings.Join(p, ", ")
-}
-
-// sessionSQL are the transaction-local settings of every batch: key values
-// travel as text, so their text form must read back as the same value
-// whatever the role's defaults (ISO dates, exact floats, hex bytea); the
-// mapping's expressions resolve through the same search_path as in the
-// trigger functions; a batch waits at most lockTimeout for a row lock; and
-// row_security is off, so a policy that would filter the copy (FORCE ROW
-// LEVEL SECURITY turned on mid-migration) fails the batch instead of
-// silently leaving the rows it hides out of green.
-// Args: $1 search_path, $2 lock_timeout.
-const sessionSQL = `SELECT pg_catalog.set_config('search_path', $1, true), pg_catalog.set_config('lock_timeout', $2, true),
-	pg_catalog.set_config('datestyle', 'ISO, MDY', true), pg_catalog.set_config('intervalstyle', 'postgres', true),
-	pg_catalog.set_config('extra_float_digits', '3', true), pg_catalog.set_config('bytea_output', 'hex', true),
-	pg_catalog.set_config('row_security', 'off', true)`
+// sessionSQL are the transaction-local settings of every batch
+// (rowsql.CopySettings). Args: $1 search_path, $2 lock_timeout.
+var sessionSQL = rowsql.SelectSettings(rowsql.CopySettings("$1", "$2")...)
 
 // boundSQL finds the key of the limit-th row after the cursor (after is
 // false for the first batch): the inclusive upper end of the next batch's
@@ -110,15 +29,13 @@ const sessionSQL = `SELECT pg_catalog.set_config('search_path', $1, true), pg_ca
 // text outside it, so only the one row returned is converted, not every row
 // skipped (about half the query's time at 50,000 rows).
 // Args: the cursor values (when after), then the offset (limit-1).
-func boundSQL(k keySpec, blue shadow.QualifiedName, after bool) string {
-	where := ""
-	next := 1
-	if after {
-		where = " WHERE " + k.row() + " > " + k.params(1)
-		next = len(k.Cols) + 1
+func boundSQL(k rowsql.Key, blue shadow.QualifiedName, after bool) string {
+	where, ps := k.Range(after, false, 1)
+	if where != "" {
+		where = " WHERE " + where
 	}
 	return fmt.Sprintf("SELECT %s FROM (SELECT %s FROM %s%s ORDER BY %s OFFSET $%d LIMIT 1) s",
-		k.asText(), k.list(), db.Ident(blue.Schema, blue.Name), where, k.list(), next)
+		k.AsText(), k.List(), db.Ident(blue.Schema, blue.Name), where, k.List(), len(ps)+1)
 }
 
 // batchSQL copies one key range of blue into green in one statement.
@@ -157,47 +74,10 @@ func boundSQL(k keySpec, blue shadow.QualifiedName, after bool) string {
 // Args: the cursor values (when after), then the upper values (when upper).
 // With onConflict it returns (rows inserted, rows read); without, nothing:
 // the command tag's row count is both.
-func batchSQL(k keySpec, n shadow.Names, m *shadow.Mapping, after, upper, onConflict bool) string {
-	var conds []string
-	next := 1
-	if after {
-		conds = append(conds, k.row()+" > "+k.params(next))
-		next += len(k.Cols)
-	}
-	if upper {
-		conds = append(conds, k.row()+" <= "+k.params(next))
-	}
-	where := ""
-	if len(conds) > 0 {
-		where = " WHERE " + strings.Join(conds, " AND ")
-	}
-	overriding := ""
-	if m.Forward.NeedsOverriding() {
-		overriding = " OVERRIDING SYSTEM VALUE"
-	}
-	blue := db.Ident(n.Blue.Schema, n.Blue.Name)
-	green := db.Ident(n.Green.Schema, n.Green.Name)
-	if !onConflict {
-		return fmt.Sprintf(`INSERT INTO %s (%s)%s
-	SELECT %s FROM (
-		SELECT * FROM %s%s ORDER BY %s %s
-	) src`,
-			green, m.Forward.TargetList(), overriding,
-			m.Forward.SelectList(),
-			blue, where, k.list(), m.SourceRowLock())
-	}
-	return fmt.Sprintf(`WITH src AS (
-	SELECT * FROM %s%s ORDER BY %s %s
-), ins AS (
-	INSERT INTO %s (%s)%s
-	SELECT %s FROM src
-	ON CONFLICT (%s) DO NOTHING
-	RETURNING 1
-)
-SELECT (SELECT pg_catalog.count(*) FROM ins), (SELECT pg_catalog.count(*) FROM src)`,
-		blue, where, k.list(), m.SourceRowLock(),
-		green, m.Forward.TargetList(), overriding,
-		m.Forward.SelectList(), db.IdentList(m.Forward.TargetKey))
+func batchSQL(k rowsql.Key, n shadow.Names, m *shadow.Mapping, after, upper, onConflict bool) rowsql.Stmt {
+	b := rowsql.For(&m.Forward)
+	b.From, b.Into = db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name)
+	return b.CopyBatch(k, m.SourceRowLock(), after, upper, onConflict)
 }
 
 // BatchPreview is one backfill batch as Backfiller runs it, for plan to
@@ -216,6 +96,6 @@ func BatchPreview(n shadow.Names, m *shadow.Mapping, blue *shadow.Table, lockTim
 	return []string{
 		strings.Replace(flag, "$1", db.Literal(n.SyncFlag), 1),
 		settings,
-		batchSQL(k, n, m, true, true, true),
+		batchSQL(k, n, m, true, true, true).SQL,
 	}, nil
 }

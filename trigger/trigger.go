@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -45,7 +46,6 @@ func FunctionSQL(fn shadow.QualifiedName, flag, appSchema string, d *shadow.Dire
 func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, fwd *shadow.Direction) string {
 	n := namesOf(flag)
 	target := db.Ident(d.Target.Schema, d.Target.Name)
-	keyList := db.IdentList(d.TargetKey)
 	keyExprs := make([]string, len(d.TargetKey))
 	for i, k := range d.TargetKey {
 		keyExprs[i] = d.ValueExpr(k)
@@ -69,27 +69,19 @@ func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Dir
 	if k := byNameKey(d); k != nil {
 		oldKey, newKey = textKey("OLD", k), textKey("NEW", k)
 	}
-	overriding := ""
-	if d.NeedsOverriding() {
-		overriding = " OVERRIDING SYSTEM VALUE"
-	}
-	conflict := "DO NOTHING"
-	if set := d.UpdateSet(); set != "" {
-		conflict = "DO UPDATE SET " + set
-	}
+	// The same insert as every other copy through the mapping (rowsql),
+	// over the trigger's NEW row.
+	b := rowsql.Builder{Dir: d, Into: target}
 	lhs := keyColumns("t", d.TargetKey)
 	deleteBy := func(rec string) string {
 		return "DELETE FROM " + target + " AS t WHERE " + lhs + " = " + keyOf(rec) + ";"
 	}
-	upsert := fmt.Sprintf(`INSERT INTO %s (%s)%s
-			SELECT %s FROM (SELECT NEW.*) AS s
-			ON CONFLICT (%s) %s;`, target, d.TargetList(), overriding, d.SelectList(), keyList, conflict)
+	upsert := b.Insert("(SELECT NEW.*) AS s", rowsql.DoUpdate, "\t\t\t") + ";"
 	write, guard, move := upsert, "", upsert
 	if fwd != nil {
 		// Logical mode: blue is the truth until cutover, so a row under the
 		// new key there is a conflict, never a row to overwrite (staleGuard).
-		insert := fmt.Sprintf(`INSERT INTO %s (%s)%s
-			SELECT %s FROM (SELECT NEW.*) AS s;`, target, d.TargetList(), overriding, d.SelectList())
+		insert := b.Insert("(SELECT NEW.*) AS s", rowsql.Plain, "\t\t\t") + ";"
 		write = inPlaceUpdate(d, target, lhs, keyOf("NEW"), insert)
 		move = insert
 		guard = staleGuard(d, fwd, target, lhs, keyOf("OLD"), keyOf("NEW"), oldKey, newKey)

@@ -3,11 +3,11 @@ package verify
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -79,19 +79,21 @@ func (p *plan) rowHash(vals []string) string {
 }
 
 // rangePred is the WHERE clause selecting chunk c on s; args are appended
-// to *args and numbered after them.
+// to *args and numbered after them. The bounds are bound as text and cast
+// to the source's key types (rowsql.Key.Bind), compared as row values with
+// s's key references.
 func (p *plan) rangePred(s *side, c chunk, args *[]any) string {
 	if c.lo == nil && c.hi == nil {
 		return "true"
 	}
-	lhs := rowOf(s.keyRef)
+	lhs := rowsql.RowOf(s.keyRef)
+	k := p.srcKey()
 	param := func(vals []string) string {
-		parts := make([]string, len(vals))
-		for i, v := range vals {
+		first := len(*args) + 1
+		for _, v := range vals {
 			*args = append(*args, v)
-			parts[i] = "$" + strconv.Itoa(len(*args)) + "::" + p.srcType[i]
 		}
-		return rowOf(parts)
+		return k.Bind(first)
 	}
 	var conds []string
 	if c.lo != nil {
@@ -103,14 +105,9 @@ func (p *plan) rangePred(s *side, c chunk, args *[]any) string {
 	return strings.Join(conds, " AND ")
 }
 
-// rowOf is (a, b) for several parts and a bare a for one (a one-column row
-// constructor does not compare with a scalar).
-func rowOf(parts []string) string {
-	if len(parts) == 1 {
-		return parts[0]
-	}
-	return "(" + strings.Join(parts, ", ") + ")"
-}
+// srcKey is the chunk key (in chunk order) with the source's types: the
+// type of boundary values and of the keys a repair is given.
+func (p *plan) srcKey() rowsql.Key { return rowsql.Key{Cols: p.key, Types: p.srcType} }
 
 // chunkSQL counts and hashes one chunk of s.
 func (p *plan) chunkSQL(s *side, c chunk) (string, []any) {
@@ -235,115 +232,34 @@ func (p *plan) rowDistinct(sCmp, tCmp []string, sRow, tRow string) string {
 	return "ROW(" + strings.Join(sCmp, ", ") + ") IS DISTINCT FROM ROW(" + strings.Join(tCmp, ", ") + ")"
 }
 
-// keySet selects the given keys (text in the target's key types) cast to
-// the key types of one side.
-func (p *plan) keySet(types []string, keys [][]string, args *[]any) string {
-	cols := make([]string, len(p.key))
-	unnest := make([]string, len(p.key))
-	for i := range p.key {
-		vals := make([]string, len(keys))
-		for j, k := range keys {
-			vals[j] = k[i]
-		}
-		*args = append(*args, vals)
-		// ROWS FROM: the multi-argument unnest is syntax only unqualified.
-		unnest[i] = "pg_catalog.unnest($" + strconv.Itoa(len(*args)) + "::text[])"
-		cols[i] = "u.k" + strconv.Itoa(i) + "::" + types[i]
-	}
-	names := make([]string, len(p.key))
-	for i := range p.key {
-		names[i] = "k" + strconv.Itoa(i)
-	}
-	return "SELECT " + strings.Join(cols, ", ") + " FROM ROWS FROM (" + strings.Join(unnest, ", ") + ") AS u(" + strings.Join(names, ", ") + ")"
-}
-
 // repairDeleteSQL deletes target rows with these keys that the source no
 // longer has, or whose target key is not the one the source row now maps to
 // (a row left under an old green key when green's key reads a blue column
-// outside blue's key).
+// outside blue's key). The keys are text in the target's key types.
 func (p *plan) repairDeleteSQL(keys [][]string) (string, []any) {
-	var args []any
-	tk := make([]string, len(p.key))
-	match := make([]string, len(p.key))
-	for i, k := range p.key {
-		tk[i] = "t." + db.Ident(k)
-		ref := "t." + db.Ident(k)
-		if p.castKeys {
-			ref = "CAST(" + ref + " AS " + p.srcType[i] + ")"
-		}
-		match[i] = "s." + db.Ident(k) + " = " + ref
+	var srcTypes []string
+	if p.castKeys {
+		srcTypes = p.srcType
 	}
-	mapped := make([]string, len(p.dir.TargetKey))
-	targetKey := make([]string, len(p.dir.TargetKey))
-	for i, k := range p.dir.TargetKey {
-		mapped[i] = p.dir.ValueExpr(k) // bare source columns resolve to s, the innermost FROM item
-		targetKey[i] = "t." + db.Ident(k)
-	}
-	return "DELETE FROM " + p.dst.rel + " AS t WHERE " + rowOf(tk) + " IN (" + p.keySet(p.dst.keyType, keys, &args) + ")" +
-		" AND NOT EXISTS (SELECT 1 FROM " + p.src.rel + " AS s WHERE " + strings.Join(match, " AND ") +
-		" AND " + rowOf(mapped) + " = " + rowOf(targetKey) + ")", args
+	st := p.repairBuilder().DeleteKeys(p.srcKey(), [][]string{p.dst.keyType}, true, srcTypes)
+	return st.SQL, rowsql.KeyArgs(keys, len(p.key))
 }
 
 // repairUpsertSQL copies the source rows with these keys to the target
 // through the mapping, as the backfill does, but overwriting: the source
-// rows are locked FOR NO KEY UPDATE so a concurrent update of one of them
-// waits until this copy commits, and then its own trigger writes the newer
-// value (with FOR KEY SHARE the concurrent update could commit in between
-// and this upsert would overwrite it with the older image).
+// rows are locked FOR NO KEY UPDATE (in key order) so a concurrent update
+// of one of them waits until this copy commits, and then its own trigger
+// writes the newer value (with FOR KEY SHARE the concurrent update could
+// commit in between and this upsert would overwrite it with the older image).
 func (p *plan) repairUpsertSQL(keys [][]string) (string, []any) {
-	var args []any
-	sk := make([]string, len(p.key))
-	for i, k := range p.key {
-		sk[i] = db.Ident(k)
-	}
-	overriding := ""
-	if p.dir.NeedsOverriding() {
-		overriding = " OVERRIDING SYSTEM VALUE"
-	}
-	conflict := "DO NOTHING"
-	if set := p.dir.UpdateSet(); set != "" {
-		conflict = "DO UPDATE SET " + set
-	}
-	return "WITH s AS (SELECT * FROM " + p.src.rel + " WHERE " + rowOf(sk) + " IN (" + p.keySet(p.src.keyType, keys, &args) + ") FOR NO KEY UPDATE)\n" +
-		"INSERT INTO " + p.dst.rel + " (" + p.dir.TargetList() + ")" + overriding + "\n" +
-		"SELECT " + p.dir.SelectList() + " FROM s\n" +
-		"ON CONFLICT (" + db.IdentList(p.dir.TargetKey) + ") " + conflict, args
+	st := p.repairBuilder().UpsertKeys(p.srcKey(), "FOR NO KEY UPDATE")
+	return st.SQL, rowsql.KeyArgs(keys, len(p.key))
 }
 
-// chunkKeyOrder returns the key columns in the order of a btree index of t
-// that leads with exactly the key's columns (so range predicates use it),
-// or the key as given when there is none.
-func chunkKeyOrder(t *shadow.Table, key []string) []string {
-	for _, ix := range t.Indexes {
-		if !usableIndex(ix) || len(ix.Columns) < len(key) {
-			continue
-		}
-		lead := ix.Columns[:len(key)]
-		ok := true
-		for _, k := range key {
-			if !slices.Contains(lead, k) {
-				ok = false
-			}
-		}
-		if ok {
-			return slices.Clone(lead)
-		}
-	}
-	return slices.Clone(key)
-}
-
-func usableIndex(ix shadow.Index) bool {
-	return ix.Valid && !ix.Partial && !ix.Expression && strings.Contains(ix.Def, " USING btree ")
-}
-
-// hasIndexOn reports whether t has a usable btree index leading with key in that order.
-func hasIndexOn(t *shadow.Table, key []string) bool {
-	for _, ix := range t.Indexes {
-		if usableIndex(ix) && len(ix.Columns) >= len(key) && slices.Equal(ix.Columns[:len(key)], key) {
-			return true
-		}
-	}
-	return false
+func (p *plan) repairBuilder() rowsql.Builder {
+	b := rowsql.For(p.dir)
+	b.From, b.Into = p.src.rel, p.dst.rel
+	return b
 }
 
 // comparable reports whether dst's key columns compare with values of the
@@ -354,7 +270,7 @@ func comparable(ctx context.Context, q db.Querier, rel string, refs, srcTypes []
 	for i, t := range srcTypes {
 		nulls[i] = "NULL::" + t
 	}
-	_, err := q.Exec(ctx, "EXPLAIN SELECT 1 FROM "+rel+" WHERE "+rowOf(refs)+" >= "+rowOf(nulls))
+	_, err := q.Exec(ctx, "EXPLAIN SELECT 1 FROM "+rel+" WHERE "+rowsql.RowOf(refs)+" >= "+rowsql.RowOf(nulls))
 	return err == nil
 }
 

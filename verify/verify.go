@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 )
 
@@ -368,7 +369,7 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*v
 	}
 
 	// Key: chunk order follows the source's key index.
-	p.key = chunkKeyOrder(srcT, m.Key)
+	p.key = rowsql.KeyOrder(srcT, m.Key)
 	res.KeyColumns = p.key
 	for _, k := range p.key {
 		sc, dc := srcT.Column(k), dstT.Column(k)
@@ -389,8 +390,8 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*v
 		}
 		p.dst.keyRef = append(p.dst.keyRef, ref)
 	}
-	p.src.indexed = hasIndexOn(srcT, p.key)
-	p.dst.indexed = hasIndexOn(dstT, p.key) && !slices.ContainsFunc(p.dst.keyRef, func(r string) bool { return strings.Contains(r, " COLLATE ") })
+	p.src.indexed = rowsql.HasIndexOn(srcT, p.key)
+	p.dst.indexed = rowsql.HasIndexOn(dstT, p.key) && !slices.ContainsFunc(p.dst.keyRef, func(r string) bool { return strings.Contains(r, " COLLATE ") })
 	if !slices.Equal(p.src.keyType, p.dst.keyType) && !comparable(ctx, pool, p.dst.rel, p.dst.keyRef, p.srcType) {
 		p.castKeys = true
 		p.dst.indexed = false
@@ -470,14 +471,11 @@ func (v *verifier) beginWorker(ctx context.Context, snapshot string) (*worker, e
 	return &worker{conn: conn, tx: tx}, nil
 }
 
-// sessionSettings makes the mapping expressions resolve as they do in the
-// triggers (search_path = pg_catalog, app schema, pg_temp), floats print
-// exactly, no user statement_timeout cuts a whole-table scan short, and
-// row_security is off: a policy filtering both sides alike would make a
-// subset look equal, so it must be an error instead.
+// sessionSettings are rowsql.CompareSettings: the mapping expressions
+// resolve as in the triggers (search_path = pg_catalog, app schema,
+// pg_temp), floats print exactly, no statement_timeout, no row security.
 func (v *verifier) sessionSettings(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true), pg_catalog.set_config('extra_float_digits', '1', true),
-		pg_catalog.set_config('statement_timeout', '0', true), pg_catalog.set_config('row_security', 'off', true)`, shadow.SearchPathFor(v.p.appSchema))
+	_, err := tx.Exec(ctx, rowsql.SelectSettings(rowsql.CompareSettings("$1")...), shadow.SearchPathFor(v.p.appSchema))
 	return err
 }
 

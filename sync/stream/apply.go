@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -34,7 +35,7 @@ type applySQL struct {
 	all      string   // delete every green row of the keys (replace mode)
 	truncate string   // delete every green row blue no longer has (after a TRUNCATE of blue)
 	live     string   // is the stream still the way blue → green?
-	// begin is live plus the apply transaction's settings (settingsList)
+	// begin is live plus the apply transaction's settings (rowsql.CopySettings)
 	// and the sync flag, in one statement: $1..$3 as live, $4 the flag's
 	// name, $5 search_path, $6 lock_timeout.
 	begin string
@@ -70,6 +71,11 @@ func buildSQL(n shadow.Names, m *shadow.Mapping, blue *shadow.Table) (*applySQL,
 	}
 	blueRel := db.Ident(n.Blue.Schema, n.Blue.Name)
 	greenRel := db.Ident(n.Green.Schema, n.Green.Name)
+	// The keys arrive in the mapping's key order (the decoder's), so the
+	// statements take them in that order, cast to blue's types.
+	key := rowsql.Key{Cols: m.Key, Types: bt}
+	b := rowsql.For(&m.Forward)
+	b.From, b.Into = blueRel, greenRel
 
 	// unnest($1::text[], $2::text[]) AS u(gs_k0, gs_k1)
 	params := make([]string, len(m.Key))
@@ -78,38 +84,10 @@ func buildSQL(n shadow.Names, m *shadow.Mapping, blue *shadow.Table) (*applySQL,
 		params[i] = fmt.Sprintf("$%d::text[]", i+1)
 		ucols[i] = fmt.Sprintf("gs_k%d", i)
 	}
-	from := rowsFromUnnest(params) + " AS u(" + strings.Join(ucols, ", ") + ")"
-	// The same with each key's gone flag (entry.gone) as the last parameter.
-	fromGone := rowsFromUnnest(append(slices.Clone(params), fmt.Sprintf("$%d::boolean[]", len(m.Key)+1))) +
+	// The keys with each key's gone flag (entry.gone) as the last parameter.
+	fromGone := rowsql.RowsFromUnnest(append(slices.Clone(params), fmt.Sprintf("$%d::boolean[]", len(m.Key)+1))) +
 		" AS u(" + strings.Join(ucols, ", ") + ", gs_gone)"
-	keysAs := func(green bool) string {
-		sel := make([]string, len(m.Key))
-		for i := range m.Key {
-			sel[i] = "CAST(u." + ucols[i] + " AS " + bt[i] + ")"
-			if green {
-				sel[i] = "CAST(" + sel[i] + " AS " + gt[i] + ")"
-			}
-		}
-		return "(SELECT " + strings.Join(sel, ", ") + " FROM " + from + ")"
-	}
-	row := func(alias string) string {
-		p := make([]string, len(m.Key))
-		for i, k := range m.Key {
-			p[i] = alias + db.Ident(k)
-		}
-		if len(p) == 1 {
-			return p[0]
-		}
-		return "(" + strings.Join(p, ", ") + ")"
-	}
-	overriding := ""
-	if m.Forward.NeedsOverriding() {
-		overriding = " OVERRIDING SYSTEM VALUE"
-	}
-	conflict := "DO NOTHING"
-	if set := m.Forward.UpdateSet(); set != "" {
-		conflict = "DO UPDATE SET " + set
-	}
+	row := func(alias string) string { return key.Row(alias) }
 	// FOR KEY SHARE: at REPEATABLE READ, a source row deleted (or re-keyed)
 	// since the snapshot — by a client writing through green, whose echo the
 	// stream skips, or after the stream's retirement by a blue writer whose
@@ -117,16 +95,7 @@ func buildSQL(n shadow.Names, m *shadow.Mapping, blue *shadow.Table) (*applySQL,
 	// serialization error instead of bringing the deleted row back into
 	// green. Key order, like the backfill; a lock wait is bounded by the
 	// apply transaction's lock_timeout, so the application never waits long.
-	s.upsert = fmt.Sprintf(`WITH src AS (
-	SELECT * FROM %s WHERE %s IN %s ORDER BY %s FOR KEY SHARE
-)
-INSERT INTO %s (%s)%s
-SELECT %s FROM src
-ON CONFLICT (%s) %s`,
-		blueRel, row(""), keysAs(false), db.IdentList(m.Key),
-		greenRel, m.Forward.TargetList(), overriding,
-		m.Forward.SelectList(),
-		db.IdentList(m.Forward.TargetKey), conflict)
+	s.upsert = b.UpsertKeys(key, "FOR KEY SHARE").SQL
 
 	// A green row of one of the keys stays only if blue has the key and the
 	// green key computed from blue's row is the row's own: otherwise the row
@@ -156,9 +125,9 @@ WHERE %s
 		greenRel, strings.Join(dk, ", "), fromGone, strings.Join(dmatch, " AND "),
 		strings.Join(sCols, ", "), blueRel, strings.Join(match, " AND "),
 		blueRel, strings.Join(bhas, " AND "))
-	s.all = fmt.Sprintf(`DELETE FROM %s AS g WHERE %s IN %s`, greenRel, row("g."), keysAs(true))
+	s.all = b.DeleteKeys(key, [][]string{bt, gt}, false, nil).SQL
 
-	if sameSet(m.Key, m.Forward.TargetKey) {
+	if rowsql.SameColumns(m.Key, m.Forward.TargetKey) {
 		// One statement: the keys' blue rows are read (and locked) once;
 		// green rows of keys blue does not have are deleted (a hash anti
 		// join against those rows), the others upserted.
@@ -175,24 +144,20 @@ WHERE %s
 		s.combined = fmt.Sprintf(`WITH k AS MATERIALIZED (
 	SELECT %s FROM %s
 ), src AS MATERIALIZED (
-	SELECT * FROM %s WHERE %s IN (SELECT %s FROM k) ORDER BY %s FOR KEY SHARE
+	%s
 ), del AS (
 	DELETE FROM %s AS g WHERE %s IN (SELECT %s FROM k WHERE k.gs_gone)
 	AND NOT EXISTS (SELECT 1 FROM src AS s WHERE %s)
 	RETURNING 1
 ), ins AS (
-	INSERT INTO %s (%s)%s
-	SELECT %s FROM src
-	ON CONFLICT (%s) %s
+	%s
 	RETURNING 1
 )
 SELECT (SELECT pg_catalog.count(*) FROM del), (SELECT pg_catalog.count(*) FROM ins)`,
 			strings.Join(kcols, ", "), fromGone,
-			blueRel, row(""), strings.Join(ucols, ", "), db.IdentList(m.Key),
+			b.Rows(row("")+" IN (SELECT "+strings.Join(ucols, ", ")+" FROM k)", key, "FOR KEY SHARE"),
 			greenRel, row("g."), strings.Join(gk, ", "), strings.Join(eq, " AND "),
-			greenRel, m.Forward.TargetList(), overriding,
-			m.Forward.SelectList(),
-			db.IdentList(m.Forward.TargetKey), conflict)
+			b.Insert("src", rowsql.DoUpdate, "\t"))
 	}
 
 	var bmatch []string
@@ -212,7 +177,8 @@ SELECT (SELECT pg_catalog.count(*) FROM del), (SELECT pg_catalog.count(*) FROM i
 	// short of CPU every round trip waits for the backend and then
 	// greenswap to be scheduled again, and a small apply transaction
 	// spent most of its time in four of them.
-	s.begin = "SELECT " + live + ",\n\t" + trigger.SyncFlagExpr("$4") + " IS NOT NULL,\n\t" + settingsList("$5", "$6")
+	s.begin = "SELECT " + live + ",\n\t" + trigger.SyncFlagExpr("$4") + " IS NOT NULL,\n\t" +
+		rowsql.SettingsList(rowsql.CopySettings("$5", "$6")...)
 	return s, nil
 }
 
@@ -267,7 +233,7 @@ func buildMoveSQL(m *shadow.Mapping, blueRel, greenRel string, bt, gt []string) 
 WHERE %s
   AND %%s (SELECT 1 FROM %s AS b WHERE %s)
   AND NOT EXISTS (SELECT 1 FROM %s AS g2 WHERE %s)`,
-		strings.Join(casts, ", "), rowsFromUnnest(params), strings.Join(ucols, ", "),
+		strings.Join(casts, ", "), rowsql.RowsFromUnnest(params), strings.Join(ucols, ", "),
 		strings.Join(gOld, " AND "),
 		blueRel, strings.Join(bNew, " AND "),
 		greenRel, strings.Join(gNew, " AND "))
@@ -281,22 +247,8 @@ WHERE %s
 	return move, moveKey
 }
 
-// settingsList are the transaction-local settings of every apply
-// transaction, the same as the backfill's: keys travel as text in ISO
-// styles, the mapping's expressions resolve through the trigger functions'
-// search_path, and row lock waits are bounded so the applier, not the
-// application, gives way on a conflict; row_security is off, as in the
-// backfill (an RLS filter is an error, never a silent gap).
-// searchPath and lockTimeout are the placeholders of those two values.
-func settingsList(searchPath, lockTimeout string) string {
-	return `pg_catalog.set_config('search_path', ` + searchPath + `, true), pg_catalog.set_config('lock_timeout', ` + lockTimeout + `, true),
-	pg_catalog.set_config('datestyle', 'ISO, MDY', true), pg_catalog.set_config('intervalstyle', 'postgres', true),
-	pg_catalog.set_config('extra_float_digits', '3', true), pg_catalog.set_config('bytea_output', 'hex', true),
-	pg_catalog.set_config('row_security', 'off', true)`
-}
-
 // replicationParams are the replication session's settings: key values are
-// printed by the walsender in the forms settingsList reads back exactly.
+// printed by the walsender in the forms rowsql.CopySettings reads back exactly.
 var replicationParams = map[string]string{
 	"DateStyle": "ISO, MDY", "IntervalStyle": "postgres", "extra_float_digits": "3", "bytea_output": "hex",
 }
@@ -560,12 +512,12 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 		// A new row under a key another row left in this batch: green's
 		// row there is the old one's (unless moved above); the re-copy
 		// then inserts the new row instead of updating the old one.
-		if _, err := tx.Exec(ctx, a.sql.all, keyArgs(fresh, len(a.sql.keyCols))...); err != nil {
+		if _, err := tx.Exec(ctx, a.sql.all, rowsql.KeyArgs(fresh, len(a.sql.keyCols))...); err != nil {
 			return fmt.Errorf("apply: delete green rows of keys with a new row: %w", err)
 		}
 	}
 	if keys, gone := c.keys(); len(keys) > 0 {
-		args := keyArgs(keys, len(a.sql.keyCols))
+		args := rowsql.KeyArgs(keys, len(a.sql.keyCols))
 		withGone := append(args[:len(args):len(args)], gone)
 		if a.sql.combined != "" && !replace {
 			q, qargs := a.sql.combined, withGone
@@ -593,19 +545,6 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 	return a.commit(ctx, tx, lsn)
 }
 
-// keyArgs are keys as the statements' parameters: one text[] per key column.
-func keyArgs(keys [][]string, ncols int) []any {
-	args := make([]any, ncols)
-	for i := range args {
-		col := make([]string, len(keys))
-		for j, k := range keys {
-			col[j] = k[i]
-		}
-		args[i] = col
-	}
-	return args
-}
-
 // applyMoves moves green's rows of re-keyed blue rows to their new keys,
 // before the keys are re-copied. Run until it moves nothing: a row moved
 // to a key another moved row has just left (A → B while C → A) finds its
@@ -617,7 +556,7 @@ func (a *applier) applyMoves(ctx context.Context, tx pgx.Tx, moves []*move) erro
 		for i, m := range moves {
 			from[i], to[i] = m.from, m.to
 		}
-		args := append(keyArgs(from, len(a.sql.keyCols)), keyArgs(to, len(a.sql.keyCols))...)
+		args := append(rowsql.KeyArgs(from, len(a.sql.keyCols)), rowsql.KeyArgs(to, len(a.sql.keyCols))...)
 		n := int64(0)
 		for _, q := range []string{a.sql.move, a.sql.moveKey} {
 			tag, err := tx.Exec(ctx, q, args...)
@@ -641,28 +580,4 @@ func (a *applier) commit(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) erro
 		}
 	}
 	return tx.Commit(ctx)
-}
-
-func sameSet(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for _, x := range a {
-		if !slices.Contains(b, x) {
-			return false
-		}
-	}
-	return true
-}
-
-// rowsFromUnnest zips arrays into rows: ROWS FROM (pg_catalog.unnest($1),
-// pg_catalog.unnest($2), ...). The multi-argument unnest(a, b) is syntax
-// that only exists unqualified, and an unqualified unnest can resolve to
-// an overload in the app schema, which is on the apply session's path.
-func rowsFromUnnest(arrays []string) string {
-	calls := make([]string, len(arrays))
-	for i, a := range arrays {
-		calls[i] = "pg_catalog.unnest(" + a + ")"
-	}
-	return "ROWS FROM (" + strings.Join(calls, ", ") + ")"
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -102,7 +103,8 @@ func Load(ctx context.Context, q db.Querier, specYAML string) (*Fixture, error) 
 }
 
 // Copy is a one-statement backfill: every blue row through the forward
-// mapping into green, with the sync flag set. Run it while nothing writes blue.
+// mapping into green (the backfill's batch statement, rowsql.CopyBatch,
+// over the whole key range), with the sync flag set. Run it while nothing writes blue.
 func (f *Fixture) Copy(ctx context.Context, conn TxBeginner) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -113,17 +115,16 @@ func (f *Fixture) Copy(ctx context.Context, conn TxBeginner) error {
 	if _, err := tx.Exec(ctx, flag, args...); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, f.Names.SearchPath()); err != nil {
+	if _, err := tx.Exec(ctx, rowsql.SelectSettings(rowsql.SearchPath("$1")), f.Names.SearchPath()); err != nil {
 		return err
 	}
+	// The backfill's own batch statement, over the whole key range.
 	m := f.Mapping
-	overriding := ""
-	if m.Forward.NeedsOverriding() {
-		overriding = " OVERRIDING SYSTEM VALUE"
+	k, err := rowsql.WalkKey(f.Blue, m.Key)
+	if err != nil {
+		return err
 	}
-	sql := "INSERT INTO " + db.Ident(f.Names.Green.Schema, f.Names.Green.Name) + " (" + m.Forward.TargetList() + ")" + overriding +
-		" SELECT " + m.Forward.SelectList() + " FROM " + db.Ident(f.Names.Blue.Schema, f.Names.Blue.Name) +
-		" ON CONFLICT DO NOTHING"
+	sql := rowsql.For(&m.Forward).CopyBatch(k, m.SourceRowLock(), false, false, true).SQL
 	if _, err := tx.Exec(ctx, sql); err != nil {
 		return fmt.Errorf("copy blue to green: %w", err)
 	}

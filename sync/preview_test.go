@@ -1,0 +1,152 @@
+package sync_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	gosync "sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/runner"
+	"github.com/greenswap/greenswap/shadow"
+	gssync "github.com/greenswap/greenswap/sync"
+)
+
+// recorder is a pgx tracer keeping every statement a pool sends as sent
+// and with its text arguments written into it as literals (plan shows the
+// flag and the settings that way; the batch with its placeholders).
+type recorder struct {
+	mu   gosync.Mutex
+	sent []string
+}
+
+func (r *recorder) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	sql := d.SQL
+	for i := len(d.Args); i >= 1; i-- {
+		if s, ok := d.Args[i-1].(string); ok {
+			sql = strings.ReplaceAll(sql, fmt.Sprintf("$%d", i), db.Literal(s))
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent = append(r.sent, d.SQL, sql)
+	return ctx
+}
+
+func (r *recorder) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// Plan shows the backfill's statements as the Backfiller sends them (issue
+// 13, item 4): for a composite quoted key named out of the index's order,
+// a green key that reads a blue column outside blue's key (FOR SHARE),
+// identity ALWAYS, a stored generated column and a partitioned green, the
+// plan step's flag and settings statements are the Backfiller's with its
+// arguments filled in, and its batch is, to the byte, the ON CONFLICT
+// batch the Backfiller runs on a range that holds a row the trigger wrote.
+func TestPlanShowsTheStatementsTheBackfillerRuns(t *testing.T) {
+	t.Parallel()
+	cases := []struct{ name, table, spec, touch string }{
+		{"composite key", `CREATE TABLE public."Order Items" (tenant text COLLATE "C" NOT NULL, "a""b" int NOT NULL, note text, PRIMARY KEY (tenant, "a""b"));
+			INSERT INTO public."Order Items" SELECT 't' || g % 3, g, 'n' FROM generate_series(1, 200) g`,
+			`name: pv
+table: public."Order Items"
+key: ['a"b', tenant]
+target:
+  ddl: CREATE TABLE "Order Items" (tenant text COLLATE "C" NOT NULL, "a""b" bigint NOT NULL, note text, PRIMARY KEY (tenant, "a""b"))
+`, `UPDATE public."Order Items" SET note = 'x' WHERE "a""b" = 190`},
+		{"green key reads a column outside blue's", `CREATE TABLE public.accts (id int PRIMARY KEY, tenant_id int NOT NULL); INSERT INTO public.accts SELECT g, g % 4 FROM generate_series(1, 200) g`,
+			`name: pv
+table: public.accts
+target:
+  ddl: CREATE TABLE accts (id int NOT NULL, tenant_id int NOT NULL, PRIMARY KEY (tenant_id, id))
+`, `UPDATE public.accts SET tenant_id = tenant_id WHERE id = 150`},
+		{"identity always", `CREATE TABLE public.items (id int PRIMARY KEY, v text); INSERT INTO public.items SELECT g, 'v' FROM generate_series(1, 200) g`,
+			`name: pv
+table: public.items
+target:
+  ddl: CREATE TABLE items (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)
+`, `UPDATE public.items SET v = 'x' WHERE id = 150`},
+		{"generated column", `CREATE TABLE public.lines (id int PRIMARY KEY, qty int NOT NULL, price int NOT NULL); INSERT INTO public.lines SELECT g, 1, g FROM generate_series(1, 200) g`,
+			`name: pv
+table: public.lines
+target:
+  ddl: CREATE TABLE lines (id int PRIMARY KEY, qty int NOT NULL, price int NOT NULL, total int GENERATED ALWAYS AS (qty * price) STORED)
+`, `UPDATE public.lines SET qty = 2 WHERE id = 150`},
+		{"partitioned green", `CREATE TABLE public.events (id int PRIMARY KEY, kind text NOT NULL); INSERT INTO public.events SELECT g, 'k' FROM generate_series(1, 200) g`,
+			`name: pv
+table: public.events
+target:
+  ddl: CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL) PARTITION BY RANGE (id)
+  partitions:
+    - CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (MINVALUE) TO (100)
+    - CREATE TABLE events_rest PARTITION OF events DEFAULT
+`, `UPDATE public.events SET kind = 'x' WHERE id = 150`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool, dsn := pgtest.NewPool(t)
+			pgtest.Exec(t, dsn, c.table)
+			spec, err := shadow.ParseSpec([]byte(c.spec), "test.yaml", "yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			env, err := runner.Connect(ctx, dsn, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := runner.Plan(ctx, env, spec, runner.PlanOptions{})
+			env.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var shown []string
+			for _, st := range res.Steps {
+				if st.Name == "backfill" {
+					shown = st.SQL
+				}
+			}
+			if len(shown) != 3 {
+				t.Fatalf("plan's backfill step shows %d statements: %q", len(shown), shown)
+			}
+
+			f := setupOn(t, pool, dsn, "SELECT 1", c.spec)
+			pgtest.Exec(t, dsn, c.touch) // the trigger writes this row to green: its batch conflicts
+			rec := &recorder{}
+			cfg, err := pgxpool.ParseConfig(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.ConnConfig.Tracer = rec
+			traced, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer traced.Close()
+			b := f.backfiller(t, gssync.Options{BatchSize: 20, Fixed: true, LockTimeout: spec.Sync.WithDefaults().LockTimeout.Duration})
+			b.Pool = traced
+			r, err := b.Run(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Redone == 0 {
+				t.Fatalf("no batch was redone with ON CONFLICT: the test proves nothing (%+v)", r)
+			}
+			rec.mu.Lock()
+			sent := slices.Clone(rec.sent)
+			rec.mu.Unlock()
+			for i, what := range []string{"sync flag", "session settings", "ON CONFLICT batch"} {
+				if !slices.Contains(sent, shown[i]) {
+					t.Errorf("plan shows a %s the Backfiller never sends:\n%s\nsent:\n%s", what, shown[i], strings.Join(sent, "\n--\n"))
+				}
+			}
+		})
+	}
+}
