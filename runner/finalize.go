@@ -104,8 +104,8 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		err := finalizePhase(ctx, env, m, opts, lock, lo, start, res, &fr)
 		if err != nil {
 			var ue *cutover.UsageError
-			var not *notConfirmedError
-			if errors.As(err, &ue) || errors.As(err, &not) {
+			var refused *refusedError
+			if errors.As(err, &ue) || errors.As(err, &refused) {
 				ev.Outcome = "refused"
 			}
 			ev.Took = time.Since(start)
@@ -119,9 +119,9 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		return nil
 	})
 	if err != nil {
-		var not *notConfirmedError
-		if errors.As(err, &not) {
-			err = not.err
+		var refused *refusedError
+		if errors.As(err, &refused) {
+			err = refused.err
 		}
 		return res, err
 	}
@@ -173,13 +173,13 @@ func durOr(d, def time.Duration) time.Duration {
 	return d
 }
 
-// notConfirmedError is a finalize that was refused before it changed
+// refusedError is a finalize that was refused before it changed
 // anything for a reason runPhase cannot tell from the error (a plan that
 // refuses, no confirmation): its event says "refused".
-type notConfirmedError struct{ err error }
+type refusedError struct{ err error }
 
-func (e *notConfirmedError) Error() string { return e.err.Error() }
-func (e *notConfirmedError) Unwrap() error { return e.err }
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
 
 // finalizePhase is Finalize's one phase: the quiet period, the
 // confirmation, the drift check again and the finalize transaction.
@@ -198,7 +198,7 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 	plan, err := cutover.PlanFinalize(ctx, tx, in)
 	tx.Rollback(ctx)
 	if err != nil {
-		return &notConfirmedError{err} // the plan refused: the migration cannot finalize as it is
+		return &refusedError{err} // the plan refused: the migration cannot finalize as it is
 	}
 	res.Plan = plan
 	describeFinalize(opts, plan)
@@ -251,10 +251,10 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 		ok, err := opts.Confirm(fmt.Sprintf("finalize %s: drop %s for good and make %s the table %s; this cannot be undone. Continue?",
 			name, m.Names.Blue, m.Names.Green, m.Names.App))
 		if err != nil {
-			return &notConfirmedError{exitcode.With(exitcode.BadInput, err)}
+			return &refusedError{exitcode.With(exitcode.BadInput, err)}
 		}
 		if !ok {
-			return &notConfirmedError{exitcode.Errorf(exitcode.BadInput, "finalize not confirmed: nothing was changed")}
+			return &refusedError{exitcode.Errorf(exitcode.BadInput, "finalize not confirmed: nothing was changed")}
 		}
 	}
 

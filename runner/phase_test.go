@@ -154,3 +154,39 @@ func TestResumedSyncSkipsIndexesInState(t *testing.T) {
 		t.Fatalf("%d build-index events, want the first run's 2", n)
 	}
 }
+
+// TestFinalizeInterruptedIsRecorded: a finalize stopped (Ctrl-C) while it
+// watches blue for clients exits 130 and its event says "interrupted";
+// the old outcome block recorded it as "error". The migration is still cut
+// over and finalizes afterwards.
+func TestFinalizeInterruptedIsRecorded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE things (id bigint PRIMARY KEY, v int NOT NULL); INSERT INTO things SELECT g, g FROM generate_series(1, 100) g`)
+	env := coEnv(t, dsn)
+	spec := coSync(t, env, `
+name: fi
+table: public.things
+target:
+  ddl: CREATE TABLE things (id bigint PRIMARY KEY, v bigint NOT NULL)
+`)
+	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	time.AfterFunc(500*time.Millisecond, cancel)
+	_, err := Finalize(cctx, env, spec.Name, FinalizeOptions{QuietPeriod: time.Minute, SampleEvery: 50 * time.Millisecond, Yes: true})
+	if exitcode.Of(err) != exitcode.Interrupted {
+		t.Fatalf("interrupted finalize = %v (exit %d), want exit %d", err, exitcode.Of(err), exitcode.Interrupted)
+	}
+	if evs := phaseEvents(t, env, spec.Name, "finalize"); len(evs) != 1 || evs[0].Outcome != "interrupted" {
+		t.Fatalf("finalize events %+v, want one interrupted", evs)
+	}
+	if n := syncCount(t, pool, `SELECT count(*) FROM greenswap.migrations WHERE name = 'fi' AND state = 'cut_over'`); n != 1 {
+		t.Fatal("the interrupted finalize changed the state")
+	}
+	if _, err := Finalize(ctx, env, spec.Name, FinalizeOptions{Force: true, Yes: true}); err != nil {
+		t.Fatalf("finalize after the interruption: %v", err)
+	}
+}
