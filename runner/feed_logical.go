@@ -55,9 +55,9 @@ type StreamStats = stream.Stats
 const PhaseStreamCatchUp = "stream-catch-up"
 
 // start is Sync's phase between create-green and the backfill (a no-op
-// once a cutover retired the stream): make sure the publication and the slot exist, then start a
-// streamer that applies blue's changes to green while the backfill, the
-// index builds and the rest run. The slot must exist before the
+// once a cutover retired the stream): make sure the publication and the
+// slot exist, then start a streamer that applies blue's changes to green
+// while the backfill, the index builds and the rest run. The slot must exist before the
 // backfill's first batch: whatever committed before it is seen by the
 // backfill's snapshots, whatever commits after it is in the stream, and
 // where both copy a row the result converges (the stream re-reads the row
@@ -77,9 +77,9 @@ func (f *logicalFeed) start(ctx context.Context, r *syncRun) error {
 	return err
 }
 
-// catchUp is Sync's last phase: once synced, wait
-// until the stream has applied everything committed so far (bounded by
-// Env.StreamCatchUp), then stop streaming. `greenswap sync --watch`
+// catchUp is Sync's last phase: once synced, wait until the stream has
+// applied everything committed so far (bounded by Env.StreamCatchUp),
+// then stop streaming. `greenswap sync --watch`
 // (WatchSync) keeps the stream going until cutover; without it the slot
 // retains the WAL of blue's changes and green falls behind.
 func (f *logicalFeed) catchUp(ctx context.Context, r *syncRun) error {

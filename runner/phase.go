@@ -30,7 +30,8 @@ type phaseEvent struct {
 	// records only a failure.
 	Recorded bool
 	// Outcome replaces the one runPhase derives from the error (e.g.
-	// "refused" for a precondition that is not met).
+	// "refused" for a precondition that is not met), but not
+	// "interrupted".
 	Outcome string
 	// Done is logged on success (nothing when empty).
 	Done string
@@ -51,9 +52,11 @@ func runPhase(ctx context.Context, env *Env, log zerolog.Logger, migration, name
 	if took == 0 {
 		took = time.Since(t0)
 	}
-	outcome := ev.Outcome
-	if outcome == "" {
-		outcome = outcomeOf(ctx, err)
+	// An interruption is named as such whatever the phase thought of the
+	// error it caused (a refused plan read, say).
+	outcome := outcomeOf(ctx, err)
+	if ev.Outcome != "" && outcome != "interrupted" {
+		outcome = ev.Outcome
 	}
 	var drift *DriftError
 	if errors.As(err, &drift) {

@@ -54,6 +54,8 @@ func TestRunPhaseOutcomes(t *testing.T) {
 			return &shadow.LockTimeoutError{Step: "p-lock", Attempts: 3}
 		}, "lock-timeout", exitcode.Of(&shadow.LockTimeoutError{})},
 		{"p-refused", ctx, func(_ context.Context, ev *phaseEvent) error { ev.Outcome = "refused"; return failed }, "refused", exitcode.Failed},
+		{"p-refused-interrupted", cancelled, func(ctx context.Context, ev *phaseEvent) error { ev.Outcome = "refused"; return ctx.Err() },
+			"interrupted", exitcode.Of(context.Canceled)},
 		{"p-drift", ctx, func(context.Context, *phaseEvent) error { return &DriftError{Migration: "ph", Step: "p-drift"} }, "", exitcode.Of(&DriftError{})},
 	}
 	for _, c := range cases {
