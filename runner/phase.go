@@ -58,6 +58,9 @@ func runPhase(ctx context.Context, env *Env, log zerolog.Logger, migration, name
 	if ev.Outcome != "" && outcome != "interrupted" {
 		outcome = ev.Outcome
 	}
+	// Every phase's end at debug level, whatever it recorded: the log then
+	// shows each phase with its timing, as the event log does.
+	log.Debug().Str("step", name).Str("outcome", outcome).Float64("took_ms", logx.Ms(took)).Msg("phase ended")
 	var drift *DriftError
 	if errors.As(err, &drift) {
 		return err // refuseOnDrift recorded it, naming what drifted
