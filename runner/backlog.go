@@ -25,7 +25,6 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
-	"github.com/greenswap/greenswap/shadow"
 )
 
 // DefaultBacklogWindow is Env.BacklogWindow's default: how long the
@@ -224,8 +223,7 @@ func (e *Env) backlogWindow(name string) *backlogWindow {
 	if span <= 0 {
 		span = DefaultBacklogWindow
 	}
-	v, _ := e.backlogs.LoadOrStore(name, &backlogWindow{span: span})
-	return v.(*backlogWindow)
+	return e.backlogs.getOrPut(name, func() *backlogWindow { return &backlogWindow{span: span} })
 }
 
 // add records s (kept in time order: several readers sample at once) and
@@ -435,17 +433,17 @@ func (e *BacklogError) ExitCode() exitcode.Code { return exitcode.BadInput }
 // before it refuses, so that its message can say whether the backlog grows.
 const backlogRefusalSample = 1500 * time.Millisecond
 
-// checkStreamBacklog refuses a cutover of a logical migration while the
+// readyForCutover refuses a cutover of a logical migration while the
 // stream's backlog exceeds bound bytes (0: DefaultMaxStreamBacklog;
-// negative: no bound). It only reads. A migration in trigger mode, one
-// whose stream is already retired (the forward triggers are on: what is
+// negative: no bound). It only reads. A migration whose stream is already retired (the forward triggers are on: what is
 // left to drain is bounded), or one without a slot passes; cutover's
 // retirement then decides.
-func checkStreamBacklog(ctx context.Context, env *Env, m *Migration, bound int64) error {
+func (f *logicalFeed) readyForCutover(ctx context.Context, m *Migration, bound int64) error {
+	env := f.env
 	if bound == 0 {
 		bound = DefaultMaxStreamBacklog
 	}
-	if bound < 0 || shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+	if bound < 0 {
 		return nil
 	}
 	if retired, err := streamRetired(ctx, env, m.Names); err != nil || retired {

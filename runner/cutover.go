@@ -12,7 +12,6 @@ import (
 
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/exitcode"
-	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/verify"
@@ -120,7 +119,8 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 	}
 	// Logical mode: a stream far behind would hold the handover to the
 	// triggers (and the app's writes paying for it) too long, or never end.
-	if err := checkStreamBacklog(ctx, env, m, opts.MaxStreamBacklog); err != nil {
+	feed := env.feedOf(m)
+	if err := feed.readyForCutover(ctx, m, opts.MaxStreamBacklog); err != nil {
 		return nil, err
 	}
 	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
@@ -140,9 +140,9 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		res.Warnings = append(res.Warnings, "cut over without a passing verify since the last backfill (--skip-verify)")
 		_ = state.Record(ctx, env.Pool, name, "cutover", "verify-skipped", 0, "", nil)
 	}
-	// Logical mode: hand blue → green over from the stream to the sync
-	// triggers first, losing nothing; the swap is then trigger mode's (sync_logical.go).
-	if _, err := prepareCutoverLogical(ctx, env, m, opts.lockOptions(m.Spec), opts.printf); err != nil {
+	// The feed hands blue → green over to the sync triggers first, losing
+	// nothing; the swap is then trigger mode's (feed_logical.go).
+	if err := feed.handOver(ctx, m, opts.lockOptions(m.Spec), opts.printf); err != nil {
 		res.TotalMS = swapMS(time.Since(start))
 		return res, err
 	}
@@ -179,60 +179,53 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 		to, side, next = m.Names.Blue, "blue", state.Synced
 	}
 
-	// State what will happen.
-	plan, err := planSwapReadOnly(ctx, env, in)
-	if err != nil {
-		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, string(dir), "refused", 0, "", map[string]string{"error": err.Error()})
-		return err
-	}
-	describeSwap(o, plan, lo)
-
-	log := env.Log.With().Str("migration", name).Str("step", string(dir)).Logger()
-	sr, err := cutover.Swap(ctx, env.Pool, in, cutover.SwapOptions{
-		Lock: lo,
-		OnRetry: func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-			o.printf("attempt %d: a lock was not granted within the budget of %s; rolled back, nothing changed; retrying in %s\n",
-				attempt, lo.Timeout, wait.Round(time.Millisecond))
-			for _, b := range blockers {
-				o.printf("  blocked by %s\n", b)
-			}
-			ev := log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
-			for _, b := range blockers {
-				ev = ev.Str(fmt.Sprintf("blocker_%d", b.PID), b.String())
-			}
-			ev.Msg("lock wait timed out; rolled back, retrying")
-		},
-		Commit: func(ctx context.Context, tx pgx.Tx, _ *cutover.SwapPlan) error {
-			if err := state.Transition(ctx, tx, name, next); err != nil {
-				return err
-			}
-			if err := state.Update(ctx, tx, name, map[string]any{"primary_side": side}); err != nil {
-				return err
-			}
-			// The swap changed the view and the triggers: what is there now
-			// is greenswap's.
-			return recordFingerprint(ctx, tx, m.Names, name, keep)
-		},
-	})
-	res.Plan, res.Attempts, res.Blockers = sr.Plan, sr.Attempts, sr.Blockers
-	res.SwapMS = swapMS(sr.Duration)
-	if err != nil {
-		outcome := "error"
-		var lt *shadow.LockTimeoutError
-		if errors.As(err, &lt) {
-			outcome = "lock-timeout"
-			o.printf("gave up after %d attempts: nothing was changed; %s still reads %s\n", sr.Attempts, m.Names.App, plan.From)
+	log := env.Log.With().Str("migration", name).Logger()
+	var sr *cutover.SwapResult
+	err := runPhase(ctx, env, log, name, string(dir), func(ctx context.Context, ev *phaseEvent) error {
+		// State what will happen.
+		plan, err := planSwapReadOnly(ctx, env, in)
+		if err != nil {
+			ev.Outcome = "refused"
+			return err
 		}
-		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, string(dir), outcome, sr.Duration, "",
-			map[string]any{"error": err.Error(), "attempts": sr.Attempts, "blockers": sr.Blockers})
+		describeSwap(o, plan, lo)
+		sr, err = cutover.Swap(ctx, env.Pool, in, cutover.SwapOptions{
+			Lock:    lo,
+			OnRetry: lockRetry(log, string(dir), lo.Timeout, o.printf),
+			Commit: func(ctx context.Context, tx pgx.Tx, _ *cutover.SwapPlan) error {
+				if err := state.Transition(ctx, tx, name, next); err != nil {
+					return err
+				}
+				if err := state.SetPrimarySide(ctx, tx, name, side); err != nil {
+					return err
+				}
+				// The swap changed the view and the triggers: what is there now
+				// is greenswap's.
+				return recordFingerprint(ctx, tx, m.Names, name, keep)
+			},
+		})
+		res.Plan, res.Attempts, res.Blockers = sr.Plan, sr.Attempts, sr.Blockers
+		res.SwapMS = swapMS(sr.Duration)
+		ev.Took = sr.Duration
+		if err != nil {
+			var lt *shadow.LockTimeoutError
+			if errors.As(err, &lt) {
+				o.printf("gave up after %d attempts: nothing was changed; %s still reads %s\n", sr.Attempts, m.Names.App, plan.From)
+			}
+			ev.Detail = map[string]any{"attempts": sr.Attempts, "blockers": sr.Blockers}
+			return err
+		}
+		res.LockHold, res.LockHoldMS, res.LockWaitMS = sr.LockHold, swapMS(sr.LockHold), swapMS(sr.LockWait)
+		ev.SQL = strings.Join(sr.Plan.Step().SQL, ";\n")
+		ev.Detail = map[string]any{"lock_hold_ms": res.LockHoldMS, "lock_wait_ms": res.LockWaitMS, "attempts": sr.Attempts,
+			"row_type_changed": sr.Plan.RowTypeChanged, "view_mode": sr.Plan.ViewMode}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	res.LockHold, res.LockHoldMS, res.LockWaitMS = sr.LockHold, swapMS(sr.LockHold), swapMS(sr.LockWait)
 	res.State, res.PrimarySide, res.Reads = next, side, to.String()
 	res.Warnings = append(res.Warnings, sr.Plan.Warnings...)
-	_ = state.Record(ctx, env.Pool, name, string(dir), "ok", sr.Duration, strings.Join(sr.Plan.Step().SQL, ";\n"),
-		map[string]any{"lock_hold_ms": res.LockHoldMS, "lock_wait_ms": res.LockWaitMS, "attempts": sr.Attempts,
-			"row_type_changed": sr.Plan.RowTypeChanged, "view_mode": sr.Plan.ViewMode})
 	o.printf("done: %s now reads %s; %s is primary (%d attempt%s, locks held %.1f ms, swap %s)\n",
 		m.Names.App, to, side, sr.Attempts, swapPlural(sr.Attempts), res.LockHoldMS, sr.Duration.Round(time.Millisecond))
 

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	gosync "sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -54,10 +53,10 @@ type Env struct {
 	// streams are the streamers running on this Env, by migration, so that
 	// progress reports can show their in-memory figures (lag in seconds,
 	// rate) and the metrics endpoint of the same process can too.
-	streams gosync.Map // string → *stream.Streamer
+	streams registry[*stream.Streamer]
 	// backlogs are this process's samples of each logical migration's
 	// backlog, by migration (backlog.go).
-	backlogs gosync.Map // string → *backlogWindow
+	backlogs registry[*backlogWindow]
 }
 
 // SessionSearchPath is the search_path every connection greenswap opens

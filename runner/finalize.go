@@ -11,7 +11,6 @@ import (
 
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/exitcode"
-	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 )
@@ -93,140 +92,47 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		return nil, err
 	}
 	lo := opts.lockOptions(m.Spec)
-	refuse := func(outcome string, err error) (*FinalizeResult, error) {
-		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, "finalize", outcome, time.Since(start), "",
-			map[string]any{"error": err.Error(), "clients": res.Clients})
-		return res, err
-	}
 	// Finalize drops blue: a column or trigger added to it (or to the view)
 	// outside greenswap would go with it (trap 16). Checked before the
 	// quiet period and again after it.
 	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
 		return res, err
 	}
-
-	identity, err := cutover.TargetIdentity(ctx, env.Pool, m.Names, m.Spec, lo)
-	if err != nil {
-		return refuse("error", fmt.Errorf("read target.ddl's identity columns: %w", err))
-	}
-	in := cutover.FinalizeInput{Migration: name, Names: m.Names, Identity: identity}
-	tx, err := env.Pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return nil, err
-	}
-	plan, err := cutover.PlanFinalize(ctx, tx, in)
-	tx.Rollback(ctx)
-	if err != nil {
-		return refuse("refused", err)
-	}
-	res.Plan = plan
-	describeFinalize(opts, plan)
-
-	// The quiet period. greenswap's own sessions are this process's
-	// connections, by PID: a client calling itself greenswap is a client.
-	since := time.Now().Add(-opts.QuietPeriod)
-	own := cutover.OwnSessions(ctx, env.Pool, lock.PID())
-	var clients []cutover.Client
-	if opts.Force {
-		clients, err = cutover.Usage(ctx, env.Pool, m.Names, since, own)
-	} else {
-		opts.printf("watching %s for clients other than greenswap for %s (sampled every %s) ...\n",
-			m.Names.Blue, opts.QuietPeriod, durOr(opts.SampleEvery, time.Second))
-		lastTick := time.Now()
-		clients, err = cutover.WatchUsage(ctx, env.Pool, m.Names, cutover.WatchOptions{
-			Period: opts.QuietPeriod, Interval: opts.SampleEvery, Since: since, Own: own,
-			Tick: func(left time.Duration, seen []cutover.Client) {
-				if len(seen) == 0 && left > 0 && time.Since(lastTick) >= 30*time.Second {
-					lastTick = time.Now()
-					opts.printf("  no client so far; %s left\n", left.Round(time.Second))
-				}
-			},
-		})
-	}
-	res.WatchedS = time.Since(start).Seconds()
-	res.Clients = clients
-	if err != nil {
-		return refuse("error", interrupted(ctx, err))
-	}
-	if len(clients) > 0 {
-		if !opts.Force {
-			uerr := &cutover.UsageError{Blue: m.Names.Blue, Period: opts.QuietPeriod, Clients: clients}
-			opts.printf("refusing: %d client(s) used %s within the quiet period:\n", len(clients), m.Names.Blue)
-			for _, c := range clients {
-				opts.printf("  %s\n", c)
-			}
-			return refuse("refused", uerr)
-		}
-		for _, c := range clients {
-			w := "--force: finalizing although this client used blue: " + c.String()
-			res.Warnings = append(res.Warnings, w)
-			opts.printf("warning: %s\n", w)
-		}
-	} else if !opts.Force {
-		opts.printf("no client used %s for %s\n", m.Names.Blue, opts.QuietPeriod)
-	}
-
-	if !opts.Yes {
-		ok, err := opts.Confirm(fmt.Sprintf("finalize %s: drop %s for good and make %s the table %s; this cannot be undone. Continue?",
-			name, m.Names.Blue, m.Names.Green, m.Names.App))
+	log := env.Log.With().Str("migration", name).Logger()
+	var fr *cutover.FinalizeResult
+	err = runPhase(ctx, env, log, name, "finalize", func(ctx context.Context, ev *phaseEvent) error {
+		err := finalizePhase(ctx, env, m, opts, lock, lo, start, res, &fr)
 		if err != nil {
-			return refuse("refused", exitcode.With(exitcode.BadInput, err))
+			var ue *cutover.UsageError
+			var refused *refusedError
+			if errors.As(err, &ue) || errors.As(err, &refused) {
+				ev.Outcome = "refused"
+			}
+			ev.Took = time.Since(start)
+			ev.Detail = map[string]any{"clients": res.Clients}
+			return err
 		}
-		if !ok {
-			return refuse("refused", exitcode.Errorf(exitcode.BadInput, "finalize not confirmed: nothing was changed"))
+		ev.Took = fr.Duration
+		ev.SQL = strings.Join(fr.Plan.Step().SQL, ";\n")
+		ev.Detail = map[string]any{"lock_hold_ms": res.LockHoldMS, "attempts": fr.Attempts, "forced": opts.Force,
+			"quiet_period_s": res.QuietPeriodS, "clients": res.Clients}
+		return nil
+	})
+	if err != nil {
+		var refused *refusedError
+		if errors.As(err, &refused) {
+			err = refused.err
 		}
-	}
-
-	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
 		return res, err
 	}
-	if !opts.Force {
-		in.Since = since
-	}
-	// Again: the pool may have opened connections since.
-	in.Own = cutover.OwnSessions(ctx, env.Pool, lock.PID())
-	log := env.Log.With().Str("migration", name).Str("step", "finalize").Logger()
-	fr, err := cutover.Finalize(ctx, env.Pool, in, cutover.SwapOptions{
-		Lock: lo,
-		OnRetry: func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-			opts.printf("attempt %d: a lock was not granted in time; rolled back, nothing changed; retrying in %s\n", attempt, wait.Round(time.Millisecond))
-			for _, b := range blockers {
-				opts.printf("  blocked by %s\n", b)
-			}
-			log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait)).Msg("lock wait timed out; retrying")
-		},
-	}, func(ctx context.Context, tx pgx.Tx, _ *cutover.FinalizePlan) error {
-		return state.Transition(ctx, tx, name, state.Finalized)
-	})
-	res.Attempts, res.FinalizeMS = fr.Attempts, swapMS(fr.Duration)
-	if fr.Plan != nil {
-		res.Plan = fr.Plan
-	}
-	if err != nil {
-		outcome := "error"
-		var lt *shadow.LockTimeoutError
-		var ue *cutover.UsageError
-		switch {
-		case errors.As(err, &lt):
-			outcome = "lock-timeout"
-			opts.printf("gave up after %d attempts: nothing was changed\n", fr.Attempts)
-		case errors.As(err, &ue):
-			outcome = "refused"
-			res.Clients = ue.Clients
-		}
-		return refuse(outcome, err)
-	}
-	res.State, res.LockHoldMS = state.Finalized, swapMS(fr.LockHold)
-	if err := dropLogicalObjects(ctx, env, m); err != nil { // an active slot too (sync_logical.go)
+
+	if err := env.feedOf(m).drop(ctx, m); err != nil { // an active slot too (feed_logical.go)
 		res.Warnings = append(res.Warnings, "could not drop the replication slot: "+err.Error())
 	}
 	res.Warnings = append(res.Warnings, fr.Plan.Warnings...)
 	if fr.SlotNote != "" {
 		res.Notes = append(res.Notes, fr.SlotNote)
 	}
-	_ = state.Record(ctx, env.Pool, name, "finalize", "ok", fr.Duration, strings.Join(fr.Plan.Step().SQL, ";\n"),
-		map[string]any{"lock_hold_ms": res.LockHoldMS, "attempts": fr.Attempts, "forced": opts.Force,
-			"quiet_period_s": res.QuietPeriodS, "clients": res.Clients})
 	opts.printf("done: %s is the table (was %s); %s and the version schemas are gone (%d attempt%s, locks held %.1f ms, %s)\n",
 		m.Names.App, m.Names.Green, m.Names.Blue, fr.Attempts, swapPlural(fr.Attempts), res.LockHoldMS, fr.Duration.Round(time.Millisecond))
 	for _, w := range fr.Plan.Warnings {
@@ -265,4 +171,123 @@ func durOr(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// refusedError is a finalize that was refused before it changed
+// anything for a reason runPhase cannot tell from the error (a plan that
+// refuses, no confirmation): its event says "refused".
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
+// finalizePhase is Finalize's one phase: the quiet period, the
+// confirmation, the drift check again and the finalize transaction.
+func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOptions, lock *state.Lock, lo shadow.LockOptions,
+	start time.Time, res *FinalizeResult, out **cutover.FinalizeResult) error {
+	name := m.Spec.Name
+	identity, err := cutover.TargetIdentity(ctx, env.Pool, m.Names, m.Spec, lo)
+	if err != nil {
+		return fmt.Errorf("read target.ddl's identity columns: %w", err)
+	}
+	in := cutover.FinalizeInput{Migration: name, Names: m.Names, Identity: identity}
+	tx, err := env.Pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return err
+	}
+	plan, err := cutover.PlanFinalize(ctx, tx, in)
+	tx.Rollback(ctx)
+	if err != nil {
+		return &refusedError{err} // the plan refused: the migration cannot finalize as it is
+	}
+	res.Plan = plan
+	describeFinalize(opts, plan)
+
+	// The quiet period. greenswap's own sessions are this process's
+	// connections, by PID: a client calling itself greenswap is a client.
+	since := time.Now().Add(-opts.QuietPeriod)
+	own := cutover.OwnSessions(ctx, env.Pool, lock.PID())
+	var clients []cutover.Client
+	if opts.Force {
+		clients, err = cutover.Usage(ctx, env.Pool, m.Names, since, own)
+	} else {
+		opts.printf("watching %s for clients other than greenswap for %s (sampled every %s) ...\n",
+			m.Names.Blue, opts.QuietPeriod, durOr(opts.SampleEvery, time.Second))
+		lastTick := time.Now()
+		clients, err = cutover.WatchUsage(ctx, env.Pool, m.Names, cutover.WatchOptions{
+			Period: opts.QuietPeriod, Interval: opts.SampleEvery, Since: since, Own: own,
+			Tick: func(left time.Duration, seen []cutover.Client) {
+				if len(seen) == 0 && left > 0 && time.Since(lastTick) >= 30*time.Second {
+					lastTick = time.Now()
+					opts.printf("  no client so far; %s left\n", left.Round(time.Second))
+				}
+			},
+		})
+	}
+	res.WatchedS = time.Since(start).Seconds()
+	res.Clients = clients
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	if len(clients) > 0 {
+		if !opts.Force {
+			uerr := &cutover.UsageError{Blue: m.Names.Blue, Period: opts.QuietPeriod, Clients: clients}
+			opts.printf("refusing: %d client(s) used %s within the quiet period:\n", len(clients), m.Names.Blue)
+			for _, c := range clients {
+				opts.printf("  %s\n", c)
+			}
+			return uerr
+		}
+		for _, c := range clients {
+			w := "--force: finalizing although this client used blue: " + c.String()
+			res.Warnings = append(res.Warnings, w)
+			opts.printf("warning: %s\n", w)
+		}
+	} else if !opts.Force {
+		opts.printf("no client used %s for %s\n", m.Names.Blue, opts.QuietPeriod)
+	}
+
+	if !opts.Yes {
+		ok, err := opts.Confirm(fmt.Sprintf("finalize %s: drop %s for good and make %s the table %s; this cannot be undone. Continue?",
+			name, m.Names.Blue, m.Names.Green, m.Names.App))
+		if err != nil {
+			return &refusedError{exitcode.With(exitcode.BadInput, err)}
+		}
+		if !ok {
+			return &refusedError{exitcode.Errorf(exitcode.BadInput, "finalize not confirmed: nothing was changed")}
+		}
+	}
+
+	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
+		return err
+	}
+	if !opts.Force {
+		in.Since = since
+	}
+	// Again: the pool may have opened connections since.
+	in.Own = cutover.OwnSessions(ctx, env.Pool, lock.PID())
+	log := env.Log.With().Str("migration", name).Logger()
+	fr, err := cutover.Finalize(ctx, env.Pool, in, cutover.SwapOptions{
+		Lock: lo, OnRetry: lockRetry(log, "finalize", lo.Timeout, opts.printf),
+	}, func(ctx context.Context, tx pgx.Tx, _ *cutover.FinalizePlan) error {
+		return state.Transition(ctx, tx, name, state.Finalized)
+	})
+	*out = fr
+	res.Attempts, res.FinalizeMS = fr.Attempts, swapMS(fr.Duration)
+	if fr.Plan != nil {
+		res.Plan = fr.Plan
+	}
+	if err != nil {
+		var lt *shadow.LockTimeoutError
+		var ue *cutover.UsageError
+		switch {
+		case errors.As(err, &lt):
+			opts.printf("gave up after %d attempts: nothing was changed\n", fr.Attempts)
+		case errors.As(err, &ue):
+			res.Clients = ue.Clients
+		}
+		return err
+	}
+	res.State, res.LockHoldMS = state.Finalized, swapMS(fr.LockHold)
+	return nil
 }

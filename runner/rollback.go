@@ -10,7 +10,6 @@ import (
 
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/exitcode"
-	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 )
@@ -95,10 +94,10 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 		if err := teardown(ctx, env, m, opts, res); err != nil {
 			return res, err
 		}
-		return res, dropLogicalObjects(ctx, env, m) // an active slot too (sync_logical.go)
+		return res, env.feedOf(m).drop(ctx, m) // an active slot too (feed_logical.go)
 	case state.RolledBack:
 		res.Kind, res.State = "none", state.RolledBack
-		if err := dropLogicalObjects(ctx, env, m); err != nil { // one left behind (sync_logical.go)
+		if err := env.feedOf(m).drop(ctx, m); err != nil { // one left behind (feed_logical.go)
 			return res, err
 		}
 		opts.printf("migration %s is already rolled back: %s is the app's table\n", name, m.Names.App)
@@ -137,41 +136,40 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 		}
 		o.printf("  lock wait at most %s per attempt, up to %d attempts with backoff\n", lo.Timeout, lo.MaxAttempts)
 	}
-	log := env.Log.With().Str("migration", name).Str("step", "rollback").Logger()
-	tr, err := cutover.Teardown(ctx, env.Pool, name, m.Names, cutover.SwapOptions{
-		Lock: lo,
-		OnRetry: func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-			o.printf("attempt %d: a lock was not granted in time; rolled back, nothing changed; retrying in %s\n", attempt, wait.Round(time.Millisecond))
-			for _, b := range blockers {
-				o.printf("  blocked by %s\n", b)
+	log := env.Log.With().Str("migration", name).Logger()
+	var tr *cutover.TeardownResult
+	err = runPhase(ctx, env, log, name, "rollback", func(ctx context.Context, ev *phaseEvent) error {
+		var err error
+		tr, err = cutover.Teardown(ctx, env.Pool, name, m.Names, cutover.SwapOptions{
+			Lock: lo, OnRetry: lockRetry(log, "rollback", lo.Timeout, o.printf),
+		}, func(ctx context.Context, tx pgx.Tx, _ *cutover.TeardownPlan) error {
+			if err := state.Transition(ctx, tx, name, state.RolledBack); err != nil {
+				return err
 			}
-			log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait)).Msg("lock wait timed out; retrying")
-		},
-	}, func(ctx context.Context, tx pgx.Tx, _ *cutover.TeardownPlan) error {
-		if err := state.Transition(ctx, tx, name, state.RolledBack); err != nil {
+			return state.SetTornDown(ctx, tx, name)
+		})
+		res.Teardown, res.Attempts = tr.Plan, tr.Attempts
+		ev.Took = tr.Duration
+		if err != nil {
+			var lt *shadow.LockTimeoutError
+			if errors.As(err, &lt) {
+				o.printf("gave up after %d attempts: nothing was changed\n", tr.Attempts)
+			}
+			ev.Detail = map[string]any{"attempts": tr.Attempts}
 			return err
 		}
-		return state.Update(ctx, tx, name, map[string]any{"primary_side": "blue", "phase": ""})
+		res.State, res.LockHoldMS = state.RolledBack, swapMS(tr.LockHold)
+		ev.SQL = strings.Join(tr.Plan.Step().SQL, ";\n")
+		ev.Detail = map[string]any{"kind": "teardown", "lock_hold_ms": res.LockHoldMS, "attempts": tr.Attempts}
+		return nil
 	})
-	res.Teardown, res.Attempts = tr.Plan, tr.Attempts
 	if err != nil {
-		outcome := "error"
-		var lt *shadow.LockTimeoutError
-		if errors.As(err, &lt) {
-			outcome = "lock-timeout"
-			o.printf("gave up after %d attempts: nothing was changed\n", tr.Attempts)
-		}
-		_ = state.Record(context.WithoutCancel(ctx), env.Pool, name, "rollback", outcome, tr.Duration, "",
-			map[string]any{"error": err.Error(), "attempts": tr.Attempts})
 		return err
 	}
-	res.State, res.LockHoldMS = state.RolledBack, swapMS(tr.LockHold)
 	if tr.SlotNote != "" {
 		res.Notes = append(res.Notes, tr.SlotNote)
 		o.printf("%s\n", tr.SlotNote)
 	}
-	_ = state.Record(ctx, env.Pool, name, "rollback", "ok", tr.Duration, strings.Join(tr.Plan.Step().SQL, ";\n"),
-		map[string]any{"kind": "teardown", "lock_hold_ms": res.LockHoldMS, "attempts": tr.Attempts})
 	o.printf("done: %s is the app's table again; greenswap's objects are gone (%d attempt%s, locks held %.1f ms, %s)\n",
 		m.Names.App, tr.Attempts, swapPlural(tr.Attempts), res.LockHoldMS, tr.Duration.Round(time.Millisecond))
 	return nil

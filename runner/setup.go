@@ -138,7 +138,7 @@ func createGreenTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.N
 	if b.Mapping, err = shadow.BuildMapping(spec, blue, b.Green); err != nil {
 		return nil, err
 	}
-	install := installStepFor(spec, n, b.Mapping, blue.Owner) // forward off in logical mode (sync_logical.go)
+	install := installStepFor(spec, n, b.Mapping, blue.Owner) // forward off in logical mode (feed.go)
 	if err := execStep(ctx, tx, install); err != nil {
 		return nil, spec.Errorf("forward", "check the forward and reverse expressions", "compiling the sync triggers failed: %s", err)
 	}

@@ -147,17 +147,16 @@ func statusBacklogs(ctx context.Context, env *Env, rep *StatusReport, rows []*st
 	var todo []live
 	for i, m := range rows {
 		st := &rep.Migrations[i]
-		if shadow.Mode(m.Mode) != shadow.ModeLogical || st.Slot == nil || !st.Slot.Exists ||
-			(m.State != state.Syncing && m.State != state.Synced) {
+		if st.Slot == nil || !st.Slot.Exists || (m.State != state.Syncing && m.State != state.Synced) {
 			continue
 		}
 		var spec shadow.Spec
 		if err := json.Unmarshal(m.Spec, &spec); err != nil {
 			return fmt.Errorf("decode stored spec of %s: %w", m.Name, err)
 		}
-		if retired, err := streamRetired(ctx, env, shadow.NamesFor(spec.Name, spec.AppTable())); err != nil {
+		if live, err := feedFor(env, shadow.Mode(m.Mode)).streaming(ctx, shadow.NamesFor(spec.Name, spec.AppTable())); err != nil {
 			return err
-		} else if retired {
+		} else if !live {
 			continue
 		}
 		todo = append(todo, live{st, st.Slot.Name})

@@ -77,7 +77,7 @@ type SyncStats struct {
 	Total         time.Duration // wall time of Sync
 	RowsPerSec    float64       // Rows / Backfill
 
-	Stream *StreamStats // logical mode: the stream's figures (sync_logical.go)
+	Stream *StreamStats // logical mode: the stream's figures (feed_logical.go)
 }
 
 // syncRun is one invocation of Sync.
@@ -93,7 +93,7 @@ type syncRun struct {
 	build *Build
 	stats SyncStats
 
-	logical *logicalSync // logical mode: the streamer (sync_logical.go)
+	feed changeFeed // carries blue → green: trigger or logical (feed.go)
 }
 
 // Sync takes a migration from planned (or wherever an earlier run stopped)
@@ -138,44 +138,47 @@ func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*
 	}
 	stop := r.startProgress(ctx)
 	defer stop()
-	defer r.stopLogical() // logical mode (sync_logical.go)
+	r.feed = feedFor(env, r.spec.Mode)
+	defer r.feed.stop(r) // every way out stops what the feed started
 
+	// Each phase but the backfill records its success in the transaction
+	// that does its work (inTx); runPhase records every failure.
 	phases := []struct {
 		name string
-		fn   func(context.Context) error
+		fn   func(context.Context, *phaseEvent) error
 	}{
-		{PhaseAdopt, r.adopt},
-		{PhaseCreateGreen, r.createGreen},
-		{PhaseCreateSlot, r.startLogical}, // logical mode only (sync_logical.go)
+		{PhaseAdopt, inTx(r.adopt)},
+		{PhaseCreateGreen, inTx(r.createGreen)},
+		{PhaseCreateSlot, inTx(func(ctx context.Context) error { return r.feed.start(ctx, r) })},
 		{PhaseBackfill, r.backfill},
-		{PhaseIndexes, r.indexes},
-		{PhaseAnalyze, r.analyze},
-		{PhaseEnableReverse, r.enableReverse},
-		{PhaseStreamCatchUp, r.finishLogical}, // logical mode only (sync_logical.go)
+		{PhaseIndexes, inTx(r.indexes)},
+		{PhaseAnalyze, inTx(r.analyze)},
+		{PhaseEnableReverse, inTx(r.enableReverse)},
+		{PhaseStreamCatchUp, inTx(func(ctx context.Context) error { return r.feed.catchUp(ctx, r) })},
 	}
 	for _, ph := range phases {
 		if opts.StopAfterSetup && ph.name == PhaseBackfill {
 			break
 		}
-		if err := ph.fn(ctx); err != nil {
-			err = interrupted(ctx, err)
-			outcome := "error"
-			if exitcode.Of(err) == exitcode.Interrupted {
-				outcome = "interrupted"
-			}
-			if ph.name != PhaseBackfill { // the backfill records its own outcome
-				_ = state.Record(context.WithoutCancel(ctx), env.Pool, r.spec.Name, ph.name, outcome, 0, "",
-					map[string]string{"error": err.Error()})
-			}
+		if err := runPhase(ctx, env, r.log, r.spec.Name, ph.name, ph.fn); err != nil {
 			stop()
 			r.report(context.WithoutCancel(ctx))
-			return &r.stats, err
+			return &r.stats, interrupted(ctx, err)
 		}
 	}
 	r.stats.Total = time.Since(start)
 	stop()
 	r.report(ctx)
 	return &r.stats, nil
+}
+
+// inTx adapts a sync phase that records its own success, in the
+// transaction that does its work, to runPhase.
+func inTx(fn func(context.Context) error) func(context.Context, *phaseEvent) error {
+	return func(ctx context.Context, ev *phaseEvent) error {
+		ev.Recorded = true
+		return fn(ctx)
+	}
 }
 
 // interrupted makes an error caused by ctx's cancellation exit 130.
@@ -223,7 +226,7 @@ func (r *syncRun) open(ctx context.Context, spec *shadow.Spec) error {
 			if err != nil {
 				return err
 			}
-			if err := state.Update(ctx, pool, spec.Name, map[string]any{"spec": js, "app_table": spec.AppTable().String()}); err != nil {
+			if err := state.SetSpec(ctx, pool, spec.Name, js, spec.AppTable().String()); err != nil {
 				return err
 			}
 		}
@@ -310,20 +313,12 @@ func (r *syncRun) lockOptions() shadow.LockOptions {
 }
 
 func (r *syncRun) onRetry(step string) func(int, []shadow.Blocker, time.Duration) {
-	return func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-		ev := r.log.Warn().Str("step", step).Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
-		for _, b := range blockers {
-			ev = ev.Str(fmt.Sprintf("blocker_%d", b.PID), b.String())
-		}
-		ev.Msg("lock wait timed out; rolled back, retrying")
-	}
+	return lockRetry(r.log, step, r.lockOptions().Timeout, nil)
 }
 
 // setPhase records the next phase in q (the phase's own transaction).
-func (r *syncRun) setPhase(ctx context.Context, q db.Querier, phase string, more map[string]any) error {
-	cols := map[string]any{"phase": phase}
-	maps.Copy(cols, more)
-	if err := state.Update(ctx, q, r.spec.Name, cols); err != nil {
+func (r *syncRun) setPhase(ctx context.Context, q db.Querier, phase string) error {
+	if err := state.SetPhase(ctx, q, r.spec.Name, phase); err != nil {
 		return err
 	}
 	r.phase = phase
@@ -382,7 +377,7 @@ func (r *syncRun) adopt(ctx context.Context) error {
 		if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
 			return err
 		}
-		if err := r.setPhase(ctx, tx, PhaseCreateGreen, nil); err != nil {
+		if err := r.setPhase(ctx, tx, PhaseCreateGreen); err != nil {
 			return err
 		}
 		r.row.State = state.Syncing
@@ -415,7 +410,7 @@ func (r *syncRun) adopt(ctx context.Context) error {
 		if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
 			return err
 		}
-		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{"phase": PhaseCreateGreen}); err != nil {
+		if err := state.SetPhase(ctx, tx, r.spec.Name, PhaseCreateGreen); err != nil {
 			return err
 		}
 		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name, nil); err != nil {
@@ -446,7 +441,11 @@ func (r *syncRun) createGreen(ctx context.Context) error {
 		if r.phase == PhaseCreateGreen {
 			// Green exists but the phase was not moved on: only possible if
 			// it was made by hand; carry on from the backfill.
-			return r.setPhase(ctx, r.env.Pool, PhaseBackfill, map[string]any{"rows_estimate": r.build.Blue.RowEstimate})
+			if err := state.SetRowsEstimate(ctx, r.env.Pool, r.spec.Name, PhaseBackfill, r.build.Blue.RowEstimate); err != nil {
+				return err
+			}
+			r.phase = PhaseBackfill
+			return nil
 		}
 		return r.checkGreen()
 	}
@@ -466,10 +465,7 @@ func (r *syncRun) createGreen(ctx context.Context) error {
 			return err
 		}
 		r.build = b
-		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{
-			"phase": PhaseBackfill, "rows_estimate": b.Blue.RowEstimate, "backfill_started_at": time.Now(),
-			"cursor": nil, "rows_copied": 0, "batch_size": 0, "rows_per_sec": 0,
-		}); err != nil {
+		if err := state.StartBackfill(ctx, tx, r.spec.Name, PhaseBackfill, b.Blue.RowEstimate, false); err != nil {
 			return err
 		}
 		if err := recordFingerprintOf(ctx, tx, r.names, r.spec.Name, "blue", "green"); err != nil {
@@ -505,8 +501,9 @@ func (r *syncRun) checkGreen() error {
 }
 
 // backfill copies blue into green from the recorded cursor.
-func (r *syncRun) backfill(ctx context.Context) error {
+func (r *syncRun) backfill(ctx context.Context, ev *phaseEvent) error {
 	if phaseAfter(r.phase, PhaseBackfill) {
+		ev.Recorded = true // nothing to do, nothing to record
 		return nil
 	}
 	var cursor gssync.Cursor
@@ -554,19 +551,11 @@ func (r *syncRun) backfill(ctx context.Context) error {
 			&gssync.ReplicaLag{Q: pool, Max: maxLag, Warn: func(msg string) { r.log.Warn().Msg(msg) }},
 		},
 		Checkpoint: func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
-			cols := map[string]any{"cursor": []string(cp.Cursor), "rows_copied": cp.RowsCopied,
-				"batch_size": cp.BatchSize, "rows_per_sec": cp.RowsPerSec}
-			if cp.Done {
-				cols["phase"], cols["backfill_done_at"], cols["throttle"] = PhaseIndexes, time.Now(), ""
-			}
-			return state.Update(ctx, tx, name, cols)
+			return state.SetCheckpoint(ctx, tx, name, state.BackfillCheckpoint{Cursor: cp.Cursor, RowsCopied: cp.RowsCopied,
+				BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Next: PhaseIndexes})
 		},
 		OnThrottle: func(reason string) {
-			cols := map[string]any{"throttle": reason}
-			if reason != "" {
-				cols["rows_per_sec"] = 0.0
-			}
-			if err := state.Update(context.WithoutCancel(ctx), pool, name, cols); err != nil {
+			if err := state.SetThrottle(context.WithoutCancel(ctx), pool, name, reason); err != nil {
 				r.log.Warn().Err(err).Msg("record the throttle reason")
 			}
 		},
@@ -583,18 +572,9 @@ func (r *syncRun) backfill(ctx context.Context) error {
 	if s := res.Duration.Seconds(); s > 0 {
 		r.stats.RowsPerSec = float64(res.Rows) / s
 	}
-	outcome := "ok"
-	if err != nil {
-		outcome = "interrupted"
-		if ctx.Err() == nil {
-			outcome = "error"
-		}
-	}
-	detail := map[string]any{"rows": res.Rows, "scanned": res.Scanned, "batches": res.Batches, "retries": res.Retries, "redone": res.Redone,
+	ev.Took = res.Duration
+	ev.Detail = map[string]any{"rows": res.Rows, "scanned": res.Scanned, "batches": res.Batches, "retries": res.Retries, "redone": res.Redone,
 		"rows_per_sec": r.stats.RowsPerSec, "from": cursor, "to": res.Cursor, "done": res.Done}
-	if rerr := state.Record(context.WithoutCancel(ctx), pool, name, "backfill", outcome, res.Duration, "", detail); rerr != nil && err == nil {
-		err = rerr
-	}
 	if err != nil {
 		return err
 	}
@@ -604,27 +584,26 @@ func (r *syncRun) backfill(ctx context.Context) error {
 	return nil
 }
 
-// builtIndexes reads, from the event log, which target.indexes statements
-// earlier runs of this migration built and under what name.
-func (r *syncRun) builtIndexes(ctx context.Context) (map[int]string, error) {
-	evs, err := state.Events(ctx, r.env.Pool, r.spec.Name, 100000)
+// recordIndexEvent writes an index build's event and, for a finished
+// statement, the index it built into the state row (a resumed sync skips
+// it: state.AddBuiltIndex), in one transaction.
+func (r *syncRun) recordIndexEvent(ctx context.Context, ev gssync.IndexEvent) error {
+	ctx = context.WithoutCancel(ctx)
+	tx, err := r.env.Pool.Begin(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	built := map[int]string{}
-	for _, e := range evs {
-		if e.Step != "build-index" || e.Outcome != "ok" || e.At.Before(r.row.CreatedAt) {
-			continue
-		}
-		var d struct {
-			Statement int    `json:"statement"`
-			Index     string `json:"index"`
-		}
-		if json.Unmarshal(e.Detail, &d) == nil && d.Index != "" {
-			built[d.Statement] = d.Index
+	defer tx.Rollback(ctx)
+	if err := state.Record(ctx, tx, r.spec.Name, ev.Action+"-index", "ok", ev.Took, ev.SQL,
+		map[string]any{"statement": ev.Statement, "index": ev.Index}); err != nil {
+		return err
+	}
+	if ev.Action == "build" && ev.Index != "" {
+		if err := state.AddBuiltIndex(ctx, tx, r.spec.Name, ev.Statement, ev.Index); err != nil {
+			return err
 		}
 	}
-	return built, nil
+	return tx.Commit(ctx)
 }
 
 // indexes builds target.indexes on green with CREATE INDEX CONCURRENTLY
@@ -635,7 +614,12 @@ func (r *syncRun) indexes(ctx context.Context) error {
 		return nil
 	}
 	if len(r.spec.Target.Indexes) > 0 {
-		built, err := r.builtIndexes(ctx)
+		// Read again: the row r.row holds was loaded before this run's builds.
+		row, err := state.Get(ctx, r.env.Pool, r.spec.Name)
+		if err != nil {
+			return err
+		}
+		built, err := row.BuiltIndexes()
 		if err != nil {
 			return err
 		}
@@ -647,16 +631,13 @@ func (r *syncRun) indexes(ctx context.Context) error {
 			Built:      built,
 			Lock:       r.lockOptions(), // ON ONLY and ATTACH PARTITION on a partitioned green
 			Log:        r.log,
-			OnEvent: func(ctx context.Context, ev gssync.IndexEvent) error {
-				return state.Record(context.WithoutCancel(ctx), r.env.Pool, r.spec.Name, ev.Action+"-index", "ok", ev.Took, ev.SQL,
-					map[string]any{"statement": ev.Statement, "index": ev.Index})
-			},
+			OnEvent:    r.recordIndexEvent,
 		}
 		if err := ib.Run(ctx); err != nil {
 			return err
 		}
 	}
-	return r.setPhase(ctx, r.env.Pool, PhaseAnalyze, nil)
+	return r.setPhase(ctx, r.env.Pool, PhaseAnalyze)
 }
 
 // analyze collects statistics on the freshly filled green.
@@ -672,7 +653,7 @@ func (r *syncRun) analyze(ctx context.Context) error {
 	if err := state.Record(ctx, r.env.Pool, r.spec.Name, "analyze", "ok", time.Since(t0), sql, nil); err != nil {
 		return err
 	}
-	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse, nil)
+	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse)
 }
 
 // enableReverse switches on green → blue and marks the migration synced, in
@@ -689,7 +670,7 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 		if err := state.Transition(ctx, tx, r.spec.Name, state.Synced); err != nil {
 			return err
 		}
-		if err := state.Update(ctx, tx, r.spec.Name, map[string]any{"phase": PhaseNone, "throttle": ""}); err != nil {
+		if err := state.SetSynced(ctx, tx, r.spec.Name); err != nil {
 			return err
 		}
 		if err := recordFingerprintOf(ctx, tx, r.names, r.spec.Name); err != nil {
@@ -727,7 +708,7 @@ func setPaused(ctx context.Context, env *Env, name string, paused bool) error {
 		return err
 	}
 	defer tx.Rollback(ctx)
-	if err := state.Update(ctx, tx, name, map[string]any{"paused": paused}); err != nil {
+	if err := state.SetPaused(ctx, tx, name, paused); err != nil {
 		return err
 	}
 	step := "resume"

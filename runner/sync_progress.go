@@ -29,7 +29,7 @@ type SyncProgress struct {
 	BackfillFor time.Duration `json:"backfill_for"` // since the backfill started (to its end once done)
 	Done        bool          `json:"backfill_done"`
 
-	Stream *StreamProgress `json:"stream,omitempty"` // logical mode (sync_logical.go)
+	Stream *StreamProgress `json:"stream,omitempty"` // logical mode (feed_logical.go)
 	// StreamBacklog is the logical stream's backlog, its trend and catch-up
 	// ETA (backlog.go), from the samples this process took: absent in
 	// trigger mode, without a slot, and once the stream is retired.
@@ -70,7 +70,7 @@ func ReadSyncProgress(ctx context.Context, env *Env, name string) (*SyncProgress
 			p.Captured = max(ch-row.RowsCopied, 0)
 		}
 	}
-	if p.Stream, err = readStreamProgress(ctx, env, m); err != nil { // logical mode (sync_logical.go)
+	if p.Stream, err = env.feedOf(m).progress(ctx, m); err != nil {
 		return nil, err
 	}
 	if p.Stream != nil && p.Stream.Exists && !p.Stream.Retired {
@@ -138,9 +138,12 @@ func WatchSync(ctx context.Context, env *Env, name string, every time.Duration, 
 		logBacklogWarning(env, &p)
 		show(p)
 	}
-	// Logical mode: watching streams blue's changes to green (sync_logical.go).
-	if handled, err := watchLogical(ctx, env, name, every, fn); handled || err != nil {
-		return err
+	// The feed's own work while watching: the logical one streams blue's
+	// changes to green (feed_logical.go).
+	if m, err := env.LoadMigration(ctx, name); err == nil {
+		if handled, err := env.feedOf(m).watch(ctx, m, every, fn); handled || err != nil {
+			return err
+		}
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
@@ -80,13 +81,46 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 	log.Info().Str("blue", b.Names.Blue.String()).Str("green", b.Names.Green.String()).Int("workers", opts.Workers).
 		Bool("repair", opts.Repair).Msg("verify: comparing blue (mapped) with green under one snapshot")
 	start := time.Now()
-	// Logical mode: green is brought up to date and blue's writers held
-	// until the snapshot is taken (sync_logical.go).
-	waiter, release, err := settleLogical(ctx, env, mig, b, (SwapCommandOptions{}).lockOptions(mig.Spec))
+	// The feed brings green up to date (the logical one holds blue's
+	// writers until the snapshot is taken: feed_logical.go).
+	waiter, release, err := env.feedOf(mig).settle(ctx, mig, b, (SwapCommandOptions{}).lockOptions(mig.Spec))
 	if err != nil {
 		return nil, err
 	}
 	defer release()
+	var res *verify.Result
+	err = runPhase(ctx, env, log, name, VerifyStep, func(ctx context.Context, ev *phaseEvent) error {
+		var err error
+		res, err = runVerify(ctx, env, mig, b, opts, waiter, bidirectional, &log)
+		ev.Took = time.Since(start)
+		if err != nil {
+			return err
+		}
+		// The verify event goes with the result's columns, in one transaction.
+		ev.Recorded = true
+		if err := recordVerify(context.WithoutCancel(ctx), env.Pool, name, res, time.Since(start)); err != nil {
+			return fmt.Errorf("verify finished (ok=%v) but recording the result failed: %w", res.OK, err)
+		}
+		return nil
+	})
+	if err != nil {
+		if res != nil {
+			return res, err
+		}
+		return nil, err
+	}
+	ev := log.Info()
+	if !res.OK {
+		ev = log.Warn()
+	}
+	ev.Bool("ok", res.OK).Int64("rows", res.Rows).Int("chunks", res.Chunks).Int("differences", res.DifferenceCount).
+		Float64("took_ms", logx.Ms(time.Since(start))).Msg("verify finished")
+	return res, nil
+}
+
+// runVerify compares blue (mapped) with green under one snapshot.
+func runVerify(ctx context.Context, env *Env, mig *Migration, b *Build, opts VerifyOptions, waiter verify.StreamWaiter,
+	bidirectional bool, log *zerolog.Logger) (*verify.Result, error) {
 	// A repair copies from the primary side, the one the app name reads:
 	// after cutover green's rows are the truth and blue is brought in line
 	// through the reverse mapping (trap 12: copying blue over green then
@@ -95,7 +129,7 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 	if opts.Repair && mig.Row.PrimarySide == "green" {
 		dir = verify.Reverse
 	}
-	res, err := verify.Run(ctx, env.Pool, verify.Target{Names: b.Names, Mapping: b.Mapping, Blue: b.Blue, Green: b.Green}, verify.Options{
+	return verify.Run(ctx, env.Pool, verify.Target{Names: b.Names, Mapping: b.Mapping, Blue: b.Blue, Green: b.Green}, verify.Options{
 		Direction:     dir,
 		DeleteExtra:   opts.DeleteExtra,
 		Stream:        waiter,
@@ -106,30 +140,8 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 		Bidirectional: bidirectional,
 		MaxReported:   opts.MaxReported,
 		Progress:      opts.Progress,
-		Log:           &log,
+		Log:           log,
 	})
-	took := time.Since(start)
-	rctx := context.WithoutCancel(ctx)
-	if err != nil {
-		outcome := "error"
-		if exitcode.Of(err) == exitcode.Interrupted {
-			outcome = "interrupted"
-		}
-		if rerr := state.Record(rctx, env.Pool, name, VerifyStep, outcome, took, "", map[string]any{"error": err.Error()}); rerr != nil {
-			log.Warn().Err(rerr).Msg("could not record the verify event")
-		}
-		return nil, err
-	}
-	if err := recordVerify(rctx, env.Pool, name, res, took); err != nil {
-		return res, fmt.Errorf("verify finished (ok=%v) but recording the result failed: %w", res.OK, err)
-	}
-	ev := log.Info()
-	if !res.OK {
-		ev = log.Warn()
-	}
-	ev.Bool("ok", res.OK).Int64("rows", res.Rows).Int("chunks", res.Chunks).Int("differences", res.DifferenceCount).
-		Float64("took_ms", logx.Ms(took)).Msg("verify finished")
-	return res, nil
 }
 
 // verifyDrift refuses (exit 3) a migration whose objects drifted, marking
@@ -166,7 +178,7 @@ func verifyDrift(ctx context.Context, env *Env, m *Migration, accept bool) error
 	}
 	rctx := context.WithoutCancel(ctx)
 	_ = state.Record(rctx, env.Pool, name, VerifyStep, "drift", 0, "", map[string]any{"drift": d})
-	if err := state.Update(rctx, env.Pool, name, map[string]any{"verify_ok": false}); err != nil {
+	if err := state.SetVerifyFailed(rctx, env.Pool, name); err != nil {
 		return err
 	}
 	return &DriftError{Migration: name, Step: VerifyStep, Drift: d}
@@ -240,7 +252,7 @@ func recordVerify(ctx context.Context, pool interface {
 	}
 	// verified_at is the compared snapshot's time, so "verified since the
 	// last backfill" means the snapshot saw the finished backfill.
-	if err := state.Update(ctx, tx, name, map[string]any{"verified_at": res.SnapshotAt, "verify_ok": res.OK}); err != nil {
+	if err := state.SetVerified(ctx, tx, name, res.SnapshotAt, res.OK); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)

@@ -69,6 +69,23 @@ var ddl = []string{
 			ALTER TABLE greenswap.migrations ADD COLUMN fingerprint jsonb;
 		END IF;
 	END$$`,
+	// indexes_built: target.indexes statement position → the index it
+	// built. A row written before the column existed recorded them only in
+	// the event log: the upgrade carries them over once, so no reader
+	// scrapes the log (a build of a migration started over after a
+	// rollback is older than the row's created_at and does not count).
+	`DO $$BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'greenswap.migrations'::regclass
+		               AND attname = 'indexes_built' AND NOT attisdropped) THEN
+			ALTER TABLE greenswap.migrations ADD COLUMN indexes_built jsonb NOT NULL DEFAULT '{}'::jsonb;
+			UPDATE greenswap.migrations m SET indexes_built = coalesce((
+				SELECT pg_catalog.jsonb_object_agg(e.detail ->> 'statement', e.detail ->> 'index' ORDER BY e.id)
+				  FROM greenswap.events e
+				 WHERE e.migration = m.name AND e.step = 'build-index' AND e.outcome = 'ok'
+				   AND e.at >= m.created_at AND coalesce(e.detail ->> 'index', '') <> ''
+				   AND e.detail ->> 'statement' IS NOT NULL), '{}'::jsonb);
+		END IF;
+	END$$`,
 	`CREATE INDEX IF NOT EXISTS events_migration_idx ON greenswap.events (migration, id)`,
 	// The event log is append-only: refuse UPDATE and DELETE outright.
 	`CREATE OR REPLACE FUNCTION greenswap.events_append_only() RETURNS trigger LANGUAGE plpgsql AS
@@ -155,11 +172,16 @@ type Migration struct {
 	CreatedAt         time.Time       `json:"created_at"`
 	UpdatedAt         time.Time       `json:"updated_at"`
 	StateChangedAt    time.Time       `json:"state_changed_at"`
+	// IndexesBuilt: the target.indexes built so far, as JSON (a statement's
+	// position → its index); see BuiltIndexes. Read through to_jsonb of
+	// the row, so a state schema from before the column loads ({}).
+	IndexesBuilt json.RawMessage `json:"indexes_built,omitempty"`
 }
 
 const migrationCols = `name, app_table, mode, spec, state, phase, cursor, rows_copied, rows_estimate,
 	batch_size, rows_per_sec, throttle, paused, backfill_started_at, backfill_done_at, verified_at,
-	verify_ok, slot_name, confirmed_lsn::text, primary_side, created_at, updated_at, state_changed_at`
+	verify_ok, slot_name, confirmed_lsn::text, primary_side, created_at, updated_at, state_changed_at,
+	coalesce(pg_catalog.to_jsonb(m) -> 'indexes_built', '{}'::jsonb)`
 
 func scanMigration(row pgx.Row) (*Migration, error) {
 	var m Migration
@@ -167,7 +189,7 @@ func scanMigration(row pgx.Row) (*Migration, error) {
 	err := row.Scan(&m.Name, &m.AppTable, &m.Mode, &m.Spec, &st, &m.Phase, &m.Cursor, &m.RowsCopied,
 		&m.RowsEstimate, &m.BatchSize, &m.RowsPerSec, &m.Throttle, &m.Paused, &m.BackfillStartedAt,
 		&m.BackfillDoneAt, &m.VerifiedAt, &m.VerifyOK, &m.SlotName, &m.ConfirmedLSN, &m.PrimarySide,
-		&m.CreatedAt, &m.UpdatedAt, &m.StateChangedAt)
+		&m.CreatedAt, &m.UpdatedAt, &m.StateChangedAt, &m.IndexesBuilt)
 	m.State = State(st)
 	return &m, err
 }
@@ -183,7 +205,7 @@ func Get(ctx context.Context, q db.Querier, name string) (*Migration, error) {
 		return nil, err
 	}
 	if ok {
-		m, err := scanMigration(q.QueryRow(ctx, `SELECT `+migrationCols+` FROM greenswap.migrations WHERE name = $1`, name))
+		m, err := scanMigration(q.QueryRow(ctx, `SELECT `+migrationCols+` FROM greenswap.migrations m WHERE name = $1`, name))
 		if err == nil {
 			return m, nil
 		}
@@ -200,7 +222,7 @@ func List(ctx context.Context, q db.Querier) ([]*Migration, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	rows, err := q.Query(ctx, `SELECT `+migrationCols+` FROM greenswap.migrations ORDER BY created_at, name`)
+	rows, err := q.Query(ctx, `SELECT `+migrationCols+` FROM greenswap.migrations m ORDER BY created_at, name`)
 	if err != nil {
 		return nil, err
 	}
@@ -225,16 +247,16 @@ func Create(ctx context.Context, q db.Querier, name, appTable, mode string, spec
 		return nil, err
 	}
 	m, err := scanMigration(q.QueryRow(ctx, `
-		INSERT INTO greenswap.migrations (name, app_table, mode, spec, state)
+		INSERT INTO greenswap.migrations AS m (name, app_table, mode, spec, state)
 		VALUES ($1, $2, $3, $4::jsonb, 'planned')
 		ON CONFLICT (name) DO UPDATE SET
 			app_table = EXCLUDED.app_table, mode = EXCLUDED.mode, spec = EXCLUDED.spec,
 			state = 'planned', phase = '', cursor = NULL, rows_copied = 0, rows_estimate = 0,
 			batch_size = 0, rows_per_sec = 0, throttle = '', paused = false,
 			backfill_started_at = NULL, backfill_done_at = NULL, verified_at = NULL, verify_ok = NULL,
-			slot_name = NULL, confirmed_lsn = NULL, primary_side = 'blue', fingerprint = NULL,
+			slot_name = NULL, confirmed_lsn = NULL, primary_side = 'blue', fingerprint = NULL, indexes_built = '{}'::jsonb,
 			created_at = pg_catalog.now(), updated_at = pg_catalog.now(), state_changed_at = pg_catalog.now()
-		WHERE greenswap.migrations.state = 'rolled_back'
+		WHERE m.state = 'rolled_back'
 		RETURNING `+migrationCols, name, appTable, mode, string(js)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		cur, gerr := Get(ctx, q, name)
@@ -349,8 +371,8 @@ func Upgrade(ctx context.Context, conn interface {
 		return err
 	}
 	var have bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'greenswap.migrations'::regclass
-		AND attname = 'fingerprint' AND NOT attisdropped)`).Scan(&have); err != nil || have {
+	if err := conn.QueryRow(ctx, `SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = 'greenswap.migrations'::regclass
+		AND attname IN ('fingerprint', 'indexes_built') AND NOT attisdropped`).Scan(&have); err != nil || have {
 		return err
 	}
 	return Ensure(ctx, conn)
@@ -390,7 +412,9 @@ func SetFingerprint(ctx context.Context, q db.Querier, name string, fp any) erro
 }
 
 // jsonColumn tells the jsonb columns of greenswap.migrations.
-func jsonColumn(c string) bool { return c == "spec" || c == "cursor" || c == "fingerprint" }
+func jsonColumn(c string) bool {
+	return c == "spec" || c == "cursor" || c == "fingerprint" || c == "indexes_built"
+}
 
 // jsonText is v as JSON text, bound as a string and cast to jsonb in the
 // SQL. Under the simple protocol and pgx's exec mode no parameter type is

@@ -1,11 +1,12 @@
 package runner
 
-// Logical mode: the sync, watch, cutover and teardown hooks of a migration
-// whose blue → green changes travel through a logical replication slot
-// (package sync/stream) instead of the forward trigger. The lifecycle,
-// phases and state are trigger mode's (runner/sync.go); this file adds the
-// slot before the backfill, the streamer alongside it, and the slot's
-// removal on every exit path (trap 9).
+// logicalFeed: the changeFeed (feed.go) of a migration whose blue → green
+// changes travel through a logical replication slot (package sync/stream)
+// instead of the forward trigger. The lifecycle, phases and state are
+// trigger mode's (runner/sync.go); this feed adds the slot before the
+// backfill, the streamer alongside it, the settling before verify, the
+// handover to the forward trigger before cutover, and the slot's removal
+// on every exit path (trap 9).
 
 import (
 	"context"
@@ -32,14 +33,18 @@ import (
 // start of the backfill phase; the recorded phase stays "backfill").
 const PhaseCreateSlot = "create-slot"
 
-// installStepFor is the sync trigger step for spec's mode: in logical mode
-// the forward triggers are created disabled (the stream carries blue →
-// green) and the reverse functions mark their writes to blue as echoes.
-func installStepFor(spec *shadow.Spec, n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
-	if spec.Mode == shadow.ModeLogical {
-		return trigger.LogicalInstallStep(n, m, owner)
-	}
-	return trigger.InstallStep(n, m, owner)
+// logicalFeed is one command's logical feed: for a sync, the streamer
+// it runs alongside the backfill (live), which it owns and stops.
+type logicalFeed struct {
+	env  *Env
+	live *logicalSync
+}
+
+// installStep: the forward triggers are created disabled (the stream
+// carries blue → green) and the reverse functions mark their writes to
+// blue as echoes.
+func (*logicalFeed) installStep(n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
+	return trigger.LogicalInstallStep(n, m, owner)
 }
 
 // StreamStats are the logical stream's figures in a SyncStats.
@@ -49,20 +54,16 @@ type StreamStats = stream.Stats
 // sync for the stream to apply everything committed until then.
 const PhaseStreamCatchUp = "stream-catch-up"
 
-// startLogical is Sync's phase between create-green and the backfill in
-// logical mode (a no-op in trigger mode, or once a cutover retired the
-// stream): make sure the publication and the slot exist, then start a
-// streamer that applies blue's changes to green while the backfill, the
-// index builds and the rest run. The slot must exist before the
+// start is Sync's phase between create-green and the backfill (a no-op
+// once a cutover retired the stream): make sure the publication and the
+// slot exist, then start a streamer that applies blue's changes to green
+// while the backfill, the index builds and the rest run. The slot must exist before the
 // backfill's first batch: whatever committed before it is seen by the
 // backfill's snapshots, whatever commits after it is in the stream, and
 // where both copy a row the result converges (the stream re-reads the row
 // from blue; the backfill never overwrites).
-func (r *syncRun) startLogical(ctx context.Context) error {
-	if r.spec.Mode != shadow.ModeLogical {
-		return nil
-	}
-	retired, err := streamRetired(ctx, r.env, r.names)
+func (f *logicalFeed) start(ctx context.Context, r *syncRun) error {
+	retired, err := streamRetired(ctx, f.env, r.names)
 	if err != nil || retired {
 		return err
 	}
@@ -72,17 +73,17 @@ func (r *syncRun) startLogical(ctx context.Context) error {
 	if r.opts.StopAfterSetup {
 		return nil // nothing streams: the slot keeps the changes until a sync runs
 	}
-	r.logical, err = r.startStream(ctx)
+	f.live, err = r.startStream(ctx)
 	return err
 }
 
-// finishLogical is Sync's last phase in logical mode: once synced, wait
-// until the stream has applied everything committed so far (bounded by
-// Env.StreamCatchUp), then stop streaming. `greenswap sync --watch`
+// catchUp is Sync's last phase: once synced, wait until the stream has
+// applied everything committed so far (bounded by Env.StreamCatchUp),
+// then stop streaming. `greenswap sync --watch`
 // (WatchSync) keeps the stream going until cutover; without it the slot
 // retains the WAL of blue's changes and green falls behind.
-func (r *syncRun) finishLogical(ctx context.Context) error {
-	ls := r.logical
+func (f *logicalFeed) catchUp(ctx context.Context, r *syncRun) error {
+	ls := f.live
 	if ls == nil {
 		return nil
 	}
@@ -92,7 +93,7 @@ func (r *syncRun) finishLogical(ctx context.Context) error {
 		timeout = DefaultStreamCatchUp
 	}
 	err := ls.catchUp(ctx, timeout)
-	r.stopLogical()
+	f.stop(r)
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
@@ -112,19 +113,19 @@ func (r *syncRun) finishLogical(ctx context.Context) error {
 	})
 }
 
-// stopLogical stops the sync's streamer, if any, keeping its figures in
+// stop stops the sync's streamer, if any, keeping its figures in
 // SyncStats.Stream. Sync defers it: every way out stops the streamer (the
 // batch in flight is applied and confirmed first).
-func (r *syncRun) stopLogical() {
-	if r.logical == nil {
+func (f *logicalFeed) stop(r *syncRun) {
+	if f.live == nil {
 		return
 	}
-	r.logical.stop()
-	r.stats.Stream = r.logical.stats()
-	if err := r.logical.failed(); err != nil && !errors.Is(err, stream.ErrRetired) {
+	f.live.stop()
+	r.stats.Stream = f.live.stats()
+	if err := f.live.failed(); err != nil && !errors.Is(err, stream.ErrRetired) {
 		r.log.Warn().Err(err).Msg("the logical stream stopped on an error")
 	}
-	r.logical = nil
+	f.live = nil
 }
 
 // streamRetired reports whether the forward triggers are on: the stream was
@@ -170,7 +171,7 @@ func (r *syncRun) ensureSlot(ctx context.Context) error {
 	if err != nil {
 		return exitcode.With(exitcode.Failed, fmt.Errorf("logical mode setup: %w", err))
 	}
-	if err := state.Update(ctx, pool, r.spec.Name, map[string]any{"slot_name": n.Slot, "confirmed_lsn": lsn.String()}); err != nil {
+	if err := state.SetSlot(ctx, pool, r.spec.Name, n.Slot, lsn.String()); err != nil {
 		_ = stream.DropSlotAndPublication(context.WithoutCancel(ctx), pool, n)
 		return err
 	}
@@ -204,10 +205,7 @@ func (r *syncRun) restartBackfill(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, "TRUNCATE "+db.Ident(r.names.Green.Schema, r.names.Green.Name)); err != nil {
 		return err
 	}
-	if err := state.Update(ctx, tx, r.spec.Name, map[string]any{
-		"phase": PhaseBackfill, "cursor": nil, "rows_copied": 0, "batch_size": 0, "rows_per_sec": 0,
-		"backfill_started_at": time.Now(), "backfill_done_at": nil, "slot_name": nil, "confirmed_lsn": nil,
-	}); err != nil {
+	if err := state.StartBackfill(ctx, tx, r.spec.Name, PhaseBackfill, -1, true); err != nil {
 		return err
 	}
 	if err := state.Record(ctx, tx, r.spec.Name, "restart-backfill", "ok", 0, "", map[string]string{"reason": "replication slot lost"}); err != nil {
@@ -251,10 +249,10 @@ func (r *syncRun) startStream(ctx context.Context) (*logicalSync, error) {
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	ls := &logicalSync{s: s, env: r.env, names: r.names, name: r.spec.Name, cancel: cancel, done: make(chan struct{})}
-	r.env.streams.Store(r.spec.Name, s)
+	r.env.streams.put(r.spec.Name, s)
 	go func() {
 		defer close(ls.done)
-		defer r.env.streams.CompareAndDelete(ls.name, s)
+		defer r.env.streams.remove(ls.name, s)
 		err := s.Run(sctx)
 		ls.mu.Lock()
 		ls.err = err
@@ -324,11 +322,10 @@ type StreamProgress struct {
 	Reconnects int     `json:"reconnects"`
 }
 
-// readStreamProgress is nil for a trigger-mode migration.
-func readStreamProgress(ctx context.Context, env *Env, m *Migration) (*StreamProgress, error) {
-	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
-		return nil, nil
-	}
+// progress reads the slot as the server sees it and, when this process
+// streams, the streamer's own figures.
+func (f *logicalFeed) progress(ctx context.Context, m *Migration) (*StreamProgress, error) {
+	env := f.env
 	p := &StreamProgress{Slot: m.Names.Slot}
 	var confirmed *string
 	err := env.Pool.QueryRow(ctx, `
@@ -355,26 +352,29 @@ SELECT active, confirmed_flush_lsn::text,
 	case state.CutOver, state.Finalized:
 		p.Retired = true // cutover retires the stream
 	}
-	if v, ok := env.streams.Load(m.Row.Name); ok {
-		st := v.(*stream.Streamer).Stats()
+	if s, ok := env.streams.get(m.Row.Name); ok {
+		st := s.Stats()
 		p.Local, p.LagSeconds, p.KeysPerSec = true, st.LagSeconds, st.KeysPerSec
 		p.Keys, p.Txns, p.Echoes, p.Reconnects = st.Keys, st.Txns, st.Echoes, st.Reconnects
 	}
 	return p, nil
 }
 
-// watchLogical is WatchSync for a logical-mode migration with a live
+// streaming: the slot's backlog counts while the stream is not retired.
+func (f *logicalFeed) streaming(ctx context.Context, n shadow.Names) (bool, error) {
+	retired, err := streamRetired(ctx, f.env, n)
+	return !retired, err
+}
+
+// watch is WatchSync for a logical-mode migration with a live
 // stream: it streams until ctx ends (exit 0), calling fn with the figures
 // every `every`. It takes no migration lock, so verify, cutover and
 // rollback can run meanwhile; the slot itself admits one streamer at a time
 // (a second one waits for it). handled is false when there is no stream to
-// run (trigger mode, not adopted yet, retired by a cutover, rolled back):
-// the caller then watches as in trigger mode.
-func watchLogical(ctx context.Context, env *Env, name string, every time.Duration, fn func(SyncProgress)) (handled bool, err error) {
-	m, err := env.LoadMigration(ctx, name)
-	if err != nil || shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
-		return false, nil
-	}
+// run (not adopted yet, retired by a cutover, rolled back): the caller
+// then watches as in trigger mode.
+func (f *logicalFeed) watch(ctx context.Context, m *Migration, every time.Duration, fn func(SyncProgress)) (handled bool, err error) {
+	env, name := f.env, m.Row.Name
 	if (m.Row.State != state.Syncing && m.Row.State != state.Synced) || m.Row.SlotName == nil {
 		return false, nil
 	}
@@ -400,8 +400,8 @@ func watchLogical(ctx context.Context, env *Env, name string, every time.Duratio
 	if err != nil {
 		return true, err
 	}
-	env.streams.Store(name, s)
-	defer env.streams.CompareAndDelete(name, s)
+	env.streams.put(name, s)
+	defer env.streams.remove(name, s)
 	rctx, stopReports := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -429,70 +429,54 @@ func watchLogical(ctx context.Context, env *Env, name string, every time.Duratio
 	return true, err
 }
 
-// prepareCutoverLogical is logical mode's step before the cutover swap:
-// stream.Retire hands blue → green over from the stream to the forward
+// handOver is the step before the cutover swap: stream.Retire hands blue → green over from the stream to the forward
 // triggers without losing a change (catch up, switch in one short
 // transaction, drain up to the switch, drop the slot and publication). The
 // swap that follows is then exactly trigger mode's, and so are rollback
 // after cutover and finalize: both directions run by trigger from here on.
-// It does nothing for a trigger-mode migration or one already retired.
-func prepareCutoverLogical(ctx context.Context, env *Env, m *Migration, lock shadow.LockOptions,
-	printf func(format string, args ...any)) (*stream.RetireResult, error) {
-	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
-		return nil, nil
-	}
+// Once retired it only records that it was done already (already_done).
+func (f *logicalFeed) handOver(ctx context.Context, m *Migration, lock shadow.LockOptions, printf func(format string, args ...any)) error {
+	env := f.env
 	b, err := loadBuild(ctx, env.Pool, m.Spec, m.Names)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	cfg, err := streamConfig(env, m, b)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	printf("logical mode: blue → green moves from the stream to the sync triggers first (lock wait at most %s per attempt)\n", lock.Timeout)
-	t0 := time.Now()
-	res, err := stream.Retire(ctx, cfg, stream.RetireOptions{Lock: lock,
-		OnRetry: func(attempt int, blockers []shadow.Blocker, held bool, wait time.Duration) {
-			why := "a lock was not granted in time"
-			if held {
-				why = fmt.Sprintf("the stream did not apply the rest within %s while blue's writers waited", lock.Timeout)
-			}
-			printf("  switch attempt %d: %s; rolled back, retrying in %s\n", attempt, why, wait.Round(time.Millisecond))
-			for _, b := range blockers {
-				printf("    blocked by %s\n", b)
-			}
-		}})
-	if err == nil && !res.AlreadyDone {
-		printf("  switched at %s (caught up %s, switch %s, drained %s); the slot and publication are dropped\n",
-			res.SwitchLSN, res.PreDrain.Round(time.Millisecond), res.Switch.Round(time.Millisecond), res.Drain.Round(time.Millisecond))
-	}
-	outcome := "ok"
-	if err != nil {
-		outcome = "error"
-	}
-	detail := map[string]any{}
-	if res != nil {
-		detail = map[string]any{"switch_lsn": res.SwitchLSN.String(), "pre_drain_ms": res.PreDrain.Milliseconds(),
-			"drain_ms": res.Drain.Milliseconds(), "switch_ms": res.Switch.Milliseconds(), "keys": res.Keys, "already_done": res.AlreadyDone}
-	}
-	if err != nil {
-		detail["error"] = err.Error()
-	}
-	sql := ""
-	if res != nil {
-		sql = joinSQL(res.SQL)
-	}
-	if rerr := state.Record(context.WithoutCancel(ctx), env.Pool, m.Row.Name, "retire-stream", outcome, time.Since(t0), sql, detail); rerr != nil && err == nil {
-		err = rerr
-	}
-	if err != nil {
-		var lag *stream.LagError
-		if errors.As(err, &lag) {
-			return res, exitcode.With(exitcode.LockTimeout, err)
+	log := env.Log.With().Str("migration", m.Row.Name).Logger()
+	return runPhase(ctx, env, log, m.Row.Name, "retire-stream", func(ctx context.Context, ev *phaseEvent) error {
+		res, err := stream.Retire(ctx, cfg, stream.RetireOptions{Lock: lock,
+			OnRetry: func(attempt int, blockers []shadow.Blocker, held bool, wait time.Duration) {
+				why := "a lock was not granted in time"
+				if held {
+					why = fmt.Sprintf("the stream did not apply the rest within %s while blue's writers waited", lock.Timeout)
+				}
+				printf("  switch attempt %d: %s; rolled back, retrying in %s\n", attempt, why, wait.Round(time.Millisecond))
+				for _, b := range blockers {
+					printf("    blocked by %s\n", b)
+				}
+			}})
+		if res != nil {
+			ev.SQL = joinSQL(res.SQL)
+			ev.Detail = map[string]any{"switch_lsn": res.SwitchLSN.String(), "pre_drain_ms": res.PreDrain.Milliseconds(),
+				"drain_ms": res.Drain.Milliseconds(), "switch_ms": res.Switch.Milliseconds(), "keys": res.Keys, "already_done": res.AlreadyDone}
 		}
-		return res, err
-	}
-	return res, nil
+		if err != nil {
+			var lag *stream.LagError
+			if errors.As(err, &lag) {
+				return exitcode.With(exitcode.LockTimeout, err)
+			}
+			return err
+		}
+		if !res.AlreadyDone {
+			printf("  switched at %s (caught up %s, switch %s, drained %s); the slot and publication are dropped\n",
+				res.SwitchLSN, res.PreDrain.Round(time.Millisecond), res.Switch.Round(time.Millisecond), res.Drain.Round(time.Millisecond))
+		}
+		return nil
+	})
 }
 
 func joinSQL(s []string) string { return strings.Join(s, ";\n") }
@@ -526,13 +510,14 @@ func withSpecStreamOptions(opt stream.Options, spec *shadow.Spec) stream.Options
 	return opt
 }
 
-// dropLogicalObjects removes migration m's replication slot and
-// publication if they exist, terminating a walsender that streams the slot
-// (trap 9: a slot that outlives its migration fills the disk). Every exit
-// path calls it: rollback (before or after cutover), finalize, and a
-// rollback of an already rolled-back migration that left one behind. It
-// records an event when it dropped something.
-func dropLogicalObjects(ctx context.Context, env *Env, m *Migration) error {
+// drop removes migration m's replication slot and publication if they
+// exist, terminating a walsender that streams the slot (trap 9: a slot
+// that outlives its migration fills the disk). Every exit path calls it:
+// rollback (before or after cutover), finalize, and a rollback of an
+// already rolled-back migration that left one behind. It records an event
+// when it dropped something.
+func (f *logicalFeed) drop(ctx context.Context, m *Migration) error {
+	env := f.env
 	exists, _, retained, err := stream.SlotInfo(ctx, env.Pool, m.Names.Slot)
 	if err != nil {
 		return err
@@ -553,7 +538,7 @@ func dropLogicalObjects(ctx context.Context, env *Env, m *Migration) error {
 		map[string]any{"slot": m.Names.Slot, "slot_existed": exists, "retained_bytes": retained, "publication_existed": pub})
 }
 
-// settleLogical prepares verify in logical mode: green lags blue by the
+// settle prepares verify: green lags blue by the
 // stream, so a snapshot taken while blue's writes flow would find rows
 // committed on blue and not applied yet. It catches the stream up, holds
 // blue's writers off (LOCK IN SHARE MODE, bounded, retried like a lock
@@ -563,12 +548,10 @@ func dropLogicalObjects(ctx context.Context, env *Env, m *Migration) error {
 // lock plus the export. Later calls (the recheck after --repair) release
 // nothing: that pass compares under a fresh snapshot without holding
 // writers, and may report rows changed meanwhile (run verify again).
-// Trigger mode, or a stream retired by a cutover: nil waiter.
-func settleLogical(ctx context.Context, env *Env, m *Migration, b *Build, lock shadow.LockOptions) (verify.StreamWaiter, func(), error) {
+// A stream retired by a cutover: nil waiter.
+func (f *logicalFeed) settle(ctx context.Context, m *Migration, b *Build, lock shadow.LockOptions) (verify.StreamWaiter, func(), error) {
+	env := f.env
 	noop := func() {}
-	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
-		return nil, noop, nil
-	}
 	retired, err := streamRetired(ctx, env, m.Names)
 	if err != nil || retired {
 		return nil, noop, err
