@@ -23,6 +23,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Severity says whether a hazard stops the migration.
@@ -144,7 +145,7 @@ type Volatility struct {
 // HazardInput is everything Hazards looks at. Green, Mapping and Volatility
 // are nil when plan could not rehearse the setup.
 type HazardInput struct {
-	Spec       *Spec
+	Spec       *spec.Spec
 	Blue       *Table // the app table as it is today (before adopt); nil when it is not a table
 	Green      *Table // green as target.ddl (and target.indexes) create it
 	Mapping    *Mapping
@@ -436,13 +437,13 @@ func Hazards(in HazardInput) []Hazard {
 		Fix: fmt.Sprintf("point maintenance at %s / %s directly, use COPY (SELECT ...) TO for exports, and pause jobs that TRUNCATE or COPY into the table until finalize",
 			db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name))})
 
-	if s.Mode == ModeLogical {
+	if s.Mode == spec.ModeLogical {
 		hs = append(hs, logicalHazards(blue, in.Mapping, s, f)...)
 	}
 	return SortHazards(hs)
 }
 
-func logicalHazards(blue *Table, m *Mapping, s *Spec, f HazardFacts) []Hazard {
+func logicalHazards(blue *Table, m *Mapping, s *spec.Spec, f HazardFacts) []Hazard {
 	var hs []Hazard
 	if f.ServerMajor > 0 && f.ServerMajor < 14 {
 		hs = append(hs, Hazard{Code: HazardLogicalServerVersion, Severity: Blocking,
@@ -570,7 +571,7 @@ func rowTypeDiffs(blue, green *Table) []string {
 // greenStricter lists what green rejects that blue accepted; uncovered is
 // the part no explicit forward expression deals with, so a blue write can
 // break it during sync.
-func greenStricter(s *Spec, blue, green *Table) (out, uncovered []string) {
+func greenStricter(s *spec.Spec, blue, green *Table) (out, uncovered []string) {
 	defer func() {
 		for _, o := range out {
 			if !strings.Contains(o, "(forward.") {
@@ -723,7 +724,7 @@ func typeWidens(from, to string) bool {
 // LoadHazardFacts reads the server and leftover facts Hazards needs. blue is
 // the app table (nil when the app name is not a table, e.g. already a
 // greenswap view); then only server facts and leftovers are read.
-func LoadHazardFacts(ctx context.Context, q db.Querier, s *Spec, blue *Table) (HazardFacts, error) {
+func LoadHazardFacts(ctx context.Context, q db.Querier, s *spec.Spec, blue *Table) (HazardFacts, error) {
 	var f HazardFacts
 	var version int
 	err := q.QueryRow(ctx, `
@@ -829,7 +830,7 @@ func publicationsHazard(n Names, pubs []PublicationRef) Hazard {
 
 // loadLeftovers finds objects of another (or an abandoned) greenswap
 // migration of this table or under this name.
-func loadLeftovers(ctx context.Context, q db.Querier, s *Spec, blue *Table) ([]string, error) {
+func loadLeftovers(ctx context.Context, q db.Querier, s *spec.Spec, blue *Table) ([]string, error) {
 	n := NamesFor(s.Name, s.AppTable())
 	var out []string
 	rows, err := q.Query(ctx, `SELECT nspname::text FROM pg_namespace WHERE nspname = ANY ($1) ORDER BY 1`,
@@ -1037,7 +1038,7 @@ var sqlValueFunctions = []string{"CURRENT_DATE", "CURRENT_TIME", "CURRENT_TIME",
 // ColumnMap.Volatile set. q must be a transaction: each probe runs in a
 // savepoint that is rolled back. An expression that does not compile is a
 // *SpecError pointing at its spec line.
-func DetectVolatility(ctx context.Context, q db.Querier, s *Spec, schema string, m *Mapping) ([]Volatility, error) {
+func DetectVolatility(ctx context.Context, q db.Querier, s *spec.Spec, schema string, m *Mapping) ([]Volatility, error) {
 	var out []Volatility
 	for _, d := range []struct {
 		field string
@@ -1051,7 +1052,7 @@ func DetectVolatility(ctx context.Context, q db.Querier, s *Spec, schema string,
 			field := d.field + "." + c.Target
 			v, err := probeVolatility(ctx, q, schema, d.dir, c.Target, sourceSide(d.field))
 			if err != nil {
-				var se *SpecError
+				var se *spec.SpecError
 				if errors.As(err, &se) {
 					se.File, se.Line, se.Field = s.File, s.Line(field), field
 					return nil, se
@@ -1080,8 +1081,8 @@ func probeVolatility(ctx context.Context, q db.Querier, schema string, d *Direct
 	view := db.Ident(schema, "gs_probe_volatility")
 	_, err = q.Exec(ctx, "CREATE VIEW "+view+" AS SELECT "+d.ValueExpr(col)+" AS v FROM "+db.Ident(d.Source.Schema, d.Source.Name))
 	if err != nil {
-		return v, &SpecError{Msg: oneLine("the expression does not compile: " + ErrText(err)),
-			Fix: "write one SQL expression over the " + side + " row's columns, named bare"}
+		return v, spec.NewError("", 0, "", "the expression does not compile: "+ErrText(err),
+			"write one SQL expression over the "+side+" row's columns, named bare")
 	}
 	var tree string
 	if err := q.QueryRow(ctx, `SELECT ev_action::text FROM pg_rewrite WHERE ev_class = $1::regclass`, view).Scan(&tree); err != nil {

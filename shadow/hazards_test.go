@@ -14,6 +14,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // hazardEnv is one database shared by the subtests of a hazard test: each
@@ -34,7 +35,7 @@ func newHazardEnv(t *testing.T) *hazardEnv {
 // created from target.ddl (when rehearse) in a transaction rolled back
 // before it returns, the mapping and its volatility.
 type scenario struct {
-	spec  *Spec
+	spec  *spec.Spec
 	blue  *Table
 	green *Table
 	m     *Mapping
@@ -46,7 +47,7 @@ type scenario struct {
 func (e *hazardEnv) load(t *testing.T, specYAML string, rehearse bool) *scenario {
 	t.Helper()
 	ctx := context.Background()
-	spec, err := ParseSpec([]byte(specYAML), "h.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "h.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +347,7 @@ func TestHazardTemporaryTable(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT pg_my_temp_schema()::regnamespace::text`).Scan(&schema); err != nil {
 		t.Fatal(err)
 	}
-	spec, err := ParseSpec([]byte(specFor("tmp_v2", schema+".tmp", "CREATE TABLE tmp (id int PRIMARY KEY)", "")), "h.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specFor("tmp_v2", schema+".tmp", "CREATE TABLE tmp (id int PRIMARY KEY)", "")), "h.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +406,7 @@ func TestHazardsLogicalMode(t *testing.T) {
 			c.Close(context.Background())
 		}
 	})
-	spec, _ := ParseSpec([]byte(logical("lg")), "h.yaml", "yaml")
+	spec, _ := spec.ParseSpec([]byte(logical("lg")), "h.yaml", "yaml")
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -554,7 +555,7 @@ func TestDetectVolatilityCompileError(t *testing.T) {
 	pgtest.Exec(t, e.dsn, `CREATE TABLE bad (id int PRIMARY KEY, email text)`)
 	specYAML := specFor("bad_v2", "bad", "CREATE TABLE bad (id int PRIMARY KEY, email text)", "forward:\n  email: lower(emial)\n")
 	ctx := context.Background()
-	spec, err := ParseSpec([]byte(specYAML), "bad.yaml", "yaml")
+	sp, err := spec.ParseSpec([]byte(specYAML), "bad.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -563,24 +564,24 @@ func TestDetectVolatilityCompileError(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx)
-	n := NamesFor(spec.Name, spec.AppTable())
-	for _, q := range CreateGreenSQL(n, spec) {
+	n := NamesFor(sp.Name, sp.AppTable())
+	for _, q := range CreateGreenSQL(n, sp) {
 		if _, err := tx.Exec(ctx, q); err != nil {
 			t.Fatal(err)
 		}
 	}
-	blue, _ := LoadTable(ctx, tx, spec.AppTable())
+	blue, _ := LoadTable(ctx, tx, sp.AppTable())
 	green, _ := LoadTable(ctx, tx, n.Green)
-	m, err := BuildMapping(spec, blue, green)
+	m, err := BuildMapping(sp, blue, green)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = DetectVolatility(ctx, tx, spec, n.GreenSchema, m)
-	var se *SpecError
+	_, err = DetectVolatility(ctx, tx, sp, n.GreenSchema, m)
+	var se *spec.SpecError
 	if !errors.As(err, &se) {
-		t.Fatalf("err = %v, want a SpecError", err)
+		t.Fatalf("err = %v, want a *spec.SpecError", err)
 	}
-	if se.Field != "forward.email" || se.Line != spec.Lines["forward.email"] || se.Line == 0 ||
+	if se.Field != "forward.email" || se.Line != sp.Lines["forward.email"] || se.Line == 0 ||
 		!strings.Contains(se.Error(), `column "emial" does not exist`) || !strings.HasPrefix(se.Error(), "bad.yaml:") {
 		t.Errorf("err = %v (%+v)", se, se)
 	}
@@ -626,9 +627,9 @@ func TestTypeWidens(t *testing.T) {
 // A green rule no forward expression covers can fail app writes as soon as
 // sync starts; one that a forward expression covers is only a cutover concern.
 func TestHazardSyncWriteCanFail(t *testing.T) {
-	s := &Spec{Name: "m", Table: "public.t", Forward: map[string]string{"a": "coalesce(a, '')"}}
-	blue := &Table{Name: QualifiedName{"public", "t"}, Columns: []Column{{Name: "id", Type: "integer", NotNull: true}, {Name: "a", Type: "text"}, {Name: "b", Type: "text"}}}
-	green := &Table{Name: QualifiedName{"g", "t"}, Columns: []Column{{Name: "id", Type: "bigint", NotNull: true}, {Name: "a", Type: "text", NotNull: true}, {Name: "b", Type: "text", NotNull: true}}}
+	s := &spec.Spec{Name: "m", Table: "public.t", Forward: map[string]string{"a": "coalesce(a, '')"}}
+	blue := &Table{Name: spec.QualifiedName{Schema: "public", Name: "t"}, Columns: []Column{{Name: "id", Type: "integer", NotNull: true}, {Name: "a", Type: "text"}, {Name: "b", Type: "text"}}}
+	green := &Table{Name: spec.QualifiedName{Schema: "g", Name: "t"}, Columns: []Column{{Name: "id", Type: "bigint", NotNull: true}, {Name: "a", Type: "text", NotNull: true}, {Name: "b", Type: "text", NotNull: true}}}
 	all, uncovered := greenStricter(s, blue, green)
 	if len(all) != 2 || len(uncovered) != 1 || !strings.HasPrefix(uncovered[0], "b:") {
 		t.Fatalf("stricter %q, uncovered %q; want a and b, only b uncovered", all, uncovered)
