@@ -25,7 +25,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // DefaultBacklogWindow is Env.BacklogWindow's default: how long the
@@ -445,7 +445,7 @@ func checkStreamBacklog(ctx context.Context, env *Env, m *Migration, bound int64
 	if bound == 0 {
 		bound = DefaultMaxStreamBacklog
 	}
-	if bound < 0 || shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+	if bound < 0 || spec.Mode(m.Row.Mode) != spec.ModeLogical {
 		return nil
 	}
 	if retired, err := streamRetired(ctx, env, m.Names); err != nil || retired {

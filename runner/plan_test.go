@@ -16,6 +16,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // testEnv connects a runner Env to dsn; it is closed before the database is dropped.
@@ -30,9 +31,9 @@ func testEnv(t *testing.T, dsn string) *Env {
 	return env
 }
 
-func parseSpec(t *testing.T, yaml string) *shadow.Spec {
+func parseSpec(t *testing.T, yaml string) *spec.Spec {
 	t.Helper()
-	s, err := shadow.ParseSpec([]byte(yaml), "spec.yaml", "yaml")
+	s, err := spec.ParseSpec([]byte(yaml), "spec.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +111,7 @@ func TestPlanOrdersExample(t *testing.T) {
 	}
 	pgtest.Exec(t, dsn, string(seed))
 	pgtest.Exec(t, dsn, `ANALYZE orders`)
-	spec, err := shadow.LoadSpecFile("../examples/orders/spec.yaml")
+	spec, err := spec.LoadSpecFile("../examples/orders/spec.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,17 +265,17 @@ func TestPlanRejectsBadSpecs(t *testing.T) {
 			"target.indexes[0]", "target.indexes[0]", []string{`column "nope" does not exist`}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			spec := parseSpec(t, c.spec)
-			_, err := Plan(ctx, env, spec, PlanOptions{})
-			var se *shadow.SpecError
+			sp := parseSpec(t, c.spec)
+			_, err := Plan(ctx, env, sp, PlanOptions{})
+			var se *spec.SpecError
 			if !errors.As(err, &se) {
 				t.Fatalf("err = %v, want a SpecError", err)
 			}
 			if exitcode.Of(err) != exitcode.BadInput {
 				t.Errorf("exit code %d", exitcode.Of(err))
 			}
-			if se.Field != c.field || se.File != "spec.yaml" || se.Line == 0 || se.Line != spec.Line(c.lineOf) {
-				t.Errorf("error at %s:%d field %q, want line %d field %q: %v", se.File, se.Line, se.Field, spec.Line(c.lineOf), c.field, se)
+			if se.Field != c.field || se.File != "spec.yaml" || se.Line == 0 || se.Line != sp.Line(c.lineOf) {
+				t.Errorf("error at %s:%d field %q, want line %d field %q: %v", se.File, se.Line, se.Field, sp.Line(c.lineOf), c.field, se)
 			}
 			for _, s := range c.contains {
 				if !strings.Contains(se.Error(), s) {
@@ -438,7 +439,7 @@ func TestPlanBackfillLockIsSyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.Exec(t, dsn, string(seed))
-	spec, err := shadow.LoadSpecFile("../examples/composite-key/spec.yaml")
+	spec, err := spec.LoadSpecFile("../examples/composite-key/spec.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // StatusSchemaVersion is the version of status's JSON document. Fields are
@@ -147,11 +148,11 @@ func statusBacklogs(ctx context.Context, env *Env, rep *StatusReport, rows []*st
 	var todo []live
 	for i, m := range rows {
 		st := &rep.Migrations[i]
-		if shadow.Mode(m.Mode) != shadow.ModeLogical || st.Slot == nil || !st.Slot.Exists ||
+		if spec.Mode(m.Mode) != spec.ModeLogical || st.Slot == nil || !st.Slot.Exists ||
 			(m.State != state.Syncing && m.State != state.Synced) {
 			continue
 		}
-		var spec shadow.Spec
+		var spec spec.Spec
 		if err := json.Unmarshal(m.Spec, &spec); err != nil {
 			return fmt.Errorf("decode stored spec of %s: %w", m.Name, err)
 		}

@@ -19,7 +19,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // testEnv connects a runner Env to dsn, logging warnings to the test log.
@@ -35,9 +35,9 @@ func syncTestEnv(t *testing.T, dsn string) *Env {
 	return env
 }
 
-func syncSpec(t *testing.T, yaml string) *shadow.Spec {
+func syncSpec(t *testing.T, yaml string) *spec.Spec {
 	t.Helper()
-	s, err := shadow.ParseSpec([]byte(yaml), "test.yaml", "yaml")
+	s, err := spec.ParseSpec([]byte(yaml), "test.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/sync/stream"
 	"github.com/greenswap/greenswap/trigger"
 	"github.com/greenswap/greenswap/verify"
@@ -35,8 +36,8 @@ const PhaseCreateSlot = "create-slot"
 // installStepFor is the sync trigger step for spec's mode: in logical mode
 // the forward triggers are created disabled (the stream carries blue →
 // green) and the reverse functions mark their writes to blue as echoes.
-func installStepFor(spec *shadow.Spec, n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
-	if spec.Mode == shadow.ModeLogical {
+func installStepFor(s *spec.Spec, n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
+	if s.Mode == spec.ModeLogical {
 		return trigger.LogicalInstallStep(n, m, owner)
 	}
 	return trigger.InstallStep(n, m, owner)
@@ -59,7 +60,7 @@ const PhaseStreamCatchUp = "stream-catch-up"
 // where both copy a row the result converges (the stream re-reads the row
 // from blue; the backfill never overwrites).
 func (r *syncRun) startLogical(ctx context.Context) error {
-	if r.spec.Mode != shadow.ModeLogical {
+	if r.spec.Mode != spec.ModeLogical {
 		return nil
 	}
 	retired, err := streamRetired(ctx, r.env, r.names)
@@ -326,7 +327,7 @@ type StreamProgress struct {
 
 // readStreamProgress is nil for a trigger-mode migration.
 func readStreamProgress(ctx context.Context, env *Env, m *Migration) (*StreamProgress, error) {
-	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+	if spec.Mode(m.Row.Mode) != spec.ModeLogical {
 		return nil, nil
 	}
 	p := &StreamProgress{Slot: m.Names.Slot}
@@ -372,7 +373,7 @@ SELECT active, confirmed_flush_lsn::text,
 // the caller then watches as in trigger mode.
 func watchLogical(ctx context.Context, env *Env, name string, every time.Duration, fn func(SyncProgress)) (handled bool, err error) {
 	m, err := env.LoadMigration(ctx, name)
-	if err != nil || shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+	if err != nil || spec.Mode(m.Row.Mode) != spec.ModeLogical {
 		return false, nil
 	}
 	if (m.Row.State != state.Syncing && m.Row.State != state.Synced) || m.Row.SlotName == nil {
@@ -438,7 +439,7 @@ func watchLogical(ctx context.Context, env *Env, name string, every time.Duratio
 // It does nothing for a trigger-mode migration or one already retired.
 func prepareCutoverLogical(ctx context.Context, env *Env, m *Migration, lock shadow.LockOptions,
 	printf func(format string, args ...any)) (*stream.RetireResult, error) {
-	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+	if spec.Mode(m.Row.Mode) != spec.ModeLogical {
 		return nil, nil
 	}
 	b, err := loadBuild(ctx, env.Pool, m.Spec, m.Names)
@@ -519,7 +520,7 @@ func streamConfig(env *Env, m *Migration, b *Build) (stream.Config, error) {
 
 // withSpecStreamOptions fills what opt leaves at its default from the
 // spec's sync section.
-func withSpecStreamOptions(opt stream.Options, spec *shadow.Spec) stream.Options {
+func withSpecStreamOptions(opt stream.Options, spec *spec.Spec) stream.Options {
 	if opt.ApplyWorkers == 0 && spec != nil {
 		opt.ApplyWorkers = spec.Sync.ApplyWorkers
 	}
@@ -566,7 +567,7 @@ func dropLogicalObjects(ctx context.Context, env *Env, m *Migration) error {
 // Trigger mode, or a stream retired by a cutover: nil waiter.
 func settleLogical(ctx context.Context, env *Env, m *Migration, b *Build, lock shadow.LockOptions) (verify.StreamWaiter, func(), error) {
 	noop := func() {}
-	if shadow.Mode(m.Row.Mode) != shadow.ModeLogical {
+	if spec.Mode(m.Row.Mode) != spec.ModeLogical {
 		return nil, noop, nil
 	}
 	retired, err := streamRetired(ctx, env, m.Names)

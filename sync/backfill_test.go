@@ -15,6 +15,7 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 )
 
@@ -44,7 +45,7 @@ func setupOn(t *testing.T, pool *pgxpool.Pool, dsn, tableSQL, specYAML string) *
 	t.Helper()
 	ctx := context.Background()
 	pgtest.Exec(t, dsn, tableSQL)
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 )
 
@@ -110,7 +111,7 @@ const sessionSQL = `SELECT pg_catalog.set_config('search_path', $1, true), pg_ca
 // text outside it, so only the one row returned is converted, not every row
 // skipped (about half the query's time at 50,000 rows).
 // Args: the cursor values (when after), then the offset (limit-1).
-func boundSQL(k keySpec, blue shadow.QualifiedName, after bool) string {
+func boundSQL(k keySpec, blue spec.QualifiedName, after bool) string {
 	where := ""
 	next := 1
 	if after {

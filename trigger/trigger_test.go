@@ -19,6 +19,7 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -26,7 +27,7 @@ import (
 type mig struct {
 	pool  *pgxpool.Pool
 	dsn   string
-	spec  *shadow.Spec
+	spec  *spec.Spec
 	names shadow.Names
 }
 
@@ -37,7 +38,7 @@ func migrate(t *testing.T, tableSQL, specYAML string, setupOnly bool) *mig {
 	ctx := context.Background()
 	pool, dsn := pgtest.NewPool(t)
 	pgtest.Exec(t, dsn, tableSQL)
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

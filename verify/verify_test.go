@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 	"github.com/greenswap/greenswap/verify/verifytest"
 )
@@ -681,7 +681,7 @@ func TestHashScan(t *testing.T) {
 	if _, err := HashScan(t.Context(), pool, f.Names.Green); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := HashScan(t.Context(), pool, shadow.QualifiedName{Schema: "public", Name: "nope"}); err == nil {
+	if _, err := HashScan(t.Context(), pool, spec.QualifiedName{Schema: "public", Name: "nope"}); err == nil {
 		t.Fatal("no error for a missing table")
 	}
 }
