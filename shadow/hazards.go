@@ -998,8 +998,8 @@ func LoadNameClashes(ctx context.Context, q db.Querier, green uint32, appSchema 
 // the writing session, its transaction or its settings. Most are STABLE, not
 // VOLATILE, in pg_proc, so the catalog alone would not flag them; recomputed
 // by verify in its own session they differ from what the trigger or the
-// backfill wrote. One list for plan (DetectVolatility) and verify
-// (SessionDependent), so that what plan says verify skips is what it skips.
+// backfill wrote. Read by the one detector (DirectionVolatility) that plan
+// and verify both call.
 var sessionDependent = map[string]bool{
 	"now": true, "transaction_timestamp": true, "statement_timestamp": true,
 	"clock_timestamp": true, "timeofday": true,
@@ -1012,10 +1012,10 @@ var sessionDependent = map[string]bool{
 	"pg_current_xact_id_if_assigned": true, "pg_postmaster_start_time": true, "pg_conf_load_time": true,
 }
 
-// SessionDependent reports whether the function or SQL value keyword name
+// isSessionDependent reports whether the function or SQL value keyword name
 // (lower case, unqualified) is one whose value depends on the session, its
 // transaction, its settings or the time (see sessionDependent).
-func SessionDependent(name string) bool { return sessionDependent[name] }
+func isSessionDependent(name string) bool { return sessionDependent[name] }
 
 var (
 	funcIDRE   = regexp.MustCompile(`:(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)`)
@@ -1044,27 +1044,59 @@ func DetectVolatility(ctx context.Context, q db.Querier, s *spec.Spec, schema st
 		field string
 		dir   *Direction
 	}{{"forward", &m.Forward}, {"reverse", &m.Reverse}} {
+		vs, err := DirectionVolatility(ctx, q, schema, d.dir, d.field)
+		if err != nil {
+			var se *spec.SpecError
+			if errors.As(err, &se) {
+				se.File, se.Line = s.File, s.Line(se.Field)
+				return nil, se
+			}
+			return nil, err
+		}
 		for i := range d.dir.Columns {
 			c := &d.dir.Columns[i]
-			if !c.Explicit {
+			v, ok := vs[c.Target]
+			if !ok {
 				continue
 			}
-			field := d.field + "." + c.Target
-			v, err := probeVolatility(ctx, q, schema, d.dir, c.Target, sourceSide(d.field))
-			if err != nil {
-				var se *spec.SpecError
-				if errors.As(err, &se) {
-					se.File, se.Line, se.Field = s.File, s.Line(field), field
-					return nil, se
-				}
-				return nil, fmt.Errorf("check volatility of %s: %w", field, err)
-			}
-			v.Field = field
 			c.Volatile = len(v.Volatile) > 0
 			if len(v.Volatile)+len(v.Stable)+len(v.Schemas) > 0 {
 				out = append(out, v)
 			}
 		}
+	}
+	return out, nil
+}
+
+// DirectionVolatility is the one volatility detector: plan's hazards
+// (through DetectVolatility) and verify's choice of the columns it compares
+// both call it, so what plan says verify skips is what verify skips. It
+// probes every explicit expression of d (field is "forward" or "reverse")
+// and returns what it found per target column, Volatility.Field set; a
+// column whose expression calls only IMMUTABLE functions has an entry with
+// no names. q must be a transaction whose search_path is the one the
+// expressions are evaluated under (Names.SearchPath); schema is where the
+// throwaway view is created (each probe runs in a savepoint that is rolled
+// back). An expression that does not compile is a *spec.SpecError naming
+// its field (the caller adds file and line).
+func DirectionVolatility(ctx context.Context, q db.Querier, schema string, d *Direction, field string) (map[string]Volatility, error) {
+	out := map[string]Volatility{}
+	for _, c := range d.Columns {
+		if !c.Explicit {
+			continue
+		}
+		f := field + "." + c.Target
+		v, err := probeVolatility(ctx, q, schema, d, c.Target, sourceSide(field))
+		if err != nil {
+			var se *spec.SpecError
+			if errors.As(err, &se) {
+				se.Field = f
+				return nil, se
+			}
+			return nil, fmt.Errorf("check volatility of %s: %w", f, err)
+		}
+		v.Field = f
+		out[c.Target] = v
 	}
 	return out, nil
 }
@@ -1143,7 +1175,7 @@ SELECT CASE WHEN n.nspname = 'pg_catalog' THEN p.proname::text ELSE n.nspname ||
 			continue
 		}
 		seen[name] = true
-		if f.vol == "v" || SessionDependent(f.name) {
+		if f.vol == "v" || isSessionDependent(f.name) {
 			v.Volatile = append(v.Volatile, name)
 		} else {
 			v.Stable = append(v.Stable, name)
