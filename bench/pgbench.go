@@ -16,6 +16,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // The pgbench figures (issue 12): TPC-B-like, scale 10, 8 clients, the
@@ -45,7 +46,7 @@ reverse:
   abalance: abalance::integer
 `
 
-var pgbNames = shadow.NamesFor(pgbMigration, shadow.QualifiedName{Schema: "public", Name: "pgbench_accounts"})
+var pgbNames = shadow.NamesFor(pgbMigration, spec.QualifiedName{Schema: "public", Name: "pgbench_accounts"})
 
 // errNoPgbench marks a server bindir without pgbench (the npm builds of
 // other majors ship only the server).

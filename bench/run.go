@@ -17,6 +17,7 @@ import (
 	"github.com/greenswap/greenswap/examples/workload"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // The migration every figure uses: int → bigint key, int → numeric amount
@@ -74,7 +75,7 @@ func seedSQL(n int64) []string {
 	}
 }
 
-var names = shadow.NamesFor(migName, shadow.QualifiedName{Schema: "public", Name: "orders"})
+var names = shadow.NamesFor(migName, spec.QualifiedName{Schema: "public", Name: "orders"})
 
 // runAll measures every figure: the orders figures (core, sized by
 // BENCH_ROWS), then the pgbench ones on their own database.
@@ -363,7 +364,7 @@ func (b *bench) backfill(ctx context.Context, dsn, specPath string, fig, figRSS 
 // into a table built from target.ddl (primary key only, like green during the
 // copy), then drops it.
 func (b *bench) insertSelect(ctx context.Context, dsn string) (time.Duration, error) {
-	spec, err := shadow.ParseSpec([]byte(specYAML), "bench.yaml", "yaml")
+	sp, err := spec.ParseSpec([]byte(specYAML), "bench.yaml", "yaml")
 	if err != nil {
 		return 0, err
 	}
@@ -372,19 +373,19 @@ func (b *bench) insertSelect(ctx context.Context, dsn string) (time.Duration, er
 		return 0, err
 	}
 	defer conn.Close(context.Background())
-	scratch := shadow.QualifiedName{Schema: "bench_baseline", Name: "orders"}
+	scratch := spec.QualifiedName{Schema: "bench_baseline", Name: "orders"}
 	for _, s := range []string{
 		"DROP SCHEMA IF EXISTS bench_baseline CASCADE",
 		"CREATE SCHEMA bench_baseline",
 		"SET search_path TO bench_baseline, public",
-		spec.Target.DDL,
+		sp.Target.DDL,
 		"RESET search_path",
 	} {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			return 0, err
 		}
 	}
-	blue, err := shadow.LoadTable(ctx, conn, shadow.QualifiedName{Schema: "public", Name: "orders"})
+	blue, err := shadow.LoadTable(ctx, conn, spec.QualifiedName{Schema: "public", Name: "orders"})
 	if err != nil {
 		return 0, err
 	}
@@ -392,7 +393,7 @@ func (b *bench) insertSelect(ctx context.Context, dsn string) (time.Duration, er
 	if err != nil {
 		return 0, err
 	}
-	m, err := shadow.BuildMapping(spec, blue, green)
+	m, err := shadow.BuildMapping(sp, blue, green)
 	if err != nil {
 		return 0, err
 	}
@@ -422,7 +423,7 @@ func (b *bench) verify(ctx context.Context, dsn string, f1, f2 *Figure) error {
 		return err
 	}
 	var base time.Duration
-	for _, rel := range []shadow.QualifiedName{names.Blue, names.Green} {
+	for _, rel := range []spec.QualifiedName{names.Blue, names.Green} {
 		var sum any
 		t0 := time.Now()
 		if err := conn.QueryRow(ctx, "SELECT sum(hashtextextended(t::text, 0)) FROM "+db.Ident(rel.Schema, rel.Name)+" t").Scan(&sum); err != nil {

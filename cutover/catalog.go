@@ -11,6 +11,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Catalog reads specific to the swap. Every definition that is printed here
@@ -34,7 +35,7 @@ func pathSQL(path string) string { return "SET LOCAL search_path TO " + path }
 // relation is one pg_class entry.
 type relation struct {
 	OID  uint32
-	Name shadow.QualifiedName
+	Name spec.QualifiedName
 	Kind string // relkind
 }
 
@@ -54,7 +55,7 @@ func findMigrationRelations(ctx context.Context, q db.Querier, n shadow.Names) (
 }
 
 // findRelation returns the relation called name, or nil when there is none.
-func findRelation(ctx context.Context, q db.Querier, name shadow.QualifiedName) (*relation, error) {
+func findRelation(ctx context.Context, q db.Querier, name spec.QualifiedName) (*relation, error) {
 	r := relation{Name: name}
 	err := q.QueryRow(ctx, `SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2`, name.Schema, name.Name).Scan(&r.OID, &r.Kind)
@@ -109,10 +110,10 @@ func sameRowType(a, b []column) bool { return slices.Equal(a, b) }
 // triggers, rules, and for a materialized view its indexes and whether it
 // was populated.
 type viewMeta struct {
-	OID          uint32               `json:"-"`
-	Name         shadow.QualifiedName `json:"name"`
-	Materialized bool                 `json:"materialized,omitempty"`
-	Depth        int                  `json:"depth"`
+	OID          uint32             `json:"-"`
+	Name         spec.QualifiedName `json:"name"`
+	Materialized bool               `json:"materialized,omitempty"`
+	Depth        int                `json:"depth"`
 	// Repoint: the view read the side being left directly (a view that
 	// existed before adopt still names blue); it is created again over the
 	// app name instead, so it follows the app name from now on.
@@ -339,28 +340,28 @@ func loadViewMeta(ctx context.Context, q db.Querier, v *viewMeta) error {
 // foreignKey is one FK constraint with everything needed to re-create it
 // against another referenced table.
 type foreignKey struct {
-	OID        uint32               `json:"-"`
-	Name       string               `json:"name"`
-	Table      shadow.QualifiedName `json:"table"` // the referencing table
-	TableOID   uint32               `json:"-"`
-	Columns    []string             `json:"columns"`
-	RefTable   shadow.QualifiedName `json:"ref_table"`
-	RefOID     uint32               `json:"-"`
-	RefColumns []string             `json:"ref_columns"`
-	Match      string               `json:"-"` // f, p, s
-	OnUpdate   string               `json:"-"` // a, r, c, n, d
-	OnDelete   string               `json:"-"`
-	SetCols    []string             `json:"-"` // ON DELETE SET NULL/DEFAULT (cols), PG 15+
-	Deferrable bool                 `json:"-"`
-	Deferred   bool                 `json:"-"`
-	Validated  bool                 `json:"validated"`
+	OID        uint32             `json:"-"`
+	Name       string             `json:"name"`
+	Table      spec.QualifiedName `json:"table"` // the referencing table
+	TableOID   uint32             `json:"-"`
+	Columns    []string           `json:"columns"`
+	RefTable   spec.QualifiedName `json:"ref_table"`
+	RefOID     uint32             `json:"-"`
+	RefColumns []string           `json:"ref_columns"`
+	Match      string             `json:"-"` // f, p, s
+	OnUpdate   string             `json:"-"` // a, r, c, n, d
+	OnDelete   string             `json:"-"`
+	SetCols    []string           `json:"-"` // ON DELETE SET NULL/DEFAULT (cols), PG 15+
+	Deferrable bool               `json:"-"`
+	Deferred   bool               `json:"-"`
+	Validated  bool               `json:"validated"`
 }
 
 var fkActions = map[string]string{"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
 // addSQL adds the constraint to its table referencing ref, NOT VALID: the
 // existing rows are checked later by VALIDATE CONSTRAINT under a light lock.
-func (f *foreignKey) addSQL(ref shadow.QualifiedName) string {
+func (f *foreignKey) addSQL(ref spec.QualifiedName) string {
 	var b strings.Builder
 	b.WriteString("ALTER TABLE " + db.Ident(f.Table.Schema, f.Table.Name) + " ADD CONSTRAINT " + db.Ident(f.Name) +
 		" FOREIGN KEY (" + db.IdentList(f.Columns) + ") REFERENCES " + db.Ident(ref.Schema, ref.Name) +
@@ -502,7 +503,7 @@ func loadTriggers(ctx context.Context, q db.Querier, oid uint32) ([]userTrigger,
 
 // retarget rewrites a pg_get_triggerdef statement for another table: the
 // relation follows " ON " right after the event list, printed as from.
-func retarget(def, from string, to shadow.QualifiedName) (string, bool) {
+func retarget(def, from string, to spec.QualifiedName) (string, bool) {
 	marker := " ON " + from + " "
 	i := strings.Index(def, marker)
 	if i < 0 {
@@ -512,7 +513,7 @@ func retarget(def, from string, to shadow.QualifiedName) (string, bool) {
 }
 
 // triggerModeSQL sets trigger name on rel to mode (a tgenabled value).
-func triggerModeSQL(rel shadow.QualifiedName, name, mode string) string {
+func triggerModeSQL(rel spec.QualifiedName, name, mode string) string {
 	verb := map[string]string{"O": "ENABLE", "D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}[mode]
 	if verb == "" {
 		verb = "ENABLE"

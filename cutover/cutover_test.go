@@ -13,24 +13,25 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 func TestRetargetTriggerDef(t *testing.T) {
 	def := `CREATE TRIGGER orders_audit AFTER UPDATE OF "on" ON gs_x_blue.orders FOR EACH ROW WHEN ((new.amount > 0)) EXECUTE FUNCTION public.audit()`
-	got, ok := retarget(def, "gs_x_blue.orders", shadow.QualifiedName{Schema: "gs_x_green", Name: "orders"})
+	got, ok := retarget(def, "gs_x_blue.orders", spec.QualifiedName{Schema: "gs_x_green", Name: "orders"})
 	want := `CREATE TRIGGER orders_audit AFTER UPDATE OF "on" ON "gs_x_green"."orders" FOR EACH ROW WHEN ((new.amount > 0)) EXECUTE FUNCTION public.audit()`
 	if !ok || got != want {
 		t.Errorf("retarget:\n got %s\nwant %s", got, want)
 	}
-	if _, ok := retarget(def, "public.other", shadow.QualifiedName{Schema: "s", Name: "t"}); ok {
+	if _, ok := retarget(def, "public.other", spec.QualifiedName{Schema: "s", Name: "t"}); ok {
 		t.Error("retarget found a relation that is not there")
 	}
 }
 
 func TestForeignKeySQL(t *testing.T) {
-	f := &foreignKey{Name: "items_fk", Table: shadow.QualifiedName{Schema: "public", Name: "items"}, Columns: []string{"a", "b"},
+	f := &foreignKey{Name: "items_fk", Table: spec.QualifiedName{Schema: "public", Name: "items"}, Columns: []string{"a", "b"},
 		RefColumns: []string{"x", "y"}, Match: "f", OnUpdate: "c", OnDelete: "n", SetCols: []string{"b"}, Deferrable: true, Deferred: true}
-	got := f.addSQL(shadow.QualifiedName{Schema: "gs_m_green", Name: "orders"})
+	got := f.addSQL(spec.QualifiedName{Schema: "gs_m_green", Name: "orders"})
 	want := `ALTER TABLE "public"."items" ADD CONSTRAINT "items_fk" FOREIGN KEY ("a", "b") REFERENCES "gs_m_green"."orders" ("x", "y") MATCH FULL ON UPDATE CASCADE ON DELETE SET NULL ("b") DEFERRABLE INITIALLY DEFERRED NOT VALID`
 	if got != want {
 		t.Errorf("addSQL:\n got %s\nwant %s", got, want)
@@ -42,7 +43,7 @@ func TestForeignKeySQL(t *testing.T) {
 
 func TestLockSetOrderAndStatements(t *testing.T) {
 	var ls lockSet
-	q := func(n string) shadow.QualifiedName { return shadow.QualifiedName{Schema: "s", Name: n} }
+	q := func(n string) spec.QualifiedName { return spec.QualifiedName{Schema: "s", Name: n} }
 	ls.addView(&viewMeta{OID: 1, Name: q("app"), Owner: "own"}, "re-pointed")
 	ls.add(q("child"), 2, ShareRowExclusive, "fk")
 	ls.add(q("child"), 2, AccessExclusive, "fk moved")
@@ -168,7 +169,7 @@ func TestDependentViewsRoundTrip(t *testing.T) {
 	if err := setPath(ctx, tx, catalogPath); err != nil {
 		t.Fatal(err)
 	}
-	base, err := findRelation(ctx, tx, shadow.QualifiedName{Schema: "public", Name: "base"})
+	base, err := findRelation(ctx, tx, spec.QualifiedName{Schema: "public", Name: "base"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +214,7 @@ func TestDependentViewsRoundTrip(t *testing.T) {
 func TestUsageSensor(t *testing.T) {
 	ctx := context.Background()
 	pool, dsn := pgtest.NewPool(t)
-	n := shadow.NamesFor("us", shadow.QualifiedName{Schema: "public", Name: "acc"})
+	n := shadow.NamesFor("us", spec.QualifiedName{Schema: "public", Name: "acc"})
 	pgtest.Exec(t, dsn, `CREATE SCHEMA gs_us_blue; CREATE TABLE gs_us_blue.acc (id int PRIMARY KEY)`)
 	for _, s := range usageInstallSQL(n, "postgres", usageObjects{}) {
 		pgtest.Exec(t, dsn, s)

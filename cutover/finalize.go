@@ -13,6 +13,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 )
 
@@ -36,28 +37,28 @@ type FinalizeInput struct {
 // SequenceMove says what finalize does with one sequence a green column
 // draws from.
 type SequenceMove struct {
-	Column   string               `json:"column"`
-	Sequence shadow.QualifiedName `json:"sequence"`
-	Action   string               `json:"action"` // "identity", "re-owned", "new sequence", "kept"
+	Column   string             `json:"column"`
+	Sequence spec.QualifiedName `json:"sequence"`
+	Action   string             `json:"action"` // "identity", "re-owned", "new sequence", "kept"
 }
 
 // FinalizePlan is what finalize does in its one transaction.
 type FinalizePlan struct {
-	Migration string               `json:"migration"`
-	App       shadow.QualifiedName `json:"app"`
-	Green     shadow.QualifiedName `json:"green"`
-	Blue      shadow.QualifiedName `json:"blue"`
-	Views     []*viewMeta          `json:"dependent_views,omitempty"`
-	Sequences []SequenceMove       `json:"sequences,omitempty"`
+	Migration string             `json:"migration"`
+	App       spec.QualifiedName `json:"app"`
+	Green     spec.QualifiedName `json:"green"`
+	Blue      spec.QualifiedName `json:"blue"`
+	Views     []*viewMeta        `json:"dependent_views,omitempty"`
+	Sequences []SequenceMove     `json:"sequences,omitempty"`
 	// Partitions are green's partitions (every level) that move into the
 	// app schema with it: ALTER TABLE ... SET SCHEMA moves a partitioned
 	// table without them. Their indexes move with each.
-	Partitions []shadow.QualifiedName `json:"partitions,omitempty"`
-	Dropped    []string               `json:"dropped"`
-	Locks      []LockTarget           `json:"locks"`
-	SQL        []string               `json:"sql"`
-	Slot       string                 `json:"slot,omitempty"`
-	Warnings   []string               `json:"warnings,omitempty"`
+	Partitions []spec.QualifiedName `json:"partitions,omitempty"`
+	Dropped    []string             `json:"dropped"`
+	Locks      []LockTarget         `json:"locks"`
+	SQL        []string             `json:"sql"`
+	Slot       string               `json:"slot,omitempty"`
+	Warnings   []string             `json:"warnings,omitempty"`
 	fpOIDs     []uint32
 	fp         string
 }
@@ -242,7 +243,7 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 			if warn != "" {
 				p.Warnings = append(p.Warnings, warn)
 			}
-			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "re-owned"})
+			p.Sequences = append(p.Sequences, SequenceMove{s.Column, spec.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "re-owned"})
 			return nil
 		}
 		switch {
@@ -261,7 +262,7 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 				nextValueDo(retired, "ALTER TABLE "+appRel+" ALTER COLUMN "+col+" ADD GENERATED "+kind+" AS IDENTITY (SEQUENCE NAME "+
 					db.Ident(n.App.Schema, s.Seq.Name)+" START WITH %s INCREMENT BY %s)"))
 			afterBlue = append(afterBlue, "DROP SEQUENCE "+retired)
-			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "identity"})
+			p.Sequences = append(p.Sequences, SequenceMove{s.Column, spec.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "identity"})
 		case s.OwnerOID == 0 && isDetached[s.SeqOID]:
 			// blue's serial sequence, detached at adopt and kept in the app
 			// schema: green's column owns it from now on, widened to fit.
@@ -299,7 +300,7 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 			after = append(after, nextValueDo(seq, create+" START WITH %s INCREMENT BY %s OWNED BY "+appRel+"."+col),
 				"ALTER TABLE "+appRel+" ALTER COLUMN "+col+" SET DEFAULT pg_catalog.nextval("+db.Literal(newSeq)+"::regclass)")
 			after = append(after, grantOnSequence(newSeq, insertGrantees())...)
-			p.Sequences = append(p.Sequences, SequenceMove{s.Column, shadow.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "new sequence"})
+			p.Sequences = append(p.Sequences, SequenceMove{s.Column, spec.QualifiedName{Schema: n.App.Schema, Name: s.Seq.Name}, "new sequence"})
 		}
 	}
 	// Sequences green's own DDL created (serial) that its columns no longer use.
@@ -372,7 +373,7 @@ END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "
 	sql = append(sql, "DROP TABLE "+blueRel)
 	sql = append(sql, afterBlue...)
 	p.Dropped = append(p.Dropped, n.Blue.String(), n.App.String()+" (view)")
-	for _, fn := range []shadow.QualifiedName{n.ForwardFunc, truncFunc(n.ForwardFunc), n.ReverseFunc, truncFunc(n.ReverseFunc), usageFunc(n)} {
+	for _, fn := range []spec.QualifiedName{n.ForwardFunc, truncFunc(n.ForwardFunc), n.ReverseFunc, truncFunc(n.ReverseFunc), usageFunc(n)} {
 		sql = append(sql, "DROP FUNCTION IF EXISTS "+db.Ident(fn.Schema, fn.Name)+"()")
 	}
 	rec := shadow.SequenceRecord(n)
@@ -410,7 +411,7 @@ END$gs$`, db.Ident(c), appRel, db.Literal("ALTER TABLE "+appRel+" ALTER COLUMN "
 
 type partition struct {
 	oid  uint32
-	name shadow.QualifiedName
+	name spec.QualifiedName
 }
 
 // greenPartitions lists the partitions of green, every level
@@ -512,7 +513,7 @@ type FinalizeResult struct {
 // UsageError is finalize refusing because clients used blue. Exit code 3
 // (a blocking condition; nothing was changed).
 type UsageError struct {
-	Blue    shadow.QualifiedName
+	Blue    spec.QualifiedName
 	Period  time.Duration
 	Clients []Client
 }
@@ -566,7 +567,7 @@ func Finalize(ctx context.Context, pool *pgxpool.Pool, in FinalizeInput, opt Swa
 // TargetIdentity reads which columns of target.ddl are identity columns:
 // it creates the table in a scratch schema inside a transaction it rolls
 // back (the DDL's own locks are bounded by lock).
-func TargetIdentity(ctx context.Context, pool *pgxpool.Pool, n shadow.Names, spec *shadow.Spec, lock shadow.LockOptions) (map[string]string, error) {
+func TargetIdentity(ctx context.Context, pool *pgxpool.Pool, n shadow.Names, spec *spec.Spec, lock shadow.LockOptions) (map[string]string, error) {
 	scratch := n
 	scratch.GreenSchema = "gs_" + spec.Name + "_scratch"
 	out := map[string]string{}

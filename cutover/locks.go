@@ -14,6 +14,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Lock modes used here, weakest first.
@@ -51,13 +52,13 @@ const (
 // few milliseconds. Every wait shares one budget of lock_timeout per
 // attempt, so app traffic never queues behind the swap for longer than that.
 type LockTarget struct {
-	Rel    shadow.QualifiedName `json:"relation"`
-	OID    uint32               `json:"-"`
-	Mode   string               `json:"mode"`
-	NoWait bool                 `json:"nowait,omitempty"` // taken with NOWAIT, in the blue/green loop
-	Why    string               `json:"why"`
-	Kind   string               `json:"-"` // relkind
-	Owner  string               `json:"-"` // for a view: its owner
+	Rel    spec.QualifiedName `json:"relation"`
+	OID    uint32             `json:"-"`
+	Mode   string             `json:"mode"`
+	NoWait bool               `json:"nowait,omitempty"` // taken with NOWAIT, in the blue/green loop
+	Why    string             `json:"why"`
+	Kind   string             `json:"-"` // relkind
+	Owner  string             `json:"-"` // for a view: its owner
 }
 
 // SQL is the statement that takes the lock.
@@ -79,7 +80,7 @@ type lockSet struct{ list []LockTarget }
 
 func modeRank(m string) int { return slices.Index([]string{ShareRowExclusive, AccessExclusive}, m) }
 
-func (s *lockSet) add(rel shadow.QualifiedName, oid uint32, mode, why string) *LockTarget {
+func (s *lockSet) add(rel spec.QualifiedName, oid uint32, mode, why string) *LockTarget {
 	for i := range s.list {
 		if s.list[i].OID == oid {
 			if modeRank(mode) > modeRank(s.list[i].Mode) {

@@ -13,6 +13,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Direction says which way a swap moves the app name.
@@ -29,11 +30,11 @@ const (
 // the order they are taken, then the statements run under them in the same
 // transaction, then the statements run after it commits.
 type SwapPlan struct {
-	Migration string               `json:"migration"`
-	Direction Direction            `json:"direction"`
-	App       shadow.QualifiedName `json:"app"`
-	From      shadow.QualifiedName `json:"from"` // the table the app name reads before
-	To        shadow.QualifiedName `json:"to"`   // and after
+	Migration string             `json:"migration"`
+	Direction Direction          `json:"direction"`
+	App       spec.QualifiedName `json:"app"`
+	From      spec.QualifiedName `json:"from"` // the table the app name reads before
+	To        spec.QualifiedName `json:"to"`   // and after
 	// RowTypeChanged: the app name's columns change (names, types, order).
 	// The view is dropped and created again; clients holding prepared
 	// statements on it get one "cached plan must not change result type"
@@ -104,7 +105,7 @@ type SwapInput struct {
 	ServerMajor int
 }
 
-func (in SwapInput) sides() (from, to shadow.QualifiedName) {
+func (in SwapInput) sides() (from, to spec.QualifiedName) {
 	if in.Direction == ToGreen {
 		return in.Names.Blue, in.Names.Green
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // TeardownPlan is rollback before cutover: everything sync built goes away
@@ -18,13 +19,13 @@ import (
 // as it was before sync (views created over the app name meanwhile are
 // created again over the table).
 type TeardownPlan struct {
-	Migration string               `json:"migration"`
-	App       shadow.QualifiedName `json:"app"`
-	Adopted   bool                 `json:"adopted"` // the app name is greenswap's view over blue
-	Green     bool                 `json:"green"`   // green exists
-	Views     []*viewMeta          `json:"dependent_views,omitempty"`
-	Locks     []LockTarget         `json:"locks"`
-	SQL       []string             `json:"sql"`
+	Migration string             `json:"migration"`
+	App       spec.QualifiedName `json:"app"`
+	Adopted   bool               `json:"adopted"` // the app name is greenswap's view over blue
+	Green     bool               `json:"green"`   // green exists
+	Views     []*viewMeta        `json:"dependent_views,omitempty"`
+	Locks     []LockTarget       `json:"locks"`
+	SQL       []string           `json:"sql"`
 	// Slot is a replication slot of the migration that is dropped after the
 	// transaction commits (slots are not transactional).
 	Slot     string   `json:"slot,omitempty"`
@@ -144,7 +145,7 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 		sql = append(sql, "DROP TABLE "+db.Ident(n.Green.Schema, n.Green.Name))
 	}
 	if blueSchema || greenSchema {
-		for _, fn := range []shadow.QualifiedName{n.ForwardFunc, truncFunc(n.ForwardFunc), n.ReverseFunc, truncFunc(n.ReverseFunc), usageFunc(n)} {
+		for _, fn := range []spec.QualifiedName{n.ForwardFunc, truncFunc(n.ForwardFunc), n.ReverseFunc, truncFunc(n.ReverseFunc), usageFunc(n)} {
 			if (fn.Schema == n.BlueSchema && blueSchema) || (fn.Schema == n.GreenSchema && greenSchema) {
 				sql = append(sql, "DROP FUNCTION IF EXISTS "+db.Ident(fn.Schema, fn.Name)+"()")
 			}
@@ -190,7 +191,7 @@ func PlanTeardown(ctx context.Context, q db.Querier, migration string, n shadow.
 // (shadow.SequenceRecord), where it is now.
 type detachedSequence struct {
 	oid    uint32
-	name   shadow.QualifiedName
+	name   spec.QualifiedName
 	column string
 }
 
@@ -218,8 +219,8 @@ func detachedSequences(ctx context.Context, q db.Querier, n shadow.Names) ([]det
 	})
 }
 
-func truncFunc(fn shadow.QualifiedName) shadow.QualifiedName {
-	return shadow.QualifiedName{Schema: fn.Schema, Name: fn.Name + "_truncate"}
+func truncFunc(fn spec.QualifiedName) spec.QualifiedName {
+	return spec.QualifiedName{Schema: fn.Schema, Name: fn.Name + "_truncate"}
 }
 
 // TeardownResult is what Teardown did.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 )
 
@@ -52,25 +53,25 @@ type usageObjects struct {
 
 func (u usageObjects) complete() bool { return u.table && u.state && u.fn && u.trigger }
 
-func usageTable(n shadow.Names) shadow.QualifiedName {
-	return shadow.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage"}
+func usageTable(n shadow.Names) spec.QualifiedName {
+	return spec.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage"}
 }
 
 // usageStateTable holds one row: whether the sensor records (blue is not
 // primary). The swap flips it: a row update, no lock on blue.
-func usageStateTable(n shadow.Names) shadow.QualifiedName {
-	return shadow.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage_state"}
+func usageStateTable(n shadow.Names) spec.QualifiedName {
+	return spec.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage_state"}
 }
 
-func usageFunc(n shadow.Names) shadow.QualifiedName {
-	return shadow.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage_note"}
+func usageFunc(n shadow.Names) spec.QualifiedName {
+	return spec.QualifiedName{Schema: n.BlueSchema, Name: "gs_usage_note"}
 }
 
 // usageTrigger is named like the sync triggers (gs_sync_ prefix) so catalog
 // reads treat it as greenswap's own, never as a user trigger.
 func usageTrigger(n shadow.Names) string { return n.Trigger + "_usage" }
 
-func qident(q shadow.QualifiedName) string { return db.Ident(q.Schema, q.Name) }
+func qident(q spec.QualifiedName) string { return db.Ident(q.Schema, q.Name) }
 
 func usageState(ctx context.Context, q db.Querier, n shadow.Names, blueOID uint32) (usageObjects, error) {
 	var u usageObjects
@@ -324,12 +325,12 @@ func WatchUsage(ctx context.Context, q db.Querier, n shadow.Names, opt WatchOpti
 
 // sequenceUse is a sequence a column default draws from.
 type sequenceUse struct {
-	Column      string               `json:"column"`
-	Seq         shadow.QualifiedName `json:"sequence"`
-	SeqOID      uint32               `json:"-"`
-	OwnerOID    uint32               `json:"-"` // the table owning the sequence (0: none)
-	OwnerColumn string               `json:"-"`
-	Identity    bool                 `json:"identity"` // it is an identity column's sequence
+	Column      string             `json:"column"`
+	Seq         spec.QualifiedName `json:"sequence"`
+	SeqOID      uint32             `json:"-"`
+	OwnerOID    uint32             `json:"-"` // the table owning the sequence (0: none)
+	OwnerColumn string             `json:"-"`
+	Identity    bool               `json:"identity"` // it is an identity column's sequence
 }
 
 func defaultSequences(ctx context.Context, q db.Querier, table uint32) ([]sequenceUse, error) {

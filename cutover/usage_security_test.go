@@ -10,6 +10,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // A client that sets the sync flag itself (as greenswap's sessions do, or as
@@ -25,7 +26,7 @@ func TestUsageSensorNotFooledBySpoofedFlag(t *testing.T) {
 	}
 	role := "spoof_" + cfg.Database
 	r := pgx.Identifier{role}.Sanitize()
-	n := shadow.NamesFor("us", shadow.QualifiedName{Schema: "public", Name: "acc"})
+	n := shadow.NamesFor("us", spec.QualifiedName{Schema: "public", Name: "acc"})
 	pgtest.Exec(t, dsn, `CREATE SCHEMA gs_us_blue; CREATE TABLE gs_us_blue.acc (id int PRIMARY KEY);
 		CREATE ROLE `+r+` LOGIN; GRANT USAGE ON SCHEMA gs_us_blue TO `+r+`; GRANT INSERT ON gs_us_blue.acc TO `+r)
 	t.Cleanup(func() {

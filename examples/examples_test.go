@@ -22,6 +22,7 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -58,7 +59,7 @@ func TestExamples(t *testing.T) {
 				t.Fatal(err)
 			}
 			pgtest.Exec(t, dsn, string(seed))
-			spec, err := shadow.LoadSpecFile(filepath.Join(dir, "spec.yaml"))
+			spec, err := spec.LoadSpecFile(filepath.Join(dir, "spec.yaml"))
 			if err != nil {
 				t.Fatalf("spec: %v", err)
 			}
@@ -109,7 +110,7 @@ func TestExamples(t *testing.T) {
 
 // assertEqual diffs green against blue mapped through the forward
 // expressions (cast to green's types), both ways.
-func assertEqual(ctx context.Context, t *testing.T, env *runner.Env, spec *shadow.Spec, n shadow.Names, when string) {
+func assertEqual(ctx context.Context, t *testing.T, env *runner.Env, spec *spec.Spec, n shadow.Names, when string) {
 	t.Helper()
 	blue, err := shadow.LoadTable(ctx, env.Pool, n.Blue)
 	if err != nil {

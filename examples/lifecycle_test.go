@@ -11,13 +11,13 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
-	gssync "github.com/greenswap/greenswap/sync"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // lifecycleExample takes a synced, verified example through cutover →
 // rollback → cutover → finalize and checks that the app name ends as a
 // table holding every row.
-func lifecycleExample(ctx context.Context, t *testing.T, env *runner.Env, spec *shadow.Spec) {
+func lifecycleExample(ctx context.Context, t *testing.T, env *runner.Env, spec *spec.Spec) {
 	t.Helper()
 	app := spec.AppTable()
 	appRel := db.Ident(app.Schema, app.Name)
@@ -76,32 +76,32 @@ func lifecycleExample(ctx context.Context, t *testing.T, env *runner.Env, spec *
 // partition of the app table, in the app schema, and every target.indexes
 // index is valid on the parent with a valid index on every partition,
 // attached to it (pg_inherits; one level: the example's tree is flat).
-func assertPartitionsFinalized(ctx context.Context, t *testing.T, env *runner.Env, spec *shadow.Spec) {
+func assertPartitionsFinalized(ctx context.Context, t *testing.T, env *runner.Env, s *spec.Spec) {
 	t.Helper()
-	app := spec.AppTable()
+	app := s.AppTable()
 	appRel := db.Ident(app.Schema, app.Name)
 	rows, err := env.Pool.Query(ctx, `SELECT n.nspname::text, c.relname::text FROM pg_partition_tree($1::regclass) p
 		JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.level > 0`, appRel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	parts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shadow.QualifiedName, error) {
-		var q shadow.QualifiedName
+	parts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (spec.QualifiedName, error) {
+		var q spec.QualifiedName
 		return q, r.Scan(&q.Schema, &q.Name)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(parts) != len(spec.Target.Partitions) {
-		t.Fatalf("after finalize %s has %d partitions, target.partitions %d", app, len(parts), len(spec.Target.Partitions))
+	if len(parts) != len(s.Target.Partitions) {
+		t.Fatalf("after finalize %s has %d partitions, target.partitions %d", app, len(parts), len(s.Target.Partitions))
 	}
 	for _, p := range parts {
 		if p.Schema != app.Schema {
 			t.Errorf("partition %s is not in schema %s", p, app.Schema)
 		}
 	}
-	for _, src := range spec.Target.Indexes {
-		st, err := gssync.ParseIndexStmt(src)
+	for _, src := range s.Target.Indexes {
+		st, err := spec.ParseIndexStmt(src)
 		if err != nil {
 			t.Fatal(err)
 		}

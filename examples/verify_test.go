@@ -5,12 +5,12 @@ import (
 	"testing"
 
 	"github.com/greenswap/greenswap/runner"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // verifyExample runs greenswap verify on a synced example: blue and green
 // must be identical, with both one and two workers, and the result recorded.
-func verifyExample(ctx context.Context, t *testing.T, env *runner.Env, spec *shadow.Spec) {
+func verifyExample(ctx context.Context, t *testing.T, env *runner.Env, spec *spec.Spec) {
 	t.Helper()
 	for _, workers := range []int{1, 2} {
 		res, err := runner.Verify(ctx, env, spec.Name, runner.VerifyOptions{Workers: workers})

@@ -23,7 +23,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/runner"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -53,9 +53,9 @@ func metricsTable(rows int) string {
 }
 
 // metricsSpec migrates metricsTable to bigint/numeric with a NOT NULL email.
-func metricsSpec(t *testing.T, name, mode string) *shadow.Spec {
+func metricsSpec(t *testing.T, name, mode string) *spec.Spec {
 	t.Helper()
-	s, err := shadow.ParseSpec([]byte(fmt.Sprintf(`
+	s, err := spec.ParseSpec([]byte(fmt.Sprintf(`
 name: %s
 table: public.orders
 mode: %s

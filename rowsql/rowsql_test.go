@@ -13,6 +13,7 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 	"github.com/greenswap/greenswap/verify/verifytest"
 )
@@ -367,7 +368,7 @@ func TestKeyOrder(t *testing.T) {
 		want  []string
 		index bool
 	}{{"uniq", []string{"a", "b"}, true}, {"lead", []string{"b", "a"}, true}, {"bare", []string{"a", "b"}, false}} {
-		tb, err := shadow.LoadTable(ctx, pool, shadow.QualifiedName{Schema: "public", Name: c.table})
+		tb, err := shadow.LoadTable(ctx, pool, spec.QualifiedName{Schema: "public", Name: c.table})
 		if err != nil {
 			t.Fatal(err)
 		}

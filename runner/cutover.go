@@ -14,6 +14,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/verify"
 )
 
@@ -30,7 +31,7 @@ type SwapCommandOptions struct {
 	Out io.Writer
 }
 
-func (o SwapCommandOptions) lockOptions(spec *shadow.Spec) shadow.LockOptions {
+func (o SwapCommandOptions) lockOptions(spec *spec.Spec) shadow.LockOptions {
 	lo := shadow.DefaultLockOptions()
 	if spec.Sync.LockTimeout.Duration > 0 {
 		lo.Timeout = spec.Sync.LockTimeout.Duration

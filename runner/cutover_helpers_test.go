@@ -14,7 +14,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/internal/testkit"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Helpers of the cutover, rollback and finalize tests (prefixed co to stay
@@ -28,10 +28,10 @@ func coEnv(t *testing.T, dsn string) *Env {
 
 // coSync takes spec to synced with runner.Sync, then verifies it (as
 // `greenswap verify` would, recording the result) so cutover accepts it.
-func coSync(t *testing.T, env *Env, specYAML string) *shadow.Spec {
+func coSync(t *testing.T, env *Env, specYAML string) *spec.Spec {
 	t.Helper()
 	ctx := context.Background()
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func coSync(t *testing.T, env *Env, specYAML string) *shadow.Spec {
 
 // coVerify runs the verify command (runner.Verify, which records the
 // result cutover checks) and wants no difference.
-func coVerify(t *testing.T, env *Env, spec *shadow.Spec) {
+func coVerify(t *testing.T, env *Env, spec *spec.Spec) {
 	t.Helper()
 	res, err := Verify(context.Background(), env, spec.Name, VerifyOptions{})
 	if err != nil {

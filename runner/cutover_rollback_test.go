@@ -9,7 +9,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 const teardownSchema = `
@@ -52,7 +52,7 @@ func TestRollbackBeforeCutoverRestoresTheTable(t *testing.T) {
 	out := &coBuffer{}
 
 	for _, stopAfterSetup := range []bool{true, false} {
-		spec, err := shadow.ParseSpec([]byte(teardownSpec), "test.yaml", "yaml")
+		spec, err := spec.ParseSpec([]byte(teardownSpec), "test.yaml", "yaml")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,7 +139,7 @@ func TestCutoverRefusals(t *testing.T) {
 	if _, err := Cutover(ctx, env, "nope", CutoverOptions{}); exitcode.Of(err) != exitcode.BadInput {
 		t.Errorf("cutover of an unknown migration: %v", err)
 	}
-	spec, err := shadow.ParseSpec([]byte("name: rf\ntable: public.t\ntarget:\n  ddl: CREATE TABLE t (id bigint PRIMARY KEY, v bigint)\n"), "t.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte("name: rf\ntable: public.t\ntarget:\n  ddl: CREATE TABLE t (id bigint PRIMARY KEY, v bigint)\n"), "t.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 )
 
@@ -249,11 +250,11 @@ func TestRepairAfterCutoverKeepsGreenWrites(t *testing.T) {
 	pool, dsn := pgtest.NewPool(t)
 	pgtest.Exec(t, dsn, driftSchema)
 	env := coEnv(t, dsn)
-	spec := coSync(t, env, driftSpec)
-	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{}); err != nil {
+	s := coSync(t, env, driftSpec)
+	if _, err := Cutover(ctx, env, s.Name, CutoverOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	names := shadow.NamesFor("dr", shadow.QualifiedName{Schema: "public", Name: "orders"})
+	names := shadow.NamesFor("dr", spec.QualifiedName{Schema: "public", Name: "orders"})
 	unsynced := func(sql string) {
 		t.Helper()
 		tx, err := pool.Begin(ctx)
@@ -272,7 +273,7 @@ func TestRepairAfterCutoverKeepsGreenWrites(t *testing.T) {
 	unsynced(`INSERT INTO gs_dr_blue.orders VALUES (100002, 'only blue', 8)`)
 	unsynced(`UPDATE gs_dr_green.orders SET note = 'green wins' WHERE id = 5`)
 
-	res, err := Verify(ctx, env, spec.Name, VerifyOptions{Repair: true})
+	res, err := Verify(ctx, env, s.Name, VerifyOptions{Repair: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,14 +300,14 @@ func TestRepairAfterCutoverKeepsGreenWrites(t *testing.T) {
 		t.Fatalf("event: %s %s", ev.Outcome, ev.Detail)
 	}
 
-	res, err = Verify(ctx, env, spec.Name, VerifyOptions{Repair: true, DeleteExtra: true})
+	res, err = Verify(ctx, env, s.Name, VerifyOptions{Repair: true, DeleteExtra: true})
 	if err != nil || !res.OK || res.Repair.Deleted != 1 {
 		t.Fatalf("repair --delete-extra: %v %+v", err, res.Repair)
 	}
 	if n := coInt(t, pool, `SELECT count(*) FROM gs_dr_blue.orders WHERE id = 100002`); n != 0 {
 		t.Fatal("--delete-extra left the row")
 	}
-	coVerify(t, env, spec)
+	coVerify(t, env, s)
 	// Independent of verify: both sides hold the same rows.
 	if n := coInt(t, pool, `SELECT count(*) FROM ((SELECT id, note, amount::bigint FROM gs_dr_blue.orders EXCEPT SELECT * FROM gs_dr_green.orders)
 		UNION ALL (SELECT * FROM gs_dr_green.orders EXCEPT SELECT id, note, amount::bigint FROM gs_dr_blue.orders)) d`); n != 0 {

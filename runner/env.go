@@ -23,6 +23,7 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/sync/stream"
 )
 
@@ -163,7 +164,7 @@ func (e *Env) Lock(ctx context.Context, migration string) (*state.Lock, error) {
 // Migration is a stored migration with its spec decoded and names derived.
 type Migration struct {
 	Row   *state.Migration
-	Spec  *shadow.Spec
+	Spec  *spec.Spec
 	Names shadow.Names
 }
 
@@ -173,7 +174,7 @@ func (e *Env) LoadMigration(ctx context.Context, name string) (*Migration, error
 	if err != nil {
 		return nil, err
 	}
-	var spec shadow.Spec
+	var spec spec.Spec
 	if err := json.Unmarshal(row.Spec, &spec); err != nil {
 		return nil, fmt.Errorf("decode stored spec of %s: %w", name, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 	"github.com/greenswap/greenswap/verify"
 )
@@ -61,18 +62,18 @@ type changeFeed interface {
 
 // feedFor is the feed of a migration in mode (env may be nil for
 // installStep alone, as plan's rehearsal and setup use it).
-func feedFor(env *Env, mode shadow.Mode) changeFeed {
-	if mode == shadow.ModeLogical {
+func feedFor(env *Env, mode spec.Mode) changeFeed {
+	if mode == spec.ModeLogical {
 		return &logicalFeed{env: env}
 	}
 	return triggerFeed{}
 }
 
 // feedOf is the feed of a stored migration.
-func (e *Env) feedOf(m *Migration) changeFeed { return feedFor(e, shadow.Mode(m.Row.Mode)) }
+func (e *Env) feedOf(m *Migration) changeFeed { return feedFor(e, spec.Mode(m.Row.Mode)) }
 
 // installStepFor is the sync trigger step for spec's mode (setup.go).
-func installStepFor(spec *shadow.Spec, n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
+func installStepFor(spec *spec.Spec, n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
 	return feedFor(nil, spec.Mode).installStep(n, m, owner)
 }
 

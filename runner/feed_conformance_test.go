@@ -13,7 +13,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // TestFeedConformance runs one lifecycle against each change feed (feed.go):
@@ -28,7 +28,7 @@ import (
 // leave no slot behind and record every phase's event as ok.
 func TestFeedConformance(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []shadow.Mode{shadow.ModeTrigger, shadow.ModeLogical} {
+	for _, mode := range []spec.Mode{spec.ModeTrigger, spec.ModeLogical} {
 		t.Run(string(mode), func(t *testing.T) {
 			t.Parallel()
 			feedConformance(t, mode)
@@ -36,7 +36,7 @@ func TestFeedConformance(t *testing.T) {
 	}
 }
 
-func feedConformance(t *testing.T, mode shadow.Mode) {
+func feedConformance(t *testing.T, mode spec.Mode) {
 	ctx := context.Background()
 	name := logicalName("cf")
 	pool, dsn := pgtest.NewPool(t)
@@ -81,7 +81,7 @@ func feedConformance(t *testing.T, mode shadow.Mode) {
 	appS := w.start("app-simple", "app", simple, "")
 	appP := w.start("app-prepared", "app", prepared, "")
 	run()
-	spec := syncSpec(t, fmt.Sprintf(`
+	sp := syncSpec(t, fmt.Sprintf(`
 name: %s
 table: public.accounts
 mode: %s
@@ -92,17 +92,17 @@ target:
   indexes:
     - CREATE INDEX ON accounts (value)
 `, name, mode))
-	st, err := Sync(ctx, env, spec, SyncOptions{BatchSize: 200})
+	st, err := Sync(ctx, env, sp, SyncOptions{BatchSize: 200})
 	if err != nil {
 		t.Fatalf("sync: %v", err)
 	}
 	if st.State != state.Synced || st.Batches < 10 {
 		t.Fatalf("sync stats %+v", st)
 	}
-	if (st.Stream != nil) != (mode == shadow.ModeLogical) {
+	if (st.Stream != nil) != (mode == spec.ModeLogical) {
 		t.Fatalf("%s feed: stream figures %+v", mode, st.Stream)
 	}
-	if mode == shadow.ModeLogical {
+	if mode == spec.ModeLogical {
 		stopWatch, _ := startWatch(t, env, name) // sync --watch streams until cutover
 		defer stopWatch()
 	}
@@ -113,7 +113,7 @@ target:
 	blueS, blueP := clients[2], clients[3]
 	run()
 	ledger("synced", map[string]string{"app": `SELECT id, value::bigint FROM public.accounts`, "blue": `SELECT id, value::bigint FROM ` + blueT})
-	coVerify(t, env, spec)
+	coVerify(t, env, sp)
 
 	out := &coBuffer{}
 	opts := SwapCommandOptions{Out: out, LockTimeout: 500 * time.Millisecond, MaxAttempts: 40}
@@ -155,7 +155,7 @@ target:
 	}
 	steps := map[string]int64{"adopt": 1, "create-green": 1, "backfill": 1, "build-index": 1, "analyze": 1, "synced": 1,
 		"verify": 1, "cutover": 2, "rollback": 1, "finalize": 1}
-	if mode == shadow.ModeLogical {
+	if mode == spec.ModeLogical {
 		steps["create-slot"], steps["stream"], steps["retire-stream"] = 1, 1, 2 // the second cutover finds it retired
 	}
 	for step, want := range steps {

@@ -24,6 +24,7 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/sync/stream"
 	"github.com/greenswap/greenswap/trigger"
 	"github.com/greenswap/greenswap/verify"
@@ -503,7 +504,7 @@ func streamConfig(env *Env, m *Migration, b *Build) (stream.Config, error) {
 
 // withSpecStreamOptions fills what opt leaves at its default from the
 // spec's sync section.
-func withSpecStreamOptions(opt stream.Options, spec *shadow.Spec) stream.Options {
+func withSpecStreamOptions(opt stream.Options, spec *spec.Spec) stream.Options {
 	if opt.ApplyWorkers == 0 && spec != nil {
 		opt.ApplyWorkers = spec.Sync.ApplyWorkers
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 )
 
@@ -440,7 +441,7 @@ func TestPlanPartitioned(t *testing.T) {
 	late := coInt(t, env.Pool, `SELECT id FROM public.events WHERE kind = 'late'`)
 	before = catalogSnapshot(t, dsn, "public.events")
 	_, err = Plan(ctx, env, syncSpec(t, strings.Replace(ptSpec("pp"), ptDefault, "", 1)), PlanOptions{})
-	var se *shadow.SpecError
+	var se *spec.SpecError
 	if !errors.As(err, &se) || se.Field != "target.partitions" || exitcode.Of(err) != exitcode.BadInput ||
 		!strings.Contains(err.Error(), fmt.Sprintf("(id)=(%d)", late)) || !strings.Contains(err.Error(), "no partition of relation") {
 		t.Fatalf("plan with a row that fits no partition: %v", err)

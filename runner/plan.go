@@ -24,6 +24,7 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -45,7 +46,7 @@ type PlanOptions struct {
 	Lock shadow.LockOptions
 }
 
-func (o PlanOptions) withDefaults(s *shadow.Spec) PlanOptions {
+func (o PlanOptions) withDefaults(s *spec.Spec) PlanOptions {
 	if o.SampleSize <= 0 {
 		o.SampleSize = 1000
 	}
@@ -73,7 +74,7 @@ type PlanResult struct {
 	Migration     string          `json:"migration"`
 	SpecFile      string          `json:"spec_file"`
 	Table         string          `json:"table"`
-	Mode          shadow.Mode     `json:"mode"`
+	Mode          spec.Mode       `json:"mode"`
 	BlueSchema    string          `json:"blue_schema"`
 	GreenSchema   string          `json:"green_schema"`
 	GreenTable    string          `json:"green_table"`
@@ -158,9 +159,9 @@ var errRolledBack = errors.New("plan rehearsal rolled back")
 
 // Plan reviews spec against the database and changes nothing. A spec that
 // cannot work (bad DDL, failing expression or cast, NULL into NOT NULL) is a
-// *shadow.SpecError naming the spec line and the offending key (exit 2).
+// *spec.SpecError naming the spec line and the offending key (exit 2).
 // Blocking hazards are in the result (the CLI exits 3), not an error.
-func Plan(ctx context.Context, env *Env, spec *shadow.Spec, opts PlanOptions) (*PlanResult, error) {
+func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*PlanResult, error) {
 	opts = opts.withDefaults(spec)
 	var res *PlanResult
 	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
@@ -200,7 +201,7 @@ func Plan(ctx context.Context, env *Env, spec *shadow.Spec, opts PlanOptions) (*
 
 type planner struct {
 	env  *Env
-	spec *shadow.Spec
+	spec *spec.Spec
 	opts PlanOptions
 	tx   pgx.Tx
 	n    shadow.Names
@@ -215,8 +216,8 @@ type planner struct {
 	lockFrom time.Time
 	swap     *cutover.SwapPlan // cutover's plan on the rehearsed catalog
 	swapErr  error
-	ixSQL    [][]string             // per target.indexes item: the SQL sync runs (a partitioned green: several statements)
-	parts    []shadow.QualifiedName // green's partitions (the whole tree), as the rehearsal created them
+	ixSQL    [][]string           // per target.indexes item: the SQL sync runs (a partitioned green: several statements)
+	parts    []spec.QualifiedName // green's partitions (the whole tree), as the rehearsal created them
 }
 
 // skipRehearsal are the blocking hazards that make a rehearsal impossible
@@ -366,7 +367,7 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 	// columns. The copy shares Columns with the mapping, so Volatile flags
 	// land in p.build.Mapping.
 	probe := *p.build.Mapping
-	probe.Forward.Source = shadow.QualifiedName{Schema: "pg_temp", Name: "gs_plan_sample"}
+	probe.Forward.Source = spec.QualifiedName{Schema: "pg_temp", Name: "gs_plan_sample"}
 	if p.vols, err = shadow.DetectVolatility(ctx, tx, s, "pg_temp", &probe); err != nil {
 		return err
 	}
@@ -476,8 +477,8 @@ func checkCommandPrivileges(ctx context.Context, env *Env, m *Migration, step st
 }
 
 // specErr builds a SpecError for field, with the nearest line the spec has.
-func specErr(s *shadow.Spec, field, fix, format string, args ...any) *shadow.SpecError {
-	return &shadow.SpecError{File: s.File, Line: s.Line(field), Field: field, Fix: fix,
+func specErr(s *spec.Spec, field, fix, format string, args ...any) *spec.SpecError {
+	return &spec.SpecError{File: s.File, Line: s.Line(field), Field: field, Fix: fix,
 		Msg: strings.Join(strings.Fields(fmt.Sprintf(format, args...)), " ")}
 }
 
@@ -650,7 +651,7 @@ func (p *planner) rehearseIndexes(ctx context.Context) error {
 	p.ixSQL = make([][]string, len(p.spec.Target.Indexes))
 	for i, ix := range p.spec.Target.Indexes {
 		field := fmt.Sprintf("target.indexes[%d]", i)
-		st, perr := gssync.ParseIndexStmt(ix)
+		st, perr := spec.ParseIndexStmt(ix)
 		var shown []string
 		err := p.savepoint(ctx, func() error {
 			if _, err := p.tx.Exec(ctx, rowsql.SelectSettings(rowsql.SearchPath("$1")),
@@ -693,8 +694,8 @@ func (p *planner) loadPartitions(ctx context.Context, green uint32) error {
 	if err != nil {
 		return err
 	}
-	p.parts, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (shadow.QualifiedName, error) {
-		var q shadow.QualifiedName
+	p.parts, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (spec.QualifiedName, error) {
+		var q spec.QualifiedName
 		err := r.Scan(&q.Schema, &q.Name)
 		return q, err
 	})
@@ -1101,7 +1102,7 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 		case i < len(p.ixSQL) && len(p.ixSQL[i]) > 0:
 			ixSQL = append(ixSQL, p.ixSQL[i]...)
 		default:
-			if st, err := gssync.ParseIndexStmt(src); err == nil {
+			if st, err := spec.ParseIndexStmt(src); err == nil {
 				ixSQL = append(ixSQL, st.SQL)
 			} else {
 				ixSQL = append(ixSQL, src)

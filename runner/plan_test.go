@@ -17,6 +17,7 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // testEnv connects a runner Env to dsn; it is closed before the database is dropped.
@@ -31,7 +32,7 @@ func testEnv(t *testing.T, dsn string) *Env {
 	return env
 }
 
-func parseSpec(t *testing.T, yaml string) *shadow.Spec {
+func parseSpec(t *testing.T, yaml string) *spec.Spec {
 	return testkit.ParseSpecAs(t, yaml, "spec.yaml")
 }
 
@@ -106,7 +107,7 @@ func TestPlanOrdersExample(t *testing.T) {
 	}
 	pgtest.Exec(t, dsn, string(seed))
 	pgtest.Exec(t, dsn, `ANALYZE orders`)
-	spec, err := shadow.LoadSpecFile("../examples/orders/spec.yaml")
+	spec, err := spec.LoadSpecFile("../examples/orders/spec.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,17 +261,17 @@ func TestPlanRejectsBadSpecs(t *testing.T) {
 			"target.indexes[0]", "target.indexes[0]", []string{`column "nope" does not exist`}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			spec := parseSpec(t, c.spec)
-			_, err := Plan(ctx, env, spec, PlanOptions{})
-			var se *shadow.SpecError
+			sp := parseSpec(t, c.spec)
+			_, err := Plan(ctx, env, sp, PlanOptions{})
+			var se *spec.SpecError
 			if !errors.As(err, &se) {
 				t.Fatalf("err = %v, want a SpecError", err)
 			}
 			if exitcode.Of(err) != exitcode.BadInput {
 				t.Errorf("exit code %d", exitcode.Of(err))
 			}
-			if se.Field != c.field || se.File != "spec.yaml" || se.Line == 0 || se.Line != spec.Line(c.lineOf) {
-				t.Errorf("error at %s:%d field %q, want line %d field %q: %v", se.File, se.Line, se.Field, spec.Line(c.lineOf), c.field, se)
+			if se.Field != c.field || se.File != "spec.yaml" || se.Line == 0 || se.Line != sp.Line(c.lineOf) {
+				t.Errorf("error at %s:%d field %q, want line %d field %q: %v", se.File, se.Line, se.Field, sp.Line(c.lineOf), c.field, se)
 			}
 			for _, s := range c.contains {
 				if !strings.Contains(se.Error(), s) {
@@ -434,7 +435,7 @@ func TestPlanBackfillLockIsSyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.Exec(t, dsn, string(seed))
-	spec, err := shadow.LoadSpecFile("../examples/composite-key/spec.yaml")
+	spec, err := spec.LoadSpecFile("../examples/composite-key/spec.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

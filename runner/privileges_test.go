@@ -10,7 +10,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/testkit"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Privileges are the same on every shape (issue 10.4): the tests connect as
@@ -154,7 +154,7 @@ func TestPrivilegesRLSPolicyColumnMissing(t *testing.T) {
 	role, _ := privRole(t, dsn, "tenant")
 	pgtest.Exec(t, dsn, fmt.Sprintf(rlsSchema, db.Ident(role)))
 	env := coEnv(t, dsn)
-	spec := syncSpec(t, `
+	sp := syncSpec(t, `
 name: rlsm
 table: public.orders
 target:
@@ -164,8 +164,8 @@ forward:
 reverse:
   tenant_id: tenant
 `)
-	_, err := Sync(context.Background(), env, spec, SyncOptions{})
-	var se *shadow.SpecError
+	_, err := Sync(context.Background(), env, sp, SyncOptions{})
+	var se *spec.SpecError
 	if !errors.As(err, &se) || se.Field != "target.ddl" || !containsAll(se.Error(), "tenant_rows", "tenant_id") {
 		t.Fatalf("sync with a green lacking the policy's column: %v; want a spec error on target.ddl naming the policy and the column", err)
 	}

@@ -10,13 +10,14 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Build is what the setup phases produce: both tables as the catalog now
 // sees them and the mapping between them. Plan builds it inside a
 // transaction it rolls back; sync builds it for real.
 type Build struct {
-	Spec    *shadow.Spec
+	Spec    *spec.Spec
 	Names   shadow.Names
 	Blue    *shadow.Table // at its version-schema location
 	Green   *shadow.Table
@@ -25,7 +26,7 @@ type Build struct {
 }
 
 // loadApp reads the app table before adopt. A missing table is bad input.
-func loadApp(ctx context.Context, tx pgx.Tx, spec *shadow.Spec) (*shadow.Table, error) {
+func loadApp(ctx context.Context, tx pgx.Tx, spec *spec.Spec) (*shadow.Table, error) {
 	t, err := shadow.LoadTable(ctx, tx, spec.AppTable())
 	if errors.Is(err, shadow.ErrTableNotFound) {
 		return nil, spec.Errorf("table", "check the name and the database you are connected to", "table %s does not exist", spec.AppTable())
@@ -35,7 +36,7 @@ func loadApp(ctx context.Context, tx pgx.Tx, spec *shadow.Spec) (*shadow.Table, 
 
 // adoptTx runs the adopt step in tx: blue moves to its version schema and
 // the app name becomes a view over it.
-func adoptTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.Names, major int) (shadow.Step, error) {
+func adoptTx(ctx context.Context, tx pgx.Tx, spec *spec.Spec, n shadow.Names, major int) (shadow.Step, error) {
 	app, err := loadApp(ctx, tx, spec)
 	if err != nil {
 		return shadow.Step{}, err
@@ -70,7 +71,7 @@ func schemaOwnerSQL(ctx context.Context, tx pgx.Tx, schema, owner string) ([]str
 // createGreenTx creates green from the target DDL, fixes it up (owner,
 // grants, shared sequences) and installs the sync triggers, all in tx. Blue
 // must already be adopted.
-func createGreenTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.Names) (*Build, error) {
+func createGreenTx(ctx context.Context, tx pgx.Tx, spec *spec.Spec, n shadow.Names) (*Build, error) {
 	b := &Build{Spec: spec, Names: n}
 	blue, err := shadow.LoadTable(ctx, tx, n.Blue)
 	if err != nil {
@@ -147,7 +148,7 @@ func createGreenTx(ctx context.Context, tx pgx.Tx, spec *shadow.Spec, n shadow.N
 }
 
 // loadBuild reads the Build of a migration whose green already exists.
-func loadBuild(ctx context.Context, q db.Querier, spec *shadow.Spec, n shadow.Names) (*Build, error) {
+func loadBuild(ctx context.Context, q db.Querier, spec *spec.Spec, n shadow.Names) (*Build, error) {
 	b := &Build{Spec: spec, Names: n}
 	var err error
 	if b.Blue, err = shadow.LoadTable(ctx, q, n.Blue); err != nil {

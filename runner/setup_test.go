@@ -8,13 +8,14 @@ import (
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // setupForTest adopts and creates green for spec in one committed transaction.
 func setupForTest(t *testing.T, dsn string, specYAML string) *Build {
 	t.Helper()
 	ctx := context.Background()
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

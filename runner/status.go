@@ -14,6 +14,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // StatusSchemaVersion is the version of status's JSON document. Fields are
@@ -150,11 +151,11 @@ func statusBacklogs(ctx context.Context, env *Env, rep *StatusReport, rows []*st
 		if st.Slot == nil || !st.Slot.Exists || (m.State != state.Syncing && m.State != state.Synced) {
 			continue
 		}
-		var spec shadow.Spec
-		if err := json.Unmarshal(m.Spec, &spec); err != nil {
+		var stored spec.Spec
+		if err := json.Unmarshal(m.Spec, &stored); err != nil {
 			return fmt.Errorf("decode stored spec of %s: %w", m.Name, err)
 		}
-		if live, err := feedFor(env, shadow.Mode(m.Mode)).streaming(ctx, shadow.NamesFor(spec.Name, spec.AppTable())); err != nil {
+		if live, err := feedFor(env, spec.Mode(m.Mode)).streaming(ctx, shadow.NamesFor(stored.Name, stored.AppTable())); err != nil {
 			return err
 		} else if !live {
 			continue

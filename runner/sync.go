@@ -18,6 +18,7 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -85,7 +86,7 @@ type syncRun struct {
 	env   *Env
 	opts  SyncOptions
 	log   zerolog.Logger
-	spec  *shadow.Spec
+	spec  *spec.Spec
 	names shadow.Names
 	row   *state.Migration
 	phase string
@@ -103,7 +104,7 @@ type syncRun struct {
 // an event per step. Interrupted (ctx cancelled), it stops after the batch
 // in flight with everything checkpointed; the error maps to exit 130 and a
 // re-run resumes.
-func Sync(ctx context.Context, env *Env, spec *shadow.Spec, opts SyncOptions) (*SyncStats, error) {
+func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*SyncStats, error) {
 	start := time.Now()
 	r := &syncRun{env: env, opts: opts, log: env.Log.With().Str("migration", spec.Name).Logger()}
 	r.stats.Migration = spec.Name
@@ -195,11 +196,11 @@ func interrupted(ctx context.Context, err error) error {
 // open finds or creates the migration's row and settles which spec rules:
 // a migration already under way keeps the spec it started with, and a file
 // that differs from it (sync: options aside) is refused.
-func (r *syncRun) open(ctx context.Context, spec *shadow.Spec) error {
+func (r *syncRun) open(ctx context.Context, sp *spec.Spec) error {
 	pool := r.env.Pool
-	r.spec = spec
-	r.names = shadow.NamesFor(spec.Name, spec.AppTable())
-	row, err := state.Get(ctx, pool, spec.Name)
+	r.spec = sp
+	r.names = shadow.NamesFor(sp.Name, sp.AppTable())
+	row, err := state.Get(ctx, pool, sp.Name)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
 		row = nil
@@ -207,26 +208,26 @@ func (r *syncRun) open(ctx context.Context, spec *shadow.Spec) error {
 		return err
 	}
 	if row == nil || row.State == state.RolledBack {
-		if row, err = state.Create(ctx, pool, spec.Name, spec.AppTable().String(), string(spec.Mode), spec); err != nil {
+		if row, err = state.Create(ctx, pool, sp.Name, sp.AppTable().String(), string(sp.Mode), sp); err != nil {
 			return err
 		}
 		r.row, r.phase = row, PhaseAdopt
-		return state.Record(ctx, pool, spec.Name, "create", "ok", 0, "", map[string]string{"file": spec.File})
+		return state.Record(ctx, pool, sp.Name, "create", "ok", 0, "", map[string]string{"file": sp.File})
 	}
-	var stored shadow.Spec
+	var stored spec.Spec
 	if err := json.Unmarshal(row.Spec, &stored); err != nil {
-		return fmt.Errorf("decode the stored spec of %s: %w", spec.Name, err)
+		return fmt.Errorf("decode the stored spec of %s: %w", sp.Name, err)
 	}
-	diff := specDiff(&stored, spec)
+	diff := specDiff(&stored, sp)
 	switch row.State {
 	case state.Planned:
 		// Nothing is built yet: the file is the spec.
 		if len(diff) > 0 {
-			js, err := json.Marshal(spec)
+			js, err := json.Marshal(sp)
 			if err != nil {
 				return err
 			}
-			if err := state.SetSpec(ctx, pool, spec.Name, js, spec.AppTable().String()); err != nil {
+			if err := state.SetSpec(ctx, pool, sp.Name, js, sp.AppTable().String()); err != nil {
 				return err
 			}
 		}
@@ -235,15 +236,15 @@ func (r *syncRun) open(ctx context.Context, spec *shadow.Spec) error {
 			return exitcode.Errorf(exitcode.BadInput,
 				"%s: differs from the spec migration %s was started with (%s); sync resumes with the stored spec only: "+
 					"run it with the original file, or roll it back first (`greenswap rollback %s`) and sync again",
-				fileOr(spec.File), spec.Name, strings.Join(diff, ", "), spec.Name)
+				fileOr(sp.File), sp.Name, strings.Join(diff, ", "), sp.Name)
 		}
 		// The stored spec rules; the file's lines still point at the same fields.
-		stored.File, stored.Lines, stored.Sync = spec.File, spec.Lines, spec.Sync
+		stored.File, stored.Lines, stored.Sync = sp.File, sp.Lines, sp.Sync
 		r.spec = &stored
 		r.names = shadow.NamesFor(stored.Name, stored.AppTable())
 	default:
 		return exitcode.Errorf(exitcode.BadInput, "migration %s is %s: there is nothing to sync (see `greenswap status %s`)",
-			spec.Name, row.State, spec.Name)
+			sp.Name, row.State, sp.Name)
 	}
 	r.row = row
 	r.phase = row.Phase
@@ -262,7 +263,7 @@ func fileOr(f string) string {
 }
 
 // specDiff names the fields in which two specs differ, sync options aside.
-func specDiff(a, b *shadow.Spec) []string {
+func specDiff(a, b *spec.Spec) []string {
 	var d []string
 	if a.Name != b.Name {
 		d = append(d, "name")
@@ -270,9 +271,9 @@ func specDiff(a, b *shadow.Spec) []string {
 	if a.AppTable() != b.AppTable() {
 		d = append(d, "table")
 	}
-	mode := func(m shadow.Mode) shadow.Mode {
+	mode := func(m spec.Mode) spec.Mode {
 		if m == "" {
-			return shadow.ModeTrigger
+			return spec.ModeTrigger
 		}
 		return m
 	}
@@ -491,7 +492,7 @@ func (r *syncRun) checkGreen() error {
 		return nil
 	}
 	for i, src := range r.spec.Target.Indexes {
-		if st, err := gssync.ParseIndexStmt(src); err == nil && st.Name == "" {
+		if st, err := spec.ParseIndexStmt(src); err == nil && st.Name == "" {
 			f := fmt.Sprintf("target.indexes[%d]", i)
 			return r.spec.Errorf(f, "write CREATE INDEX <name> ON ...: greenswap names each partition's index after it",
 				"green is partitioned: every index needs a name")

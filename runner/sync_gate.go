@@ -9,13 +9,14 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // gateNewSync runs plan before a migration that has not started yet (no row,
 // or a rolled-back one) and refuses it with exit 3 when plan finds blocking
 // hazards, before anything is touched. A migration already under way resumes
 // without re-planning: its own objects would read as leftovers.
-func gateNewSync(ctx context.Context, env *Env, spec *shadow.Spec) error {
+func gateNewSync(ctx context.Context, env *Env, spec *spec.Spec) error {
 	row, err := state.Get(ctx, env.Pool, spec.Name)
 	if err == nil && row.State != state.RolledBack {
 		return nil

@@ -13,7 +13,7 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/internal/testkit"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // testEnv connects a runner Env to dsn, logging warnings to the test log.
@@ -28,7 +28,7 @@ func syncTestEnv(t *testing.T, dsn string) *Env {
 	return env
 }
 
-func syncSpec(t *testing.T, yaml string) *shadow.Spec { return testkit.ParseSpec(t, yaml) }
+func syncSpec(t *testing.T, yaml string) *spec.Spec { return testkit.ParseSpec(t, yaml) }
 
 // ordersTable is the blue table of most sync tests. With composite, the
 // key is (tenant, id) instead of id.

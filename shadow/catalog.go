@@ -1,15 +1,17 @@
 package shadow
 
+import "github.com/greenswap/greenswap/spec"
+
 // Table is everything greenswap needs to know about one table, read from the
 // catalog in a single snapshot by LoadTable.
 type Table struct {
-	OID        uint32        `json:"oid"`
-	Name       QualifiedName `json:"name"`
-	Owner      string        `json:"owner"`
-	Kind       string        `json:"kind"` // pg_class.relkind: "r" table, "p" partitioned
-	Comment    string        `json:"comment,omitempty"`
-	Columns    []Column      `json:"columns"`
-	PrimaryKey *Index        `json:"primary_key,omitempty"`
+	OID        uint32             `json:"oid"`
+	Name       spec.QualifiedName `json:"name"`
+	Owner      string             `json:"owner"`
+	Kind       string             `json:"kind"` // pg_class.relkind: "r" table, "p" partitioned
+	Comment    string             `json:"comment,omitempty"`
+	Columns    []Column           `json:"columns"`
+	PrimaryKey *Index             `json:"primary_key,omitempty"`
 	// Indexes holds every index, the primary key and unique ones included.
 	Indexes        []Index       `json:"indexes"`
 	Constraints    []Constraint  `json:"constraints,omitempty"`   // CHECK, UNIQUE, EXCLUDE (not FK, not PK, not NOT NULL)
@@ -27,13 +29,13 @@ type Table struct {
 	// that no column owns. Adopt detaches blue's serial sequences this way
 	// so they stay in the app schema (see AdoptStep): on blue they show
 	// here, no longer in OwnedSequences.
-	FreeSequences   []Sequence     `json:"free_sequences,omitempty"`
-	Publications    []string       `json:"publications,omitempty"`
-	PartitionKey    string         `json:"partition_key,omitempty"` // pg_get_partkeydef when Kind == "p"
-	PartitionOf     *QualifiedName `json:"partition_of,omitempty"`  // parent when this table is a partition
-	ReplicaIdentity string         `json:"replica_identity"`        // d, n, f, i
-	TotalBytes      int64          `json:"total_bytes"`             // pg_total_relation_size
-	RowEstimate     int64          `json:"row_estimate"`            // reltuples (or a count when never analyzed and small)
+	FreeSequences   []Sequence          `json:"free_sequences,omitempty"`
+	Publications    []string            `json:"publications,omitempty"`
+	PartitionKey    string              `json:"partition_key,omitempty"` // pg_get_partkeydef when Kind == "p"
+	PartitionOf     *spec.QualifiedName `json:"partition_of,omitempty"`  // parent when this table is a partition
+	ReplicaIdentity string              `json:"replica_identity"`        // d, n, f, i
+	TotalBytes      int64               `json:"total_bytes"`             // pg_total_relation_size
+	RowEstimate     int64               `json:"row_estimate"`            // reltuples (or a count when never analyzed and small)
 }
 
 // Column is one live (not dropped) column in attnum order.
@@ -75,13 +77,13 @@ type Constraint struct {
 
 // ForeignKey is one FK constraint in either direction.
 type ForeignKey struct {
-	Name       string        `json:"name"`
-	Table      QualifiedName `json:"table"` // the referencing table
-	Columns    []string      `json:"columns"`
-	RefTable   QualifiedName `json:"ref_table"` // the referenced table
-	RefColumns []string      `json:"ref_columns"`
-	Def        string        `json:"def"` // pg_get_constraintdef
-	Validated  bool          `json:"validated"`
+	Name       string             `json:"name"`
+	Table      spec.QualifiedName `json:"table"` // the referencing table
+	Columns    []string           `json:"columns"`
+	RefTable   spec.QualifiedName `json:"ref_table"` // the referenced table
+	RefColumns []string           `json:"ref_columns"`
+	Def        string             `json:"def"` // pg_get_constraintdef
+	Validated  bool               `json:"validated"`
 }
 
 // Trigger is a user trigger on the table.
@@ -94,10 +96,10 @@ type Trigger struct {
 // View is a view (or materialized view) that depends on the table, directly
 // or through other views; Depth 1 = reads the table directly.
 type View struct {
-	Name         QualifiedName `json:"name"`
-	Materialized bool          `json:"materialized"`
-	Def          string        `json:"def"` // pg_get_viewdef
-	Depth        int           `json:"depth"`
+	Name         spec.QualifiedName `json:"name"`
+	Materialized bool               `json:"materialized"`
+	Def          string             `json:"def"` // pg_get_viewdef
+	Depth        int                `json:"depth"`
 }
 
 // Policy is a row-level security policy.
@@ -133,9 +135,9 @@ type Grant struct {
 
 // Sequence is a sequence owned by a column of the table (serial or identity).
 type Sequence struct {
-	Name     QualifiedName `json:"name"`
-	Column   string        `json:"column"`
-	Identity bool          `json:"identity"`
+	Name     spec.QualifiedName `json:"name"`
+	Column   string             `json:"column"`
+	Identity bool               `json:"identity"`
 }
 
 // Column returns the column named name, or nil.

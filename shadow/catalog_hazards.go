@@ -16,6 +16,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Publication kinds, as PublicationRef.Via says them.
@@ -225,7 +226,7 @@ type Privilege struct {
 // of table (blue: the app table before adopt, or the blue table once
 // adopted) and whether it has it. They are read from the catalog, never
 // tried, so a missing one is found before anything is changed.
-func LoadPrivileges(ctx context.Context, q db.Querier, s *Spec, table *Table) ([]Privilege, error) {
+func LoadPrivileges(ctx context.Context, q db.Querier, s *spec.Spec, table *Table) ([]Privilege, error) {
 	app := s.AppTable()
 	var me, dbname string
 	var super, canRepl, createDB, tempDB, createApp, ownerOK, stateExists, stateOK bool
@@ -309,7 +310,7 @@ SELECT pg_catalog.has_schema_privilege('greenswap', 'USAGE')
 			Fix: fmt.Sprintf("GRANT USAGE ON SCHEMA greenswap TO %[1]s; GRANT SELECT, INSERT, UPDATE ON greenswap.migrations TO %[1]s; GRANT SELECT, INSERT ON greenswap.events TO %[1]s; GRANT USAGE ON SEQUENCE greenswap.events_id_seq TO %[1]s, connected as %[2]s (or connect as %[2]s)",
 				role, strings.Join(stateOwners, " or "))})
 	}
-	if s.Mode == ModeLogical {
+	if s.Mode == spec.ModeLogical {
 		ps = append(ps, Privilege{Code: PrivReplication, Granted: canRepl, Steps: []string{StepSync, StepVerify, StepCutover, StepRollback},
 			Need: "the REPLICATION attribute (or superuser)",
 			Why:  "mode: logical creates a replication slot and streams it",
@@ -320,7 +321,7 @@ SELECT pg_catalog.has_schema_privilege('greenswap', 'USAGE')
 	type rel struct {
 		what, steps, why string
 		code             string
-		name             QualifiedName
+		name             spec.QualifiedName
 	}
 	var rels []rel
 	for _, v := range table.DependentViews {
@@ -401,7 +402,7 @@ func CheckPrivileges(ctx context.Context, q db.Querier, ps []Privilege, steps ..
 // Commands check their privileges with it before anything else: it must be
 // cheap, as finalize's quiet period starts right after. ErrTableNotFound
 // when there is no such table.
-func LoadPrivilegeSubject(ctx context.Context, q db.Querier, name QualifiedName) (*Table, error) {
+func LoadPrivilegeSubject(ctx context.Context, q db.Querier, name spec.QualifiedName) (*Table, error) {
 	t := &Table{Name: name}
 	var views, refs [][]string
 	err := q.QueryRow(ctx, `
@@ -436,10 +437,10 @@ SELECT tbl.oid, tbl.owner,
 		return nil, fmt.Errorf("read the owner and dependents of %s: %w", name, err)
 	}
 	for _, v := range views {
-		t.DependentViews = append(t.DependentViews, View{Name: QualifiedName{Schema: v[0], Name: v[1]}})
+		t.DependentViews = append(t.DependentViews, View{Name: spec.QualifiedName{Schema: v[0], Name: v[1]}})
 	}
 	for _, r := range refs {
-		t.ReferencedBy = append(t.ReferencedBy, ForeignKey{Table: QualifiedName{Schema: r[0], Name: r[1]}, RefTable: name})
+		t.ReferencedBy = append(t.ReferencedBy, ForeignKey{Table: spec.QualifiedName{Schema: r[0], Name: r[1]}, RefTable: name})
 	}
 	return t, nil
 }

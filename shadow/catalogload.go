@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // ErrTableNotFound is wrapped by LoadTable's error when no relation of that
@@ -44,7 +45,7 @@ var relkindNames = map[string]string{
 // query runs through q; run it inside a REPEATABLE READ transaction to get
 // one consistent snapshot. The error wraps ErrTableNotFound when the
 // relation does not exist and ErrNotATable when it is not a table.
-func LoadTable(ctx context.Context, q db.Querier, name QualifiedName) (*Table, error) {
+func LoadTable(ctx context.Context, q db.Querier, name spec.QualifiedName) (*Table, error) {
 	var version int
 	if err := q.QueryRow(ctx, `SELECT pg_catalog.current_setting('server_version_num')::int`).Scan(&version); err != nil {
 		return nil, fmt.Errorf("load %s: server version: %w", name, err)
@@ -423,7 +424,7 @@ SELECT p.polname::text, p.polcmd::text, p.polpermissive,
 
 // policyDef builds the CREATE POLICY statement for one policy on table.
 // An empty role name stands for PUBLIC.
-func policyDef(name string, table QualifiedName, permissive bool, cmd string, roles []string, using, check string) string {
+func policyDef(name string, table spec.QualifiedName, permissive bool, cmd string, roles []string, using, check string) string {
 	var b strings.Builder
 	b.WriteString("CREATE POLICY ")
 	b.WriteString(db.Ident(name))
@@ -612,7 +613,7 @@ func loadPartitioning(ctx context.Context, q db.Querier, t *Table, isPartition b
 		}
 	}
 	if isPartition {
-		var parent QualifiedName
+		var parent spec.QualifiedName
 		err := q.QueryRow(ctx, `
 SELECT n.nspname::text, c.relname::text
   FROM pg_inherits i

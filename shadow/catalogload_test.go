@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/spec"
 )
 
 var catalogRoleSeq atomic.Int64
@@ -155,7 +156,7 @@ func (f *catalogFixture) load(t *testing.T, schema, name string) *Table {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx)
-	tbl, err := LoadTable(ctx, tx, QualifiedName{schema, name})
+	tbl, err := LoadTable(ctx, tx, spec.QualifiedName{Schema: schema, Name: name})
 	if err != nil {
 		t.Fatalf("LoadTable(%s.%s): %v", schema, name, err)
 	}
@@ -194,7 +195,7 @@ func TestLoadTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		eq(t, "OID", tbl.OID, oid)
-		eq(t, "Name", tbl.Name, QualifiedName{"app", "orders"})
+		eq(t, "Name", tbl.Name, spec.QualifiedName{Schema: "app", Name: "orders"})
 		eq(t, "Owner", tbl.Owner, f.owner)
 		eq(t, "Kind", tbl.Kind, "r")
 		eq(t, "Comment", tbl.Comment, "all orders")
@@ -244,15 +245,15 @@ func TestLoadTable(t *testing.T) {
 		})
 		eq(t, "ForeignKeys", tbl.ForeignKeys, []ForeignKey{{
 			Name:  "orders_customer_id_fkey",
-			Table: QualifiedName{"app", "orders"}, Columns: []string{"customer_id"},
-			RefTable: QualifiedName{"app", "customers"}, RefColumns: []string{"id"},
+			Table: spec.QualifiedName{Schema: "app", Name: "orders"}, Columns: []string{"customer_id"},
+			RefTable: spec.QualifiedName{Schema: "app", Name: "customers"}, RefColumns: []string{"id"},
 			Def:       "FOREIGN KEY (customer_id) REFERENCES app.customers(id)",
 			Validated: true,
 		}})
 		eq(t, "ReferencedBy", tbl.ReferencedBy, []ForeignKey{{
 			Name:  "order_items_order_fk",
-			Table: QualifiedName{"app", "order_items"}, Columns: []string{"order_id"},
-			RefTable: QualifiedName{"app", "orders"}, RefColumns: []string{"id"},
+			Table: spec.QualifiedName{Schema: "app", Name: "order_items"}, Columns: []string{"order_id"},
+			RefTable: spec.QualifiedName{Schema: "app", Name: "orders"}, RefColumns: []string{"id"},
 			Def:       "FOREIGN KEY (order_id) REFERENCES app.orders(id) NOT VALID",
 			Validated: false,
 		}})
@@ -315,8 +316,8 @@ func TestLoadTable(t *testing.T) {
 		eq(t, "Grants", tbl.Grants, wantGrants)
 
 		eq(t, "OwnedSequences", tbl.OwnedSequences, []Sequence{
-			{Name: QualifiedName{"app", "orders_id_seq"}, Column: "id", Identity: false},
-			{Name: QualifiedName{"app", "orders_ext_id_seq"}, Column: "ext_id", Identity: true},
+			{Name: spec.QualifiedName{Schema: "app", Name: "orders_id_seq"}, Column: "id", Identity: false},
+			{Name: spec.QualifiedName{Schema: "app", Name: "orders_ext_id_seq"}, Column: "ext_id", Identity: true},
 		})
 		eq(t, "Publications", tbl.Publications, f.pubs("pub_all", "pub_orders"))
 		eq(t, "PartitionKey", tbl.PartitionKey, "")
@@ -369,7 +370,7 @@ func TestLoadTable(t *testing.T) {
 		eq(t, "PrimaryKey.Constraint", tbl.PrimaryKey.Constraint, "nodes_pkey")
 		eq(t, "ForeignKeys", len(tbl.ForeignKeys), 1)
 		eq(t, "ReferencedBy", len(tbl.ReferencedBy), 1)
-		eq(t, "self FK", tbl.ForeignKeys[0].RefTable, QualifiedName{"app", "nodes"})
+		eq(t, "self FK", tbl.ForeignKeys[0].RefTable, spec.QualifiedName{Schema: "app", Name: "nodes"})
 	})
 
 	t.Run("partitioned", func(t *testing.T) {
@@ -386,8 +387,8 @@ func TestLoadTable(t *testing.T) {
 		eq(t, "Publications", tbl.Publications, f.pubs("pub_all", "pub_events"))
 		eq(t, "ReferencedBy", tbl.ReferencedBy, []ForeignKey{{
 			Name:  "event_refs_event_fk",
-			Table: QualifiedName{"app", "event_refs"}, Columns: []string{"id", "at"},
-			RefTable: QualifiedName{"app", "events"}, RefColumns: []string{"id", "at"},
+			Table: spec.QualifiedName{Schema: "app", Name: "event_refs"}, Columns: []string{"id", "at"},
+			RefTable: spec.QualifiedName{Schema: "app", Name: "events"}, RefColumns: []string{"id", "at"},
 			Def:       "FOREIGN KEY (id, at) REFERENCES app.events(id, at)",
 			Validated: true,
 		}})
@@ -404,7 +405,7 @@ func TestLoadTable(t *testing.T) {
 		if tbl.PartitionOf == nil {
 			t.Fatal("PartitionOf is nil")
 		}
-		eq(t, "PartitionOf", *tbl.PartitionOf, QualifiedName{"app", "events"})
+		eq(t, "PartitionOf", *tbl.PartitionOf, spec.QualifiedName{Schema: "app", Name: "events"})
 		eq(t, "Publications (through the parent)", tbl.Publications, f.pubs("pub_all", "pub_events"))
 		eq(t, "ReferencedBy (clones of the parent's FK are skipped)", tbl.ReferencedBy, []ForeignKey(nil))
 		if tbl.PrimaryKey == nil {
@@ -432,21 +433,21 @@ func TestLoadTable(t *testing.T) {
 		eq(t, "Identity", tbl.Columns[0].Identity, "d")
 		eq(t, "NotNull", tbl.Columns[0].NotNull, true)
 		eq(t, "OwnedSequences", tbl.OwnedSequences, []Sequence{
-			{Name: QualifiedName{"app", "dups_id_seq"}, Column: "id", Identity: true}})
+			{Name: spec.QualifiedName{Schema: "app", Name: "dups_id_seq"}, Column: "id", Identity: true}})
 		eq(t, "RowEstimate", tbl.RowEstimate, int64(2))
 	})
 
 	t.Run("errors", func(t *testing.T) {
 		ctx := t.Context()
-		_, err := LoadTable(ctx, f.pool, QualifiedName{"app", "nope"})
+		_, err := LoadTable(ctx, f.pool, spec.QualifiedName{Schema: "app", Name: "nope"})
 		if !errors.Is(err, ErrTableNotFound) {
 			t.Errorf("missing table: err = %v, want ErrTableNotFound", err)
 		}
-		_, err = LoadTable(ctx, f.pool, QualifiedName{"nope", "orders"})
+		_, err = LoadTable(ctx, f.pool, spec.QualifiedName{Schema: "nope", Name: "orders"})
 		if !errors.Is(err, ErrTableNotFound) {
 			t.Errorf("missing schema: err = %v, want ErrTableNotFound", err)
 		}
-		_, err = LoadTable(ctx, f.pool, QualifiedName{"app", "Orders"})
+		_, err = LoadTable(ctx, f.pool, spec.QualifiedName{Schema: "app", Name: "Orders"})
 		if !errors.Is(err, ErrTableNotFound) {
 			t.Errorf("names are exact, not folded: err = %v, want ErrTableNotFound", err)
 		}
@@ -456,7 +457,7 @@ func TestLoadTable(t *testing.T) {
 			{"orders_id_seq", "is a sequence"},
 			{"orders_pkey", "is an index"},
 		} {
-			_, err = LoadTable(ctx, f.pool, QualifiedName{"app", c.name})
+			_, err = LoadTable(ctx, f.pool, spec.QualifiedName{Schema: "app", Name: c.name})
 			if !errors.Is(err, ErrNotATable) || errors.Is(err, ErrTableNotFound) || err == nil ||
 				!strings.Contains(err.Error(), "app."+c.name+" "+c.what) {
 				t.Errorf("%s: err = %v, want ErrNotATable saying %q", c.name, err, c.what)

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // FingerprintVersion changes when the fingerprint's content changes
@@ -146,7 +147,7 @@ func TakeFingerprint(ctx context.Context, q TxBeginner, n Names) (*Fingerprint, 
 	fp := &Fingerprint{Version: FingerprintVersion}
 	roles := []struct {
 		role string
-		name QualifiedName
+		name spec.QualifiedName
 	}{{"app", n.App}, {"blue", n.Blue}, {"green", n.Green}}
 	fp.Objects = make([]ObjectPrint, len(roles))
 	oids := make([]uint32, len(roles))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // driftFixture lays out a migration's three objects by hand (the view
@@ -19,7 +20,7 @@ import (
 func driftFixture(t *testing.T) (*pgxpool.Pool, string, Names) {
 	t.Helper()
 	pool, dsn := pgtest.NewPool(t)
-	n := NamesFor("dr", QualifiedName{"public", "orders"})
+	n := NamesFor("dr", spec.QualifiedName{Schema: "public", Name: "orders"})
 	pgtest.Exec(t, dsn, `
 		CREATE SCHEMA gs_dr_blue; CREATE SCHEMA gs_dr_green;
 		CREATE TABLE gs_dr_blue.orders (id int PRIMARY KEY, note text, amount int NOT NULL DEFAULT 0);

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // ColumnMap is how one target column gets its value from a source row.
@@ -21,9 +22,9 @@ type ColumnMap struct {
 // Direction is one way of the mapping: every writable column of Target with
 // the expression that computes it from a Source row.
 type Direction struct {
-	Source  QualifiedName `json:"source"`
-	Target  QualifiedName `json:"target"`
-	Columns []ColumnMap   `json:"columns"`
+	Source  spec.QualifiedName `json:"source"`
+	Target  spec.QualifiedName `json:"target"`
+	Columns []ColumnMap        `json:"columns"`
 	// TargetKey is the unique key of Target that upserts conflict on; every
 	// one of its columns is in Columns, so it can be computed from a source row.
 	TargetKey []string `json:"target_key"`
@@ -42,7 +43,7 @@ type Mapping struct {
 
 // BuildMapping derives the mapping from the spec and the two tables as they
 // exist in the database. Errors are *SpecError pointing at the spec line.
-func BuildMapping(s *Spec, blue, green *Table) (*Mapping, error) {
+func BuildMapping(s *spec.Spec, blue, green *Table) (*Mapping, error) {
 	key, err := chooseKey(s, blue)
 	if err != nil {
 		return nil, err
@@ -91,7 +92,7 @@ func BuildMapping(s *Spec, blue, green *Table) (*Mapping, error) {
 // chooseKey returns the spec's key if given (it must be exactly the columns
 // of a unique index), else the primary key, else the first unique index whose
 // columns are all NOT NULL.
-func chooseKey(s *Spec, blue *Table) ([]string, error) {
+func chooseKey(s *spec.Spec, blue *Table) ([]string, error) {
 	if len(s.Key) > 0 {
 		for _, k := range s.Key {
 			c := blue.Column(k)
@@ -153,7 +154,7 @@ func usableKey(ix Index) bool {
 	return ix.Unique && ix.Valid && !ix.Deferrable && !ix.Partial && !ix.Expression
 }
 
-func buildDirection(s *Spec, field string, exprs map[string]string, src, dst *Table) (*Direction, error) {
+func buildDirection(s *spec.Spec, field string, exprs map[string]string, src, dst *Table) (*Direction, error) {
 	d := &Direction{Source: src.Name, Target: dst.Name}
 	for name := range exprs {
 		c := dst.Column(name)

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/spec"
 )
 
 func loadPair(t *testing.T, ddl string) (*Table, *Table) {
@@ -13,20 +14,20 @@ func loadPair(t *testing.T, ddl string) (*Table, *Table) {
 	pool, dsn := pgtest.NewPool(t)
 	pgtest.Exec(t, dsn, ddl)
 	ctx := context.Background()
-	blue, err := LoadTable(ctx, pool, QualifiedName{"public", "blue"})
+	blue, err := LoadTable(ctx, pool, spec.QualifiedName{Schema: "public", Name: "blue"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	green, err := LoadTable(ctx, pool, QualifiedName{"public", "green"})
+	green, err := LoadTable(ctx, pool, spec.QualifiedName{Schema: "public", Name: "green"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return blue, green
 }
 
-func mappingSpec(t *testing.T, extra string) *Spec {
+func mappingSpec(t *testing.T, extra string) *spec.Spec {
 	t.Helper()
-	s, err := ParseSpec([]byte("name: m\ntable: public.blue\ntarget:\n  ddl: CREATE TABLE blue (id int)\n"+extra), "m.yaml", "yaml")
+	s, err := spec.ParseSpec([]byte("name: m\ntable: public.blue\ntarget:\n  ddl: CREATE TABLE blue (id int)\n"+extra), "m.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,54 +1,49 @@
 package shadow
 
-import "github.com/greenswap/greenswap/internal/db"
-
-// QualifiedName is a schema-qualified relation name, unquoted.
-type QualifiedName struct {
-	Schema string `json:"schema"`
-	Name   string `json:"name"`
-}
-
-func (q QualifiedName) String() string { return q.Schema + "." + q.Name }
+import (
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/spec"
+)
 
 // Names are the objects one migration creates. They derive from the
 // migration name only, so every command (and a second operator) finds them
 // without extra state, and a crash between steps leaves nothing unnamed.
 type Names struct {
-	App         QualifiedName // the name clients use: a view during the migration
-	BlueSchema  string        // version schema holding blue
-	GreenSchema string        // version schema holding green
-	Blue        QualifiedName // blue table inside BlueSchema
-	Green       QualifiedName // green table inside GreenSchema
-	ForwardFunc QualifiedName // trigger function blue → green
-	ReverseFunc QualifiedName // trigger function green → blue
-	Trigger     string        // trigger name used on both tables
-	SyncFlag    string        // transaction-local GUC that marks a sync write (echo guard)
-	Slot        string        // logical replication slot (logical mode)
-	Publication string        // publication (logical mode)
+	App         spec.QualifiedName // the name clients use: a view during the migration
+	BlueSchema  string             // version schema holding blue
+	GreenSchema string             // version schema holding green
+	Blue        spec.QualifiedName // blue table inside BlueSchema
+	Green       spec.QualifiedName // green table inside GreenSchema
+	ForwardFunc spec.QualifiedName // trigger function blue → green
+	ReverseFunc spec.QualifiedName // trigger function green → blue
+	Trigger     string             // trigger name used on both tables
+	SyncFlag    string             // transaction-local GUC that marks a sync write (echo guard)
+	Slot        string             // logical replication slot (logical mode)
+	Publication string             // publication (logical mode)
 	// EchoToken is a one-row table (column token text), readable by the
 	// table owner alone, holding a random secret: logical mode's reverse
 	// functions put it in their echo markers so the stream can tell them
 	// from a marker any role can emit with pg_logical_emit_message.
-	EchoToken QualifiedName
+	EchoToken spec.QualifiedName
 }
 
 // NamesFor derives every object name of migration m over the app table app.
-func NamesFor(m string, app QualifiedName) Names {
+func NamesFor(m string, app spec.QualifiedName) Names {
 	blue := "gs_" + m + "_blue"
 	green := "gs_" + m + "_green"
 	return Names{
 		App:         app,
 		BlueSchema:  blue,
 		GreenSchema: green,
-		Blue:        QualifiedName{blue, app.Name},
-		Green:       QualifiedName{green, app.Name},
-		ForwardFunc: QualifiedName{green, "gs_forward"},
-		ReverseFunc: QualifiedName{blue, "gs_reverse"},
+		Blue:        spec.QualifiedName{Schema: blue, Name: app.Name},
+		Green:       spec.QualifiedName{Schema: green, Name: app.Name},
+		ForwardFunc: spec.QualifiedName{Schema: green, Name: "gs_forward"},
+		ReverseFunc: spec.QualifiedName{Schema: blue, Name: "gs_reverse"},
 		Trigger:     "gs_sync_" + m,
 		SyncFlag:    "greenswap.sync_" + m,
 		Slot:        "gs_" + m,
 		Publication: "gs_" + m,
-		EchoToken:   QualifiedName{blue, "gs_echo_token"},
+		EchoToken:   spec.QualifiedName{Schema: blue, Name: "gs_echo_token"},
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // AdoptStep moves blue into its version schema and puts a view with blue's
@@ -60,11 +61,11 @@ func AdoptStep(n Names, blue *Table, serverMajor int) Step {
 // ViewSQL (re)creates the app-name view over base with t's columns, owner,
 // grants and comments. It is shared by adopt, cutover and rollback so the
 // app name always looks the same whichever table it reads.
-func ViewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
+func ViewSQL(app, base spec.QualifiedName, t *Table, serverMajor int) []string {
 	return viewSQL(app, base, t, serverMajor)
 }
 
-func viewSQL(app, base QualifiedName, t *Table, serverMajor int) []string {
+func viewSQL(app, base spec.QualifiedName, t *Table, serverMajor int) []string {
 	cols := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
 		cols[i] = db.Ident(c.Name)
@@ -198,7 +199,7 @@ func schemaUsageSQL(schema string, t *Table) []string {
 // transaction as the DDL because a partitioned green without partitions
 // rejects every row the sync triggers would write. PartitionStatement gives
 // the position of target.partitions[i] in the result.
-func CreateGreenSQL(n Names, s *Spec) []string {
+func CreateGreenSQL(n Names, s *spec.Spec) []string {
 	sql := []string{
 		"CREATE SCHEMA " + db.Ident(n.GreenSchema),
 		"SET LOCAL search_path TO " + db.Ident(n.GreenSchema) + ", " + db.Ident(n.App.Schema),
@@ -212,7 +213,7 @@ func CreateGreenSQL(n Names, s *Spec) []string {
 
 // PartitionStatement maps the position of a statement of CreateGreenSQL to
 // the target.partitions item it runs, or -1 (the schema, the DDL, ...).
-func PartitionStatement(s *Spec, stmt int) int {
+func PartitionStatement(s *spec.Spec, stmt int) int {
 	const first = 3 // CREATE SCHEMA, SET LOCAL search_path, target.ddl
 	if i := stmt - first; i >= 0 && i < len(s.Target.Partitions) {
 		return i
@@ -249,7 +250,7 @@ func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 
 // rlsSQL gives the table to (green) blue's row-level security: enabled and
 // forced as on blue, with each of blue's policies to lacks by name.
-func rlsSQL(to QualifiedName, blue, green *Table) []string {
+func rlsSQL(to spec.QualifiedName, blue, green *Table) []string {
 	rel := db.Ident(to.Schema, to.Name)
 	var sql []string
 	if blue.RLSEnabled && !green.RLSEnabled {
@@ -269,7 +270,7 @@ func rlsSQL(to QualifiedName, blue, green *Table) []string {
 
 // PolicySQL is the CREATE POLICY statement of p on the table on. The
 // expressions name columns bare, so they read on's columns of those names.
-func PolicySQL(p Policy, on QualifiedName) string {
+func PolicySQL(p Policy, on spec.QualifiedName) string {
 	return policyDef(p.Name, on, p.Permissive, p.Cmd, p.Roles, p.Using, p.Check)
 }
 
@@ -277,7 +278,7 @@ func PolicySQL(p Policy, on QualifiedName) string {
 // (or renamed) a column one of blue's row-level security policies reads:
 // the policy could not be created on green, and green's version schema
 // would show or accept rows blue's policy keeps from its caller.
-func CheckPolicies(s *Spec, blue, green *Table) error {
+func CheckPolicies(s *spec.Spec, blue, green *Table) error {
 	for _, p := range blue.Policies {
 		var missing []string
 		for _, c := range p.Columns {
@@ -297,8 +298,8 @@ func CheckPolicies(s *Spec, blue, green *Table) error {
 // SequenceRecord is the table, in blue's schema, that lists the serial
 // sequences adopt detached from blue's columns (seq oid, col text). Only
 // adopt writes it; finalize and rollback before cutover read it and drop it.
-func SequenceRecord(n Names) QualifiedName {
-	return QualifiedName{n.BlueSchema, "gs_sequences"}
+func SequenceRecord(n Names) spec.QualifiedName {
+	return spec.QualifiedName{Schema: n.BlueSchema, Name: "gs_sequences"}
 }
 
 // SharedSequences lists blue's sequences whose column green maps by name;

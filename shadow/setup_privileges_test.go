@@ -8,6 +8,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // TestAdoptKeepsSerialSequencesAndColumnGrants: LoadTable reads column
@@ -33,7 +34,7 @@ func TestAdoptKeepsSerialSequencesAndColumnGrants(t *testing.T) {
 		_, _ = pool.Exec(context.Background(), `DROP OWNED BY `+db.Ident(role)+`; DROP ROLE `+db.Ident(role))
 	})
 
-	app, err := LoadTable(ctx, pool, QualifiedName{"public", "orders"})
+	app, err := LoadTable(ctx, pool, spec.QualifiedName{Schema: "public", Name: "orders"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,8 +93,8 @@ func TestAdoptKeepsSerialSequencesAndColumnGrants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(blue.OwnedSequences, []Sequence{{Name: QualifiedName{"gs_ad_blue", "orders_n_seq"}, Column: "n", Identity: true}}) ||
-		!reflect.DeepEqual(blue.FreeSequences, []Sequence{{Name: QualifiedName{"public", "orders_id_seq"}, Column: "id"}}) {
+	if !reflect.DeepEqual(blue.OwnedSequences, []Sequence{{Name: spec.QualifiedName{Schema: "gs_ad_blue", Name: "orders_n_seq"}, Column: "n", Identity: true}}) ||
+		!reflect.DeepEqual(blue.FreeSequences, []Sequence{{Name: spec.QualifiedName{Schema: "public", Name: "orders_id_seq"}, Column: "id"}}) {
 		t.Errorf("blue after adopt: owned %+v, free %+v", blue.OwnedSequences, blue.FreeSequences)
 	}
 	if !reflect.DeepEqual(blue.ColumnGrants, want) {
@@ -106,10 +107,10 @@ func TestAdoptKeepsSerialSequencesAndColumnGrants(t *testing.T) {
 // PolicySQL re-targets it.
 func TestCheckPolicies(t *testing.T) {
 	t.Parallel()
-	s := &Spec{File: "s.yaml", Lines: map[string]int{"target.ddl": 4}}
+	s := &spec.Spec{File: "s.yaml", Lines: map[string]int{"target.ddl": 4}}
 	p := Policy{Name: "tenant_rows", Cmd: "ALL", Permissive: true, Roles: []string{""},
 		Using: "(tenant_id = 1)", Columns: []string{"tenant_id"}}
-	blue := &Table{Name: QualifiedName{"b", "t"}, Policies: []Policy{p}}
+	blue := &Table{Name: spec.QualifiedName{Schema: "b", Name: "t"}, Policies: []Policy{p}}
 	ok := &Table{Columns: []Column{{Name: "id"}, {Name: "tenant_id"}}}
 	bad := &Table{Columns: []Column{{Name: "id"}, {Name: "tenant"}}}
 	if err := CheckPolicies(s, blue, ok); err != nil {
@@ -119,7 +120,7 @@ func TestCheckPolicies(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "tenant_rows") || !strings.Contains(err.Error(), "tenant_id") || !strings.Contains(err.Error(), "target.ddl") {
 		t.Errorf("green without the column: %v", err)
 	}
-	if got := PolicySQL(p, QualifiedName{"g", "t"}); got != `CREATE POLICY "tenant_rows" ON "g"."t" AS PERMISSIVE FOR ALL TO PUBLIC USING ((tenant_id = 1))` {
+	if got := PolicySQL(p, spec.QualifiedName{Schema: "g", Name: "t"}); got != `CREATE POLICY "tenant_rows" ON "g"."t" AS PERMISSIVE FOR ALL TO PUBLIC USING ((tenant_id = 1))` {
 		t.Errorf("PolicySQL = %s", got)
 	}
 }

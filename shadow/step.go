@@ -12,6 +12,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Step is one unit of work as plan shows it and as the runner executes it:
@@ -37,7 +38,7 @@ type LockOptions struct {
 
 // DefaultLockOptions are used where the spec and flags say nothing.
 func DefaultLockOptions() LockOptions {
-	return LockOptions{Timeout: DefaultLockTimeout, MaxAttempts: 10, BaseBackoff: 200 * time.Millisecond, MaxBackoff: 5 * time.Second}
+	return LockOptions{Timeout: spec.DefaultLockTimeout, MaxAttempts: 10, BaseBackoff: 200 * time.Millisecond, MaxBackoff: 5 * time.Second}
 }
 
 // Blocker is a session that held a lock a step waited for.

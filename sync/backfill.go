@@ -22,6 +22,7 @@ import (
 	"github.com/greenswap/greenswap/internal/rate"
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 )
 
@@ -51,7 +52,7 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	d := shadow.SyncOptions{BatchSize: o.BatchSize, MinBatchSize: o.MinBatchSize, MaxBatchSize: o.MaxBatchSize}.WithDefaults()
+	d := spec.SyncOptions{BatchSize: o.BatchSize, MinBatchSize: o.MinBatchSize, MaxBatchSize: o.MaxBatchSize}.WithDefaults()
 	o.BatchSize, o.MinBatchSize, o.MaxBatchSize = d.BatchSize, d.MinBatchSize, d.MaxBatchSize
 	if o.MaxBatchSize < o.MinBatchSize {
 		o.MaxBatchSize = o.MinBatchSize
@@ -60,10 +61,10 @@ func (o Options) withDefaults() Options {
 		o.BatchSize = min(max(o.BatchSize, o.MinBatchSize), o.MaxBatchSize)
 	}
 	if o.TargetBatchTime <= 0 {
-		o.TargetBatchTime = shadow.DefaultTargetBatchTime
+		o.TargetBatchTime = spec.DefaultTargetBatchTime
 	}
 	if o.LockTimeout <= 0 {
-		o.LockTimeout = shadow.DefaultLockTimeout
+		o.LockTimeout = spec.DefaultLockTimeout
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = 250 * time.Millisecond

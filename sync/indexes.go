@@ -18,208 +18,8 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
-
-// IndexStmt is one target.indexes statement, parsed just enough to build it
-// concurrently, to build it partition by partition on a partitioned table,
-// and to find it again after a crash.
-type IndexStmt struct {
-	Source string // as written in the spec
-	Name   string // the index name ("" when the statement names none)
-	SQL    string // the statement with CONCURRENTLY, without a trailing ';'
-	Unique bool
-	// Table is the relation after ON [ONLY], as written: one part, or
-	// schema and name (identifier rules applied).
-	Table []string
-	// Tail is the rest of the statement after the relation: [USING method]
-	// (columns) [INCLUDE ...] [NULLS ...] [WITH ...] [TABLESPACE ...]
-	// [WHERE ...]. Every partition's index repeats it, so it matches the
-	// parent's and can be attached.
-	Tail string
-}
-
-// ParseIndexStmt reads "CREATE [UNIQUE] INDEX [IF NOT EXISTS] [name] ON
-// [ONLY] table ..." (comments and quoted identifiers allowed), adds
-// CONCURRENTLY after INDEX and extracts the name (folded to lower case
-// unless quoted), the table and what follows it.
-func ParseIndexStmt(src string) (IndexStmt, error) {
-	l := lexer{s: src}
-	bad := func(what string) (IndexStmt, error) {
-		return IndexStmt{}, fmt.Errorf("index statement %q: %s", oneLineStmt(src), what)
-	}
-	if !l.word("create") {
-		return bad("expected CREATE")
-	}
-	unique := l.word("unique")
-	if !l.word("index") {
-		return bad("expected CREATE [UNIQUE] INDEX")
-	}
-	insertAt := l.pos
-	if l.word("concurrently") {
-		return bad("remove CONCURRENTLY: greenswap adds it")
-	}
-	if l.word("if") {
-		if !l.word("not") || !l.word("exists") {
-			return bad("expected IF NOT EXISTS")
-		}
-	}
-	save := l.pos
-	var name string
-	if !l.word("on") {
-		l.pos = save
-		n, ok := l.ident()
-		if !ok {
-			return bad("expected an index name or ON")
-		}
-		name = n
-		if !l.word("on") {
-			return bad("expected ON after the index name")
-		}
-	}
-	l.word("only")
-	part, ok := l.ident()
-	if !ok {
-		return bad("expected the table after ON")
-	}
-	table := []string{part}
-	l.skip()
-	if l.pos < len(l.s) && l.s[l.pos] == '.' {
-		l.pos++
-		if part, ok = l.ident(); !ok {
-			return bad("expected the table's name after its schema")
-		}
-		table = append(table, part)
-	}
-	// Offsets are into src: trim its end only.
-	body := strings.TrimRight(src, "; \t\r\n\f")
-	tail := ""
-	if l.pos < len(body) {
-		tail = strings.TrimSpace(body[l.pos:])
-	}
-	if tail == "" {
-		return bad("expected the index's columns after the table")
-	}
-	return IndexStmt{Source: src, Name: name, SQL: strings.TrimLeft(body[:insertAt]+" CONCURRENTLY"+body[insertAt:], " \t\r\n\f"),
-		Unique: unique, Table: table, Tail: tail}, nil
-}
-
-// create is "CREATE [UNIQUE] INDEX [CONCURRENTLY] name ON [ONLY] rel tail",
-// rel already quoted: the statement rebuilt for one relation of a
-// partition tree.
-func (st IndexStmt) create(name, rel string, only, concurrently bool) string {
-	s := "CREATE "
-	if st.Unique {
-		s += "UNIQUE "
-	}
-	s += "INDEX "
-	if concurrently {
-		s += "CONCURRENTLY "
-	}
-	s += db.Ident(name) + " ON "
-	if only {
-		s += "ONLY "
-	}
-	return s + rel + " " + st.Tail
-}
-
-func oneLineStmt(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 80 {
-		s = s[:80] + "…"
-	}
-	return s
-}
-
-// lexer skips whitespace and SQL comments between tokens.
-type lexer struct {
-	s   string
-	pos int
-}
-
-func (l *lexer) skip() {
-	for l.pos < len(l.s) {
-		switch {
-		case strings.ContainsRune(" \t\r\n\f", rune(l.s[l.pos])):
-			l.pos++
-		case strings.HasPrefix(l.s[l.pos:], "--"):
-			if i := strings.IndexByte(l.s[l.pos:], '\n'); i >= 0 {
-				l.pos += i + 1
-			} else {
-				l.pos = len(l.s)
-			}
-		case strings.HasPrefix(l.s[l.pos:], "/*"):
-			depth := 0
-			for l.pos < len(l.s) {
-				if strings.HasPrefix(l.s[l.pos:], "/*") {
-					depth++
-					l.pos += 2
-				} else if strings.HasPrefix(l.s[l.pos:], "*/") {
-					depth--
-					l.pos += 2
-					if depth == 0 {
-						break
-					}
-				} else {
-					l.pos++
-				}
-			}
-		default:
-			return
-		}
-	}
-}
-
-func isIdentChar(c byte, first bool) bool {
-	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80 ||
-		!first && (c >= '0' && c <= '9' || c == '$')
-}
-
-// bareWord reads an unquoted identifier at pos (after skipping), or "".
-func (l *lexer) bareWord() string {
-	l.skip()
-	i := l.pos
-	for i < len(l.s) && isIdentChar(l.s[i], i == l.pos) {
-		i++
-	}
-	return l.s[l.pos:i]
-}
-
-// word consumes the keyword kw (case-insensitive, unquoted) if it is next.
-func (l *lexer) word(kw string) bool {
-	w := l.bareWord()
-	if w != "" && strings.EqualFold(w, kw) {
-		l.pos += len(w)
-		return true
-	}
-	return false
-}
-
-// ident consumes an identifier: unquoted (folded to lower case) or "quoted".
-func (l *lexer) ident() (string, bool) {
-	l.skip()
-	if l.pos < len(l.s) && l.s[l.pos] == '"' {
-		var b strings.Builder
-		for i := l.pos + 1; i < len(l.s); i++ {
-			if l.s[i] == '"' {
-				if i+1 < len(l.s) && l.s[i+1] == '"' {
-					b.WriteByte('"')
-					i++
-					continue
-				}
-				l.pos = i + 1
-				return b.String(), b.Len() > 0
-			}
-			b.WriteByte(l.s[i])
-		}
-		return "", false
-	}
-	w := l.bareWord()
-	if w == "" {
-		return "", false
-	}
-	l.pos += len(w)
-	return strings.ToLower(w), true
-}
 
 // IndexEvent is one thing IndexBuild did, for the event log.
 type IndexEvent struct {
@@ -298,9 +98,9 @@ func listGreenIndexes(ctx context.Context, q db.Querier, n shadow.Names) (map[st
 // writes, and waits for older transactions through lock waits that a short
 // lock_timeout would turn into a failed, INVALID index.
 func (ib *IndexBuild) Run(ctx context.Context) error {
-	stmts := make([]IndexStmt, len(ib.Statements))
+	stmts := make([]spec.IndexStmt, len(ib.Statements))
 	for i, s := range ib.Statements {
-		st, err := ParseIndexStmt(s)
+		st, err := spec.ParseIndexStmt(s)
 		if err != nil {
 			return fmt.Errorf("target.indexes[%d]: %w", i, err)
 		}
@@ -559,7 +359,7 @@ func attachSQL(parent, child *indexInfo) string {
 
 // uniqueHint explains PostgreSQL's refusal of a unique index on a
 // partitioned table that lacks a partition key column.
-func uniqueHint(st IndexStmt, err error) string {
+func uniqueHint(st spec.IndexStmt, err error) string {
 	if st.Unique && db.SQLState(err) == "0A000" {
 		return "; a unique index on a partitioned table must include every column of its partition key"
 	}
@@ -587,7 +387,7 @@ func (ib *IndexBuild) short(ctx context.Context, conn *pgx.Conn, step, sql strin
 
 // buildPartitioned builds statement i on the partitioned table root (see
 // above) and records it as built once its index is valid.
-func (ib *IndexBuild) buildPartitioned(ctx context.Context, conn *pgx.Conn, i int, st IndexStmt, root relInfo) error {
+func (ib *IndexBuild) buildPartitioned(ctx context.Context, conn *pgx.Conn, i int, st spec.IndexStmt, root relInfo) error {
 	t0 := time.Now()
 	event := func(action, index, sql string, took time.Duration) error {
 		return ib.OnEvent(ctx, IndexEvent{Action: action, Statement: i, Index: index, SQL: sql, Took: took})
@@ -601,7 +401,7 @@ func (ib *IndexBuild) buildPartitioned(ctx context.Context, conn *pgx.Conn, i in
 		if err != nil || ix != nil {
 			return ix, err
 		}
-		sql := st.create(name, rel.qualified(), true, false)
+		sql := st.Create(name, rel.qualified(), true, false)
 		ib.Log.Info().Int("statement", i).Str("sql", sql).Msg("creating a partitioned index")
 		t := time.Now()
 		if err := ib.short(ctx, conn, "create index "+name, sql); err != nil {
@@ -693,7 +493,7 @@ func (ib *IndexBuild) buildPartitioned(ctx context.Context, conn *pgx.Conn, i in
 			ix = nil
 		}
 		if ix == nil {
-			sql := st.create(name, p.qualified(), false, true)
+			sql := st.Create(name, p.qualified(), false, true)
 			ib.Log.Info().Int("statement", i).Str("sql", sql).Msg("building a partition's index")
 			t := time.Now()
 			if _, err := conn.Exec(ctx, sql); err != nil {
@@ -737,7 +537,7 @@ func (ib *IndexBuild) buildPartitioned(ctx context.Context, conn *pgx.Conn, i in
 		return fmt.Errorf("target.indexes[%d]: index %s is still INVALID after the index of every partition was attached (a partition added meanwhile?); sync again",
 			i, db.Ident(root.schema, st.Name))
 	}
-	return event("build", st.Name, st.create(st.Name, root.qualified(), true, false), time.Since(t0))
+	return event("build", st.Name, st.Create(st.Name, root.qualified(), true, false), time.Since(t0))
 }
 
 // RehearsePartitioned does in q's transaction, without CONCURRENTLY, what
@@ -748,7 +548,7 @@ func (ib *IndexBuild) buildPartitioned(ctx context.Context, conn *pgx.Conn, i in
 // the names sync will give. q's search_path must be IndexBuild's (green's
 // schema, then the app's). partitioned is false, and nothing ran, when the
 // table is not partitioned; shown is the SQL as sync runs it.
-func RehearsePartitioned(ctx context.Context, q db.Querier, st IndexStmt) (partitioned bool, shown []string, err error) {
+func RehearsePartitioned(ctx context.Context, q db.Querier, st spec.IndexStmt) (partitioned bool, shown []string, err error) {
 	root, err := resolveRel(ctx, q, st.Table)
 	if err != nil || root.kind != "p" {
 		return false, nil, err
@@ -763,7 +563,7 @@ func RehearsePartitioned(ctx context.Context, q db.Querier, st IndexStmt) (parti
 		}
 		return nil
 	}
-	only := st.create(st.Name, root.qualified(), true, false)
+	only := st.Create(st.Name, root.qualified(), true, false)
 	if err := run(only, only); err != nil {
 		return true, shown, err
 	}
@@ -776,7 +576,7 @@ func RehearsePartitioned(ctx context.Context, q db.Querier, st IndexStmt) (parti
 	for _, p := range tree {
 		indexOf[p.oid] = &indexInfo{name: PartitionIndexName(st.Name, p.name), schema: p.schema}
 		if p.kind == "p" {
-			sql := st.create(indexOf[p.oid].name, p.qualified(), true, false)
+			sql := st.Create(indexOf[p.oid].name, p.qualified(), true, false)
 			if err := run(sql, sql); err != nil {
 				return true, shown, err
 			}
@@ -787,7 +587,7 @@ func RehearsePartitioned(ctx context.Context, q db.Querier, st IndexStmt) (parti
 			continue
 		}
 		ix := indexOf[p.oid]
-		if err := run(st.create(ix.name, p.qualified(), false, false), st.create(ix.name, p.qualified(), false, true)); err != nil {
+		if err := run(st.Create(ix.name, p.qualified(), false, false), st.Create(ix.name, p.qualified(), false, true)); err != nil {
 			return true, shown, err
 		}
 		sql := attachSQL(indexOf[p.parent], ix)
@@ -812,4 +612,12 @@ func Analyze(ctx context.Context, q db.Querier, n shadow.Names) (string, error) 
 	sql := "ANALYZE " + db.Ident(n.Green.Schema, n.Green.Name)
 	_, err := q.Exec(ctx, sql)
 	return sql, err
+}
+
+func oneLineStmt(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 80 {
+		s = s[:80] + "…"
+	}
+	return s
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 )
 
@@ -209,7 +209,7 @@ func TestIndexBuildPartitionedResume(t *testing.T) {
 	const ix = "ev_kind_idx"
 	name := func(part string) string { return gssync.PartitionIndexName(ix, part) }
 	g := f.names.GreenSchema
-	q := func(n string) string { return shadow.QualifiedName{Schema: g, Name: n}.String() }
+	q := func(n string) string { return spec.QualifiedName{Schema: g, Name: n}.String() }
 	f.exec(t, fmt.Sprintf(`SET search_path TO %[1]s;
 		CREATE INDEX %[2]s ON ONLY ev (kind) WHERE kind IS NOT NULL;
 		CREATE INDEX %[3]s ON ONLY ev_2024 (kind) WHERE kind IS NOT NULL;

@@ -15,7 +15,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/runner"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 )
 
@@ -94,7 +94,7 @@ target:
 			ctx := context.Background()
 			pool, dsn := pgtest.NewPool(t)
 			pgtest.Exec(t, dsn, c.table)
-			spec, err := shadow.ParseSpec([]byte(c.spec), "test.yaml", "yaml")
+			spec, err := spec.ParseSpec([]byte(c.spec), "test.yaml", "yaml")
 			if err != nil {
 				t.Fatal(err)
 			}

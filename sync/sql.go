@@ -7,6 +7,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 )
 
@@ -29,7 +30,7 @@ var sessionSQL = rowsql.SelectSettings(rowsql.CopySettings("$1", "$2")...)
 // text outside it, so only the one row returned is converted, not every row
 // skipped (about half the query's time at 50,000 rows).
 // Args: the cursor values (when after), then the offset (limit-1).
-func boundSQL(k rowsql.Key, blue shadow.QualifiedName, after bool) string {
+func boundSQL(k rowsql.Key, blue spec.QualifiedName, after bool) string {
 	where, ps := k.Range(after, false, 1)
 	if where != "" {
 		where = " WHERE " + where

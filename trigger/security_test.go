@@ -21,6 +21,7 @@ import (
 	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 func pgCode(err error) string { return db.SQLState(err) }
@@ -67,7 +68,7 @@ func secureMigrate(t *testing.T, tableSQL, specYAML string, setupOnly bool) *sec
 		FOR t IN SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') LOOP
 			EXECUTE format('ALTER TABLE public.%I OWNER TO %I', t.relname, `+dbLiteral(r.owner)+`);
 		END LOOP; END$$`)
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

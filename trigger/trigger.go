@@ -10,6 +10,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // FunctionSQL returns CREATE OR REPLACE FUNCTION for one direction: a row
@@ -32,7 +33,7 @@ import (
 // owner it trusts nothing of its caller (trap 11): it raises 42501 unless it
 // was fired by its own trigger on its own side's schema, every name it
 // writes is schema-qualified, and its search_path names pg_temp last.
-func FunctionSQL(fn shadow.QualifiedName, flag, appSchema string, d *shadow.Direction) string {
+func FunctionSQL(fn spec.QualifiedName, flag, appSchema string, d *shadow.Direction) string {
 	return functionSQL(fn, flag, appSchema, d, "", "", nil)
 }
 
@@ -43,7 +44,7 @@ func FunctionSQL(fn shadow.QualifiedName, flag, appSchema string, d *shadow.Dire
 // place (never inserting it), and a write onto a row the stream has not
 // brought to green yet is refused (staleGuard).
 // searchPath is the app schema (FunctionSQL's appSchema).
-func functionSQL(fn shadow.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, fwd *shadow.Direction) string {
+func functionSQL(fn spec.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, fwd *shadow.Direction) string {
 	n := namesOf(flag)
 	target := db.Ident(d.Target.Schema, d.Target.Name)
 	keyExprs := make([]string, len(d.TargetKey))
@@ -151,7 +152,7 @@ func rekey(d *shadow.Direction, target, lhs, oldKey, newKey, deleteOld, upsert s
 // trigger on its own table's schema: 42501, because the function runs as the
 // table owner and a role that attaches it to a table of its own (a temp
 // table will do) would write the other side with the owner's rights.
-func misfiredSQL(fn shadow.QualifiedName, n shadow.Names, trigger string, on shadow.QualifiedName) string {
+func misfiredSQL(fn spec.QualifiedName, n shadow.Names, trigger string, on spec.QualifiedName) string {
 	return "RAISE EXCEPTION " + db.Literal(percent(fmt.Sprintf("%s() is greenswap's sync function of migration %s and runs only as trigger %s on %s, not as ",
 		db.Ident(fn.Schema, fn.Name), migrationOf(n), trigger, db.Ident(on.Schema, on.Name)))+"% % trigger % on %.%") +
 		", TG_WHEN, TG_LEVEL, TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = '42501', HINT = " +
@@ -167,7 +168,7 @@ func percent(s string) string { return strings.ReplaceAll(s, "%", "%%") }
 // self-check (functionSQL, truncateFunctionSQL) need nothing more. The app
 // table's name is not among them and stays empty.
 func namesOf(flag string) shadow.Names {
-	return shadow.NamesFor(strings.TrimPrefix(flag, flagPrefix), shadow.QualifiedName{})
+	return shadow.NamesFor(strings.TrimPrefix(flag, flagPrefix), spec.QualifiedName{})
 }
 
 // flagPrefix is how shadow.NamesFor names the sync flag.
@@ -201,7 +202,7 @@ func textKey(rec string, cols []string) string {
 // TruncateFunctionSQL returns a statement-trigger function that empties the
 // target when the source is truncated (TRUNCATE fires no row triggers). The
 // source is the other version schema's table.
-func TruncateFunctionSQL(fn shadow.QualifiedName, flag string, target shadow.QualifiedName) string {
+func TruncateFunctionSQL(fn spec.QualifiedName, flag string, target spec.QualifiedName) string {
 	return truncateFunctionSQL(fn, flag, target, "", "")
 }
 
@@ -214,9 +215,9 @@ func TruncateFunctionSQL(fn shadow.QualifiedName, flag string, target shadow.Qua
 //
 // Its search_path is pg_catalog, pg_temp: unlike the row functions it
 // evaluates no spec expression, so it needs nothing from the app schema.
-func truncateFunctionSQL(fn shadow.QualifiedName, flag string, target shadow.QualifiedName, before, after string) string {
+func truncateFunctionSQL(fn spec.QualifiedName, flag string, target spec.QualifiedName, before, after string) string {
 	n := namesOf(flag)
-	src := shadow.QualifiedName{Schema: n.GreenSchema, Name: target.Name}
+	src := spec.QualifiedName{Schema: n.GreenSchema, Name: target.Name}
 	if target.Schema == n.GreenSchema {
 		src.Schema = n.BlueSchema
 	}
@@ -267,8 +268,8 @@ func dollarQuote(body string) string {
 }
 
 // truncateFunc names the TRUNCATE companion of a row trigger function.
-func truncateFunc(fn shadow.QualifiedName) shadow.QualifiedName {
-	return shadow.QualifiedName{Schema: fn.Schema, Name: fn.Name + "_truncate"}
+func truncateFunc(fn spec.QualifiedName) spec.QualifiedName {
+	return spec.QualifiedName{Schema: fn.Schema, Name: fn.Name + "_truncate"}
 }
 
 // EchoGuard is the WHEN condition of greenswap's triggers: true unless the
@@ -318,7 +319,7 @@ func GateTrigger(n shadow.Names) string { return n.Trigger + "_gate" }
 //
 // Their WHEN clause is the echo guard: the other side's sync write does not
 // even queue an event, let alone call a function.
-func triggerSQL(n shadow.Names, owner string, table, fn shadow.QualifiedName, enabled bool) []string {
+func triggerSQL(n shadow.Names, owner string, table, fn spec.QualifiedName, enabled bool) []string {
 	rel := db.Ident(table.Schema, table.Name)
 	guard := " WHEN (" + EchoGuard(n, owner) + ")"
 	sql := []string{
@@ -355,7 +356,7 @@ func gateSQL(n shadow.Names, owner string) []string {
 // onPartitions is a DO block that runs format(stmt, schema, name) for every
 // partition of rel, every level, parents before children. Nothing for a
 // table that is not partitioned.
-func onPartitions(rel shadow.QualifiedName, stmt string) string {
+func onPartitions(rel spec.QualifiedName, stmt string) string {
 	return "DO " + dollarQuote(`
 DECLARE
 	p record;
@@ -393,7 +394,7 @@ func InstallStep(n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
 // EXECUTE when CREATE TRIGGER attaches a function, not when the trigger
 // fires), then the triggers and the gate.
 func installStep(n shadow.Names, owner string, sql []string) shadow.Step {
-	for _, fn := range []shadow.QualifiedName{n.ForwardFunc, truncateFunc(n.ForwardFunc), n.ReverseFunc, truncateFunc(n.ReverseFunc)} {
+	for _, fn := range []spec.QualifiedName{n.ForwardFunc, truncateFunc(n.ForwardFunc), n.ReverseFunc, truncateFunc(n.ReverseFunc)} {
 		f := db.Ident(fn.Schema, fn.Name) + "()"
 		sql = append(sql, "ALTER FUNCTION "+f+" OWNER TO "+db.Ident(owner), "REVOKE ALL ON FUNCTION "+f+" FROM PUBLIC")
 	}
@@ -431,7 +432,7 @@ func SetReverseSQL(n shadow.Names, on bool) []string {
 // Functions live in the version schemas, so dropping those schemas removes them too;
 // this is for finalize, which keeps green. Green's partitions keep their gate
 // triggers (disabled): finalize drops those by name.
-func RemoveSQL(n shadow.Names, table shadow.QualifiedName) []string {
+func RemoveSQL(n shadow.Names, table spec.QualifiedName) []string {
 	rel := db.Ident(table.Schema, table.Name)
 	return []string{
 		"DROP TRIGGER IF EXISTS " + db.Ident(n.Trigger) + " ON " + rel,

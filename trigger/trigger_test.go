@@ -19,6 +19,7 @@ import (
 	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/internal/testkit/runsync"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -26,7 +27,7 @@ import (
 type mig struct {
 	pool  *pgxpool.Pool
 	dsn   string
-	spec  *shadow.Spec
+	spec  *spec.Spec
 	names shadow.Names
 }
 

@@ -9,12 +9,13 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // side is one of the two tables as the comparison queries see it.
 type side struct {
 	label string // "blue" or "green"
-	name  shadow.QualifiedName
+	name  spec.QualifiedName
 	rel   string // quoted relation
 	// keyRef is how a predicate names each key column: the quoted column,
 	// or a cast/collation wrapper when it cannot be compared with the

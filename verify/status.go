@@ -6,7 +6,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/state"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // LastVerifyPassed reports whether migration name has a passing verify
@@ -33,7 +33,7 @@ func Passed(m *state.Migration) bool {
 // HashScan times one plain hash scan of a whole table,
 // SELECT sum(hashtextextended(t::text, 0)) FROM table t: the yardstick the
 // bench compares verify with (a verify reads each table about once).
-func HashScan(ctx context.Context, q db.Querier, table shadow.QualifiedName) (time.Duration, error) {
+func HashScan(ctx context.Context, q db.Querier, table spec.QualifiedName) (time.Duration, error) {
 	start := time.Now()
 	var sum *string
 	err := q.QueryRow(ctx, "SELECT pg_catalog.sum(pg_catalog.hashtextextended(t::pg_catalog.text, 0::pg_catalog.int8))::text FROM "+db.Ident(table.Schema, table.Name)+" AS t").Scan(&sum)

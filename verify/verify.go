@@ -323,7 +323,7 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*v
 
 	// Columns: hash every mapped target column whose expression can be
 	// recomputed; say which are left out and why.
-	vol, err := volatileColumns(ctx, pool, p.dir)
+	vol, err := volatileColumns(ctx, pool, p.dir, string(opt.Direction), p.appSchema)
 	if err != nil {
 		return nil, nil, fmt.Errorf("verify: check expressions: %w", err)
 	}
@@ -347,7 +347,11 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*v
 		}
 	}
 	if p.other != nil {
-		ovol, err := volatileColumns(ctx, pool, p.other)
+		other := Reverse
+		if opt.Direction == Reverse {
+			other = Forward
+		}
+		ovol, err := volatileColumns(ctx, pool, p.other, string(other), p.appSchema)
 		if err != nil {
 			return nil, nil, fmt.Errorf("verify: check expressions: %w", err)
 		}

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 	"github.com/greenswap/greenswap/verify/verifytest"
 )
@@ -429,25 +429,6 @@ forward:
 	}
 }
 
-func TestExprWords(t *testing.T) {
-	for expr, want := range map[string][]string{
-		`coalesce(email, 'random()')`:               {"coalesce"},
-		`now()`:                                     {"now"},
-		`CURRENT_TIMESTAMP`:                         {"current_timestamp"},
-		`date_trunc('day', created_at)`:             {"date_trunc"},
-		`pg_catalog.random ( ) * 2`:                 {"random"},
-		`"random"()`:                                {"random"},
-		`E'it\'s now()' || x -- clock_timestamp()`:  nil,
-		`$q$ now() $q$ || /* random() */ lower(x)`:  {"lower"},
-		`CAST(x AS int) + "now"`:                    {"cast"},
-		`current_user || session_user || localtime`: {"current_user", "session_user", "localtime"},
-	} {
-		if got := exprWords(expr); !slices.Equal(got, want) {
-			t.Errorf("exprWords(%q) = %q, want %q", expr, got, want)
-		}
-	}
-}
-
 // TestConcurrentWorkloadNoFalseAlarm writes through the app-name view from
 // several goroutines (inserts, updates, key updates, deletes, multi-row
 // transactions) while verify runs again and again: the shared snapshot
@@ -681,7 +662,7 @@ func TestHashScan(t *testing.T) {
 	if _, err := HashScan(t.Context(), pool, f.Names.Green); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := HashScan(t.Context(), pool, shadow.QualifiedName{Schema: "public", Name: "nope"}); err == nil {
+	if _, err := HashScan(t.Context(), pool, spec.QualifiedName{Schema: "public", Name: "nope"}); err == nil {
 		t.Fatal("no error for a missing table")
 	}
 }

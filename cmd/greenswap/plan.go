@@ -13,6 +13,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 func planCommand() *cli.Command {
@@ -63,7 +64,7 @@ func runPlan(c *cli.Context) error {
 	if c.Args().Len() > 0 {
 		return fail(exitcode.Errorf(exitcode.BadInput, "plan takes no arguments, got %q: the spec goes after -f", c.Args().First()))
 	}
-	spec, err := shadow.LoadSpecFile(path)
+	spec, err := spec.LoadSpecFile(path)
 	if err != nil {
 		return fail(err)
 	}
@@ -118,7 +119,7 @@ func writeJSONError(w io.Writer, version int, err error) {
 	var doc jsonError
 	doc.SchemaVersion = version
 	doc.Error.Message = err.Error()
-	var se *shadow.SpecError
+	var se *spec.SpecError
 	if errors.As(err, &se) {
 		doc.Error.File, doc.Error.Line, doc.Error.Field, doc.Error.Fix = se.File, se.Line, se.Field, se.Fix
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/metrics"
 	"github.com/greenswap/greenswap/runner"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 func syncCommand() *cli.Command {
@@ -102,14 +102,14 @@ func syncAction(c *cli.Context) error {
 			return exitcode.Errorf(exitcode.BadInput, "--%s must not be negative", f.name)
 		}
 	}
-	if opts.NiceRatio > shadow.MaxNiceRatio {
-		return exitcode.Errorf(exitcode.BadInput, "--nice-ratio %g is above %g: the copy would mostly sleep (pause it with `greenswap pause` instead)", opts.NiceRatio, shadow.MaxNiceRatio)
+	if opts.NiceRatio > spec.MaxNiceRatio {
+		return exitcode.Errorf(exitcode.BadInput, "--nice-ratio %g is above %g: the copy would mostly sleep (pause it with `greenswap pause` instead)", opts.NiceRatio, spec.MaxNiceRatio)
 	}
 	file := c.String("file")
 	if file == "" {
 		return exitcode.Errorf(exitcode.BadInput, "sync needs the spec: greenswap sync -f FILE (see `greenswap sync --help`)")
 	}
-	spec, err := shadow.LoadSpecFile(file)
+	spec, err := spec.LoadSpecFile(file)
 	if err != nil {
 		return err
 	}

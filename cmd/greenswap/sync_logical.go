@@ -8,7 +8,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/runner"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // syncLogicalHelp is the part of `greenswap sync --help` about mode: logical.
@@ -93,8 +93,8 @@ func syncBacklogLine(p runner.SyncProgress) string {
 
 // syncLogicalNote tells, after a logical-mode sync, what the stream did and
 // that without --watch nothing applies blue's changes from now on.
-func syncLogicalNote(out io.Writer, spec *shadow.Spec, stats *runner.SyncStats, watch bool) {
-	if spec.Mode != shadow.ModeLogical {
+func syncLogicalNote(out io.Writer, s *spec.Spec, stats *runner.SyncStats, watch bool) {
+	if s.Mode != spec.ModeLogical {
 		return
 	}
 	if st := stats.Stream; st != nil {
@@ -102,7 +102,7 @@ func syncLogicalNote(out io.Writer, spec *shadow.Spec, stats *runner.SyncStats, 
 			thousands(st.Txns), thousands(st.Keys), thousands(st.Echoes), st.Reconnects)
 	}
 	if !watch {
-		fmt.Fprintf(out, "note: mode logical: nothing applies blue's changes to green until `greenswap sync -f %s --watch` runs; the slot retains WAL meanwhile\n", fileOr(spec.File))
+		fmt.Fprintf(out, "note: mode logical: nothing applies blue's changes to green until `greenswap sync -f %s --watch` runs; the slot retains WAL meanwhile\n", fileOr(s.File))
 	}
 }
 

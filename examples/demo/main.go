@@ -16,17 +16,19 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/greenswap/greenswap/internal/clibuild"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/greenswap/greenswap/internal/clibuild"
+
 	"github.com/greenswap/greenswap/examples/workload"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 const (
@@ -62,7 +64,7 @@ type demo struct {
 	cluster   *pgtest.Cluster
 	gs        cli
 	dsn       string
-	spec      *shadow.Spec
+	spec      *spec.Spec
 	specPath  string
 	specShown string
 	app       appShape
@@ -134,7 +136,7 @@ func (d *demo) lifecycle(ctx context.Context) error {
 			return errStop
 		}
 	}
-	if d.spec, err = shadow.LoadSpecFile(d.specPath); err != nil {
+	if d.spec, err = spec.LoadSpecFile(d.specPath); err != nil {
 		return err
 	}
 	d.specShown = rel(root, d.specPath)

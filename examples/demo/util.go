@@ -18,6 +18,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // ---- narration ----
@@ -320,7 +321,7 @@ type appShape struct {
 // inspectApp reads the app table from the catalog: its key (one integer
 // column with a default), an integer-valued column for the workload to set,
 // and an INSERT that fills every other NOT NULL column without a default.
-func inspectApp(ctx context.Context, dsn string, spec *shadow.Spec) (appShape, error) {
+func inspectApp(ctx context.Context, dsn string, spec *spec.Spec) (appShape, error) {
 	var a appShape
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Count runs a query returning one integer (count(*), a sum) and returns it.
@@ -85,16 +86,16 @@ func WaitLockWait(t testing.TB, pool *pgxpool.Pool, pid uint32) {
 }
 
 // ParseSpec parses a YAML spec as the CLI would a file named test.yaml.
-func ParseSpec(t testing.TB, yaml string) *shadow.Spec {
+func ParseSpec(t testing.TB, yaml string) *spec.Spec {
 	t.Helper()
 	return ParseSpecAs(t, yaml, "test.yaml")
 }
 
 // ParseSpecAs is ParseSpec for a file of another name (what a spec error
 // then names).
-func ParseSpecAs(t testing.TB, yaml, file string) *shadow.Spec {
+func ParseSpecAs(t testing.TB, yaml, file string) *spec.Spec {
 	t.Helper()
-	s, err := shadow.ParseSpec([]byte(yaml), file, "yaml")
+	s, err := spec.ParseSpec([]byte(yaml), file, "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +136,7 @@ func Seeds(t testing.TB, def int) []uint64 {
 
 // LoadMapping loads spec's blue and green tables as they are now and builds
 // the mapping between them (what sync, verify and the triggers use).
-func LoadMapping(t testing.TB, q db.Querier, spec *shadow.Spec) (blue, green *shadow.Table, m *shadow.Mapping) {
+func LoadMapping(t testing.TB, q db.Querier, spec *spec.Spec) (blue, green *shadow.Table, m *shadow.Mapping) {
 	t.Helper()
 	ctx := context.Background()
 	n := shadow.NamesFor(spec.Name, spec.AppTable())

@@ -15,6 +15,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // MinServerMajor is the oldest PostgreSQL logical mode runs on: pgoutput
@@ -109,7 +110,7 @@ func CheckServer(ctx context.Context, q db.Querier, n shadow.Names, m *shadow.Ma
 // for updates and deletes: the primary key (DEFAULT), the index's columns
 // (USING INDEX), every column (FULL), none (NOTHING, or DEFAULT without a
 // primary key).
-func ReplicaIdentityColumns(ctx context.Context, q db.Querier, t shadow.QualifiedName) ([]string, error) {
+func ReplicaIdentityColumns(ctx context.Context, q db.Querier, t spec.QualifiedName) ([]string, error) {
 	rows, err := q.Query(ctx, `
 SELECT a.attname::text
   FROM pg_class c

@@ -21,6 +21,7 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/sync/stream"
 	"github.com/greenswap/greenswap/trigger"
@@ -117,7 +118,7 @@ func setup(t *testing.T, tableSQL, specYAML, name string) *fixture {
 	ctx := context.Background()
 	pool, dsn := pgtest.NewPool(t)
 	pgtest.Exec(t, dsn, tableSQL+";CREATE TABLE "+checkpointTable+" (lsn pg_lsn NOT NULL)")
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -638,7 +639,7 @@ func TestSetupFailureLeavesNothing(t *testing.T) {
 	name := uniqueName("fail")
 	pool, dsn := pgtest.NewPool(t)
 	pgtest.Exec(t, dsn, ordersTable(10))
-	spec, err := shadow.ParseSpec([]byte(ordersSpec(name)), "t.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(ordersSpec(name)), "t.yaml", "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

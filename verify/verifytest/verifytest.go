@@ -14,12 +14,13 @@ import (
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/trigger"
 )
 
 // Fixture is a built migration.
 type Fixture struct {
-	Spec    *shadow.Spec
+	Spec    *spec.Spec
 	Names   shadow.Names
 	Blue    *shadow.Table
 	Green   *shadow.Table
@@ -37,7 +38,7 @@ type TxBeginner interface {
 // (forward on, reverse off), in one committed transaction. Green is empty:
 // call Copy for the backfill.
 func Setup(ctx context.Context, conn TxBeginner, specYAML string, serverMajor int) (*Fixture, error) {
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +86,7 @@ func Setup(ctx context.Context, conn TxBeginner, specYAML string, serverMajor in
 // Load reads the Fixture of a migration Setup built earlier (in another
 // process, say): both tables from the catalog and the mapping.
 func Load(ctx context.Context, q db.Querier, specYAML string) (*Fixture, error) {
-	spec, err := shadow.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
+	spec, err := spec.ParseSpec([]byte(specYAML), "test.yaml", "yaml")
 	if err != nil {
 		return nil, err
 	}

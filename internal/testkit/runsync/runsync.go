@@ -11,13 +11,13 @@ import (
 
 	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/runner"
-	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // Sync parses specYAML and runs runner.Sync on dsn's database: with
 // setupOnly, adopt, green and the sync triggers only (not backfilled);
 // else all the way to synced (reverse direction on).
-func Sync(t testing.TB, dsn, specYAML string, setupOnly bool) *shadow.Spec {
+func Sync(t testing.TB, dsn, specYAML string, setupOnly bool) *spec.Spec {
 	t.Helper()
 	ctx := context.Background()
 	spec := testkit.ParseSpec(t, specYAML)

@@ -1,4 +1,4 @@
-package shadow
+package spec
 
 // Strict spec loading: YAML (gopkg.in/yaml.v3, walked as yaml.Node so every
 // field keeps its line) and JSON (encoding/json tokens turned into the same
@@ -23,6 +23,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/greenswap/greenswap/internal/sqllex"
 	"gopkg.in/yaml.v3"
 )
 
@@ -761,11 +762,15 @@ func (s *Spec) Validate() error {
 		if msg, fix := checkCreateIndex(ix); msg != "" {
 			return s.specErr(f, fix, "%s", msg)
 		}
+		st, err := ParseIndexStmt(ix)
+		if err != nil {
+			return s.specErr(f, "write CREATE [UNIQUE] INDEX [name] ON table (columns) ...", "%s", err.Error())
+		}
 		// On a partitioned green each partition gets its own index, named
 		// after the statement's (sync/indexes.go): an unnamed statement
 		// would leave nothing to derive those names from, nor to find a
 		// half-built index by after a crash.
-		if partitioned && !createIndexNamed(ix) {
+		if partitioned && st.Name == "" {
 			return s.specErr(f, "write CREATE INDEX <name> ON ...: greenswap names each partition's index after it",
 				"target.ddl is partitioned: every index needs a name")
 		}
@@ -922,14 +927,14 @@ func parseQualifiedName(in string) (QualifiedName, string) {
 			s = s[i:]
 		} else {
 			i := 0
-			for i < len(s) && isIdentByte(s[i], i == 0) {
+			for i < len(s) && sqllex.IsIdentByte(s[i], i == 0) {
 				i++
 			}
 			if i == 0 {
 				r, _ := utf8.DecodeRuneInString(s)
 				return QualifiedName{}, fmt.Sprintf("unexpected character %s", oneLineQuote(string(r)))
 			}
-			part = asciiLower(s[:i])
+			part = sqllex.Fold(s[:i])
 			s = s[i:]
 		}
 		if len(part) > 63 {
@@ -955,171 +960,12 @@ func parseQualifiedName(in string) (QualifiedName, string) {
 	return QualifiedName{}, "too many dots: write schema.table"
 }
 
-func isIdentByte(c byte, first bool) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_', c >= 0x80:
-		return true
-	case c >= '0' && c <= '9', c == '$':
-		return !first
-	}
-	return false
-}
-
-// asciiLower lowercases like PostgreSQL does for unquoted identifiers
-// (ASCII letters only, in UTF-8 databases).
-func asciiLower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + ('a' - 'A')
-		}
-	}
-	return string(b)
-}
-
-// ---------------------------------------------------------------------------
-// A small SQL lexer: enough to find keywords, semicolons and parentheses
-// outside string literals, quoted identifiers, dollar quotes and comments.
-
-type sqlToken struct {
-	kind byte // 'w' word, 'q' quoted identifier, 's' string, 'n' number, 'p' punctuation
-	text string
-}
-
-type sqlLexer struct {
-	s           string
-	i           int
-	err         string // set when a literal or comment is unterminated
-	lineComment bool   // a -- comment was seen
-}
-
-// next returns the next token; ok is false at the end or on error.
-func (l *sqlLexer) next() (sqlToken, bool) {
-	s := l.s
-	for l.i < len(s) {
-		c := s[l.i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
-			l.i++
-		case c == '-' && l.i+1 < len(s) && s[l.i+1] == '-':
-			l.lineComment = true
-			if j := strings.IndexByte(s[l.i:], '\n'); j >= 0 {
-				l.i += j + 1
-			} else {
-				l.i = len(s)
-			}
-		case c == '/' && l.i+1 < len(s) && s[l.i+1] == '*':
-			depth := 0
-			for l.i < len(s) {
-				if strings.HasPrefix(s[l.i:], "/*") {
-					depth++
-					l.i += 2
-				} else if strings.HasPrefix(s[l.i:], "*/") {
-					depth--
-					l.i += 2
-					if depth == 0 {
-						break
-					}
-				} else {
-					l.i++
-				}
-			}
-			if depth != 0 {
-				l.err = "unterminated /* comment"
-				return sqlToken{}, false
-			}
-		case c == '\'':
-			return l.quoted('\'', false, "unterminated string literal")
-		case c == '"':
-			return l.quoted('"', false, "unterminated quoted identifier")
-		case c == '$':
-			start := l.i
-			j := l.i + 1
-			for j < len(s) && isIdentByte(s[j], j == l.i+1) && s[j] != '$' {
-				j++
-			}
-			if j < len(s) && s[j] == '$' && (j == l.i+1 || !(s[l.i+1] >= '0' && s[l.i+1] <= '9')) {
-				tag := s[l.i : j+1]
-				end := strings.Index(s[j+1:], tag)
-				if end < 0 {
-					l.err = "unterminated dollar-quoted string " + tag
-					return sqlToken{}, false
-				}
-				l.i = j + 1 + end + len(tag)
-				return sqlToken{'s', s[start:l.i]}, true
-			}
-			// $1 and the like
-			l.i++
-			for l.i < len(s) && s[l.i] >= '0' && s[l.i] <= '9' {
-				l.i++
-			}
-			return sqlToken{'p', s[start:l.i]}, true
-		case isIdentByte(c, true):
-			start := l.i
-			for l.i < len(s) && isIdentByte(s[l.i], false) {
-				l.i++
-			}
-			w := s[start:l.i]
-			if l.i < len(s) && s[l.i] == '\'' && (w == "e" || w == "E") {
-				return l.quoted('\'', true, "unterminated string literal")
-			}
-			if l.i+1 < len(s) && s[l.i] == '&' && (w == "u" || w == "U") && (s[l.i+1] == '\'' || s[l.i+1] == '"') {
-				l.i++
-				return l.quoted(s[l.i], false, "unterminated string literal")
-			}
-			return sqlToken{'w', w}, true
-		case c >= '0' && c <= '9':
-			start := l.i
-			for l.i < len(s) && (isIdentByte(s[l.i], false) || s[l.i] == '.') {
-				l.i++
-			}
-			return sqlToken{'n', s[start:l.i]}, true
-		default:
-			l.i++
-			return sqlToken{'p', string(c)}, true
-		}
-	}
-	return sqlToken{}, false
-}
-
-// quoted scans a literal that starts at l.i with q; a doubled q stands for
-// itself, and with backslash escapes \x does too.
-func (l *sqlLexer) quoted(q byte, backslash bool, unterminated string) (sqlToken, bool) {
-	s := l.s
-	start := l.i
-	i := l.i + 1
-	for i < len(s) {
-		switch {
-		case backslash && s[i] == '\\':
-			i += 2
-			continue
-		case s[i] == q:
-			if i+1 < len(s) && s[i+1] == q {
-				i += 2
-				continue
-			}
-			l.i = i + 1
-			kind := byte('s')
-			if q == '"' {
-				kind = 'q'
-			}
-			return sqlToken{kind, s[start:l.i]}, true
-		}
-		i++
-	}
-	l.err = unterminated
-	l.i = len(s)
-	return sqlToken{}, false
-}
-
-func isWord(t sqlToken, w string) bool { return t.kind == 'w' && strings.EqualFold(t.text, w) }
-
 // checkStatementStart reads the leading keywords of a statement. It returns
 // the words read (up to n) and, when the text ends early, fewer.
-func statementWords(l *sqlLexer, n int) []sqlToken {
-	var toks []sqlToken
+func statementWords(l *sqllex.Lexer, n int) []sqllex.Token {
+	var toks []sqllex.Token
 	for len(toks) < n {
-		t, ok := l.next()
+		t, ok := l.Next()
 		if !ok {
 			break
 		}
@@ -1130,44 +976,44 @@ func statementWords(l *sqlLexer, n int) []sqlToken {
 
 // checkSingleStatement continues l to the end: a ';' may only be followed
 // by whitespace and comments.
-func checkSingleStatement(l *sqlLexer, what string) (string, string) {
+func checkSingleStatement(l *sqllex.Lexer, what string) (string, string) {
 	for {
-		t, ok := l.next()
+		t, ok := l.Next()
 		if !ok {
 			break
 		}
-		if t.kind == 'p' && t.text == ";" {
-			if t2, ok := l.next(); ok {
-				return fmt.Sprintf("more than one statement: %s follows the ';'", oneLineQuote(clip(t2.text, 30))),
+		if t.IsPunct(";") {
+			if t2, ok := l.Next(); ok {
+				return fmt.Sprintf("more than one statement: %s follows the ';'", oneLineQuote(clip(t2.Text, 30))),
 					what
 			}
 			break
 		}
 	}
-	if l.err != "" {
-		return l.err, "close it: the statement must be complete"
+	if l.Err() != "" {
+		return l.Err(), "close it: the statement must be complete"
 	}
 	return "", ""
 }
 
-func describeStart(toks []sqlToken) string {
+func describeStart(toks []sqllex.Token) string {
 	if len(toks) == 0 {
 		return "nothing"
 	}
 	var words []string
 	for _, t := range toks {
-		words = append(words, t.text)
+		words = append(words, t.Text)
 	}
 	return oneLineQuote(clip(strings.Join(words, " "), 40))
 }
 
 // checkCreateTable: a single CREATE TABLE statement.
 func checkCreateTable(ddl string) (string, string) {
-	l := &sqlLexer{s: ddl}
+	l := sqllex.New(ddl)
 	toks := statementWords(l, 2)
-	if len(toks) < 2 || !isWord(toks[0], "create") || !isWord(toks[1], "table") {
-		if l.err != "" {
-			return l.err, "close it: the statement must be complete"
+	if len(toks) < 2 || !toks[0].Is("create") || !toks[1].Is("table") {
+		if l.Err() != "" {
+			return l.Err(), "close it: the statement must be complete"
 		}
 		return "must be a CREATE TABLE statement, found " + describeStart(toks),
 			"write the green table as the DBA would: CREATE TABLE name (columns ...)"
@@ -1181,20 +1027,20 @@ func checkCreateIndex(ix string) (string, string) {
 	if strings.TrimSpace(ix) == "" {
 		return "empty index statement", fix
 	}
-	l := &sqlLexer{s: ix}
+	l := sqllex.New(ix)
 	toks := statementWords(l, 2)
-	if len(toks) > 0 && isWord(toks[0], "create") && len(toks) > 1 && isWord(toks[1], "unique") {
+	if len(toks) > 0 && toks[0].Is("create") && len(toks) > 1 && toks[1].Is("unique") {
 		toks = append(toks, statementWords(l, 1)...)
 		toks = append(toks[:1], toks[2:]...)
 	}
-	if len(toks) < 2 || !isWord(toks[0], "create") || !isWord(toks[1], "index") {
-		if l.err != "" {
-			return l.err, "close it: the statement must be complete"
+	if len(toks) < 2 || !toks[0].Is("create") || !toks[1].Is("index") {
+		if l.Err() != "" {
+			return l.Err(), "close it: the statement must be complete"
 		}
 		return "must be a CREATE INDEX or CREATE UNIQUE INDEX statement, found " + describeStart(toks), fix
 	}
 	save := *l
-	if t, ok := l.next(); ok && isWord(t, "concurrently") {
+	if t, ok := l.Next(); ok && t.Is("concurrently") {
 		return "must not say CONCURRENTLY",
 			"remove CONCURRENTLY: greenswap builds every index CONCURRENTLY itself, after the backfill"
 	}
@@ -1202,58 +1048,27 @@ func checkCreateIndex(ix string) (string, string) {
 	return checkSingleStatement(l, "write one CREATE INDEX statement per item of target.indexes")
 }
 
-// identText is the name an identifier token stands for: unquoted words
-// fold to lower case, "quoted" ones keep theirs ("" is a quote).
-func identText(t sqlToken) (string, bool) {
-	switch t.kind {
-	case 'w':
-		return asciiLower(t.text), true
-	case 'q':
-		if len(t.text) < 3 || t.text[0] != '"' {
-			return "", false
-		}
-		return strings.ReplaceAll(t.text[1:len(t.text)-1], `""`, `"`), true
-	}
-	return "", false
-}
-
 // ddlPartitioned reports whether a CREATE TABLE statement has a PARTITION
 // BY clause (outside its parentheses).
 func ddlPartitioned(ddl string) bool {
-	l := &sqlLexer{s: ddl}
+	l := sqllex.New(ddl)
 	depth := 0
-	var prev sqlToken
+	var prev sqllex.Token
 	for {
-		t, ok := l.next()
+		t, ok := l.Next()
 		if !ok {
 			return false
 		}
 		switch {
-		case t.kind == 'p' && t.text == "(":
+		case t.IsPunct("("):
 			depth++
-		case t.kind == 'p' && t.text == ")":
+		case t.IsPunct(")"):
 			depth--
-		case depth == 0 && isWord(prev, "partition") && isWord(t, "by"):
+		case depth == 0 && prev.Is("partition") && t.Is("by"):
 			return true
 		}
 		prev = t
 	}
-}
-
-// createIndexNamed reports whether a CREATE [UNIQUE] INDEX statement names
-// its index (the word after INDEX [IF NOT EXISTS] is not ON).
-func createIndexNamed(ix string) bool {
-	l := &sqlLexer{s: ix}
-	for _, t := range statementWords(l, 8) {
-		switch {
-		case isWord(t, "create"), isWord(t, "unique"), isWord(t, "index"), isWord(t, "if"), isWord(t, "not"), isWord(t, "exists"):
-			continue
-		case isWord(t, "on"):
-			return false
-		}
-		return true
-	}
-	return false
 }
 
 // partitionStmt is one target.partitions item, parsed.
@@ -1270,71 +1085,71 @@ func parsePartitionStmt(src string) (p partitionStmt, msg, fix string) {
 	if strings.TrimSpace(src) == "" {
 		return p, "empty partition statement", shape
 	}
-	l := &sqlLexer{s: src}
+	l := sqllex.New(src)
 	toks := statementWords(l, 2)
-	if len(toks) < 2 || !isWord(toks[0], "create") || !isWord(toks[1], "table") {
-		if l.err != "" {
-			return p, l.err, "close it: the statement must be complete"
+	if len(toks) < 2 || !toks[0].Is("create") || !toks[1].Is("table") {
+		if l.Err() != "" {
+			return p, l.Err(), "close it: the statement must be complete"
 		}
 		return p, "must be a CREATE TABLE ... PARTITION OF statement, found " + describeStart(toks), shape
 	}
-	t, ok := l.next()
-	if ok && isWord(t, "if") {
-		if w := statementWords(l, 2); len(w) != 2 || !isWord(w[0], "not") || !isWord(w[1], "exists") {
+	t, ok := l.Next()
+	if ok && t.Is("if") {
+		if w := statementWords(l, 2); len(w) != 2 || !w[0].Is("not") || !w[1].Is("exists") {
 			return p, "expected IF NOT EXISTS", shape
 		}
-		t, ok = l.next()
+		t, ok = l.Next()
 	}
 	var good bool
-	if p.name, good = identText(t); !ok || !good {
+	if p.name, good = t.Ident(); !ok || !good {
 		return p, "expected the partition's name after CREATE TABLE", shape
 	}
-	t, ok = l.next()
-	if ok && t.kind == 'p' && t.text == "." {
+	t, ok = l.Next()
+	if ok && t.IsPunct(".") {
 		return p, "the partition's name must not name a schema",
 			"write the bare name: greenswap creates every partition in green's schema, and finalize moves it into the app's schema"
 	}
-	if !ok || !isWord(t, "partition") {
+	if !ok || !t.Is("partition") {
 		return p, fmt.Sprintf("%s is not a partition: expected PARTITION OF after its name", oneLineQuote(p.name)), shape
 	}
-	if t, ok = l.next(); !ok || !isWord(t, "of") {
+	if t, ok = l.Next(); !ok || !t.Is("of") {
 		return p, "expected PARTITION OF", shape
 	}
-	t, ok = l.next()
-	if p.parent, good = identText(t); !ok || !good {
+	t, ok = l.Next()
+	if p.parent, good = t.Ident(); !ok || !good {
 		return p, "expected the partitioned table's name after PARTITION OF", shape
 	}
-	t, ok = l.next()
-	if ok && t.kind == 'p' && t.text == "." {
+	t, ok = l.Next()
+	if ok && t.IsPunct(".") {
 		return p, "PARTITION OF must not name a schema",
 			"write PARTITION OF <the green table's name>, unqualified: it resolves to green in green's schema"
 	}
-	if !ok || !(t.kind == 'p' && t.text == "(" || isWord(t, "for") || isWord(t, "default")) {
-		if l.err != "" {
-			return p, l.err, "close it: the statement must be complete"
+	if !ok || !(t.IsPunct("(") || t.Is("for") || t.Is("default")) {
+		if l.Err() != "" {
+			return p, l.Err(), "close it: the statement must be complete"
 		}
 		return p, fmt.Sprintf("expected FOR VALUES or DEFAULT after PARTITION OF %s", oneLineQuote(p.parent)), shape
 	}
 	depth := 0
-	prev := sqlToken{}
-	for ; ok; t, ok = l.next() {
+	prev := sqllex.Token{}
+	for ; ok; t, ok = l.Next() {
 		switch {
-		case t.kind == 'p' && t.text == "(":
+		case t.IsPunct("("):
 			depth++
-		case t.kind == 'p' && t.text == ")":
+		case t.IsPunct(")"):
 			depth--
-		case t.kind == 'p' && t.text == ";":
-			if t2, more := l.next(); more {
-				return p, fmt.Sprintf("more than one statement: %s follows the ';'", oneLineQuote(clip(t2.text, 30))),
+		case t.IsPunct(";"):
+			if t2, more := l.Next(); more {
+				return p, fmt.Sprintf("more than one statement: %s follows the ';'", oneLineQuote(clip(t2.Text, 30))),
 					"write one CREATE TABLE ... PARTITION OF statement per item of target.partitions"
 			}
-		case depth == 0 && isWord(prev, "partition") && isWord(t, "by"):
+		case depth == 0 && prev.Is("partition") && t.Is("by"):
 			p.partitioned = true
 		}
 		prev = t
 	}
-	if l.err != "" {
-		return p, l.err, "close it: the statement must be complete"
+	if l.Err() != "" {
+		return p, l.Err(), "close it: the statement must be complete"
 	}
 	return p, "", ""
 }
@@ -1385,18 +1200,18 @@ func (s *Spec) validatePartitions(partitioned bool) error {
 
 // checkExpression: one SQL expression, as embedded into generated SQL.
 func checkExpression(expr string) (string, string) {
-	l := &sqlLexer{s: expr}
+	l := sqllex.New(expr)
 	depth, n := 0, 0
 	for {
-		t, ok := l.next()
+		t, ok := l.Next()
 		if !ok {
 			break
 		}
 		n++
-		if t.kind != 'p' {
+		if t.Kind != sqllex.Punct {
 			continue
 		}
-		switch t.text {
+		switch t.Text {
 		case ";":
 			return "a mapping is one SQL expression, not a statement: it contains ';'", "remove the ';'"
 		case "(":
@@ -1409,13 +1224,13 @@ func checkExpression(expr string) (string, string) {
 		}
 	}
 	switch {
-	case l.err != "":
-		return l.err, "close it: the expression must be complete"
+	case l.Err() != "":
+		return l.Err(), "close it: the expression must be complete"
 	case n == 0:
 		return "empty expression", "write an SQL expression, e.g. lower(email); to map to NULL write 'NULL' in quotes"
 	case depth > 0:
 		return "unbalanced parentheses: a '(' is not closed", "fix the parentheses"
-	case l.lineComment:
+	case l.LineComment:
 		return "an SQL -- comment would swallow the generated SQL that follows", "remove the -- comment (use a # YAML comment or /* */)"
 	}
 	return "", ""

@@ -1,4 +1,4 @@
-package shadow
+package spec
 
 import (
 	"encoding/json"
@@ -56,7 +56,7 @@ func FuzzLoadSpec(f *testing.F) {
 			f.Add([]byte(s), format)
 		}
 	}
-	files, _ := filepath.Glob(filepath.Join("testdata", "spec", "*"))
+	files, _ := filepath.Glob(filepath.Join("testdata", "*"))
 	for _, p := range files {
 		data, err := os.ReadFile(p)
 		if err != nil {

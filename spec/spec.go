@@ -1,9 +1,10 @@
-package shadow
+package spec
 
 import (
 	"fmt"
-	"github.com/greenswap/greenswap/internal/exitcode"
 	"time"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
 )
 
 // Mode says how blue's changes reach green while the migration is syncing.
@@ -13,6 +14,15 @@ const (
 	ModeTrigger Mode = "trigger"
 	ModeLogical Mode = "logical"
 )
+
+// QualifiedName is a schema-qualified relation name, unquoted: the spec's
+// table, and every relation the catalog describes.
+type QualifiedName struct {
+	Schema string `json:"schema"`
+	Name   string `json:"name"`
+}
+
+func (q QualifiedName) String() string { return q.Schema + "." + q.Name }
 
 // Spec is one migration as the operator wrote it (YAML or JSON). It is
 // decoded strictly: an unknown field is an error naming file, line and field.
@@ -145,3 +155,10 @@ func (s *Spec) Errorf(field, fix, format string, args ...any) *SpecError {
 
 // ExitCode makes every spec error exit 2 (bad input).
 func (e *SpecError) ExitCode() exitcode.Code { return exitcode.BadInput }
+
+// NewError is a SpecError whose message and fix are made one line (line
+// breaks written as \n) and whose field is quoted when it would not print
+// cleanly: for checks outside this package that find bad input.
+func NewError(file string, line int, field, msg, fix string) *SpecError {
+	return newSpecError(file, line, field, msg, fix)
+}

@@ -1,4 +1,4 @@
-package shadow
+package spec
 
 import (
 	"encoding/json"
@@ -65,7 +65,7 @@ func TestSpecLoadExample(t *testing.T) {
 		{"orders_json.spec", jsonLines}, // sniffed
 	} {
 		t.Run(tc.file, func(t *testing.T) {
-			path := filepath.Join("testdata", "spec", tc.file)
+			path := filepath.Join("testdata", tc.file)
 			s, err := LoadSpecFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -87,7 +87,7 @@ func TestSpecLoadExample(t *testing.T) {
 }
 
 func TestSpecLoadAllOptions(t *testing.T) {
-	s, err := LoadSpecFile(filepath.Join("testdata", "spec", "sync.yaml"))
+	s, err := LoadSpecFile(filepath.Join("testdata", "sync.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestSpecModeDefault(t *testing.T) {
 // TestSpecRoundTrip: a parsed spec marshals to JSON and YAML and parses back equal.
 func TestSpecRoundTrip(t *testing.T) {
 	for _, f := range []string{"orders.yaml", "orders.json", "sync.yaml"} {
-		s, err := LoadSpecFile(filepath.Join("testdata", "spec", f))
+		s, err := LoadSpecFile(filepath.Join("testdata", f))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -396,7 +396,7 @@ func TestSpecValidSQLScanning(t *testing.T) {
 }
 
 func TestSpecLoadFileErrors(t *testing.T) {
-	_, err := LoadSpecFile(filepath.Join("testdata", "spec", "nope.yaml"))
+	_, err := LoadSpecFile(filepath.Join("testdata", "nope.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "nope.yaml: cannot read the spec file") {
 		t.Errorf("missing file: %v", err)
 	}
@@ -404,7 +404,7 @@ func TestSpecLoadFileErrors(t *testing.T) {
 		"broken_unknown.yaml":      "broken_unknown.yaml:5: target.indxes: unknown field (valid fields: ddl, indexes, partitions)",
 		"broken_concurrently.json": "broken_concurrently.json:6: target.indexes[0]: must not say CONCURRENTLY",
 	} {
-		_, err := LoadSpecFile(filepath.Join("testdata", "spec", file))
+		_, err := LoadSpecFile(filepath.Join("testdata", file))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", file, err, want)
 		}
@@ -436,7 +436,7 @@ func TestSpecValidateProgrammatic(t *testing.T) {
 }
 
 func TestSpecPartitionsAccepted(t *testing.T) {
-	s, err := LoadSpecFile(filepath.Join("testdata", "spec", "partitioned.yaml"))
+	s, err := LoadSpecFile(filepath.Join("testdata", "partitioned.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,22 +449,12 @@ func TestSpecPartitionsAccepted(t *testing.T) {
 			t.Errorf("Lines[%q] = %d, want %d", f, s.Lines[f], l)
 		}
 	}
-	j, err := LoadSpecFile(filepath.Join("testdata", "spec", "partitioned.json"))
+	j, err := LoadSpecFile(filepath.Join("testdata", "partitioned.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(j.Target.Partitions) != 2 || j.Lines["target.partitions[1]"] != 8 {
 		t.Errorf("json: %q, lines %v", j.Target.Partitions, j.Lines)
-	}
-	// The statements run in green's schema right after the DDL, in order.
-	sql := CreateGreenSQL(NamesFor(s.Name, s.AppTable()), s)
-	if len(sql) != 3+5+1 || sql[3] != s.Target.Partitions[0] || !strings.HasSuffix(sql[5], "TO (1000000)") || sql[8] != "RESET search_path" {
-		t.Errorf("CreateGreenSQL: %q", sql)
-	}
-	for stmt, want := range map[int]int{0: -1, 2: -1, 3: 0, 7: 4, 8: -1} {
-		if got := PartitionStatement(s, stmt); got != want {
-			t.Errorf("PartitionStatement(%d) = %d, want %d", stmt, got, want)
-		}
 	}
 	// A round trip keeps them.
 	b, err := json.Marshal(s)
