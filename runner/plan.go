@@ -231,11 +231,11 @@ type planner struct {
 	lockFrom time.Time
 	swap     *cutover.SwapPlan // cutover's plan on the rehearsed catalog
 	swapErr  error
-	ixSQL    [][]string           // per target.indexes item: the SQL sync runs (a partitioned green: several statements)
+	ixSQL    [][]string // per target.indexes item: the SQL sync runs (a partitioned green: several statements)
 	// members are every table of a multi-table migration: their foreign
 	// keys to this one are declared among the greens, not moved at cutover.
 	members []spec.QualifiedName
-	parts    []spec.QualifiedName // green's partitions (the whole tree), as the rehearsal created them
+	parts   []spec.QualifiedName // green's partitions (the whole tree), as the rehearsal created them
 }
 
 // skipRehearsal are the blocking hazards that make a rehearsal impossible
