@@ -36,6 +36,11 @@ It also lists the privileges each command needs and whether the connecting role 
 them; one that plan or sync needs and the role lacks ends plan with exit 2, naming the
 GRANT that gives it.
 
+A spec with several tables (tables:) is planned as one migration: every table is
+rehearsed in the same rolled-back transaction, referenced tables first, the foreign keys
+among the greens added NOT VALID once every green exists, and each table gets its own
+section (--json: "tables" and "order"). The other commands refuse such a spec for now.
+
 Exit codes: 0 nothing blocking; 2 bad input (spec, missing table, unreachable database,
 a missing privilege); 3 blocking hazards. See greenswap help exit-codes.`,
 		Flags: []cli.Flag{
