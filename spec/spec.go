@@ -35,6 +35,7 @@ type Spec struct {
 	Forward map[string]string `yaml:"forward" json:"forward,omitempty"`
 	Reverse map[string]string `yaml:"reverse" json:"reverse,omitempty"`
 	Sync    SyncOptions       `yaml:"sync" json:"sync"`
+	Guard   GuardOptions      `yaml:"guard" json:"guard"` // the circuit breaker's bounds (spec/guard.go)
 
 	// File is where the spec was read from ("" when it came from the state
 	// table); Lines maps a field path ("forward.email", "target.ddl", "key")

@@ -1,0 +1,48 @@
+package runner
+
+import (
+	"context"
+	"strings"
+
+	"github.com/greenswap/greenswap/guard"
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/state"
+	gssync "github.com/greenswap/greenswap/sync"
+)
+
+// guardOptions: the flags over the spec's guard: section over the defaults.
+func (r *syncRun) guardOptions() guard.Options {
+	return r.spec.Guard.Override(r.opts.Guard).WithDefaults()
+}
+
+// breaker is the sync run's circuit breaker (guard.Breaker), asked by the
+// backfill as one more throttle. Its opening and closing are events
+// ("guard-open" naming the tripped signals, "guard-close").
+func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
+	n := r.names
+	s := &guard.Sampler{
+		Q: r.env.Pool,
+		Relations: []string{db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name),
+			db.Ident(n.App.Schema, n.App.Name)},
+		AppTable:   n.App.Name,
+		Exclude:    strings.TrimSuffix(n.BlueSchema, "blue"),
+		Opts:       r.guardOptions(),
+		ReplicaLag: gssync.ReadReplicaLag,
+	}
+	name, pool := r.spec.Name, r.env.Pool
+	return &guard.Breaker{S: s, OnChange: func(tripped []guard.Signal) {
+		step, detail := "guard-close", map[string]any{}
+		if tripped != nil {
+			step = "guard-open"
+			for _, t := range tripped {
+				detail[t.Name] = map[string]any{"value": t.Value, "bound": t.Bound, "baseline": t.Baseline, "reason": t.Reason}
+			}
+			r.log.Warn().Str("signals", guard.Describe(tripped)).Msg("circuit breaker open: sync holds")
+		} else {
+			r.log.Info().Msg("circuit breaker closed: sync continues")
+		}
+		if err := state.Record(context.WithoutCancel(ctx), pool, name, step, "ok", 0, "", detail); err != nil {
+			r.log.Warn().Err(err).Msg("record the circuit breaker's event")
+		}
+	}}
+}
