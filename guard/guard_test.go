@@ -49,8 +49,10 @@ func waitReason(t *testing.T, b *guard.Breaker, what string, ok func(string) boo
 	return last
 }
 
-func has(sub string) func(string) bool { return func(r string) bool { return strings.Contains(r, sub) } }
-func closed(r string) bool             { return r == "" }
+func has(sub string) func(string) bool {
+	return func(r string) bool { return strings.Contains(r, sub) }
+}
+func closed(r string) bool { return r == "" }
 
 // connAs opens a connection with the application_name of a client.
 func connAs(t *testing.T, dsn, app string) *pgx.Conn {

@@ -150,6 +150,7 @@ func (s *Sampler) counters(ctx context.Context) (counters, error) {
 // interval before the step.
 type Baseline struct {
 	last          counters
+	rates         []Signal // the rate signals of the last full window
 	rollbackShare float64
 	deadlockRate  float64
 	meanMs        float64
@@ -165,9 +166,9 @@ func (s *Sampler) TakeBaseline(ctx context.Context) (*Baseline, error) {
 	}
 	if s.Opts.RollbackRate <= 0 && s.Opts.Deadlocks <= 0 && s.Opts.LatencyRatio <= 0 {
 		// No signal is a rate: nothing to wait an interval for.
-		return &Baseline{last: a}, nil
+		return &Baseline{last: a, rates: []Signal{}}, nil
 	}
-	t := time.NewTimer(s.Opts.Every.Duration)
+	t := time.NewTimer(max(s.Opts.Every.Duration, RateWindow))
 	select {
 	case <-ctx.Done():
 		t.Stop()
@@ -185,6 +186,7 @@ func (s *Sampler) TakeBaseline(ctx context.Context) (*Baseline, error) {
 		// The cumulative mean: steadier than one interval's.
 		bl.meanMs, bl.meanOK = b.stmtTime/b.stmtCalls, true
 	}
+	bl.rates = s.rates(bl, a, b) // the baseline's own window: what the first samples show
 	return bl, nil
 }
 
@@ -213,16 +215,31 @@ const minCalls = 20
 
 // Sample reads every signal against bl, and moves bl's counters on.
 func (s *Sampler) Sample(ctx context.Context, bl *Baseline) ([]Signal, error) {
-	o := s.Opts
 	c, err := s.counters(ctx)
 	if err != nil {
 		return nil, err
 	}
-	prev := bl.last
-	bl.last = c
-	dt := c.at.Sub(prev.at)
 	var out []Signal
+	if prev := bl.last; c.at.Sub(prev.at) < RateWindow && bl.rates != nil {
+		out = append(out, bl.rates...) // the window is not over: the last verdict stands
+	} else {
+		bl.last = c
+		bl.rates = s.rates(bl, prev, c)
+		out = append(out, bl.rates...)
+	}
+	return s.instant(ctx, out)
+}
 
+// RateWindow is the least span a rate is measured over: a busy backend
+// flushes its counters to pg_stat_database about once a second, so a
+// shorter window sees bursts and gaps, not rates.
+const RateWindow = 2 * time.Second
+
+// rates are the signals measured as deltas of counters between prev and c.
+func (s *Sampler) rates(bl *Baseline, prev, c counters) []Signal {
+	o := s.Opts
+	dt := c.at.Sub(prev.at)
+	out := []Signal{}
 	if o.RollbackRate > 0 {
 		v, rb, all := share(prev, c)
 		bound := math.Min(bl.rollbackShare+o.RollbackRate, 1)
@@ -236,22 +253,6 @@ func (s *Sampler) Sample(ctx context.Context, bl *Baseline) ([]Signal, error) {
 		bound := bl.deadlockRate + o.Deadlocks
 		out = append(out, Signal{Name: SigDeadlocks, Value: v, Bound: bound, Baseline: bl.deadlockRate, Unit: "/s",
 			Tripped: v > bound, Reason: fmt.Sprintf("%d deadlocks in %s", n, dt.Round(10*time.Millisecond))})
-	}
-	if o.LockWaits > 0 || o.LockWaitTime.Duration > 0 {
-		var n int
-		var longest float64
-		if err := s.Q.QueryRow(ctx, LockWaitSQL, s.Relations).Scan(&n, &longest); err != nil {
-			return nil, fmt.Errorf("guard: read lock waits: %w", err)
-		}
-		why := fmt.Sprintf("%d sessions wait for a lock on %s, the longest for %.1fs", n, strings.Join(s.Relations, ", "), longest)
-		if o.LockWaits > 0 {
-			out = append(out, Signal{Name: SigLockWaits, Value: float64(n), Bound: float64(o.LockWaits) - 1,
-				Tripped: n >= o.LockWaits, Reason: why})
-		}
-		if o.LockWaitTime.Duration > 0 {
-			out = append(out, Signal{Name: SigLockWaitTime, Value: longest, Bound: o.LockWaitTime.Seconds(), Unit: "s",
-				Tripped: longest > o.LockWaitTime.Seconds(), Reason: why})
-		}
 	}
 	if o.LatencyRatio > 0 {
 		sg := Signal{Name: SigLatency, Unit: "ms"}
@@ -271,6 +272,28 @@ func (s *Sampler) Sample(ctx context.Context, bl *Baseline) ([]Signal, error) {
 				calls, s.AppTable, dt.Round(10*time.Millisecond), o.LatencyRatio)
 		}
 		out = append(out, sg)
+	}
+	return out
+}
+
+// instant are the signals read as they are now.
+func (s *Sampler) instant(ctx context.Context, out []Signal) ([]Signal, error) {
+	o := s.Opts
+	if o.LockWaits > 0 || o.LockWaitTime.Duration > 0 {
+		var n int
+		var longest float64
+		if err := s.Q.QueryRow(ctx, LockWaitSQL, s.Relations).Scan(&n, &longest); err != nil {
+			return nil, fmt.Errorf("guard: read lock waits: %w", err)
+		}
+		why := fmt.Sprintf("%d sessions wait for a lock on %s, the longest for %.1fs", n, strings.Join(s.Relations, ", "), longest)
+		if o.LockWaits > 0 {
+			out = append(out, Signal{Name: SigLockWaits, Value: float64(n), Bound: float64(o.LockWaits) - 1,
+				Tripped: n >= o.LockWaits, Reason: why})
+		}
+		if o.LockWaitTime.Duration > 0 {
+			out = append(out, Signal{Name: SigLockWaitTime, Value: longest, Bound: o.LockWaitTime.Seconds(), Unit: "s",
+				Tripped: longest > o.LockWaitTime.Seconds(), Reason: why})
+		}
 	}
 	if o.ReplicaLag.Duration > 0 && s.ReplicaLag != nil {
 		lag, name, err := s.ReplicaLag(ctx, s.Q)
