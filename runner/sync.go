@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
+	"github.com/greenswap/greenswap/guard"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/logx"
@@ -95,7 +96,8 @@ type syncRun struct {
 	build *Build
 	stats SyncStats
 
-	feed changeFeed // carries blue → green: trigger or logical (feed.go)
+	feed changeFeed     // carries blue → green: trigger or logical (feed.go)
+	brk  *guard.Breaker // the circuit breaker, made on first use (sync_guard.go)
 }
 
 // Sync takes a migration from planned (or wherever an earlier run stopped)

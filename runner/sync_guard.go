@@ -18,7 +18,12 @@ func (r *syncRun) guardOptions() guard.Options {
 // breaker is the sync run's circuit breaker (guard.Breaker), asked by the
 // backfill as one more throttle. Its opening and closing are events
 // ("guard-open" naming the tripped signals, "guard-close").
+// One breaker serves the backfill and, in logical mode, the stream's
+// apply, so both see one baseline and one open-since.
 func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
+	if r.brk != nil {
+		return r.brk
+	}
 	n := r.names
 	s := &guard.Sampler{
 		Q: r.env.Pool,
@@ -30,7 +35,7 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 		ReplicaLag: gssync.ReadReplicaLag,
 	}
 	name, pool := r.spec.Name, r.env.Pool
-	return &guard.Breaker{S: s, OnChange: func(tripped []guard.Signal) {
+	r.brk = &guard.Breaker{S: s, OnChange: func(tripped []guard.Signal) {
 		step, detail := "guard-close", map[string]any{}
 		if tripped != nil {
 			step = "guard-open"
@@ -45,4 +50,5 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 			r.log.Warn().Err(err).Msg("record the circuit breaker's event")
 		}
 	}}
+	return r.brk
 }

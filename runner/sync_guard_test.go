@@ -204,3 +204,46 @@ func TestSyncBreakerOpenTooLongStops(t *testing.T) {
 		t.Fatalf("%d rows differ between blue and green", n)
 	}
 }
+
+// TestSyncBreakerHoldsStreamApply: in logical mode the breaker holds the
+// stream's apply as well as the backfill: an application insert made while
+// the probe fails does not reach green until it passes again; then sync
+// goes on to synced with blue and green equal.
+func TestSyncBreakerHoldsStreamApply(t *testing.T) {
+	t.Parallel()
+	pool, dsn := syncNewDB(t)
+	pgtest.Exec(t, dsn, syncOrdersTable(5000, false)+`; CREATE TABLE health (ok bool); INSERT INTO health VALUES (true)`)
+	env := syncTestEnv(t, dsn)
+	sp := syncSpec(t, "mode: logical\n"+syncOrdersSpec("gs_lhold", false))
+	res := make(chan error, 1)
+	go func() {
+		_, err := Sync(context.Background(), env, sp, SyncOptions{BatchSize: 50, NiceRatio: 5,
+			Guard: guardOnly(spec.GuardOptions{ProbeSQL: "SELECT ok FROM public.health"})})
+		res <- err
+	}()
+	syncWaitFor(t, 30*time.Second, "the backfill to start", func() bool { return syncRowsCopied(pool, "gs_lhold") > 0 })
+	pgtest.Exec(t, dsn, `UPDATE health SET ok = false`)
+	syncWaitFor(t, 20*time.Second, "the breaker to open", func() bool {
+		return strings.HasPrefix(syncThrottle(t, env, "gs_lhold"), "guard: probe_sql=1 > 0")
+	})
+	pgtest.Exec(t, dsn, `INSERT INTO public.orders (id, tenant, email, amount) VALUES (900001, 1, 'held@x', 7)`)
+	time.Sleep(1500 * time.Millisecond)
+	if n := syncCount(t, pool, `SELECT count(*) FROM gs_gs_lhold_green.orders WHERE id = 900001`); n != 0 {
+		t.Fatalf("the stream applied an insert while the breaker was open (%d rows)", n)
+	}
+	pgtest.Exec(t, dsn, `UPDATE health SET ok = true`)
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("sync did not finish once the probe passed")
+	}
+	syncWaitFor(t, 20*time.Second, "the held insert to reach green", func() bool {
+		return syncCount(t, pool, `SELECT count(*) FROM gs_gs_lhold_green.orders WHERE id = 900001`) == 1
+	})
+	if n := syncOrdersDiff(t, pool, "gs_lhold"); n != 0 {
+		t.Fatalf("%d rows differ between blue and green", n)
+	}
+}
