@@ -131,6 +131,11 @@ func TestLockWaitsOnTheTablesOpen(t *testing.T) {
 	if !strings.Contains(r, "public.blue") {
 		t.Errorf("reason %q does not name the table", r)
 	}
+	var n13 int
+	var longest13 float64
+	if err := pool.QueryRow(context.Background(), guard.LockWaitSQL13, []string{"public.blue"}).Scan(&n13, &longest13); err != nil || n13 != 1 || longest13 <= 0 {
+		t.Errorf("the pre-14 form: %d waiting, longest %gs, %v; want 1 and > 0", n13, longest13, err)
+	}
 	if err := tx.Rollback(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -96,9 +96,17 @@ const dbStatsSQL = `SELECT xact_commit, xact_rollback, deadlocks FROM pg_catalog
 
 // LockWaitSQL counts the sessions waiting for a lock on the relations $1
 // (a table lock, or a row's tuple lock), greenswap's own excepted, and the
-// longest such wait in seconds. pg_locks.waitstart needs PostgreSQL 14.
+// longest such wait in seconds. pg_locks.waitstart needs PostgreSQL 14
+// (lockWaitSQL13 before).
 const LockWaitSQL = `SELECT pg_catalog.count(DISTINCT l.pid)::int,
-	coalesce(extract(epoch FROM pg_catalog.max(pg_catalog.clock_timestamp() - l.waitstart)), 0)::float8
+	coalesce(extract(epoch FROM pg_catalog.max(pg_catalog.clock_timestamp() - l.waitstart)), 0)::float8` + lockWaitFrom
+
+// lockWaitSQL13 is LockWaitSQL before PostgreSQL 14 (no waitstart): the
+// wait is taken from the start of the waiting statement, an upper bound.
+const lockWaitSQL13 = `SELECT pg_catalog.count(DISTINCT l.pid)::int,
+	coalesce(extract(epoch FROM pg_catalog.max(pg_catalog.clock_timestamp() - a.query_start)), 0)::float8` + lockWaitFrom
+
+const lockWaitFrom = `
 	FROM pg_catalog.pg_locks l
 	LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 	WHERE NOT l.granted AND l.locktype IN ('relation', 'tuple')
@@ -282,7 +290,11 @@ func (s *Sampler) instant(ctx context.Context, out []Signal) ([]Signal, error) {
 	if o.LockWaits > 0 || o.LockWaitTime.Duration > 0 {
 		var n int
 		var longest float64
-		if err := s.Q.QueryRow(ctx, LockWaitSQL, s.Relations).Scan(&n, &longest); err != nil {
+		err := s.Q.QueryRow(ctx, LockWaitSQL, s.Relations).Scan(&n, &longest)
+		if db.SQLState(err) == "42703" { // undefined_column: waitstart is PostgreSQL 14's
+			err = s.Q.QueryRow(ctx, lockWaitSQL13, s.Relations).Scan(&n, &longest)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("guard: read lock waits: %w", err)
 		}
 		why := fmt.Sprintf("%d sessions wait for a lock on %s, the longest for %.1fs", n, strings.Join(s.Relations, ", "), longest)
