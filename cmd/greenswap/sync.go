@@ -40,6 +40,15 @@ and after synced keeps showing the changes the triggers apply until Ctrl-C,
 which then exits 0. Without a terminal, or with --log-format json, --watch
 logs status lines instead.
 
+A circuit breaker watches the application's health while sync runs
+(guard/README.md): the backfill, and in mode: logical the stream's apply,
+hold while a signal is past its bound (lock waits on the migrated tables
+over 30s and replica lag over 1m by default; rollback rate, deadlocks,
+statement latency and your probes once you set them, here or in the spec's
+guard: section) and continue once it recovers; status shows the signal, its
+value and its bound. A breaker open longer than --guard-max-open stops sync,
+checkpointed, with exit code 6; run the same command again to resume.
+
 Ctrl-C before synced stops after the batch in flight and exits 130;
 ` + "`greenswap pause NAME`" + ` from another terminal holds the backfill instead.
 
