@@ -35,6 +35,14 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 		ReplicaLag: gssync.ReadReplicaLag,
 	}
 	name, pool := r.spec.Name, r.env.Pool
+	// A run the breaker stopped (exit 6) left its reason in the row; this
+	// run has not tripped yet, so status must not show it held.
+	if strings.HasPrefix(r.row.Throttle, guard.ReasonPrefix) {
+		if err := state.SetThrottle(context.WithoutCancel(ctx), pool, name, ""); err != nil {
+			r.log.Warn().Err(err).Msg("clear the last run's circuit breaker reason")
+		}
+		r.row.Throttle = ""
+	}
 	r.brk = &guard.Breaker{S: s, OnChange: func(tripped []guard.Signal) {
 		step, detail := "guard-close", map[string]any{}
 		if tripped != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	gosync "sync"
 	"testing"
 	"time"
 
@@ -193,12 +194,28 @@ func TestSyncBreakerOpenTooLongStops(t *testing.T) {
 	if !found {
 		t.Error("no failed backfill event naming probe_sql and the limit")
 	}
+	if th := syncThrottle(t, env, "gs_long"); !strings.HasPrefix(th, "guard: probe_sql=1 > 0") {
+		t.Errorf("after the stop, status's throttle %q does not say why", th)
+	}
 	pgtest.Exec(t, dsn, `UPDATE health SET ok = true`)
+	var mu gosync.Mutex
+	var progress []SyncProgress
+	opts.Progress, opts.ProgressEvery = func(p SyncProgress) { mu.Lock(); progress = append(progress, p); mu.Unlock() }, 50*time.Millisecond
 	if _, err := Sync(context.Background(), env, sp, opts); err != nil {
 		t.Fatal(err)
 	}
 	if m, _ := state.Get(context.Background(), pool, "gs_long"); m.State != state.Synced {
 		t.Fatalf("state %s after the resumed sync; want synced", m.State)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(progress) == 0 {
+		t.Fatal("no progress reported by the resumed run")
+	}
+	for _, p := range progress {
+		if strings.HasPrefix(p.Throttle, "guard:") {
+			t.Fatalf("the resumed run showed the last run's breaker reason %q", p.Throttle)
+		}
 	}
 	if n := syncOrdersDiff(t, pool, "gs_long"); n != 0 {
 		t.Fatalf("%d rows differ between blue and green", n)
