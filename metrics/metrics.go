@@ -29,6 +29,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/guard"
 	"github.com/greenswap/greenswap/runner"
 )
 
@@ -47,6 +48,7 @@ const (
 	ReasonReplica   = "replica_lag" // a standby replays too far behind
 	ReasonRowLocks  = "row_locks"   // a batch could not lock rows the application holds
 	ReasonLockWaits = "lock_waits"  // application sessions queued behind a batch
+	ReasonGuard     = "guard"       // the circuit breaker: a health signal past its bound (greenswap_guard_tripped says which)
 	ReasonOther     = "other"       // a reason this version does not know
 )
 
@@ -72,7 +74,10 @@ var (
 	descDone           = desc("backfill_done", "1 once the backfill has copied every row, else 0.")
 	descPaused         = desc("paused", "1 while the migration is paused (greenswap pause), else 0.")
 	descThrottled      = desc("throttled", "1 while the backfill is held back (see greenswap_throttle_info for why), else 0.")
-	descThrottleInfo   = desc("throttle_info", "Why the backfill is held back, present only while it is: reason is paused, replica_lag, row_locks, lock_waits or other.", "reason")
+	descThrottleInfo   = desc("throttle_info", "Why the backfill is held back, present only while it is: reason is paused, replica_lag, row_locks, lock_waits, guard or other.", "reason")
+	descGuardTripped   = desc("guard_tripped", "Present only while the circuit breaker holds the backfill: 1 per tripped signal (rollback_rate, deadlocks, lock_waits, lock_wait_time, latency_ratio, replica_lag, probe_sql, probe_cmd).", "signal")
+	descGuardValue     = desc("guard_signal_value", "While the breaker is open: the tripped signal's value (a share, a rate per second, sessions, seconds, ms, or a probe's exit status).", "signal")
+	descGuardBound     = desc("guard_signal_bound", "While the breaker is open: the bound the tripped signal is past, in its value's unit (baseline applied).", "signal")
 	descCaptured       = desc("changes_captured", "Estimated changes the sync (triggers, or the stream in logical mode) has applied to green: green's insert, update and delete counters minus the rows copied.")
 
 	// Logical mode only (absent in trigger mode).
@@ -94,7 +99,7 @@ var (
 
 	allDescs = []*prometheus.Desc{
 		descScrapeError, descScrapeDuration, descState, descPhase, descRowsCopied, descRowsEstimate, descProgress,
-		descRowsPerSec, descBatchSize, descDone, descPaused, descThrottled, descThrottleInfo, descCaptured,
+		descRowsPerSec, descBatchSize, descDone, descPaused, descThrottled, descThrottleInfo, descGuardTripped, descGuardValue, descGuardBound, descCaptured,
 		descSlotExists, descStreamAct, descRetired, descLagBytes, descRetained, descLagSeconds, descKeysPerSec,
 		descKeysApplied, descTxns, descReconnects, descBacklog, descBacklogSecs, descGrowth, descCatchUp, descTrend,
 	}
@@ -181,6 +186,11 @@ func collectProgress(p *runner.SyncProgress, gauge func(*prometheus.Desc, float6
 	if p.Throttle != "" {
 		gauge(descThrottleInfo, 1, ThrottleReason(p.Throttle))
 	}
+	for _, tr := range guard.ParseReason(p.Throttle) {
+		gauge(descGuardTripped, 1, tr.Signal)
+		gauge(descGuardValue, tr.Value, tr.Signal)
+		gauge(descGuardBound, tr.Bound, tr.Signal)
+	}
 	gauge(descCaptured, float64(p.Captured))
 	s := p.Stream
 	if s == nil { // trigger mode
@@ -255,6 +265,8 @@ func ThrottleReason(s string) string {
 	switch {
 	case s == "":
 		return ""
+	case strings.HasPrefix(s, guard.ReasonPrefix):
+		return ReasonGuard
 	case strings.HasPrefix(s, "paused"):
 		return ReasonPaused
 	case strings.HasPrefix(s, "replica "):

@@ -525,3 +525,32 @@ func TestBacklogNeverIsInf(t *testing.T) {
 		t.Errorf("catch-up ETA = %v (present %v), want +Inf", v, ok)
 	}
 }
+
+// TestGuardGauges: a throttle reason from the circuit breaker is exported
+// as the guard class of throttle_info and, per tripped signal, its value
+// and bound.
+func TestGuardGauges(t *testing.T) {
+	t.Parallel()
+	p := &runner.SyncProgress{Migration: "m", State: "syncing",
+		Throttle: "guard: lock_waits=3 > 1 (baseline 0): 3 sessions wait; probe_cmd=22 > 0 (baseline 0): \"curl -f x\" exited 22: 503"}
+	got := map[string]float64{}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		name := d.String()
+		name = name[strings.Index(name, `"`)+1:]
+		name = name[:strings.Index(name, `"`)]
+		if len(labels) > 0 {
+			name += "{" + strings.Join(labels, ",") + "}"
+		}
+		got[name] = v
+	}
+	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
+	want := map[string]float64{
+		"greenswap_throttle_info{guard}": 1, "greenswap_guard_tripped{lock_waits}": 1, "greenswap_guard_signal_value{lock_waits}": 3,
+		"greenswap_guard_signal_bound{lock_waits}": 1, "greenswap_guard_tripped{probe_cmd}": 1, "greenswap_guard_signal_value{probe_cmd}": 22,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+}

@@ -244,7 +244,9 @@ type logicalSync struct {
 }
 
 func (r *syncRun) startStream(ctx context.Context) (*logicalSync, error) {
-	s, err := newStreamer(r.env, &Migration{Row: r.row, Spec: r.spec, Names: r.names}, r.build, r.env.Stream)
+	opt := r.env.Stream
+	opt.Hold = r.breaker(ctx).Hold // the circuit breaker holds the apply too (sync_guard.go)
+	s, err := newStreamer(r.env, &Migration{Row: r.row, Spec: r.spec, Names: r.names}, r.build, opt)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
+	"github.com/greenswap/greenswap/guard"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/logx"
@@ -47,11 +48,12 @@ func phaseAfter(p, phase string) bool {
 // SyncOptions tune one sync run. Zero values fall back to the spec's sync:
 // section, then to the shadow.Default* values.
 type SyncOptions struct {
-	BatchSize       int           // > 0: every batch has this many rows (no adaptive sizing)
-	TargetBatchTime time.Duration // adaptive sizing aims each batch at this
-	MaxReplicaLag   time.Duration // hold the backfill while a standby lags more
-	LockTimeout     time.Duration // per attempt, for every lock-taking step
-	NiceRatio       float64       // > 0: after each batch, sleep this many times its duration
+	BatchSize       int               // > 0: every batch has this many rows (no adaptive sizing)
+	TargetBatchTime time.Duration     // adaptive sizing aims each batch at this
+	MaxReplicaLag   time.Duration     // hold the backfill while a standby lags more
+	LockTimeout     time.Duration     // per attempt, for every lock-taking step
+	NiceRatio       float64           // > 0: after each batch, sleep this many times its duration
+	Guard           spec.GuardOptions // the circuit breaker's bounds, over the spec's guard: (sync_guard.go)
 
 	// Progress, when set, is called every ProgressEvery (default 1s) while
 	// Sync runs, and once more before it returns, with the figures the
@@ -94,7 +96,8 @@ type syncRun struct {
 	build *Build
 	stats SyncStats
 
-	feed changeFeed // carries blue → green: trigger or logical (feed.go)
+	feed changeFeed     // carries blue → green: trigger or logical (feed.go)
+	brk  *guard.Breaker // the circuit breaker, made on first use (sync_guard.go)
 }
 
 // Sync takes a migration from planned (or wherever an earlier run stopped)
@@ -242,7 +245,7 @@ func (r *syncRun) open(ctx context.Context, sp *spec.Spec) error {
 				fileOr(sp.File), sp.Name, strings.Join(diff, ", "), sp.Name)
 		}
 		// The stored spec rules; the file's lines still point at the same fields.
-		stored.File, stored.Lines, stored.Sync = sp.File, sp.Lines, sp.Sync
+		stored.File, stored.Lines, stored.Sync, stored.Guard = sp.File, sp.Lines, sp.Sync, sp.Guard
 		r.spec = &stored
 		r.names = shadow.NamesFor(stored.Name, stored.AppTable())
 	default:
@@ -553,6 +556,7 @@ func (r *syncRun) backfill(ctx context.Context, ev *phaseEvent) error {
 		Throttles: []gssync.Throttle{
 			pausedThrottle(pool, name),
 			&gssync.ReplicaLag{Q: pool, Max: maxLag, Warn: func(msg string) { r.log.Warn().Msg(msg) }},
+			r.breaker(ctx), // sync_guard.go
 		},
 		Checkpoint: func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
 			return state.SetCheckpoint(ctx, tx, name, state.BackfillCheckpoint{Cursor: cp.Cursor, RowsCopied: cp.RowsCopied,

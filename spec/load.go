@@ -324,7 +324,7 @@ type specDecoder struct {
 }
 
 var (
-	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync", "tables"}
+	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync", "guard", "tables"}
 	targetFields = []string{"ddl", "indexes", "partitions"}
 	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio", "apply_workers"}
 )
@@ -360,6 +360,8 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 			s.Reverse, err = d.strMap(v, path, line)
 		case "sync":
 			err = d.sync(v, path, line, &s.Sync)
+		case "guard":
+			err = d.guard(v, path, line, &s.Guard) // spec/guard.go
 		case "tables":
 			s.Tables, err = d.tables(v, path, line)
 		}
@@ -820,6 +822,9 @@ func (s *Spec) Validate() error {
 		if dd.v < 0 {
 			return s.specErr(dd.f, "write a positive duration such as \"2s\", or leave it out for the default", "must not be negative, got %s", dd.v)
 		}
+	}
+	if err := s.validateGuard(); err != nil { // spec/guard.go
+		return err
 	}
 	return nil
 }

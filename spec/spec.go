@@ -38,7 +38,8 @@ type Spec struct {
 	// Tables is the several-tables form (two or more entries), instead of
 	// Table, Key, Target, Forward and Reverse at the top level; Members
 	// turns it into single-table specs.
-	Tables []TableSpec `yaml:"tables,omitempty" json:"tables,omitempty"`
+	Tables []TableSpec  `yaml:"tables,omitempty" json:"tables,omitempty"`
+	Guard  GuardOptions `yaml:"guard" json:"guard"` // the circuit breaker's bounds (spec/guard.go)
 
 	// File is where the spec was read from ("" when it came from the state
 	// table); Lines maps a field path ("forward.email", "target.ddl", "key")

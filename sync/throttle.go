@@ -12,7 +12,15 @@ import (
 
 // Throttle holds the backfill: Hold returns why the next batch must wait,
 // or "" when it may run. It is asked before every batch, and every
-// Options.PollInterval while held.
+// Options.PollInterval while held. An error stops the backfill after the
+// last committed batch (its checkpoint kept).
+//
+// The sources the runner asks, in order: the paused flag (greenswap
+// pause), ReplicaLag below, and the guard's circuit breaker
+// (guard.Breaker: rollback rate, deadlocks, lock waits, latency, replica
+// lag, probes), whose reason reads "guard: <signal>=<value> > <bound> ..."
+// and which fails with exitcode.GuardTripped once it has been open longer
+// than its MaxOpen.
 type Throttle interface {
 	Hold(ctx context.Context) (reason string, err error)
 }
@@ -79,6 +87,18 @@ const ReplicaLagSQL = `SELECT coalesce(pg_catalog.max(extract(epoch FROM r.repla
 	      SELECT 1 FROM pg_catalog.pg_replication_slots s
 	       WHERE s.active_pid = r.pid AND s.slot_type = 'logical' AND s.slot_name LIKE 'gs\_%'))`
 
+// ReadReplicaLag is the worst replay lag and that replica's name (see
+// ReplicaLagSQL); the guard's replica-lag signal reads it too, so the two
+// never disagree on what a replica is.
+func ReadReplicaLag(ctx context.Context, q db.Querier) (time.Duration, string, error) {
+	var lag float64
+	var name string
+	if err := q.QueryRow(ctx, ReplicaLagSQL).Scan(&lag, &name); err != nil {
+		return 0, "", fmt.Errorf("read replica lag: %w", err)
+	}
+	return time.Duration(lag * float64(time.Second)), name, nil
+}
+
 func (r *ReplicaLag) Hold(ctx context.Context) (string, error) {
 	if r.Max <= 0 {
 		return "", nil
@@ -103,14 +123,13 @@ func (r *ReplicaLag) Hold(ctx context.Context) (string, error) {
 				r.Max, role, db.Ident(role)))
 		}
 	}
-	var lag float64
-	var name string
-	if err := r.Q.QueryRow(ctx, ReplicaLagSQL).Scan(&lag, &name); err != nil {
-		return "", fmt.Errorf("read replica lag: %w", err)
+	d, name, err := ReadReplicaLag(ctx, r.Q)
+	if err != nil {
+		return "", err
 	}
 	r.at = time.Now()
 	r.reason = ""
-	if d := time.Duration(lag * float64(time.Second)); d > r.Max {
+	if d > r.Max {
 		r.reason = fmt.Sprintf("replica %s replay lag %s > %s", name, d.Round(100*time.Millisecond), r.Max)
 	}
 	return r.reason, nil

@@ -40,6 +40,15 @@ and after synced keeps showing the changes the triggers apply until Ctrl-C,
 which then exits 0. Without a terminal, or with --log-format json, --watch
 logs status lines instead.
 
+A circuit breaker watches the application's health while sync runs
+(guard/README.md): the backfill, and in mode: logical the stream's apply,
+hold while a signal is past its bound (lock waits on the migrated tables
+over 30s and replica lag over 1m by default; rollback rate, deadlocks,
+statement latency and your probes once you set them, here or in the spec's
+guard: section) and continue once it recovers; status shows the signal, its
+value and its bound. A breaker open longer than --guard-max-open stops sync,
+checkpointed, with exit code 6; run the same command again to resume.
+
 Ctrl-C before synced stops after the batch in flight and exits 130;
 ` + "`greenswap pause NAME`" + ` from another terminal holds the backfill instead.
 
@@ -64,6 +73,16 @@ Example:
 			&cli.DurationFlag{Name: "max-replica-lag", Usage: "hold the backfill while a standby's replay lag exceeds `DURATION`", DefaultText: "sync.max_replica_lag, else 10s"},
 			&cli.Float64Flag{Name: "nice-ratio", Usage: "after each batch, sleep `RATIO` times its duration, leaving CPU to the application (the copy takes 1+RATIO times as long)", DefaultText: "sync.nice_ratio, else 0"},
 			&cli.DurationFlag{Name: "lock-timeout", Usage: "wait at most `DURATION` per attempt for a table lock, then retry", DefaultText: "sync.lock_timeout, else 2s"},
+			&cli.Float64Flag{Name: "guard-rollback-rate", Usage: "circuit breaker: hold sync while the share of transactions rolled back exceeds the baseline's by more than `SHARE` (0..1; negative: off)", DefaultText: "guard.rollback_rate, else off"},
+			&cli.Float64Flag{Name: "guard-deadlocks", Usage: "circuit breaker: hold sync while deadlocks per second exceed the baseline's rate by more than `RATE` (negative: off)", DefaultText: "guard.deadlocks, else off"},
+			&cli.IntFlag{Name: "guard-lock-waits", Usage: "circuit breaker: hold sync while `N` or more sessions wait for a lock on blue, green or the app view (negative: off)", DefaultText: "guard.lock_waits, else off"},
+			&cli.DurationFlag{Name: "guard-lock-wait-time", Usage: "circuit breaker: hold sync while a session has waited longer than `DURATION` for a lock on those tables (negative: off)", DefaultText: "guard.lock_wait_time, else 30s"},
+			&cli.Float64Flag{Name: "guard-latency-ratio", Usage: "circuit breaker: hold sync while the app's statements on the table take `RATIO` times their baseline mean (pg_stat_statements; negative: off)", DefaultText: "guard.latency_ratio, else off"},
+			&cli.DurationFlag{Name: "guard-replica-lag", Usage: "circuit breaker: hold sync while a replica lags more than `DURATION` (negative: off)", DefaultText: "guard.replica_lag, else 1m"},
+			&cli.StringFlag{Name: "guard-probe-sql", Usage: "circuit breaker: hold sync while `QUERY` fails, times out or returns false (run as the migration's role)", DefaultText: "guard.probe_sql, else none"},
+			&cli.StringFlag{Name: "guard-probe-cmd", Usage: "circuit breaker: hold sync while `COMMAND` (run by /bin/sh -c, e.g. curl -fsS URL) exits non-zero or times out", DefaultText: "guard.probe_cmd, else none"},
+			&cli.DurationFlag{Name: "guard-probe-timeout", Usage: "a probe that takes longer than `DURATION` fails", DefaultText: "guard.probe_timeout, else 5s"},
+			&cli.DurationFlag{Name: "guard-max-open", Usage: "a circuit breaker open longer than `DURATION` stops sync, checkpointed, with exit code 6 (negative: never)", DefaultText: "guard.max_open, else 5m"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on http://`ADDR`/metrics (host:port, e.g. :9187) while sync runs", DefaultText: "off"},
 		},
 		Action:       syncAction,
@@ -88,6 +107,11 @@ func syncAction(c *cli.Context) error {
 		LockTimeout:     c.Duration("lock-timeout"),
 		NiceRatio:       c.Float64("nice-ratio"),
 	}
+	g, err := syncGuardFlags(c)
+	if err != nil {
+		return err
+	}
+	opts.Guard = g
 	for _, f := range []struct {
 		name string
 		bad  bool
@@ -167,6 +191,45 @@ func syncAction(c *cli.Context) error {
 		d.lines = 0 // below the summary, a fresh block
 	}
 	return runner.WatchSync(c.Context, env, spec.Name, every, show)
+}
+
+// syncGuardFlags reads the --guard-* flags: zero leaves the spec's value
+// (or the default), a negative bound switches the signal off.
+func syncGuardFlags(c *cli.Context) (spec.GuardOptions, error) {
+	offF := func(v float64) float64 {
+		if v < 0 {
+			return spec.GuardOff
+		}
+		return v
+	}
+	offD := func(v time.Duration) spec.Duration {
+		if v < 0 {
+			v = spec.GuardOff
+		}
+		return spec.Duration{Duration: v}
+	}
+	g := spec.GuardOptions{
+		RollbackRate: offF(c.Float64("guard-rollback-rate")),
+		Deadlocks:    offF(c.Float64("guard-deadlocks")),
+		LockWaits:    max(c.Int("guard-lock-waits"), spec.GuardOff),
+		LockWaitTime: offD(c.Duration("guard-lock-wait-time")),
+		LatencyRatio: offF(c.Float64("guard-latency-ratio")),
+		ReplicaLag:   offD(c.Duration("guard-replica-lag")),
+		ProbeSQL:     c.String("guard-probe-sql"),
+		ProbeCmd:     c.String("guard-probe-cmd"),
+		ProbeTimeout: spec.Duration{Duration: c.Duration("guard-probe-timeout")},
+		MaxOpen:      offD(c.Duration("guard-max-open")),
+	}
+	if c.IsSet("guard-probe-sql") && strings.TrimSpace(g.ProbeSQL) == "" {
+		g.ProbeSQL = " " // blank: rejected below rather than ignored
+	}
+	if c.IsSet("guard-probe-cmd") && strings.TrimSpace(g.ProbeCmd) == "" {
+		g.ProbeCmd = " "
+	}
+	err := spec.ValidateGuard(g, func(field, fix, msg string) error {
+		return exitcode.Errorf(exitcode.BadInput, "--guard-%s %s: %s", strings.ReplaceAll(field, "_", "-"), msg, fix)
+	})
+	return g, err
 }
 
 // syncServeMetrics starts the --metrics-addr endpoint (a no-op without

@@ -13,13 +13,14 @@ import (
 type Code int
 
 const (
-	OK          Code = 0   // success
-	Failed      Code = 1   // the operation failed, or verify found differences
-	BadInput    Code = 2   // bad spec, missing table, unreachable database, bad flags
-	Blocked     Code = 3   // plan found blocking hazards
-	Busy        Code = 4   // another greenswap holds this migration
-	LockTimeout Code = 5   // gave up waiting for a lock
-	Interrupted Code = 130 // interrupted; state saved, resumable
+	OK           Code = 0   // success
+	Failed       Code = 1   // the operation failed, or verify found differences
+	BadInput     Code = 2   // bad spec, missing table, unreachable database, bad flags
+	Blocked      Code = 3   // plan found blocking hazards
+	Busy         Code = 4   // another greenswap holds this migration
+	LockTimeout  Code = 5   // gave up waiting for a lock
+	GuardTripped Code = 6   // the guard's circuit breaker stayed open too long; sync stopped, checkpointed
+	Interrupted  Code = 130 // interrupted; state saved, resumable
 )
 
 // Table is the documented list, printed by `greenswap help exit-codes` and in the README.
@@ -33,6 +34,7 @@ var Table = []struct {
 	{Blocked, "plan (or a command that plans first) found blocking hazards, or verify/cutover/finalize found a change made outside greenswap (schema or privilege drift); nothing was changed"},
 	{Busy, "another greenswap process holds this migration's lock (its PID is named)"},
 	{LockTimeout, "gave up waiting for a table lock after all retries; everything left as it was"},
+	{GuardTripped, "sync stopped because the circuit breaker stayed open longer than --guard-max-open (a health signal past its bound, named in the message and the event log); progress checkpointed, re-run sync to resume"},
 	{Interrupted, "interrupted (Ctrl-C / SIGTERM); progress checkpointed, re-run the same command to resume"},
 }
 

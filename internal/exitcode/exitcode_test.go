@@ -39,7 +39,7 @@ func TestOf(t *testing.T) {
 		}
 		seen[e.Code] = true
 	}
-	if len(seen) != 7 {
-		t.Errorf("table documents %d codes, want 7", len(seen))
+	if len(seen) != 8 {
+		t.Errorf("table documents %d codes, want 8", len(seen))
 	}
 }

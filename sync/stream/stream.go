@@ -60,6 +60,12 @@ type Options struct {
 	// OnApply, when set, is called after every applied batch with the
 	// current figures (from the applying goroutine).
 	OnApply func(Stats)
+	// Hold, when set, is asked before every apply batch; while it gives a
+	// reason the batch waits (changes keep arriving up to MaxPendingKeys,
+	// the slot keeps the rest). Sync's circuit breaker (guard.Breaker).
+	// An error counts as no reason: the backfill asks the same breaker and
+	// stops sync on it.
+	Hold func(ctx context.Context) (string, error)
 }
 
 func (o Options) withDefaults() Options {
@@ -572,6 +578,21 @@ func (s *Streamer) sendStatus(conn *pgconn.PgConn, reply bool) error {
 	return nil
 }
 
+// hold waits while Options.Hold gives a reason; false once ctx has ended.
+func (s *Streamer) hold(ctx context.Context) bool {
+	for s.opt.Hold != nil {
+		if reason, err := s.opt.Hold(ctx); err != nil || reason == "" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return ctx.Err() == nil
+}
+
 // applyLoop applies whatever is pending whenever kicked, until ctx ends.
 // The database work of a batch runs to completion even when ctx ends, so a
 // stop never abandons a batch half-way (it would only be redone).
@@ -591,6 +612,9 @@ func (s *Streamer) applyLoop(ctx context.Context, kick <-chan struct{}, errs cha
 					return
 				case <-time.After(wait):
 				}
+			}
+			if !s.hold(ctx) {
+				return
 			}
 			lastStart = time.Now()
 			s.mu.Lock()

@@ -1,0 +1,62 @@
+package runner
+
+import (
+	"context"
+	"strings"
+
+	"github.com/greenswap/greenswap/guard"
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/state"
+	gssync "github.com/greenswap/greenswap/sync"
+)
+
+// guardOptions: the flags over the spec's guard: section over the defaults.
+func (r *syncRun) guardOptions() guard.Options {
+	return r.spec.Guard.Override(r.opts.Guard).WithDefaults()
+}
+
+// breaker is the sync run's circuit breaker (guard.Breaker), asked by the
+// backfill as one more throttle. Its opening and closing are events
+// ("guard-open" naming the tripped signals, "guard-close").
+// One breaker serves the backfill and, in logical mode, the stream's
+// apply, so both see one baseline and one open-since.
+func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
+	if r.brk != nil {
+		return r.brk
+	}
+	n := r.names
+	s := &guard.Sampler{
+		Q: r.env.Pool,
+		Relations: []string{db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name),
+			db.Ident(n.App.Schema, n.App.Name)},
+		AppTable:   n.App.Name,
+		Exclude:    strings.TrimSuffix(n.BlueSchema, "blue"),
+		Opts:       r.guardOptions(),
+		ReplicaLag: gssync.ReadReplicaLag,
+	}
+	name, pool := r.spec.Name, r.env.Pool
+	// A run the breaker stopped (exit 6) left its reason in the row; this
+	// run has not tripped yet, so status must not show it held.
+	if strings.HasPrefix(r.row.Throttle, guard.ReasonPrefix) {
+		if err := state.SetThrottle(context.WithoutCancel(ctx), pool, name, ""); err != nil {
+			r.log.Warn().Err(err).Msg("clear the last run's circuit breaker reason")
+		}
+		r.row.Throttle = ""
+	}
+	r.brk = &guard.Breaker{S: s, OnChange: func(tripped []guard.Signal) {
+		step, detail := "guard-close", map[string]any{}
+		if tripped != nil {
+			step = "guard-open"
+			for _, t := range tripped {
+				detail[t.Name] = map[string]any{"value": t.Value, "bound": t.Bound, "baseline": t.Baseline, "reason": t.Reason}
+			}
+			r.log.Warn().Str("signals", guard.Describe(tripped)).Msg("circuit breaker open: sync holds")
+		} else {
+			r.log.Info().Msg("circuit breaker closed: sync continues")
+		}
+		if err := state.Record(context.WithoutCancel(ctx), pool, name, step, "ok", 0, "", detail); err != nil {
+			r.log.Warn().Err(err).Msg("record the circuit breaker's event")
+		}
+	}}
+	return r.brk
+}
