@@ -61,3 +61,23 @@ func (n Names) SearchPath() string { return SearchPathFor(n.App.Schema) }
 func SearchPathFor(appSchema string) string {
 	return "pg_catalog, " + db.Ident(appSchema) + ", pg_temp"
 }
+
+// MemberNamesFor derives the names of one table of migration m. For a
+// one-table migration (multi false) it is NamesFor, so migrations in flight
+// keep their names. With several tables each table has its own trigger
+// functions (gs_forward_<table> in green's schema, gs_reverse_<table> in
+// blue's: each maps its own columns), while the schemas, the trigger name,
+// the slot, the publication, the echo token and SyncFlag are the
+// migration's: one echo guard for every table, so a sync write on one green
+// that cascades through a foreign key into another green does not echo
+// back. spec.Validate rejects table names whose functions would collide once
+// cut to 63 bytes.
+func MemberNamesFor(m string, app spec.QualifiedName, multi bool) Names {
+	n := NamesFor(m, app)
+	if multi {
+		fwd, rev := spec.MemberFuncNames(app.Name)
+		n.ForwardFunc = spec.QualifiedName{Schema: n.GreenSchema, Name: fwd}
+		n.ReverseFunc = spec.QualifiedName{Schema: n.BlueSchema, Name: rev}
+	}
+	return n
+}

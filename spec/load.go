@@ -324,7 +324,7 @@ type specDecoder struct {
 }
 
 var (
-	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync"}
+	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync", "tables"}
 	targetFields = []string{"ddl", "indexes", "partitions"}
 	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio", "apply_workers"}
 )
@@ -360,9 +360,59 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 			s.Reverse, err = d.strMap(v, path, line)
 		case "sync":
 			err = d.sync(v, path, line, &s.Sync)
+		case "tables":
+			s.Tables, err = d.tables(v, path, line)
 		}
 		return err
 	})
+}
+
+// tables decodes the several-tables form: a list of mappings with the
+// single-table fields; lines go under tables[i].
+func (d *specDecoder) tables(n *yaml.Node, path string, line int) ([]TableSpec, *SpecError) {
+	n = resolveAlias(n)
+	if isNull(n) {
+		return nil, nil
+	}
+	const fix = "write one '- table: ...' item per table, each with its own target, key, forward and reverse"
+	if n.Kind != yaml.SequenceNode {
+		return nil, d.errf(line, path, fix, "must be a list of tables, not %s", describeNode(n))
+	}
+	out := make([]TableSpec, 0, len(n.Content))
+	for i, item := range n.Content {
+		ipath := fmt.Sprintf("%s[%d]", path, i)
+		iline := item.Line
+		if iline == 0 {
+			iline = line
+		}
+		d.lines[ipath] = iline
+		item = resolveAlias(item)
+		if item.Kind != yaml.MappingNode {
+			return nil, d.errf(iline, ipath, fix, "must be a mapping with table, target and so on, not %s", describeNode(item))
+		}
+		var t TableSpec
+		err := d.mapping(item, ipath, tableFields, func(field, fpath string, fline int, v *yaml.Node) *SpecError {
+			var err *SpecError
+			switch field {
+			case "table":
+				t.Table, err = d.str(v, fpath, fline)
+			case "key":
+				t.Key, err = d.strList(v, fpath, fline, "a list of column names", "write key: [id] or key: [tenant_id, id]")
+			case "target":
+				err = d.target(v, fpath, fline, &t.Target)
+			case "forward":
+				t.Forward, err = d.strMap(v, fpath, fline)
+			case "reverse":
+				t.Reverse, err = d.strMap(v, fpath, fline)
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }
 
 func (d *specDecoder) target(n *yaml.Node, path string, line int, t *Target) *SpecError {
@@ -724,18 +774,65 @@ func (s *Spec) Validate() error {
 			"invalid migration name %s", oneLineQuote(s.Name))
 	}
 
+	switch s.Mode {
+	case "", ModeTrigger, ModeLogical:
+	default:
+		return s.specErr("mode", "write mode: trigger or mode: logical (or leave it out for trigger)", "unknown mode %s", oneLineQuote(string(s.Mode)))
+	}
+
+	if s.MultiTable() {
+		if err := s.validateTables(); err != nil {
+			return err
+		}
+	} else if err := s.validateTable(); err != nil {
+		return err
+	}
+
+	o := s.Sync
+	for _, b := range []struct {
+		f string
+		v int
+	}{{"sync.batch_size", o.BatchSize}, {"sync.min_batch_size", o.MinBatchSize}, {"sync.max_batch_size", o.MaxBatchSize}} {
+		if b.v < 0 {
+			return s.specErr(b.f, "write a positive number, or leave it out for the default", "must not be negative, got %d", b.v)
+		}
+	}
+	if o.MinBatchSize > 0 && o.MaxBatchSize > 0 && o.MinBatchSize > o.MaxBatchSize {
+		return s.specErr("sync.min_batch_size", "make min_batch_size at most max_batch_size",
+			"min_batch_size %d is larger than max_batch_size %d", o.MinBatchSize, o.MaxBatchSize)
+	}
+	if o.ApplyWorkers != 0 && s.Mode != ModeLogical {
+		return s.specErr("sync.apply_workers", "remove it, or set mode: logical (trigger mode has no stream to apply)",
+			"applies only to mode: logical, and the mode is %s", s.Mode)
+	}
+	if o.ApplyWorkers < 0 || o.ApplyWorkers > MaxApplyWorkers {
+		return s.specErr("sync.apply_workers", fmt.Sprintf("write a number from 1 to %d, or leave it out for the default", MaxApplyWorkers),
+			"must be between 1 and %d, got %d", MaxApplyWorkers, o.ApplyWorkers)
+	}
+	if o.NiceRatio < 0 || o.NiceRatio > MaxNiceRatio {
+		return s.specErr("sync.nice_ratio", fmt.Sprintf("write a number from 0 (no pause) to %g, e.g. 0.5", MaxNiceRatio),
+			"must be between 0 and %g, got %g", MaxNiceRatio, o.NiceRatio)
+	}
+	for _, dd := range []struct {
+		f string
+		v time.Duration
+	}{{"sync.target_batch_time", o.TargetBatchTime.Duration}, {"sync.max_replica_lag", o.MaxReplicaLag.Duration}, {"sync.lock_timeout", o.LockTimeout.Duration}} {
+		if dd.v < 0 {
+			return s.specErr(dd.f, "write a positive duration such as \"2s\", or leave it out for the default", "must not be negative, got %s", dd.v)
+		}
+	}
+	return nil
+}
+
+// validateTable checks the single-table fields: of the spec, or of one
+// member of a multi-table spec (whose errors then name tables[i].).
+func (s *Spec) validateTable() error {
 	if strings.TrimSpace(s.Table) == "" {
 		return s.specErr("table", "add the table to migrate, e.g. table: public.orders", "required")
 	}
 	if _, msg := parseQualifiedName(s.Table); msg != "" {
 		return s.specErr("table", `write table or schema.table; quote parts with "" to keep case or special characters`,
 			"invalid table name %s: %s", oneLineQuote(s.Table), msg)
-	}
-
-	switch s.Mode {
-	case "", ModeTrigger, ModeLogical:
-	default:
-		return s.specErr("mode", "write mode: trigger or mode: logical (or leave it out for trigger)", "unknown mode %s", oneLineQuote(string(s.Mode)))
 	}
 
 	seenKey := map[string]int{}
@@ -806,39 +903,6 @@ func (s *Spec) Validate() error {
 		}
 	}
 
-	o := s.Sync
-	for _, b := range []struct {
-		f string
-		v int
-	}{{"sync.batch_size", o.BatchSize}, {"sync.min_batch_size", o.MinBatchSize}, {"sync.max_batch_size", o.MaxBatchSize}} {
-		if b.v < 0 {
-			return s.specErr(b.f, "write a positive number, or leave it out for the default", "must not be negative, got %d", b.v)
-		}
-	}
-	if o.MinBatchSize > 0 && o.MaxBatchSize > 0 && o.MinBatchSize > o.MaxBatchSize {
-		return s.specErr("sync.min_batch_size", "make min_batch_size at most max_batch_size",
-			"min_batch_size %d is larger than max_batch_size %d", o.MinBatchSize, o.MaxBatchSize)
-	}
-	if o.ApplyWorkers != 0 && s.Mode != ModeLogical {
-		return s.specErr("sync.apply_workers", "remove it, or set mode: logical (trigger mode has no stream to apply)",
-			"applies only to mode: logical, and the mode is %s", s.Mode)
-	}
-	if o.ApplyWorkers < 0 || o.ApplyWorkers > MaxApplyWorkers {
-		return s.specErr("sync.apply_workers", fmt.Sprintf("write a number from 1 to %d, or leave it out for the default", MaxApplyWorkers),
-			"must be between 1 and %d, got %d", MaxApplyWorkers, o.ApplyWorkers)
-	}
-	if o.NiceRatio < 0 || o.NiceRatio > MaxNiceRatio {
-		return s.specErr("sync.nice_ratio", fmt.Sprintf("write a number from 0 (no pause) to %g, e.g. 0.5", MaxNiceRatio),
-			"must be between 0 and %g, got %g", MaxNiceRatio, o.NiceRatio)
-	}
-	for _, dd := range []struct {
-		f string
-		v time.Duration
-	}{{"sync.target_batch_time", o.TargetBatchTime.Duration}, {"sync.max_replica_lag", o.MaxReplicaLag.Duration}, {"sync.lock_timeout", o.LockTimeout.Duration}} {
-		if dd.v < 0 {
-			return s.specErr(dd.f, "write a positive duration such as \"2s\", or leave it out for the default", "must not be negative, got %s", dd.v)
-		}
-	}
 	return nil
 }
 
@@ -872,7 +936,7 @@ func (s *Spec) Line(field string) int {
 }
 
 func (s *Spec) specErr(field, fix, format string, args ...any) *SpecError {
-	return newSpecError(s.File, s.Line(field), field, fmt.Sprintf(format, args...), fix)
+	return newSpecError(s.File, s.Line(field), s.fieldPath(field), fmt.Sprintf(format, args...), fix)
 }
 
 // AppTable is Table split into schema and name, following SQL identifier

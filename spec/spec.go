@@ -35,6 +35,10 @@ type Spec struct {
 	Forward map[string]string `yaml:"forward" json:"forward,omitempty"`
 	Reverse map[string]string `yaml:"reverse" json:"reverse,omitempty"`
 	Sync    SyncOptions       `yaml:"sync" json:"sync"`
+	// Tables is the several-tables form (two or more entries), instead of
+	// Table, Key, Target, Forward and Reverse at the top level; Members
+	// turns it into single-table specs.
+	Tables []TableSpec `yaml:"tables,omitempty" json:"tables,omitempty"`
 
 	// File is where the spec was read from ("" when it came from the state
 	// table); Lines maps a field path ("forward.email", "target.ddl", "key")
@@ -42,6 +46,9 @@ type Spec struct {
 	// point at the line to fix.
 	File  string         `yaml:"-" json:"-"`
 	Lines map[string]int `yaml:"-" json:"-"`
+	// prefix is "tables[i]." on a member of a multi-table spec: errors
+	// about its own fields name them where they are in the file.
+	prefix string
 }
 
 // Target is the green table as the DBA would write it.
@@ -150,7 +157,7 @@ func (e *SpecError) Error() string {
 
 // Errorf builds a SpecError for field, taking the line from s.Lines.
 func (s *Spec) Errorf(field, fix, format string, args ...any) *SpecError {
-	return &SpecError{File: s.File, Line: s.Lines[field], Field: field, Msg: fmt.Sprintf(format, args...), Fix: fix}
+	return &SpecError{File: s.File, Line: s.Lines[field], Field: s.fieldPath(field), Msg: fmt.Sprintf(format, args...), Fix: fix}
 }
 
 // ExitCode makes every spec error exit 2 (bad input).
