@@ -114,7 +114,7 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	if err != nil {
 		return err
 	}
-	plan, err := cutover.PlanTeardown(ctx, tx, name, m.Names)
+	plan, err := cutover.PlanTeardownMembers(ctx, tx, name, MemberNames(m.Spec))
 	tx.Rollback(ctx)
 	if err != nil {
 		return err
@@ -122,13 +122,17 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	if o.Out != nil {
 		o.printf("rollback %s (%s, before cutover): in one transaction, give %s its table back as before sync\n", name, m.Row.State, m.Names.App)
 		if plan.Adopted {
-			o.printf("  drop the view %s and move %s back to %s under its own name\n", m.Names.App, m.Names.Blue, m.Names.App.Schema)
+			for _, n := range MemberNames(m.Spec) {
+				o.printf("  drop the view %s and move %s back to %s under its own name\n", n.App, n.Blue, n.App.Schema)
+			}
 		}
 		for _, v := range plan.Views {
 			o.printf("  dependent view %s: created again over the table\n", v.Name)
 		}
 		if plan.Green {
-			o.printf("  drop %s, the sync triggers and functions\n", m.Names.Green)
+			for _, n := range MemberNames(m.Spec) {
+				o.printf("  drop %s, the sync triggers and functions\n", n.Green)
+			}
 		}
 		o.printf("  drop the schemas %s and %s\n", m.Names.BlueSchema, m.Names.GreenSchema)
 		if plan.Slot != "" {
@@ -140,7 +144,7 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	var tr *cutover.TeardownResult
 	err = runPhase(ctx, env, log, name, "rollback", func(ctx context.Context, ev *phaseEvent) error {
 		var err error
-		tr, err = cutover.Teardown(ctx, env.Pool, name, m.Names, cutover.SwapOptions{
+		tr, err = cutover.TeardownMembers(ctx, env.Pool, name, MemberNames(m.Spec), cutover.SwapOptions{
 			Lock: lo, OnRetry: lockRetry(log, "rollback", lo.Timeout, o.printf),
 		}, func(ctx context.Context, tx pgx.Tx, _ *cutover.TeardownPlan) error {
 			if err := state.Transition(ctx, tx, name, state.RolledBack); err != nil {
