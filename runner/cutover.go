@@ -105,6 +105,9 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
+	if err := requireSingleTable(m.Spec, "cutover"); err != nil {
+		return nil, err
+	}
 	switch m.Row.State {
 	case state.Synced:
 	case state.CutOver:

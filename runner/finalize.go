@@ -76,6 +76,9 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
+	if err := requireSingleTable(m.Spec, "finalize"); err != nil {
+		return nil, err
+	}
 	res := &FinalizeResult{SchemaVersion: SwapSchemaVersion, Migration: name, App: m.Names.App.String(),
 		QuietPeriodS: opts.QuietPeriod.Seconds(), Forced: opts.Force}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()

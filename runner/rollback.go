@@ -56,6 +56,9 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
+	if err := requireSingleTable(m.Spec, "rollback"); err != nil {
+		return nil, err
+	}
 	res := &RollbackResult{SchemaVersion: SwapSchemaVersion, Migration: name, From: m.Row.State}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
 	if m.Row.State != state.RolledBack && m.Row.State != state.Finalized {

@@ -115,6 +115,9 @@ func Status(ctx context.Context, env *Env, name string, opts ...StatusOptions) (
 		if err != nil {
 			return nil, err
 		}
+		if err := requireSingleTable(storedSpec(m), "status"); err != nil {
+			return nil, err
+		}
 		rows = []*state.Migration{m}
 	} else {
 		var err error

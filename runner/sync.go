@@ -112,6 +112,9 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 	start := time.Now()
 	r := &syncRun{env: env, opts: opts, log: env.Log.With().Str("migration", spec.Name).Logger()}
 	r.stats.Migration = spec.Name
+	if err := requireSingleTable(spec, "sync"); err != nil {
+		return nil, err
+	}
 	lock, err := env.Lock(ctx, spec.Name)
 	if err != nil {
 		return nil, err

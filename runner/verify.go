@@ -60,6 +60,9 @@ func Verify(ctx context.Context, env *Env, name string, opts VerifyOptions) (*ve
 	if err != nil {
 		return nil, err
 	}
+	if err := requireSingleTable(mig.Spec, "verify"); err != nil {
+		return nil, err
+	}
 	if err := verifiable(mig); err != nil {
 		return nil, err
 	}

@@ -42,12 +42,31 @@ func (s *Spec) Members() []*Spec {
 	if !s.MultiTable() {
 		return []*Spec{s}
 	}
-	order, _ := s.dependencyOrder()
+	order := s.Order()
 	out := make([]*Spec, 0, len(order))
 	for _, i := range order {
 		out = append(out, s.member(i))
 	}
 	return out
+}
+
+// Order is the indexes of Tables in dependency order (Members' order).
+func (s *Spec) Order() []int {
+	order, _ := s.dependencyOrder()
+	return order
+}
+
+// Member is the single-table spec of Tables[i] (see Members).
+func (s *Spec) Member(i int) *Spec { return s.member(i) }
+
+// ResolveReference is the index in Tables of the table a REFERENCES in
+// Tables[i]'s target DDL names, or -1 when it names none of them.
+func (s *Spec) ResolveReference(i int, name QualifiedName) int {
+	apps := make([]QualifiedName, len(s.Tables))
+	for j, t := range s.Tables {
+		apps[j], _ = parseQualifiedName(t.Table)
+	}
+	return resolveMember(apps, i, name)
 }
 
 // member builds the single-table spec of tables[i].
@@ -111,6 +130,8 @@ func (s *Spec) fieldPath(field string) string {
 // ForeignKey is one REFERENCES clause of a target DDL (a column constraint
 // or a FOREIGN KEY table constraint).
 type ForeignKey struct {
+	// Name is the constraint's name when CONSTRAINT name precedes it.
+	Name string
 	// Columns are the referencing columns in green (for a column
 	// constraint, the column it is written on).
 	Columns []string
@@ -120,7 +141,18 @@ type ForeignKey struct {
 	// RefColumns are the referenced columns; nil means the referenced
 	// table's primary key.
 	RefColumns []string
+	// Options are the clause's MATCH / ON DELETE / ON UPDATE /
+	// DEFERRABLE / INITIALLY words, as written.
+	Options string
+	// Start and End are the clause's bytes in the DDL: for a table
+	// constraint the whole element with the comma before it, for a column
+	// constraint [CONSTRAINT name] REFERENCES ... options.
+	Start, End int
 }
+
+// fkOptionWords may follow a REFERENCES clause's column list.
+var fkOptionWords = []string{"match", "full", "partial", "simple", "on", "delete", "update", "cascade", "restrict",
+	"no", "action", "deferrable", "initially", "deferred", "immediate"}
 
 // ForeignKeys reads the REFERENCES clauses of a CREATE TABLE statement with
 // the one SQL tokenizer. It reads what it can: text it cannot follow gives
@@ -160,23 +192,65 @@ func ForeignKeys(ddl string) []ForeignKey {
 		if depth != 1 || !t.Is("references") {
 			continue
 		}
-		fk, ok := parseReferences(toks, i+1)
+		fk, end, ok := parseReferences(toks, i+1)
 		if !ok {
 			continue
 		}
-		fk.Columns = elementColumns(toks, elemStart, i)
+		fk.End = toks[end-1].End()
+		clause := i
+		if i >= 2 && toks[i-2].Is("constraint") {
+			clause = i - 2
+			fk.Name, _ = toks[i-1].Ident()
+		}
+		if cols, cstart, isTable := elementColumns(toks, elemStart, i); isTable {
+			fk.Columns = cols
+			// The whole element goes, with the comma that separates it.
+			clause = cstart
+			if cstart > start+1 && toks[cstart-1].IsPunct(",") {
+				clause = cstart - 1
+			}
+			if cstart+1 < len(toks) && toks[cstart].Is("constraint") {
+				fk.Name, _ = toks[cstart+1].Ident()
+			}
+		} else {
+			fk.Columns = cols
+		}
+		fk.Start = toks[clause].Pos
+		if end > i {
+			fk.Options = strings.TrimSpace(ddl[optionsStart(toks, i+1, end):fk.End])
+		}
 		out = append(out, fk)
+		i = end - 1
 	}
 	return out
 }
 
-// parseReferences reads "name [ (cols) ]" after REFERENCES.
-func parseReferences(toks []sqllex.Token, i int) (ForeignKey, bool) {
+// optionsStart is the offset where a clause's options begin: after the
+// referenced name and its column list.
+func optionsStart(toks []sqllex.Token, i, end int) int {
+	for i < end && !toks[i].IsPunct("(") && slices.IndexFunc(fkOptionWords, toks[i].Is) < 0 {
+		i++
+	}
+	if i < end && toks[i].IsPunct("(") {
+		for i < end && !toks[i].IsPunct(")") {
+			i++
+		}
+		i++
+	}
+	if i >= end {
+		return toks[end-1].End()
+	}
+	return toks[i].Pos
+}
+
+// parseReferences reads "name [ (cols) ] [options]" after REFERENCES; end
+// is the index after the clause.
+func parseReferences(toks []sqllex.Token, i int) (fk ForeignKey, end int, ok bool) {
 	var parts []string
 	for i < len(toks) {
 		name, ok := toks[i].Ident()
 		if !ok {
-			return ForeignKey{}, false
+			return ForeignKey{}, 0, false
 		}
 		parts = append(parts, name)
 		i++
@@ -186,19 +260,34 @@ func parseReferences(toks []sqllex.Token, i int) (ForeignKey, bool) {
 		}
 		break
 	}
-	var fk ForeignKey
 	switch len(parts) {
 	case 1:
 		fk.Table = QualifiedName{Name: parts[0]}
 	case 2:
 		fk.Table = QualifiedName{Schema: parts[0], Name: parts[1]}
 	default:
-		return ForeignKey{}, false
+		return ForeignKey{}, 0, false
 	}
 	if i < len(toks) && toks[i].IsPunct("(") {
-		fk.RefColumns, _ = identList(toks, i)
+		fk.RefColumns, i = identList(toks, i)
 	}
-	return fk, true
+	for i < len(toks) {
+		t := toks[i]
+		switch {
+		case t.Is("not") && i+1 < len(toks) && toks[i+1].Is("deferrable"):
+			i += 2
+		case t.Is("set") && i+1 < len(toks) && (toks[i+1].Is("null") || toks[i+1].Is("default")):
+			i += 2
+			if i < len(toks) && toks[i].IsPunct("(") { // ON DELETE SET NULL (cols), PostgreSQL 15
+				_, i = identList(toks, i)
+			}
+		case slices.IndexFunc(fkOptionWords, t.Is) >= 0:
+			i++
+		default:
+			return fk, i, true
+		}
+	}
+	return fk, i, true
 }
 
 // identList reads "(a, b, ...)" at toks[i]; it returns the names and the
@@ -223,21 +312,36 @@ func identList(toks []sqllex.Token, i int) ([]string, int) {
 }
 
 // elementColumns: the referencing columns of the table element
-// toks[from:ref]: FOREIGN KEY (a, b) ... gives a, b; a column definition
-// gives its name.
-func elementColumns(toks []sqllex.Token, from, ref int) []string {
-	for j := from; j+1 < ref; j++ {
-		if toks[j].Is("foreign") && toks[j+1].Is("key") && j+2 < ref && toks[j+2].IsPunct("(") {
+// toks[from:ref]. [CONSTRAINT name] FOREIGN KEY (a, b) is a table
+// constraint (isTable) and gives a, b; a column definition gives its name.
+func elementColumns(toks []sqllex.Token, from, ref int) (cols []string, start int, isTable bool) {
+	for j := from; j+2 < ref; j++ {
+		if toks[j].Is("foreign") && toks[j+1].Is("key") && toks[j+2].IsPunct("(") {
 			cols, _ := identList(toks, j+2)
-			return cols
+			return cols, from, true
 		}
 	}
 	if from < ref && !toks[from].Is("constraint") {
 		if name, ok := toks[from].Ident(); ok {
-			return []string{name}
+			return []string{name}, from, false
 		}
 	}
-	return nil
+	return nil, from, false
+}
+
+// WithoutForeignKeys is ddl with the clauses of fks (from ForeignKeys of
+// the same ddl) cut out: greens are created without the foreign keys among
+// them, which are added NOT VALID once every green exists.
+func WithoutForeignKeys(ddl string, fks []ForeignKey) string {
+	sorted := slices.Clone(fks)
+	slices.SortFunc(sorted, func(a, b ForeignKey) int { return b.Start - a.Start })
+	for _, fk := range sorted {
+		if fk.Start < 0 || fk.End > len(ddl) || fk.Start > fk.End {
+			continue
+		}
+		ddl = ddl[:fk.Start] + " " + ddl[fk.End:]
+	}
+	return ddl
 }
 
 // Dependency is one edge of the graph: tables[From]'s target DDL references

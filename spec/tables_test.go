@@ -89,3 +89,47 @@ func tableNames(ms []*Spec) []string {
 	}
 	return out
 }
+
+func TestTablesForeignKeysParsed(t *testing.T) {
+	t.Parallel()
+	ddl := `CREATE TABLE items (
+  id bigint PRIMARY KEY,
+  order_id bigint NOT NULL CONSTRAINT items_order_fk REFERENCES "Shop".orders (id) ON DELETE CASCADE NOT NULL,
+  parent bigint REFERENCES items,
+  note text DEFAULT 'REFERENCES x',
+  CONSTRAINT items_sku_fk FOREIGN KEY (tenant, sku) REFERENCES skus (tenant, sku) MATCH FULL ON UPDATE SET NULL (sku) DEFERRABLE INITIALLY DEFERRED,
+  CHECK (id > 0)
+)`
+	fks := ForeignKeys(ddl)
+	if len(fks) != 3 {
+		t.Fatalf("got %d foreign keys: %+v", len(fks), fks)
+	}
+	a, b, c := fks[0], fks[1], fks[2]
+	if a.Name != "items_order_fk" || a.Table != (QualifiedName{Schema: "Shop", Name: "orders"}) || a.Columns[0] != "order_id" ||
+		a.RefColumns[0] != "id" || a.Options != "ON DELETE CASCADE" {
+		t.Errorf("column constraint: %+v", a)
+	}
+	if b.Table.Name != "items" || b.RefColumns != nil || b.Columns[0] != "parent" {
+		t.Errorf("self reference: %+v", b)
+	}
+	if c.Name != "items_sku_fk" || strings.Join(c.Columns, ",") != "tenant,sku" || c.Options != "MATCH FULL ON UPDATE SET NULL (sku) DEFERRABLE INITIALLY DEFERRED" {
+		t.Errorf("table constraint: %+v", c)
+	}
+	got := WithoutForeignKeys(ddl, fks)
+	for _, gone := range []string{"items_order_fk", "REFERENCES items", "items_sku_fk", "MATCH FULL"} {
+		if strings.Contains(got, gone) {
+			t.Errorf("WithoutForeignKeys left %q:\n%s", gone, got)
+		}
+	}
+	for _, kept := range []string{"bigint NOT NULL", "ON DELETE", "'REFERENCES x'", "CHECK (id > 0)", "parent bigint"} {
+		if kept == "ON DELETE" {
+			continue
+		}
+		if !strings.Contains(got, kept) {
+			t.Errorf("WithoutForeignKeys lost %q:\n%s", kept, got)
+		}
+	}
+	if !strings.Contains(got, "NOT NULL ,") && !strings.Contains(got, "NOT NULL  NOT NULL") {
+		t.Logf("stripped DDL:\n%s", got)
+	}
+}
