@@ -56,9 +56,6 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
-	if err := requireSingleTable(m.Spec, "rollback"); err != nil {
-		return nil, err
-	}
 	res := &RollbackResult{SchemaVersion: SwapSchemaVersion, Migration: name, From: m.Row.State}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
 	if m.Row.State != state.RolledBack && m.Row.State != state.Finalized {
@@ -71,7 +68,9 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	// every change is named, in the output, the result and the event log,
 	// since the swap back or the teardown may not carry it.
 	var drift *driftCheck
-	if m.Row.State == state.CutOver || m.Row.State == state.Synced || m.Row.State == state.Syncing {
+	// Several tables: no fingerprint is recorded yet (the drift check is
+	// the cutover stage's), so there is nothing to compare.
+	if !m.Spec.MultiTable() && (m.Row.State == state.CutOver || m.Row.State == state.Synced || m.Row.State == state.Syncing) {
 		var w []string
 		if drift, w = rollbackDriftWarnings(ctx, env, m); len(w) > 0 {
 			res.Warnings = append(res.Warnings, w...)
@@ -82,6 +81,11 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	}
 	switch m.Row.State {
 	case state.CutOver:
+		// Before cutover (the teardown) several tables are handled; the
+		// swap back comes with cutover's.
+		if err := requireSingleTable(m.Spec, "rollback after cutover"); err != nil {
+			return nil, err
+		}
 		res.Kind = "swap"
 		cr := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "rollback", App: m.Names.App.String()}
 		res.Swap = cr

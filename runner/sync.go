@@ -112,9 +112,6 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 	start := time.Now()
 	r := &syncRun{env: env, opts: opts, log: env.Log.With().Str("migration", spec.Name).Logger()}
 	r.stats.Migration = spec.Name
-	if err := requireSingleTable(spec, "sync"); err != nil {
-		return nil, err
-	}
 	lock, err := env.Lock(ctx, spec.Name)
 	if err != nil {
 		return nil, err
@@ -124,7 +121,7 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 		return nil, spec.Errorf("mode", "use mode: trigger, or migrate the tables one at a time",
 			"mode logical is not supported for a migration of several tables yet: their changes would have to arrive together, and the stream applies each table's on its own")
 	}
-	if err := gateNewSyncMembers(ctx, env, spec); err != nil {
+	if err := gateNewSync(ctx, env, spec); err != nil {
 		return nil, interrupted(ctx, err)
 	}
 	// A migration under way (no plan gate): its privileges, before Ensure

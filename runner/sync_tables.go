@@ -611,15 +611,3 @@ func namesOf(sp *spec.Spec) shadow.Names {
 	return membersOf(sp)[0].names
 }
 
-// gateNewSyncMembers is sync's plan gate (gateNewSync). For several
-// tables it plans each member on its own: plan does not rehearse several
-// tables in one transaction yet (issue 14, the plan stage), and each
-// member's hazards (its key, types, privileges, triggers) are its own.
-func gateNewSyncMembers(ctx context.Context, env *Env, sp *spec.Spec) error {
-	for _, m := range sp.Members() {
-		if err := gateNewSync(ctx, env, m); err != nil {
-			return err
-		}
-	}
-	return nil
-}
