@@ -93,6 +93,14 @@ type PlanResult struct {
 	Warnings   int                `json:"warnings"`
 	Infos      int                `json:"infos"`
 	Mapping    *shadow.Mapping    `json:"mapping,omitempty"`
+
+	// Tables and Order are a spec with several tables (issue 14): one
+	// section per table, each a one-table plan of its own, in Order
+	// (referenced tables first); the top-level Steps are then what links
+	// them (the greens' foreign keys), the counts and the estimate are the
+	// sums, and Table and GreenTable list every table in Order.
+	Tables []*PlanResult `json:"tables,omitempty"`
+	Order  []string      `json:"order,omitempty"`
 }
 
 // ServerInfo identifies the PostgreSQL server plan ran against.
@@ -162,6 +170,9 @@ var errRolledBack = errors.New("plan rehearsal rolled back")
 // *spec.SpecError naming the spec line and the offending key (exit 2).
 // Blocking hazards are in the result (the CLI exits 3), not an error.
 func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*PlanResult, error) {
+	if spec.MultiTable() {
+		return planTables(ctx, env, spec, opts)
+	}
 	opts = opts.withDefaults(spec)
 	var res *PlanResult
 	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
@@ -186,6 +197,11 @@ func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*Pl
 		return nil, err
 	}
 	res.Rehearsal.RolledBack = true
+	res.countHazards()
+	return res, nil
+}
+
+func (res *PlanResult) countHazards() {
 	for _, h := range res.Hazards {
 		switch h.Severity {
 		case shadow.Blocking:
@@ -196,7 +212,6 @@ func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*Pl
 			res.Infos++
 		}
 	}
-	return res, nil
 }
 
 type planner struct {
@@ -216,8 +231,11 @@ type planner struct {
 	lockFrom time.Time
 	swap     *cutover.SwapPlan // cutover's plan on the rehearsed catalog
 	swapErr  error
-	ixSQL    [][]string           // per target.indexes item: the SQL sync runs (a partitioned green: several statements)
-	parts    []spec.QualifiedName // green's partitions (the whole tree), as the rehearsal created them
+	ixSQL    [][]string // per target.indexes item: the SQL sync runs (a partitioned green: several statements)
+	// members are every table of a multi-table migration: their foreign
+	// keys to this one are declared among the greens, not moved at cutover.
+	members []spec.QualifiedName
+	parts   []spec.QualifiedName // green's partitions (the whole tree), as the rehearsal created them
 }
 
 // skipRehearsal are the blocking hazards that make a rehearsal impossible
@@ -275,6 +293,11 @@ SELECT c.relkind::text, c.relpersistence::text FROM pg_class c JOIN pg_namespace
 
 	if p.app, err = loadApp(ctx, tx, s); err != nil {
 		return err
+	}
+	if p.members != nil {
+		p.app.ReferencedBy = slices.DeleteFunc(slices.Clone(p.app.ReferencedBy), func(fk shadow.ForeignKey) bool {
+			return slices.Contains(p.members, fk.Table)
+		})
 	}
 	if err := p.privileges(ctx); err != nil {
 		return err
@@ -478,7 +501,7 @@ func checkCommandPrivileges(ctx context.Context, env *Env, m *Migration, step st
 
 // specErr builds a SpecError for field, with the nearest line the spec has.
 func specErr(s *spec.Spec, field, fix, format string, args ...any) *spec.SpecError {
-	return &spec.SpecError{File: s.File, Line: s.Line(field), Field: field, Fix: fix,
+	return &spec.SpecError{File: s.File, Line: s.Line(field), Field: s.FieldPath(field), Fix: fix,
 		Msg: strings.Join(strings.Fields(fmt.Sprintf(format, args...)), " ")}
 }
 
@@ -839,7 +862,7 @@ func (p *planner) checkNotNull(ctx context.Context, side string, d *shadow.Direc
 	other := map[string]string{"forward": "green", "reverse": "blue"}[side]
 	f := specErr(p.spec, field, fix, "%s maps the row with key (%s)=%s to NULL, but %s.%s is NOT NULL",
 		side+"."+col, strings.Join(p.build.Mapping.Key, ", "), key, other, col)
-	f.Field = side + "." + col
+	f.Field = p.spec.FieldPath(side + "." + col)
 	return f
 }
 
@@ -878,7 +901,7 @@ func (p *planner) narrow(ctx context.Context, side string, d *shadow.Direction, 
 			key = p.keyOf(ctx, rel, ctid)
 		}
 		e := specErr(p.spec, field, fix, "%s.%s fails on the row with key %s: %s", side, c.Target, key, shadow.ErrText(colErr))
-		e.Field = side + "." + c.Target
+		e.Field = p.spec.FieldPath(side + "." + c.Target)
 		return e
 	}
 	return specErr(p.spec, side, "check the "+side+" expressions", "evaluating the %s mapping fails: %s", side, shadow.ErrText(whole))

@@ -1,7 +1,18 @@
 package runner
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/shadow"
 
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
@@ -31,4 +42,211 @@ func storedSpec(m *state.Migration) *spec.Spec {
 		return nil
 	}
 	return &s
+}
+
+// planTables is plan for a spec with several tables. In one transaction,
+// always rolled back: the foreign keys' targets are checked against the
+// catalog; every green is created in dependency order without the foreign
+// keys among the greens, their types compared, the keys added NOT VALID and
+// validated, as sync will (one savepoint, released before the tables are
+// planned); then each table gets the one-table rehearsal (adopt, green,
+// triggers, the sample, the steps), in order, each in a savepoint of its own
+// so that one table's adopt lock is released before the next is taken.
+func planTables(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions) (*PlanResult, error) {
+	opts = opts.withDefaults(s)
+	var res *PlanResult
+	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
+		ev := env.Log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
+		for _, b := range blockers {
+			ev = ev.Str("blocked_by", b.String())
+		}
+		ev.Msgf("plan: waiting for a lock on a table of %s (lock_timeout %s)", s.Name, opts.Lock.Timeout)
+	}
+	err := shadow.RunWithLockRetry(ctx, env.Pool, "plan", opts.Lock, onRetry, func(tx pgx.Tx) error {
+		r, err := rehearseTables(ctx, env, s, opts, tx)
+		if err != nil {
+			return err
+		}
+		res = r
+		return errRolledBack
+	})
+	if !errors.Is(err, errRolledBack) {
+		if db.SQLState(err) == db.QueryCanceled && ctx.Err() == nil {
+			return nil, fmt.Errorf("plan: a rehearsal statement ran longer than statement_timeout %s (raise --statement-timeout): %w", opts.StatementTimeout, err)
+		}
+		return nil, err
+	}
+	res.Rehearsal.RolledBack = true
+	res.Rehearsal.Done = true
+	for _, t := range res.Tables {
+		t.Rehearsal.RolledBack = true
+		t.countHazards()
+		res.Blocking += t.Blocking
+		res.Warnings += t.Warnings
+		res.Infos += t.Infos
+		res.Rehearsal.Done = res.Rehearsal.Done && t.Rehearsal.Done
+		res.Rehearsal.LockHeldMS += t.Rehearsal.LockHeldMS
+		if t.Rehearsal.Skipped != "" && res.Rehearsal.Skipped == "" {
+			res.Rehearsal.Skipped = t.Table + ": " + t.Rehearsal.Skipped
+		}
+		e, te := &res.Estimate, t.Estimate
+		e.Rows += te.Rows
+		e.BlueTableBytes += te.BlueTableBytes
+		e.BlueIndexBytes += te.BlueIndexBytes
+		e.GreenTableBytes += te.GreenTableBytes
+		e.GreenIndexBytes += te.GreenIndexBytes
+		e.GreenTotalBytes += te.GreenTotalBytes
+		e.DiskNeededBytes += te.DiskNeededBytes
+		e.BackfillSeconds += te.BackfillSeconds
+		e.RowsPerSecond = te.RowsPerSecond
+	}
+	res.Estimate.Note = "the sums over the tables (each table's own estimate is in its section); the copies run table by table in the order shown"
+	return res, nil
+}
+
+func rehearseTables(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions, tx pgx.Tx) (*PlanResult, error) {
+	names := shadow.MemberNamesFor(s.Name, spec.QualifiedName{}, true)
+	res := &PlanResult{
+		SchemaVersion: PlanSchemaVersion, Migration: s.Name, SpecFile: s.File, Mode: s.Mode,
+		BlueSchema: names.BlueSchema, GreenSchema: names.GreenSchema,
+		Steps: []PlanStep{}, Hazards: []shadow.Hazard{}, Key: []string{}, Privileges: []shadow.Privilege{},
+		Order: []string{}, Tables: []*PlanResult{},
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('statement_timeout', $1, true)`,
+		fmt.Sprintf("%dms", opts.StatementTimeout.Milliseconds())); err != nil {
+		return nil, err
+	}
+	if err := tx.QueryRow(ctx, `SELECT pg_catalog.current_setting('server_version')`).Scan(&res.Server.Version); err != nil {
+		return nil, err
+	}
+	res.Server.Major = env.ServerMajor
+	order := s.Order()
+	var members []spec.QualifiedName
+	var tables, greens []string
+	for _, i := range order {
+		m := s.Member(i)
+		members = append(members, m.AppTable())
+		tables = append(tables, m.AppTable().String())
+		greens = append(greens, shadow.MemberNamesFor(s.Name, m.AppTable(), true).Green.String())
+	}
+	res.Order, res.Table, res.GreenTable = tables, strings.Join(tables, ", "), strings.Join(greens, ", ")
+
+	if err := shadow.CheckForeignKeyTargets(ctx, tx, s); err != nil {
+		return nil, err
+	}
+	fks, createSQL, err := rehearseGreenLinks(ctx, tx, s, order)
+	if err != nil {
+		return nil, err
+	}
+
+	for _, i := range order {
+		m := s.Member(i)
+		// The green is created without its foreign keys to the other
+		// greens (added once every green exists), which also keeps this
+		// table's rehearsal from reaching into a blue it does not lock.
+		m.Target.DDL = shadow.MemberGreenDDL(s, i)
+		p := &planner{env: env, spec: m, opts: opts, tx: tx, members: members,
+			n: shadow.MemberNamesFor(s.Name, m.AppTable(), true)}
+		if _, err := tx.Exec(ctx, "SAVEPOINT gs_plan_member"); err != nil {
+			return nil, err
+		}
+		if err := p.run(ctx); err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT gs_plan_member"); err != nil {
+			return nil, err
+		}
+		res.Tables = append(res.Tables, p.res)
+	}
+
+	add := func(st shadow.Step, note string) {
+		res.Steps = append(res.Steps, PlanStep{N: len(res.Steps) + 1, Step: st, Command: "sync", Exact: false, Note: note})
+	}
+	const coming = "rehearsed here as one transaction; sync for several tables is coming (today it refuses them)"
+	add(shadow.Step{
+		Name:        "create-greens",
+		Description: "create every green in dependency order (" + strings.Join(tables, " → ") + "), without the foreign keys among them",
+		SQL:         createSQL,
+		Lock:        "none on the app tables (new tables in " + names.GreenSchema + ")",
+		LockHold:    "-", Transactional: true,
+	}, coming+"; each table's own section shows its adopt, green and triggers as the one-table sync runs them")
+	if len(fks) > 0 {
+		var addSQL, validate, rels []string
+		for _, g := range fks {
+			addSQL = append(addSQL, g.Add)
+			validate = append(validate, g.Validate)
+			rels = append(rels, g.Child.String()+" → "+g.Parent.String())
+		}
+		add(shadow.Step{
+			Name:        "add-foreign-keys",
+			Description: "once every green exists: the foreign keys among the greens, NOT VALID (checked for new rows, the copied ones are not scanned): " + strings.Join(rels, ", "),
+			SQL:         addSQL,
+			Lock:        "SHARE ROW EXCLUSIVE on each referencing and referenced green (blue untouched)",
+			LockHold:    "milliseconds (catalog only)", Transactional: true,
+		}, coming+"; a foreign key column and the key it references were checked to have the same type")
+		add(shadow.Step{
+			Name:        "validate-foreign-keys",
+			Description: "after every copy: validate the foreign keys among the greens",
+			SQL:         validate,
+			Lock:        "SHARE UPDATE EXCLUSIVE on the referencing green, ROW SHARE on the referenced one (no write blocked)",
+			LockHold:    "a scan of the referencing green", Transactional: true,
+		}, coming)
+	}
+	return res, nil
+}
+
+// rehearseGreenLinks creates every green (without the foreign keys among
+// them), compares the foreign keys' column types, adds them NOT VALID and
+// validates them, in a savepoint it rolls back. It returns the foreign keys
+// and the creating SQL.
+func rehearseGreenLinks(ctx context.Context, tx pgx.Tx, s *spec.Spec, order []int) ([]shadow.GreenForeignKey, []string, error) {
+	if _, err := tx.Exec(ctx, "SAVEPOINT gs_plan_links"); err != nil {
+		return nil, nil, err
+	}
+	names := shadow.MemberNamesFor(s.Name, spec.QualifiedName{}, true)
+	createSQL := []string{"CREATE SCHEMA " + db.Ident(names.GreenSchema)}
+	if _, err := tx.Exec(ctx, createSQL[0]); err != nil {
+		return nil, nil, fmt.Errorf("rehearse the green schema %s: %w", names.GreenSchema, err)
+	}
+	for _, i := range order {
+		m := s.Member(i)
+		stmts := []string{
+			"SET LOCAL search_path TO " + db.Ident(names.GreenSchema) + ", " + db.Ident(m.AppTable().Schema),
+			strings.TrimRight(strings.TrimSpace(shadow.MemberGreenDDL(s, i)), ";"),
+		}
+		for _, part := range m.Target.Partitions {
+			stmts = append(stmts, strings.TrimRight(strings.TrimSpace(part), ";"))
+		}
+		for _, q := range stmts {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				if isDataError(err) {
+					return nil, nil, m.Errorf("target.ddl", "fix the CREATE TABLE statement", "creating the green fails: %s", shadow.ErrText(err))
+				}
+				return nil, nil, fmt.Errorf("rehearse the green of %s: %w", m.AppTable(), err)
+			}
+		}
+		createSQL = append(createSQL, stmts...)
+	}
+	createSQL = append(createSQL, "RESET search_path")
+	if _, err := tx.Exec(ctx, "RESET search_path"); err != nil {
+		return nil, nil, err
+	}
+	fks := shadow.GreenForeignKeys(s)
+	if err := shadow.CheckForeignKeyTypes(ctx, tx, s, fks); err != nil {
+		return nil, nil, err
+	}
+	for _, g := range fks {
+		for _, q := range []string{g.Add, g.Validate} {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				if isDataError(err) {
+					return nil, nil, s.Errorf(g.Field, "fix the REFERENCES clause", "the foreign key %s cannot be created between the greens: %s", g.Name, shadow.ErrText(err))
+				}
+				return nil, nil, fmt.Errorf("rehearse the foreign key %s: %w", g.Name, err)
+			}
+		}
+	}
+	if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT gs_plan_links"); err != nil {
+		return nil, nil, err
+	}
+	return fks, createSQL, nil
 }

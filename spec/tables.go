@@ -118,8 +118,10 @@ func isTableField(f string) bool {
 	return false
 }
 
-// fieldPath is the path an error about field names in the file: a member's
-// own fields sit under its tables[i].
+// FieldPath is where field is in the file, for errors built outside this
+// package: a member's own fields sit under its tables[i].
+func (s *Spec) FieldPath(field string) string { return s.fieldPath(field) }
+
 func (s *Spec) fieldPath(field string) string {
 	if s.prefix != "" && isTableField(field) {
 		return s.prefix + field
