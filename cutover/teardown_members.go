@@ -18,7 +18,9 @@ import (
 // migration's, shared by the members, so each is dropped once, after
 // every member's objects are gone (a member's DROP SCHEMA would otherwise
 // meet the other members' tables); locks are each member's, each relation
-// once.
+// once. Members are torn down in the reverse order, referencing tables
+// first: a green that another green's foreign key references cannot be
+// dropped before it.
 func PlanTeardownMembers(ctx context.Context, q db.Querier, migration string, members []shadow.Names) (*TeardownPlan, error) {
 	if len(members) == 1 {
 		return PlanTeardown(ctx, q, migration, members[0])
@@ -26,7 +28,7 @@ func PlanTeardownMembers(ctx context.Context, q db.Querier, migration string, me
 	out := &TeardownPlan{Migration: migration, App: members[0].App}
 	var shared []string
 	seen := map[uint32]bool{}
-	for _, n := range members {
+	for _, n := range slices.Backward(members) {
 		p, err := PlanTeardown(ctx, q, migration, n)
 		if err != nil {
 			return nil, err

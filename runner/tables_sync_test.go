@@ -200,7 +200,7 @@ func TestTablesSyncUnderWriters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if stats.State != state.Synced || stats.Rows < 3000+9000 {
+	if stats.State != state.Synced || stats.Rows < 9000 { // the writers delete some before they are copied
 		t.Fatalf("sync: state %s, rows %d", stats.State, stats.Rows)
 	}
 	time.Sleep(300 * time.Millisecond) // writes through both directions now
