@@ -610,4 +610,3 @@ func namesOf(sp *spec.Spec) shadow.Names {
 	}
 	return membersOf(sp)[0].names
 }
-

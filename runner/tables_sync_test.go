@@ -7,6 +7,7 @@ import (
 	"strings"
 	gosync "sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -353,5 +354,70 @@ func TestTablesSyncLogicalRefused(t *testing.T) {
 	}
 	if d := coDiff(before, coCatalog(t, pool)); d != "" {
 		t.Fatalf("a refused sync changed the catalog:\n%s", d)
+	}
+}
+
+// TestTablesSyncKilledResumes: greenswap sync is killed (SIGKILL) during
+// the second table's backfill, with writers on both tables; the re-run
+// resumes order_items from its checkpoint (orders is not copied again),
+// and the result equals blue with the foreign key among the greens valid.
+func TestTablesSyncKilledResumes(t *testing.T) {
+	t.Parallel()
+	bin := syncBuildCLI(t)
+	ctx := context.Background()
+	pool, dsn := syncNewDB(t)
+	if _, err := pool.Exec(ctx, tablesSchema(2000, 5)); err != nil {
+		t.Fatal(err)
+	}
+	file := syncWriteSpec(t, tablesSpec("oik"))
+	w := startTablesWorkload(t, dsn, 2, 7)
+	r := syncStartCLI(t, bin, dsn, "sync", "-f", file, "--batch-size", "100")
+	var at state.TableProgress
+	for {
+		select {
+		case err := <-r.done:
+			t.Fatalf("sync ended before the kill: %v\n%s", err, r.stderr.String())
+		case <-time.After(3 * time.Millisecond):
+		}
+		m, err := state.Get(ctx, pool, "oik")
+		if err != nil {
+			continue
+		}
+		if tb, _ := m.Tables(); tb["public.order_items"].RowsCopied > 0 {
+			r.cmd.Process.Signal(syscall.SIGKILL)
+			<-r.done
+			break
+		}
+	}
+	m, err := state.Get(ctx, pool, "oik")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, _ := m.Tables()
+	o := tables["public.orders"]
+	at = tables["public.order_items"]
+	if !o.Done || at.Done || at.RowsCopied == 0 || m.Phase != PhaseBackfill || m.State != state.Syncing {
+		t.Fatalf("after the kill: orders %+v, items %+v, %s/%s", o, at, m.State, m.Phase)
+	}
+	env := syncTestEnv(t, dsn)
+	var stats *SyncStats
+	syncWaitFor(t, 10*time.Second, "the killed run's lock to go", func() bool {
+		stats, err = Sync(ctx, env, syncSpec(t, tablesSpec("oik")), SyncOptions{BatchSize: 500})
+		return exitcode.Of(err) != exitcode.Busy
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := w.stop(); len(errs) > 0 {
+		t.Fatalf("%d writer errors, first: %v", len(errs), errs[0])
+	}
+	if stats.State != state.Synced || stats.Rows == 0 || stats.Rows > 10000-at.RowsCopied+500 {
+		t.Fatalf("resumed sync: %s, copied %d rows; order_items had %d of ~10000 at the kill", stats.State, stats.Rows, at.RowsCopied)
+	}
+	if od, id := tablesDiff(t, pool, "oik"); od != 0 || id != 0 {
+		t.Fatalf("blue vs green differ: %d, %d", od, id)
+	}
+	if all, valid := tablesFKs(t, pool, "oik"); all != 1 || valid != 1 {
+		t.Fatalf("foreign keys among the greens: %d, %d validated", all, valid)
 	}
 }
