@@ -89,8 +89,8 @@ func tablesDiff(t *testing.T, q db.Querier, name string) (orders, items int64) {
 }
 
 // tablesWorkload: writers through the app names, each transaction an
-// order with its items, an update of both, or an order deleted (its
-// items cascade in blue).
+// order with its items, an update of both, an update of an item alone,
+// or an order deleted (its items cascade in blue).
 type tablesWorkload struct {
 	ops    atomic.Int64
 	errs   []error
@@ -133,7 +133,7 @@ func startTablesWorkload(t *testing.T, dsn string, workers int, seed uint64) *ta
 }
 
 func tablesOp(ctx context.Context, tx pgx.Tx, rng *rand.Rand) error {
-	switch rng.IntN(3) {
+	switch rng.IntN(4) {
 	case 0:
 		var id int
 		if err := tx.QueryRow(ctx, `INSERT INTO public.orders (email, amount) VALUES ($1, $2) RETURNING id`,
@@ -152,6 +152,10 @@ func tablesOp(ctx context.Context, tx pgx.Tx, rng *rand.Rand) error {
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE public.order_items SET qty = qty + 1 WHERE order_id = $1`, id)
+		return err
+	case 2:
+		// An item alone: its order is not written in this transaction.
+		_, err := tx.Exec(ctx, `UPDATE public.order_items SET qty = qty + 1 WHERE id = $1`, 1+rng.IntN(9000))
 		return err
 	default:
 		_, err := tx.Exec(ctx, `DELETE FROM public.orders WHERE id = (SELECT max(id) - $1 FROM public.orders)`, rng.IntN(1500))
@@ -197,7 +201,7 @@ func TestTablesSyncUnderWriters(t *testing.T) {
 	sp := syncSpec(t, tablesSpec("oi"))
 	w := startTablesWorkload(t, dsn, 8, 1)
 	syncWaitFor(t, 10*time.Second, "the writers to start", func() bool { return w.ops.Load() > 20 })
-	stats, err := Sync(ctx, env, sp, SyncOptions{BatchSize: 500})
+	stats, err := Sync(ctx, env, sp, SyncOptions{BatchSize: 200, NiceRatio: 0.5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,6 +245,15 @@ func TestTablesSyncUnderWriters(t *testing.T) {
 	}
 	if len(p.Tables) != 2 || p.Tables[0].Table != "public.orders" || p.Tables[1].Table != "public.order_items" || !p.Tables[1].Done {
 		t.Fatalf("progress tables: %+v", p.Tables)
+	}
+
+	rep, err := Status(ctx, env, "oi", StatusOptions{Sample: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := rep.Migrations[0]; len(st.Tables) != 2 || st.Tables[0].Table != "public.orders" || st.Tables[0].Percent != 100 ||
+		st.Progress.RowsCopied != st.Tables[0].RowsCopied+st.Tables[1].RowsCopied || st.Table != "public.orders, public.order_items" {
+		t.Fatalf("status: %+v", st)
 	}
 
 	// A second sync has nothing to do.
@@ -400,6 +413,10 @@ func TestTablesSyncKilledResumes(t *testing.T) {
 		t.Fatalf("after the kill: orders %+v, items %+v, %s/%s", o, at, m.State, m.Phase)
 	}
 	env := syncTestEnv(t, dsn)
+	if p, err := ReadSyncProgress(ctx, env, "oik"); err != nil || len(p.Tables) != 2 || p.Tables[0].Copying || !p.Tables[1].Copying ||
+		p.Tables[1].RowsCopied != at.RowsCopied || p.RowsCopied != o.RowsCopied+at.RowsCopied {
+		t.Fatalf("progress after the kill: %+v, %v", p, err)
+	}
 	var stats *SyncStats
 	syncWaitFor(t, 10*time.Second, "the killed run's lock to go", func() bool {
 		stats, err = Sync(ctx, env, syncSpec(t, tablesSpec("oik")), SyncOptions{BatchSize: 500})
