@@ -438,3 +438,49 @@ func TestTablesSyncKilledResumes(t *testing.T) {
 		t.Fatalf("foreign keys among the greens: %d, %d validated", all, valid)
 	}
 }
+
+// TestTablesTeardownBeforeBackfill: a migration of several tables rolled
+// back right after setup (every table adopted, every green with its
+// triggers, the foreign keys among them dropped) gives the app every
+// table back in one transaction: the catalog is as before, no gs_ object.
+func TestTablesTeardownBeforeBackfill(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := syncNewDB(t)
+	if _, err := pool.Exec(ctx, tablesSchema(50, 2)); err != nil {
+		t.Fatal(err)
+	}
+	before := coCatalog(t, pool)
+	env := syncTestEnv(t, dsn)
+	if _, err := Sync(ctx, env, syncSpec(t, tablesSpec("oit")), SyncOptions{StopAfterSetup: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n := testkit.Count(t, pool, `SELECT count(*) FROM pg_class WHERE relnamespace = 'gs_oit_green'::regnamespace AND relkind = 'r'`); n != 2 {
+		t.Fatalf("%d greens after setup, want 2", n)
+	}
+	if n := testkit.Count(t, pool, `SELECT count(*) FROM pg_trigger WHERE tgname = 'gs_sync_oit'`); n != 4 {
+		t.Fatalf("%d sync triggers after setup, want 4 (blue and green of each table)", n)
+	}
+	if all, _ := tablesFKs(t, pool, "oit"); all != 0 {
+		t.Fatalf("%d foreign keys among the greens during the copy, want 0", all)
+	}
+	var out strings.Builder
+	res, err := Rollback(ctx, env, "oit", SwapCommandOptions{Out: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Kind != "teardown" || res.State != state.RolledBack {
+		t.Fatalf("rollback: %+v", res)
+	}
+	for _, want := range []string{"drop the view public.orders", "drop the view public.order_items", "drop gs_oit_green.order_items"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("rollback output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if d := coDiff(before, coCatalog(t, pool)); d != "" {
+		t.Fatalf("the catalog after the teardown is not as before the migration:\n%s", d)
+	}
+	if n := testkit.Count(t, pool, `SELECT count(*) FROM pg_proc WHERE proname LIKE 'gs\_%'`); n != 0 {
+		t.Fatalf("%d gs_ functions left", n)
+	}
+}
