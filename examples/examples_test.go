@@ -80,6 +80,22 @@ func TestExamples(t *testing.T) {
 			if res.Blocking > 0 {
 				t.Fatalf("plan found %d blocking hazards", res.Blocking)
 			}
+			if spec.MultiTable() {
+				// Several tables (issue 14, orders-with-items): plan handles
+				// them, sync and the rest of the lifecycle refuse them (exit 2)
+				// until they do, so such an example stops after plan for now.
+				for _, m := range spec.Members() {
+					var kind string
+					app := m.AppTable()
+					if err := pool.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = $1::regclass`, db.Ident(app.Schema, app.Name)).Scan(&kind); err != nil || kind != "r" {
+						t.Fatalf("after plan %s is relkind %q (%v), want the untouched table", app, kind, err)
+					}
+				}
+				if len(res.Tables) != len(spec.Tables) || !res.Rehearsal.Done {
+					t.Fatalf("plan of several tables: %d sections for %d tables, rehearsal %+v", len(res.Tables), len(spec.Tables), res.Rehearsal)
+				}
+				return
+			}
 			var kind string
 			app := spec.AppTable()
 			if err := pool.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = $1::regclass`, db.Ident(app.Schema, app.Name)).Scan(&kind); err != nil || kind != "r" {

@@ -50,6 +50,14 @@ func FuzzLoadSpec(f *testing.F) {
 		partEdit("CREATE INDEX events_at_idx ON events", "CREATE INDEX ON events"),
 		"name: a\ntable: t\ntarget:\n  ddl: CREATE TABLE t (a int) PARTITION BY LIST (a)\n  partitions: [CREATE TABLE p PARTITION OF t DEFAULT, CREATE TABLE p PARTITION OF t DEFAULT]\n",
 		`{"name":"a","table":"t","target":{"ddl":"CREATE TABLE t (a int) PARTITION BY LIST (a)","partitions":["CREATE TABLE \"p\"\"q\" PARTITION OF t FOR VALUES IN (1)",null]}}`,
+		// tables:
+		multiYAML,
+		strings.Replace(multiYAML, "  - table: public.orders\n", "  - table: public.order_items\n", 1),
+		strings.Replace(multiYAML, "note text)", "note text, i bigint REFERENCES order_items)", 1),
+		strings.Replace(multiYAML, "mode: trigger\n", "mode: trigger\nkey: [id]\n", 1),
+		"name: a\ntables:\n  - table: t\n    target: {ddl: CREATE TABLE t (id int REFERENCES t)}\n",
+		"name: a\ntables: [{table: a, target: {ddl: 'CREATE TABLE a (id int)'}}, {table: x.a, target: {ddl: 'CREATE TABLE a (id int)'}}]\n",
+		`{"name":"a","tables":[{"table":"p","target":{"ddl":"CREATE TABLE p (id int PRIMARY KEY)"}},{"table":"c","target":{"ddl":"CREATE TABLE c (id int, FOREIGN KEY (id) REFERENCES p)"}}]}`,
 	}
 	for _, s := range seeds {
 		for format := range uint8(3) {
@@ -93,5 +101,10 @@ func FuzzLoadSpec(f *testing.F) {
 			t.Fatalf("round trip differs:\n got %#v\nwant %#v", b, a)
 		}
 		_ = s.AppTable()
+		for _, m := range s.Members() {
+			if err := m.Validate(); err != nil {
+				t.Fatalf("a member of an accepted spec does not validate: %v", err)
+			}
+		}
 	})
 }

@@ -479,7 +479,9 @@ func (s *Spec) validateTables() error {
 		"forward": len(s.Forward) > 0, "reverse": len(s.Reverse) > 0,
 	}
 	for _, f := range tableFields {
-		if single[f] || s.Lines[f] > 0 {
+		// By value, not by presence: the stored JSON of a tables: spec
+		// carries an empty table and target.
+		if single[f] {
 			return s.specErr(f, "move it into its entry under tables:, or remove tables: for a one-table migration",
 				"a spec with tables: names each table's fields in its entry, not at the top level")
 		}

@@ -36,6 +36,11 @@ It also lists the privileges each command needs and whether the connecting role 
 them; one that plan or sync needs and the role lacks ends plan with exit 2, naming the
 GRANT that gives it.
 
+A spec with several tables (tables:) is planned as one migration: every table is
+rehearsed in the same rolled-back transaction, referenced tables first, the foreign keys
+among the greens added NOT VALID once every green exists, and each table gets its own
+section (--json: "tables" and "order"). The other commands refuse such a spec for now.
+
 Exit codes: 0 nothing blocking; 2 bad input (spec, missing table, unreachable database,
 a missing privilege); 3 blocking hazards. See greenswap help exit-codes.`,
 		Flags: []cli.Flag{
@@ -139,6 +144,10 @@ func writeJSONError(w io.Writer, version int, err error) {
 
 // writePlan prints the plan for a human.
 func writePlan(w io.Writer, r *runner.PlanResult, path string) {
+	if len(r.Tables) > 0 {
+		writeTablesPlan(w, r, path)
+		return
+	}
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	mode := string(r.Mode)
 	p("greenswap plan: %s — %s → %s (%s mode)", r.Migration, r.Table, r.GreenTable, mode)
@@ -160,39 +169,25 @@ func writePlan(w io.Writer, r *runner.PlanResult, path string) {
 	}
 	p("  Result: %d blocking · %d warning%s · %d info", r.Blocking, r.Warnings, planPlural(r.Warnings), r.Infos)
 
+	writePlanSections(w, r)
+	p("")
+	switch {
+	case r.Blocking > 0:
+		p("BLOCKED: fix the %d blocking hazard%s above, then plan again. Nothing was changed.", r.Blocking, planPlural(r.Blocking))
+	default:
+		p("Nothing blocking. Nothing was changed. Next: greenswap sync -f %s", path)
+	}
+}
+
+// writePlanSections prints one table's steps, estimate, privileges and
+// hazards.
+func writePlanSections(w io.Writer, r *runner.PlanResult) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	e := r.Estimate
 	if len(r.Steps) > 0 {
 		p("")
 		p("Steps")
-		for _, s := range r.Steps {
-			p("  %d. %s (greenswap %s) — %s", s.N, s.Name, s.Command, s.Description)
-			hold := s.LockHold
-			if hold == "" || hold == "-" {
-				p("     lock: %s", s.Lock)
-			} else {
-				p("     lock: %s; held %s", s.Lock, hold)
-			}
-			kind := "exact"
-			if !s.Exact {
-				kind = "shape"
-			}
-			tx := "one transaction"
-			if !s.Transactional {
-				tx = "no transaction"
-			}
-			p("     SQL (%s, %s):", kind, tx)
-			for _, q := range s.SQL {
-				for i, line := range strings.Split(strings.TrimRight(q, "\n"), "\n") {
-					lead := "       "
-					if i > 0 {
-						lead = "         "
-					}
-					p("%s%s", lead, line)
-				}
-			}
-			if s.Note != "" {
-				planWrap(w, "     note: ", "           ", s.Note)
-			}
-		}
+		writePlanSteps(w, r.Steps)
 	}
 
 	p("")
@@ -238,12 +233,90 @@ func writePlan(w io.Writer, r *runner.PlanResult, path string) {
 			}
 		}
 	}
+}
+
+// writeTablesPlan prints the plan of a spec with several tables: the order,
+// the steps linking the greens, then each table's own plan.
+func writeTablesPlan(w io.Writer, r *runner.PlanResult, path string) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	p("greenswap plan: %s — %d tables, in dependency order (referenced first): %s (%s mode)",
+		r.Migration, len(r.Tables), strings.Join(r.Order, " → "), r.Mode)
+	e := r.Estimate
+	p("  PostgreSQL %s · ~%s rows in all · blue %s + %s indexes", planFirstWord(r.Server.Version), thousands(e.Rows),
+		runner.HumanBytes(e.BlueTableBytes), runner.HumanBytes(e.BlueIndexBytes))
+	if r.Rehearsal.Done {
+		p("  Rehearsed in one transaction and rolled back: nothing was changed (each table's ACCESS EXCLUSIVE held in turn, %.0f ms in all)",
+			r.Rehearsal.LockHeldMS)
+	} else {
+		p("  Not fully rehearsed: %s. Nothing was changed.", r.Rehearsal.Skipped)
+	}
+	p("  Result: %d blocking · %d warning%s · %d info", r.Blocking, r.Warnings, planPlural(r.Warnings), r.Infos)
+	p("  Backfill, all tables: ~%s rows ≈ %s; keep at least %s of disk free", thousands(e.Rows),
+		(time.Duration(e.BackfillSeconds * float64(time.Second))).Round(time.Second), runner.HumanBytes(e.DiskNeededBytes))
+	if len(r.Steps) > 0 {
+		p("")
+		p("Linking the greens")
+		writePlanSteps(w, r.Steps)
+	}
+	for i, t := range r.Tables {
+		p("")
+		p("=== Table %d/%d: %s → %s", i+1, len(r.Tables), t.Table, t.GreenTable)
+		key := "none"
+		if len(t.Key) > 0 {
+			key = "(" + strings.Join(t.Key, ", ") + ")"
+		}
+		te := t.Estimate
+		p("  key %s · ~%s rows · blue %s + %s indexes", key, thousands(te.Rows), runner.HumanBytes(te.BlueTableBytes), runner.HumanBytes(te.BlueIndexBytes))
+		if t.Rehearsal.Done {
+			s := t.Sample
+			p("  Sample: %s rows (%s): forward %s · green constraints %s · reverse %s",
+				thousands(s.Rows), s.Method, planOK(s.Forward), planOK(s.Inserted), planOK(s.Reverse))
+		} else {
+			p("  Not rehearsed: %s.", t.Rehearsal.Skipped)
+		}
+		p("  Result: %d blocking · %d warning%s · %d info", t.Blocking, t.Warnings, planPlural(t.Warnings), t.Infos)
+		writePlanSections(w, t)
+	}
 	p("")
-	switch {
-	case r.Blocking > 0:
+	if r.Blocking > 0 {
 		p("BLOCKED: fix the %d blocking hazard%s above, then plan again. Nothing was changed.", r.Blocking, planPlural(r.Blocking))
-	default:
-		p("Nothing blocking. Nothing was changed. Next: greenswap sync -f %s", path)
+		return
+	}
+	p("Nothing blocking. Nothing was changed. sync does not handle several tables yet (it refuses them, exit 2): plan -f %s is what works today.", path)
+}
+
+// writePlanSteps prints steps with their locks, SQL and notes.
+func writePlanSteps(w io.Writer, steps []runner.PlanStep) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	for _, s := range steps {
+		p("  %d. %s (greenswap %s) — %s", s.N, s.Name, s.Command, s.Description)
+		hold := s.LockHold
+		if hold == "" || hold == "-" {
+			p("     lock: %s", s.Lock)
+		} else {
+			p("     lock: %s; held %s", s.Lock, hold)
+		}
+		kind := "exact"
+		if !s.Exact {
+			kind = "shape"
+		}
+		tx := "one transaction"
+		if !s.Transactional {
+			tx = "no transaction"
+		}
+		p("     SQL (%s, %s):", kind, tx)
+		for _, q := range s.SQL {
+			for i, line := range strings.Split(strings.TrimRight(q, "\n"), "\n") {
+				lead := "       "
+				if i > 0 {
+					lead = "         "
+				}
+				p("%s%s", lead, line)
+			}
+		}
+		if s.Note != "" {
+			planWrap(w, "     note: ", "           ", s.Note)
+		}
 	}
 }
 
