@@ -178,5 +178,5 @@ func (e *Env) LoadMigration(ctx context.Context, name string) (*Migration, error
 	if err := json.Unmarshal(row.Spec, &spec); err != nil {
 		return nil, fmt.Errorf("decode stored spec of %s: %w", name, err)
 	}
-	return &Migration{Row: row, Spec: &spec, Names: shadow.NamesFor(spec.Name, spec.AppTable())}, nil
+	return &Migration{Row: row, Spec: &spec, Names: namesOf(&spec)}, nil
 }

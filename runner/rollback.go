@@ -56,9 +56,6 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
-	if err := requireSingleTable(m.Spec, "rollback"); err != nil {
-		return nil, err
-	}
 	res := &RollbackResult{SchemaVersion: SwapSchemaVersion, Migration: name, From: m.Row.State}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
 	if m.Row.State != state.RolledBack && m.Row.State != state.Finalized {
@@ -71,7 +68,9 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	// every change is named, in the output, the result and the event log,
 	// since the swap back or the teardown may not carry it.
 	var drift *driftCheck
-	if m.Row.State == state.CutOver || m.Row.State == state.Synced || m.Row.State == state.Syncing {
+	// Several tables: no fingerprint is recorded yet (the drift check is
+	// the cutover stage's), so there is nothing to compare.
+	if !m.Spec.MultiTable() && (m.Row.State == state.CutOver || m.Row.State == state.Synced || m.Row.State == state.Syncing) {
 		var w []string
 		if drift, w = rollbackDriftWarnings(ctx, env, m); len(w) > 0 {
 			res.Warnings = append(res.Warnings, w...)
@@ -82,6 +81,11 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	}
 	switch m.Row.State {
 	case state.CutOver:
+		// Before cutover (the teardown) several tables are handled; the
+		// swap back comes with cutover's.
+		if err := requireSingleTable(m.Spec, "rollback after cutover"); err != nil {
+			return nil, err
+		}
 		res.Kind = "swap"
 		cr := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "rollback", App: m.Names.App.String()}
 		res.Swap = cr
@@ -117,7 +121,7 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	if err != nil {
 		return err
 	}
-	plan, err := cutover.PlanTeardown(ctx, tx, name, m.Names)
+	plan, err := cutover.PlanTeardownMembers(ctx, tx, name, MemberNames(m.Spec))
 	tx.Rollback(ctx)
 	if err != nil {
 		return err
@@ -125,13 +129,17 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	if o.Out != nil {
 		o.printf("rollback %s (%s, before cutover): in one transaction, give %s its table back as before sync\n", name, m.Row.State, m.Names.App)
 		if plan.Adopted {
-			o.printf("  drop the view %s and move %s back to %s under its own name\n", m.Names.App, m.Names.Blue, m.Names.App.Schema)
+			for _, n := range MemberNames(m.Spec) {
+				o.printf("  drop the view %s and move %s back to %s under its own name\n", n.App, n.Blue, n.App.Schema)
+			}
 		}
 		for _, v := range plan.Views {
 			o.printf("  dependent view %s: created again over the table\n", v.Name)
 		}
 		if plan.Green {
-			o.printf("  drop %s, the sync triggers and functions\n", m.Names.Green)
+			for _, n := range MemberNames(m.Spec) {
+				o.printf("  drop %s, the sync triggers and functions\n", n.Green)
+			}
 		}
 		o.printf("  drop the schemas %s and %s\n", m.Names.BlueSchema, m.Names.GreenSchema)
 		if plan.Slot != "" {
@@ -143,7 +151,7 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	var tr *cutover.TeardownResult
 	err = runPhase(ctx, env, log, name, "rollback", func(ctx context.Context, ev *phaseEvent) error {
 		var err error
-		tr, err = cutover.Teardown(ctx, env.Pool, name, m.Names, cutover.SwapOptions{
+		tr, err = cutover.TeardownMembers(ctx, env.Pool, name, MemberNames(m.Spec), cutover.SwapOptions{
 			Lock: lo, OnRetry: lockRetry(log, "rollback", lo.Timeout, o.printf),
 		}, func(ctx context.Context, tx pgx.Tx, _ *cutover.TeardownPlan) error {
 			if err := state.Transition(ctx, tx, name, state.RolledBack); err != nil {

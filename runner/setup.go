@@ -72,6 +72,13 @@ func schemaOwnerSQL(ctx context.Context, tx pgx.Tx, schema, owner string) ([]str
 // grants, shared sequences) and installs the sync triggers, all in tx. Blue
 // must already be adopted.
 func createGreenTx(ctx context.Context, tx pgx.Tx, spec *spec.Spec, n shadow.Names) (*Build, error) {
+	return createMemberGreenTx(ctx, tx, spec, n, true)
+}
+
+// createMemberGreenTx is createGreenTx for one table of a migration: the
+// green schema is the migration's, created with the first table's green
+// only (first).
+func createMemberGreenTx(ctx context.Context, tx pgx.Tx, spec *spec.Spec, n shadow.Names, first bool) (*Build, error) {
 	b := &Build{Spec: spec, Names: n}
 	blue, err := shadow.LoadTable(ctx, tx, n.Blue)
 	if err != nil {
@@ -91,6 +98,9 @@ func createGreenTx(ctx context.Context, tx pgx.Tx, spec *spec.Spec, n shadow.Nam
 		Transactional: true,
 	}
 	for i, sql := range create.SQL {
+		if i == 0 && !first && sql == "CREATE SCHEMA "+db.Ident(n.GreenSchema) {
+			continue
+		}
 		if _, err := tx.Exec(ctx, sql); err != nil {
 			// Name the item that failed: a partition that overlaps another
 			// or does not fit the partition key is target.partitions[k].
@@ -100,6 +110,9 @@ func createGreenTx(ctx context.Context, tx pgx.Tx, spec *spec.Spec, n shadow.Nam
 			}
 			return nil, spec.Errorf("target.ddl", "fix the CREATE TABLE statement", "%s", fmt.Errorf("%s: %w", create.Name, err))
 		}
+	}
+	if !first {
+		create.SQL = withoutSchema(create.SQL, n.GreenSchema)
 	}
 	b.Steps = append(b.Steps, create)
 	green, err := shadow.LoadTable(ctx, tx, n.Green)

@@ -44,6 +44,10 @@ type MigrationStatus struct {
 	// (backlog.go), from two readings StatusOptions.Sample apart: present
 	// while a slot exists and the stream is not retired.
 	StreamBacklog *StreamBacklog `json:"stream_backlog,omitempty"`
+	// Tables: a migration of several tables, each table's backfill in
+	// dependency order (Progress holds the totals); absent for one table,
+	// so a one-table migration's document is unchanged.
+	Tables []TableProgress `json:"tables,omitempty"`
 }
 
 // StatusOptions tune Status.
@@ -113,9 +117,6 @@ func Status(ctx context.Context, env *Env, name string, opts ...StatusOptions) (
 	if name != "" {
 		m, err := state.Get(ctx, env.Pool, name)
 		if err != nil {
-			return nil, err
-		}
-		if err := requireSingleTable(storedSpec(m), "status"); err != nil {
 			return nil, err
 		}
 		rows = []*state.Migration{m}
@@ -213,6 +214,12 @@ func migrationStatus(ctx context.Context, env *Env, m *state.Migration) (Migrati
 	if !p.Done && p.RowsPerSec > 0 && p.RowsEstimate > p.RowsCopied && m.State == state.Syncing {
 		eta := float64(p.RowsEstimate-p.RowsCopied) / p.RowsPerSec
 		p.ETASeconds = &eta
+	}
+	if sp := storedSpec(m); sp != nil && sp.MultiTable() {
+		var err error
+		if st.Tables, err = tablesProgress(&Migration{Row: m, Spec: sp}); err != nil {
+			return st, err
+		}
 	}
 	evs, err := state.Events(ctx, env.Pool, m.Name, 1)
 	if err != nil {

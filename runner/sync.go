@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
+	specpkg "github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -98,6 +100,8 @@ type syncRun struct {
 
 	feed changeFeed     // carries blue → green: trigger or logical (feed.go)
 	brk  *guard.Breaker // the circuit breaker, made on first use (sync_guard.go)
+
+	members []*member // a migration of several tables (sync_tables.go); nil for one
 }
 
 // Sync takes a migration from planned (or wherever an earlier run stopped)
@@ -111,14 +115,15 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 	start := time.Now()
 	r := &syncRun{env: env, opts: opts, log: env.Log.With().Str("migration", spec.Name).Logger()}
 	r.stats.Migration = spec.Name
-	if err := requireSingleTable(spec, "sync"); err != nil {
-		return nil, err
-	}
 	lock, err := env.Lock(ctx, spec.Name)
 	if err != nil {
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
+	if spec.MultiTable() && spec.Mode == specpkg.ModeLogical {
+		return nil, spec.Errorf("mode", "use mode: trigger, or migrate the tables one at a time",
+			"mode logical is not supported for a migration of several tables yet: their changes would have to arrive together, and the stream applies each table's on its own")
+	}
 	if err := gateNewSync(ctx, env, spec); err != nil {
 		return nil, interrupted(ctx, err)
 	}
@@ -145,6 +150,16 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 	}
 	stop := r.startProgress(ctx)
 	defer stop()
+	if r.spec.MultiTable() {
+		err := r.syncTables(ctx)
+		r.stats.Total = time.Since(start)
+		stop()
+		r.report(context.WithoutCancel(ctx))
+		if err != nil {
+			return &r.stats, interrupted(ctx, err)
+		}
+		return &r.stats, nil
+	}
 	r.feed = feedFor(env, r.spec.Mode)
 	defer r.feed.stop(r) // every way out stops what the feed started
 
@@ -205,7 +220,7 @@ func interrupted(ctx context.Context, err error) error {
 func (r *syncRun) open(ctx context.Context, sp *spec.Spec) error {
 	pool := r.env.Pool
 	r.spec = sp
-	r.names = shadow.NamesFor(sp.Name, sp.AppTable())
+	r.names = namesOf(sp)
 	row, err := state.Get(ctx, pool, sp.Name)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
@@ -214,7 +229,7 @@ func (r *syncRun) open(ctx context.Context, sp *spec.Spec) error {
 		return err
 	}
 	if row == nil || row.State == state.RolledBack {
-		if row, err = state.Create(ctx, pool, sp.Name, sp.AppTable().String(), string(sp.Mode), sp); err != nil {
+		if row, err = state.Create(ctx, pool, sp.Name, appTableOf(sp), string(sp.Mode), sp); err != nil {
 			return err
 		}
 		r.row, r.phase = row, PhaseAdopt
@@ -233,7 +248,7 @@ func (r *syncRun) open(ctx context.Context, sp *spec.Spec) error {
 			if err != nil {
 				return err
 			}
-			if err := state.SetSpec(ctx, pool, sp.Name, js, sp.AppTable().String()); err != nil {
+			if err := state.SetSpec(ctx, pool, sp.Name, js, appTableOf(sp)); err != nil {
 				return err
 			}
 		}
@@ -247,7 +262,7 @@ func (r *syncRun) open(ctx context.Context, sp *spec.Spec) error {
 		// The stored spec rules; the file's lines still point at the same fields.
 		stored.File, stored.Lines, stored.Sync, stored.Guard = sp.File, sp.Lines, sp.Sync, sp.Guard
 		r.spec = &stored
-		r.names = shadow.NamesFor(stored.Name, stored.AppTable())
+		r.names = namesOf(&stored)
 	default:
 		return exitcode.Errorf(exitcode.BadInput, "migration %s is %s: there is nothing to sync (see `greenswap status %s`)",
 			sp.Name, row.State, sp.Name)
@@ -303,6 +318,9 @@ func specDiff(a, b *spec.Spec) []string {
 	}
 	if !maps.Equal(a.Reverse, b.Reverse) {
 		d = append(d, "reverse")
+	}
+	if !reflect.DeepEqual(a.Tables, b.Tables) {
+		d = append(d, "tables")
 	}
 	return d
 }
@@ -513,61 +531,16 @@ func (r *syncRun) backfill(ctx context.Context, ev *phaseEvent) error {
 		ev.Recorded = true // nothing to do, nothing to record
 		return nil
 	}
-	var cursor gssync.Cursor
-	if len(r.row.Cursor) > 0 {
-		if err := json.Unmarshal(r.row.Cursor, &cursor); err != nil {
-			return fmt.Errorf("decode the backfill cursor %s: %w", r.row.Cursor, err)
-		}
+	cursor, err := decodeCursor(r.row.Cursor)
+	if err != nil {
+		return err
 	}
-	so := r.spec.Sync.WithDefaults()
-	bo := gssync.Options{
-		BatchSize:       so.BatchSize,
-		MinBatchSize:    so.MinBatchSize,
-		MaxBatchSize:    so.MaxBatchSize,
-		TargetBatchTime: so.TargetBatchTime.Duration,
-		LockTimeout:     r.lockOptions().Timeout,
-	}
-	if r.row.BatchSize > 0 {
-		bo.BatchSize = r.row.BatchSize // resume at the size the last run had reached
-	}
-	if r.opts.BatchSize > 0 {
-		bo.BatchSize, bo.Fixed = r.opts.BatchSize, true
-	}
-	if r.opts.TargetBatchTime > 0 {
-		bo.TargetBatchTime = r.opts.TargetBatchTime
-	}
-	bo.NiceRatio = so.NiceRatio
-	if r.opts.NiceRatio > 0 {
-		bo.NiceRatio = r.opts.NiceRatio
-	}
-	maxLag := so.MaxReplicaLag.Duration
-	if r.opts.MaxReplicaLag > 0 {
-		maxLag = r.opts.MaxReplicaLag
-	}
-	name, pool := r.spec.Name, r.env.Pool
-	bf := &gssync.Backfiller{
-		Pool:      pool,
-		Names:     r.names,
-		Mapping:   r.build.Mapping,
-		Blue:      r.build.Blue,
-		Options:   bo,
-		StartRows: r.row.RowsCopied,
-		Log:       r.log,
-		Throttles: []gssync.Throttle{
-			pausedThrottle(pool, name),
-			&gssync.ReplicaLag{Q: pool, Max: maxLag, Warn: func(msg string) { r.log.Warn().Msg(msg) }},
-			r.breaker(ctx), // sync_guard.go
-		},
-		Checkpoint: func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
-			return state.SetCheckpoint(ctx, tx, name, state.BackfillCheckpoint{Cursor: cp.Cursor, RowsCopied: cp.RowsCopied,
-				BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Next: PhaseIndexes})
-		},
-		OnThrottle: func(reason string) {
-			if err := state.SetThrottle(context.WithoutCancel(ctx), pool, name, reason); err != nil {
-				r.log.Warn().Err(err).Msg("record the throttle reason")
-			}
-		},
-	}
+	bo := r.backfillOptions(r.row.BatchSize)
+	name := r.spec.Name
+	bf := r.backfiller(ctx, r.names, r.build, bo, r.row.RowsCopied, func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
+		return state.SetCheckpoint(ctx, tx, name, state.BackfillCheckpoint{Cursor: cp.Cursor, RowsCopied: cp.RowsCopied,
+			BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Next: PhaseIndexes})
+	})
 	keyCols, err := bf.KeyColumns()
 	if err != nil {
 		return err
@@ -590,6 +563,65 @@ func (r *syncRun) backfill(ctx context.Context, ev *phaseEvent) error {
 	r.log.Info().Int64("rows", res.Rows).Int("batches", res.Batches).Float64("took_ms", logx.Ms(res.Duration)).
 		Float64("rows_per_sec", r.stats.RowsPerSec).Msg("backfill done")
 	return nil
+}
+
+// backfillOptions: flags over the spec over the defaults; batchSize > 0
+// is the size the last run had reached.
+func (r *syncRun) backfillOptions(batchSize int) gssync.Options {
+	so := r.spec.Sync.WithDefaults()
+	bo := gssync.Options{
+		BatchSize:       so.BatchSize,
+		MinBatchSize:    so.MinBatchSize,
+		MaxBatchSize:    so.MaxBatchSize,
+		TargetBatchTime: so.TargetBatchTime.Duration,
+		LockTimeout:     r.lockOptions().Timeout,
+	}
+	if batchSize > 0 {
+		bo.BatchSize = batchSize // resume at the size the last run had reached
+	}
+	if r.opts.BatchSize > 0 {
+		bo.BatchSize, bo.Fixed = r.opts.BatchSize, true
+	}
+	if r.opts.TargetBatchTime > 0 {
+		bo.TargetBatchTime = r.opts.TargetBatchTime
+	}
+	bo.NiceRatio = so.NiceRatio
+	if r.opts.NiceRatio > 0 {
+		bo.NiceRatio = r.opts.NiceRatio
+	}
+	return bo
+}
+
+// backfiller is the copy of one table (names, build) with the migration's
+// throttles (pause, replica lag); checkpoint records each batch in its
+// own transaction.
+func (r *syncRun) backfiller(ctx context.Context, n shadow.Names, b *Build, bo gssync.Options, startRows int64,
+	checkpoint func(context.Context, pgx.Tx, gssync.Checkpoint) error) *gssync.Backfiller {
+	maxLag := r.spec.Sync.WithDefaults().MaxReplicaLag.Duration
+	if r.opts.MaxReplicaLag > 0 {
+		maxLag = r.opts.MaxReplicaLag
+	}
+	name, pool := r.spec.Name, r.env.Pool
+	return &gssync.Backfiller{
+		Pool:      pool,
+		Names:     n,
+		Mapping:   b.Mapping,
+		Blue:      b.Blue,
+		Options:   bo,
+		StartRows: startRows,
+		Log:       r.log,
+		Throttles: []gssync.Throttle{
+			pausedThrottle(pool, name),
+			&gssync.ReplicaLag{Q: pool, Max: maxLag, Warn: func(msg string) { r.log.Warn().Msg(msg) }},
+			r.breaker(ctx), // sync_guard.go
+		},
+		Checkpoint: checkpoint,
+		OnThrottle: func(reason string) {
+			if err := state.SetThrottle(context.WithoutCancel(ctx), pool, name, reason); err != nil {
+				r.log.Warn().Err(err).Msg("record the throttle reason")
+			}
+		},
+	}
 }
 
 // recordIndexEvent writes an index build's event and, for a finished

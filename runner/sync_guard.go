@@ -7,6 +7,7 @@ import (
 	"github.com/greenswap/greenswap/guard"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
 	gssync "github.com/greenswap/greenswap/sync"
 )
 
@@ -25,10 +26,21 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 		return r.brk
 	}
 	n := r.names
+	all := []shadow.Names{n}
+	if r.members != nil {
+		all = all[:0]
+		for _, m := range r.members {
+			all = append(all, m.names)
+		}
+	}
+	// Lock waits on any table of the migration trip the breaker.
+	var rels []string
+	for _, n := range all {
+		rels = append(rels, db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name), db.Ident(n.App.Schema, n.App.Name))
+	}
 	s := &guard.Sampler{
-		Q: r.env.Pool,
-		Relations: []string{db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name),
-			db.Ident(n.App.Schema, n.App.Name)},
+		Q:          r.env.Pool,
+		Relations:  rels,
 		AppTable:   n.App.Name,
 		Exclude:    strings.TrimSuffix(n.BlueSchema, "blue"),
 		Opts:       r.guardOptions(),

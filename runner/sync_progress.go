@@ -29,11 +29,53 @@ type SyncProgress struct {
 	BackfillFor time.Duration `json:"backfill_for"` // since the backfill started (to its end once done)
 	Done        bool          `json:"backfill_done"`
 
+	// Tables: a migration of several tables, each table's backfill in
+	// dependency order (the totals are the fields above); absent for one.
+	Tables []TableProgress `json:"tables,omitempty"`
+
 	Stream *StreamProgress `json:"stream,omitempty"` // logical mode (feed_logical.go)
 	// StreamBacklog is the logical stream's backlog, its trend and catch-up
 	// ETA (backlog.go), from the samples this process took: absent in
 	// trigger mode, without a slot, and once the stream is retired.
 	StreamBacklog *StreamBacklog `json:"stream_backlog,omitempty"`
+}
+
+// TableProgress is one table's backfill in a migration of several tables.
+type TableProgress struct {
+	Table        string  `json:"table"`
+	RowsCopied   int64   `json:"rows_copied"`
+	RowsEstimate int64   `json:"rows_estimate"` // at least RowsCopied
+	Percent      float64 `json:"percent"`
+	RowsPerSec   float64 `json:"rows_per_sec"`
+	Done         bool    `json:"backfill_done"`
+	Copying      bool    `json:"copying"` // the table the backfill is copying now
+}
+
+// tablesProgress reads each member's figures, in dependency order; the
+// first not done is the one copying while the backfill runs.
+func tablesProgress(m *Migration) ([]TableProgress, error) {
+	recorded, err := m.Row.Tables()
+	if err != nil {
+		return nil, err
+	}
+	var out []TableProgress
+	copying := m.Row.State == state.Syncing && m.Row.Phase == PhaseBackfill
+	for _, n := range MemberNames(m.Spec) {
+		rp := recorded[n.App.String()]
+		tp := TableProgress{Table: n.App.String(), RowsCopied: rp.RowsCopied, RowsEstimate: max(rp.RowsEstimate, rp.RowsCopied),
+			Done: rp.Done || (m.Row.State != state.Planned && m.Row.State != state.Syncing)}
+		switch {
+		case tp.Done:
+			tp.Percent = 100
+		case tp.RowsEstimate > 0:
+			tp.Percent = 100 * float64(tp.RowsCopied) / float64(tp.RowsEstimate)
+		}
+		if !tp.Done && copying {
+			tp.Copying, tp.RowsPerSec, copying = true, rp.RowsPerSec, false
+		}
+		out = append(out, tp)
+	}
+	return out, nil
 }
 
 // ReadSyncProgress reads migration name's figures.
@@ -66,8 +108,17 @@ func ReadSyncProgress(ctx context.Context, env *Env, name string) (*SyncProgress
 		p.BackfillFor = end.Sub(*row.BackfillStartedAt)
 	}
 	if row.State != state.Planned && row.State != state.RolledBack {
-		if ch, err := gssync.GreenChanges(ctx, env.Pool, m.Names); err == nil {
-			p.Captured = max(ch-row.RowsCopied, 0)
+		var all int64
+		for _, n := range MemberNames(m.Spec) {
+			if ch, err := gssync.GreenChanges(ctx, env.Pool, n); err == nil {
+				all += ch
+			}
+		}
+		p.Captured = max(all-row.RowsCopied, 0)
+	}
+	if m.Spec.MultiTable() {
+		if p.Tables, err = tablesProgress(m); err != nil {
+			return nil, err
 		}
 	}
 	if p.Stream, err = env.feedOf(m).progress(ctx, m); err != nil {

@@ -20,8 +20,8 @@ import (
 )
 
 // requireSingleTable refuses a spec with several tables (issue 14) in the
-// commands that do not handle them yet: plan does, the rest of the
-// lifecycle comes table by table. It is the one place that says so, called
+// commands that do not handle them yet: plan, sync and the teardown
+// before cutover do; verify, cutover and finalize come next. It is the one place that says so, called
 // once by each command that refuses, so a command that learns several
 // tables drops its call and nothing else.
 func requireSingleTable(s *spec.Spec, command string) error {
@@ -29,9 +29,9 @@ func requireSingleTable(s *spec.Spec, command string) error {
 		return nil
 	}
 	return exitcode.Errorf(exitcode.BadInput,
-		"migration %s has several tables: %s does not handle them yet; plan does (`greenswap plan -f %s`); "+
-			"nothing was changed: to migrate now, write one spec per table",
-		s.Name, command, fileOr(s.File))
+		"migration %s has several tables: %s does not handle them yet (plan, sync and rollback before cutover do); "+
+			"nothing was changed: roll back with `greenswap rollback %s` and write one spec per table to migrate now",
+		s.Name, command, s.Name)
 }
 
 // storedSpec decodes a migration row's spec for requireSingleTable; one

@@ -161,33 +161,22 @@ tables:
 `)
 	check := func(cmd string, err error) {
 		t.Helper()
-		want := "migration ab has several tables: " + cmd + " does not handle them yet; plan does"
+		want := "migration ab has several tables: " + cmd + " does not handle them yet (plan, sync and rollback before cutover do)"
 		if exitcode.Of(err) != exitcode.BadInput || err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v (exit %d), want exit 2 with %q", cmd, err, exitcode.Of(err), want)
 		}
 	}
-	_, err := Sync(ctx, env, sp, SyncOptions{})
-	check("sync", err)
-	var kind string
-	if err := pool.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = 'public.a'::regclass`).Scan(&kind); err != nil || kind != "r" {
-		t.Fatalf("sync changed public.a: relkind %q, %v", kind, err)
-	}
-	// The other commands read the stored spec: as the several-tables sync
-	// will store it.
+	// The commands read the stored spec, as the several-tables sync stores it.
 	if err := state.Ensure(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := state.Create(ctx, pool, sp.Name, "public.a", string(sp.Mode), sp); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Verify(ctx, env, "ab", VerifyOptions{})
+	_, err := Verify(ctx, env, "ab", VerifyOptions{})
 	check("verify", err)
 	_, err = Cutover(ctx, env, "ab", CutoverOptions{})
 	check("cutover", err)
-	_, err = Rollback(ctx, env, "ab", SwapCommandOptions{})
-	check("rollback", err)
 	_, err = Finalize(ctx, env, "ab", FinalizeOptions{Yes: true})
 	check("finalize", err)
-	_, err = Status(ctx, env, "ab")
-	check("status", err)
 }

@@ -299,6 +299,12 @@ func CheckPolicies(s *spec.Spec, blue, green *Table) error {
 // sequences adopt detached from blue's columns (seq oid, col text). Only
 // adopt writes it; finalize and rollback before cutover read it and drop it.
 func SequenceRecord(n Names) spec.QualifiedName {
+	if n.ForwardFunc.Name != "gs_forward" {
+		// A table of a migration of several tables (MemberNamesFor): the
+		// blue schema is shared, and each table's record lists its own
+		// sequences, so a teardown gives each column back its own.
+		return spec.QualifiedName{Schema: n.BlueSchema, Name: spec.TruncateIdent("gs_sequences_" + n.App.Name)}
+	}
 	return spec.QualifiedName{Schema: n.BlueSchema, Name: "gs_sequences"}
 }
 

@@ -86,6 +86,18 @@ var ddl = []string{
 				   AND e.detail ->> 'statement' IS NOT NULL), '{}'::jsonb);
 		END IF;
 	END$$`,
+	// tables: a migration of several tables keeps each member's backfill
+	// (cursor, rows, estimate, done, indexes built) here, keyed by the
+	// member's app table; green_fks: the foreign keys among its greens,
+	// created after the copy (see TableProgress, GreenFK). A one-table
+	// migration leaves both empty and uses the row's own columns.
+	`DO $$BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'greenswap.migrations'::regclass
+		               AND attname = 'tables' AND NOT attisdropped) THEN
+			ALTER TABLE greenswap.migrations ADD COLUMN tables jsonb NOT NULL DEFAULT '{}'::jsonb,
+				ADD COLUMN green_fks jsonb NOT NULL DEFAULT '[]'::jsonb;
+		END IF;
+	END$$`,
 	`CREATE INDEX IF NOT EXISTS events_migration_idx ON greenswap.events (migration, id)`,
 	// The event log is append-only: refuse UPDATE and DELETE outright.
 	`CREATE OR REPLACE FUNCTION greenswap.events_append_only() RETURNS trigger LANGUAGE plpgsql AS
@@ -176,12 +188,17 @@ type Migration struct {
 	// position → its index); see BuiltIndexes. Read through to_jsonb of
 	// the row, so a state schema from before the column loads ({}).
 	IndexesBuilt json.RawMessage `json:"indexes_built,omitempty"`
+	// TablesJSON and GreenFKsJSON: a migration of several tables (see
+	// Tables, GreenFKs); read through to_jsonb like IndexesBuilt.
+	TablesJSON   json.RawMessage `json:"tables,omitempty"`
+	GreenFKsJSON json.RawMessage `json:"green_fks,omitempty"`
 }
 
 const migrationCols = `name, app_table, mode, spec, state, phase, cursor, rows_copied, rows_estimate,
 	batch_size, rows_per_sec, throttle, paused, backfill_started_at, backfill_done_at, verified_at,
 	verify_ok, slot_name, confirmed_lsn::text, primary_side, created_at, updated_at, state_changed_at,
-	coalesce(pg_catalog.to_jsonb(m) -> 'indexes_built', '{}'::jsonb)`
+	coalesce(pg_catalog.to_jsonb(m) -> 'indexes_built', '{}'::jsonb),
+	coalesce(pg_catalog.to_jsonb(m) -> 'tables', '{}'::jsonb), coalesce(pg_catalog.to_jsonb(m) -> 'green_fks', '[]'::jsonb)`
 
 func scanMigration(row pgx.Row) (*Migration, error) {
 	var m Migration
@@ -189,7 +206,7 @@ func scanMigration(row pgx.Row) (*Migration, error) {
 	err := row.Scan(&m.Name, &m.AppTable, &m.Mode, &m.Spec, &st, &m.Phase, &m.Cursor, &m.RowsCopied,
 		&m.RowsEstimate, &m.BatchSize, &m.RowsPerSec, &m.Throttle, &m.Paused, &m.BackfillStartedAt,
 		&m.BackfillDoneAt, &m.VerifiedAt, &m.VerifyOK, &m.SlotName, &m.ConfirmedLSN, &m.PrimarySide,
-		&m.CreatedAt, &m.UpdatedAt, &m.StateChangedAt, &m.IndexesBuilt)
+		&m.CreatedAt, &m.UpdatedAt, &m.StateChangedAt, &m.IndexesBuilt, &m.TablesJSON, &m.GreenFKsJSON)
 	m.State = State(st)
 	return &m, err
 }
@@ -255,6 +272,7 @@ func Create(ctx context.Context, q db.Querier, name, appTable, mode string, spec
 			batch_size = 0, rows_per_sec = 0, throttle = '', paused = false,
 			backfill_started_at = NULL, backfill_done_at = NULL, verified_at = NULL, verify_ok = NULL,
 			slot_name = NULL, confirmed_lsn = NULL, primary_side = 'blue', fingerprint = NULL, indexes_built = '{}'::jsonb,
+			tables = '{}'::jsonb, green_fks = '[]'::jsonb,
 			created_at = pg_catalog.now(), updated_at = pg_catalog.now(), state_changed_at = pg_catalog.now()
 		WHERE m.state = 'rolled_back'
 		RETURNING `+migrationCols, name, appTable, mode, string(js)))
@@ -371,8 +389,8 @@ func Upgrade(ctx context.Context, conn interface {
 		return err
 	}
 	var have bool
-	if err := conn.QueryRow(ctx, `SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = 'greenswap.migrations'::regclass
-		AND attname IN ('fingerprint', 'indexes_built') AND NOT attisdropped`).Scan(&have); err != nil || have {
+	if err := conn.QueryRow(ctx, `SELECT count(*) = 4 FROM pg_attribute WHERE attrelid = 'greenswap.migrations'::regclass
+		AND attname IN ('fingerprint', 'indexes_built', 'tables', 'green_fks') AND NOT attisdropped`).Scan(&have); err != nil || have {
 		return err
 	}
 	return Ensure(ctx, conn)
@@ -413,7 +431,7 @@ func SetFingerprint(ctx context.Context, q db.Querier, name string, fp any) erro
 
 // jsonColumn tells the jsonb columns of greenswap.migrations.
 func jsonColumn(c string) bool {
-	return c == "spec" || c == "cursor" || c == "fingerprint" || c == "indexes_built"
+	return c == "spec" || c == "cursor" || c == "fingerprint" || c == "indexes_built" || c == "tables" || c == "green_fks"
 }
 
 // jsonText is v as JSON text, bound as a string and cast to jsonb in the

@@ -1,0 +1,612 @@
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
+	gssync "github.com/greenswap/greenswap/sync"
+	"github.com/greenswap/greenswap/trigger"
+)
+
+// A migration of several tables (issue 14) runs each sync phase over its
+// members, in dependency order (referenced tables first), with the
+// single-table code of each phase: adopt every table in one transaction,
+// create every green (the foreign keys among them dropped until the copy
+// is done) with its sync triggers in one transaction, backfill each table
+// with its own checkpointed copy (state.TableProgress), build each table's
+// indexes, add the foreign keys among the greens NOT VALID and validate
+// them, analyze, switch on green → blue for every table in one transaction.
+
+// PhaseForeignKeys adds the foreign keys among the greens of a migration
+// of several tables (NOT VALID, then VALIDATE); a one-table sync never
+// records it.
+const PhaseForeignKeys = "foreign-keys"
+
+// member is one table of a migration of several tables.
+type member struct {
+	spec  *spec.Spec
+	names shadow.Names
+	build *Build
+}
+
+func (m *member) table() string { return m.names.App.String() }
+
+// membersOf are the members of sp, with the names they use.
+func membersOf(sp *spec.Spec) []*member {
+	var out []*member
+	for _, s := range sp.Members() {
+		out = append(out, &member{spec: s, names: shadow.MemberNamesFor(sp.Name, s.AppTable(), sp.MultiTable())})
+	}
+	return out
+}
+
+// appTableOf is what the migrations row's app_table says: the app table,
+// or every member's, in dependency order.
+func appTableOf(sp *spec.Spec) string {
+	if !sp.MultiTable() {
+		return sp.AppTable().String()
+	}
+	var apps []string
+	for _, m := range sp.Members() {
+		apps = append(apps, m.AppTable().String())
+	}
+	return strings.Join(apps, ", ")
+}
+
+// MemberNames are the names of every table of a stored migration, in
+// dependency order (one for a one-table migration).
+func MemberNames(sp *spec.Spec) []shadow.Names {
+	var out []shadow.Names
+	for _, m := range membersOf(sp) {
+		out = append(out, m.names)
+	}
+	return out
+}
+
+// syncTables runs Sync's phases for a migration of several tables.
+func (r *syncRun) syncTables(ctx context.Context) error {
+	r.members = membersOf(r.spec)
+	phases := []struct {
+		name string
+		fn   func(context.Context, *phaseEvent) error
+	}{
+		{PhaseAdopt, inTx(r.adoptTables)},
+		{PhaseCreateGreen, inTx(r.createGreens)},
+		{PhaseBackfill, r.backfillTables},
+		{PhaseIndexes, inTx(r.indexesTables)},
+		{PhaseForeignKeys, inTx(r.foreignKeys)},
+		{PhaseAnalyze, inTx(r.analyzeTables)},
+		{PhaseEnableReverse, inTx(r.enableReverseTables)},
+	}
+	for _, ph := range phases {
+		if r.opts.StopAfterSetup && ph.name == PhaseBackfill {
+			break
+		}
+		if err := runPhase(ctx, r.env, r.log, r.spec.Name, ph.name, ph.fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// memberCatalog says how far adopt and green creation got for every member.
+func (r *syncRun) memberCatalog(ctx context.Context) ([]catalogState, error) {
+	out := make([]catalogState, len(r.members))
+	for i, m := range r.members {
+		n := m.names
+		if err := r.env.Pool.QueryRow(ctx, catalogStateSQL, n.BlueSchema, db.Ident(n.Blue.Schema, n.Blue.Name),
+			n.App.Schema, n.App.Name, db.Ident(n.Green.Schema, n.Green.Name)).Scan(&out[i].blueSchema, &out[i].blue, &out[i].appKind, &out[i].green); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// lockAll locks every member's relation rel(m) in mode, in dependency
+// order, in one statement: a timeout is a retryable lock error and
+// nothing is half taken.
+func (r *syncRun) lockAll(ctx context.Context, tx pgx.Tx, mode string, rel func(*member) spec.QualifiedName) error {
+	var list []string
+	for _, m := range r.members {
+		q := rel(m)
+		list = append(list, db.Ident(q.Schema, q.Name))
+	}
+	_, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(list, ", ")+" IN "+mode+" MODE")
+	return err
+}
+
+// withoutSchema drops the version schema's CREATE SCHEMA from a member's
+// step after the first: the schemas are the migration's, made once.
+func withoutSchema(sql []string, schema string) []string {
+	create := "CREATE SCHEMA " + db.Ident(schema)
+	out := sql[:0:0]
+	for _, s := range sql {
+		if s != create {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// adoptTables adopts every table in one transaction: all or none.
+func (r *syncRun) adoptTables(ctx context.Context) error {
+	cs, err := r.memberCatalog(ctx)
+	if err != nil {
+		return err
+	}
+	adopted := 0
+	for i, c := range cs {
+		switch {
+		case c.adopted():
+			adopted++
+		case c.blue || c.green:
+			return exitcode.Errorf(exitcode.Failed, "%s is not a view but %s exists: the migration's objects are inconsistent; "+
+				"inspect them, or roll the migration back", r.members[i].names.App, r.members[i].names.Blue)
+		case c.appKind != "" && c.appKind != "r" && c.appKind != "p":
+			return r.members[i].spec.Errorf("table", "name a table", "%s is not a table (relkind %s)", r.members[i].names.App, c.appKind)
+		}
+	}
+	if adopted == len(cs) {
+		if r.row.State != state.Planned && r.phase != PhaseAdopt {
+			return nil
+		}
+		tx, err := r.env.Pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback(ctx)
+		if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
+			return err
+		}
+		if err := r.setPhase(ctx, tx, PhaseCreateGreen); err != nil {
+			return err
+		}
+		r.row.State = state.Syncing
+		return tx.Commit(ctx)
+	}
+	if adopted > 0 {
+		return exitcode.Errorf(exitcode.Failed, "%d of the %d tables of %s are adopted: the migration's objects are inconsistent "+
+			"(adopt takes all of them in one transaction); inspect them, or roll the migration back", adopted, len(cs), r.spec.Name)
+	}
+	r.log.Info().Str("tables", appTableOf(r.spec)).Str("schema", r.names.BlueSchema).Msg("adopting the tables")
+	t0 := time.Now()
+	var steps []shadow.Step
+	err = shadow.RunWithLockRetry(ctx, r.env.Pool, "adopt", r.lockOptions(), r.onRetry("adopt"), func(tx pgx.Tx) error {
+		steps = nil
+		// Every app table locked first, in one statement, then the catalog
+		// read under the locks.
+		if err := r.lockAll(ctx, tx, "ACCESS EXCLUSIVE", func(m *member) spec.QualifiedName { return m.names.App }); err != nil {
+			if db.SQLState(err) == db.UndefinedTable {
+				return r.spec.Errorf("tables", "check the names and the database you are connected to", "a table of %s does not exist: %s", r.spec.Name, shadow.ErrText(err))
+			}
+			return err
+		}
+		for i, m := range r.members {
+			app, err := loadApp(ctx, tx, m.spec)
+			if err != nil {
+				return err
+			}
+			step := shadow.AdoptStep(m.names, app, r.env.ServerMajor)
+			if i > 0 {
+				step.SQL = withoutSchema(step.SQL, m.names.BlueSchema)
+			}
+			own, err := schemaOwnerSQL(ctx, tx, m.names.BlueSchema, app.Owner)
+			if err != nil {
+				return err
+			}
+			step.SQL = append(step.SQL, own...)
+			if err := execStep(ctx, tx, step); err != nil {
+				return err
+			}
+			steps = append(steps, step)
+		}
+		if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
+			return err
+		}
+		if err := state.SetPhase(ctx, tx, r.spec.Name, PhaseCreateGreen); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, "adopt", "ok", time.Since(t0), stepSQL(steps...), map[string]any{"tables": appTableOf(r.spec)})
+	})
+	if err != nil {
+		return err
+	}
+	r.phase, r.row.State = PhaseCreateGreen, state.Syncing
+	r.log.Info().Float64("took_ms", logx.Ms(time.Since(t0))).Msgf("adopted %d tables: each app name is now a view over its blue", len(r.members))
+	return nil
+}
+
+// greenFKsSQL lists the foreign keys among the greens of a migration:
+// referencing and referenced table both in green's schema.
+const greenFKsSQL = `SELECT c.conrelid::pg_catalog.regclass::text, c.conname::text, pg_catalog.pg_get_constraintdef(c.oid), cl.relname::text
+	FROM pg_catalog.pg_constraint c
+	JOIN pg_catalog.pg_class cl ON cl.oid = c.conrelid
+	JOIN pg_catalog.pg_class rf ON rf.oid = c.confrelid
+	WHERE c.contype = 'f' AND cl.relnamespace = $1::regnamespace AND rf.relnamespace = $1::regnamespace
+	  AND c.conparentid = 0
+	ORDER BY cl.relname, c.conname`
+
+// createGreens creates every green with its sync triggers in one
+// transaction (blue's writers held off for milliseconds), referenced
+// greens first, and drops the foreign keys among them: enforced during the
+// copy, a trigger's write of a child whose parent is not copied yet would
+// fail the app's own transaction. They are recorded in the state and
+// added back after the copy (foreignKeys).
+func (r *syncRun) createGreens(ctx context.Context) error {
+	cs, err := r.memberCatalog(ctx)
+	if err != nil {
+		return err
+	}
+	greens := 0
+	for _, c := range cs {
+		if c.green {
+			greens++
+		}
+	}
+	if greens == len(cs) {
+		for _, m := range r.members {
+			if m.build, err = loadBuild(ctx, r.env.Pool, m.spec, m.names); err != nil {
+				return err
+			}
+		}
+		if r.phase == PhaseCreateGreen {
+			return exitcode.Errorf(exitcode.Failed, "every green of %s exists but sync did not record creating them: made by hand? "+
+				"roll the migration back and sync again", r.spec.Name)
+		}
+		return nil
+	}
+	if greens > 0 {
+		return exitcode.Errorf(exitcode.Failed, "%d of the %d greens of %s exist: the migration's objects are inconsistent "+
+			"(they are created in one transaction); inspect them, or roll the migration back", greens, len(cs), r.spec.Name)
+	}
+	for i, c := range cs {
+		if !c.adopted() {
+			return exitcode.Errorf(exitcode.Failed, "%s is not adopted yet; re-run sync", r.members[i].names.App)
+		}
+	}
+	t0 := time.Now()
+	var fks []state.GreenFK
+	err = shadow.RunWithLockRetry(ctx, r.env.Pool, "create-green", r.lockOptions(), r.onRetry("create-green"), func(tx pgx.Tx) error {
+		if err := r.lockAll(ctx, tx, "SHARE ROW EXCLUSIVE", func(m *member) spec.QualifiedName { return m.names.Blue }); err != nil {
+			return err
+		}
+		var steps []shadow.Step
+		var est []state.TableEstimate
+		for i, m := range r.members {
+			b, err := createMemberGreenTx(ctx, tx, m.spec, m.names, i == 0)
+			if err != nil {
+				return err
+			}
+			m.build = b
+			steps = append(steps, b.Steps...)
+			est = append(est, state.TableEstimate{Table: m.table(), Rows: b.Blue.RowEstimate})
+		}
+		var err error
+		if fks, err = dropGreenFKs(ctx, tx, r.names.GreenSchema, r.members); err != nil {
+			return err
+		}
+		var drops []string
+		for _, fk := range fks {
+			drops = append(drops, dropFKSQL(fk))
+		}
+		steps = append(steps, shadow.Step{Name: "drop-green-fks", SQL: drops})
+		if err := state.StartTables(ctx, tx, r.spec.Name, PhaseBackfill, est, fks); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, "create-green", "ok", time.Since(t0), stepSQL(steps...),
+			map[string]any{"tables": appTableOf(r.spec), "deferred_foreign_keys": fks})
+	})
+	if err != nil {
+		return err
+	}
+	r.phase = PhaseBackfill
+	r.log.Info().Float64("took_ms", logx.Ms(time.Since(t0))).Int("deferred_foreign_keys", len(fks)).
+		Msgf("created %d greens in %s; sync triggers on (blue → green)", len(r.members), r.names.GreenSchema)
+	return nil
+}
+
+func dropFKSQL(fk state.GreenFK) string {
+	return "ALTER TABLE " + fk.Table + " DROP CONSTRAINT " + db.Ident(fk.Name)
+}
+
+// dropGreenFKs reads the foreign keys among the greens (their definitions
+// qualified: greenswap's sessions search pg_catalog alone) and drops them,
+// in tx. GreenFK.Table is the referencing green, quoted and qualified.
+func dropGreenFKs(ctx context.Context, tx pgx.Tx, schema string, members []*member) ([]state.GreenFK, error) {
+	rows, err := tx.Query(ctx, greenFKsSQL, db.Ident(schema))
+	if err != nil {
+		return nil, fmt.Errorf("read the foreign keys among the greens: %w", err)
+	}
+	var fks []state.GreenFK
+	for rows.Next() {
+		var fk state.GreenFK
+		var rel string
+		if err := rows.Scan(&fk.Table, &fk.Name, &fk.Def, &rel); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		fk.Table = db.Ident(schema, rel)
+		fks = append(fks, fk)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for _, fk := range fks {
+		if _, err := tx.Exec(ctx, dropFKSQL(fk)); err != nil {
+			return nil, fmt.Errorf("drop %s on %s until the copy is done: %w", fk.Name, fk.Table, err)
+		}
+	}
+	return fks, nil
+}
+
+// backfillTables copies every table in dependency order, each from its own
+// recorded cursor; a member done is skipped, so a resumed sync goes on
+// with the table it stopped in.
+func (r *syncRun) backfillTables(ctx context.Context, ev *phaseEvent) error {
+	if phaseAfter(r.phase, PhaseBackfill) {
+		ev.Recorded = true
+		return nil
+	}
+	row, err := state.Get(ctx, r.env.Pool, r.spec.Name)
+	if err != nil {
+		return err
+	}
+	progress, err := row.Tables()
+	if err != nil {
+		return err
+	}
+	var took time.Duration
+	detail := map[string]any{}
+	defer func() {
+		ev.Took, ev.Detail = took, map[string]any{"tables": detail, "rows": r.stats.Rows, "batches": r.stats.Batches}
+		if s := r.stats.Backfill.Seconds(); s > 0 {
+			r.stats.RowsPerSec = float64(r.stats.Rows) / s
+		}
+	}()
+	for i, m := range r.members {
+		p, ok := progress[m.table()]
+		if !ok {
+			return exitcode.Errorf(exitcode.Failed, "the state of %s has no backfill progress for %s: roll the migration back and sync again", r.spec.Name, m.table())
+		}
+		if p.Done {
+			continue
+		}
+		if m.build == nil {
+			if m.build, err = loadBuild(ctx, r.env.Pool, m.spec, m.names); err != nil {
+				return err
+			}
+		}
+		last := i == len(r.members)-1
+		bo := r.backfillOptions(p.BatchSize)
+		table := m.table()
+		bf := r.backfiller(ctx, m.names, m.build, bo, p.RowsCopied, func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
+			return state.SetTableCheckpoint(ctx, tx, r.spec.Name, state.TableCheckpoint{Table: table, Cursor: cp.Cursor,
+				RowsCopied: cp.RowsCopied, BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Last: cp.Done && last, Next: PhaseIndexes})
+		})
+		bf.Log = r.log.With().Str("table", table).Logger()
+		r.log.Info().Str("table", table).Strs("cursor", p.Cursor).Int64("rows_estimate", p.RowsEstimate).Int("batch_size", bo.BatchSize).Msg("backfill")
+		res, err := bf.Run(ctx, gssync.Cursor(p.Cursor))
+		took += res.Duration
+		r.stats.Rows += res.Rows
+		r.stats.Scanned += res.Scanned
+		r.stats.Batches += res.Batches
+		r.stats.Retries += res.Retries
+		r.stats.Redone += res.Redone
+		r.stats.Backfill += res.Duration
+		detail[table] = map[string]any{"rows": res.Rows, "batches": res.Batches, "from": p.Cursor, "to": res.Cursor, "done": res.Done}
+		if err != nil {
+			return err
+		}
+		r.log.Info().Str("table", table).Int64("rows", res.Rows).Int("batches", res.Batches).Float64("took_ms", logx.Ms(res.Duration)).Msg("backfill of the table done")
+	}
+	r.phase = PhaseIndexes
+	return nil
+}
+
+// indexesTables builds each member's target.indexes.
+func (r *syncRun) indexesTables(ctx context.Context) error {
+	if phaseAfter(r.phase, PhaseIndexes) {
+		return nil
+	}
+	row, err := state.Get(ctx, r.env.Pool, r.spec.Name)
+	if err != nil {
+		return err
+	}
+	progress, err := row.Tables()
+	if err != nil {
+		return err
+	}
+	for _, m := range r.members {
+		if len(m.spec.Target.Indexes) == 0 {
+			continue
+		}
+		built, err := progress[m.table()].BuiltIndexesOf()
+		if err != nil {
+			return err
+		}
+		table := m.table()
+		ib := &gssync.IndexBuild{
+			ConnConfig: r.env.ConnConfig,
+			Migration:  r.spec.Name,
+			Names:      m.names,
+			Statements: m.spec.Target.Indexes,
+			Built:      built,
+			Lock:       r.lockOptions(),
+			Log:        r.log.With().Str("table", table).Logger(),
+			OnEvent: func(ctx context.Context, ev gssync.IndexEvent) error {
+				return r.recordTableIndexEvent(ctx, table, ev)
+			},
+		}
+		if err := ib.Run(ctx); err != nil {
+			return err
+		}
+	}
+	return r.setPhase(ctx, r.env.Pool, PhaseForeignKeys)
+}
+
+// recordTableIndexEvent is recordIndexEvent for a member.
+func (r *syncRun) recordTableIndexEvent(ctx context.Context, table string, ev gssync.IndexEvent) error {
+	ctx = context.WithoutCancel(ctx)
+	tx, err := r.env.Pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if err := state.Record(ctx, tx, r.spec.Name, ev.Action+"-index", "ok", ev.Took, ev.SQL,
+		map[string]any{"table": table, "statement": ev.Statement, "index": ev.Index}); err != nil {
+		return err
+	}
+	if ev.Action == "build" && ev.Index != "" {
+		if err := state.AddTableBuiltIndex(ctx, tx, r.spec.Name, table, ev.Statement, ev.Index); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// foreignKeys adds the foreign keys among the greens back, each NOT VALID
+// (a SHARE ROW EXCLUSIVE lock on both greens for milliseconds, retried)
+// then VALIDATEd in a transaction of its own (SHARE UPDATE EXCLUSIVE on
+// the referencing green, ROW SHARE on the referenced one: the scan blocks
+// no write). Each step is an event, recorded with its state change; a
+// resumed sync goes on with the next one.
+func (r *syncRun) foreignKeys(ctx context.Context) error {
+	if phaseAfter(r.phase, PhaseForeignKeys) {
+		return nil
+	}
+	row, err := state.Get(ctx, r.env.Pool, r.spec.Name)
+	if err != nil {
+		return err
+	}
+	fks, err := row.GreenFKs()
+	if err != nil {
+		return err
+	}
+	for i := range fks {
+		fk := &fks[i]
+		if !fk.Added {
+			add := "ALTER TABLE " + fk.Table + " ADD CONSTRAINT " + db.Ident(fk.Name) + " " + fk.Def + " NOT VALID"
+			t0 := time.Now()
+			err := shadow.RunWithLockRetry(ctx, r.env.Pool, "add-foreign-key", r.lockOptions(), r.onRetry("add-foreign-key"), func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, add); err != nil {
+					return fmt.Errorf("add %s on %s NOT VALID: %w", fk.Name, fk.Table, err)
+				}
+				fk.Added = true
+				if err := state.SetGreenFKs(ctx, tx, r.spec.Name, fks); err != nil {
+					return err
+				}
+				return state.Record(ctx, tx, r.spec.Name, "add-foreign-key", "ok", time.Since(t0), add, map[string]any{"table": fk.Table, "constraint": fk.Name})
+			})
+			if err != nil {
+				fk.Added = false
+				return err
+			}
+		}
+		if !fk.Validated {
+			validate := "ALTER TABLE " + fk.Table + " VALIDATE CONSTRAINT " + db.Ident(fk.Name)
+			t0 := time.Now()
+			err := shadow.RunWithLockRetry(ctx, r.env.Pool, "validate-foreign-key", r.lockOptions(), r.onRetry("validate-foreign-key"), func(tx pgx.Tx) error {
+				// The scan may take long; only the lock wait is bounded.
+				if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = 0"); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, validate); err != nil {
+					return fmt.Errorf("validate %s on %s (a row of the green has no parent: compare blue and green with greenswap verify): %w", fk.Name, fk.Table, err)
+				}
+				fk.Validated = true
+				if err := state.SetGreenFKs(ctx, tx, r.spec.Name, fks); err != nil {
+					return err
+				}
+				return state.Record(ctx, tx, r.spec.Name, "validate-foreign-key", "ok", time.Since(t0), validate, map[string]any{"table": fk.Table, "constraint": fk.Name})
+			})
+			if err != nil {
+				fk.Validated = false
+				return err
+			}
+			r.log.Info().Str("table", fk.Table).Str("constraint", fk.Name).Float64("took_ms", logx.Ms(time.Since(t0))).Msg("foreign key among the greens validated")
+		}
+	}
+	return r.setPhase(ctx, r.env.Pool, PhaseAnalyze)
+}
+
+// analyzeTables collects statistics on every green.
+func (r *syncRun) analyzeTables(ctx context.Context) error {
+	if phaseAfter(r.phase, PhaseAnalyze) {
+		return nil
+	}
+	t0 := time.Now()
+	var all []string
+	for _, m := range r.members {
+		sql, err := gssync.Analyze(ctx, r.env.Pool, m.names)
+		if err != nil {
+			return err
+		}
+		all = append(all, sql)
+	}
+	if err := state.Record(ctx, r.env.Pool, r.spec.Name, "analyze", "ok", time.Since(t0), strings.Join(all, ";\n"), nil); err != nil {
+		return err
+	}
+	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse)
+}
+
+// enableReverseTables switches on green → blue for every table and marks
+// the migration synced, in one transaction.
+func (r *syncRun) enableReverseTables(ctx context.Context) error {
+	t0 := time.Now()
+	var sql []string
+	for _, m := range r.members {
+		sql = append(sql, trigger.SetReverseSQL(m.names, true)...)
+	}
+	err := shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
+		for _, s := range sql {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return err
+			}
+		}
+		if err := state.Transition(ctx, tx, r.spec.Name, state.Synced); err != nil {
+			return err
+		}
+		if err := state.SetSynced(ctx, tx, r.spec.Name); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)
+	})
+	if err != nil {
+		return err
+	}
+	r.phase, r.row.State, r.stats.State = PhaseNone, state.Synced, state.Synced
+	r.log.Info().Int("tables", len(r.members)).Msg("synced: blue and green are kept equal in both directions, for every table")
+	return nil
+}
+
+// decodeCursor reads a one-table cursor as stored.
+func decodeCursor(raw json.RawMessage) (gssync.Cursor, error) {
+	var c gssync.Cursor
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return nil, fmt.Errorf("decode the backfill cursor %s: %w", raw, err)
+		}
+	}
+	return c, nil
+}
+
+// namesOf are a migration's names: for several tables, the first
+// member's (the schemas, trigger and flag are the migration's).
+func namesOf(sp *spec.Spec) shadow.Names {
+	if !sp.MultiTable() {
+		return shadow.NamesFor(sp.Name, sp.AppTable())
+	}
+	return membersOf(sp)[0].names
+}
