@@ -27,9 +27,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/greenswap/greenswap/guard"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
-	"github.com/greenswap/greenswap/guard"
 	"github.com/greenswap/greenswap/runner"
 )
 
