@@ -28,12 +28,12 @@ type Key struct {
 func KeyOrder(t *shadow.Table, key []string) []string {
 	usable := func(ix shadow.Index) bool { return ix.Valid && !ix.Partial && !ix.Expression }
 	for _, ix := range t.Indexes {
-		if usable(ix) && ix.Unique && len(ix.Columns) == len(key) && SameColumns(ix.Columns, key) {
+		if usable(ix) && ix.Unique && len(ix.Columns) == len(key) && shadow.SameColumns(ix.Columns, key) {
 			return slices.Clone(ix.Columns)
 		}
 	}
 	for _, ix := range t.Indexes {
-		if usable(ix) && isBtree(ix) && len(ix.Columns) >= len(key) && SameColumns(ix.Columns[:len(key)], key) {
+		if usable(ix) && isBtree(ix) && len(ix.Columns) >= len(key) && shadow.SameColumns(ix.Columns[:len(key)], key) {
 			return slices.Clone(ix.Columns[:len(key)])
 		}
 	}
@@ -188,17 +188,4 @@ func KeyArgs(keys [][]string, ncols int) []any {
 		args[i] = col
 	}
 	return args
-}
-
-// SameColumns reports whether a and b name the same columns, in any order.
-func SameColumns(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for _, x := range a {
-		if !slices.Contains(b, x) {
-			return false
-		}
-	}
-	return true
 }

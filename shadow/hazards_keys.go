@@ -62,7 +62,7 @@ func (h *hazardScan) foreignKeys() {
 // hasUniqueOn reports whether t has a valid, non-partial unique index on exactly cols.
 func hasUniqueOn(t *Table, cols []string) bool {
 	for _, ix := range t.Indexes {
-		if ix.Unique && ix.Valid && !ix.Partial && !ix.Expression && sameSet(ix.Columns, cols) {
+		if ix.Unique && ix.Valid && !ix.Partial && !ix.Expression && SameColumns(ix.Columns, cols) {
 			return true
 		}
 	}

@@ -104,12 +104,12 @@ func chooseKey(s *spec.Spec, blue *Table) ([]string, error) {
 			}
 		}
 		for _, ix := range blue.Indexes {
-			if usableKey(ix) && sameSet(ix.Columns, s.Key) {
+			if usableKey(ix) && SameColumns(ix.Columns, s.Key) {
 				return slices.Clone(s.Key), nil
 			}
 		}
 		for _, ix := range blue.Indexes {
-			if ix.Unique && ix.Deferrable && sameSet(ix.Columns, s.Key) {
+			if ix.Unique && ix.Deferrable && SameColumns(ix.Columns, s.Key) {
 				return nil, s.Errorf("key", "make the constraint NOT DEFERRABLE, or name another unique key",
 					"(%s) is unique only at commit (DEFERRABLE): sync upserts need an immediate unique key", strings.Join(s.Key, ", "))
 			}
@@ -200,7 +200,8 @@ func sourceSide(field string) string {
 	return "green"
 }
 
-func sameSet(a, b []string) bool {
+// SameColumns reports whether a and b name the same columns, in any order.
+func SameColumns(a, b []string) bool {
 	if len(a) != len(b) {
 		return false
 	}

@@ -127,7 +127,7 @@ WHERE %s
 		blueRel, strings.Join(bhas, " AND "))
 	s.all = b.DeleteKeys(key, [][]string{bt, gt}, false, nil).SQL
 
-	if rowsql.SameColumns(m.Key, m.Forward.TargetKey) {
+	if shadow.SameColumns(m.Key, m.Forward.TargetKey) {
 		// One statement: the keys' blue rows are read (and locked) once;
 		// green rows of keys blue does not have are deleted (a hash anti
 		// join against those rows), the others upserted.
