@@ -208,7 +208,7 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 
 	// The quiet period. greenswap's own sessions are this process's
 	// connections, by PID: a client calling itself greenswap is a client.
-	since := time.Now().Add(-opts.QuietPeriod)
+	since := start.Add(-opts.QuietPeriod) // from the invocation: the checks before took time
 	own := cutover.OwnSessions(ctx, env.Pool, lock.PID())
 	var clients []cutover.Client
 	var sampler int32
