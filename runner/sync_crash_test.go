@@ -241,7 +241,7 @@ func TestSyncCLIInterruptPauseResume(t *testing.T) {
 	if _, err := pin.Exec(context.Background(), `SELECT 1 FROM gs_i_blue.orders WHERE id = (SELECT max(id) FROM gs_i_blue.orders) FOR UPDATE`); err != nil {
 		t.Fatal(err)
 	}
-	r = syncStartCLI(t, bin, dsn, "sync", "-f", spec, "--batch-size", "100", "--lock-timeout", "200ms")
+	r = syncStartCLI(t, bin, dsn, "sync", "-f", spec, "--batch-size", "100")
 	n := m.RowsCopied
 	syncWaitFor(t, 30*time.Second, "the resumed backfill", func() bool { return syncRowsCopied(pool, "i") > n+500 })
 	p := syncStartCLI(t, bin, dsn, "pause", "i")
