@@ -199,6 +199,11 @@ SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), c
 // a *shadow.BlindError (exit 3): pg_stat_activity would hide every client
 // of another role, and finalize dropped blue under one (issue 19).
 func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time, own []int32) ([]Client, error) {
+	q, release, err := oneSession(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	if err := shadow.RequireStatsVisibility(ctx, q, "finalize's usage check of "+n.Blue.String()); err != nil {
 		return nil, err
 	}
@@ -227,6 +232,21 @@ func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time, o
 		err := r.Scan(&c.PID, &c.Application, &c.User, &c.ClientAddr, &c.LastSeen, &c.How, &c.Query)
 		return c, err
 	})
+}
+
+// oneSession pins q to one connection when it is a pool, so that a sample's
+// statements (and its trace in pg_stat_activity) stay in the one session it
+// excludes by pg_backend_pid().
+func oneSession(ctx context.Context, q db.Querier) (db.Querier, func(), error) {
+	p, ok := q.(*pgxpool.Pool)
+	if !ok {
+		return q, func() {}, nil
+	}
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("acquire a session for the usage check of blue: %w", err)
+	}
+	return c, c.Release, nil
 }
 
 // mergeClients adds b to a, one entry per (pid, how kind), the latest kept.
@@ -260,6 +280,11 @@ type WatchOptions struct {
 	Tick func(left time.Duration, seen []Client)
 	// Own: the backend PIDs of the caller's own sessions (see Usage).
 	Own []int32
+	// Sampler, when set, is told the backend PID of the one session every
+	// sample ran in: a later check (finalize's, in its transaction) must
+	// count it as the caller's own, as that session's last query, the
+	// sample, names the blue schema.
+	Sampler func(pid int32)
 }
 
 // OwnSessions returns the backend PIDs of pool's idle connections and of
@@ -289,9 +314,29 @@ func OwnSessions(ctx context.Context, pool *pgxpool.Pool, extra ...uint32) []int
 
 // WatchUsage samples Usage every Interval for Period and returns every
 // client seen. It stops early, at the first sample that sees one.
+//
+// Every sample runs in one session, held for the whole watch. Each sample
+// reads the sensor table by its blue-schema name, so the session that ran
+// it looks like a reader of blue to the next sample (the "query" kind).
+// Given a pool, samples used to run in whichever connection was idle, and
+// one that had been busy elsewhere in the process when the caller listed
+// its own sessions (a `sync --watch` in the same process polls the pool)
+// was later flagged by the next sample as a client of blue.
 func WatchUsage(ctx context.Context, q db.Querier, n shadow.Names, opt WatchOptions) ([]Client, error) {
 	if opt.Interval <= 0 {
 		opt.Interval = time.Second
+	}
+	q, release, err := oneSession(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if opt.Sampler != nil {
+		var pid int32
+		if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_backend_pid()`).Scan(&pid); err != nil {
+			return nil, fmt.Errorf("read the sampling session's PID: %w", err)
+		}
+		opt.Sampler(pid)
 	}
 	start := time.Now()
 	since := opt.Since

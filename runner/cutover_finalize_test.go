@@ -32,7 +32,11 @@ target:
 	if _, err := Cutover(ctx, env, spec.Name, CutoverOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	quiet := FinalizeOptions{QuietPeriod: time.Second, SampleEvery: 100 * time.Millisecond, Yes: true}
+	// A long quiet period costs nothing when a client is there: the watch
+	// stops at the first sample that sees it. A short one made the test
+	// load-sensitive: the look-back starts a quiet period before finalize
+	// samples, and on a loaded machine the client's query was older by then.
+	quiet := FinalizeOptions{QuietPeriod: time.Minute, SampleEvery: 100 * time.Millisecond, Yes: true}
 
 	// A legacy release pinned to blue's shape by search_path, reading.
 	reader := coConn(t, dsn, map[string]string{"search_path": "gs_fz_blue", "application_name": "legacy-reader"})

@@ -208,9 +208,10 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 
 	// The quiet period. greenswap's own sessions are this process's
 	// connections, by PID: a client calling itself greenswap is a client.
-	since := time.Now().Add(-opts.QuietPeriod)
+	since := start.Add(-opts.QuietPeriod) // from the invocation: the checks before took time
 	own := cutover.OwnSessions(ctx, env.Pool, lock.PID())
 	var clients []cutover.Client
+	var sampler int32
 	if opts.Force {
 		clients, err = cutover.Usage(ctx, env.Pool, m.Names, since, own)
 	} else {
@@ -219,6 +220,7 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 		lastTick := time.Now()
 		clients, err = cutover.WatchUsage(ctx, env.Pool, m.Names, cutover.WatchOptions{
 			Period: opts.QuietPeriod, Interval: opts.SampleEvery, Since: since, Own: own,
+			Sampler: func(pid int32) { sampler = pid },
 			Tick: func(left time.Duration, seen []cutover.Client) {
 				if len(seen) == 0 && left > 0 && time.Since(lastTick) >= 30*time.Second {
 					lastTick = time.Now()
@@ -268,7 +270,8 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 		in.Since = since
 	}
 	// Again: the pool may have opened connections since.
-	in.Own = cutover.OwnSessions(ctx, env.Pool, lock.PID())
+	// The watch's sampling session too: it may be busy elsewhere now.
+	in.Own = cutover.OwnSessions(ctx, env.Pool, lock.PID(), uint32(sampler))
 	log := env.Log.With().Str("migration", name).Logger()
 	fr, err := cutover.Finalize(ctx, env.Pool, in, cutover.SwapOptions{
 		Lock: lo, OnRetry: lockRetry(log, "finalize", lo.Timeout, opts.printf),

@@ -46,7 +46,12 @@ target:
 	quiet := FinalizeOptions{QuietPeriod: time.Second, SampleEvery: 100 * time.Millisecond, Yes: true}
 	refused := func(what, app, how string) {
 		t.Helper()
-		_, err := Finalize(ctx, env, spec.Name, quiet)
+		// A minute's look-back: the watch stops at the first sample that
+		// sees the client, and with one second the writer's record could
+		// age out before a loaded machine got finalize to sample.
+		long := quiet
+		long.QuietPeriod = time.Minute
+		_, err := Finalize(ctx, env, spec.Name, long)
 		var ue *cutover.UsageError
 		if !errors.As(err, &ue) || exitcode.Of(err) != exitcode.Blocked {
 			t.Fatalf("finalize with %s: want a refusal (exit 3), got exit %d: %v", what, exitcode.Of(err), err)

@@ -228,6 +228,19 @@ func TestSyncCLIInterruptPauseResume(t *testing.T) {
 		t.Fatalf("after SIGINT: phase %q, rows_copied %d", m.Phase, m.RowsCopied)
 	}
 
+	// The last row stays locked until the pause has been seen: the copy
+	// cannot finish first, however the machine's load shares the time
+	// between it and the pause command. Unpinned, a backfill that finished
+	// before the pause committed left nothing to hold (pause still exits 0
+	// while the migration is syncing), and the wait below timed out.
+	pin, err := pool.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pin.Rollback(context.Background())
+	if _, err := pin.Exec(context.Background(), `SELECT 1 FROM gs_i_blue.orders WHERE id = (SELECT max(id) FROM gs_i_blue.orders) FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
 	r = syncStartCLI(t, bin, dsn, "sync", "-f", spec, "--batch-size", "100")
 	n := m.RowsCopied
 	syncWaitFor(t, 30*time.Second, "the resumed backfill", func() bool { return syncRowsCopied(pool, "i") > n+500 })
@@ -235,12 +248,32 @@ func TestSyncCLIInterruptPauseResume(t *testing.T) {
 	if code := p.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("pause: exit %d: %s", code, p.stderr.String())
 	}
-	// Generous: on a loaded machine one batch and the throttle's next look
-	// can take seconds; the point is that the hold happens, not how fast.
-	syncWaitFor(t, 20*time.Second, "the backfill to hold", func() bool {
+	// A condition, not a clock: the hold, or one of the ways it can be
+	// missed, each failing with what happened.
+	hold := time.Now()
+	for {
 		m, err := state.Get(context.Background(), pool, "i")
-		return err == nil && strings.HasPrefix(m.Throttle, "paused")
-	})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(m.Throttle, "paused") {
+			break
+		}
+		if m.Phase != PhaseBackfill || m.BackfillDoneAt != nil {
+			t.Fatalf("paused, but the backfill went on to phase %q (rows_copied %d); stderr:\n%s", m.Phase, m.RowsCopied, r.stderr.String())
+		}
+		if len(r.done) > 0 {
+			t.Fatalf("the resumed sync exited before holding; stderr:\n%s", r.stderr.String())
+		}
+		if time.Since(hold) > 2*time.Minute {
+			t.Fatalf("paused, but the backfill neither held nor finished within 2m (throttle %q, rows_copied %d); stderr:\n%s",
+				m.Throttle, m.RowsCopied, r.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := pin.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	held := syncRowsCopied(pool, "i")
 	time.Sleep(500 * time.Millisecond)
 	if got := syncRowsCopied(pool, "i"); got != held {
