@@ -26,8 +26,8 @@ func (h *hazardScan) volatility() {
 				Objects: []string{v.Field}})
 		} else if len(v.Stable) > 0 {
 			h.add(Hazard{Code: HazardStableMapping, Severity: Info,
-				Message: fmt.Sprintf("%s calls %s (STABLE): its value depends on session settings such as TimeZone or DateStyle", v.Field, strings.Join(v.Stable, ", ")),
-				Fix:     "make sure every writer and greenswap itself run with the same settings",
+				Message: fmt.Sprintf("%s calls %s (STABLE): its value depends on the writing session's settings (TimeZone, DateStyle, IntervalStyle, lc_monetary, extra_float_digits, search_path); the triggers compute it under each writer's settings and verify under its own, so rows written under other settings are reported different", v.Field, strings.Join(v.Stable, ", ")),
+				Fix:     "keep the type, or convert under fixed settings (e.g. to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')); otherwise make sure every writer and greenswap itself run with the same settings",
 				Objects: []string{v.Field}})
 		}
 	}
@@ -232,6 +232,9 @@ func volatilityOfTree(ctx context.Context, q db.Querier, tree string) (v Volatil
 		if id != 0 {
 			oids = append(oids, uint32(id))
 		}
+	}
+	if err := castVolatility(ctx, q, tree, &v, seen); err != nil {
+		return v, err
 	}
 	if len(oids) == 0 {
 		return v, nil
