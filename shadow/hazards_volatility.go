@@ -19,9 +19,15 @@ import (
 func (h *hazardScan) volatility() {
 	for _, v := range h.in.Volatility {
 		if len(v.Volatile) > 0 {
+			// verify hashes the forward direction; a reverse expression
+			// only enters its opposite-direction check (Bidirectional).
+			excluded := "column excluded from verify"
+			if strings.HasPrefix(v.Field, "reverse.") {
+				excluded = "verify leaves it out of the reverse check, so a row written on green that differs from blue mapped forward in a green column only this expression reads is reported, not accepted"
+			}
 			h.add(Hazard{Code: HazardVolatileMapping, Severity: Warning,
-				Message: fmt.Sprintf("%s calls %s: its value differs each time it is computed (backfill, trigger, verify), so checksums cannot match; column excluded from verify",
-					v.Field, strings.Join(v.Volatile, ", ")),
+				Message: fmt.Sprintf("%s calls %s: its value differs each time it is computed (backfill, trigger, verify), so checksums cannot match; %s",
+					v.Field, strings.Join(v.Volatile, ", "), excluded),
 				Fix:     "use an immutable expression if the value must be checked; otherwise accept that verify skips this column",
 				Objects: []string{v.Field}})
 		} else if len(v.Stable) > 0 {
