@@ -19,15 +19,21 @@ import (
 func (h *hazardScan) volatility() {
 	for _, v := range h.in.Volatility {
 		if len(v.Volatile) > 0 {
+			// verify hashes the forward direction; a reverse expression
+			// only enters its opposite-direction check (Bidirectional).
+			excluded := "column excluded from verify"
+			if strings.HasPrefix(v.Field, "reverse.") {
+				excluded = "verify leaves it out of the reverse check, so a row written on green that differs from blue mapped forward in a green column only this expression reads is reported, not accepted"
+			}
 			h.add(Hazard{Code: HazardVolatileMapping, Severity: Warning,
-				Message: fmt.Sprintf("%s calls %s: its value differs each time it is computed (backfill, trigger, verify), so checksums cannot match; column excluded from verify",
-					v.Field, strings.Join(v.Volatile, ", ")),
+				Message: fmt.Sprintf("%s calls %s: its value differs each time it is computed (backfill, trigger, verify), so checksums cannot match; %s",
+					v.Field, strings.Join(v.Volatile, ", "), excluded),
 				Fix:     "use an immutable expression if the value must be checked; otherwise accept that verify skips this column",
 				Objects: []string{v.Field}})
 		} else if len(v.Stable) > 0 {
 			h.add(Hazard{Code: HazardStableMapping, Severity: Info,
-				Message: fmt.Sprintf("%s calls %s (STABLE): its value depends on session settings such as TimeZone or DateStyle", v.Field, strings.Join(v.Stable, ", ")),
-				Fix:     "make sure every writer and greenswap itself run with the same settings",
+				Message: fmt.Sprintf("%s calls %s (STABLE): its value depends on the writing session's settings (TimeZone, DateStyle, IntervalStyle, lc_monetary, extra_float_digits, search_path); the triggers compute it under each writer's settings and verify under its own, so rows written under other settings are reported different", v.Field, strings.Join(v.Stable, ", ")),
+				Fix:     "keep the type, or convert under fixed settings (e.g. to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')); otherwise make sure every writer and greenswap itself run with the same settings",
 				Objects: []string{v.Field}})
 		}
 	}
@@ -141,9 +147,12 @@ func DirectionVolatility(ctx context.Context, q db.Querier, schema string, d *Di
 	return out, nil
 }
 
-func probeVolatility(ctx context.Context, q db.Querier, schema string, d *Direction, col, side string) (v Volatility, err error) {
+// withProbeView compiles the value expression of col into a throwaway
+// view in schema, calls fn with the view's quoted name, and rolls the view
+// back (a savepoint of q, which must be a transaction).
+func withProbeView(ctx context.Context, q db.Querier, schema string, d *Direction, col, side string, fn func(view string) error) (err error) {
 	if _, err := q.Exec(ctx, `SAVEPOINT gs_probe`); err != nil {
-		return v, err
+		return err
 	}
 	defer func() {
 		if _, rerr := q.Exec(ctx, `ROLLBACK TO SAVEPOINT gs_probe`); rerr != nil && err == nil {
@@ -153,13 +162,64 @@ func probeVolatility(ctx context.Context, q db.Querier, schema string, d *Direct
 	view := db.Ident(schema, "gs_probe_volatility")
 	_, err = q.Exec(ctx, "CREATE VIEW "+view+" AS SELECT "+d.ValueExpr(col)+" AS v FROM "+db.Ident(d.Source.Schema, d.Source.Name))
 	if err != nil {
-		return v, spec.NewError("", 0, "", "the expression does not compile: "+ErrText(err),
+		return spec.NewError("", 0, "", "the expression does not compile: "+ErrText(err),
 			"write one SQL expression over the "+side+" row's columns, named bare")
 	}
-	var tree string
-	if err := q.QueryRow(ctx, `SELECT ev_action::text FROM pg_rewrite WHERE ev_class = $1::regclass`, view).Scan(&tree); err != nil {
-		return v, err
+	return fn(view)
+}
+
+// DirectionReads returns, for every column of d, the source columns its
+// expression reads: the column of the same name for one mapped by name;
+// for an explicit one, the columns its compiled parse tree depends on
+// (pg_depend of a throwaway view; a whole-row reference reads them all).
+// verify uses it to know which target columns an opposite-direction check
+// actually looks at. q and schema as for DirectionVolatility.
+func DirectionReads(ctx context.Context, q db.Querier, schema string, d *Direction, field string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, c := range d.Columns {
+		if !c.Explicit {
+			out[c.Target] = []string{c.Target}
+			continue
+		}
+		err := withProbeView(ctx, q, schema, d, c.Target, sourceSide(field), func(view string) error {
+			var cols []string
+			err := q.QueryRow(ctx, `
+SELECT coalesce(array_agg(DISTINCT a.attname::text ORDER BY a.attname::text) FILTER (WHERE
+         a.attnum = d.refobjsubid OR r.ev_action::text ~ '\{VAR :varno \d+ :varattno 0 [^}]*:varlevelsup 0 '), '{}')
+  FROM pg_rewrite r
+  JOIN pg_attribute a ON a.attrelid = $2::regclass AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+       AND d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+ WHERE r.ev_class = $1::regclass`, view, db.Ident(d.Source.Schema, d.Source.Name)).Scan(&cols)
+			out[c.Target] = cols
+			return err
+		})
+		if err != nil {
+			var se *spec.SpecError
+			if errors.As(err, &se) {
+				se.Field = field + "." + c.Target
+				return nil, se
+			}
+			return nil, fmt.Errorf("read the columns of %s.%s: %w", field, c.Target, err)
+		}
 	}
+	return out, nil
+}
+
+func probeVolatility(ctx context.Context, q db.Querier, schema string, d *Direction, col, side string) (v Volatility, err error) {
+	var tree string
+	err = withProbeView(ctx, q, schema, d, col, side, func(view string) error {
+		if err := q.QueryRow(ctx, `SELECT ev_action::text FROM pg_rewrite WHERE ev_class = $1::regclass`, view).Scan(&tree); err != nil {
+			return err
+		}
+		v, err = volatilityOfTree(ctx, q, tree)
+		return err
+	})
+	return v, err
+}
+
+// volatilityOfTree classifies the functions a view's parse tree calls.
+func volatilityOfTree(ctx context.Context, q db.Querier, tree string) (v Volatility, err error) {
 	seen := map[string]bool{}
 	for _, m := range sqlValueRE.FindAllStringSubmatch(tree, -1) {
 		op, _ := strconv.Atoi(m[1])
@@ -178,6 +238,9 @@ func probeVolatility(ctx context.Context, q db.Querier, schema string, d *Direct
 		if id != 0 {
 			oids = append(oids, uint32(id))
 		}
+	}
+	if err := castVolatility(ctx, q, tree, &v, seen); err != nil {
+		return v, err
 	}
 	if len(oids) == 0 {
 		return v, nil

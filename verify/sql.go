@@ -46,6 +46,9 @@ type plan struct {
 	srcType   []string // source types of the key columns: the type of boundary values
 	compared  []string // target columns hashed and compared
 	otherCols []string // source columns checked through the opposite direction
+	// covered[i]: some otherCols expression reads compared[i], so a
+	// difference there may be accepted through the opposite direction.
+	covered   []bool
 	appSchema string
 	castKeys  bool // key types are not directly comparable: compare through casts
 	// asText[i]: compared[i] is compared by its text output (exact mode,

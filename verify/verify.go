@@ -216,21 +216,28 @@ const MaxExtraKeys = 20
 // Result is the outcome of Run.
 type Result struct {
 	// OK: no differences (after repair, if requested: the recheck found none).
-	OK          bool       `json:"ok"`
-	Direction   Direction  `json:"direction"`
-	Source      string     `json:"source"`
-	Target      string     `json:"target"`
-	SourceSide  string     `json:"source_side"` // "blue" or "green"
-	TargetSide  string     `json:"target_side"`
-	KeyColumns  []string   `json:"key_columns"`
-	Compared    []string   `json:"compared_columns"`
-	Excluded    []Excluded `json:"excluded_columns,omitempty"`
-	Workers     int        `json:"workers"`
-	ChunkRows   int        `json:"chunk_rows"`
-	Warnings    []string   `json:"warnings,omitempty"`
-	Exact       bool       `json:"exact"`          // values compared by text output, not by type equality
-	SourceIndex bool       `json:"source_indexed"` // chunks read by index range on the source
-	TargetIndex bool       `json:"target_indexed"`
+	OK         bool       `json:"ok"`
+	Direction  Direction  `json:"direction"`
+	Source     string     `json:"source"`
+	Target     string     `json:"target"`
+	SourceSide string     `json:"source_side"` // "blue" or "green"
+	TargetSide string     `json:"target_side"`
+	KeyColumns []string   `json:"key_columns"`
+	Compared   []string   `json:"compared_columns"`
+	Excluded   []Excluded `json:"excluded_columns,omitempty"`
+	// With Bidirectional: the source columns the opposite-direction check
+	// recomputes from the target row and compares, those it leaves out, and
+	// the compared target columns it does not read (a row differing in one
+	// of them is always reported).
+	OppositeCompared []string   `json:"opposite_compared_columns,omitempty"`
+	OppositeExcluded []Excluded `json:"opposite_excluded_columns,omitempty"`
+	OneWay           []string   `json:"one_way_columns,omitempty"`
+	Workers          int        `json:"workers"`
+	ChunkRows        int        `json:"chunk_rows"`
+	Warnings         []string   `json:"warnings,omitempty"`
+	Exact            bool       `json:"exact"`          // values compared by text output, not by type equality
+	SourceIndex      bool       `json:"source_indexed"` // chunks read by index range on the source
+	TargetIndex      bool       `json:"target_indexed"`
 	Pass
 	Repair *RepairResult `json:"repair,omitempty"`
 	// Rows is the number of source rows compared (the bench's figure).
@@ -355,10 +362,39 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*v
 		if err != nil {
 			return nil, nil, fmt.Errorf("verify: check expressions: %w", err)
 		}
+		reads, err := columnReads(ctx, pool, p.other, string(other), p.appSchema)
+		if err != nil {
+			return nil, nil, fmt.Errorf("verify: check expressions: %w", err)
+		}
+		// A target column is checked by the opposite direction only if a
+		// compared opposite expression reads it: a row that differs in any
+		// other column is reported, never accepted (a volatile reverse
+		// mapping must not make a forward-compared column unverifiable).
+		read := map[string]bool{}
 		for _, c := range p.other.Columns {
-			if _, ok := ovol[c.Target]; !ok {
-				p.otherCols = append(p.otherCols, c.Target)
+			if why, ok := ovol[c.Target]; ok {
+				res.OppositeExcluded = append(res.OppositeExcluded, Excluded{Column: c.Target, Reason: "volatile",
+					Detail: fmt.Sprintf("%s = %s calls %s; its value cannot be recomputed, so the %s check leaves it out", c.Target, c.Expr, strings.Join(why, ", "), other)})
+				continue
 			}
+			p.otherCols = append(p.otherCols, c.Target)
+			for _, r := range reads[c.Target] {
+				read[r] = true
+			}
+		}
+		res.OppositeCompared = p.otherCols
+		p.covered = make([]bool, len(p.compared))
+		for i, c := range p.compared {
+			p.covered[i] = read[c]
+			if !read[c] && !slices.Contains(m.Key, c) {
+				res.OneWay = append(res.OneWay, c)
+			}
+		}
+		if len(res.OneWay) > 0 {
+			w := fmt.Sprintf("%s compared %s → %s only: no %s expression that can be recomputed reads %s, so a row written on %s that differs there is reported, not accepted through the %s mapping",
+				strings.Join(res.OneWay, ", "), p.src.label, p.dst.label, other, plural(len(res.OneWay), "it", "them"), p.dst.label, other)
+			res.Warnings = append(res.Warnings, w)
+			opt.Log.Warn().Strs("columns", res.OneWay).Msg(w)
 		}
 	}
 	res.Compared = p.compared
@@ -765,6 +801,13 @@ func (v *verifier) drill(ctx context.Context, w *worker, c chunk, pass *Pass, mu
 		if err := rows.Scan(dest...); err != nil {
 			return err
 		}
+		if accepted {
+			for _, i := range cols {
+				if !p.covered[i-1] {
+					accepted = false
+				}
+			}
+		}
 		mu.Lock()
 		if accepted {
 			pass.Accepted++
@@ -861,6 +904,13 @@ func isInt(s string) bool {
 		}
 	}
 	return true
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -695,3 +695,80 @@ target:
 		t.Fatalf("green rows with id 5 = %d, %v; want 1", n, err)
 	}
 }
+
+// TestOppositeDirectionNeverAcceptsAnUncheckedColumn (break4 finding 05):
+// with a volatile reverse mapping for v, the reverse re-check leaves v out,
+// so it must not accept a row whose v differs forward: green's v tampered
+// behind the triggers' back is reported, with and without a write on green
+// synced back (as after cutover), and the report says v is one-way.
+func TestOppositeDirectionNeverAcceptsAnUncheckedColumn(t *testing.T) {
+	t.Parallel()
+	pool, dsn, f := fixture(t, `
+		CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(12,2));
+		INSERT INTO t SELECT g, 'x', g FROM generate_series(1, 500) g;`, `
+name: f05
+table: public.t
+target:
+  ddl: |
+    CREATE TABLE t (id bigint PRIMARY KEY, v text, n numeric(12,2))
+reverse:
+  v: "v || '@' || clock_timestamp()::text"
+  n: round(n)
+`)
+	for _, s := range trigger.SetReverseSQL(f.Names, true) {
+		pgtest.Exec(t, dsn, s)
+	}
+	damage(t, dsn, `UPDATE gs_f05_green.t SET v = 'tampered' WHERE id = 10`)
+	res := mustRun(t, pool, f, Options{ChunkRows: 100, Bidirectional: true})
+	if d := findDiff(res, "10"); res.OK || d == nil || !slices.Equal(d.Columns, []string{"v"}) || res.Accepted != 0 {
+		t.Fatalf("tampered v accepted through a reverse check that skips it: %s", describe(res))
+	}
+	if !slices.Contains(res.Compared, "v") || !slices.Equal(res.OneWay, []string{"v"}) ||
+		len(res.OppositeExcluded) != 1 || res.OppositeExcluded[0].Column != "v" || slices.Contains(res.OppositeCompared, "v") {
+		t.Fatalf("report: compared %v one-way %v opposite compared %v excluded %+v", res.Compared, res.OneWay, res.OppositeCompared, res.OppositeExcluded)
+	}
+	if !strings.Contains(strings.Join(res.Warnings, "\n"), "v compared blue → green only") {
+		t.Errorf("warnings %v", res.Warnings)
+	}
+	// Writes on green, synced back (as after cutover): the reverse trigger
+	// writes blue's v through clock_timestamp(), so those rows cannot be
+	// checked on v either way and are reported with the tampered one,
+	// none accepted.
+	pgtest.Exec(t, dsn, `UPDATE gs_f05_green.t SET n = 1.60 WHERE id = 20; UPDATE gs_f05_green.t SET v = 'y' WHERE id <= 3`)
+	res = mustRun(t, pool, f, Options{ChunkRows: 100, Bidirectional: true})
+	if res.OK || res.Accepted != 0 || res.DifferenceCount != 5 || findDiff(res, "10") == nil || findDiff(res, "20") == nil || findDiff(res, "2") == nil {
+		t.Fatalf("after writes on green: accepted %d: %s", res.Accepted, describe(res))
+	}
+}
+
+// TestOppositeDirectionReadsRenamedColumns: coverage follows what the
+// opposite expression reads, not column names: a lossy write on green's
+// renamed amount_n is accepted because reverse.amount reads amount_n.
+func TestOppositeDirectionReadsRenamedColumns(t *testing.T) {
+	t.Parallel()
+	pool, dsn, f := fixture(t, `
+		CREATE TABLE r (id int PRIMARY KEY, amount int NOT NULL);
+		INSERT INTO r SELECT g, g FROM generate_series(1, 300) g;`, `
+name: rn
+table: public.r
+target:
+  ddl: |
+    CREATE TABLE r (id bigint PRIMARY KEY, amount_n numeric(12,2) NOT NULL)
+forward:
+  amount_n: amount
+reverse:
+  amount: round(amount_n)::int
+`)
+	for _, s := range trigger.SetReverseSQL(f.Names, true) {
+		pgtest.Exec(t, dsn, s)
+	}
+	pgtest.Exec(t, dsn, `UPDATE gs_rn_green.r SET amount_n = 1.60 WHERE id = 7`)
+	res := mustRun(t, pool, f, Options{ChunkRows: 100, Bidirectional: true})
+	if !res.OK || res.Accepted != 1 || len(res.OneWay) != 0 {
+		t.Fatalf("renamed lossy column: accepted %d one-way %v: %s", res.Accepted, res.OneWay, describe(res))
+	}
+	damage(t, dsn, `UPDATE gs_rn_green.r SET amount_n = 5.55 WHERE id = 8`)
+	if res := mustRun(t, pool, f, Options{ChunkRows: 100, Bidirectional: true}); res.OK || findDiff(res, "8") == nil {
+		t.Fatalf("tampered amount_n accepted: %s", describe(res))
+	}
+}

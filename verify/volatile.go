@@ -53,3 +53,17 @@ func volatileColumns(ctx context.Context, pool *pgxpool.Pool, d *shadow.Directio
 	}
 	return out, nil
 }
+
+// columnReads returns, for every column of d, the source columns its
+// expression reads (shadow.DirectionReads), probed as volatileColumns does.
+func columnReads(ctx context.Context, pool *pgxpool.Pool, d *shadow.Direction, field, appSchema string) (map[string][]string, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', $1, true)`, shadow.SearchPathFor(appSchema)); err != nil {
+		return nil, fmt.Errorf("set the evaluation search_path: %w", err)
+	}
+	return shadow.DirectionReads(ctx, tx, d.Source.Schema, d, field)
+}
