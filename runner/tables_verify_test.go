@@ -212,3 +212,81 @@ func TestTablesVerifyOneSnapshot(t *testing.T) {
 		}
 	}
 }
+
+// TestTablesVerifyCLI: `greenswap verify NAME` of a migration of several
+// tables with one row of green order_items tampered with: the text has a
+// section per table in dependency order, orders IDENTICAL, order_items
+// DIFFERENT naming the key, the overall verdict, exit 1; --json is the
+// overall verdict with a "tables" array of the one-table documents, exit
+// 1; --repair exits 0 and a new --json says ok.
+func TestTablesVerifyCLI(t *testing.T) {
+	t.Parallel()
+	bin := syncBuildCLI(t)
+	pool, dsn, _, _ := syncedTables(t, "oic", 1000, 2, 0)
+	id := tablesTamper(t, pool, dsn, "oic")
+
+	r := syncStartCLI(t, bin, dsn, "verify", "oic")
+	if code := r.wait(t, time.Minute); code != int(exitcode.Failed) {
+		t.Fatalf("verify of a tampered table: exit %d, want %d\n%s\n%s", code, exitcode.Failed, r.stdout.String(), r.stderr.String())
+	}
+	out := r.stdout.String()
+	orders, items, total := strings.Index(out, "== public.orders =="), strings.Index(out, "== public.order_items =="), strings.Index(out, "== all tables ==")
+	if orders < 0 || items < orders || total < items {
+		t.Fatalf("want a section per table in dependency order, then the totals:\n%s", out)
+	}
+	if s := out[orders:items]; !strings.Contains(s, "IDENTICAL") || strings.Contains(s, "DIFFERENT") {
+		t.Fatalf("orders' section:\n%s", s)
+	}
+	if s := out[items:total]; !strings.Contains(s, fmt.Sprintf("id=%d", id)) || !strings.Contains(s, "different: qty") || !strings.Contains(s, "DIFFERENT: 1 difference(s)") {
+		t.Fatalf("order_items' section lacks the key %d, the column or the verdict:\n%s", id, s)
+	}
+	if s := out[total:]; !strings.Contains(s, "DIFFERENT: public.order_items (1 difference(s)); identical: public.orders; `greenswap verify oic --repair`") {
+		t.Fatalf("overall verdict:\n%s", s)
+	}
+
+	r = syncStartCLI(t, bin, dsn, "verify", "oic", "--json")
+	if code := r.wait(t, time.Minute); code != int(exitcode.Failed) {
+		t.Fatalf("verify --json: exit %d, want %d\n%s", code, exitcode.Failed, r.stderr.String())
+	}
+	var doc struct {
+		Migration  string   `json:"migration"`
+		OK         *bool    `json:"ok"`
+		SnapshotAt string   `json:"snapshot_at"`
+		Different  []string `json:"different_tables"`
+		Diffs      int      `json:"difference_count"`
+		Tables     []struct {
+			Table       string   `json:"table"`
+			OK          *bool    `json:"ok"`
+			Source      string   `json:"source"`
+			KeyColumns  []string `json:"key_columns"`
+			SnapshotAt  string   `json:"snapshot_at"`
+			Differences []struct {
+				Kind string   `json:"kind"`
+				Key  []string `json:"key"`
+			} `json:"differences"`
+		} `json:"tables"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout.String()), &doc); err != nil {
+		t.Fatalf("--json: %v\n%s", err, r.stdout.String())
+	}
+	if doc.Migration != "oic" || doc.OK == nil || *doc.OK || doc.Diffs != 1 || len(doc.Different) != 1 || doc.Different[0] != "public.order_items" || len(doc.Tables) != 2 {
+		t.Fatalf("--json document:\n%s", r.stdout.String())
+	}
+	o, it := doc.Tables[0], doc.Tables[1]
+	if o.Table != "public.orders" || o.OK == nil || !*o.OK || o.Source != "gs_oic_blue.orders" || len(o.Differences) != 0 || o.SnapshotAt != doc.SnapshotAt {
+		t.Fatalf("--json orders: %+v", o)
+	}
+	if it.Table != "public.order_items" || it.OK == nil || *it.OK || len(it.KeyColumns) != 1 || it.KeyColumns[0] != "id" || it.SnapshotAt != doc.SnapshotAt ||
+		len(it.Differences) != 1 || it.Differences[0].Kind != "different" || it.Differences[0].Key[0] != fmt.Sprint(id) {
+		t.Fatalf("--json order_items: %+v", it)
+	}
+
+	r = syncStartCLI(t, bin, dsn, "verify", "oic", "--repair")
+	if code := r.wait(t, time.Minute); code != 0 {
+		t.Fatalf("verify --repair: exit %d\n%s\n%s", code, r.stdout.String(), r.stderr.String())
+	}
+	r = syncStartCLI(t, bin, dsn, "verify", "oic", "--json")
+	if code := r.wait(t, time.Minute); code != 0 || !strings.Contains(r.stdout.String(), `"different_tables": []`) {
+		t.Fatalf("verify after the repair: exit %d\n%s", code, r.stdout.String())
+	}
+}

@@ -53,12 +53,19 @@ mirrored on every shape, --accept-drift records it (privileges must agree).
 It runs while syncing once the backfill is done, synced, or cut over, and
 records its result; cutover requires a passing verify since the last backfill.
 
+A migration of several tables (tables:) is checked table by table in
+dependency order, every table under the same snapshot, so rows written
+together in one transaction are compared in every table or in none. The
+output has one section per table with its verdict, then the totals and the
+overall verdict; --json has "ok", "different_tables", the totals and a
+"tables" array of the one-table documents, each with its "table".
+
 Example:
    greenswap verify orders_v2
    greenswap verify orders_v2 --workers 4 --json | jq '.differences'
    greenswap verify orders_v2 --repair
 
-Exit codes: 0 identical (or repaired and rechecked); 1 differences found (listed),
+Exit codes: 0 identical (or repaired and rechecked); 1 differences found in any table (listed),
 or left after --repair; 2 bad input (unknown migration, backfill not finished);
 3 the objects were changed outside greenswap (drift, listed); 4 migration busy.`,
 		Flags: []cli.Flag{
@@ -421,6 +428,15 @@ func writeVerifyTables(w io.Writer, name string, r *runner.TablesVerifyResult) {
 	line := fmt.Sprintf("DIFFERENT: %s (%d difference(s))", strings.Join(r.Different, ", "), r.DifferenceCount)
 	if len(same) > 0 {
 		line += "; identical: " + strings.Join(same, ", ")
+	}
+	// A table still different after --repair has its repair result (the
+	// sections say what is left); without any, no repair was asked for.
+	repaired := false
+	for _, t := range r.Tables {
+		repaired = repaired || t.Repair != nil
+	}
+	if !repaired {
+		line += fmt.Sprintf("; `greenswap verify %s --repair` re-copies them from the primary side", name)
 	}
 	p("%s", line)
 }
