@@ -161,7 +161,7 @@ tables:
 `)
 	check := func(cmd string, err error) {
 		t.Helper()
-		want := "migration ab has several tables: " + cmd + " does not handle them yet (plan, sync and rollback before cutover do)"
+		want := "migration ab has several tables: " + cmd + " does not handle them yet (plan, sync, verify and rollback before cutover do)"
 		if exitcode.Of(err) != exitcode.BadInput || err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v (exit %d), want exit 2 with %q", cmd, err, exitcode.Of(err), want)
 		}
