@@ -20,8 +20,8 @@ import (
 )
 
 // requireSingleTable refuses a spec with several tables (issue 14) in the
-// commands that do not handle them yet: plan, sync and the teardown
-// before cutover do; verify, cutover and finalize come next. It is the one place that says so, called
+// commands that do not handle them yet: plan, sync, verify and the
+// teardown before cutover do; cutover and finalize come next. It is the one place that says so, called
 // once by each command that refuses, so a command that learns several
 // tables drops its call and nothing else.
 func requireSingleTable(s *spec.Spec, command string) error {
@@ -29,7 +29,7 @@ func requireSingleTable(s *spec.Spec, command string) error {
 		return nil
 	}
 	return exitcode.Errorf(exitcode.BadInput,
-		"migration %s has several tables: %s does not handle them yet (plan, sync and rollback before cutover do); "+
+		"migration %s has several tables: %s does not handle them yet (plan, sync, verify and rollback before cutover do); "+
 			"nothing was changed: roll back with `greenswap rollback %s` and write one spec per table to migrate now",
 		s.Name, command, s.Name)
 }

@@ -88,6 +88,11 @@ type Options struct {
 	MaxReported int // differing keys kept in Result.Differences (all are counted and repaired; default 1000)
 	ImageWidth  int // row images are cut to this many characters (default 200)
 	Stream      StreamWaiter
+	// Snapshot, when set, is the snapshot the first pass compares under
+	// (ExportSnapshot: shared by the Runs over several tables, the caller
+	// closes it; Stream is not waited for again). A repair's recheck takes
+	// a new one all the same.
+	Snapshot *Snapshot
 	// Progress, when set, is called after each unit of work (from worker
 	// goroutines, one call at a time).
 	Progress func(Progress)
@@ -255,10 +260,16 @@ func Run(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*Resul
 	if t.Mapping == nil {
 		return nil, errors.New("verify: no mapping")
 	}
-	if maxConns := int(pool.Config().MaxConns); opt.Workers > maxConns-1 {
-		opt.Workers = max(1, maxConns-1)
-		if maxConns < 2 {
-			return nil, fmt.Errorf("verify: the connection pool allows %d connection(s); it needs at least 2", maxConns)
+	// One connection holds the pass's snapshot; a shared snapshot holds
+	// one more while a repair's recheck exports its own.
+	held := 1
+	if opt.Snapshot != nil {
+		held = 2
+	}
+	if maxConns := int(pool.Config().MaxConns); opt.Workers > maxConns-held {
+		opt.Workers = max(1, maxConns-held)
+		if maxConns < held+1 {
+			return nil, fmt.Errorf("verify: the connection pool allows %d connection(s); it needs at least %d", maxConns, held+1)
 		}
 	}
 	v, res, err := prepare(ctx, pool, t, opt)
@@ -538,41 +549,31 @@ func (v *verifier) run(ctx context.Context, only map[int]bool, phase string) (*P
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	// Coordinator: export the snapshot and hold it until every worker is done.
-	coord, err := v.pool.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer coord.Release()
-	ctx0 := context.WithoutCancel(ctx)
-	tx, err := coord.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback(ctx0)
-	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', '0', true)`); err != nil {
-		return nil, err
-	}
-	pass := &Pass{}
-	var snapshot string
-	if err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_export_snapshot(), pg_catalog.now(),
-		CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END::text`).Scan(&snapshot, &pass.SnapshotAt, &pass.SnapshotLSN); err != nil {
-		return nil, fmt.Errorf("verify: export snapshot: %w", err)
-	}
-	if v.opt.Stream != nil {
-		if err := v.opt.Stream.WaitApplied(ctx, pass.SnapshotLSN); err != nil {
-			return nil, fmt.Errorf("verify: wait for the stream to reach %s: %w", pass.SnapshotLSN, err)
-		}
-	}
-	if err := v.sessionSettings(ctx, tx); err != nil {
-		return nil, err
-	}
-	if v.chunks == nil {
-		chunks, _, err := p.boundaries(ctx, tx, v.opt.ChunkRows)
+	// The snapshot: the caller's shared one for the first pass, else one
+	// of the pass's own, held until every worker is done.
+	snap := v.opt.Snapshot
+	if snap == nil || only != nil {
+		own, err := ExportSnapshot(ctx, v.pool, v.opt.Stream)
 		if err != nil {
 			return nil, err
 		}
-		v.chunks = chunks
+		defer own.Close(ctx)
+		snap = own
+	}
+	pass := &Pass{SnapshotAt: snap.At, SnapshotLSN: snap.LSN}
+	snapshot := snap.ID
+	snap.mu.Lock()
+	if snap.tx == nil {
+		snap.mu.Unlock()
+		return nil, errors.New("verify: the shared snapshot was closed before the comparison")
+	}
+	err := v.sessionSettings(ctx, snap.tx)
+	if err == nil && v.chunks == nil {
+		v.chunks, _, err = p.boundaries(ctx, snap.tx, v.opt.ChunkRows)
+	}
+	snap.mu.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	chunks := v.chunks
 

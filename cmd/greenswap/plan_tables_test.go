@@ -25,7 +25,7 @@ func ordersWithItemsDB(t *testing.T) string {
 
 // TestPlanTablesCommand: plan of the orders-with-items example, as text and
 // as JSON: the order, the steps linking the greens, one section per table;
-// sync reaches synced, and verify refuses it (exit 2) until it handles several tables.
+// sync reaches synced, and verify finds every table identical.
 func TestPlanTablesCommand(t *testing.T) {
 	t.Parallel()
 	dsn := ordersWithItemsDB(t)
@@ -87,9 +87,9 @@ func TestPlanTablesCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("sync of several tables: exit %d, stderr %s", code, errOut)
 	}
-	code, _, errOut = gsCLI("--dsn", dsn, "verify", "orders_bigint")
-	if code != 2 || !strings.Contains(errOut, "several tables: verify does not handle them yet") {
-		t.Errorf("verify of several tables: exit %d, stderr %s", code, errOut)
+	code, out, errOut = gsCLI("--dsn", dsn, "verify", "orders_bigint")
+	if code != 0 || !strings.Contains(out, "IDENTICAL: every table's green matches its blue (public.orders, public.order_items)") {
+		t.Errorf("verify of several tables: exit %d\nstdout:\n%s\nstderr %s", code, out, errOut)
 	}
 }
 

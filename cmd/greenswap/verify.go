@@ -53,12 +53,19 @@ mirrored on every shape, --accept-drift records it (privileges must agree).
 It runs while syncing once the backfill is done, synced, or cut over, and
 records its result; cutover requires a passing verify since the last backfill.
 
+A migration of several tables (tables:) is checked table by table in
+dependency order, every table under the same snapshot, so rows written
+together in one transaction are compared in every table or in none. The
+output has one section per table with its verdict, then the totals and the
+overall verdict; --json has "ok", "different_tables", the totals and a
+"tables" array of the one-table documents, each with its "table".
+
 Example:
    greenswap verify orders_v2
    greenswap verify orders_v2 --workers 4 --json | jq '.differences'
    greenswap verify orders_v2 --repair
 
-Exit codes: 0 identical (or repaired and rechecked); 1 differences found (listed),
+Exit codes: 0 identical (or repaired and rechecked); 1 differences found in any table (listed),
 or left after --repair; 2 bad input (unknown migration, backfill not finished);
 3 the objects were changed outside greenswap (drift, listed); 4 migration busy.`,
 		Flags: []cli.Flag{
@@ -123,7 +130,10 @@ func runVerify(c *cli.Context) error {
 		bar = &verifyBar{w: errw}
 		opts.Progress = bar.draw
 	}
-	res, err := runner.Verify(c.Context, env, name, opts)
+	if bar != nil {
+		opts.OnTable = bar.table
+	}
+	rep, err := runner.VerifyMigration(c.Context, env, name, opts)
 	bar.clear()
 	var de *runner.DriftError
 	if err != nil && !asJSON && errors.As(err, &de) {
@@ -133,16 +143,23 @@ func runVerify(c *cli.Context) error {
 	if err != nil {
 		return fail(err)
 	}
-	if asJSON {
+	var doc any = verifyJSON{Migration: name, Result: rep.Result}
+	if rep.Tables != nil {
+		doc = verifyTablesJSON{Migration: name, TablesVerifyResult: rep.Tables}
+	}
+	switch {
+	case asJSON:
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(verifyJSON{Migration: name, Result: res}); err != nil {
+		if err := enc.Encode(doc); err != nil {
 			return err
 		}
-	} else {
-		writeVerify(c.App.Writer, name, res)
+	case rep.Tables != nil:
+		writeVerifyTables(c.App.Writer, name, rep.Tables)
+	default:
+		writeVerify(c.App.Writer, name, rep.Result)
 	}
-	if !res.OK {
+	if !rep.OK() {
 		return exitcode.With(exitcode.Failed, errAlreadyReported)
 	}
 	return nil
@@ -195,6 +212,14 @@ type verifyJSON struct {
 	*verify.Result
 }
 
+// verifyTablesJSON is the --json document of a migration of several
+// tables: the overall verdict and totals, and under "tables" each table's
+// one-table document with its "table".
+type verifyTablesJSON struct {
+	Migration string `json:"migration"`
+	*runner.TablesVerifyResult
+}
+
 func writeVerifyJSONError(w io.Writer, err error) {
 	var doc struct {
 		Error    string         `json:"error"`
@@ -230,6 +255,11 @@ type verifyBar struct {
 	w     io.Writer
 	drawn bool
 	last  time.Time
+	name  string // the table being compared, for several tables
+}
+
+func (b *verifyBar) table(name string, i, n int) {
+	b.name = fmt.Sprintf(" %s (%d/%d)", name, i+1, n)
 }
 
 func (b *verifyBar) draw(p verify.Progress) {
@@ -245,7 +275,7 @@ func (b *verifyBar) draw(p verify.Progress) {
 	if p.Phase == "repair" {
 		unit = "batches"
 	}
-	fmt.Fprintf(b.w, "\r\033[Kverify %s: %d/%d %s, %s rows read%s, %s", p.Phase, p.Done, p.Total, unit,
+	fmt.Fprintf(b.w, "\r\033[Kverify%s %s: %d/%d %s, %s rows read%s, %s", b.name, p.Phase, p.Done, p.Total, unit,
 		thousands(p.Rows), rate, p.Elapsed.Round(100*time.Millisecond))
 	b.drawn = true
 }
@@ -356,4 +386,57 @@ func writeVerify(w io.Writer, name string, r *verify.Result) {
 	default:
 		p("DIFFERENT: %d difference(s); `greenswap verify %s --repair` re-copies them from the primary side (blue before cutover, green after)", r.DifferenceCount, name)
 	}
+}
+
+// writeVerifyTables prints a verify of several tables: one section per
+// table, in dependency order, each with its verdict, then the totals and
+// the overall verdict.
+func writeVerifyTables(w io.Writer, name string, r *runner.TablesVerifyResult) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	tables := make([]string, len(r.Tables))
+	for i, t := range r.Tables {
+		tables[i] = t.Table
+	}
+	p("greenswap verify: %s — %d tables, in dependency order (%s), under one snapshot at %s",
+		name, len(r.Tables), strings.Join(tables, ", "), r.SnapshotAt.Format("15:04:05.000"))
+	for _, t := range r.Tables {
+		p("")
+		p("== %s ==", t.Table)
+		writeVerify(w, name, t.Result)
+	}
+	p("")
+	p("== all tables ==")
+	src, dst := "blue", "green"
+	if len(r.Tables) > 0 {
+		src, dst = r.Tables[0].SourceSide, r.Tables[0].TargetSide
+	}
+	p("  rows compared   %s %s, %s %s", thousands(r.SourceRows), src, thousands(r.TargetRows), dst)
+	p("  chunks          %d, %d mismatched", r.Chunks, r.MismatchedChunks)
+	p("  differences     %d", r.DifferenceCount)
+	p("  duration        %s", r.Duration.Round(time.Millisecond))
+	p("")
+	if r.OK {
+		p("IDENTICAL: every table's green matches its blue (%s)", strings.Join(tables, ", "))
+		return
+	}
+	var same []string
+	for _, t := range r.Tables {
+		if t.OK {
+			same = append(same, t.Table)
+		}
+	}
+	line := fmt.Sprintf("DIFFERENT: %s (%d difference(s))", strings.Join(r.Different, ", "), r.DifferenceCount)
+	if len(same) > 0 {
+		line += "; identical: " + strings.Join(same, ", ")
+	}
+	// A table still different after --repair has its repair result (the
+	// sections say what is left); without any, no repair was asked for.
+	repaired := false
+	for _, t := range r.Tables {
+		repaired = repaired || t.Repair != nil
+	}
+	if !repaired {
+		line += fmt.Sprintf("; `greenswap verify %s --repair` re-copies them from the primary side", name)
+	}
+	p("%s", line)
 }
