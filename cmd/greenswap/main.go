@@ -85,7 +85,28 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			return cli.ShowAppHelp(c)
 		},
 		OnUsageError: usageError,
+		Before:       checkGlobalFlags,
 	}
+}
+
+// checkGlobalFlags refuses a --log-format or --log-level the logger would
+// otherwise quietly replace by its default: the operator asked for
+// something and must learn they did not get it.
+func checkGlobalFlags(c *cli.Context) error {
+	for _, f := range []struct{ name, valid string }{
+		{"log-format", "auto|console|json"},
+		{"log-level", "debug|info|warn|error"},
+	} {
+		v := c.String(f.name)
+		ok := false
+		for _, w := range strings.Split(f.valid, "|") {
+			ok = ok || v == w
+		}
+		if !ok {
+			return exitcode.Errorf(exitcode.BadInput, "--%s %q is not valid: use one of %s", f.name, v, f.valid)
+		}
+	}
+	return nil
 }
 
 // usageError turns a flag error, of the app or of a command, into exit 2
@@ -142,6 +163,14 @@ Example:
    greenswap help plan
    greenswap help exit-codes`,
 		Action: func(c *cli.Context) error {
+			// urfave/cli stops reading flags at the first argument, so a
+			// flag after the topic arrives here as a second argument.
+			if extra := c.Args().Get(1); extra != "" {
+				if strings.HasPrefix(extra, "-") {
+					return exitcode.Errorf(exitcode.BadInput, "flag provided but not defined: %s (see `greenswap help --help`)", extra)
+				}
+				return exitcode.Errorf(exitcode.BadInput, "help takes one COMMAND or topic, got also %q (see `greenswap help --help`)", extra)
+			}
 			switch arg := c.Args().First(); arg {
 			case "":
 				return cli.ShowAppHelp(c)
