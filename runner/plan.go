@@ -139,6 +139,9 @@ type PlanStep struct {
 	// the command generates it at run time and this shows its shape.
 	Exact bool   `json:"exact"`
 	Note  string `json:"note,omitempty"`
+	// SQLLabels, when set, says what each statement of SQL is (same
+	// length): the backfill shows several forms of its batch.
+	SQLLabels []string `json:"sql_labels,omitempty"`
 }
 
 // Estimate is the disk and time a migration needs. Everything here is an
@@ -1102,8 +1105,13 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 
 	opt := s.Sync.WithDefaults()
 	batch, err := gssync.BatchPreview(n, m, p.build.Blue, fmt.Sprintf("%dms", opt.LockTimeout.Milliseconds()))
-	note := fmt.Sprintf("the statements of one batch as sync sends them; sync finds each range's upper end first; "+
-		"in the batch, $1..$%d are the last key copied, then the range's upper key", 2*len(m.Key))
+	note := fmt.Sprintf("every statement the backfill sends, as sync sends it. Each batch is one transaction: "+
+		"the sync flag, the settings, the query finding its range's upper end (none for the last batch: when it finds no row, "+
+		"fewer than a batch are left), then one batch statement. A batch runs in the plain form; "+
+		"when it fails with a unique violation (a key of its range is in green already, written by the trigger) "+
+		"it is rolled back and redone in the ON CONFLICT DO NOTHING form, which the next %d batches keep. "+
+		"In a batch, $1..$%d are the last key copied (not in the first batch), then the range's upper key (not in the last); "+
+		"in an upper-end query, the last key copied (not for the first range), then the batch size minus one", gssync.ConflictSpell, 2*len(m.Key))
 	if err != nil {
 		note = "cannot show the batch: " + err.Error()
 	}
@@ -1118,6 +1126,9 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 		Lock:        fmt.Sprintf("%s row locks on the batch's blue rows (%s)", m.SourceRowLock(), waits),
 		LockHold:    fmt.Sprintf("one batch (~%s)", opt.TargetBatchTime.Duration), Transactional: true,
 	}, "sync", err == nil, note)
+	if err == nil {
+		p.res.Steps[len(p.res.Steps)-1].SQLLabels = gssync.BatchPreviewLabels()
+	}
 
 	var ixSQL []string
 	for i, src := range s.Target.Indexes {

@@ -138,6 +138,69 @@ func (st IndexStmt) Create(name, rel string, only, concurrently bool) string {
 	return s + rel + " " + st.Tail
 }
 
+// checkIndexTable: a target.indexes statement may index only green, or one
+// of green's own partitions, because sync builds it beside green and
+// rollback drops only what lies in green's schema; an index on any other
+// table would be built on a live table and outlive the migration. The
+// names resolve as sync resolves them (green's schema first): bare, or
+// qualified with green's schema. The app schema is refused too, since
+// during sync the app name there is a view and any other table in it is
+// not green. msg says what is wrong, fix what to do ("" when it is fine).
+func (s *Spec) checkIndexTable(st IndexStmt) (msg, fix string) {
+	green := ddlTableName(s.Target.DDL)
+	if green == "" {
+		green = s.AppTable().Name
+	}
+	greenSchema := "gs_" + s.Name + "_green"
+	ok := map[string]bool{green: true}
+	for _, src := range s.Target.Partitions {
+		if p, m, _ := parsePartitionStmt(src); m == "" {
+			ok[p.name] = true
+		}
+	}
+	name := st.Table[len(st.Table)-1]
+	qualifiedOK := len(st.Table) == 1 || st.Table[0] == greenSchema
+	if ok[name] && qualifiedOK {
+		return "", ""
+	}
+	return fmt.Sprintf("ON %s is not green (%s, the table of target.ddl)", db.Ident(st.Table...), db.Ident(green)),
+		fmt.Sprintf("write ON %s, unqualified: greenswap builds target.indexes on green only (or on one of target.partitions)", db.Ident(green))
+}
+
+// ddlTableName is the name target.ddl's CREATE TABLE gives (its last part
+// when qualified), "" when it does not read as one.
+func ddlTableName(ddl string) string {
+	l := sqllex.New(ddl)
+	next := func() sqllex.Token { t, _ := l.Next(); return t }
+	if !next().Is("create") {
+		return ""
+	}
+	t := next()
+	for t.Is("temp") || t.Is("temporary") || t.Is("unlogged") || t.Is("global") || t.Is("local") {
+		t = next()
+	}
+	if !t.Is("table") {
+		return ""
+	}
+	t = next()
+	if t.Is("if") {
+		if !next().Is("not") || !next().Is("exists") {
+			return ""
+		}
+		t = next()
+	}
+	name, ok := t.Ident()
+	if !ok {
+		return ""
+	}
+	if dot, more := l.Next(); more && dot.IsPunct(".") {
+		if name, ok = next().Ident(); !ok {
+			return ""
+		}
+	}
+	return name
+}
+
 func oneLineStmt(s string) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) > 80 {

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -47,7 +48,7 @@ func TestParseIndexStmt(t *testing.T) {
 func TestIndexStatementsParsedByValidate(t *testing.T) {
 	t.Parallel()
 	s, err := ParseSpec([]byte(edit("    - CREATE INDEX orders_email_idx ON orders (email)",
-		"    - CREATE INDEX orders_email_idx ON orders (email)\n    - create unique index on app.\"Orders\" using btree (lower(email)) where email <> ';'")), "orders.yaml", "")
+		"    - CREATE INDEX orders_email_idx ON orders (email)\n    - create unique index on gs_orders_v2_green.\"orders\" using btree (lower(email)) where email <> ';'")), "orders.yaml", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func TestIndexStatementsParsedByValidate(t *testing.T) {
 	if sts[0].Name != "orders_email_idx" || sts[0].SQL != "CREATE INDEX CONCURRENTLY orders_email_idx ON orders (email)" {
 		t.Errorf("first: %+v", sts[0])
 	}
-	if st := sts[1]; st.Name != "" || !st.Unique || len(st.Table) != 2 || st.Table[1] != "Orders" ||
+	if st := sts[1]; st.Name != "" || !st.Unique || len(st.Table) != 2 || st.Table[1] != "orders" ||
 		st.Tail != "using btree (lower(email)) where email <> ';'" {
 		t.Errorf("second: %+v", st)
 	}
@@ -72,5 +73,55 @@ func TestIndexStatementsParsedByValidate(t *testing.T) {
 		if !errors.As(err, &se) || se.Field != "target.indexes[0]" || se.Line != 7 {
 			t.Errorf("%q: err = %v, want a spec error at orders.yaml:7 target.indexes[0]", bad, err)
 		}
+	}
+}
+
+// TestIndexOnAnotherTableRefused: sync builds every target.indexes item as
+// written and rollback drops only green's schema, so a statement naming
+// any table but green (or one of green's partitions) would build an index
+// on a live table that outlives the migration. The loader refuses it at
+// its line; green's own name, bare or in green's schema, still loads.
+func TestIndexOnAnotherTableRefused(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{
+		"CREATE INDEX i1 ON other (v)",
+		"CREATE INDEX i1 ON public.orders (email)",               // the app name: a view during sync
+		"CREATE INDEX i1 ON public.other (v)",                    // another table in the app schema
+		"CREATE INDEX i1 ON gs_orders_v2_blue.orders (email)",    // blue
+		"CREATE INDEX i1 ON gs_orders_v2_green.other (v)",        // not green
+		"CREATE INDEX i1 ON \"Orders\" (email)",                  // quoted: another name
+		"CREATE INDEX i1 ON x.gs_orders_v2_green.orders (email)", // not a table name at all
+	} {
+		_, err := ParseSpec([]byte(edit("CREATE INDEX orders_email_idx ON orders (email)", bad)), "orders.yaml", "")
+		var se *SpecError
+		if !errors.As(err, &se) || se.Field != "target.indexes[0]" || se.Line != 7 {
+			t.Errorf("%q: err = %v, want a spec error at orders.yaml:7 target.indexes[0]", bad, err)
+		}
+	}
+	for _, good := range []string{
+		"CREATE INDEX i1 ON orders (email)",
+		"CREATE INDEX i1 ON ONLY \"orders\" (email)",
+		"CREATE INDEX i1 ON gs_orders_v2_green.orders (email)",
+	} {
+		if _, err := ParseSpec([]byte(edit("CREATE INDEX orders_email_idx ON orders (email)", good)), "orders.yaml", ""); err != nil {
+			t.Errorf("%q: %v", good, err)
+		}
+	}
+	// A partition of green is green's too (an index of one partition).
+	part := `name: ev
+table: public.events
+key: [id, at]
+target:
+  ddl: CREATE TABLE events (id bigint, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)
+  partitions:
+    - CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
+  indexes:
+    - CREATE INDEX e24_id ON events_2024 (id)
+`
+	if _, err := ParseSpec([]byte(part), "ev.yaml", ""); err != nil {
+		t.Errorf("index on a partition of green: %v", err)
+	}
+	if _, err := ParseSpec([]byte(strings.Replace(part, "ON events_2024", "ON events_2025", 1)), "ev.yaml", ""); err == nil {
+		t.Errorf("index on a table that is not a partition of green: loaded")
 	}
 }

@@ -872,6 +872,9 @@ func (s *Spec) validateTable() error {
 		// after the statement's (sync/indexes.go): an unnamed statement
 		// would leave nothing to derive those names from, nor to find a
 		// half-built index by after a crash.
+		if msg, fix := s.checkIndexTable(st); msg != "" {
+			return s.specErr(f, fix, "%s", msg)
+		}
 		if partitioned && st.Name == "" {
 			return s.specErr(f, "write CREATE INDEX <name> ON ...: greenswap names each partition's index after it",
 				"target.ddl is partitioned: every index needs a name")

@@ -81,12 +81,18 @@ func batchSQL(k rowsql.Key, n shadow.Names, m *shadow.Mapping, after, upper, onC
 	return b.CopyBatch(k, m.SourceRowLock(), after, upper, onConflict)
 }
 
-// BatchPreview is one backfill batch as Backfiller runs it, for plan to
-// show the very statements sync will send (issue 13): the sync flag, the
-// session settings, and a middle batch over (cursor, upper] in the ON
-// CONFLICT form, keyed in the order the copy walks. In the batch, $1.. are
-// the cursor's values, then the upper end's; the flag's and the settings'
-// parameters are filled in as sync binds them (lock timeout lockTimeout).
+// BatchPreview is every statement the Backfiller sends, for plan to show
+// the very statements sync will run (issue 13), in this order: the sync
+// flag, the session settings (both with their parameters filled in as sync
+// binds them; lock timeout lockTimeout), the query finding the upper end of
+// the first range and of every later one, then the batch in the plain form
+// each batch runs in (first, middle, last, and the only batch of a table
+// smaller than one batch), then the same four in the ON CONFLICT form a
+// batch is redone with after a unique violation (a key of its range is in
+// green already, written by the trigger), which the next batches keep for
+// a while. BatchPreviewLabels names them. In a batch, $1.. are the last key
+// copied (not in a first batch), then the range's upper key (not in a last
+// one); in a bound query, the last key copied, then the offset.
 func BatchPreview(n shadow.Names, m *shadow.Mapping, blue *shadow.Table, lockTimeout string) ([]string, error) {
 	k, err := keyFor(m, blue)
 	if err != nil {
@@ -94,9 +100,48 @@ func BatchPreview(n shadow.Names, m *shadow.Mapping, blue *shadow.Table, lockTim
 	}
 	flag, _ := trigger.SyncFlagSQL(n)
 	settings := strings.NewReplacer("$1", db.Literal(n.SearchPath()), "$2", db.Literal(lockTimeout)).Replace(sessionSQL)
-	return []string{
+	out := []string{
 		strings.Replace(flag, "$1", db.Literal(n.SyncFlag), 1),
 		settings,
-		batchSQL(k, n, m, true, true, true).SQL,
-	}, nil
+		boundSQL(k, n.Blue, false),
+		boundSQL(k, n.Blue, true),
+	}
+	for _, onConflict := range []bool{false, true} {
+		for _, r := range batchRanges() {
+			out = append(out, batchSQL(k, n, m, r.after, r.upper, onConflict).SQL)
+		}
+	}
+	return out, nil
 }
+
+// batchRanges are the four ranges a batch can cover, in BatchPreview's
+// order: (after, upper] has a lower end unless it is the first batch and
+// an upper end unless it is the last.
+type batchRange struct {
+	after, upper bool
+	what         string
+}
+
+func batchRanges() []batchRange {
+	return []batchRange{
+		{false, true, "first batch: up to the upper key"},
+		{true, true, "middle batch: after the last key copied, up to the upper key"},
+		{true, false, "last batch: after the last key copied"},
+		{false, false, "only batch (blue holds fewer rows than one batch): every row"},
+	}
+}
+
+// BatchPreviewLabels says what each statement of BatchPreview is, in its order.
+func BatchPreviewLabels() []string {
+	out := []string{"sync flag", "session settings", "upper end of the first range", "upper end of a later range"}
+	for _, form := range []string{"plain", "ON CONFLICT DO NOTHING (redo)"} {
+		for _, r := range batchRanges() {
+			out = append(out, form+" "+r.what)
+		}
+	}
+	return out
+}
+
+// ConflictSpell is how many batches after a redo keep the ON CONFLICT form
+// (plan says it).
+const ConflictSpell = conflictSpell

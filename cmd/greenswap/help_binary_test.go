@@ -81,6 +81,11 @@ func TestHelpPathsBinary(t *testing.T) {
 		{[]string{"nope"}, 2, "", `greenswap: no command "nope"; see ` + "`greenswap --help`"},
 		{[]string{"help", "nope"}, 2, "", `greenswap: no command or help topic "nope" (topics: exit-codes)`},
 		{[]string{"--bogus"}, 2, "", "greenswap: flag provided but not defined: -bogus (see `greenswap --help`)"},
+		{[]string{"help", "exit-codes", "--bogus"}, 2, "", "greenswap: flag provided but not defined: --bogus"},
+		{[]string{"help", "plan", "extra"}, 2, "", `greenswap: help takes one COMMAND or topic, got also "extra"`},
+		{[]string{"--log-format", "bogus", "status"}, 2, "", `greenswap: --log-format "bogus" is not valid: use one of auto|console|json`},
+		{[]string{"--log-level", "bogus", "status"}, 2, "", `greenswap: --log-level "bogus" is not valid: use one of debug|info|warn|error`},
+		{[]string{"--log-level", "bogus", "help"}, 2, "", `greenswap: --log-level "bogus" is not valid`},
 	}
 	// Each command, by the three ways of asking for its help.
 	for _, c := range commands() {

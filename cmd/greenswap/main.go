@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -36,17 +37,95 @@ func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
 	err := app.RunContext(ctx, args)
 	code := exitcode.Of(err)
-	if err != nil && !errors.Is(err, errAlreadyReported) {
-		msg := oneLine(err.Error())
+	redact := func(msg string) string {
 		if dsn := dsnFrom(args); dsn != "" {
-			msg = logx.Redact(msg, dsn)
+			return logx.Redact(msg, dsn)
 		}
-		fmt.Fprintf(stderr, "greenswap: %s\n", msg)
+		return msg
 	}
-	if code == exitcode.Interrupted && err != nil {
-		fmt.Fprintln(stderr, "greenswap: interrupted; progress is saved, run the same command again to resume")
+	switch {
+	case err == nil:
+	case code == exitcode.Interrupted:
+		// The cancellation surfaces as whatever statement was running
+		// failing with "context canceled"; it did not fail, the operator
+		// stopped it, so say that once, with what the command was doing.
+		fmt.Fprintf(stderr, "greenswap: %s\n", redact(interruptedLine(args, err)))
+	case !errors.Is(err, errAlreadyReported):
+		fmt.Fprintf(stderr, "greenswap: %s\n", redact(oneLine(err.Error())))
 	}
 	return int(code)
+}
+
+// interruptedLine is the one line an interrupted command prints: during
+// which command and step, what state that leaves, and the command to run
+// next (the same command line, which every command accepts as a resume).
+func interruptedLine(args []string, err error) string {
+	cmd := commandName(args)
+	rerun := "greenswap " + shellJoin(args[1:])
+	step := strings.TrimSpace(oneLine(err.Error()))
+	for _, noise := range []string{context.Canceled.Error(), "timeout", "canceling statement due to user request"} {
+		for {
+			trimmed := strings.TrimSuffix(strings.TrimSuffix(step, noise), ":")
+			trimmed = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(trimmed), ":"))
+			if trimmed == step {
+				break
+			}
+			step = trimmed
+		}
+	}
+	during := cmd
+	if cmd == "" {
+		during = "greenswap"
+	}
+	if step != "" && step != errAlreadyReported.Error() {
+		during += " [" + clipRunes(step, 120) + "]"
+	}
+	var state string
+	switch cmd {
+	case "plan", "status", "help", "verify":
+		state = "nothing was changed: run `" + rerun + "` again"
+	case "sync":
+		state = "nothing is lost, the copy is checkpointed: run `" + rerun + "` again to resume"
+	case "cutover", "rollback":
+		state = "the swap is one transaction, so it either committed or did not: `greenswap status` says which; run `" + rerun + "` again to retry"
+	default:
+		state = "`greenswap status` shows where it stands: run `" + rerun + "` again to continue"
+	}
+	return "interrupted during " + during + "; " + state
+}
+
+// commandName is the first argument that names a command (its aliases
+// mapped to the name), "" when none does.
+func commandName(args []string) string {
+	cmds := commands()
+	for _, a := range args[1:] {
+		for _, c := range cmds {
+			if a == c.Name || slices.Contains(c.Aliases, a) {
+				return c.Name
+			}
+		}
+	}
+	return ""
+}
+
+// shellJoin quotes what a shell would split or expand.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\n'\"\\$`*?[]{}()<>|&;#~!") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
+
+func clipRunes(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n]) + "…"
 }
 
 // oneLine joins a multi-line error (pgx lists every address it tried, one
@@ -85,7 +164,28 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			return cli.ShowAppHelp(c)
 		},
 		OnUsageError: usageError,
+		Before:       checkGlobalFlags,
 	}
+}
+
+// checkGlobalFlags refuses a --log-format or --log-level the logger would
+// otherwise quietly replace by its default: the operator asked for
+// something and must learn they did not get it.
+func checkGlobalFlags(c *cli.Context) error {
+	for _, f := range []struct{ name, valid string }{
+		{"log-format", "auto|console|json"},
+		{"log-level", "debug|info|warn|error"},
+	} {
+		v := c.String(f.name)
+		ok := false
+		for _, w := range strings.Split(f.valid, "|") {
+			ok = ok || v == w
+		}
+		if !ok {
+			return exitcode.Errorf(exitcode.BadInput, "--%s %q is not valid: use one of %s", f.name, v, f.valid)
+		}
+	}
+	return nil
 }
 
 // usageError turns a flag error, of the app or of a command, into exit 2
@@ -142,6 +242,14 @@ Example:
    greenswap help plan
    greenswap help exit-codes`,
 		Action: func(c *cli.Context) error {
+			// urfave/cli stops reading flags at the first argument, so a
+			// flag after the topic arrives here as a second argument.
+			if extra := c.Args().Get(1); extra != "" {
+				if strings.HasPrefix(extra, "-") {
+					return exitcode.Errorf(exitcode.BadInput, "flag provided but not defined: %s (see `greenswap help --help`)", extra)
+				}
+				return exitcode.Errorf(exitcode.BadInput, "help takes one COMMAND or topic, got also %q (see `greenswap help --help`)", extra)
+			}
 			switch arg := c.Args().First(); arg {
 			case "":
 				return cli.ShowAppHelp(c)

@@ -305,7 +305,10 @@ func writePlanSteps(w io.Writer, steps []runner.PlanStep) {
 			tx = "no transaction"
 		}
 		p("     SQL (%s, %s):", kind, tx)
-		for _, q := range s.SQL {
+		for j, q := range s.SQL {
+			if j < len(s.SQLLabels) {
+				p("       -- %s", s.SQLLabels[j])
+			}
 			for i, line := range strings.Split(strings.TrimRight(q, "\n"), "\n") {
 				lead := "       "
 				if i > 0 {

@@ -296,3 +296,40 @@ func TestShellCompletion(t *testing.T) {
 		t.Errorf("status flag completion:\n%s", out)
 	}
 }
+
+// TestIndexOnAnotherTableExits2: a target.indexes item naming a table other
+// than green is a spec error at its line for plan and sync alike (exit 2),
+// and sync touches nothing: no index on that table, blue not adopted.
+func TestIndexOnAnotherTableExits2(t *testing.T) {
+	t.Parallel()
+	dsn := ordersDB(t)
+	pgtest.Exec(t, dsn, "CREATE TABLE other (v text)")
+	p := filepath.Join(t.TempDir(), "other.yaml")
+	body := "name: orders_v2\ntable: public.orders\ntarget:\n  ddl: CREATE TABLE orders (id bigint PRIMARY KEY)\n  indexes:\n    - CREATE INDEX i1 ON other (v)\n"
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"plan", "sync"} {
+		code, _, errOut := gsCLI("--dsn", dsn, cmd, "-f", p)
+		if code != 2 || strings.Count(errOut, "\n") != 1 ||
+			!strings.Contains(errOut, `other.yaml:6: target.indexes[0]: ON "other" is not green ("orders", the table of target.ddl)`) {
+			t.Errorf("%s: exit %d, stderr %q; want exit 2 and one line naming other.yaml:6 target.indexes[0]", cmd, code, errOut)
+		}
+	}
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	var idx, schemas int
+	var kind string
+	if err := conn.QueryRow(t.Context(), `SELECT
+		(SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'other'),
+		(SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'gs\_%'),
+		(SELECT relkind::text FROM pg_class WHERE oid = 'public.orders'::regclass)`).Scan(&idx, &schemas, &kind); err != nil {
+		t.Fatal(err)
+	}
+	if idx != 0 || schemas != 0 || kind != "r" {
+		t.Errorf("database changed: %d indexes on public.other, %d gs_ schemas, public.orders relkind %q", idx, schemas, kind)
+	}
+}

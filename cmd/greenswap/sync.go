@@ -170,11 +170,7 @@ func syncAction(c *cli.Context) error {
 
 	stats, err := runner.Sync(c.Context, env, spec, opts)
 	if err != nil {
-		if exitcode.Of(err) == exitcode.Interrupted {
-			fmt.Fprintf(c.App.ErrWriter, "greenswap: sync of %s stopped; everything up to the last batch is saved. To resume: greenswap sync -f %s\n",
-				spec.Name, file)
-		}
-		return err
+		return err // an interruption is reported by run(), in one line
 	}
 	if stats.AlreadySynced {
 		fmt.Fprintf(out, "%s is synced: the sync triggers keep blue and green equal in both directions\n", spec.Name)
