@@ -217,7 +217,8 @@ func TestSyncCLIInterruptPauseResume(t *testing.T) {
 	if code := r.wait(t, 30*time.Second); code != 130 {
 		t.Fatalf("exit %d after SIGINT, want 130; stderr:\n%s", code, r.stderr.String())
 	}
-	if !strings.Contains(r.stderr.String(), "To resume: greenswap sync -f "+spec) {
+	if e := r.stderr.String(); !strings.Contains(e, "interrupted during sync") || !strings.Contains(e, "sync -f "+spec) ||
+		!strings.Contains(e, "again to resume") || strings.Contains(e, "context canceled") {
 		t.Fatalf("no resume hint in:\n%s", r.stderr.String())
 	}
 	m, err := state.Get(context.Background(), pool, "i")
