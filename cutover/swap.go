@@ -42,19 +42,19 @@ type SwapPlan struct {
 	RowTypeChanged bool `json:"row_type_changed"`
 	// ViewMode is "replace" (CREATE OR REPLACE VIEW: nothing else moves) or
 	// "rebuild" (dependent views dropped and created again around it).
-	ViewMode  string        `json:"view_mode"`
-	Views     []*viewMeta   `json:"dependent_views,omitempty"` // rebuilt, in creation order
-	MovedFKs  []*foreignKey `json:"moved_foreign_keys,omitempty"`
-	AddedFKs  []*foreignKey `json:"added_foreign_keys,omitempty"`
-	Triggers  []TriggerMove `json:"user_triggers,omitempty"`
-	Policies  []string      `json:"policies_added,omitempty"`
-	Locks     []LockTarget  `json:"locks"`
-	SQL       []string      `json:"sql"`             // under the locks, one transaction
-	After     []string      `json:"after,omitempty"` // each in its own short transaction once the swap committed
-	Warnings  []string      `json:"warnings,omitempty"`
+	ViewMode string        `json:"view_mode"`
+	Views    []*viewMeta   `json:"dependent_views,omitempty"` // rebuilt, in creation order
+	MovedFKs []*foreignKey `json:"moved_foreign_keys,omitempty"`
+	AddedFKs []*foreignKey `json:"added_foreign_keys,omitempty"`
+	Triggers []TriggerMove `json:"user_triggers,omitempty"`
+	Policies []string      `json:"policies_added,omitempty"`
+	Locks    []LockTarget  `json:"locks"`
+	SQL      []string      `json:"sql"`             // under the locks, one transaction
+	After    []string      `json:"after,omitempty"` // each in its own short transaction once the swap committed
+	Warnings []string      `json:"warnings,omitempty"`
 	// Members is each table's own plan, in dependency order, when the
 	// migration has several tables (this plan is then their union).
-	Members   []*SwapPlan   `json:"members,omitempty"`
+	Members   []*SwapPlan `json:"members,omitempty"`
 	blueOID   uint32
 	greenOID  uint32
 	validate  []*foreignKey // what After validates
