@@ -80,10 +80,15 @@ func planFinalizeMembers(ctx context.Context, q db.Querier, in FinalizeInput) (*
 	}
 	out.Locks = ls.list
 
+	// The usage sensor's function and tables are the blue schema's, shared
+	// by every blue's trigger: dropped once every blue is gone.
+	n0 := in.Members[0].Names
+	sensor := []string{"DROP FUNCTION IF EXISTS " + qident(usageFunc(n0)) + "()",
+		"DROP TABLE IF EXISTS " + qident(usageTable(n0)), "DROP TABLE IF EXISTS " + qident(usageStateTable(n0))}
 	var shared []string
 	for _, p := range slices.Backward(subs) {
 		for _, s := range p.SQL {
-			if strings.HasPrefix(s, "DROP SCHEMA ") || strings.HasPrefix(s, "DROP PUBLICATION ") {
+			if strings.HasPrefix(s, "DROP SCHEMA ") || strings.HasPrefix(s, "DROP PUBLICATION ") || slices.Contains(sensor, s) {
 				if !slices.Contains(shared, s) {
 					shared = append(shared, s)
 				}
