@@ -36,7 +36,11 @@ func startLedgerWorkload(t *testing.T, dsn string, workers int, seed uint64) *le
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	// stopCtx only ends the loop: each transaction runs to its end under
+	// ctx, never canceled, so a commit is never left in doubt (a canceled
+	// COMMIT may have committed, and the ledger would not know).
+	stopCtx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	w := &ledgerWorkload{cancel: cancel, live: map[int64]int{}, gone: map[int64]bool{}, at: map[int64]string{}}
 	w.stage.Store("start")
 	for i := range workers {
@@ -45,7 +49,7 @@ func startLedgerWorkload(t *testing.T, dsn string, workers int, seed uint64) *le
 			defer w.wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(i)))
 			var mine []int64
-			for ctx.Err() == nil {
+			for stopCtx.Err() == nil {
 				var id int64
 				var items int
 				op := rng.IntN(5)
@@ -92,7 +96,6 @@ func startLedgerWorkload(t *testing.T, dsn string, workers int, seed uint64) *le
 						mine = append(mine[:victim], mine[victim+1:]...)
 					}
 					w.mu.Unlock()
-				case ctx.Err() != nil:
 				case db.SQLState(err) == db.DeadlockDetected || db.SQLState(err) == "40001":
 				default:
 					w.mu.Lock()

@@ -144,7 +144,7 @@ tables:
 	}
 }
 
-// TestLifecycleRefusesSeveralTables: every command but plan refuses a
+// TestLifecycleRefusesSeveralTables: verify (the one command left) refuses a
 // migration with several tables, exit 2, saying so and changing nothing.
 func TestLifecycleRefusesSeveralTables(t *testing.T) {
 	t.Parallel()
@@ -175,8 +175,6 @@ tables:
 	}
 	_, err := Verify(ctx, env, "ab", VerifyOptions{})
 	check("verify", err)
-	_, err = Cutover(ctx, env, "ab", CutoverOptions{})
-	check("cutover", err)
-	_, err = Finalize(ctx, env, "ab", FinalizeOptions{Yes: true})
-	check("finalize", err)
+	// cutover, rollback after cutover and finalize handle several tables
+	// (TestTablesLifecycleUnderWriters).
 }
