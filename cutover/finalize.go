@@ -32,6 +32,10 @@ type FinalizeInput struct {
 	// Own: the backend PIDs of the caller's own sessions, which are not
 	// clients (see Usage and OwnSessions).
 	Own []int32
+	// Members is every table of a migration of several tables, in
+	// dependency order, each with its Names and Identity (nil for one
+	// table): PlanFinalize then finalizes all of them in one plan.
+	Members []FinalizeInput
 }
 
 // SequenceMove says what finalize does with one sequence a green column
@@ -91,6 +95,16 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 	if err := setPath(ctx, q, catalogPath); err != nil {
 		return nil, err
 	}
+	if len(in.Members) > 1 {
+		return planFinalizeMembers(ctx, q, in)
+	}
+	return planFinalizeOne(ctx, q, in, nil)
+}
+
+// planFinalizeOne plans the finalize of one table; among holds the blues
+// of a migration of several tables (nil for one), whose foreign keys to
+// this blue go with them.
+func planFinalizeOne(ctx context.Context, q db.Querier, in FinalizeInput, among map[uint32]bool) (*FinalizePlan, error) {
 	n := in.Names
 	p := &FinalizePlan{Migration: in.Migration, App: n.App, Green: n.Green, Blue: n.Blue}
 	app, blue, green, err := findMigrationRelations(ctx, q, n)
@@ -126,9 +140,15 @@ func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*Finaliz
 	if err != nil {
 		return nil, err
 	}
-	fks, err := incomingFKs(ctx, q, blue.OID, major)
+	all, err := incomingFKs(ctx, q, blue.OID, major)
 	if err != nil {
 		return nil, err
+	}
+	var fks []*foreignKey
+	for _, f := range all {
+		if !among[f.TableOID] {
+			fks = append(fks, f)
+		}
 	}
 	if len(fks) > 0 {
 		names := make([]string, len(fks))
@@ -539,12 +559,14 @@ func Finalize(ctx context.Context, pool *pgxpool.Pool, in FinalizeInput, opt Swa
 		if in.Since.IsZero() {
 			return nil
 		}
-		cs, err := Usage(ctx, tx, in.Names, in.Since, in.Own)
-		if err != nil {
-			return err
-		}
-		if len(cs) > 0 {
-			return &UsageError{Blue: in.Names.Blue, Period: time.Since(in.Since).Round(time.Second), Clients: cs}
+		for _, n := range in.names() {
+			cs, err := Usage(ctx, tx, n, in.Since, in.Own)
+			if err != nil {
+				return err
+			}
+			if len(cs) > 0 {
+				return &UsageError{Blue: n.Blue, Period: time.Since(in.Since).Round(time.Second), Clients: cs}
+			}
 		}
 		return nil
 	}

@@ -147,11 +147,20 @@ func acquire(ctx context.Context, tx pgx.Tx, pool *pgxpool.Pool, locks []LockTar
 		}
 		return first, err
 	}
-	pairAt := len(locks)
-	if n := len(locks); n >= 2 && locks[n-1].NoWait {
-		pairAt = n - 2
-	}
-	for i, l := range locks[:pairAt] {
+	// A lock followed by one taken NOWAIT is a blue/green pair (lockSet.pair;
+	// several tables have one pair each).
+	for i := 0; i < len(locks); i++ {
+		l := locks[i]
+		if i+1 < len(locks) && locks[i+1].NoWait {
+			if failed, err := acquirePair(ctx, tx, l, locks[i+1], deadline, timeout); err != nil {
+				return fail(failed, err)
+			}
+			if i == 0 {
+				first = time.Now()
+			}
+			i++
+			continue
+		}
 		left := time.Until(deadline)
 		if left < time.Millisecond {
 			return fail(l, lockNotAvailable("lock budget of %s used up before %s", timeout, l.Rel))
@@ -164,14 +173,6 @@ func acquire(ctx context.Context, tx pgx.Tx, pool *pgxpool.Pool, locks []LockTar
 			return fail(l, err)
 		}
 		if i == 0 {
-			first = time.Now()
-		}
-	}
-	if pairAt < len(locks) {
-		if failed, err := acquirePair(ctx, tx, locks[pairAt], locks[pairAt+1], deadline, timeout); err != nil {
-			return fail(failed, err)
-		}
-		if pairAt == 0 {
 			first = time.Now()
 		}
 	}

@@ -42,16 +42,21 @@ type SwapPlan struct {
 	RowTypeChanged bool `json:"row_type_changed"`
 	// ViewMode is "replace" (CREATE OR REPLACE VIEW: nothing else moves) or
 	// "rebuild" (dependent views dropped and created again around it).
-	ViewMode  string        `json:"view_mode"`
-	Views     []*viewMeta   `json:"dependent_views,omitempty"` // rebuilt, in creation order
-	MovedFKs  []*foreignKey `json:"moved_foreign_keys,omitempty"`
-	AddedFKs  []*foreignKey `json:"added_foreign_keys,omitempty"`
-	Triggers  []TriggerMove `json:"user_triggers,omitempty"`
-	Policies  []string      `json:"policies_added,omitempty"`
-	Locks     []LockTarget  `json:"locks"`
-	SQL       []string      `json:"sql"`             // under the locks, one transaction
-	After     []string      `json:"after,omitempty"` // each in its own short transaction once the swap committed
-	Warnings  []string      `json:"warnings,omitempty"`
+	ViewMode string        `json:"view_mode"`
+	Views    []*viewMeta   `json:"dependent_views,omitempty"` // rebuilt, in creation order
+	MovedFKs []*foreignKey `json:"moved_foreign_keys,omitempty"`
+	AddedFKs []*foreignKey `json:"added_foreign_keys,omitempty"`
+	Triggers []TriggerMove `json:"user_triggers,omitempty"`
+	Policies []string      `json:"policies_added,omitempty"`
+	Locks    []LockTarget  `json:"locks"`
+	SQL      []string      `json:"sql"`             // under the locks, one transaction
+	After    []string      `json:"after,omitempty"` // each in its own short transaction once the swap committed
+	Warnings []string      `json:"warnings,omitempty"`
+	// Members is each table's own plan, in dependency order, when the
+	// migration has several tables (this plan is then their union).
+	Members   []*SwapPlan `json:"members,omitempty"`
+	blueOID   uint32
+	greenOID  uint32
 	validate  []*foreignKey // what After validates
 	fpOIDs    []uint32      // relations the fingerprint covers
 	fp        string        // fingerprint the plan was made from
@@ -103,6 +108,10 @@ type SwapInput struct {
 	Names       shadow.Names
 	Direction   Direction
 	ServerMajor int
+	// Members are the names of every table of a migration of several
+	// tables, in dependency order (nil for one table): PlanSwap then plans
+	// every one of them into one plan, one transaction.
+	Members []shadow.Names
 }
 
 func (in SwapInput) sides() (from, to spec.QualifiedName) {
@@ -120,6 +129,16 @@ func PlanSwap(ctx context.Context, q db.Querier, in SwapInput) (*SwapPlan, error
 	if err := setPath(ctx, q, catalogPath); err != nil {
 		return nil, err
 	}
+	if len(in.Members) > 1 {
+		return planSwapMembers(ctx, q, in)
+	}
+	return planSwapOne(ctx, q, in, nil)
+}
+
+// planSwapOne plans the swap of one table. among holds the blue and green
+// of every table of the migration (nil for one table): foreign keys among
+// them stay where they are, blue's to blue and green's to green.
+func planSwapOne(ctx context.Context, q db.Querier, in SwapInput, among map[uint32]bool) (*SwapPlan, error) {
 	n := in.Names
 	from, to := in.sides()
 	p := &SwapPlan{Migration: in.Migration, Direction: in.Direction, App: n.App, From: from, To: to}
@@ -134,6 +153,7 @@ func PlanSwap(ctx context.Context, q db.Querier, in SwapInput) (*SwapPlan, error
 	if blue == nil || green == nil {
 		return nil, exitcode.Errorf(exitcode.BadInput, "%s or %s is missing: sync has not built the migration", n.Blue, n.Green)
 	}
+	p.blueOID, p.greenOID = blue.OID, green.OID
 	fromRel, toRel := blue, green
 	if in.Direction == ToBlue {
 		fromRel, toRel = green, blue
@@ -207,7 +227,7 @@ func PlanSwap(ctx context.Context, q db.Querier, in SwapInput) (*SwapPlan, error
 		return nil, err
 	}
 	for _, f := range in1 {
-		if f.TableOID == toRel.OID {
+		if f.TableOID == toRel.OID || among[f.TableOID] {
 			continue
 		}
 		ok, err := hasUniqueOn(ctx, q, toRel.OID, f.RefColumns)
@@ -224,7 +244,7 @@ func PlanSwap(ctx context.Context, q db.Querier, in SwapInput) (*SwapPlan, error
 	}
 	// Blue's own FKs to other tables: green gets those it lacks.
 	if in.Direction == ToGreen {
-		if err := p.planOutgoing(ctx, q, blue.OID, green.OID, toCols, in.ServerMajor); err != nil {
+		if err := p.planOutgoing(ctx, q, blue.OID, green.OID, toCols, in.ServerMajor, among); err != nil {
 			return nil, err
 		}
 	}
@@ -317,7 +337,7 @@ func trigState(s string) string {
 
 // planOutgoing adds to green, NOT VALID, each FK of blue's to another table
 // that green does not have yet (same columns, same referenced columns).
-func (p *SwapPlan) planOutgoing(ctx context.Context, q db.Querier, blueOID, greenOID uint32, greenCols []column, major int) error {
+func (p *SwapPlan) planOutgoing(ctx context.Context, q db.Querier, blueOID, greenOID uint32, greenCols []column, major int, among map[uint32]bool) error {
 	bfk, err := outgoingFKs(ctx, q, blueOID, major)
 	if err != nil {
 		return err
@@ -337,6 +357,9 @@ func (p *SwapPlan) planOutgoing(ctx context.Context, q db.Querier, blueOID, gree
 		names[idx.Name] = true
 	}
 	for _, f := range bfk {
+		if among[f.RefOID] { // to another blue of the migration: green has its own to that green
+			continue
+		}
 		if slices.ContainsFunc(gfk, func(g *foreignKey) bool {
 			return g.RefOID == f.RefOID && slices.Equal(g.Columns, f.Columns) && slices.Equal(g.RefColumns, f.RefColumns)
 		}) {

@@ -13,6 +13,7 @@ import (
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // DefaultQuietPeriod is how long finalize watches blue for clients.
@@ -76,9 +77,6 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
-	if err := requireSingleTable(m.Spec, "finalize"); err != nil {
-		return nil, err
-	}
 	res := &FinalizeResult{SchemaVersion: SwapSchemaVersion, Migration: name, App: m.Names.App.String(),
 		QuietPeriodS: opts.QuietPeriod.Seconds(), Forced: opts.Force}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
@@ -97,9 +95,12 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 	lo := opts.lockOptions(m.Spec)
 	// Finalize drops blue: a column or trigger added to it (or to the view)
 	// outside greenswap would go with it (trap 16). Checked before the
-	// quiet period and again after it.
-	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
-		return res, err
+	// quiet period and again after it. Several tables have no fingerprint
+	// recorded (see Cutover).
+	if !m.Spec.MultiTable() {
+		if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
+			return res, err
+		}
 	}
 	log := env.Log.With().Str("migration", name).Logger()
 	var fr *cutover.FinalizeResult
@@ -189,11 +190,16 @@ func (e *refusedError) Unwrap() error { return e.err }
 func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOptions, lock *state.Lock, lo shadow.LockOptions,
 	start time.Time, res *FinalizeResult, out **cutover.FinalizeResult) error {
 	name := m.Spec.Name
-	identity, err := cutover.TargetIdentity(ctx, env.Pool, m.Names, m.Spec, lo)
+	in, err := finalizeInput(ctx, env, m, lo)
 	if err != nil {
-		return fmt.Errorf("read target.ddl's identity columns: %w", err)
+		return err
 	}
-	in := cutover.FinalizeInput{Migration: name, Names: m.Names, Identity: identity}
+	names := MemberNames(m.Spec)
+	blues, short := make([]string, len(names)), make([]string, len(names))
+	for i, n := range names {
+		blues[i], short[i] = n.Blue.String(), n.Blue.Name
+	}
+	blue := strings.Join(blues, ", ")
 	tx, err := env.Pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return err
@@ -213,12 +219,12 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 	var clients []cutover.Client
 	var sampler int32
 	if opts.Force {
-		clients, err = cutover.Usage(ctx, env.Pool, m.Names, since, own)
+		clients, err = cutover.UsageMembers(ctx, env.Pool, names, since, own)
 	} else {
 		opts.printf("watching %s for clients other than greenswap for %s (sampled every %s) ...\n",
-			m.Names.Blue, opts.QuietPeriod, durOr(opts.SampleEvery, time.Second))
+			blue, opts.QuietPeriod, durOr(opts.SampleEvery, time.Second))
 		lastTick := time.Now()
-		clients, err = cutover.WatchUsage(ctx, env.Pool, m.Names, cutover.WatchOptions{
+		clients, err = cutover.WatchUsageMembers(ctx, env.Pool, names, cutover.WatchOptions{
 			Period: opts.QuietPeriod, Interval: opts.SampleEvery, Since: since, Own: own,
 			Sampler: func(pid int32) { sampler = pid },
 			Tick: func(left time.Duration, seen []cutover.Client) {
@@ -237,7 +243,10 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 	if len(clients) > 0 {
 		if !opts.Force {
 			uerr := &cutover.UsageError{Blue: m.Names.Blue, Period: opts.QuietPeriod, Clients: clients}
-			opts.printf("refusing: %d client(s) used %s within the quiet period:\n", len(clients), m.Names.Blue)
+			if len(names) > 1 {
+				uerr.Blue = spec.QualifiedName{Schema: m.Names.BlueSchema, Name: strings.Join(short, ", ")}
+			}
+			opts.printf("refusing: %d client(s) used %s within the quiet period:\n", len(clients), blue)
 			for _, c := range clients {
 				opts.printf("  %s\n", c)
 			}
@@ -249,12 +258,12 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 			opts.printf("warning: %s\n", w)
 		}
 	} else if !opts.Force {
-		opts.printf("no client used %s for %s\n", m.Names.Blue, opts.QuietPeriod)
+		opts.printf("no client used %s for %s\n", blue, opts.QuietPeriod)
 	}
 
 	if !opts.Yes {
 		ok, err := opts.Confirm(fmt.Sprintf("finalize %s: drop %s for good and make %s the table %s; this cannot be undone. Continue?",
-			name, m.Names.Blue, m.Names.Green, m.Names.App))
+			name, blue, m.Names.Green, m.Names.App))
 		if err != nil {
 			return &refusedError{exitcode.With(exitcode.BadInput, err)}
 		}
@@ -263,8 +272,10 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 		}
 	}
 
-	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
-		return err
+	if !m.Spec.MultiTable() {
+		if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
+			return err
+		}
 	}
 	if !opts.Force {
 		in.Since = since
@@ -296,4 +307,32 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 	}
 	res.State, res.LockHoldMS = state.Finalized, swapMS(fr.LockHold)
 	return nil
+}
+
+// finalizeInput is what cutover.Finalize needs: the names and target.ddl's
+// identity columns of the table, or of every table of several (their
+// target.ddl without the foreign keys among them, which a scratch schema
+// could not resolve).
+func finalizeInput(ctx context.Context, env *Env, m *Migration, lo shadow.LockOptions) (cutover.FinalizeInput, error) {
+	in := cutover.FinalizeInput{Migration: m.Spec.Name, Names: m.Names}
+	if !m.Spec.MultiTable() {
+		identity, err := cutover.TargetIdentity(ctx, env.Pool, m.Names, m.Spec, lo)
+		if err != nil {
+			return in, fmt.Errorf("read target.ddl's identity columns: %w", err)
+		}
+		in.Identity = identity
+		return in, nil
+	}
+	for _, i := range m.Spec.Order() {
+		ms := m.Spec.Member(i)
+		ms.Target.DDL = shadow.MemberGreenDDL(m.Spec, i)
+		n := shadow.MemberNamesFor(m.Spec.Name, ms.AppTable(), true)
+		identity, err := cutover.TargetIdentity(ctx, env.Pool, n, ms, lo)
+		if err != nil {
+			return in, fmt.Errorf("read the identity columns of %s's target.ddl: %w", ms.AppTable(), err)
+		}
+		in.Members = append(in.Members, cutover.FinalizeInput{Migration: m.Spec.Name, Names: n, Identity: identity})
+	}
+	in.Names, in.Identity = in.Members[0].Names, in.Members[0].Identity
+	return in, nil
 }

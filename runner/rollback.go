@@ -81,11 +81,8 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	}
 	switch m.Row.State {
 	case state.CutOver:
-		// Before cutover (the teardown) several tables are handled; the
-		// swap back comes with cutover's.
-		if err := requireSingleTable(m.Spec, "rollback after cutover"); err != nil {
-			return nil, err
-		}
+		// Several tables: every table swapped back in one transaction
+		// (swap, cutover.SwapInput.Members).
 		res.Kind = "swap"
 		cr := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "rollback", App: m.Names.App.String()}
 		res.Swap = cr

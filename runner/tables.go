@@ -14,27 +14,11 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/shadow"
 
-	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/spec"
 )
 
-// requireSingleTable refuses a spec with several tables (issue 14) in the
-// commands that do not handle them yet: plan, sync, verify and the
-// teardown before cutover do; cutover and finalize come next. It is the one place that says so, called
-// once by each command that refuses, so a command that learns several
-// tables drops its call and nothing else.
-func requireSingleTable(s *spec.Spec, command string) error {
-	if s == nil || !s.MultiTable() {
-		return nil
-	}
-	return exitcode.Errorf(exitcode.BadInput,
-		"migration %s has several tables: %s does not handle them yet (plan, sync, verify and rollback before cutover do); "+
-			"nothing was changed: roll back with `greenswap rollback %s` and write one spec per table to migrate now",
-		s.Name, command, s.Name)
-}
-
-// storedSpec decodes a migration row's spec for requireSingleTable; one
+// storedSpec decodes a migration row's spec; one
 // that does not decode is left to the command's own reading to report.
 func storedSpec(m *state.Migration) *spec.Spec {
 	var s spec.Spec

@@ -282,7 +282,7 @@ func writeTablesPlan(w io.Writer, r *runner.PlanResult, path string) {
 		p("BLOCKED: fix the %d blocking hazard%s above, then plan again. Nothing was changed.", r.Blocking, planPlural(r.Blocking))
 		return
 	}
-	p("Nothing blocking. Nothing was changed. sync does not handle several tables yet (it refuses them, exit 2): plan -f %s is what works today.", path)
+	p("Nothing blocking. Nothing was changed. Next: greenswap sync -f %s", path)
 }
 
 // writePlanSteps prints steps with their locks, SQL and notes.

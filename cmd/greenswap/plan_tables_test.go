@@ -41,7 +41,7 @@ func TestPlanTablesCommand(t *testing.T) {
 		"=== Table 1/2: public.orders → gs_orders_bigint_green.orders",
 		"=== Table 2/2: public.order_items → gs_orders_bigint_green.order_items",
 		`"gs_orders_bigint_green"."gs_forward_order_items"`,
-		"sync does not handle several tables yet",
+		"Nothing blocking. Nothing was changed. Next: greenswap sync -f ",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan output lacks %q:\n%s", want, out)
