@@ -127,6 +127,13 @@ func planFinalizeMembers(ctx context.Context, q db.Querier, in FinalizeInput) (*
 // UsageMembers is one Usage sample over several blues (a migration of
 // several tables): every client seen using any of them.
 func UsageMembers(ctx context.Context, q db.Querier, members []shadow.Names, since time.Time, own []int32) ([]Client, error) {
+	// One session for every table's sample, for the reason WatchUsage
+	// gives: a sample's own query names a blue.
+	q, release, err := oneSession(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	var seen []Client
 	for _, n := range members {
 		cs, err := Usage(ctx, q, n, since, own)
@@ -136,40 +143,4 @@ func UsageMembers(ctx context.Context, q db.Querier, members []shadow.Names, sin
 		seen = mergeClients(seen, cs)
 	}
 	return seen, nil
-}
-
-// WatchUsageMembers is WatchUsage over several blues: each sample looks at
-// all of them, and it stops at the first client seen on any.
-func WatchUsageMembers(ctx context.Context, q db.Querier, members []shadow.Names, opt WatchOptions) ([]Client, error) {
-	if len(members) == 1 {
-		return WatchUsage(ctx, q, members[0], opt)
-	}
-	if opt.Interval <= 0 {
-		opt.Interval = time.Second
-	}
-	start := time.Now()
-	since := opt.Since
-	if since.IsZero() {
-		since = start.Add(-opt.Period)
-	}
-	var seen []Client
-	for {
-		cs, err := UsageMembers(ctx, q, members, since, opt.Own)
-		if err != nil {
-			return seen, err
-		}
-		seen = mergeClients(seen, cs)
-		left := opt.Period - time.Since(start)
-		if opt.Tick != nil {
-			opt.Tick(max(left, 0), seen)
-		}
-		if len(seen) > 0 || left <= 0 {
-			return seen, nil
-		}
-		select {
-		case <-ctx.Done():
-			return seen, ctx.Err()
-		case <-time.After(min(opt.Interval, left)):
-		}
-	}
 }

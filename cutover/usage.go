@@ -323,6 +323,13 @@ func OwnSessions(ctx context.Context, pool *pgxpool.Pool, extra ...uint32) []int
 // its own sessions (a `sync --watch` in the same process polls the pool)
 // was later flagged by the next sample as a client of blue.
 func WatchUsage(ctx context.Context, q db.Querier, n shadow.Names, opt WatchOptions) ([]Client, error) {
+	return WatchUsageMembers(ctx, q, []shadow.Names{n}, opt)
+}
+
+// WatchUsageMembers is WatchUsage over every blue of a migration: each
+// sample looks at all of them, and it stops at the first client seen on
+// any.
+func WatchUsageMembers(ctx context.Context, q db.Querier, members []shadow.Names, opt WatchOptions) ([]Client, error) {
 	if opt.Interval <= 0 {
 		opt.Interval = time.Second
 	}
@@ -345,7 +352,7 @@ func WatchUsage(ctx context.Context, q db.Querier, n shadow.Names, opt WatchOpti
 	}
 	var seen []Client
 	for {
-		cs, err := Usage(ctx, q, n, since, opt.Own)
+		cs, err := UsageMembers(ctx, q, members, since, opt.Own)
 		if err != nil {
 			return seen, err
 		}
