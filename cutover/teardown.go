@@ -237,20 +237,7 @@ type TeardownResult struct {
 // replication slot is dropped after the commit.
 func Teardown(ctx context.Context, pool *pgxpool.Pool, migration string, n shadow.Names, opt SwapOptions,
 	commit func(ctx context.Context, tx pgx.Tx, p *TeardownPlan) error) (*TeardownResult, error) {
-	var c func(tx pgx.Tx, p *TeardownPlan) error
-	if commit != nil {
-		c = func(tx pgx.Tx, p *TeardownPlan) error { return commit(ctx, tx, p) }
-	}
-	plan, st, err := runPlanned(ctx, pool, "rollback", opt,
-		func(tx pgx.Tx) (*TeardownPlan, error) { return PlanTeardown(ctx, tx, migration, n) }, nil, c)
-	res := &TeardownResult{Plan: plan, Attempts: st.Attempts, LockHold: st.LockHold, Duration: st.Duration}
-	if err != nil {
-		return res, err
-	}
-	if plan.Slot != "" {
-		res.SlotNote = dropSlot(ctx, pool, plan.Slot)
-	}
-	return res, nil
+	return TeardownMembers(ctx, pool, migration, []shadow.Names{n}, opt, commit)
 }
 
 // dropSlot drops a replication slot that is not in use and says what happened.

@@ -65,8 +65,10 @@ func PlanTeardownMembers(ctx context.Context, q db.Querier, migration string, me
 	return out, nil
 }
 
-// TeardownMembers is Teardown for a migration of several tables: all of
-// them in one transaction (all or none), with the lock retry.
+// TeardownMembers is Teardown for every table of a migration (one or
+// several): all of them in one transaction (all or none), with the lock
+// retry; commit (the state change; may be nil) runs last inside it. A
+// replication slot is dropped after the commit.
 func TeardownMembers(ctx context.Context, pool *pgxpool.Pool, migration string, members []shadow.Names, opt SwapOptions,
 	commit func(ctx context.Context, tx pgx.Tx, p *TeardownPlan) error) (*TeardownResult, error) {
 	var c func(tx pgx.Tx, p *TeardownPlan) error
