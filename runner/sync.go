@@ -391,22 +391,7 @@ func (r *syncRun) adopt(ctx context.Context) error {
 		return err
 	}
 	if c.adopted() {
-		if r.row.State != state.Planned && r.phase != PhaseAdopt {
-			return nil
-		}
-		tx, err := r.env.Pool.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback(ctx)
-		if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
-			return err
-		}
-		if err := r.setPhase(ctx, tx, PhaseCreateGreen); err != nil {
-			return err
-		}
-		r.row.State = state.Syncing
-		return tx.Commit(ctx)
+		return r.adoptedAlready(ctx)
 	}
 	if c.blue || c.green {
 		return exitcode.Errorf(exitcode.Failed, "%s is not a view but %s exists: the migration's objects are inconsistent; "+
@@ -449,6 +434,28 @@ func (r *syncRun) adopt(ctx context.Context) error {
 	r.phase, r.row.State = PhaseCreateGreen, state.Syncing
 	r.log.Info().Float64("took_ms", logx.Ms(time.Since(t0))).Msgf("adopted: %s is now a view over %s", r.names.App, r.names.Blue)
 	return nil
+}
+
+// adoptedAlready is adopt when the catalog shows it done (a crash between
+// adopt's commit and the next phase, or a state row behind the catalog):
+// the state catches up, nothing else runs.
+func (r *syncRun) adoptedAlready(ctx context.Context) error {
+	if r.row.State != state.Planned && r.phase != PhaseAdopt {
+		return nil
+	}
+	tx, err := r.env.Pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
+		return err
+	}
+	if err := r.setPhase(ctx, tx, PhaseCreateGreen); err != nil {
+		return err
+	}
+	r.row.State = state.Syncing
+	return tx.Commit(ctx)
 }
 
 // createGreen creates green from target.ddl with the sync triggers, in one

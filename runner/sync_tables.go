@@ -158,22 +158,7 @@ func (r *syncRun) adoptTables(ctx context.Context) error {
 		}
 	}
 	if adopted == len(cs) {
-		if r.row.State != state.Planned && r.phase != PhaseAdopt {
-			return nil
-		}
-		tx, err := r.env.Pool.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback(ctx)
-		if err := state.Transition(ctx, tx, r.spec.Name, state.Syncing); err != nil {
-			return err
-		}
-		if err := r.setPhase(ctx, tx, PhaseCreateGreen); err != nil {
-			return err
-		}
-		r.row.State = state.Syncing
-		return tx.Commit(ctx)
+		return r.adoptedAlready(ctx)
 	}
 	if adopted > 0 {
 		return exitcode.Errorf(exitcode.Failed, "%d of the %d tables of %s are adopted: the migration's objects are inconsistent "+

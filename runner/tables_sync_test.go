@@ -402,6 +402,15 @@ func TestTablesSyncKilledResumes(t *testing.T) {
 			break
 		}
 	}
+	// A batch the killed client was committing can still commit on the
+	// server after the client is gone: read the state once its sessions are.
+	syncWaitFor(t, 10*time.Second, "the killed run's sessions to end", func() bool {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity
+			WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
+			  AND application_name LIKE 'greenswap%'`).Scan(&n)
+		return err == nil && n == 0
+	})
 	m, err := state.Get(ctx, pool, "oik")
 	if err != nil {
 		t.Fatal(err)
