@@ -419,11 +419,18 @@ func recordVerify(ctx context.Context, pool interface {
 	db.Querier
 	shadow.TxBeginner
 }, name string, res *verify.Result, took time.Duration) error {
+	return recordVerdict(ctx, pool, name, res.OK, res.SnapshotAt, verifyDetail(res), took)
+}
+
+// recordVerdict writes a verify's event (outcome ok or failed, detail) and
+// the row's verified_at (the compared snapshot's time, so "verified since
+// the last backfill" means the snapshot saw the finished backfill) and
+// verify_ok, in one transaction.
+func recordVerdict(ctx context.Context, pool shadow.TxBeginner, name string, ok bool, at time.Time, detail any, took time.Duration) error {
 	outcome := "ok"
-	if !res.OK {
+	if !ok {
 		outcome = "failed"
 	}
-	detail := verifyDetail(res)
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return err
@@ -432,9 +439,7 @@ func recordVerify(ctx context.Context, pool interface {
 	if err := state.Record(ctx, tx, name, VerifyStep, outcome, took, "", detail); err != nil {
 		return err
 	}
-	// verified_at is the compared snapshot's time, so "verified since the
-	// last backfill" means the snapshot saw the finished backfill.
-	if err := state.SetVerified(ctx, tx, name, res.SnapshotAt, res.OK); err != nil {
+	if err := state.SetVerified(ctx, tx, name, at, ok); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)
@@ -478,10 +483,6 @@ func recordVerifyTables(ctx context.Context, pool interface {
 	db.Querier
 	shadow.TxBeginner
 }, name string, out *TablesVerifyResult, took time.Duration) error {
-	outcome := "ok"
-	if !out.OK {
-		outcome = "failed"
-	}
 	tables := make([]map[string]any, 0, len(out.Tables))
 	for _, t := range out.Tables {
 		d := verifyDetail(t.Result)
@@ -499,18 +500,7 @@ func recordVerifyTables(ctx context.Context, pool interface {
 		"different_tables":  out.Different,
 		"tables":            tables,
 	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(ctx)
-	if err := state.Record(ctx, tx, name, VerifyStep, outcome, took, "", detail); err != nil {
-		return err
-	}
-	if err := state.SetVerified(ctx, tx, name, out.SnapshotAt, out.OK); err != nil {
-		return err
-	}
-	return tx.Commit(ctx)
+	return recordVerdict(ctx, pool, name, out.OK, out.SnapshotAt, detail, took)
 }
 
 // LastVerifyPassed reports whether migration name has a passing verify
