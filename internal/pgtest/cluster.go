@@ -227,7 +227,7 @@ func StartCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	initdb.Dir = root
 	initdb.Env = childEnv()
 	setProcAttrs(initdb, cred)
-	if out, err := initdb.CombinedOutput(); err != nil {
+	if out, err := runTied(initdb); err != nil {
 		hint := ""
 		if runAs != "" {
 			hint = fmt.Sprintf(" (ran as %s)", runAs)

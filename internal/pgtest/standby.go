@@ -76,7 +76,7 @@ func (c *Cluster) StartStandby(ctx context.Context, name string, opts StandbyOpt
 	bb.Dir = s.root
 	bb.Env = childEnv()
 	setProcAttrs(bb, s.cred)
-	if out, err := bb.CombinedOutput(); err != nil {
+	if out, err := runTied(bb); err != nil {
 		hint := ""
 		if s.runAs != "" {
 			hint = fmt.Sprintf(" (ran as %s)", s.runAs)
