@@ -219,6 +219,9 @@ func rehearseGreenLinks(ctx context.Context, tx pgx.Tx, s *spec.Spec, order []in
 	if err := shadow.CheckForeignKeyTypes(ctx, tx, s, fks); err != nil {
 		return nil, nil, err
 	}
+	if err := shadow.CheckForeignKeyActions(ctx, tx, s, fks); err != nil {
+		return nil, nil, err
+	}
 	for _, g := range fks {
 		for _, q := range []string{g.Add, g.Validate} {
 			if _, err := tx.Exec(ctx, q); err != nil {

@@ -149,7 +149,7 @@ func TestDropOnCleanup(t *testing.T) {
 		}
 		// The walsender marks the slot active once it has processed
 		// START_REPLICATION, a moment after the command was sent.
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) { // a loaded machine: minutes are a bound, not a wait
 			got := queryString(t, dsn, "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = $1 AND active", slot)
 			if got == "1" {
 				break
