@@ -241,6 +241,11 @@ func mdEscape(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
 
 // write saves results.json and results.md into dir.
 func (r *Results) write(dir string) error {
+	// BENCH_OUT may name a directory that does not exist yet: a whole run's
+	// figures are not lost to a missing folder.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
 	js, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
