@@ -48,3 +48,33 @@ CREATE TABLE qch (id int PRIMARY KEY, q_id int NOT NULL REFERENCES q ON UPDATE C
 		t.Errorf("ON UPDATE CASCADE to a plain key: %v, want a plan", err)
 	}
 }
+
+// TestPlanTablesRefusesQualifiedReferenceToAMigratedTable: a foreign key
+// naming another migrated table by its schema-qualified name passed plan
+// and failed in sync, after adopt (an outside test); plan refuses it,
+// exit 2, saying to write it unqualified, and the unqualified form plans.
+func TestPlanTablesRefusesQualifiedReferenceToAMigratedTable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, `
+CREATE SCHEMA s1; CREATE SCHEMA s2;
+CREATE TABLE s1.a (id int PRIMARY KEY);
+CREATE TABLE s2.b (id int PRIMARY KEY, a_id int REFERENCES s1.a);`)
+	env := testEnv(t, dsn)
+	specFor := func(ref string) string {
+		return "name: qr\ntables:\n  - table: s1.a\n    target:\n      ddl: CREATE TABLE a (id bigint PRIMARY KEY)\n" +
+			"  - table: s2.b\n    target:\n      ddl: CREATE TABLE b (id bigint PRIMARY KEY, a_id bigint REFERENCES " + ref + " (id))\n"
+	}
+	_, err := Plan(ctx, env, parseSpec(t, specFor("s1.a")), PlanOptions{})
+	if exitcode.Of(err) != exitcode.BadInput || err == nil || !strings.Contains(err.Error(), "tables[1].target.ddl") || !strings.Contains(err.Error(), "unqualified") {
+		t.Errorf("a qualified reference to a migrated table: got %v (exit %d), want exit 2 saying to write it unqualified", err, exitcode.Of(err))
+	}
+	var kind string
+	if err := pool.QueryRow(ctx, `SELECT relkind::text FROM pg_catalog.pg_class WHERE oid = 's1.a'::regclass`).Scan(&kind); err != nil || kind != "r" {
+		t.Errorf("s1.a after the refusal: relkind %q, %v", kind, err)
+	}
+	if _, err := Plan(ctx, env, parseSpec(t, specFor("a")), PlanOptions{}); err != nil {
+		t.Errorf("the unqualified reference: %v, want a plan", err)
+	}
+}

@@ -91,7 +91,15 @@ func CheckForeignKeyTargets(ctx context.Context, q db.Querier, s *spec.Spec) err
 	for i := range s.Tables {
 		m := s.Member(i)
 		for _, fk := range spec.ForeignKeys(m.Target.DDL) {
-			if s.ResolveReference(i, fk.Table) >= 0 {
+			if j := s.ResolveReference(i, fk.Table); j >= 0 {
+				// Sync creates the greens with the app schemas on its
+				// search path, where a qualified name is the app's view
+				// (after adopt), not the green: plan passed such a spec
+				// and sync failed on it (an outside test).
+				if fk.Table.Schema != "" {
+					return m.Errorf("target.ddl", fmt.Sprintf("write REFERENCES %s unqualified: every green of a migration is in its one green schema", db.Ident(fk.Table.Name)),
+						"REFERENCES %s: a table this migration migrates is referenced by its schema-qualified name", fk.Table)
+				}
 				continue
 			}
 			ref := fk.Table
