@@ -703,11 +703,18 @@ func (r *syncRun) analyze(ctx context.Context) error {
 	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse)
 }
 
-// enableReverse switches on green → blue and marks the migration synced, in
-// one transaction (a bounded wait for green's lock, retried).
+// enableReverse switches on green → blue, for every table of the
+// migration, and marks it synced, in one transaction (a bounded wait for
+// the greens' locks, retried).
 func (r *syncRun) enableReverse(ctx context.Context) error {
 	t0 := time.Now()
-	sql := trigger.SetReverseSQL(r.names, true)
+	var sql []string
+	if r.members == nil {
+		sql = trigger.SetReverseSQL(r.names, true)
+	}
+	for _, m := range r.members {
+		sql = append(sql, trigger.SetReverseSQL(m.names, true)...)
+	}
 	err := shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
 		for _, s := range sql {
 			if _, err := tx.Exec(ctx, s); err != nil {
@@ -720,8 +727,10 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 		if err := state.SetSynced(ctx, tx, r.spec.Name); err != nil {
 			return err
 		}
-		if err := recordFingerprintOf(ctx, tx, r.names, r.spec.Name); err != nil {
-			return err
+		if r.members == nil { // several tables: no fingerprint yet (README)
+			if err := recordFingerprintOf(ctx, tx, r.names, r.spec.Name); err != nil {
+				return err
+			}
 		}
 		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)
 	})
@@ -729,7 +738,11 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 		return err
 	}
 	r.phase, r.row.State, r.stats.State = PhaseNone, state.Synced, state.Synced
-	r.log.Info().Msg("synced: blue and green are kept equal in both directions")
+	if r.members != nil {
+		r.log.Info().Int("tables", len(r.members)).Msg("synced: blue and green are kept equal in both directions, for every table")
+	} else {
+		r.log.Info().Msg("synced: blue and green are kept equal in both directions")
+	}
 	return nil
 }
 

@@ -16,7 +16,6 @@ import (
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
-	"github.com/greenswap/greenswap/trigger"
 )
 
 // A migration of several tables (issue 14) runs each sync phase over its
@@ -87,7 +86,7 @@ func (r *syncRun) syncTables(ctx context.Context) error {
 		{PhaseIndexes, inTx(r.indexesTables)},
 		{PhaseForeignKeys, inTx(r.foreignKeys)},
 		{PhaseAnalyze, inTx(r.analyzeTables)},
-		{PhaseEnableReverse, inTx(r.enableReverseTables)},
+		{PhaseEnableReverse, inTx(r.enableReverse)},
 	}
 	for _, ph := range phases {
 		if r.opts.StopAfterSetup && ph.name == PhaseBackfill {
@@ -483,47 +482,52 @@ func (r *syncRun) foreignKeys(ctx context.Context) error {
 		fk := &fks[i]
 		if !fk.Added {
 			add := "ALTER TABLE " + fk.Table + " ADD CONSTRAINT " + db.Ident(fk.Name) + " " + fk.Def + " NOT VALID"
-			t0 := time.Now()
-			err := shadow.RunWithLockRetry(ctx, r.env.Pool, "add-foreign-key", r.lockOptions(), r.onRetry("add-foreign-key"), func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, add); err != nil {
-					return fmt.Errorf("add %s on %s NOT VALID: %w", fk.Name, fk.Table, err)
-				}
-				fk.Added = true
-				if err := state.SetGreenFKs(ctx, tx, r.spec.Name, fks); err != nil {
-					return err
-				}
-				return state.Record(ctx, tx, r.spec.Name, "add-foreign-key", "ok", time.Since(t0), add, map[string]any{"table": fk.Table, "constraint": fk.Name})
-			})
-			if err != nil {
-				fk.Added = false
+			if _, err := r.greenFKStep(ctx, "add-foreign-key", add, fks, fk, &fk.Added, "",
+				fmt.Sprintf("add %s on %s NOT VALID", fk.Name, fk.Table)); err != nil {
 				return err
 			}
 		}
 		if !fk.Validated {
 			validate := "ALTER TABLE " + fk.Table + " VALIDATE CONSTRAINT " + db.Ident(fk.Name)
-			t0 := time.Now()
-			err := shadow.RunWithLockRetry(ctx, r.env.Pool, "validate-foreign-key", r.lockOptions(), r.onRetry("validate-foreign-key"), func(tx pgx.Tx) error {
-				// The scan may take long; only the lock wait is bounded.
-				if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = 0"); err != nil {
-					return err
-				}
-				if _, err := tx.Exec(ctx, validate); err != nil {
-					return fmt.Errorf("validate %s on %s (a row of the green has no parent: compare blue and green with greenswap verify): %w", fk.Name, fk.Table, err)
-				}
-				fk.Validated = true
-				if err := state.SetGreenFKs(ctx, tx, r.spec.Name, fks); err != nil {
-					return err
-				}
-				return state.Record(ctx, tx, r.spec.Name, "validate-foreign-key", "ok", time.Since(t0), validate, map[string]any{"table": fk.Table, "constraint": fk.Name})
-			})
+			// The scan may take long; only the lock wait is bounded.
+			took, err := r.greenFKStep(ctx, "validate-foreign-key", validate, fks, fk, &fk.Validated, "SET LOCAL statement_timeout = 0",
+				fmt.Sprintf("validate %s on %s (a row of the green has no parent: compare blue and green with greenswap verify)", fk.Name, fk.Table))
 			if err != nil {
-				fk.Validated = false
 				return err
 			}
-			r.log.Info().Str("table", fk.Table).Str("constraint", fk.Name).Float64("took_ms", logx.Ms(time.Since(t0))).Msg("foreign key among the greens validated")
+			r.log.Info().Str("table", fk.Table).Str("constraint", fk.Name).Float64("took_ms", logx.Ms(took)).Msg("foreign key among the greens validated")
 		}
 	}
 	return r.setPhase(ctx, r.env.Pool, PhaseAnalyze)
+}
+
+// greenFKStep runs one step of a foreign key among the greens (step: add
+// NOT VALID, or validate) in its own transaction with the lock retry, after
+// prep when given; the step is marked done (*done) in the state row and
+// recorded as an event in that same transaction, so a resumed sync skips
+// exactly the steps that committed.
+func (r *syncRun) greenFKStep(ctx context.Context, step, sql string, fks []state.GreenFK, fk *state.GreenFK, done *bool,
+	prep, what string) (time.Duration, error) {
+	t0 := time.Now()
+	err := shadow.RunWithLockRetry(ctx, r.env.Pool, step, r.lockOptions(), r.onRetry(step), func(tx pgx.Tx) error {
+		if prep != "" {
+			if _, err := tx.Exec(ctx, prep); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		*done = true
+		if err := state.SetGreenFKs(ctx, tx, r.spec.Name, fks); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, step, "ok", time.Since(t0), sql, map[string]any{"table": fk.Table, "constraint": fk.Name})
+	})
+	if err != nil {
+		*done = false
+	}
+	return time.Since(t0), err
 }
 
 // analyzeTables collects statistics on every green.
@@ -544,36 +548,6 @@ func (r *syncRun) analyzeTables(ctx context.Context) error {
 		return err
 	}
 	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse)
-}
-
-// enableReverseTables switches on green → blue for every table and marks
-// the migration synced, in one transaction.
-func (r *syncRun) enableReverseTables(ctx context.Context) error {
-	t0 := time.Now()
-	var sql []string
-	for _, m := range r.members {
-		sql = append(sql, trigger.SetReverseSQL(m.names, true)...)
-	}
-	err := shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
-		for _, s := range sql {
-			if _, err := tx.Exec(ctx, s); err != nil {
-				return err
-			}
-		}
-		if err := state.Transition(ctx, tx, r.spec.Name, state.Synced); err != nil {
-			return err
-		}
-		if err := state.SetSynced(ctx, tx, r.spec.Name); err != nil {
-			return err
-		}
-		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)
-	})
-	if err != nil {
-		return err
-	}
-	r.phase, r.row.State, r.stats.State = PhaseNone, state.Synced, state.Synced
-	r.log.Info().Int("tables", len(r.members)).Msg("synced: blue and green are kept equal in both directions, for every table")
-	return nil
 }
 
 // decodeCursor reads a one-table cursor as stored.
