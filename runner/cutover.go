@@ -127,15 +127,11 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
 	// An app deploy may have changed the view, blue or green since sync
 	// built them (trap 16): the swap would copy or drop its work blindly.
-	// Checked first: drift also fails verify, and this names it.
-	// Several tables: one fingerprint per migration row covers one table,
-	// and sync records none for several (runner/README.md), so there is
-	// nothing to compare against yet.
-	if !m.Spec.MultiTable() {
-		if err := refuseOnDrift(ctx, env, m, "cutover"); err != nil {
-			res.TotalMS = swapMS(time.Since(start))
-			return res, err
-		}
+	// Checked first: drift also fails verify, and this names it. Several
+	// tables: every table's objects (drift.go).
+	if err := refuseOnDrift(ctx, env, m, "cutover"); err != nil {
+		res.TotalMS = swapMS(time.Since(start))
+		return res, err
 	}
 	if !verify.Passed(m.Row) { // verify_ok and verified_at ≥ backfill_done_at
 		if !opts.SkipVerify {
@@ -209,12 +205,9 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 				if err := state.SetPrimarySide(ctx, tx, name, side); err != nil {
 					return err
 				}
-				if multi {
-					return nil // no fingerprint for several tables (see Cutover)
-				}
-				// The swap changed the view and the triggers: what is there now
-				// is greenswap's.
-				return recordFingerprint(ctx, tx, m.Names, name, keep)
+				// The swap changed the views and the triggers (of every
+				// table): what is there now is greenswap's.
+				return recordFingerprint(ctx, tx, m.Spec, keep)
 			},
 		})
 		res.Plan, res.Attempts, res.Blockers = sr.Plan, sr.Attempts, sr.Blockers

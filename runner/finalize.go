@@ -95,12 +95,9 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 	lo := opts.lockOptions(m.Spec)
 	// Finalize drops blue: a column or trigger added to it (or to the view)
 	// outside greenswap would go with it (trap 16). Checked before the
-	// quiet period and again after it. Several tables have no fingerprint
-	// recorded (see Cutover).
-	if !m.Spec.MultiTable() {
-		if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
-			return res, err
-		}
+	// quiet period and again after it; several tables: every table's.
+	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
+		return res, err
 	}
 	log := env.Log.With().Str("migration", name).Logger()
 	var fr *cutover.FinalizeResult
@@ -272,10 +269,8 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 		}
 	}
 
-	if !m.Spec.MultiTable() {
-		if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
-			return err
-		}
+	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
+		return err
 	}
 	if !opts.Force {
 		in.Since = since

@@ -68,9 +68,8 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 	// every change is named, in the output, the result and the event log,
 	// since the swap back or the teardown may not carry it.
 	var drift *driftCheck
-	// Several tables: no fingerprint is recorded yet (the drift check is
-	// the cutover stage's), so there is nothing to compare.
-	if !m.Spec.MultiTable() && (m.Row.State == state.CutOver || m.Row.State == state.Synced || m.Row.State == state.Syncing) {
+	// Several tables: every table's objects (drift.go).
+	if m.Row.State == state.CutOver || m.Row.State == state.Synced || m.Row.State == state.Syncing {
 		var w []string
 		if drift, w = rollbackDriftWarnings(ctx, env, m); len(w) > 0 {
 			res.Warnings = append(res.Warnings, w...)

@@ -423,7 +423,7 @@ func (r *syncRun) adopt(ctx context.Context) error {
 		if err := state.SetPhase(ctx, tx, r.spec.Name, PhaseCreateGreen); err != nil {
 			return err
 		}
-		if err := recordFingerprint(ctx, tx, r.names, r.spec.Name, nil); err != nil {
+		if err := recordFingerprint(ctx, tx, r.spec, nil); err != nil {
 			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "adopt", "ok", time.Since(t0), stepSQL(step), nil)
@@ -500,7 +500,7 @@ func (r *syncRun) createGreen(ctx context.Context) error {
 		if err := state.StartBackfill(ctx, tx, r.spec.Name, PhaseBackfill, b.Blue.RowEstimate, false); err != nil {
 			return err
 		}
-		if err := recordFingerprintOf(ctx, tx, r.names, r.spec.Name, "blue", "green"); err != nil {
+		if err := recordFingerprintOf(ctx, tx, r.spec, "blue", "green"); err != nil {
 			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "create-green", "ok", time.Since(t0), stepSQL(b.Steps...), nil)
@@ -727,10 +727,10 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 		if err := state.SetSynced(ctx, tx, r.spec.Name); err != nil {
 			return err
 		}
-		if r.members == nil { // several tables: no fingerprint yet (README)
-			if err := recordFingerprintOf(ctx, tx, r.names, r.spec.Name); err != nil {
-				return err
-			}
+		// The index (and foreign-key) phases built on green since create-green
+		// recorded green (every table's, for several).
+		if err := recordGreenWork(ctx, tx, r.spec); err != nil {
+			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)
 	})

@@ -201,6 +201,9 @@ func (r *syncRun) adoptTables(ctx context.Context) error {
 		if err := state.SetPhase(ctx, tx, r.spec.Name, PhaseCreateGreen); err != nil {
 			return err
 		}
+		if err := recordFingerprint(ctx, tx, r.spec, nil); err != nil { // every table's views and blues (drift.go)
+			return err
+		}
 		return state.Record(ctx, tx, r.spec.Name, "adopt", "ok", time.Since(t0), stepSQL(steps...), map[string]any{"tables": appTableOf(r.spec)})
 	})
 	if err != nil {
@@ -286,6 +289,9 @@ func (r *syncRun) createGreens(ctx context.Context) error {
 		}
 		steps = append(steps, shadow.Step{Name: "drop-green-fks", SQL: drops})
 		if err := state.StartTables(ctx, tx, r.spec.Name, PhaseBackfill, est, fks); err != nil {
+			return err
+		}
+		if err := recordFingerprintOf(ctx, tx, r.spec, "blue", "green"); err != nil {
 			return err
 		}
 		return state.Record(ctx, tx, r.spec.Name, "create-green", "ok", time.Since(t0), stepSQL(steps...),

@@ -2,13 +2,9 @@ package runner
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/db"
@@ -233,9 +229,8 @@ func verifyTables(ctx context.Context, env *Env, mig *Migration, opts VerifyOpti
 		return nil, exitcode.Errorf(exitcode.BadInput,
 			"migration %s has several tables in logical mode, which greenswap does not sync: roll it back with `greenswap rollback %s`", name, name)
 	}
-	if opts.AcceptDrift {
-		return nil, exitcode.Errorf(exitcode.BadInput,
-			"migration %s has several tables: greenswap records no fingerprint of them yet, so --accept-drift has nothing to accept; run verify without it", name)
+	if err := verifyDrift(ctx, env, mig, opts.AcceptDrift); err != nil { // every table's (drift.go)
+		return nil, err
 	}
 	members := membersOf(mig.Spec)
 	for _, m := range members {
@@ -348,46 +343,6 @@ func runVerify(ctx context.Context, env *Env, mig *Migration, b *Build, opts Ver
 		Progress:      opts.Progress,
 		Log:           log,
 	})
-}
-
-// verifyDrift refuses (exit 3) a migration whose objects drifted, marking
-// its last verify failed so cutover needs a new one; with accept, a change
-// of definitions (not of privileges, which must agree) is recorded as the
-// new baseline instead.
-func verifyDrift(ctx context.Context, env *Env, m *Migration, accept bool) error {
-	c, err := checkDrift(ctx, env, m)
-	if err != nil {
-		return err
-	}
-	name := m.Spec.Name
-	if accept && len(c.Changes) > 0 && len(c.ACL) == 0 {
-		tx, err := env.Pool.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback(ctx)
-		if err := state.SetFingerprint(ctx, tx, name, c.Current); err != nil {
-			return err
-		}
-		if err := state.Record(ctx, tx, name, "accept-drift", "ok", 0, "", map[string]any{"drift": c.Changes}); err != nil {
-			return err
-		}
-		if err := tx.Commit(ctx); err != nil {
-			return err
-		}
-		env.Log.Warn().Str("migration", name).Int("changes", len(c.Changes)).Msg("verify --accept-drift: recorded the objects as they are now")
-		return nil
-	}
-	d := c.all()
-	if len(d) == 0 {
-		return nil
-	}
-	rctx := context.WithoutCancel(ctx)
-	_ = state.Record(rctx, env.Pool, name, VerifyStep, "drift", 0, "", map[string]any{"drift": d})
-	if err := state.SetVerifyFailed(rctx, env.Pool, name); err != nil {
-		return err
-	}
-	return &DriftError{Migration: name, Step: VerifyStep, Drift: d}
 }
 
 // verifiable refuses migrations whose green is not complete yet (exit 2).
@@ -508,139 +463,4 @@ func recordVerifyTables(ctx context.Context, pool interface {
 // --skip-verify. See verify.LastVerifyPassed.
 func LastVerifyPassed(ctx context.Context, q db.Querier, name string) (bool, error) {
 	return verify.LastVerifyPassed(ctx, q, name)
-}
-
-// DriftError refuses a step because blue, green or the app-name view was
-// changed outside greenswap since greenswap last changed them, or because
-// their privileges disagree (exit 3, nothing changed).
-type DriftError struct {
-	Migration string
-	Step      string
-	Drift     []shadow.Drift
-}
-
-func (e *DriftError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s refused, nothing was changed: %d change(s) made outside greenswap since its last step:",
-		e.Step, e.Migration, len(e.Drift))
-	for _, d := range e.Drift {
-		fmt.Fprintf(&b, "\n  %s", d)
-		if d.Fix != "" {
-			fmt.Fprintf(&b, "\n      fix: %s", d.Fix)
-		}
-	}
-	fmt.Fprintf(&b, "\nApply the same change to the other shape(s) or undo it, then `greenswap verify %s` "+
-		"(`--accept-drift` records a change mirrored on every shape); or `greenswap rollback %s`", e.Migration, e.Migration)
-	return b.String()
-}
-
-// ExitCode is exit 3 (blocked).
-func (e *DriftError) ExitCode() exitcode.Code { return exitcode.Blocked }
-
-// driftCheck is the outcome of comparing the catalog with the record.
-type driftCheck struct {
-	Current  *shadow.Fingerprint
-	Recorded *shadow.Fingerprint // nil: none was recorded (an older greenswap did not)
-	Changes  []shadow.Drift      // recorded vs current
-	ACL      []shadow.Drift      // the shapes' privileges disagree
-}
-
-func (c *driftCheck) all() []shadow.Drift { return append(slices.Clone(c.Changes), c.ACL...) }
-
-// checkDrift compares the migration's objects with the fingerprint
-// recorded at greenswap's last step, and the privileges of blue and green
-// with the app view's. A migration with no recorded fingerprint (started
-// by an older greenswap) gets the current one recorded as its baseline
-// when the privileges agree, and is not refused for the rest.
-func checkDrift(ctx context.Context, env *Env, m *Migration) (*driftCheck, error) {
-	if err := state.Upgrade(ctx, env.Pool); err != nil {
-		return nil, fmt.Errorf("upgrade the greenswap state schema: %w", err)
-	}
-	cur, err := shadow.TakeFingerprint(ctx, env.Pool, m.Names)
-	if err != nil {
-		return nil, err
-	}
-	c := &driftCheck{Current: cur, ACL: shadow.PrivilegeDrift(cur)}
-	js, err := state.Fingerprint(ctx, env.Pool, m.Spec.Name)
-	if err != nil {
-		return nil, err
-	}
-	var rec shadow.Fingerprint
-	if js != nil {
-		if err := json.Unmarshal(js, &rec); err != nil {
-			return nil, fmt.Errorf("decode the recorded fingerprint of %s: %w", m.Spec.Name, err)
-		}
-	}
-	if js != nil && rec.Version == shadow.FingerprintVersion {
-		c.Recorded = &rec
-		c.Changes = shadow.DiffFingerprints(&rec, cur)
-		return c, nil
-	}
-	if len(c.ACL) == 0 {
-		if err := state.SetFingerprint(ctx, env.Pool, m.Spec.Name, cur); err != nil {
-			return nil, err
-		}
-		_ = state.Record(ctx, env.Pool, m.Spec.Name, "fingerprint", "baseline", 0, "",
-			map[string]any{"note": "no fingerprint recorded (an older greenswap started this migration): the current one is the baseline"})
-	}
-	return c, nil
-}
-
-// refuseOnDrift runs checkDrift for step and returns a *DriftError naming
-// every change, after recording a refused event.
-func refuseOnDrift(ctx context.Context, env *Env, m *Migration, step string) error {
-	c, err := checkDrift(ctx, env, m)
-	if err != nil {
-		return err
-	}
-	if d := c.all(); len(d) > 0 {
-		_ = state.Record(context.WithoutCancel(ctx), env.Pool, m.Spec.Name, step, "drift", 0, "", map[string]any{"drift": d})
-		return &DriftError{Migration: m.Spec.Name, Step: step, Drift: d}
-	}
-	return nil
-}
-
-// recordFingerprintOf records, inside tx, the current state of only the
-// objects a step changed (roles "app", "blue", "green"), the others as
-// recorded before: a sync phase that creates green must not make a change
-// an app deploy made to the view or blue meanwhile part of the baseline.
-// With no usable recorded fingerprint (an older greenswap's row) it
-// records everything as it is.
-func recordFingerprintOf(ctx context.Context, tx pgx.Tx, n shadow.Names, name string, roles ...string) error {
-	js, err := state.Fingerprint(ctx, tx, name)
-	if err != nil {
-		return err
-	}
-	var rec shadow.Fingerprint
-	if js == nil || json.Unmarshal(js, &rec) != nil || rec.Version != shadow.FingerprintVersion {
-		return recordFingerprint(ctx, tx, n, name, nil)
-	}
-	if len(roles) == 0 {
-		return nil
-	}
-	cur, err := shadow.TakeFingerprint(ctx, tx, n)
-	if err != nil {
-		return err
-	}
-	for i := range rec.Objects {
-		if o := cur.Object(rec.Objects[i].Role); o != nil && slices.Contains(roles, o.Role) {
-			rec.Objects[i] = *o
-		}
-	}
-	return state.SetFingerprint(ctx, tx, name, &rec)
-}
-
-// recordFingerprint records the objects as they are now, inside tx: the
-// transaction of the greenswap step that changed them. keep (may be nil)
-// is drift the step went ahead despite (rollback): its parts keep their
-// recorded state, so later checks still report it.
-func recordFingerprint(ctx context.Context, tx pgx.Tx, n shadow.Names, name string, keep *driftCheck) error {
-	fp, err := shadow.TakeFingerprint(ctx, tx, n)
-	if err != nil {
-		return err
-	}
-	if keep != nil && keep.Recorded != nil && len(keep.Changes) > 0 {
-		fp = shadow.KeepDrifted(keep.Recorded, fp, keep.Changes)
-	}
-	return state.SetFingerprint(ctx, tx, name, fp)
 }

@@ -14,23 +14,32 @@ import (
 )
 
 // FingerprintVersion changes when the fingerprint's content changes
-// meaning; a recorded one of another version is replaced, not compared.
-const FingerprintVersion = 1
+// meaning; a recorded one of another version is replaced, not compared,
+// except version 1 (before indexes were part of it): see Comparable.
+const FingerprintVersion = 2
+
+// fingerprintIndexesSince is the first version that records indexes.
+const fingerprintIndexesSince = 2
 
 // Fingerprint describes what an app deploy may change on the three objects
 // of a migration (the app-name view, blue, green), so a change made outside
 // greenswap during the migration can be named before cutover or finalize
 // acts on a shape that is no longer the one it built (design trap 16).
 // greenswap's own triggers are left out. It is plain data: recorded as
-// JSON in greenswap.migrations and compared with DiffFingerprints.
+// JSON in greenswap.migrations and compared with DiffFingerprints. A
+// migration of several tables has the three objects of every table, each
+// tagged with its table (ObjectPrint.Table).
 type Fingerprint struct {
 	Version int           `json:"version"`
 	Objects []ObjectPrint `json:"objects"`
 }
 
 // ObjectPrint is one relation of the fingerprint. Role is "app", "blue" or
-// "green". A missing relation has Exists false and nothing else.
+// "green". A missing relation has Exists false and nothing else. Table is
+// the app table the object belongs to in a migration of several tables
+// (empty for one table, so a one-table fingerprint reads as before).
 type ObjectPrint struct {
+	Table       string        `json:"table,omitempty"`
 	Role        string        `json:"role"`
 	Name        string        `json:"name"`
 	Exists      bool          `json:"exists"`
@@ -38,16 +47,21 @@ type ObjectPrint struct {
 	Owner       string        `json:"owner,omitempty"`
 	Columns     []ColumnPrint `json:"columns,omitempty"`
 	Constraints []NamedDef    `json:"constraints,omitempty"`
-	ViewDef     string        `json:"view_def,omitempty"`
-	Options     []string      `json:"options,omitempty"`
-	Triggers    []NamedDef    `json:"triggers,omitempty"`
-	Rules       []NamedDef    `json:"rules,omitempty"`
-	RLS         bool          `json:"rls,omitempty"`
-	ForceRLS    bool          `json:"force_rls,omitempty"`
-	Policies    []NamedDef    `json:"policies,omitempty"`
-	ACL         []ACLItem     `json:"acl,omitempty"`
-	Parents     []string      `json:"parents,omitempty"`
-	Children    []string      `json:"children,omitempty"`
+	// Indexes are the ones no constraint owns (a primary key's or unique
+	// constraint's index is its constraint): one added to blue alone is
+	// not on green, so the app loses it at cutover and for good at
+	// finalize. Recorded from version 2 on.
+	Indexes  []NamedDef `json:"indexes,omitempty"`
+	ViewDef  string     `json:"view_def,omitempty"`
+	Options  []string   `json:"options,omitempty"`
+	Triggers []NamedDef `json:"triggers,omitempty"`
+	Rules    []NamedDef `json:"rules,omitempty"`
+	RLS      bool       `json:"rls,omitempty"`
+	ForceRLS bool       `json:"force_rls,omitempty"`
+	Policies []NamedDef `json:"policies,omitempty"`
+	ACL      []ACLItem  `json:"acl,omitempty"`
+	Parents  []string   `json:"parents,omitempty"`
+	Children []string   `json:"children,omitempty"`
 }
 
 // ColumnPrint is one column. Num (attnum) survives RENAME COLUMN, so a
@@ -86,17 +100,61 @@ func (p ACLItem) String() string {
 	return s
 }
 
-// Object returns the print of role ("app", "blue", "green"), or nil.
+// Object returns the print of role ("app", "blue", "green"), or nil; for
+// several tables, the first table's (see ObjectOf).
 func (f *Fingerprint) Object(role string) *ObjectPrint {
+	if f == nil || len(f.Objects) == 0 {
+		return nil
+	}
+	return f.ObjectOf(f.Objects[0].Table, role)
+}
+
+// ObjectOf returns the print of role for the app table table ("" for a
+// migration of one table), or nil.
+func (f *Fingerprint) ObjectOf(table, role string) *ObjectPrint {
 	if f == nil {
 		return nil
 	}
 	for i := range f.Objects {
-		if f.Objects[i].Role == role {
+		if f.Objects[i].Table == table && f.Objects[i].Role == role {
 			return &f.Objects[i]
 		}
 	}
 	return nil
+}
+
+// Tables are the tables of the fingerprint in the order recorded: one ""
+// for a migration of one table.
+func (f *Fingerprint) Tables() []string {
+	var out []string
+	for _, o := range f.Objects {
+		if !slices.Contains(out, o.Table) {
+			out = append(out, o.Table)
+		}
+	}
+	return out
+}
+
+// Comparable reports whether a recorded fingerprint can be compared with
+// one taken now: this version, or version 1, whose objects lack only
+// their indexes (compared from version 2 on; Upgrade fills them in).
+func (f *Fingerprint) Comparable() bool {
+	return f.Version >= 1 && f.Version <= FingerprintVersion
+}
+
+// Upgrade makes a comparable recorded fingerprint of an older version
+// current: the parts it lacks (version 1: the indexes) are taken from
+// current, so indexes made before the upgrade become the baseline.
+func (f *Fingerprint) Upgrade(current *Fingerprint) {
+	if f.Version >= fingerprintIndexesSince {
+		return
+	}
+	for i := range f.Objects {
+		if o := current.ObjectOf(f.Objects[i].Table, f.Objects[i].Role); o != nil {
+			f.Objects[i].Indexes = o.Indexes
+		}
+	}
+	f.Version = FingerprintVersion
 }
 
 // Label names the object in a drift line: "public.orders (the app view)".
@@ -119,13 +177,20 @@ func (o *ObjectPrint) column(name string) *ColumnPrint {
 }
 
 // Drift is one change found. Object is the label of the relation, Change
-// what changed, Fix what to do (SQL where it is simple).
+// what changed, Fix what to do (SQL where it is simple). Table is the app
+// table of a migration of several tables the object belongs to (empty for
+// one table; the label names the object either way).
 type Drift struct {
+	Table  string `json:"table,omitempty"`
 	Role   string `json:"role"` // "app", "blue", "green"
 	Object string `json:"object"`
-	Kind   string `json:"kind"` // "column", "constraint", "view", "trigger", "rls", "policy", "owner", "privilege", "inheritance", "relation"
+	Kind   string `json:"kind"` // "column", "constraint", "index", "view", "trigger", "rls", "policy", "owner", "privilege", "inheritance", "relation"
 	Change string `json:"change"`
 	Fix    string `json:"fix,omitempty"`
+	// Uncarried: greenswap cannot go ahead with this change even once
+	// accepted (a column it does not sync, a relation gone): verify
+	// --accept-drift refuses it.
+	Uncarried bool `json:"uncarried,omitempty"`
 }
 
 func (d Drift) String() string { return d.Object + ": " + d.Change }
@@ -135,6 +200,17 @@ func (d Drift) String() string { return d.Object + ": " + d.Change }
 // search_path = pg_catalog in its own (sub)transaction, so definitions
 // come out qualified the same way whatever the session's path.
 func TakeFingerprint(ctx context.Context, q TxBeginner, n Names) (*Fingerprint, error) {
+	return TakeFingerprints(ctx, q, []Names{n}, false)
+}
+
+// TakeFingerprints is TakeFingerprint of every table of a migration,
+// members in order, in the same two round trips; with several, each
+// object is tagged with its app table.
+func TakeFingerprints(ctx context.Context, q TxBeginner, members []Names, several bool) (*Fingerprint, error) {
+	if len(members) == 0 {
+		return nil, fmt.Errorf("fingerprint: no table")
+	}
+	n := members[0]
 	tx, err := q.Begin(ctx)
 	if err != nil {
 		return nil, err
@@ -145,17 +221,26 @@ func TakeFingerprint(ctx context.Context, q TxBeginner, n Names) (*Fingerprint, 
 	// Two round trips in all (cutover takes it while holding its locks):
 	// the relations, then everything about the ones that exist.
 	fp := &Fingerprint{Version: FingerprintVersion}
-	roles := []struct {
-		role string
-		name spec.QualifiedName
-	}{{"app", n.App}, {"blue", n.Blue}, {"green", n.Green}}
+	type rel struct {
+		table, role string
+		name        spec.QualifiedName
+		names       Names
+	}
+	var roles []rel
+	for _, m := range members {
+		table := ""
+		if several {
+			table = m.App.String()
+		}
+		roles = append(roles, rel{table, "app", m.App, m}, rel{table, "blue", m.Blue, m}, rel{table, "green", m.Green, m})
+	}
 	fp.Objects = make([]ObjectPrint, len(roles))
 	oids := make([]uint32, len(roles))
 	b := &pgx.Batch{}
 	b.Queue("SET LOCAL search_path = pg_catalog")
 	for i, r := range roles {
 		o := &fp.Objects[i]
-		o.Role, o.Name = r.role, r.name.String()
+		o.Table, o.Role, o.Name = r.table, r.role, r.name.String()
 		b.Queue(driftRelSQL, r.name.Schema, r.name.Name).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				o.Exists = true
@@ -172,7 +257,7 @@ func TakeFingerprint(ctx context.Context, q TxBeginner, n Names) (*Fingerprint, 
 	b = &pgx.Batch{}
 	for i := range fp.Objects {
 		if fp.Objects[i].Exists {
-			driftQueueObject(b, n, &fp.Objects[i], oids[i])
+			driftQueueObject(b, roles[i].names, &fp.Objects[i], oids[i])
 		}
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
@@ -234,6 +319,16 @@ SELECT g.tgname, pg_catalog.pg_get_triggerdef(g.oid) || ' [' || g.tgenabled::tex
 // Rules: a view's own _RETURN rule is its definition (ViewDef); any other
 // rule is the user's, and greenswap re-creates neither the view's at
 // cutover nor blue's at finalize, so one added mid-migration would vanish.
+// driftIdxSQL: the indexes no constraint owns, with their validity (a
+// failed CREATE INDEX CONCURRENTLY leaves an invalid one behind).
+const driftIdxSQL = `
+SELECT c.relname::pg_catalog.text,
+       pg_catalog.pg_get_indexdef(i.indexrelid) || CASE WHEN i.indisvalid THEN '' ELSE ' [invalid]' END
+  FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = $1
+   AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
+ ORDER BY c.relname`
+
 const driftRuleSQL = `
 SELECT r.rulename::pg_catalog.text, pg_catalog.pg_get_ruledef(r.oid)
   FROM pg_catalog.pg_rewrite r WHERE r.ev_class = $1 AND r.rulename <> '_RETURN' ORDER BY r.rulename`
@@ -298,6 +393,7 @@ func driftQueueObject(b *pgx.Batch, n Names, o *ObjectPrint, oid uint32) {
 		}
 	}
 	b.Queue(driftConSQL, oid).Query(defs(&o.Constraints))
+	b.Queue(driftIdxSQL, oid).Query(defs(&o.Indexes))
 	b.Queue(driftTrgSQL, oid, n.Trigger, n.BlueSchema, n.GreenSchema).Query(defs(&o.Triggers))
 	b.Queue(driftPolSQL, oid).Query(defs(&o.Policies))
 	b.Queue(driftRuleSQL, oid).Query(defs(&o.Rules))
@@ -333,16 +429,23 @@ func driftSortPrivileges(ps []ACLItem) {
 // and the current one, one Drift per change, in a stable order. Privileges
 // are not compared here: a GRANT mirrored on every shape is no drift, and
 // PrivilegeDrift checks that the shapes agree.
+//
+// For several tables it compares each table's objects with the same
+// table's, in the recorded order; recorded must be Comparable (a version 1
+// one is compared without indexes).
 func DiffFingerprints(recorded, current *Fingerprint) []Drift {
 	var out []Drift
-	for _, role := range []string{"app", "blue", "green"} {
-		a, b := recorded.Object(role), current.Object(role)
-		if a == nil || b == nil {
-			continue
-		}
-		for _, d := range driftDiffObject(a, b) {
-			d.Role = role
-			out = append(out, d)
+	indexes := recorded.Version >= fingerprintIndexesSince
+	for _, table := range recorded.Tables() {
+		for _, role := range []string{"app", "blue", "green"} {
+			a, b := recorded.ObjectOf(table, role), current.ObjectOf(table, role)
+			if a == nil || b == nil {
+				continue
+			}
+			for _, d := range driftDiffObject(a, b, indexes) {
+				d.Table, d.Role = table, role
+				out = append(out, d)
+			}
 		}
 	}
 	return out
@@ -358,12 +461,12 @@ func KeepDrifted(recorded, current *Fingerprint, drift []Drift) *Fingerprint {
 	out := &Fingerprint{Version: current.Version, Objects: slices.Clone(current.Objects)}
 	for i := range out.Objects {
 		o := &out.Objects[i]
-		old := recorded.Object(o.Role)
+		old := recorded.ObjectOf(o.Table, o.Role)
 		if o.Role == "app" || old == nil || !old.Exists || !o.Exists {
 			continue
 		}
 		for _, d := range drift {
-			if d.Role != o.Role {
+			if d.Table != o.Table || d.Role != o.Role {
 				continue
 			}
 			switch d.Kind {
@@ -371,6 +474,8 @@ func KeepDrifted(recorded, current *Fingerprint, drift []Drift) *Fingerprint {
 				o.Columns = old.Columns
 			case "constraint":
 				o.Constraints = old.Constraints
+			case "index":
+				o.Indexes = old.Indexes
 			case "policy":
 				o.Policies = old.Policies
 			case "rls":
@@ -385,7 +490,7 @@ func KeepDrifted(recorded, current *Fingerprint, drift []Drift) *Fingerprint {
 	return out
 }
 
-func driftDiffObject(a, b *ObjectPrint) []Drift {
+func driftDiffObject(a, b *ObjectPrint, indexes bool) []Drift {
 	label := b.Label()
 	var out []Drift
 	add := func(kind, change, fix string) {
@@ -397,6 +502,7 @@ func driftDiffObject(a, b *ObjectPrint) []Drift {
 		} else {
 			add("relation", "dropped outside greenswap", "roll the migration back (`greenswap rollback`) and start again")
 		}
+		out[0].Uncarried = true
 		return out
 	}
 	if !a.Exists {
@@ -405,6 +511,7 @@ func driftDiffObject(a, b *ObjectPrint) []Drift {
 	rel := driftRelKind(b)
 	if a.Kind != b.Kind {
 		add("relation", fmt.Sprintf("relation kind changed from %s to %s", a.Kind, b.Kind), "roll the migration back and start again")
+		out[len(out)-1].Uncarried = true
 	}
 	if a.Owner != b.Owner {
 		add("owner", fmt.Sprintf("owner changed from %s to %s", a.Owner, b.Owner),
@@ -417,6 +524,15 @@ func driftDiffObject(a, b *ObjectPrint) []Drift {
 		}
 		return fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", driftQuoted(b.Name), db.Ident(d.Name), d.Def)
 	})...)
+	if indexes {
+		out = append(out, driftDiffDefs(label, "index", a.Indexes, b.Indexes, func(d NamedDef, added bool) string {
+			if added {
+				return fmt.Sprintf("build it on the other shape too (CREATE INDEX CONCURRENTLY) and accept it: blue and its indexes are dropped at finalize; or DROP INDEX CONCURRENTLY %s",
+					driftQuoted(driftSchemaOf(b.Name)+"."+d.Name))
+			}
+			return "create it again: " + strings.TrimSuffix(d.Def, " [invalid]")
+		})...)
+	}
 	if a.ViewDef != b.ViewDef {
 		add("view", "view definition changed to: "+driftLine(b.ViewDef), "restore the definition, or roll the migration back")
 	}
@@ -538,6 +654,9 @@ func driftDiffColumns(label, rel, name string, a, b []ColumnPrint) []Drift {
 		}
 		add(fmt.Sprintf("column %s %s added", nc.Name, nc.Type),
 			fmt.Sprintf("the sync triggers do not carry it: %s%s DROP COLUMN %s, or roll back and start again with it in target.ddl", alter, driftQuoted(name), db.Ident(nc.Name)))
+		// Accepted, its values would be lost both ways: the sync triggers
+		// and the swap are built for the columns sync knew.
+		out[len(out)-1].Uncarried = true
 	}
 	return out
 }
@@ -575,14 +694,24 @@ func driftDiffDefs(label, kind string, a, b []NamedDef, fix func(d NamedDef, add
 // a client must be allowed the same through every shape, so a GRANT or
 // REVOKE on one of them alone is drift. The app view is the reference (it
 // is where the app's deploys grant); the fix brings the other one in line.
+//
+// For several tables each table's shapes are compared with its own view.
 func PrivilegeDrift(current *Fingerprint) []Drift {
-	app := current.Object("app")
+	var out []Drift
+	for _, table := range current.Tables() {
+		out = append(out, driftTablePrivileges(current, table)...)
+	}
+	return out
+}
+
+func driftTablePrivileges(current *Fingerprint, table string) []Drift {
+	app := current.ObjectOf(table, "app")
 	if app == nil || !app.Exists {
 		return nil
 	}
 	var out []Drift
 	for _, role := range []string{"blue", "green"} {
-		o := current.Object(role)
+		o := current.ObjectOf(table, role)
 		if o == nil || !o.Exists {
 			continue
 		}
@@ -593,7 +722,7 @@ func PrivilegeDrift(current *Fingerprint) []Drift {
 			}
 		}
 		for i := range d {
-			d[i].Role = role
+			d[i].Table, d[i].Role = table, role
 		}
 		out = append(out, d...)
 	}
@@ -650,6 +779,12 @@ func driftQuoted(name string) string {
 		return db.Ident(name)
 	}
 	return db.Ident(s, n)
+}
+
+// driftSchemaOf is the schema of a "schema.name" label.
+func driftSchemaOf(name string) string {
+	s, _, _ := strings.Cut(name, ".")
+	return s
 }
 
 func driftRelKind(o *ObjectPrint) string {
