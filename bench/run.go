@@ -78,11 +78,15 @@ func seedSQL(n int64) []string {
 var names = shadow.NamesFor(migName, spec.QualifiedName{Schema: "public", Name: "orders"})
 
 // runAll measures every figure: the orders figures (core, sized by
-// BENCH_ROWS), then the pgbench ones on their own database.
+// BENCH_ROWS), the tables figure (tables.go), then the pgbench ones on
+// their own database.
 func (b *bench) runAll(ctx context.Context) {
 	var pgb pgbFigs
 	if b.parts["core"] {
 		b.runCore(ctx)
+	}
+	if b.parts["tables"] && ctx.Err() == nil {
+		b.runTables(ctx) // tables.go
 	}
 	if b.parts["pgbench"] {
 		pgb = b.pgbenchFigures()
