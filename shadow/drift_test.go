@@ -87,6 +87,8 @@ func TestFingerprintNamesEachDrift(t *testing.T) {
 			[]string{"gs_dr_blue.orders (blue): row level security enabled"}},
 		{"blue inheritance child", `CREATE TABLE public.orders_old () INHERITS (gs_dr_blue.orders)`, `DROP TABLE public.orders_old`,
 			[]string{"gs_dr_blue.orders (blue): inheritance child (or partition) public.orders_old added"}},
+		{"blue index", `CREATE INDEX orders_note_idx ON gs_dr_blue.orders (note)`, `DROP INDEX gs_dr_blue.orders_note_idx`,
+			[]string{"gs_dr_blue.orders (blue): index orders_note_idx added (CREATE INDEX orders_note_idx ON gs_dr_blue.orders USING btree (note))"}},
 		{"view options", `ALTER VIEW public.orders RESET (security_barrier)`, `ALTER VIEW public.orders SET (security_barrier = true)`,
 			[]string{"public.orders (the app view): options changed from [security_barrier=true] to []"}},
 	}
@@ -120,6 +122,75 @@ func TestFingerprintNamesEachDrift(t *testing.T) {
 				t.Errorf("undone, still drift: %v", d)
 			}
 		})
+	}
+}
+
+// TestFingerprintSeveralTables (issue 14): the fingerprint of a
+// migration of two tables tags each object with its table; a change to
+// one table's blue, and a GRANT on its view alone, are named on that
+// table only, and a column added is marked as one accept cannot carry. A
+// version 1 fingerprint (no indexes) compares without indexes, and
+// Upgrade takes today's as its baseline.
+func TestFingerprintSeveralTables(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn, orders := driftFixture(t)
+	pgtest.Exec(t, dsn, `
+		CREATE TABLE gs_dr_blue.items (id int PRIMARY KEY, sku text);
+		CREATE TABLE gs_dr_green.items (id bigint PRIMARY KEY, sku text);
+		CREATE INDEX items_sku_idx ON gs_dr_blue.items (sku);
+		CREATE VIEW public.items AS SELECT id, sku FROM gs_dr_blue.items;`)
+	items := MemberNamesFor("dr", spec.QualifiedName{Schema: "public", Name: "items"}, true)
+	members := []Names{orders, items}
+	take := func() *Fingerprint {
+		t.Helper()
+		fp, err := TakeFingerprints(ctx, pool, members, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := json.Marshal(fp)
+		var back Fingerprint
+		if err := json.Unmarshal(js, &back); err != nil {
+			t.Fatal(err)
+		}
+		return &back
+	}
+	before := take()
+	if got := before.Tables(); len(got) != 2 || got[0] != "public.orders" || got[1] != "public.items" || len(before.Objects) != 6 {
+		t.Fatalf("tables %v, %d objects; want public.orders, public.items and 6", got, len(before.Objects))
+	}
+	if o := before.ObjectOf("public.items", "blue"); o == nil || len(o.Indexes) != 1 || o.Indexes[0].Name != "items_sku_idx" {
+		t.Fatalf("items' blue indexes: %+v", o)
+	}
+	pgtest.Exec(t, dsn, `ALTER TABLE gs_dr_blue.items ADD COLUMN memo text; GRANT SELECT ON public.items TO PUBLIC`)
+	now := take()
+	d := DiffFingerprints(before, now)
+	if len(d) != 1 || d[0].Table != "public.items" || d[0].String() != "gs_dr_blue.items (blue): column memo text added" || !d[0].Uncarried {
+		t.Fatalf("drift %+v; want the column on items' blue alone, uncarried", d)
+	}
+	p := PrivilegeDrift(now)
+	if len(p) != 2 || p[0].Table != "public.items" || p[1].Table != "public.items" {
+		t.Fatalf("privilege drift %+v; want items' blue and green", p)
+	}
+
+	// As version 1 recorded it: no indexes. A new index is not compared
+	// until Upgrade makes today's the baseline; then one more is.
+	v1 := take()
+	v1.Version = 1
+	for i := range v1.Objects {
+		v1.Objects[i].Indexes = nil
+	}
+	if !v1.Comparable() || len(DiffFingerprints(v1, now)) != 0 {
+		t.Fatalf("a version 1 fingerprint: comparable %v, drift %v", v1.Comparable(), DiffFingerprints(v1, now))
+	}
+	v1.Upgrade(now)
+	pgtest.Exec(t, dsn, `CREATE INDEX items_memo_idx ON gs_dr_blue.items (memo)`)
+	d = DiffFingerprints(v1, take())
+	if v1.Version != FingerprintVersion || len(d) != 1 || d[0].Kind != "index" || d[0].Table != "public.items" {
+		t.Fatalf("after Upgrade: version %d, drift %+v; want the new index on items alone", v1.Version, d)
+	}
+	if (&Fingerprint{Version: FingerprintVersion + 1}).Comparable() {
+		t.Fatal("a fingerprint of a later version reads as comparable")
 	}
 }
 
