@@ -45,10 +45,12 @@ reached only that side: they are listed and left alone (exit 1) unless
 
 Before comparing, verify checks that blue, green and the app-name view were
 not changed outside greenswap since its last step (columns, defaults,
-constraints, the view's definition, user triggers, row-level security and
-policies, owner, inheritance) and that their privileges agree; a change is
-refused with exit 3, one line per change and what to do. Once a change is
-mirrored on every shape, --accept-drift records it (privileges must agree).
+constraints, indexes, the view's definition, user triggers, row-level
+security and policies, owner, inheritance) and that their privileges agree,
+for every table of the migration; a change is refused with exit 3, one line
+per change and what to do. Once a change is mirrored on every shape,
+--accept-drift records it (privileges must agree); a column added is
+refused even then (exit 3: the sync triggers do not carry it).
 
 It runs while syncing once the backfill is done, synced, or cut over, and
 records its result; cutover requires a passing verify since the last backfill.
@@ -245,6 +247,11 @@ func writeDrift(w io.Writer, de *runner.DriftError) {
 		if d.Fix != "" {
 			fmt.Fprintf(w, "      fix: %s\n", d.Fix)
 		}
+	}
+	if de.Uncarried {
+		fmt.Fprintf(w, "\nBLOCKED: --accept-drift cannot record these (greenswap cannot carry them through cutover and finalize): "+
+			"undo them, or `greenswap rollback %s` and start again with them in target.ddl\n", de.Migration)
+		return
 	}
 	fmt.Fprintf(w, "\nBLOCKED: apply the same change to the other shape(s) or undo it, then verify again "+
 		"(--accept-drift records a change mirrored on every shape); or `greenswap rollback %s`\n", de.Migration)
