@@ -87,6 +87,10 @@ var driftTablesBefore = []driftTablesCase{
 		change: `CREATE OR REPLACE VIEW public.orders AS SELECT id, email, amount, NULL::numeric AS discount FROM gs_td_blue.orders`,
 		fix:    `DROP VIEW public.orders; CREATE VIEW public.orders %[1]s AS SELECT id, email, amount FROM gs_td_blue.orders`,
 		want:   "public.orders (the app view): column discount numeric added"},
+	{name: "grant on one member's view", table: "public.order_items",
+		change: `GRANT SELECT ON public.order_items TO PUBLIC`,
+		fix:    `REVOKE SELECT ON public.order_items FROM PUBLIC`,
+		want:   "GRANT SELECT ON public.order_items TO PUBLIC is not on gs_td_blue.order_items"},
 	{name: "blue index, mirrored", table: "public.order_items", accept: true,
 		change: `CREATE INDEX items_sku_idx ON gs_td_blue.order_items (sku)`,
 		fix:    `CREATE INDEX items_sku_idx ON gs_td_green.order_items (sku)`,
@@ -123,7 +127,7 @@ var driftTablesAfter = []driftTablesCase{
 // TestDriftTablesRefuseCutoverAndFinalize (trap 16, issue 14): in a
 // migration of two tables, for each change a deploy makes to one member
 // (its blue, its green, its app-name view: a column, an index, a check, a
-// user trigger, a default), verify, cutover (before cutover) or finalize
+// user trigger, a default, a GRANT on its view alone), verify, cutover (before cutover) or finalize
 // (after) refuse with exit 3 naming that member's object, change nothing
 // (catalog, state, what the app names read) and record a drift event;
 // --accept-drift of a change greenswap cannot carry (a column) is refused
