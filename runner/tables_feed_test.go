@@ -41,12 +41,7 @@ func orphanItems(t *testing.T, q db.Querier, schema string) int64 {
 // publication behind, and every event is ok.
 func TestTablesFeedConformance(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []spec.Mode{spec.ModeTrigger, spec.ModeLogical} {
-		t.Run(string(mode), func(t *testing.T) {
-			t.Parallel()
-			tablesFeedConformance(t, mode)
-		})
-	}
+	forEachFeed(t, tablesFeedConformance)
 }
 
 func tablesFeedConformance(t *testing.T, mode spec.Mode) {
@@ -63,22 +58,8 @@ func tablesFeedConformance(t *testing.T, mode spec.Mode) {
 
 	w.stage.Store("sync")
 	sp := syncSpec(t, tablesModeSpec(name, mode))
-	st, err := Sync(ctx, env, sp, SyncOptions{BatchSize: 200})
-	if err != nil {
-		t.Fatalf("sync: %v", err)
-	}
-	if st.State != state.Synced || st.Batches < 20 {
-		t.Fatalf("sync stats %+v", st)
-	}
-	if (st.Stream != nil) != (mode == spec.ModeLogical) {
-		t.Fatalf("%s feed: stream figures %+v", mode, st.Stream)
-	}
-	if mode == spec.ModeLogical {
-		if st.Stream.Keys == 0 {
-			t.Fatalf("the stream applied no key while 8 writers wrote: %+v", st.Stream)
-		}
-		stopWatch, _ := startWatch(t, env, name) // sync --watch streams until cutover
-		defer stopWatch()
+	if st := conformanceSync(t, env, sp, mode, 20); mode == spec.ModeLogical && st.Stream.Keys == 0 {
+		t.Fatalf("the stream applied no key while 8 writers wrote: %+v", st.Stream)
 	}
 	w.stage.Store("synced")
 	time.Sleep(400 * time.Millisecond)

@@ -262,6 +262,9 @@ var replicationParams = map[string]string{
 // can commit after that.
 const RetireLockSQL = `SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('greenswap'), pg_catalog.hashtext($1 || ':stream'))`
 
+// foreignKeyViolation is SQLSTATE 23503.
+const foreignKeyViolation = "23503"
+
 const retireLockSharedSQL = `SELECT pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('greenswap'), pg_catalog.hashtext($1 || ':stream'))`
 
 // tableSQL is one table's apply statements, and the statements that copy
@@ -465,7 +468,12 @@ func (a *applier) applyChunk(ctx context.Context, keys chunk, truncate bool, lsn
 			replace = true
 			continue
 		}
-		if st != db.LockNotAvailable && st != db.DeadlockDetected && st != db.SerializationFailure {
+		// Several tables: a parent deleted in a unit of its own while its
+		// children's delete is in another chunk, applied on another session
+		// and not committed yet, meets them on green (23503 under NO
+		// ACTION); once that chunk commits, the retry goes through.
+		fkWait := st == foreignKeyViolation && len(a.tables) > 1
+		if st != db.LockNotAvailable && st != db.DeadlockDetected && st != db.SerializationFailure && !fkWait {
 			return err
 		}
 		if len(keys) > 1 { // split between units: a move's two keys stay together
