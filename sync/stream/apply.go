@@ -678,24 +678,25 @@ func (a *applier) loadReferences(ctx context.Context, q db.Querier) error {
 	}
 	for j, ch := range a.tables {
 		ch.parents = nil
-		rows, err := q.Query(ctx, `SELECT c.confrelid::pg_catalog.regclass::text,
+		rows, err := q.Query(ctx, `SELECT ns.nspname::text, r.relname::text,
 		       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(n, o)
 		              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
 		       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY AS k(n, o)
 		              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
-		  FROM pg_catalog.pg_constraint c
+		  FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.confrelid
+		  JOIN pg_catalog.pg_namespace ns ON ns.oid = r.relnamespace
 		 WHERE c.contype = 'f' AND c.conrelid = pg_catalog.to_regclass($1) AND c.conparentid = 0
 		 ORDER BY c.conname`, db.Ident(ch.names.Blue.Schema, ch.names.Blue.Name))
 		if err != nil {
 			return fmt.Errorf("stream: read the foreign keys of %s: %w", ch.names.Blue, err)
 		}
 		type ref struct {
-			parent      string
+			schema, rel string
 			cols, pcols []string
 		}
 		refs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ref, error) {
 			var f ref
-			err := r.Scan(&f.parent, &f.cols, &f.pcols)
+			err := r.Scan(&f.schema, &f.rel, &f.cols, &f.pcols)
 			return f, err
 		})
 		if err != nil {
@@ -703,7 +704,7 @@ func (a *applier) loadReferences(ctx context.Context, q db.Querier) error {
 		}
 		for _, f := range refs {
 			for i, p := range a.tables[:j] {
-				if f.parent != db.Ident(p.names.Blue.Schema, p.names.Blue.Name) {
+				if f.schema != p.names.Blue.Schema || f.rel != p.names.Blue.Name {
 					continue
 				}
 				b := rowsql.For(&p.mapping.Forward)
