@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/state"
@@ -27,6 +28,24 @@ func orphanItems(t *testing.T, q db.Querier, schema string) int64 {
 	t.Helper()
 	return testkit.Count(t, q, `SELECT count(*) FROM `+db.Ident(schema)+`.order_items i WHERE NOT EXISTS
 		(SELECT 1 FROM `+db.Ident(schema)+`.orders o WHERE o.id = i.order_id)`)
+}
+
+// tablesLogicalSynced syncs the orders-with-items shape (orders orders, 3
+// items each) in logical mode, migration name from prefix, and returns
+// the foreign key among the greens' name; nothing streams afterwards.
+func tablesLogicalSynced(t *testing.T, prefix string, orders int) (pool *pgxpool.Pool, dsn string, env *Env, name, fk string) {
+	t.Helper()
+	name = logicalName(prefix)
+	pool, dsn = syncNewDB(t)
+	if _, err := pool.Exec(context.Background(), tablesSchema(orders, 3)); err != nil {
+		t.Fatal(err)
+	}
+	env = syncTestEnv(t, dsn)
+	if st, err := Sync(context.Background(), env, syncSpec(t, tablesModeSpec(name, spec.ModeLogical)), SyncOptions{}); err != nil || st.State != state.Synced {
+		t.Fatalf("sync: %+v, %v", st, err)
+	}
+	fk = coStr(t, pool, `SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND connamespace = $1::regnamespace`, "gs_"+name+"_green")
+	return pool, dsn, env, name, fk
 }
 
 // TestTablesFeedConformance runs the lifecycle of a migration of several
@@ -175,17 +194,8 @@ func tablesFeedConformance(t *testing.T, mode spec.Mode) {
 func TestTablesLogicalParentWithChildren(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	name := logicalName("tp")
+	pool, dsn, env, name, fk := tablesLogicalSynced(t, "tp", 300)
 	green := "gs_" + name + "_green"
-	pool, dsn := syncNewDB(t)
-	if _, err := pool.Exec(ctx, tablesSchema(300, 3)); err != nil {
-		t.Fatal(err)
-	}
-	env := syncTestEnv(t, dsn)
-	if st, err := Sync(ctx, env, syncSpec(t, tablesModeSpec(name, spec.ModeLogical)), SyncOptions{}); err != nil || st.State != state.Synced {
-		t.Fatalf("sync: %+v, %v", st, err)
-	}
-	fk := coStr(t, pool, `SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND connamespace = $1::regnamespace`, green)
 	coExec(t, pool, `ALTER TABLE `+db.Ident(green, "order_items")+` DROP CONSTRAINT `+db.Ident(fk))
 
 	env.Stream.MaxBatchKeys, env.Stream.ApplyWorkers = 3, 4
@@ -330,18 +340,9 @@ func logicalSettle(t *testing.T, env *Env, name string) {
 func TestTablesLogicalChildBringsParent(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	name := logicalName("tc")
+	pool, _, env, name, fk := tablesLogicalSynced(t, "tc", 100)
 	green := "gs_" + name + "_green"
-	pool, dsn := syncNewDB(t)
-	if _, err := pool.Exec(ctx, tablesSchema(100, 3)); err != nil {
-		t.Fatal(err)
-	}
-	env := syncTestEnv(t, dsn)
-	if st, err := Sync(ctx, env, syncSpec(t, tablesModeSpec(name, spec.ModeLogical)), SyncOptions{}); err != nil || st.State != state.Synced {
-		t.Fatalf("sync: %+v, %v", st, err)
-	}
 	items := db.Ident(green, "order_items")
-	fk := coStr(t, pool, `SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND connamespace = $1::regnamespace`, green)
 	def := coStr(t, pool, `SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1 AND connamespace = $2::regnamespace`, fk, green)
 	m, err := env.LoadMigration(ctx, name)
 	if err != nil {
