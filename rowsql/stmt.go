@@ -164,3 +164,22 @@ func (b Builder) DeleteKeys(k Key, casts [][]string, orphans bool, srcTypes []st
 	}
 	return Stmt{SQL: sql, Params: ps}
 }
+
+// UpsertReferenced re-copies the source rows that the bound keys' rows of
+// another source table (child, keyed by childKey, one text[] per column)
+// reference through childCols → cols, locked with lock in k's order,
+// overwriting the target's rows (DoUpdate): the parents a re-read child
+// row needs in the target before it can be written there (a stream that
+// re-reads rows as of now can see a child whose parent's change it has not
+// received yet).
+func (b Builder) UpsertReferenced(k Key, cols []string, child string, childCols []string, childKey Key, lock string) Stmt {
+	set, ps := childKey.Set(1)
+	own := make([]string, len(cols))
+	theirs := make([]string, len(childCols))
+	for i := range cols {
+		own[i] = db.Ident(cols[i])
+		theirs[i] = "ch." + db.Ident(childCols[i])
+	}
+	where := RowOf(own) + " IN (SELECT " + RowOf(theirs) + " FROM " + child + " AS ch WHERE " + childKey.Row("ch.") + " IN " + set + ")"
+	return Stmt{SQL: "WITH src AS (\n\t" + b.Rows(where, k, lock) + "\n)\n" + b.Insert("src", DoUpdate, ""), Params: ps}
+}

@@ -28,10 +28,38 @@ import (
 // leave no slot behind and record every phase's event as ok.
 func TestFeedConformance(t *testing.T) {
 	t.Parallel()
+	forEachFeed(t, feedConformance)
+}
+
+// conformanceSync syncs sp with batches of 200 rows (at least minBatches)
+// and checks the feed's figures are there exactly in logical mode, whose
+// stream then goes on as `sync --watch` until the test ends or a cutover
+// retires it.
+func conformanceSync(t *testing.T, env *Env, sp *spec.Spec, mode spec.Mode, minBatches int) *SyncStats {
+	t.Helper()
+	st, err := Sync(context.Background(), env, sp, SyncOptions{BatchSize: 200})
+	if err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	if st.State != state.Synced || st.Batches < minBatches {
+		t.Fatalf("sync stats %+v", st)
+	}
+	if (st.Stream != nil) != (mode == spec.ModeLogical) {
+		t.Fatalf("%s feed: stream figures %+v", mode, st.Stream)
+	}
+	if mode == spec.ModeLogical {
+		startWatch(t, env, sp.Name) // stopped at the test's cleanup
+	}
+	return st
+}
+
+// forEachFeed runs conformance against each change feed, as parallel
+// subtests named by the mode.
+func forEachFeed(t *testing.T, conformance func(*testing.T, spec.Mode)) {
 	for _, mode := range []spec.Mode{spec.ModeTrigger, spec.ModeLogical} {
 		t.Run(string(mode), func(t *testing.T) {
 			t.Parallel()
-			feedConformance(t, mode)
+			conformance(t, mode)
 		})
 	}
 }
@@ -92,20 +120,7 @@ target:
   indexes:
     - CREATE INDEX ON accounts (value)
 `, name, mode))
-	st, err := Sync(ctx, env, sp, SyncOptions{BatchSize: 200})
-	if err != nil {
-		t.Fatalf("sync: %v", err)
-	}
-	if st.State != state.Synced || st.Batches < 10 {
-		t.Fatalf("sync stats %+v", st)
-	}
-	if (st.Stream != nil) != (mode == spec.ModeLogical) {
-		t.Fatalf("%s feed: stream figures %+v", mode, st.Stream)
-	}
-	if mode == spec.ModeLogical {
-		stopWatch, _ := startWatch(t, env, name) // sync --watch streams until cutover
-		defer stopWatch()
-	}
+	conformanceSync(t, env, sp, mode, 10)
 	// Writes from every side while synced; verify settles whatever feed.
 	clients := []*wlClient{appS, appP,
 		w.start("blue-simple", "blue", simple, prefix), w.start("blue-prepared", "blue", prepared, prefix),

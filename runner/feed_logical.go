@@ -114,6 +114,25 @@ func (f *logicalFeed) catchUp(ctx context.Context, r *syncRun) error {
 	})
 }
 
+// current waits (bounded by Env.StreamCatchUp) until the sync's stream
+// has applied everything committed so far. A child row the backfill
+// copied may reference a parent inserted after that parent's table was
+// copied: the parent is in the stream, and green has it once the stream
+// is current.
+func (f *logicalFeed) current(ctx context.Context, r *syncRun) error {
+	if f.live == nil {
+		return nil
+	}
+	timeout := r.env.StreamCatchUp
+	if timeout <= 0 {
+		timeout = DefaultStreamCatchUp
+	}
+	if err := f.live.catchUp(ctx, timeout); err != nil {
+		return fmt.Errorf("wait for the stream to bring every green up to date before validating the foreign keys among them: %w", err)
+	}
+	return nil
+}
+
 // stop stops the sync's streamer, if any, keeping its figures in
 // SyncStats.Stream. Sync defers it: every way out stops the streamer (the
 // batch in flight is applied and confirmed first).
@@ -168,7 +187,7 @@ func (r *syncRun) ensureSlot(ctx context.Context) error {
 		}
 	}
 	t0 := time.Now()
-	lsn, err := stream.Setup(ctx, pool, n, r.build.Mapping, true, r.log)
+	lsn, err := stream.SetupTables(ctx, pool, r.streamTables(), true, r.log)
 	if err != nil {
 		return exitcode.With(exitcode.Failed, fmt.Errorf("logical mode setup: %w", err))
 	}
@@ -190,9 +209,25 @@ func orNone(s *string) string {
 	return *s
 }
 
+// streamTables are the tables the sync's stream carries: every member of
+// a migration of several tables (dependency order), else the one table.
+func (r *syncRun) streamTables() []stream.Table {
+	if r.members == nil {
+		return []stream.Table{{Names: r.names, Mapping: r.build.Mapping, Blue: r.build.Blue}}
+	}
+	var out []stream.Table
+	for _, m := range r.members {
+		out = append(out, stream.Table{Names: m.names, Mapping: m.build.Mapping, Blue: m.build.Blue})
+	}
+	return out
+}
+
 // restartBackfill empties green and rewinds the backfill, in one
 // transaction (syncing only: the reverse triggers are off, nobody writes
-// green but greenswap).
+// green but greenswap). With several tables every green is emptied and
+// every member's copy rewound, and the foreign keys among the greens are
+// dropped again until the new copy is done (the stream is then ahead of
+// the copy, as on the first run).
 func (r *syncRun) restartBackfill(ctx context.Context) error {
 	tx, err := r.env.Pool.Begin(ctx)
 	if err != nil {
@@ -203,11 +238,17 @@ func (r *syncRun) restartBackfill(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, flag, args...); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, "TRUNCATE "+db.Ident(r.names.Green.Schema, r.names.Green.Name)); err != nil {
-		return err
-	}
-	if err := state.StartBackfill(ctx, tx, r.spec.Name, PhaseBackfill, -1, true); err != nil {
-		return err
+	if r.members != nil {
+		if err := r.restartTablesBackfill(ctx, tx); err != nil {
+			return err
+		}
+	} else {
+		if _, err := tx.Exec(ctx, "TRUNCATE "+db.Ident(r.names.Green.Schema, r.names.Green.Name)); err != nil {
+			return err
+		}
+		if err := state.StartBackfill(ctx, tx, r.spec.Name, PhaseBackfill, -1, true); err != nil {
+			return err
+		}
 	}
 	if err := state.Record(ctx, tx, r.spec.Name, "restart-backfill", "ok", 0, "", map[string]string{"reason": "replication slot lost"}); err != nil {
 		return err
@@ -220,10 +261,44 @@ func (r *syncRun) restartBackfill(ctx context.Context) error {
 	return nil
 }
 
+// restartTablesBackfill is restartBackfill's work on a migration of
+// several tables, in tx: drop the foreign keys among the greens that are
+// there (the recorded list is kept, to be added again), empty every green,
+// rewind every member's copy and drop the slot's record.
+func (r *syncRun) restartTablesBackfill(ctx context.Context, tx pgx.Tx) error {
+	row, err := state.Get(ctx, tx, r.spec.Name)
+	if err != nil {
+		return err
+	}
+	fks, err := row.GreenFKs()
+	if err != nil {
+		return err
+	}
+	if _, err := dropGreenFKs(ctx, tx, r.names.GreenSchema, r.members); err != nil {
+		return err
+	}
+	for i := range fks {
+		fks[i].Added, fks[i].Validated = false, false
+	}
+	var greens []string
+	var est []state.TableEstimate
+	for _, m := range r.members {
+		greens = append(greens, db.Ident(m.names.Green.Schema, m.names.Green.Name))
+		est = append(est, state.TableEstimate{Table: m.table(), Rows: m.build.Blue.RowEstimate})
+	}
+	if _, err := tx.Exec(ctx, "TRUNCATE "+strings.Join(greens, ", ")); err != nil {
+		return err
+	}
+	if err := state.StartTables(ctx, tx, r.spec.Name, PhaseBackfill, est, fks); err != nil {
+		return err
+	}
+	return state.Update(ctx, tx, r.spec.Name, map[string]any{"slot_name": nil, "confirmed_lsn": nil})
+}
+
 // newStreamer builds the migration's streamer, checkpointing into the
 // migrations row.
-func newStreamer(env *Env, m *Migration, b *Build, opt stream.Options) (*stream.Streamer, error) {
-	cfg, err := streamConfig(env, m, b)
+func newStreamer(ctx context.Context, env *Env, m *Migration, b *Build, opt stream.Options) (*stream.Streamer, error) {
+	cfg, err := streamConfig(ctx, env, m, b)
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +321,7 @@ type logicalSync struct {
 func (r *syncRun) startStream(ctx context.Context) (*logicalSync, error) {
 	opt := r.env.Stream
 	opt.Hold = r.breaker(ctx).Hold // the circuit breaker holds the apply too (sync_guard.go)
-	s, err := newStreamer(r.env, &Migration{Row: r.row, Spec: r.spec, Names: r.names}, r.build, opt)
+	s, err := newStreamer(ctx, r.env, &Migration{Row: r.row, Spec: r.spec, Names: r.names}, r.build, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +462,7 @@ func (f *logicalFeed) watch(ctx context.Context, m *Migration, every time.Durati
 		}
 		return false, err
 	}
-	b, err := loadBuild(ctx, env.Pool, m.Spec, m.Names)
+	b, err := loadFeedBuild(ctx, env, m)
 	if err != nil {
 		if ctx.Err() != nil {
 			return true, nil // Ctrl-C while starting: watching ends cleanly
@@ -399,7 +474,7 @@ func (f *logicalFeed) watch(ctx context.Context, m *Migration, every time.Durati
 		}
 		return true, err
 	}
-	s, err := newStreamer(env, m, b, env.Stream)
+	s, err := newStreamer(ctx, env, m, b, env.Stream)
 	if err != nil {
 		return true, err
 	}
@@ -440,11 +515,11 @@ func (f *logicalFeed) watch(ctx context.Context, m *Migration, every time.Durati
 // Once retired it only records that it was done already (already_done).
 func (f *logicalFeed) handOver(ctx context.Context, m *Migration, lock shadow.LockOptions, printf func(format string, args ...any)) error {
 	env := f.env
-	b, err := loadBuild(ctx, env.Pool, m.Spec, m.Names)
+	b, err := loadFeedBuild(ctx, env, m)
 	if err != nil {
 		return err
 	}
-	cfg, err := streamConfig(env, m, b)
+	cfg, err := streamConfig(ctx, env, m, b)
 	if err != nil {
 		return err
 	}
@@ -484,8 +559,30 @@ func (f *logicalFeed) handOver(ctx context.Context, m *Migration, lock shadow.Lo
 
 func joinSQL(s []string) string { return strings.Join(s, ";\n") }
 
-// streamConfig is the stream configuration of a stored migration.
-func streamConfig(env *Env, m *Migration, b *Build) (stream.Config, error) {
+// loadFeedBuild is the build a stream of m needs: of its table, or nil
+// for several tables (streamConfig reads each member's).
+func loadFeedBuild(ctx context.Context, env *Env, m *Migration) (*Build, error) {
+	if m.Spec.MultiTable() {
+		return nil, nil
+	}
+	return loadBuild(ctx, env.Pool, m.Spec, m.Names)
+}
+
+// streamConfig is the stream configuration of a stored migration: of its
+// table (b), or of every member of a migration of several tables, read
+// from the catalog (b is then not used).
+func streamConfig(ctx context.Context, env *Env, m *Migration, b *Build) (stream.Config, error) {
+	var tables []stream.Table
+	if m.Spec.MultiTable() {
+		for _, mb := range membersOf(m.Spec) {
+			bb, err := loadBuild(ctx, env.Pool, mb.spec, mb.names)
+			if err != nil {
+				return stream.Config{}, fmt.Errorf("table %s: %w", mb.table(), err)
+			}
+			tables = append(tables, stream.Table{Names: mb.names, Mapping: bb.Mapping, Blue: bb.Blue})
+		}
+		b = &Build{Names: tables[0].Names, Mapping: tables[0].Mapping, Blue: tables[0].Blue}
+	}
 	var start pglogrepl.LSN
 	if m.Row.ConfirmedLSN != nil {
 		var err error
@@ -496,7 +593,7 @@ func streamConfig(env *Env, m *Migration, b *Build) (stream.Config, error) {
 	name := m.Row.Name
 	return stream.Config{
 		Pool: env.Pool, Conn: &env.ConnConfig.Config, Migration: name, Names: m.Names,
-		Mapping: b.Mapping, Blue: b.Blue, Start: start,
+		Mapping: b.Mapping, Blue: b.Blue, Tables: tables, Start: start,
 		Checkpoint: func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error {
 			return state.SetConfirmedLSN(ctx, tx, name, lsn.String())
 		},
@@ -559,7 +656,7 @@ func (f *logicalFeed) settle(ctx context.Context, m *Migration, b *Build, lock s
 	if err != nil || retired {
 		return nil, noop, err
 	}
-	cfg, err := streamConfig(env, m, b)
+	cfg, err := streamConfig(ctx, env, m, b)
 	if err != nil {
 		return nil, noop, err
 	}

@@ -21,7 +21,6 @@ import (
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
-	specpkg "github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -120,10 +119,6 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
-	if spec.MultiTable() && spec.Mode == specpkg.ModeLogical {
-		return nil, spec.Errorf("mode", "use mode: trigger, or migrate the tables one at a time",
-			"mode logical is not supported for a migration of several tables yet: their changes would have to arrive together, and the stream applies each table's on its own")
-	}
 	if err := gateNewSync(ctx, env, spec); err != nil {
 		return nil, interrupted(ctx, err)
 	}
@@ -150,6 +145,8 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 	}
 	stop := r.startProgress(ctx)
 	defer stop()
+	r.feed = feedFor(env, r.spec.Mode)
+	defer r.feed.stop(r) // every way out stops what the feed started
 	if r.spec.MultiTable() {
 		err := r.syncTables(ctx)
 		r.stats.Total = time.Since(start)
@@ -160,9 +157,6 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 		}
 		return &r.stats, nil
 	}
-	r.feed = feedFor(env, r.spec.Mode)
-	defer r.feed.stop(r) // every way out stops what the feed started
-
 	// Each phase but the backfill records its success in the transaction
 	// that does its work (inTx); runPhase records every failure.
 	phases := []struct {

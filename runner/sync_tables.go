@@ -22,10 +22,13 @@ import (
 // members, in dependency order (referenced tables first), with the
 // single-table code of each phase: adopt every table in one transaction,
 // create every green (the foreign keys among them dropped until the copy
-// is done) with its sync triggers in one transaction, backfill each table
+// is done) with its sync triggers in one transaction, in logical mode
+// create the one slot and publication of every blue and start the one
+// stream that carries all of them (feed_logical.go), backfill each table
 // with its own checkpointed copy (state.TableProgress), build each table's
 // indexes, add the foreign keys among the greens NOT VALID and validate
-// them, analyze, switch on green → blue for every table in one transaction.
+// them, analyze, switch on green → blue for every table in one
+// transaction, and in logical mode wait for the stream to catch up.
 
 // PhaseForeignKeys adds the foreign keys among the greens of a migration
 // of several tables (NOT VALID, then VALIDATE); a one-table sync never
@@ -82,11 +85,13 @@ func (r *syncRun) syncTables(ctx context.Context) error {
 	}{
 		{PhaseAdopt, inTx(r.adoptTables)},
 		{PhaseCreateGreen, inTx(r.createGreens)},
+		{PhaseCreateSlot, inTx(func(ctx context.Context) error { return r.feed.start(ctx, r) })},
 		{PhaseBackfill, r.backfillTables},
 		{PhaseIndexes, inTx(r.indexesTables)},
 		{PhaseForeignKeys, inTx(r.foreignKeys)},
 		{PhaseAnalyze, inTx(r.analyzeTables)},
 		{PhaseEnableReverse, inTx(r.enableReverse)},
+		{PhaseStreamCatchUp, inTx(func(ctx context.Context) error { return r.feed.catchUp(ctx, r) })},
 	}
 	for _, ph := range phases {
 		if r.opts.StopAfterSetup && ph.name == PhaseBackfill {
@@ -483,6 +488,11 @@ func (r *syncRun) foreignKeys(ctx context.Context) error {
 	fks, err := row.GreenFKs()
 	if err != nil {
 		return err
+	}
+	if len(fks) > 0 {
+		if err := r.feed.current(ctx, r); err != nil {
+			return err
+		}
 	}
 	for i := range fks {
 		fk := &fks[i]

@@ -349,24 +349,45 @@ func TestTablesSyncResumesPerTable(t *testing.T) {
 	}
 }
 
-// TestTablesSyncLogicalRefused: a migration of several tables in logical
-// mode is refused with exit 2 naming why, before anything is touched.
-func TestTablesSyncLogicalRefused(t *testing.T) {
+// TestTablesSyncLogicalOneSlot: a migration of several tables in logical
+// mode streams every member through one slot and one publication, which
+// names every blue (and nothing else), with the forward triggers of every
+// blue off; a rollback (teardown) drops both, and the catalog is as before
+// the migration.
+func TestTablesSyncLogicalOneSlot(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool, dsn := syncNewDB(t)
-	if _, err := pool.Exec(ctx, tablesSchema(10, 1)); err != nil {
+	if _, err := pool.Exec(ctx, tablesSchema(50, 2)); err != nil {
 		t.Fatal(err)
 	}
 	before := coCatalog(t, pool)
 	env := syncTestEnv(t, dsn)
-	sp := syncSpec(t, strings.Replace(tablesSpec("oil"), "mode: trigger", "mode: logical", 1))
-	_, err := Sync(ctx, env, sp, SyncOptions{})
-	if exitcode.Of(err) != exitcode.BadInput || err == nil || !strings.Contains(err.Error(), "logical") {
-		t.Fatalf("sync: %v (exit %d), want exit 2 naming logical mode", err, exitcode.Of(err))
+	name := logicalName("ol")
+	sp := syncSpec(t, strings.Replace(tablesSpec(name), "mode: trigger", "mode: logical", 1))
+	if st, err := Sync(ctx, env, sp, SyncOptions{}); err != nil || st.State != state.Synced || st.Stream == nil {
+		t.Fatalf("sync: %+v, %v", st, err)
+	}
+	blue := "gs_" + name + "_blue"
+	if got := coStr(t, pool, `SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY tablename COLLATE "C") FROM pg_publication_tables WHERE pubname = $1`,
+		"gs_"+name); got != blue+".order_items,"+blue+".orders" {
+		t.Fatalf("the publication has %q, want both blues", got)
+	}
+	if n := testkit.Count(t, pool, `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE $1`, "gs\\_"+name+"%"); n != 1 {
+		t.Fatalf("%d slots of the migration, want 1", n)
+	}
+	if n := testkit.Count(t, pool, `SELECT count(*) FROM pg_trigger t WHERE t.tgrelid IN ($1::regclass, $2::regclass) AND t.tgname LIKE 'gs\_sync\_%' AND t.tgenabled = 'D'`,
+		blue+".orders", blue+".order_items"); n != 4 {
+		t.Fatalf("%d disabled forward triggers on the blues, want 4 (row and truncate of each)", n)
+	}
+	if _, err := Rollback(ctx, env, name, SwapCommandOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if slotExists(t, env, "gs_"+name) || publicationExists(t, env, "gs_"+name) {
+		t.Fatal("the slot or publication outlived the rollback")
 	}
 	if d := coDiff(before, coCatalog(t, pool)); d != "" {
-		t.Fatalf("a refused sync changed the catalog:\n%s", d)
+		t.Fatalf("the catalog after the teardown is not as before the migration:\n%s", d)
 	}
 }
 

@@ -12,7 +12,6 @@ import (
 	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
-	"github.com/greenswap/greenswap/spec"
 	"github.com/greenswap/greenswap/verify"
 )
 
@@ -224,11 +223,6 @@ func verifyTables(ctx context.Context, env *Env, mig *Migration, opts VerifyOpti
 	if err := verifiable(mig); err != nil {
 		return nil, err
 	}
-	if mig.Spec.Mode == spec.ModeLogical {
-		// sync refuses these; a row that says otherwise was not written by it.
-		return nil, exitcode.Errorf(exitcode.BadInput,
-			"migration %s has several tables in logical mode, which greenswap does not sync: roll it back with `greenswap rollback %s`", name, name)
-	}
 	if err := verifyDrift(ctx, env, mig, opts.AcceptDrift); err != nil { // every table's (drift.go)
 		return nil, err
 	}
@@ -248,10 +242,17 @@ func verifyTables(ctx context.Context, env *Env, mig *Migration, opts VerifyOpti
 	log.Info().Str("tables", appTableOf(mig.Spec)).Int("workers", opts.Workers).Bool("repair", opts.Repair).
 		Msg("verify: comparing every table, blue (mapped) with green, under one snapshot")
 	start := time.Now()
+	// The feed brings every green up to date (the logical one holds every
+	// blue's writers until the one snapshot is exported: feed_logical.go).
+	waiter, release, err := env.feedOf(mig).settle(ctx, mig, nil, (SwapCommandOptions{}).lockOptions(mig.Spec))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	var out *TablesVerifyResult
-	err := runPhase(ctx, env, log, name, VerifyStep, func(ctx context.Context, ev *phaseEvent) error {
+	err = runPhase(ctx, env, log, name, VerifyStep, func(ctx context.Context, ev *phaseEvent) error {
 		var err error
-		out, err = compareTables(ctx, env, mig, members, opts, bidirectional, log)
+		out, err = compareTables(ctx, env, mig, members, opts, waiter, bidirectional, log)
 		ev.Took = time.Since(start)
 		if err != nil {
 			return err
@@ -281,24 +282,25 @@ func verifyTables(ctx context.Context, env *Env, mig *Migration, opts VerifyOpti
 // the tables, the parents' first, and rechecks its table under a snapshot
 // of its own.
 func compareTables(ctx context.Context, env *Env, mig *Migration, members []*member, opts VerifyOptions,
-	bidirectional bool, log zerolog.Logger) (*TablesVerifyResult, error) {
+	waiter verify.StreamWaiter, bidirectional bool, log zerolog.Logger) (*TablesVerifyResult, error) {
 	start := time.Now()
 	out := &TablesVerifyResult{OK: true, Tables: []TableVerify{}, Different: []string{}}
 	var snap *verify.Snapshot
 	if !opts.separateSnapshots {
 		var err error
-		if snap, err = verify.ExportSnapshot(ctx, env.Pool, nil); err != nil {
+		if snap, err = verify.ExportSnapshot(ctx, env.Pool, waiter); err != nil {
 			return nil, err
 		}
 		defer snap.Close(ctx)
 		out.SnapshotAt, out.SnapshotLSN = snap.At, snap.LSN
+		waiter = nil // released with the export
 	}
 	for i, m := range members {
 		if opts.OnTable != nil {
 			opts.OnTable(m.table(), i, len(members))
 		}
 		tl := log.With().Str("table", m.table()).Logger()
-		res, err := runVerify(ctx, env, mig, m.build, opts, nil, snap, bidirectional, &tl)
+		res, err := runVerify(ctx, env, mig, m.build, opts, waiter, snap, bidirectional, &tl)
 		if err != nil {
 			return nil, fmt.Errorf("verify %s: %w", m.table(), err)
 		}

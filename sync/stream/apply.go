@@ -262,14 +262,38 @@ var replicationParams = map[string]string{
 // can commit after that.
 const RetireLockSQL = `SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('greenswap'), pg_catalog.hashtext($1 || ':stream'))`
 
+// foreignKeyViolation is SQLSTATE 23503.
+const foreignKeyViolation = "23503"
+
 const retireLockSharedSQL = `SELECT pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('greenswap'), pg_catalog.hashtext($1 || ':stream'))`
+
+// tableSQL is one table's apply statements, and the statements that copy
+// the rows it references in the migration's other tables (references).
+type tableSQL struct {
+	names   shadow.Names
+	mapping *shadow.Mapping
+	blue    *shadow.Table
+	sql     *applySQL
+	// parents are the upserts that copy, before this table's rows are
+	// written, the rows they reference in a table earlier in dependency
+	// order (loadReferences).
+	parents []parentSQL
+}
+
+// parentSQL copies the rows of table parent that the bound keys' blue rows
+// of the referencing table reference (rowsql.UpsertReferenced).
+type parentSQL struct {
+	parent int
+	sql    string
+}
 
 // applier writes batches to green.
 type applier struct {
 	pool       *pgxpool.Pool
 	names      shadow.Names
 	migration  string
-	sql        *applySQL
+	sql        *applySQL   // tables[0]'s
+	tables     []*tableSQL // the migration's tables, referenced ones first
 	searchPath string
 	opt        Options
 	checkpoint func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error
@@ -444,7 +468,12 @@ func (a *applier) applyChunk(ctx context.Context, keys chunk, truncate bool, lsn
 			replace = true
 			continue
 		}
-		if st != db.LockNotAvailable && st != db.DeadlockDetected && st != db.SerializationFailure {
+		// Several tables: a parent deleted in a unit of its own while its
+		// children's delete is in another chunk, applied on another session
+		// and not committed yet, meets them on green (23503 under NO
+		// ACTION); once that chunk commits, the retry goes through.
+		fkWait := st == foreignKeyViolation && len(a.tables) > 1
+		if st != db.LockNotAvailable && st != db.DeadlockDetected && st != db.SerializationFailure && !fkWait {
 			return err
 		}
 		if len(keys) > 1 { // split between units: a move's two keys stay together
@@ -494,6 +523,9 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 	if !green || fwd != "D" {
 		return ErrRetired
 	}
+	if len(a.tables) > 1 {
+		return a.applyTables(ctx, tx, c, truncate, lsn, replace)
+	}
 	if truncate {
 		if _, err := tx.Exec(ctx, a.sql.truncate); err != nil {
 			return fmt.Errorf("apply a TRUNCATE of blue: %w", err)
@@ -504,7 +536,7 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 		moves = nil
 	}
 	if len(moves) > 0 {
-		if err := a.applyMoves(ctx, tx, moves); err != nil {
+		if err := a.applyMoves(ctx, tx, a.tables[0], moves); err != nil {
 			return err
 		}
 	}
@@ -545,20 +577,169 @@ func (a *applier) applyTx(ctx context.Context, c chunk, truncate bool, lsn pglog
 	return a.commit(ctx, tx, lsn)
 }
 
+// applyTables is applyTx's work for a migration of several tables: every
+// table the chunk touches is written in this one transaction, from blue as
+// of its one snapshot, so a parent and its children written in one source
+// transaction (one unit: batch.together) reach green together, and the
+// foreign keys among the greens (enforced for new rows once the copy is
+// done) hold after every statement: rows are written referenced tables
+// first — after the rows the written ones reference as of the snapshot
+// (parents: blue may hold a child whose parent's change is still in the
+// stream) — and deleted referencing tables first. Moves run first, in
+// dependency order (a moved parent's key is followed by ON UPDATE
+// CASCADE); deletes of keys with a new row (fresh) before any upsert,
+// referencing tables first.
+func (a *applier) applyTables(ctx context.Context, tx pgx.Tx, c chunk, truncate bool, lsn pglogrepl.LSN, replace bool) error {
+	parts := c.byTable(len(a.tables))
+	exec := func(t *tableSQL, what, q string, args ...any) error {
+		if _, err := tx.Exec(ctx, q, args...); err != nil {
+			return fmt.Errorf("apply to %s: %s: %w", t.names.Green, what, err)
+		}
+		return nil
+	}
+	reverse := func(fn func(i int, t *tableSQL) error) error {
+		for i := len(a.tables) - 1; i >= 0; i-- {
+			if err := fn(i, a.tables[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if truncate {
+		// Which blue was truncated is not kept: every green loses the rows
+		// its blue no longer has, referencing tables first.
+		if err := reverse(func(_ int, t *tableSQL) error {
+			return exec(t, "a TRUNCATE of blue", t.sql.truncate)
+		}); err != nil {
+			return err
+		}
+	}
+	if !replace {
+		for i, t := range a.tables {
+			if mv := parts[i].moves; len(mv) > 0 && t.sql.move != "" {
+				if err := a.applyMoves(ctx, tx, t, mv); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if err := reverse(func(i int, t *tableSQL) error {
+		p := parts[i]
+		switch {
+		case replace && len(p.keys) > 0:
+			return exec(t, "delete the keys' rows (replace)", t.sql.all, rowsql.KeyArgs(p.keys, len(t.sql.keyCols))...)
+		case !replace && len(p.fresh) > 0:
+			return exec(t, "delete green rows of keys with a new row", t.sql.all, rowsql.KeyArgs(p.fresh, len(t.sql.keyCols))...)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for i, t := range a.tables {
+		for j, ch := range a.tables {
+			for _, ps := range ch.parents {
+				if ps.parent == i && len(parts[j].keys) > 0 {
+					if err := exec(t, "copy the rows "+ch.names.Blue.Name+" references", ps.sql, rowsql.KeyArgs(parts[j].keys, len(ch.sql.keyCols))...); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if keys := parts[i].keys; len(keys) > 0 {
+			if err := exec(t, fmt.Sprintf("copy %d keys from blue", len(keys)), t.sql.upsert, rowsql.KeyArgs(keys, len(t.sql.keyCols))...); err != nil {
+				return err
+			}
+		}
+	}
+	if !replace {
+		if err := reverse(func(i int, t *tableSQL) error {
+			p := parts[i]
+			if !slices.Contains(p.gone, true) {
+				return nil // only a key the batch removed is deleted (entry.gone)
+			}
+			args := rowsql.KeyArgs(p.keys, len(t.sql.keyCols))
+			return exec(t, "delete green rows blue no longer has", t.sql.stale, append(args, p.gone)...)
+		}); err != nil {
+			return err
+		}
+	}
+	return a.commit(ctx, tx, lsn)
+}
+
+// loadReferences finds the foreign keys among the blues of a migration of
+// several tables (a table referencing one earlier in dependency order) and
+// builds, for each, the upsert of the referenced rows (parentSQL). Read
+// when a streamer starts: blue's constraints are the application's, and
+// the plan refuses changing them meanwhile no more than it refuses any
+// DDL (trap 16).
+func (a *applier) loadReferences(ctx context.Context, q db.Querier) error {
+	if len(a.tables) < 2 {
+		return nil
+	}
+	for j, ch := range a.tables {
+		ch.parents = nil
+		rows, err := q.Query(ctx, `SELECT ns.nspname::text, r.relname::text,
+		       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(n, o)
+		              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
+		       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY AS k(n, o)
+		              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
+		  FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.confrelid
+		  JOIN pg_catalog.pg_namespace ns ON ns.oid = r.relnamespace
+		 WHERE c.contype = 'f' AND c.conrelid = pg_catalog.to_regclass($1) AND c.conparentid = 0
+		 ORDER BY c.conname`, db.Ident(ch.names.Blue.Schema, ch.names.Blue.Name))
+		if err != nil {
+			return fmt.Errorf("stream: read the foreign keys of %s: %w", ch.names.Blue, err)
+		}
+		type ref struct {
+			schema, rel string
+			cols, pcols []string
+		}
+		refs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ref, error) {
+			var f ref
+			err := r.Scan(&f.schema, &f.rel, &f.cols, &f.pcols)
+			return f, err
+		})
+		if err != nil {
+			return fmt.Errorf("stream: read the foreign keys of %s: %w", ch.names.Blue, err)
+		}
+		for _, f := range refs {
+			for i, p := range a.tables[:j] {
+				if f.schema != p.names.Blue.Schema || f.rel != p.names.Blue.Name {
+					continue
+				}
+				b := rowsql.For(&p.mapping.Forward)
+				b.From, b.Into = db.Ident(p.names.Blue.Schema, p.names.Blue.Name), db.Ident(p.names.Green.Schema, p.names.Green.Name)
+				st := b.UpsertReferenced(keyOf(p), f.pcols, db.Ident(ch.names.Blue.Schema, ch.names.Blue.Name), f.cols, keyOf(ch), "FOR KEY SHARE")
+				ch.parents = append(ch.parents, parentSQL{parent: i, sql: st.SQL})
+			}
+		}
+	}
+	return nil
+}
+
+// keyOf is table t's sync key with blue's types.
+func keyOf(t *tableSQL) rowsql.Key {
+	types := make([]string, len(t.mapping.Key))
+	for i, k := range t.mapping.Key {
+		types[i] = t.blue.Column(k).Type
+	}
+	return rowsql.Key{Cols: t.mapping.Key, Types: types}
+}
+
 // applyMoves moves green's rows of re-keyed blue rows to their new keys,
 // before the keys are re-copied. Run until it moves nothing: a row moved
 // to a key another moved row has just left (A → B while C → A) finds its
 // new key free only after the first one moved.
-func (a *applier) applyMoves(ctx context.Context, tx pgx.Tx, moves []*move) error {
+func (a *applier) applyMoves(ctx context.Context, tx pgx.Tx, t *tableSQL, moves []*move) error {
 	for range len(moves) {
 		from := make([][]string, len(moves))
 		to := make([][]string, len(moves))
 		for i, m := range moves {
 			from[i], to[i] = m.from, m.to
 		}
-		args := append(rowsql.KeyArgs(from, len(a.sql.keyCols)), rowsql.KeyArgs(to, len(a.sql.keyCols))...)
+		args := append(rowsql.KeyArgs(from, len(t.sql.keyCols)), rowsql.KeyArgs(to, len(t.sql.keyCols))...)
 		n := int64(0)
-		for _, q := range []string{a.sql.move, a.sql.moveKey} {
+		for _, q := range []string{t.sql.move, t.sql.moveKey} {
 			tag, err := tx.Exec(ctx, q, args...)
 			if err != nil {
 				return fmt.Errorf("apply: move %d re-keyed rows in green: %w", len(moves), err)

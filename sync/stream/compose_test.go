@@ -85,3 +85,57 @@ func TestComposeMoves(t *testing.T) {
 		}
 	}
 }
+
+// TestTogetherUnits: the keys of a transaction that changed several of
+// the migration's tables (an order and its items; an order deleted with
+// its items) land in one chunk however small the chunks are, also when a
+// later transaction of one table only touches one of them; keys of
+// one-table transactions are chunked as before, and the same values in
+// two tables are two keys.
+func TestTogetherUnits(t *testing.T) {
+	commit := &pglogrepl.CommitMessage{CommitTime: time.Now()}
+	tx := func(changes ...[2]any) *txn {
+		x := &txn{keys: map[string]*entry{}}
+		for _, c := range changes {
+			x.addIn(c[0].(int), []string{c[1].(string)}, false, false)
+		}
+		return x
+	}
+	b := newBatch()
+	b.add(tx([2]any{0, "1"}, [2]any{1, "10"}, [2]any{1, "11"}, [2]any{1, "12"}), commit) // order 1 with its items
+	b.add(tx([2]any{1, "11"}), commit)                                                   // an item alone, later
+	b.add(tx([2]any{0, "2"}, [2]any{1, "20"}), commit)                                   // order 2 with its item
+	b.add(tx([2]any{0, "3"}), commit)                                                    // orders alone
+	b.add(tx([2]any{0, "4"}), commit)
+	b.add(tx([2]any{1, "1"}), commit) // an item whose key equals order 1's
+	chunks, _ := b.work(1)
+	where := map[string]int{}
+	keys := 0
+	for i, c := range chunks {
+		for _, u := range c {
+			for _, e := range u.keys {
+				where[tableKey(e.table, e.key)] = i
+				keys++
+			}
+		}
+	}
+	if keys != 9 {
+		t.Fatalf("%d keys in the chunks, want 9 (order 1's key and item 1's are two)", keys)
+	}
+	same := func(a, b string) bool { return where[a] == where[b] }
+	o1, o2 := tableKey(0, []string{"1"}), tableKey(0, []string{"2"})
+	for _, k := range []string{"10", "11", "12"} {
+		if !same(o1, tableKey(1, []string{k})) {
+			t.Errorf("item %s is not in order 1's chunk: %v", k, where)
+		}
+	}
+	if !same(o2, tableKey(1, []string{"20"})) || same(o1, o2) {
+		t.Errorf("order 2's unit: %v", where)
+	}
+	if same(tableKey(0, []string{"3"}), tableKey(0, []string{"4"})) {
+		t.Errorf("one-table keys joined in one chunk of size 1: %v", where)
+	}
+	if len(chunks) != 5 { // {order 1 + 3 items}, {order 2 + item}, {3}, {4}, {item 1}
+		t.Errorf("%d chunks, want 5: %v", len(chunks), where)
+	}
+}

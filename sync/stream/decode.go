@@ -2,7 +2,9 @@ package stream
 
 import (
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,9 +28,11 @@ func FullXid(xid uint32, next uint64) uint64 {
 	return epoch<<32 | uint64(xid)
 }
 
-// relation is one relation the stream describes (only blue is published).
+// relation is one relation the stream describes (only the blues of the
+// migration's tables are published).
 type relation struct {
 	name   string
+	table  int // the migration's table (Config.Tables) it is the blue of
 	cols   []string
 	keyIdx []int // position in cols of each sync key column, in key order
 }
@@ -37,8 +41,9 @@ type relation struct {
 // and whether it was an echo (the reverse trigger's write, which green
 // already has).
 type entry struct {
-	key  []string
-	echo bool
+	table int // the migration's table (Config.Tables)
+	key   []string
+	echo  bool
 	// gone: the change removed the key's row from blue (a delete, or a
 	// re-key away from it). Only then does the applier delete green's row
 	// when blue has none: a key blue lacks although its last change in the
@@ -56,8 +61,9 @@ type entry struct {
 // a key update (from → to), a delete (from only) or an insert (to only).
 // The batch composes them into moves (batch.moves).
 type event struct {
+	table    int
 	from, to []string
-	fk, tk   string // keyString of from and to
+	fk, tk   string // tableKey of from and to
 	echo     bool
 }
 
@@ -72,27 +78,41 @@ type txn struct {
 	truncate   bool // a TRUNCATE of blue not made by the reverse trigger
 	echoed     int64
 	forged     bool // a message with the echo prefix that is not a genuine marker was seen
+	tables     map[int]bool
 }
 
-func (t *txn) add(key []string, echo, gone bool) string {
+// add records a change of key in the migration's first table (a one-table
+// migration's only one).
+func (t *txn) add(key []string, echo, gone bool) string { return t.addIn(0, key, echo, gone) }
+
+// addIn records a change of key in table.
+func (t *txn) addIn(table int, key []string, echo, gone bool) string {
 	t.changes++
 	if echo {
 		t.echoed++
 	}
-	ks := keyString(key)
-	t.keys[ks] = &entry{key: key, echo: echo, gone: gone}
+	ks := tableKey(table, key)
+	t.keys[ks] = &entry{table: table, key: key, echo: echo, gone: gone}
+	if t.tables == nil {
+		t.tables = map[int]bool{}
+	}
+	t.tables[table] = true
 	return ks
 }
 
 // keyString is a map key for key values (text values never hold NUL).
 func keyString(key []string) string { return strings.Join(key, "\x00") }
 
+// tableKey is a map key for key values of one of the migration's tables:
+// the same values in two tables are two keys.
+func tableKey(table int, key []string) string { return strconv.Itoa(table) + "\x01" + keyString(key) }
+
 // decoder turns pgoutput messages (protocol version 1, messages on) into
 // committed transactions: the set of sync keys each one changed.
 type decoder struct {
-	key        []string // the sync key columns
-	echoPrefix string   // transactional messages bracketing the reverse trigger's writes
-	pingPrefix string   // non-transactional messages asking for a prompt confirmation
+	tables     []decodedTable // the migration's tables, Config.Tables' order
+	echoPrefix string         // transactional messages bracketing the reverse trigger's writes
+	pingPrefix string         // non-transactional messages asking for a prompt confirmation
 	// echoBegin and echoEnd are the only contents of an echo-prefixed
 	// message that are markers: the marker letter and the migration's
 	// secret token (trigger.EchoTokenSQL). Anything else under the prefix
@@ -105,8 +125,15 @@ type decoder struct {
 	tx                 *txn
 }
 
-func newDecoder(key []string, echoPrefix, token string, log zerolog.Logger) *decoder {
-	return &decoder{key: key, echoPrefix: echoPrefix, pingPrefix: PingPrefix(echoPrefix),
+// decodedTable is what the decoder knows of one of the migration's
+// tables: its blue's name as pgoutput sends it, and its sync key columns.
+type decodedTable struct {
+	blue string // schema.name
+	key  []string
+}
+
+func newDecoder(tables []decodedTable, echoPrefix, token string, log zerolog.Logger) *decoder {
+	return &decoder{tables: tables, echoPrefix: echoPrefix, pingPrefix: PingPrefix(echoPrefix),
 		echoBegin: trigger.EchoBegin + token, echoEnd: trigger.EchoEnd + token,
 		log: log, rels: map[uint32]*relation{}}
 }
@@ -139,11 +166,19 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		r := &relation{name: m.Namespace + "." + m.RelationName}
+		r := &relation{name: m.Namespace + "." + m.RelationName, table: -1}
+		for i, t := range d.tables {
+			if t.blue == r.name {
+				r.table = i
+			}
+		}
+		if r.table < 0 {
+			return decoded{}, fmt.Errorf("the stream describes %s, which is not the blue of a table of this migration", r.name)
+		}
 		for _, c := range m.Columns {
 			r.cols = append(r.cols, c.Name)
 		}
-		for _, k := range d.key {
+		for _, k := range d.tables[r.table].key {
 			i := slices.Index(r.cols, k)
 			if i < 0 {
 				return decoded{}, fmt.Errorf("the stream describes %s without key column %s", r.name, k)
@@ -169,8 +204,8 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		if err != nil {
 			return decoded{}, fmt.Errorf("insert into %s: %w", r.name, err)
 		}
-		tk := d.tx.add(k, d.tx.inEcho, false)
-		d.tx.events = append(d.tx.events, event{to: k, tk: tk, echo: d.tx.inEcho})
+		tk := d.tx.addIn(r.table, k, d.tx.inEcho, false)
+		d.tx.events = append(d.tx.events, event{table: r.table, to: k, tk: tk, echo: d.tx.inEcho})
 	case *pglogrepl.UpdateMessage:
 		r, err := d.rel(m.RelationID)
 		if err != nil {
@@ -189,11 +224,11 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		if old != nil && !slices.Equal(old, k) {
 			// The key changed (trap 3): the row under the old key is gone,
 			// and green's row there moves to the new key (trap 13).
-			fk := d.tx.add(old, d.tx.inEcho, true)
-			tk := d.tx.add(k, d.tx.inEcho, false)
-			d.tx.events = append(d.tx.events, event{from: old, to: k, fk: fk, tk: tk, echo: d.tx.inEcho})
+			fk := d.tx.addIn(r.table, old, d.tx.inEcho, true)
+			tk := d.tx.addIn(r.table, k, d.tx.inEcho, false)
+			d.tx.events = append(d.tx.events, event{table: r.table, from: old, to: k, fk: fk, tk: tk, echo: d.tx.inEcho})
 		} else {
-			d.tx.add(k, d.tx.inEcho, false)
+			d.tx.addIn(r.table, k, d.tx.inEcho, false)
 		}
 	case *pglogrepl.DeleteMessage:
 		r, err := d.rel(m.RelationID)
@@ -204,8 +239,8 @@ func (d *decoder) handle(data []byte) (decoded, error) {
 		if err != nil {
 			return decoded{}, fmt.Errorf("delete from %s: %w", r.name, err)
 		}
-		fk := d.tx.add(k, d.tx.inEcho, true)
-		d.tx.events = append(d.tx.events, event{from: k, fk: fk, echo: d.tx.inEcho})
+		fk := d.tx.addIn(r.table, k, d.tx.inEcho, true)
+		d.tx.events = append(d.tx.events, event{table: r.table, from: k, fk: fk, echo: d.tx.inEcho})
 	case *pglogrepl.TruncateMessage:
 		if d.tx == nil {
 			return decoded{}, fmt.Errorf("TRUNCATE outside a transaction")
@@ -316,20 +351,25 @@ type batch struct {
 	// whose row the batch deleted or re-keyed away. An insert under a key
 	// the batch did not vacate is not recorded: green has no row there.
 	fresh, vacated map[string]bool
-	truncate       bool
-	xids           []uint32
-	txns           int64
-	changes        int64
-	echoed         int64
-	endLSN         pglogrepl.LSN // end of the last commit: confirm up to here once applied
-	oldest         time.Time     // commit time of the oldest transaction in it
-	newest         time.Time
+	// together are the keys of each transaction that changed more than one
+	// of the migration's tables (a parent and its children): applied in
+	// one apply transaction, so green never has one without the other.
+	together [][]string
+	truncate bool
+	xids     []uint32
+	txns     int64
+	changes  int64
+	echoed   int64
+	endLSN   pglogrepl.LSN // end of the last commit: confirm up to here once applied
+	oldest   time.Time     // commit time of the oldest transaction in it
+	newest   time.Time
 }
 
 // move is one re-keyed row: green holds it under from, blue under to.
 type move struct {
+	table    int
 	from, to []string
-	fk       string // keyString(from)
+	fk       string // tableKey(from)
 }
 
 func newBatch() *batch {
@@ -345,12 +385,16 @@ func (b *batch) add(t *txn, c *pglogrepl.CommitMessage) {
 		clear(b.moves) // green's rows under the old keys are gone with blue's
 		clear(b.fresh)
 		clear(b.vacated)
+		b.together = nil
 	}
 	for _, ev := range t.events {
 		b.compose(ev)
 	}
 	for k, e := range t.keys {
 		b.keys[k] = e
+	}
+	if len(t.tables) > 1 {
+		b.together = append(b.together, slices.Collect(maps.Keys(t.keys)))
 	}
 	if len(t.keys) > 0 || t.truncate {
 		b.xids = append(b.xids, t.xid)
@@ -404,7 +448,7 @@ func (b *batch) compose(ev event) {
 		case !held:
 			b.fresh[ev.tk] = true
 		case ofk != ev.tk:
-			b.moves[ev.tk] = &move{from: ofrom, fk: ofk, to: ev.to}
+			b.moves[ev.tk] = &move{table: ev.table, from: ofrom, fk: ofk, to: ev.to}
 		}
 	}
 }
@@ -454,6 +498,33 @@ func (c chunk) freshKeys() [][]string {
 	return out
 }
 
+// tablePart is a chunk's work on one of the migration's tables.
+type tablePart struct {
+	keys  [][]string
+	gone  []bool
+	fresh [][]string
+	moves []*move
+}
+
+// byTable splits the chunk's work by table (n tables).
+func (c chunk) byTable(n int) []tablePart {
+	parts := make([]tablePart, n)
+	for _, u := range c {
+		for _, e := range u.keys {
+			p := &parts[e.table]
+			p.keys = append(p.keys, e.key)
+			p.gone = append(p.gone, e.gone)
+			if e.fresh {
+				p.fresh = append(p.fresh, e.key)
+			}
+		}
+		for _, m := range u.moves {
+			parts[m.table].moves = append(parts[m.table].moves, m)
+		}
+	}
+	return parts
+}
+
 func (c chunk) moves() []*move {
 	var out []*move
 	for _, u := range c {
@@ -483,38 +554,56 @@ func (b *batch) work(n int) (chunks []chunk, echoes int) {
 			e.fresh = !e.echo
 		}
 	}
-	// Moves sharing a key form one unit (a small union of key sets).
+	// Moves sharing a key form one unit, and so do the keys of a
+	// transaction that changed several of the migration's tables, with
+	// whatever unit one of their keys is in already (a small union of key
+	// sets).
 	done := map[string]bool{}
 	owner := map[string]*unit{}
 	var units []*unit
-	for tk, m := range b.moves {
-		te, fe := b.keys[tk], b.keys[m.fk]
-		if te == nil || fe == nil || te.echo || fe.echo {
-			continue
-		}
-		u := owner[tk]
-		if v := owner[m.fk]; u == nil || (v != nil && v != u) {
-			if u != nil { // both keys already in different units: merge u into v
-				v.keys = append(v.keys, u.keys...)
-				v.moves = append(v.moves, u.moves...)
-				for _, e := range u.keys {
-					owner[keyString(e.key)] = v
+	join := func(ks []string, m *move) {
+		var u *unit
+		for _, k := range ks {
+			v := owner[k]
+			switch {
+			case v == nil || v == u:
+			case u == nil:
+				u = v
+			default: // two units: merge v into u
+				u.keys = append(u.keys, v.keys...)
+				u.moves = append(u.moves, v.moves...)
+				for _, e := range v.keys {
+					owner[tableKey(e.table, e.key)] = u
 				}
-				u.keys, u.moves = nil, nil
+				v.keys, v.moves = nil, nil
 			}
-			u = v
 		}
 		if u == nil {
 			u = &unit{}
 			units = append(units, u)
 		}
-		u.moves = append(u.moves, m)
-		for ks, e := range map[string]*entry{tk: te, m.fk: fe} {
-			if owner[ks] == nil {
-				owner[ks] = u
-				u.keys = append(u.keys, e)
-				done[ks] = true
+		if m != nil {
+			u.moves = append(u.moves, m)
+		}
+		for _, k := range ks {
+			if owner[k] == nil {
+				owner[k] = u
+				u.keys = append(u.keys, b.keys[k])
+				done[k] = true
 			}
+		}
+	}
+	for tk, m := range b.moves {
+		te, fe := b.keys[tk], b.keys[m.fk]
+		if te == nil || fe == nil || te.echo || fe.echo {
+			continue
+		}
+		join([]string{tk, m.fk}, m)
+	}
+	for _, g := range b.together {
+		ks := slices.DeleteFunc(slices.Clone(g), func(k string) bool { e := b.keys[k]; return e == nil || e.echo })
+		if len(ks) > 1 {
+			join(ks, nil)
 		}
 	}
 	for _, u := range units {

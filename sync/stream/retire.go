@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -216,10 +217,16 @@ func Retire(ctx context.Context, cfg Config, opt RetireOptions) (*RetireResult, 
 	if err := preDrain(); err != nil {
 		return res, err
 	}
-	blue := db.Ident(n.Blue.Schema, n.Blue.Name)
-	lockBlue := "LOCK TABLE " + blue + " IN SHARE ROW EXCLUSIVE MODE"
+	// Every blue of the migration, in one statement (nothing half taken),
+	// and every forward trigger switched in the same transaction: no
+	// table's writes reach green by trigger before another's stream is done.
+	lockBlue := "LOCK TABLE " + cfg.blueList() + " IN SHARE ROW EXCLUSIVE MODE"
+	var forwardOn []string
+	for _, t := range cfg.tables() {
+		forwardOn = append(forwardOn, trigger.SetForwardSQL(t.Names, true)...)
+	}
 	res.SQL = append([]string{lockBlue, "SELECT pg_catalog.pg_current_wal_insert_lsn()", "-- the stream applies up to that position", RetireLockSQL},
-		trigger.SetForwardSQL(n, true)...)
+		forwardOn...)
 	t0 := time.Now()
 	backoff := opt.Lock.BaseBackoff
 	for {
@@ -257,7 +264,7 @@ func Retire(ctx context.Context, cfg Config, opt RetireOptions) (*RetireResult, 
 			if _, err := tx.Exec(ctx, RetireLockSQL, cfg.Migration); err != nil {
 				return err
 			}
-			for _, s := range trigger.SetForwardSQL(n, true) {
+			for _, s := range forwardOn {
 				if _, err := tx.Exec(ctx, s); err != nil {
 					return err
 				}
@@ -332,6 +339,17 @@ func flushAndPing(ctx context.Context, cfg Config) error {
 	})
 }
 
+// blueList is every blue of the migration, quoted, comma-separated.
+func (c Config) blueList() string {
+	var list []string
+	for _, t := range c.tables() {
+		list = append(list, db.Ident(t.Names.Blue.Schema, t.Names.Blue.Name))
+	}
+	return strings.Join(list, ", ")
+}
+
+// forwardEnabled reads the first table's forward trigger: Retire switches
+// every table's in one transaction.
 func forwardEnabled(ctx context.Context, cfg Config) (bool, error) {
 	n := cfg.Names
 	var st string
@@ -357,9 +375,11 @@ func finishRetire(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	for _, s := range trigger.PlainReverseSQL(cfg.Names, cfg.Mapping) {
-		if _, err := tx.Exec(ctx, s); err != nil {
-			return fmt.Errorf("re-create the reverse functions without echo markers: %w", err)
+	for _, t := range cfg.tables() {
+		for _, s := range trigger.PlainReverseSQL(t.Names, t.Mapping) {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return fmt.Errorf("re-create the reverse functions of %s without echo markers: %w", t.Names.Blue, err)
+			}
 		}
 	}
 	return tx.Commit(ctx)

@@ -50,7 +50,7 @@ func Settle(ctx context.Context, cfg Config, opt SettleOptions) (release func(),
 		opt.Lock.MaxAttempts = 1
 	}
 	backoff := opt.Lock.BaseBackoff
-	blue := db.Ident(cfg.Names.Blue.Schema, cfg.Names.Blue.Name)
+	blue := cfg.blueList() // every blue of the migration, in one LOCK
 	for attempt := 1; ; attempt++ {
 		// Catch up without holding anything first (every attempt), so that
 		// little is left to apply while writers wait.

@@ -36,10 +36,22 @@ const MinServerMajor = 14
 // a transaction (slot creation waits for running transactions to finish,
 // and cannot run in one that has written).
 func Setup(ctx context.Context, q *pgxpool.Pool, n shadow.Names, m *shadow.Mapping, fresh bool, log zerolog.Logger) (pglogrepl.LSN, error) {
-	if err := CheckServer(ctx, q, n, m); err != nil {
-		return 0, err
+	return SetupTables(ctx, q, []Table{{Names: n, Mapping: m}}, fresh, log)
+}
+
+// SetupTables is Setup for the tables of a migration (Config.Tables; the
+// first one's names are the migration's): one publication of every blue,
+// one slot.
+func SetupTables(ctx context.Context, q *pgxpool.Pool, tables []Table, fresh bool, log zerolog.Logger) (pglogrepl.LSN, error) {
+	n := tables[0].Names
+	var blues []shadow.Names
+	for _, t := range tables {
+		if err := CheckServer(ctx, q, t.Names, t.Mapping); err != nil {
+			return 0, err
+		}
+		blues = append(blues, t.Names)
 	}
-	if _, err := CreatePublication(ctx, q, n); err != nil {
+	if _, err := createPublication(ctx, q, n.Publication, blues); err != nil {
 		return 0, err
 	}
 	if fresh {
@@ -134,42 +146,52 @@ SELECT a.attname::text
 // walsender then never sends the other columns — TOAST-sized values above
 // all. It returns the statement it ran ("" if the publication existed).
 func CreatePublication(ctx context.Context, q db.Querier, n shadow.Names) (string, error) {
+	return createPublication(ctx, q, n.Publication, []shadow.Names{n})
+}
+
+// createPublication is CreatePublication of publication pub for the blues
+// of tables (a migration of several tables publishes each of its blues).
+func createPublication(ctx context.Context, q db.Querier, pub string, tables []shadow.Names) (string, error) {
 	var exists bool
 	var major int
-	var ident string
 	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
-		pg_catalog.current_setting('server_version_num')::int / 10000,
-		coalesce((SELECT relreplident::text FROM pg_class WHERE oid = pg_catalog.to_regclass($2)), '')`,
-		n.Publication, db.Ident(n.Blue.Schema, n.Blue.Name)).Scan(&exists, &major, &ident); err != nil {
+		pg_catalog.current_setting('server_version_num')::int / 10000`, pub).Scan(&exists, &major); err != nil {
 		return "", err
 	}
 	if exists {
 		return "", nil
 	}
-	var cols []string
-	if major >= 15 && ident != "f" {
-		var err error
-		if cols, err = ReplicaIdentityColumns(ctx, q, n.Blue); err != nil {
+	rels := make([]string, len(tables))
+	for i, n := range tables {
+		var ident string
+		if err := q.QueryRow(ctx, `SELECT coalesce((SELECT relreplident::text FROM pg_class WHERE oid = pg_catalog.to_regclass($1)), '')`,
+			db.Ident(n.Blue.Schema, n.Blue.Name)).Scan(&ident); err != nil {
 			return "", err
 		}
+		var cols []string
+		if major >= 15 && ident != "f" {
+			var err error
+			if cols, err = ReplicaIdentityColumns(ctx, q, n.Blue); err != nil {
+				return "", err
+			}
+		}
+		rels[i] = publishedRelation(n, cols)
 	}
-	sql := PublicationSQL(n, cols)
+	sql := "CREATE PUBLICATION " + db.Ident(pub) + " FOR TABLE " + strings.Join(rels, ", ") + " WITH (publish_via_partition_root = true)"
 	_, err := q.Exec(ctx, sql)
 	if err != nil && db.SQLState(err) != "42710" { // duplicate_object: a concurrent creation won
-		return "", fmt.Errorf("create publication %s: %w", n.Publication, err)
+		return "", fmt.Errorf("create publication %s: %w", pub, err)
 	}
 	return sql, nil
 }
 
-// PublicationSQL is the publication's CREATE statement; cols, when given,
-// is its column list (PostgreSQL 15+).
-func PublicationSQL(n shadow.Names, cols []string) string {
+// publishedRelation is blue with its column list, as FOR TABLE names it.
+func publishedRelation(n shadow.Names, cols []string) string {
 	list := ""
 	if len(cols) > 0 {
 		list = " (" + db.IdentList(cols) + ")"
 	}
-	return "CREATE PUBLICATION " + db.Ident(n.Publication) + " FOR TABLE " + db.Ident(n.Blue.Schema, n.Blue.Name) + list +
-		" WITH (publish_via_partition_root = true)"
+	return db.Ident(n.Blue.Schema, n.Blue.Name) + list
 }
 
 // SlotSQL is what creates the slot (for plan's listing).

@@ -109,9 +109,17 @@ type Config struct {
 	// from a copy with replication=database.
 	Conn      *pgconn.Config
 	Migration string
-	Names     shadow.Names
-	Mapping   *shadow.Mapping
-	Blue      *shadow.Table // blue as it is (the key columns' types)
+	// Names are the migration's names (slot, publication, sync flag,
+	// trigger, echo token: one for all its tables); with one table, its
+	// table's too.
+	Names   shadow.Names
+	Mapping *shadow.Mapping
+	Blue    *shadow.Table // blue as it is (the key columns' types)
+	// Tables, when set, are the migration's tables in dependency order
+	// (referenced tables first), Names, Mapping and Blue then being the
+	// first's: one slot and publication for every blue, and each apply
+	// transaction writes every table it touches under one snapshot.
+	Tables []Table
 	// Start is the checkpoint to resume from (migrations.confirmed_lsn); the
 	// server resumes from the slot's confirmed position if that is later.
 	Start pglogrepl.LSN
@@ -120,6 +128,22 @@ type Config struct {
 	Checkpoint func(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) error
 	Log        zerolog.Logger
 	Options    Options
+}
+
+// Table is one table of a migration of several tables (issue 14).
+type Table struct {
+	Names   shadow.Names
+	Mapping *shadow.Mapping
+	Blue    *shadow.Table
+}
+
+// tables are the migration's tables: Tables, or the one that Names,
+// Mapping and Blue describe.
+func (c Config) tables() []Table {
+	if len(c.Tables) > 0 {
+		return c.Tables
+	}
+	return []Table{{Names: c.Names, Mapping: c.Mapping, Blue: c.Blue}}
 }
 
 // Stats are a streamer's figures.
@@ -164,16 +188,26 @@ type Streamer struct {
 
 // New prepares a streamer; nothing is connected until Run.
 func New(cfg Config) (*Streamer, error) {
-	if cfg.Pool == nil || cfg.Conn == nil || cfg.Mapping == nil || cfg.Blue == nil {
-		return nil, errors.New("stream: Pool, Conn, Mapping and Blue are required")
+	if len(cfg.Tables) > 0 {
+		cfg.Names, cfg.Mapping, cfg.Blue = cfg.Tables[0].Names, cfg.Tables[0].Mapping, cfg.Tables[0].Blue
 	}
-	sql, err := buildSQL(cfg.Names, cfg.Mapping, cfg.Blue)
-	if err != nil {
-		return nil, err
+	if cfg.Pool == nil || cfg.Conn == nil || cfg.Mapping == nil || cfg.Blue == nil {
+		return nil, errors.New("stream: Pool, Conn, Mapping and Blue (or Tables) are required")
+	}
+	var tables []*tableSQL
+	for _, t := range cfg.tables() {
+		if t.Mapping == nil || t.Blue == nil {
+			return nil, fmt.Errorf("stream: table %s has no mapping or blue", t.Names.App)
+		}
+		sql, err := buildSQL(t.Names, t.Mapping, t.Blue)
+		if err != nil {
+			return nil, err
+		}
+		tables = append(tables, &tableSQL{names: t.Names, mapping: t.Mapping, blue: t.Blue, sql: sql})
 	}
 	opt := cfg.Options.withDefaults()
 	s := &Streamer{cfg: cfg, opt: opt, log: cfg.Log, pending: newBatch(), rate: rate.Window{MinSpan: time.Second}}
-	s.ap = &applier{pool: cfg.Pool, names: cfg.Names, migration: cfg.Migration, sql: sql,
+	s.ap = &applier{pool: cfg.Pool, names: cfg.Names, migration: cfg.Migration, sql: tables[0].sql, tables: tables,
 		searchPath: cfg.Names.SearchPath(), opt: opt, checkpoint: cfg.Checkpoint}
 	s.confirmed.Store(uint64(cfg.Start))
 	s.stats = Stats{Migration: cfg.Migration, Since: time.Now(), Applied: cfg.Start}
@@ -228,6 +262,9 @@ func (s *Streamer) RunUntil(ctx context.Context, lsn pglogrepl.LSN) error {
 func (s *Streamer) run(ctx context.Context, until pglogrepl.LSN) error {
 	token, err := ReadEchoToken(ctx, s.cfg.Pool, s.cfg.Names)
 	if err != nil {
+		return err
+	}
+	if err := s.ap.loadReferences(ctx, s.cfg.Pool); err != nil {
 		return err
 	}
 	// The apply sessions get a pool of their own, as many connections as
@@ -407,7 +444,11 @@ func (s *Streamer) session(ctx context.Context, until pglogrepl.LSN, token strin
 	}
 	defer stop()
 
-	dec := newDecoder(s.cfg.Mapping.Key, trigger.EchoPrefix(s.cfg.Names), token, s.log)
+	var dts []decodedTable
+	for _, t := range s.ap.tables {
+		dts = append(dts, decodedTable{blue: t.names.Blue.Schema + "." + t.names.Blue.Name, key: t.mapping.Key})
+	}
+	dec := newDecoder(dts, trigger.EchoPrefix(s.cfg.Names), token, s.log)
 	nextStatus := time.Now()
 	lastReply := time.Time{}
 	for {
