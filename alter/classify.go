@@ -34,10 +34,10 @@ type observation struct {
 // under blue's own name, so names PostgreSQL generates (orders_pkey,
 // orders_email_key) are the ones it would generate on blue.
 type scratch struct {
-	q      db.Querier
-	blue   *shadow.Table
-	rel    string // quoted pg_temp_N.name
-	def    tableDef
+	q    db.Querier
+	blue *shadow.Table
+	rel  string // quoted pg_temp_N.name
+	def  tableDef
 }
 
 func newScratch(ctx context.Context, q db.Querier, blue *shadow.Table) (*scratch, error) {
