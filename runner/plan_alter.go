@@ -206,3 +206,18 @@ func PlanAlter(ctx context.Context, env *Env, sql string, given *spec.Spec, name
 	res.BlueGreen, err = Plan(ctx, env, plan.BlueGreen, opts)
 	return res, err
 }
+
+// planAlterSpec is Plan of a spec with alter:: the blue-green part of the
+// ALTER, derived and planned (plan -f shows the in-place part too, through
+// PlanAlter).
+func planAlterSpec(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions) (*PlanResult, error) {
+	resolved, plan, err := ResolveAlterSpec(ctx, env, s, opts.StatementTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if plan.BlueGreen == nil {
+		return nil, s.Errorf("alter", "plan it with greenswap plan -f (which shows the in-place steps) or run it with greenswap run --alter",
+			"every subcommand runs in place: there is no new table to plan")
+	}
+	return Plan(ctx, env, resolved, opts)
+}

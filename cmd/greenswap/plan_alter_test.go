@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
 )
@@ -104,33 +107,97 @@ func TestPlanAlterOrders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cols := func(schema, ddl string) map[string]string {
-		pgtest.Exec(t, dsn, "CREATE SCHEMA "+schema+"; SET search_path TO "+schema+"; "+ddl)
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(ctx)
-		tbl, err := shadow.LoadTable(ctx, conn, spec.QualifiedName{Schema: schema, Name: "orders"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := map[string]string{}
-		for _, c := range tbl.Columns {
-			m[c.Name] = c.Type + " notnull=" + map[bool]string{true: "t", false: "f"}[c.NotNull] + " default=" + c.Default
-		}
-		m["primary key"] = strings.Join(tbl.PrimaryKey.Columns, ",")
-		return m
-	}
-	got, want := cols("derived_green", derived.Target.DDL), cols("hand_green", hand.Target.DDL)
-	for _, c := range []string{"id", "email", "created_at", "primary key"} {
+	got, want := greenShape(t, dsn, "derived_green", derived.Target), greenShape(t, dsn, "hand_green", hand.Target)
+	for _, c := range []string{"column id", "column email", "column created_at", "primary key"} {
 		if got[c] != want[c] {
 			t.Errorf("%s: derived %q, hand-written %q", c, got[c], want[c])
 		}
 	}
-	if len(got) != len(want) {
-		t.Errorf("derived green %v, hand-written %v", got, want)
+	if got["column amount"] != "integer notnull=true default=" {
+		t.Errorf("amount is not in the ALTER, yet green has %q", got["column amount"])
+	}
+}
+
+// greenShape creates target in schema and reads back what matters of
+// green: each column's type, NOT NULL and default, the primary key, the
+// other constraints and the indexes (named, definitions without schema).
+func greenShape(t *testing.T, dsn, schema string, target spec.Target) map[string]string {
+	t.Helper()
+	pgtest.Exec(t, dsn, "CREATE SCHEMA "+schema+"; SET search_path TO "+schema+"; "+target.DDL+"; "+strings.Join(target.Indexes, "; "))
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tbl, err := shadow.LoadTable(ctx, conn, spec.QualifiedName{Schema: schema, Name: "orders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, c := range tbl.Columns {
+		m["column "+c.Name] = fmt.Sprintf("%s notnull=%v default=%s", c.Type, c.NotNull, c.Default)
+	}
+	m["primary key"] = strings.Join(tbl.PrimaryKey.Columns, ",")
+	for _, c := range tbl.Constraints {
+		m["constraint "+c.Name] = c.Def
+	}
+	for _, ix := range tbl.Indexes {
+		m["index "+ix.Name] = strings.ReplaceAll(ix.Def, schema+".", "")
+	}
+	return m
+}
+
+// TestPlanAlterExampleMatchesOrders: examples/orders-alter (the ALTER
+// form, with orders' forward and reverse) gives exactly the hand-written
+// examples/orders green, plans with nothing blocking although blue has
+// NULL emails (forward fills them: the NOT NULL goes to green only), and
+// plan -f shows that in its classification.
+func TestPlanAlterExampleMatchesOrders(t *testing.T) {
+	t.Parallel()
+	dsn := ordersDB(t)
+	before := catalogFingerprint(t, dsn)
+	const alterSpec = "../../examples/orders-alter/spec.yaml"
+	code, out, errOut := gsCLI("--dsn", dsn, "plan", "-f", alterSpec)
+	if code != 0 {
+		t.Fatalf("plan -f %s: exit %d\n%s\n%s", alterSpec, code, out, errOut)
+	}
+	for _, want := range []string{
+		"Order: blue-green only",
+		"forward.email fills the NULLs blue has: NOT NULL on green only",
+		"the index is built on green",
+		"Nothing blocking. Nothing was changed. Next: greenswap sync -f " + alterSpec,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if got := catalogFingerprint(t, dsn); got != before {
+		t.Fatal("plan -f of the alter: spec changed the database")
+	}
+	s, err := spec.LoadSpecFile(alterSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := runner.Connect(context.Background(), dsn, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	resolved, _, err := runner.ResolveAlterSpec(context.Background(), env, s, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hand, err := spec.LoadSpecFile(exampleSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, want := greenShape(t, dsn, "derived_green", resolved.Target), greenShape(t, dsn, "hand_green", hand.Target)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("derived green\n%v\nhand-written green\n%v", got, want)
+	}
+	if fmt.Sprint(resolved.Forward) != fmt.Sprint(hand.Forward) || fmt.Sprint(resolved.Reverse) != fmt.Sprint(hand.Reverse) {
+		t.Fatalf("mappings %v %v, hand-written %v %v", resolved.Forward, resolved.Reverse, hand.Forward, hand.Reverse)
 	}
 }
 
