@@ -81,12 +81,7 @@ func (b *Breaker) Hold(ctx context.Context) (string, error) {
 			return "", err
 		}
 		b.at = time.Now()
-		var tripped []Signal
-		for _, s := range sigs {
-			if s.Tripped {
-				tripped = append(tripped, s)
-			}
-		}
+		tripped := Tripped(sigs)
 		was := b.tripped != nil
 		b.tripped = tripped
 		b.reason = ""
