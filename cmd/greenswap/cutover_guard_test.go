@@ -75,7 +75,9 @@ func TestCutoverGuardCommand(t *testing.T) {
 	if err := os.WriteFile(spec, []byte("name: gcli\ntable: public.orders\ntarget:\n  ddl: CREATE TABLE orders (id bigint PRIMARY KEY, amount bigint NOT NULL)\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cli := func(args ...string) (int, string, string) { return syncRunCLI(append([]string{"--dsn", dsn}, args...)...) }
+	cli := func(args ...string) (int, string, string) {
+		return syncRunCLI(append([]string{"--dsn", dsn}, args...)...)
+	}
 	for _, args := range [][]string{{"sync", "-f", spec}, {"verify", "gcli"}} {
 		if code, out, stderr := cli(args...); code != 0 {
 			t.Fatalf("%q: exit %d\n%s\n%s", args, code, out, stderr)
