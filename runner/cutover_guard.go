@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/greenswap/greenswap/guard"
@@ -57,6 +58,13 @@ type cutoverGuard struct {
 	bl     *guard.Baseline
 	window time.Duration
 }
+
+// guardSettle: when the swap changed the app name's row type, every
+// prepared statement on it fails once ("cached plan must not change result
+// type", trap 6), a burst of rolled-back transactions that is the swap's,
+// not the new shape's: rollback_rate is not acted on until the rate
+// windows that saw the burst are over.
+const guardSettle = 3 * guard.RateWindow
 
 // guardNoteEvery: how often the window records a "guard-window" event
 // while watching (status shows the last event: time left, last sample).
@@ -130,6 +138,10 @@ func (g *cutoverGuard) watch(ctx context.Context, env *Env, o CutoverOptions, re
 		g.window, until.UTC().Format(time.TimeOnly))
 	record("guard-window", "watching", map[string]any{"until": until.UTC(), "bounds": g.s.Opts})
 	nextNote := start.Add(guardNoteEvery)
+	var settleUntil time.Time
+	if res.Plan != nil && res.Plan.RowTypeChanged {
+		settleUntil = start.Add(guardSettle)
+	}
 	tick := time.NewTicker(g.s.Opts.Every.Duration)
 	defer tick.Stop()
 	for {
@@ -147,7 +159,11 @@ func (g *cutoverGuard) watch(ctx context.Context, env *Env, o CutoverOptions, re
 		}
 		rep.Samples++
 		rep.LastSample = guard.Describe(sigs)
-		if tripped := guard.Tripped(sigs); tripped != nil {
+		tripped := guard.Tripped(sigs)
+		if time.Now().Before(settleUntil) {
+			tripped = slices.DeleteFunc(tripped, func(s guard.Signal) bool { return s.Name == guard.SigRollbackRate })
+		}
+		if len(tripped) > 0 {
 			rep.Tripped = tripped
 			detail := guard.Details(tripped)
 			record("guard-tripped", "rolling-back", map[string]any{"signals": detail})

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/cutover"
+	"github.com/greenswap/greenswap/guard"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
@@ -169,16 +170,34 @@ func (w *gwLedger) check(t *testing.T, pool *pgxpool.Pool, n shadow.Names, name 
 // gwSetup: the orders table synced and verified, writers running.
 func gwSetup(t *testing.T, name string, seed uint64) (*pgxpool.Pool, string, *Env, *Migration, *gwLedger) {
 	t.Helper()
+	return gwSetupMode(t, name, seed, false)
+}
+
+// gwSetupMode is gwSetup in trigger mode or, with logical, in mode:
+// logical with a streamer running (the cutover hands the stream over).
+func gwSetupMode(t *testing.T, name string, seed uint64, logical bool) (*pgxpool.Pool, string, *Env, *Migration, *gwLedger) {
+	t.Helper()
 	pool, dsn := syncNewDB(t)
 	coExec(t, pool, syncOrdersTable(3000, false))
 	env := coEnv(t, dsn)
-	coSync(t, env, syncOrdersSpec(name, false))
+	var w *gwLedger
+	if logical {
+		if _, err := Sync(context.Background(), env, syncSpec(t, logicalSpec(name, false)), SyncOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		startWatch(t, env, name)
+		w = startGwLedger(t, dsn, seed)
+		syncWaitFor(t, 10*time.Second, "the writers to start", func() bool { return w.ops.Load() > 50 })
+		coVerify(t, env, syncSpec(t, logicalSpec(name, false)))
+	} else {
+		coSync(t, env, syncOrdersSpec(name, false))
+		w = startGwLedger(t, dsn, seed)
+		syncWaitFor(t, 10*time.Second, "the writers to start", func() bool { return w.ops.Load() > 50 })
+	}
 	m, err := env.LoadMigration(context.Background(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := startGwLedger(t, dsn, seed)
-	syncWaitFor(t, 10*time.Second, "the writers to start", func() bool { return w.ops.Load() > 50 })
 	return pool, dsn, env, m, w
 }
 
@@ -262,7 +281,7 @@ func gwRolledBack(t *testing.T, env *Env, name, signal string, r gwRun) {
 	t.Helper()
 	var rb *GuardRolledBackError
 	if !errors.As(r.err, &rb) || exitcode.Of(r.err) != exitcode.GuardRolledBack {
-		t.Fatalf("want the guard's rollback (exit 7), got %v (exit %d)", r.err, exitcode.Of(r.err))
+		t.Fatalf("want the guard's rollback (exit 7), got %v (exit %d); guard %+v", r.err, exitcode.Of(r.err), r.res.Guard)
 	}
 	if !strings.Contains(r.err.Error(), signal+"=") {
 		t.Errorf("the message does not name %s: %v", signal, r.err)
@@ -295,12 +314,15 @@ func gwRolledBack(t *testing.T, env *Env, name, signal string, r gwRun) {
 	}
 }
 
-// TestGuardedCutoverErrorStormRollsBack (a): after the swap, clients whose
-// transactions fail (division by zero) raise the rollback share: the guard
-// rolls back by itself, exit 7, event recorded, nothing lost.
+// TestGuardedCutoverErrorStormRollsBack (a): after the swap, a client
+// the new shape breaks (it writes an audit row, then an order without an
+// email, which blue took and green's NOT NULL refuses) fails every
+// transaction: the rollback share rises, the guard rolls back by itself,
+// exit 7, event recorded, nothing lost.
 func TestGuardedCutoverErrorStormRollsBack(t *testing.T) {
 	t.Parallel()
 	pool, dsn, env, m, w := gwSetup(t, "gw_storm", 1)
+	coExec(t, pool, "CREATE TABLE public.audit (at timestamptz DEFAULT now())")
 	ch := gwCutover(context.Background(), t, env, "gw_storm", 30*time.Second, gwBounds(spec.GuardOptions{RollbackRate: 0.2}), SwapCommandOptions{})
 	ctx, stopStorm := context.WithCancel(context.Background())
 	defer stopStorm()
@@ -308,7 +330,11 @@ func TestGuardedCutoverErrorStormRollsBack(t *testing.T) {
 		c := coConn(t, dsn, map[string]string{"application_name": "app-broken"})
 		go func() {
 			for ctx.Err() == nil {
-				_, _ = c.Exec(ctx, "SELECT 1 / 0")
+				// One implicit transaction (simple protocol). The audit row
+				// gives it a transaction id: PostgreSQL 15 stops flushing a
+				// busy session's rollbacks of transactions without one
+				// (guard/README.md, rollback_rate).
+				_, _ = c.Exec(ctx, "INSERT INTO public.audit DEFAULT VALUES; INSERT INTO public.orders (tenant, email, amount) VALUES (1, NULL, 1)")
 			}
 		}()
 	}
@@ -371,6 +397,21 @@ func TestGuardedCutoverFailingProbeRollsBack(t *testing.T) {
 		t.Errorf("the event does not carry the probe's stderr: %s", ev.Detail)
 	}
 	w.check(t, pool, m.Names, "gw_probe")
+}
+
+// TestGuardedCutoverLogicalProbeRollsBack: (c) in mode: logical, the
+// stream handed over to the triggers by the cutover: the guard's rollback
+// loses nothing either.
+func TestGuardedCutoverLogicalProbeRollsBack(t *testing.T) {
+	t.Parallel()
+	name := logicalName("gwl")
+	pool, _, env, m, w := gwSetupMode(t, name, 7, true)
+	cmd, fail := gwProbe(t)
+	ch := gwCutover(context.Background(), t, env, name, 30*time.Second, gwBounds(spec.GuardOptions{ProbeCmd: cmd}), SwapCommandOptions{})
+	fail()
+	r := gwWait(t, ch, time.Minute)
+	gwRolledBack(t, env, name, "probe_cmd", r)
+	w.check(t, pool, m.Names, name)
 }
 
 // TestGuardedCutoverHealthyWindowStays (d): a window with the cutover
@@ -521,4 +562,50 @@ func TestGuardedCutoverSeveralTables(t *testing.T) {
 	for _, s := range []string{"public", "gs_gwt_blue", "gs_gwt_green"} {
 		w.check(t, pool, s)
 	}
+}
+
+// TestGuardedCutoverRowTypeBurstSettles: the swap changes the app name's
+// row type, so every prepared statement on it fails once (trap 6): a burst
+// of rollbacks that is the swap's. Readers with many prepared statements
+// make that burst most of the first seconds' transactions; the guard lets
+// it settle (guardSettle) and the window passes. Without the settle the
+// burst tripped rollback_rate and rolled a healthy cutover back.
+func TestGuardedCutoverRowTypeBurstSettles(t *testing.T) {
+	t.Parallel()
+	pool, dsn, env, m, w := gwSetup(t, "gw_burst", 8)
+	readers := coPool(t, dsn, map[string]string{"application_name": "app-reader"}, pgx.QueryExecModeCacheStatement, 16)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var wg gosync.WaitGroup
+	var planErrs atomic.Int64
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; ctx.Err() == nil; k++ {
+				// 100 statement texts per reader: 100 prepared statements per connection.
+				rows, err := readers.Query(ctx, fmt.Sprintf("SELECT * FROM public.orders WHERE id = $1 /* %d */", k%100), int64(i*100+k%100+1))
+				if err == nil {
+					rows.Close()
+					err = rows.Err()
+				}
+				if err != nil && strings.Contains(err.Error(), "cached plan must not change result type") {
+					planErrs.Add(1)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second) // every statement prepared
+	ch := gwCutover(context.Background(), t, env, "gw_burst", 8*time.Second, gwBounds(spec.GuardOptions{RollbackRate: guard.DefaultCutoverRollbackRate}), SwapCommandOptions{})
+	r := gwWait(t, ch, time.Minute)
+	stop()
+	wg.Wait()
+	if planErrs.Load() < 1000 {
+		t.Fatalf("only %d cached-plan errors: the burst this test is about did not happen", planErrs.Load())
+	}
+	if r.err != nil || r.res.Guard.Outcome != "passed" || gwState(t, env, "gw_burst") != state.CutOver {
+		t.Fatalf("after the swap's burst of %d cached-plan errors: %v, guard %+v; want a passed window, cut over", planErrs.Load(), r.err, r.res.Guard)
+	}
+	w.check(t, pool, m.Names, "gw_burst")
 }
