@@ -12,6 +12,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -219,4 +220,35 @@ func (g *cutoverGuard) rollBack(ctx context.Context, env *Env, o CutoverOptions,
 	record("guard-rollback", "ok", map[string]any{"signals": guard.Details(rep.Tripped), "lock_hold_ms": rb.LockHoldMS, "attempts": rb.Attempts})
 	res.State, res.PrimarySide, res.Reads = rb.State, "blue", n.Blue.String()
 	return &GuardRolledBackError{Migration: name, After: after, Tripped: rep.Tripped, App: n.App.String(), Blue: n.Blue.String()}
+}
+
+// GuardWindowStatus is a guard window in progress as status shows it,
+// read from the migration's last event (the window's "guard-window
+// watching", recorded every guardNoteEvery): no other state is kept.
+type GuardWindowStatus struct {
+	Until      time.Time `json:"until"`
+	WindowMS   float64   `json:"window_ms"`
+	LeftMS     float64   `json:"left_ms"`
+	LastSample string    `json:"last_sample,omitempty"`
+	// Stale: the window should have ended and recorded its verdict by
+	// now; the process watching it stopped without one (killed).
+	Stale bool `json:"stale,omitempty"`
+}
+
+// guardWindowStatus reads a window in progress from ev (nil: none).
+func guardWindowStatus(ev *state.Event, st state.State, now time.Time) *GuardWindowStatus {
+	if ev == nil || ev.Step != "guard-window" || ev.Outcome != "watching" || st != state.CutOver {
+		return nil
+	}
+	var d struct {
+		Until      time.Time `json:"until"`
+		WindowMS   float64   `json:"window_ms"`
+		LastSample string    `json:"last_sample"`
+	}
+	if json.Unmarshal(ev.Detail, &d) != nil || d.Until.IsZero() {
+		return nil
+	}
+	g := &GuardWindowStatus{Until: d.Until, WindowMS: d.WindowMS, LastSample: d.LastSample, LeftMS: max(0, swapMS(d.Until.Sub(now)))}
+	g.Stale = now.After(d.Until.Add(2 * guardNoteEvery))
+	return g
 }

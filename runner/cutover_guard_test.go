@@ -417,7 +417,8 @@ func TestGuardedCutoverLogicalProbeRollsBack(t *testing.T) {
 // TestGuardedCutoverHealthyWindowStays (d): a window with the cutover
 // defaults and a passing probe ends cut over, exit 0, recorded. While it
 // watches, greenswap holds no advisory lock, no greenswap session sits in
-// a transaction, and finalize's usage check sees no client of blue.
+// a transaction, finalize's usage check sees no client of blue, and
+// status shows the window (time left) from its last event.
 func TestGuardedCutoverHealthyWindowStays(t *testing.T) {
 	t.Parallel()
 	pool, _, env, m, w := gwSetup(t, "gw_ok", 4)
@@ -425,6 +426,7 @@ func TestGuardedCutoverHealthyWindowStays(t *testing.T) {
 	ch := gwCutover(context.Background(), t, env, "gw_ok", 4*time.Second, bounds, SwapCommandOptions{})
 	since := time.Now()
 	var samples int
+	var shown bool
 	for {
 		select {
 		case r := <-ch:
@@ -440,11 +442,25 @@ func TestGuardedCutoverHealthyWindowStays(t *testing.T) {
 			if samples < 5 {
 				t.Fatalf("only %d checks ran during the window", samples)
 			}
+			if !shown {
+				t.Fatal("status never showed the guard window")
+			}
+			if rep, err := Status(context.Background(), env, "gw_ok"); err != nil || rep.Migrations[0].GuardWindow != nil {
+				t.Fatalf("status after the window: %v, %+v; want no guard window", err, rep)
+			}
 			w.check(t, pool, m.Names, "gw_ok")
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
 		samples++
+		if rep, err := Status(context.Background(), env, "gw_ok"); err != nil {
+			t.Fatal(err)
+		} else if g := rep.Migrations[0].GuardWindow; g != nil {
+			if g.WindowMS != 4000 || g.LeftMS > 4000 || g.Stale {
+				t.Fatalf("status shows the guard window as %+v", g)
+			}
+			shown = true
+		}
 		if n := coInt(t, pool, `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 			WHERE l.locktype = 'advisory' AND a.application_name LIKE 'greenswap%' AND a.datname = current_database()`); n != 0 {
 			t.Fatalf("greenswap holds %d advisory locks while watching: %s", n, coStr(t, pool, `SELECT string_agg(l.classid || '/' || l.objid || ' ' || l.pid || ' ' || a.state || ' ' || a.query, '; ') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -608,4 +624,28 @@ func TestGuardedCutoverRowTypeBurstSettles(t *testing.T) {
 		t.Fatalf("after the swap's burst of %d cached-plan errors: %v, guard %+v; want a passed window, cut over", planErrs.Load(), r.err, r.res.Guard)
 	}
 	w.check(t, pool, m.Names, "gw_burst")
+}
+
+// TestGuardWindowStatusFromEvent: status reads a window in progress from
+// the last event alone: time left while it runs, stale once it should have
+// recorded a verdict, nothing for another event or state.
+func TestGuardWindowStatusFromEvent(t *testing.T) {
+	until := time.Date(2026, 1, 1, 12, 10, 0, 0, time.UTC)
+	ev := &state.Event{Step: "guard-window", Outcome: "watching",
+		Detail: json.RawMessage(`{"until":"2026-01-01T12:10:00Z","window_ms":600000,"last_sample":"probe_cmd=0 <= 0 (baseline 0): exit status 0"}`)}
+	g := guardWindowStatus(ev, state.CutOver, until.Add(-3*time.Minute))
+	if g == nil || g.LeftMS != 180000 || g.WindowMS != 600000 || g.Stale || !strings.HasPrefix(g.LastSample, "probe_cmd=0") {
+		t.Fatalf("in progress: %+v", g)
+	}
+	if g := guardWindowStatus(ev, state.CutOver, until.Add(time.Minute)); g == nil || !g.Stale || g.LeftMS != 0 {
+		t.Fatalf("past its end without a verdict: %+v", g)
+	}
+	if guardWindowStatus(ev, state.Synced, until) != nil {
+		t.Fatal("a window shown for a migration no longer cut over")
+	}
+	passed := *ev
+	passed.Outcome = "passed"
+	if guardWindowStatus(&passed, state.CutOver, until) != nil {
+		t.Fatal("a passed window shown as in progress")
+	}
 }
