@@ -110,6 +110,10 @@ type CutoverResult struct {
 func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*CutoverResult, error) {
 	var g *cutoverGuard
 	res, err := cutoverLocked(ctx, env, name, opts, &g)
+	if err != nil && g != nil && res != nil && res.State == state.CutOver {
+		// Committed, then a moved foreign key failed to validate: no window.
+		return res, fmt.Errorf("%w (cut over; the guard window did not run: watch the application yourself, or `greenswap rollback %s`)", err, name)
+	}
 	if err != nil || g == nil {
 		return res, err
 	}
