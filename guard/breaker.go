@@ -19,8 +19,9 @@ const ReasonPrefix = "guard: "
 // Breaker is the circuit breaker of one sync run. It is a sync.Throttle:
 // Hold returns, while a signal is past its bound, the tripped signals'
 // text ("guard: lock_waits=3 > 0 (baseline 0): ..."), and "" once they
-// have all recovered. The baseline is taken on the first Hold. Samples are
-// at most Opts.Every apart; between two, Hold returns the last answer.
+// have all recovered. The baseline and the first sample are taken on the
+// first Hold (before the first batch); samples are at most Opts.Every
+// apart; between two, Hold returns the last answer.
 //
 // Open (tripped) continuously for longer than Opts.MaxOpen, Hold fails
 // with an *OpenTooLong (exit code GuardTripped): the backfill stops after
@@ -69,7 +70,10 @@ func (b *Breaker) Hold(ctx context.Context) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		b.base, b.at = bl, time.Now()
+		// b.at stays zero: the first sample is taken now, before the first
+		// batch, so a failing probe holds the copy from its start rather
+		// than after Every (break5 finding 04).
+		b.base = bl
 	}
 	if time.Since(b.at) >= b.S.Opts.Every.Duration {
 		sigs, err := b.S.Sample(ctx, b.base)
@@ -77,12 +81,7 @@ func (b *Breaker) Hold(ctx context.Context) (string, error) {
 			return "", err
 		}
 		b.at = time.Now()
-		var tripped []Signal
-		for _, s := range sigs {
-			if s.Tripped {
-				tripped = append(tripped, s)
-			}
-		}
+		tripped := Tripped(sigs)
 		was := b.tripped != nil
 		b.tripped = tripped
 		b.reason = ""

@@ -265,3 +265,23 @@ func TestParseReason(t *testing.T) {
 		t.Fatal("a reason not the guard's must parse as nothing")
 	}
 }
+
+// TestFirstHoldSamples (break5 finding 04): the very first Hold, before
+// the first batch, samples the signals, so a failing probe holds the copy
+// from its start; Every is an hour here, so only that first sample can
+// have seen the probe (before, the first sample came Every after the
+// baseline and the copy ran meanwhile).
+func TestFirstHoldSamples(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	o := only(spec.GuardOptions{ProbeCmd: "false"})
+	o.Every.Duration = time.Hour
+	b := &guard.Breaker{S: &guard.Sampler{Q: pool, Opts: o}}
+	r, err := b.Hold(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(r, guard.ReasonPrefix+"probe_cmd=1 > 0") {
+		t.Fatalf("first Hold returned %q, want the failing probe's reason", r)
+	}
+}

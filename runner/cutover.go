@@ -63,6 +63,9 @@ type CutoverOptions struct {
 	// negative: any); above it cutover refuses with a *BacklogError (exit
 	// 2) and changes nothing (backlog.go).
 	MaxStreamBacklog int64
+	// Guard: watch the health signals for a window after the swap and
+	// roll back by itself past a bound (cutover_guard.go).
+	Guard CutoverGuardOptions
 }
 
 // CutoverResult is what cutover (or rollback after cutover) did. Its JSON
@@ -86,6 +89,7 @@ type CutoverResult struct {
 	ValidateMS    float64              `json:"validate_ms"`
 	TotalMS       float64              `json:"total_ms"`
 	Warnings      []string             `json:"warnings,omitempty"`
+	Guard         *GuardReport         `json:"guard,omitempty"` // cutover --guard (cutover_guard.go)
 
 	// LockHold is the time the swap held its locks: from the first lock
 	// granted to the commit (what the bench reports).
@@ -98,7 +102,27 @@ type CutoverResult struct {
 // order with a bounded wait and retried with backoff and jitter; when every
 // attempt times out it returns *shadow.LockTimeoutError (exit 5) and nothing
 // has changed. Foreign keys moved to green are validated after the commit.
+//
+// With opts.Guard.Window, a baseline of the health signals is taken before
+// the swap and the signals are watched for the window after it, the
+// migration's lock released; past a bound it rolls back by itself
+// (cutover_guard.go).
 func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*CutoverResult, error) {
+	var g *cutoverGuard
+	res, err := cutoverLocked(ctx, env, name, opts, &g)
+	if err != nil && g != nil && res != nil && res.State == state.CutOver {
+		// Committed, then a moved foreign key failed to validate: no window.
+		return res, fmt.Errorf("%w (cut over; the guard window did not run: watch the application yourself, or `greenswap rollback %s`)", err, name)
+	}
+	if err != nil || g == nil {
+		return res, err
+	}
+	return res, g.watch(ctx, env, opts, res)
+}
+
+// cutoverLocked is the cutover under the migration's lock; *g is set to
+// the guard window to run after it, its baseline taken before the swap.
+func cutoverLocked(ctx context.Context, env *Env, name string, opts CutoverOptions, g **cutoverGuard) (*CutoverResult, error) {
 	start := time.Now()
 	m, lock, err := loadLocked(ctx, env, name)
 	if err != nil {
@@ -141,6 +165,11 @@ func Cutover(ctx context.Context, env *Env, name string, opts CutoverOptions) (*
 		res.VerifySkipped = true
 		res.Warnings = append(res.Warnings, "cut over without a passing verify since the last backfill (--skip-verify)")
 		_ = state.Record(ctx, env.Pool, name, "cutover", "verify-skipped", 0, "", nil)
+	}
+	if opts.Guard.Window > 0 {
+		if *g, err = startCutoverGuard(ctx, env, m, opts.Guard); err != nil {
+			return nil, err
+		}
 	}
 	// The feed hands blue → green over to the sync triggers first, losing
 	// nothing; the swap is then trigger mode's (feed_logical.go).

@@ -48,6 +48,8 @@ type MigrationStatus struct {
 	// dependency order (Progress holds the totals); absent for one table,
 	// so a one-table migration's document is unchanged.
 	Tables []TableProgress `json:"tables,omitempty"`
+	// GuardWindow: cutover --guard is watching (cutover_guard.go).
+	GuardWindow *GuardWindowStatus `json:"guard_window,omitempty"`
 }
 
 // StatusOptions tune Status.
@@ -227,6 +229,7 @@ func migrationStatus(ctx context.Context, env *Env, m *state.Migration) (Migrati
 	}
 	if len(evs) > 0 {
 		st.LastEvent = &evs[0]
+		st.GuardWindow = guardWindowStatus(st.LastEvent, m.State, time.Now())
 	}
 	if m.SlotName != nil && *m.SlotName != "" {
 		if st.Slot, err = slotInfo(ctx, env, *m.SlotName); err != nil {

@@ -25,27 +25,14 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 	if r.brk != nil {
 		return r.brk
 	}
-	n := r.names
-	all := []shadow.Names{n}
+	all := []shadow.Names{r.names}
 	if r.members != nil {
 		all = all[:0]
 		for _, m := range r.members {
 			all = append(all, m.names)
 		}
 	}
-	// Lock waits on any table of the migration trip the breaker.
-	var rels []string
-	for _, n := range all {
-		rels = append(rels, db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name), db.Ident(n.App.Schema, n.App.Name))
-	}
-	s := &guard.Sampler{
-		Q:          r.env.Pool,
-		Relations:  rels,
-		AppTable:   n.App.Name,
-		Exclude:    strings.TrimSuffix(n.BlueSchema, "blue"),
-		Opts:       r.guardOptions(),
-		ReplicaLag: gssync.ReadReplicaLag,
-	}
+	s := guardSampler(r.env, all, r.guardOptions())
 	name, pool := r.spec.Name, r.env.Pool
 	// A run the breaker stopped (exit 6) left its reason in the row; this
 	// run has not tripped yet, so status must not show it held.
@@ -58,10 +45,7 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 	r.brk = &guard.Breaker{S: s, OnChange: func(tripped []guard.Signal) {
 		step, detail := "guard-close", map[string]any{}
 		if tripped != nil {
-			step = "guard-open"
-			for _, t := range tripped {
-				detail[t.Name] = map[string]any{"value": t.Value, "bound": t.Bound, "baseline": t.Baseline, "reason": t.Reason}
-			}
+			step, detail = "guard-open", guard.Details(tripped)
 			r.log.Warn().Str("signals", guard.Describe(tripped)).Msg("circuit breaker open: sync holds")
 		} else {
 			r.log.Info().Msg("circuit breaker closed: sync continues")
@@ -71,4 +55,24 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 		}
 	}}
 	return r.brk
+}
+
+// guardSampler reads the signals of a migration of the tables all (the
+// first one's app table names the application's statements); sync's
+// breaker and cutover's guard window share it. Lock waits on any table of
+// the migration count.
+func guardSampler(env *Env, all []shadow.Names, o guard.Options) *guard.Sampler {
+	var rels []string
+	for _, n := range all {
+		rels = append(rels, db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name), db.Ident(n.App.Schema, n.App.Name))
+	}
+	n := all[0]
+	return &guard.Sampler{
+		Q:          env.Pool,
+		Relations:  rels,
+		AppTable:   n.App.Name,
+		Exclude:    strings.TrimSuffix(n.BlueSchema, "blue"),
+		Opts:       o,
+		ReplicaLag: gssync.ReadReplicaLag,
+	}
 }

@@ -264,3 +264,24 @@ func TestSyncBreakerHoldsStreamApply(t *testing.T) {
 		t.Fatalf("%d rows differ between blue and green", n)
 	}
 }
+
+// TestSyncBreakerFailingProbeCopiesNothing (break5 finding 04): with a
+// probe failing from the start, no batch runs: the breaker's first sample
+// comes before the first batch (it came `every`, 1s, after the baseline,
+// and the copy ran meanwhile). Open past max_open, sync stops (exit 6)
+// with nothing copied.
+func TestSyncBreakerFailingProbeCopiesNothing(t *testing.T) {
+	t.Parallel()
+	pool, dsn := syncNewDB(t)
+	pgtest.Exec(t, dsn, syncOrdersTable(20000, false))
+	env := syncTestEnv(t, dsn)
+	g := guardOnly(spec.GuardOptions{ProbeCmd: "echo down >&2; false", MaxOpen: spec.Duration{Duration: 1500 * time.Millisecond}})
+	g.Every.Duration = time.Second // the default, the finding's setting
+	_, err := Sync(context.Background(), env, syncSpec(t, syncOrdersSpec("gs_first", false)), SyncOptions{BatchSize: 100, Guard: g})
+	if exitcode.Of(err) != exitcode.GuardTripped || !strings.Contains(err.Error(), "probe_cmd=1 > 0") {
+		t.Fatalf("sync: %v (exit %d); want exit %d naming probe_cmd", err, exitcode.Of(err), exitcode.GuardTripped)
+	}
+	if n := syncRowsCopied(pool, "gs_first"); n != 0 {
+		t.Fatalf("%d rows copied with the probe failing from the start; want none", n)
+	}
+}

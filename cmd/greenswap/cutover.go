@@ -16,6 +16,7 @@ import (
 
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/runner"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // lockFlags are the lock-wait flags of cutover, rollback and finalize.
@@ -111,25 +112,45 @@ stream's backlog (WAL not applied to green yet; greenswap status shows it) is ab
 sync triggers, which would take too long. Run greenswap sync -f FILE --watch until the
 backlog is below the bound, or raise the bound.
 
+With --guard DURATION, cutover takes a baseline of the health signals before the swap
+(the signals of sync's circuit breaker: guard/README.md), then watches them against it
+for DURATION after the swap. The first sample with a signal past its bound rolls the
+migration back by itself (the same rollback as greenswap rollback: nothing is lost),
+records why in the event log (signal, value, bound, baseline) and exits 7. Bounds come
+from the --guard-* flags over the spec's guard: section; the window's own defaults are
+rollback rate 0.1 above the baseline's share, lock waits of 10s on the migrated tables,
+statement latency 3 times the baseline (when pg_stat_statements is preloaded) and
+replica lag 1m. While watching greenswap holds no lock and no transaction: status shows
+the window (its last event), and finalize or rollback may run meanwhile. Ctrl-C during
+the window leaves the migration cut over (exit 130).
+
 Example:
    greenswap cutover orders_v2
    greenswap cutover orders_v2 --lock-timeout 500ms --max-attempts 30 --json
+   greenswap cutover orders_v2 --guard 10m --guard-probe-cmd 'curl -fsS http://app/health'
 
-Exit codes: 0 cut over; 1 cut over but a moved foreign key failed validation (named);
-2 not synced, not verified, a stream backlog above --max-stream-backlog, or bad input
-(nothing changed); 4 another greenswap holds the migration;
-5 gave up waiting for locks, nothing changed.`,
-		Flags: append(lockFlags(),
+Exit codes: 0 cut over (with --guard: and the window passed); 1 cut over but a moved
+foreign key failed validation (named); 2 not synced, not verified, a stream backlog above
+--max-stream-backlog, or bad input (nothing changed); 4 another greenswap holds the
+migration; 5 gave up waiting for locks, nothing changed (with --guard, for its own
+rollback: still cut over, as the message says); 7 --guard rolled back by itself (the
+signal named); 130 interrupted during the guard window: still cut over.`,
+		Flags: append(append(lockFlags(),
 			&cli.BoolFlag{Name: "skip-verify", Usage: "cut over without a passing verify since the last backfill"},
 			&cli.StringFlag{Name: "max-stream-backlog", Value: runner.HumanBytes(runner.DefaultMaxStreamBacklog),
 				Usage: "mode: logical: refuse (exit 2) while the stream's backlog is above `SIZE` of WAL (B, kB, MB, GB in units of 1024; 0: no bound)"},
-		),
+		), cutoverGuardFlags()...),
 		Action: func(c *cli.Context) error {
 			var maxBacklog int64
+			var g runner.CutoverGuardOptions
 			return runSwapCommand(c, func(env *runner.Env, name string) (any, error) {
 				return runner.Cutover(c.Context, env, name, runner.CutoverOptions{
-					SwapCommandOptions: swapOptions(c), SkipVerify: c.Bool("skip-verify"), MaxStreamBacklog: maxBacklog,
+					SwapCommandOptions: swapOptions(c), SkipVerify: c.Bool("skip-verify"), MaxStreamBacklog: maxBacklog, Guard: g,
 				})
+			}, func(string) error {
+				var err error
+				g, err = cutoverGuardOptions(c)
+				return err
 			}, func(string) error {
 				n, err := parseSize(c.String("max-stream-backlog"))
 				if err != nil {
@@ -274,4 +295,49 @@ func confirmOn(w io.Writer, r io.Reader, name string) func(string) (bool, error)
 		}
 		return strings.TrimSpace(line) == name, nil
 	}
+}
+
+// cutoverGuardFlags are --guard and the bounds of its window: the names
+// of sync's --guard-* flags, read by the same syncGuardFlags.
+func cutoverGuardFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.DurationFlag{Name: "guard", Usage: "after the swap, watch the health signals against a baseline taken before it for `DURATION`, and roll back by itself (exit 7) when one passes its bound", DefaultText: "off"},
+		&cli.Float64Flag{Name: "guard-rollback-rate", Usage: "--guard: roll back when the share of transactions rolled back exceeds the baseline's by more than `SHARE` (0..1; negative: off)", DefaultText: "guard.rollback_rate, else 0.1"},
+		&cli.Float64Flag{Name: "guard-deadlocks", Usage: "--guard: roll back when deadlocks per second exceed the baseline's rate by more than `RATE` (negative: off)", DefaultText: "guard.deadlocks, else off"},
+		&cli.IntFlag{Name: "guard-lock-waits", Usage: "--guard: roll back when `N` or more sessions wait for a lock on blue, green or the app view (negative: off)", DefaultText: "guard.lock_waits, else off"},
+		&cli.DurationFlag{Name: "guard-lock-wait-time", Usage: "--guard: roll back when a session has waited longer than `DURATION` for a lock on those tables (negative: off)", DefaultText: "guard.lock_wait_time, else 10s"},
+		&cli.Float64Flag{Name: "guard-latency-ratio", Usage: "--guard: roll back when the app's statements on the table take `RATIO` times their baseline mean (pg_stat_statements; negative: off)", DefaultText: "guard.latency_ratio, else 3"},
+		&cli.DurationFlag{Name: "guard-replica-lag", Usage: "--guard: roll back when a replica lags more than `DURATION` (negative: off)", DefaultText: "guard.replica_lag, else 1m"},
+		&cli.StringFlag{Name: "guard-probe-sql", Usage: "--guard: roll back when `QUERY` fails, times out or returns false (run as the migration's role)", DefaultText: "guard.probe_sql, else none"},
+		&cli.StringFlag{Name: "guard-probe-cmd", Usage: "--guard: roll back when `COMMAND` (run by /bin/sh -c, e.g. curl -fsS URL) exits non-zero or times out", DefaultText: "guard.probe_cmd, else none"},
+		&cli.DurationFlag{Name: "guard-probe-timeout", Usage: "a probe that takes longer than `DURATION` fails", DefaultText: "guard.probe_timeout, else 5s"},
+		&cli.DurationFlag{Name: "guard-every", Usage: "--guard: sample the signals every `DURATION`", DefaultText: "guard.every, else 1s"},
+	}
+}
+
+// cutoverGuardOptions reads --guard and its bounds; a bound without
+// --guard is a mistake worth saying (it would silently do nothing).
+func cutoverGuardOptions(c *cli.Context) (runner.CutoverGuardOptions, error) {
+	o := runner.CutoverGuardOptions{Window: c.Duration("guard")}
+	if o.Window < 0 {
+		return o, exitcode.Errorf(exitcode.BadInput, "--guard %s: the window must be positive, e.g. --guard 10m", o.Window)
+	}
+	if o.Window == 0 {
+		for _, f := range c.LocalFlagNames() {
+			if strings.HasPrefix(f, "guard-") {
+				return o, exitcode.Errorf(exitcode.BadInput, "--%s needs --guard DURATION (the window to watch after the swap); nothing was changed", f)
+			}
+		}
+		return o, nil
+	}
+	b, err := syncGuardFlags(c)
+	if err != nil {
+		return o, err
+	}
+	b.Every = spec.Duration{Duration: c.Duration("guard-every")}
+	if b.Every.Duration < 0 {
+		return o, exitcode.Errorf(exitcode.BadInput, "--guard-every %s: want a positive interval, e.g. 1s", b.Every.Duration)
+	}
+	o.Bounds = b
+	return o, nil
 }

@@ -60,6 +60,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 // which command and step, what state that leaves, and the command to run
 // next (the same command line, which every command accepts as a resume).
 func interruptedLine(args []string, err error) string {
+	// An error that knows its own line (cutover's guard window: still cut
+	// over, not "the swap either committed or did not") says it.
+	var own interface{ InterruptedLine() string }
+	if errors.As(err, &own) {
+		return own.InterruptedLine()
+	}
 	cmd := commandName(args)
 	rerun := "greenswap " + shellJoin(args[1:])
 	step := strings.TrimSpace(oneLine(err.Error()))

@@ -166,6 +166,13 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 			}
 			p("  last      %s: %s (%s) by %s, %s", e.Step, e.Outcome, statusMS(e.DurationMS), who, statusWhen(&e.At, now))
 		}
+		if g := m.GuardWindow; g != nil { // cutover --guard watching
+			if g.Stale {
+				p("  guard     the window was to end %s but recorded no verdict: the cutover --guard process stopped; still cut over", statusWhen(&g.Until, now))
+			} else {
+				p("  guard     watching, %s left of %s; last sample: %s", (time.Duration(g.LeftMS) * time.Millisecond).Round(time.Second), time.Duration(g.WindowMS)*time.Millisecond, g.LastSample)
+			}
+		}
 		if s := m.Slot; s != nil {
 			switch {
 			case !s.Exists:

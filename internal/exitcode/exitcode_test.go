@@ -39,7 +39,7 @@ func TestOf(t *testing.T) {
 		}
 		seen[e.Code] = true
 	}
-	if len(seen) != 8 {
-		t.Errorf("table documents %d codes, want 8", len(seen))
+	if len(seen) != 9 {
+		t.Errorf("table documents %d codes, want 9", len(seen))
 	}
 }
