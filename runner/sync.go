@@ -147,6 +147,7 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 		r.report(ctx)
 		return &r.stats, nil
 	}
+	r.clearStaleGuardReason(ctx) // sync_guard.go
 	stop := r.startProgress(ctx)
 	defer stop()
 	r.feed = feedFor(env, r.spec.Mode)

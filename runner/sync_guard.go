@@ -34,14 +34,6 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 	}
 	s := guardSampler(r.env, all, r.guardOptions())
 	name, pool := r.spec.Name, r.env.Pool
-	// A run the breaker stopped (exit 6) left its reason in the row; this
-	// run has not tripped yet, so status must not show it held.
-	if strings.HasPrefix(r.row.Throttle, guard.ReasonPrefix) {
-		if err := state.SetThrottle(context.WithoutCancel(ctx), pool, name, ""); err != nil {
-			r.log.Warn().Err(err).Msg("clear the last run's circuit breaker reason")
-		}
-		r.row.Throttle = ""
-	}
 	r.brk = &guard.Breaker{S: s, OnChange: func(tripped []guard.Signal) {
 		step, detail := "guard-close", map[string]any{}
 		if tripped != nil {
@@ -55,6 +47,20 @@ func (r *syncRun) breaker(ctx context.Context) *guard.Breaker {
 		}
 	}}
 	return r.brk
+}
+
+// clearStaleGuardReason: a run the breaker stopped (exit 6) left its
+// reason in the row; this run has not tripped yet, so neither status nor
+// this run's first progress report may show it held. Called before the
+// progress reporter starts, which reads the row.
+func (r *syncRun) clearStaleGuardReason(ctx context.Context) {
+	if r.row == nil || !strings.HasPrefix(r.row.Throttle, guard.ReasonPrefix) {
+		return
+	}
+	if err := state.SetThrottle(context.WithoutCancel(ctx), r.env.Pool, r.spec.Name, ""); err != nil {
+		r.log.Warn().Err(err).Msg("clear the last run's circuit breaker reason")
+	}
+	r.row.Throttle = ""
 }
 
 // guardSampler reads the signals of a migration of the tables all (the
