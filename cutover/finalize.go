@@ -559,8 +559,12 @@ func Finalize(ctx context.Context, pool *pgxpool.Pool, in FinalizeInput, opt Swa
 		if in.Since.IsZero() {
 			return nil
 		}
+		appSide, err := appSideOIDs(ctx, tx, in.names())
+		if err != nil {
+			return err
+		}
 		for _, n := range in.names() {
-			cs, err := Usage(ctx, tx, n, in.Since, in.Own)
+			cs, err := usageOf(ctx, tx, n, in.Since, in.Own, appSide)
 			if err != nil {
 				return err
 			}
