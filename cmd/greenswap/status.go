@@ -150,6 +150,9 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 			prog += ", " + strings.Join(extra, ", ")
 		}
 		p("  progress  %s", prog)
+		for _, t := range m.Tables {
+			p("%s", tableProgressLine(t))
+		}
 
 		switch {
 		case !m.Verify.Run:
@@ -181,6 +184,7 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 		if b := m.StreamBacklog; b != nil {
 			p("  backlog   %s", b.Summary())
 		}
+		writeShapes(p, m)
 		t := m.Timestamps
 		line := fmt.Sprintf("created %s, in this state since %s, updated %s", statusWhen(&t.Created, now), statusWhen(&t.StateChanged, now), statusWhen(&t.Updated, now))
 		if t.BackfillStarted != nil {
@@ -207,4 +211,60 @@ func statusWhen(t *time.Time, now time.Time) string {
 		ago = 0
 	}
 	return fmt.Sprintf("%s (%s ago)", t.Local().Format("2006-01-02 15:04:05"), ago)
+}
+
+// writeShapes prints the shape telemetry: per table, each shape's clients
+// with their read and write sightings, and the write shares.
+func writeShapes(p func(string, ...any), m runner.MigrationStatus) {
+	if m.ShapesUnavailable != "" {
+		p("  shapes    not sampled: %s", m.ShapesUnavailable)
+	}
+	r := m.Shapes
+	if r == nil {
+		return
+	}
+	share := func(sh string) string { return fmt.Sprintf("%s %.0f%%", sh, 100*r.WriteShare[sh]) }
+	shares := "no client write seen"
+	if len(r.WriteShare) > 0 {
+		var parts []string
+		for _, sh := range []string{"app", "blue", "green", "blue|green"} {
+			if _, ok := r.WriteShare[sh]; ok {
+				parts = append(parts, share(sh))
+			}
+		}
+		shares = "writes: " + strings.Join(parts, ", ")
+	}
+	p("  shapes    over %.1fs (%d samples): %s; legacy (blue) share of sightings %.0f%%", r.WindowS, r.Samples, shares, 100*r.LegacyShare)
+	for _, t := range r.Tables {
+		p("    %s", t.Table)
+		for _, u := range t.Shapes {
+			rows := ""
+			if u.RowsWritten != nil {
+				rows = fmt.Sprintf(", %s rows written by any path", thousands(*u.RowsWritten))
+			}
+			p("      %-10s %d client(s), %d read / %d write sightings, %.0f%% of writes%s", u.Shape, len(u.Clients), u.Reads, u.Writes, 100*u.WriteShare, rows)
+			for _, c := range u.Clients {
+				p("        %s", c)
+			}
+		}
+	}
+	for _, c := range r.Greenswap {
+		p("    greenswap's own (by application_name, not counted): %s on %s of %s", c, c.Shape, c.Table)
+	}
+	p("    (%s)", r.Misses)
+}
+
+// tableProgressLine is one table's backfill line of a migration of several
+// tables, in status and in sync --watch.
+func tableProgressLine(t runner.TableProgress) string {
+	line := fmt.Sprintf("%s of ~%s rows (%.1f%%)", thousands(t.RowsCopied), thousands(t.RowsEstimate), t.Percent)
+	if t.Done {
+		line = fmt.Sprintf("done: %s rows copied", thousands(t.RowsCopied))
+	} else if t.Copying {
+		line += ", copying now"
+		if t.RowsPerSec > 0 {
+			line += ", " + thousands(int64(t.RowsPerSec)) + " rows/s"
+		}
+	}
+	return "    table " + t.Table + "  " + line
 }
