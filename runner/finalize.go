@@ -44,24 +44,24 @@ type FinalizeOptions struct {
 
 // FinalizeResult is what finalize did. Its JSON form is the --json document.
 type FinalizeResult struct {
-	SchemaVersion int                   `json:"schema_version"`
-	Migration     string                `json:"migration"`
-	State         state.State           `json:"state"`
-	App           string                `json:"app"`
-	QuietPeriodS  float64               `json:"quiet_period_s"`
-	WatchedS      float64               `json:"watched_s"`
-	Forced        bool                  `json:"forced,omitempty"`
-	Clients       []cutover.Client      `json:"clients,omitempty"` // seen using blue
+	SchemaVersion int              `json:"schema_version"`
+	Migration     string           `json:"migration"`
+	State         state.State      `json:"state"`
+	App           string           `json:"app"`
+	QuietPeriodS  float64          `json:"quiet_period_s"`
+	WatchedS      float64          `json:"watched_s"`
+	Forced        bool             `json:"forced,omitempty"`
+	Clients       []cutover.Client `json:"clients,omitempty"` // seen using blue
 	// Shapes: with --max-legacy-share, the shape telemetry of the quiet
 	// period the decision was taken on.
-	Shapes *cutover.ShapeReport `json:"shapes,omitempty"`
-	Plan          *cutover.FinalizePlan `json:"plan,omitempty"`
-	Attempts      int                   `json:"attempts"`
-	LockHoldMS    float64               `json:"lock_hold_ms"`
-	FinalizeMS    float64               `json:"finalize_ms"`
-	TotalMS       float64               `json:"total_ms"`
-	Warnings      []string              `json:"warnings,omitempty"`
-	Notes         []string              `json:"notes,omitempty"`
+	Shapes     *cutover.ShapeReport  `json:"shapes,omitempty"`
+	Plan       *cutover.FinalizePlan `json:"plan,omitempty"`
+	Attempts   int                   `json:"attempts"`
+	LockHoldMS float64               `json:"lock_hold_ms"`
+	FinalizeMS float64               `json:"finalize_ms"`
+	TotalMS    float64               `json:"total_ms"`
+	Warnings   []string              `json:"warnings,omitempty"`
+	Notes      []string              `json:"notes,omitempty"`
 }
 
 // Finalize retires blue once no client uses it: it watches blue for the
