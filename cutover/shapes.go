@@ -33,7 +33,9 @@ import (
 //     of the app name: its locks on the other tables of the migration without
 //     their view are the foreign key checks and cascades its writes fire
 //     (the sync's writes into a parent's or a child's blue), not a client of
-//     their version schemas (break5 finding 01).
+//     their version schemas (break5 finding 01). Likewise a session that
+//     writes one table and holds only RowShare on another's tables: the
+//     foreign key check (FOR KEY SHARE) of its write, not a read.
 //   - pg_stat_user_tables' n_tup_ins/upd/del per table over the window: every
 //     row written, by any path. With triggers each write lands on both tables
 //     (the client's and the sync's copy), so those counts say how busy a table
@@ -133,7 +135,8 @@ l AS (
            pg_catalog.bool_or(l.relation = m.blue) AS on_blue,
            pg_catalog.bool_or(l.relation = m.blue AND l.mode = 'RowExclusiveLock') AS blue_w,
            pg_catalog.bool_or(l.relation = m.green) AS on_green,
-           pg_catalog.bool_or(l.relation = m.green AND l.mode = 'RowExclusiveLock') AS green_w
+           pg_catalog.bool_or(l.relation = m.green AND l.mode = 'RowExclusiveLock') AS green_w,
+           pg_catalog.bool_and(l.mode = 'RowShareLock') AS key_share_only
       FROM pg_catalog.pg_locks l JOIN m ON l.relation IN (m.app, m.blue, m.green)
      WHERE l.locktype = 'relation' AND l.granted
        AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
@@ -142,7 +145,8 @@ l AS (
 SELECT l.tbl, a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(pg_catalog.host(a.client_addr), 'local'),
        coalesce(a.state, ''), l.on_app, l.app_w, l.on_blue, l.blue_w, l.on_green, l.green_w,
        EXISTS (SELECT 1 FROM sensor s WHERE s.pid = a.pid AND s.at >= $6),
-       pg_catalog.bool_or(l.on_app) OVER (PARTITION BY a.pid)
+       pg_catalog.bool_or(l.on_app) OVER (PARTITION BY a.pid),
+       l.key_share_only AND pg_catalog.bool_or(l.app_w OR l.blue_w OR l.green_w) OVER (PARTITION BY a.pid)
   FROM l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
  WHERE a.pid <> pg_catalog.pg_backend_pid() AND a.backend_type = 'client backend' AND a.pid <> ALL ($5::int4[])`
 
@@ -183,17 +187,17 @@ func sampleShapes(ctx context.Context, q db.Querier, rels []shapeRelations, own 
 	var out []ShapeSighting
 	for rows.Next() {
 		var s ShapeSighting
-		var onApp, appW, onBlue, blueW, onGreen, greenW, wroteBlue, anyApp bool
+		var onApp, appW, onBlue, blueW, onGreen, greenW, wroteBlue, anyApp, fkCheck bool
 		if err := rows.Scan(&s.Table, &s.PID, &s.Application, &s.User, &s.ClientAddr, &s.State,
-			&onApp, &appW, &onBlue, &blueW, &onGreen, &greenW, &wroteBlue, &anyApp); err != nil {
+			&onApp, &appW, &onBlue, &blueW, &onGreen, &greenW, &wroteBlue, &anyApp, &fkCheck); err != nil {
 			return nil, err
 		}
 		s.Greenswap = strings.HasPrefix(strings.ToLower(s.Application), "greenswap")
 		switch {
 		case onApp:
 			s.Shape, s.Writing = ShapeApp, appW
-		case anyApp:
-			continue // foreign key checks and cascades of a write through another app name
+		case anyApp, fkCheck:
+			continue // foreign key checks and cascades of a write to another table
 		case blueW && greenW:
 			s.Writing = true
 			switch {
