@@ -193,12 +193,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	collectProgress(p, gauge, func(d *prometheus.Desc, v float64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, c.migration)
 	})
-	for _, t := range p.Tables {
-		gauge(descTableCopied, float64(t.RowsCopied), t.Table)
-		gauge(descTableEstimate, float64(t.RowsEstimate), t.Table)
-		gauge(descTableProgress, min(max(t.Percent/100, 0), 1), t.Table)
-		gauge(descTableDone, bit(t.Done), t.Table)
-	}
 	c.collectShapes(ctx, ch)
 }
 
@@ -284,6 +278,12 @@ func collectProgress(p *runner.SyncProgress, gauge func(*prometheus.Desc, float6
 		gauge(descGuardBound, tr.Bound, tr.Signal)
 	}
 	gauge(descCaptured, float64(p.Captured))
+	for _, t := range p.Tables { // several tables: each one beside the totals
+		gauge(descTableCopied, float64(t.RowsCopied), t.Table)
+		gauge(descTableEstimate, float64(t.RowsEstimate), t.Table)
+		gauge(descTableProgress, min(max(t.Percent/100, 0), 1), t.Table)
+		gauge(descTableDone, bit(t.Done), t.Table)
+	}
 	s := p.Stream
 	if s == nil { // trigger mode
 		return

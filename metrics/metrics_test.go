@@ -554,3 +554,40 @@ func TestGuardGauges(t *testing.T) {
 		}
 	}
 }
+
+// TestTableGauges: a migration of several tables has each table's backfill
+// series, labelled table, beside the totals (whose names and labels stay
+// as they were).
+func TestTableGauges(t *testing.T) {
+	t.Parallel()
+	p := &runner.SyncProgress{Migration: "m", State: "syncing", RowsCopied: 150, RowsEstimate: 400, Percent: 37.5,
+		Tables: []runner.TableProgress{
+			{Table: "public.orders", RowsCopied: 100, RowsEstimate: 100, Percent: 100, Done: true},
+			{Table: "public.order_items", RowsCopied: 50, RowsEstimate: 300, Percent: 50.0 / 3},
+		}}
+	got := map[string]float64{}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		name := d.String()
+		name = name[strings.Index(name, `"`)+1:]
+		name = name[:strings.Index(name, `"`)]
+		if len(labels) > 0 {
+			name += "{" + strings.Join(labels, ",") + "}"
+		}
+		got[name] = v
+	}
+	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
+	want := map[string]float64{
+		"greenswap_backfill_rows_copied": 150, "greenswap_backfill_rows_estimate": 400,
+		"greenswap_table_backfill_rows_copied{public.orders}": 100, "greenswap_table_backfill_done{public.orders}": 1,
+		"greenswap_table_backfill_rows_copied{public.order_items}": 50, "greenswap_table_backfill_rows_estimate{public.order_items}": 300,
+		"greenswap_table_backfill_done{public.order_items}": 0,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+	if r := got["greenswap_table_backfill_progress_ratio{public.order_items}"]; math.Abs(r-1.0/6) > 1e-9 {
+		t.Errorf("order_items progress ratio %v, want 1/6", r)
+	}
+}

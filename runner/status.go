@@ -67,9 +67,9 @@ type StatusOptions struct {
 	// The CLI passes DefaultStatusSample.
 	Sample time.Duration
 	// ShapeWindow is how long the sessions on each migration's shapes are
-	// sampled (0: Sample, or DefaultStatusSample when that is not
-	// positive; negative: not at all). ShapeEvery is the interval
-	// (default 100ms).
+	// sampled (0: Sample, one sample when that is not positive; negative:
+	// not at all). ShapeEvery is the interval (default 100ms). The CLI
+	// passes --sample.
 	ShapeWindow, ShapeEvery time.Duration
 }
 
@@ -164,14 +164,11 @@ func Status(ctx context.Context, env *Env, name string, opts ...StatusOptions) (
 // sampled and each says why.
 func statusShapes(ctx context.Context, env *Env, rep *StatusReport, rows []*state.Migration, opt StatusOptions) error {
 	window := opt.ShapeWindow
-	if window == 0 {
-		window = opt.Sample
-		if window <= 0 {
-			window = DefaultStatusSample
-		}
-	}
 	if window < 0 {
 		return nil
+	}
+	if window == 0 {
+		window = max(opt.Sample, 0) // 0: one sample
 	}
 	var members []cutover.ShapeMember
 	tables := map[int][]string{}

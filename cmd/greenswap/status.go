@@ -26,6 +26,16 @@ the last event of its log and, in logical mode, the WAL its replication slot ret
 and the stream's backlog: the WAL not applied to green yet, about how far behind that
 is in time, whether it grows or shrinks (WAL bytes/s, from two readings --sample apart)
 and when it will have caught up ("never at this rate" while it grows).
+A migration of several tables shows each table's progress line.
+
+Shapes: while green exists (syncing, synced, cut over), status samples for --sample
+(every 100ms) which client sessions use each shape of each table: the app name (the
+view), blue and green (the tables in their version schemas), from pg_locks of open
+transactions and pg_stat_activity: application_name, user, client address, read and
+write sightings, last seen, and each shape's share of the write sightings; blue's
+share of all sightings is what finalize --max-legacy-share bounds. It cannot see a
+statement that starts and commits between two samples, nor a session idle between
+transactions (the output says so); sessions named greenswap... are listed apart.
 It only reads; a database where greenswap never ran has no migrations.
 
 Example:
@@ -37,7 +47,7 @@ unreachable database.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print a JSON document (schema_version " + fmt.Sprint(runner.StatusSchemaVersion) + ")"},
 			&cli.DurationFlag{Name: "sample", Value: runner.DefaultStatusSample,
-				Usage: "logical mode: read each stream's backlog twice this `DURATION` apart for its trend and ETA (0: once, no trend)"},
+				Usage: "read each logical stream's backlog twice this `DURATION` apart for its trend and ETA (0: once, no trend), and sample the sessions on the shapes for as long"},
 		},
 		BashComplete: completeMigrations,
 		Action:       runStatus,
@@ -72,7 +82,8 @@ func runStatus(c *cli.Context) error {
 	if sample < 0 {
 		return fail(exitcode.Errorf(exitcode.BadInput, "--sample must not be negative"))
 	}
-	rep, err := runner.Status(c.Context, env, name, runner.StatusOptions{Sample: sample})
+	// --sample 0: one reading of the backlog, one sample of the shapes.
+	rep, err := runner.Status(c.Context, env, name, runner.StatusOptions{Sample: sample, ShapeWindow: max(sample, time.Nanosecond)})
 	if err != nil {
 		return fail(err)
 	}
@@ -100,7 +111,7 @@ func completeMigrations(c *cli.Context) {
 		return
 	}
 	defer env.Close()
-	rep, err := runner.Status(c.Context, env, "")
+	rep, err := runner.Status(c.Context, env, "", runner.StatusOptions{Sample: -1, ShapeWindow: -1})
 	if err != nil {
 		return
 	}
