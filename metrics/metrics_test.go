@@ -501,17 +501,7 @@ func TestBacklogNeverIsInf(t *testing.T) {
 	age := 40.0
 	p := &runner.SyncProgress{Migration: "m", State: "synced", Stream: &runner.StreamProgress{Exists: true},
 		StreamBacklog: &runner.StreamBacklog{Bytes: 300 << 20, Seconds: &age, Trend: runner.TrendGrowing, GrowthBytesPerSec: 2 << 20, Never: true}}
-	got := map[string]float64{}
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		name := d.String()
-		name = name[strings.Index(name, `"`)+1:]
-		name = name[:strings.Index(name, `"`)]
-		if len(labels) > 0 {
-			name += "{" + strings.Join(labels, ",") + "}"
-		}
-		got[name] = v
-	}
-	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
+	got := gaugesOf(p)
 	want := map[string]float64{
 		"greenswap_stream_backlog_bytes": 300 << 20, "greenswap_stream_backlog_seconds": 40,
 		"greenswap_stream_backlog_growth_bytes_per_second": 2 << 20, "greenswap_stream_backlog_trend{growing}": 1,
@@ -533,17 +523,7 @@ func TestGuardGauges(t *testing.T) {
 	t.Parallel()
 	p := &runner.SyncProgress{Migration: "m", State: "syncing",
 		Throttle: "guard: lock_waits=3 > 1 (baseline 0): 3 sessions wait; probe_cmd=22 > 0 (baseline 0): \"curl -f x\" exited 22: 503"}
-	got := map[string]float64{}
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		name := d.String()
-		name = name[strings.Index(name, `"`)+1:]
-		name = name[:strings.Index(name, `"`)]
-		if len(labels) > 0 {
-			name += "{" + strings.Join(labels, ",") + "}"
-		}
-		got[name] = v
-	}
-	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
+	got := gaugesOf(p)
 	want := map[string]float64{
 		"greenswap_throttle_info{guard}": 1, "greenswap_guard_tripped{lock_waits}": 1, "greenswap_guard_signal_value{lock_waits}": 3,
 		"greenswap_guard_signal_bound{lock_waits}": 1, "greenswap_guard_tripped{probe_cmd}": 1, "greenswap_guard_signal_value{probe_cmd}": 22,
@@ -565,17 +545,7 @@ func TestTableGauges(t *testing.T) {
 			{Table: "public.orders", RowsCopied: 100, RowsEstimate: 100, Percent: 100, Done: true},
 			{Table: "public.order_items", RowsCopied: 50, RowsEstimate: 300, Percent: 50.0 / 3},
 		}}
-	got := map[string]float64{}
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		name := d.String()
-		name = name[strings.Index(name, `"`)+1:]
-		name = name[:strings.Index(name, `"`)]
-		if len(labels) > 0 {
-			name += "{" + strings.Join(labels, ",") + "}"
-		}
-		got[name] = v
-	}
-	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
+	got := gaugesOf(p)
 	want := map[string]float64{
 		"greenswap_backfill_rows_copied": 150, "greenswap_backfill_rows_estimate": 400,
 		"greenswap_table_backfill_rows_copied{public.orders}": 100, "greenswap_table_backfill_done{public.orders}": 1,
@@ -590,4 +560,20 @@ func TestTableGauges(t *testing.T) {
 	if r := got["greenswap_table_backfill_progress_ratio{public.order_items}"]; math.Abs(r-1.0/6) > 1e-9 {
 		t.Errorf("order_items progress ratio %v, want 1/6", r)
 	}
+}
+
+// gaugesOf is collectProgress's gauges of p by name{label values}.
+func gaugesOf(p *runner.SyncProgress) map[string]float64 {
+	got := map[string]float64{}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		name := d.String()
+		name = name[strings.Index(name, `"`)+1:]
+		name = name[:strings.Index(name, `"`)]
+		if len(labels) > 0 {
+			name += "{" + strings.Join(labels, ",") + "}"
+		}
+		got[name] = v
+	}
+	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
+	return got
 }
