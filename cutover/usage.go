@@ -178,17 +178,21 @@ others AS (
      WHERE a.pid <> pg_catalog.pg_backend_pid() AND a.backend_type = 'client backend'
        AND a.pid <> ALL ($4::int4[])
        AND a.datid = (SELECT oid FROM me)
+),
+-- One read of pg_locks for both uses below: a second read could see a
+-- committing session's lock on blue gone from one and not the other.
+locks AS MATERIALIZED (
+    SELECT l.pid, l.relation, l.mode FROM pg_locks l
+     WHERE l.locktype = 'relation' AND l.database = (SELECT oid FROM me)
 )
 SELECT pid, application_name, usename, client_addr, at, 'write', query FROM %s
  WHERE at >= $3 AND pid <> pg_catalog.pg_backend_pid() AND pid <> ALL ($4::int4[])
 UNION ALL
 SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
        pg_catalog.now(), 'lock ' || pg_catalog.string_agg(DISTINCT l.mode, '+'), coalesce(a.query, '')
-  FROM pg_locks l JOIN others a ON a.pid = l.pid
- WHERE l.locktype = 'relation' AND l.relation = $1 AND l.mode <> 'RowExclusiveLock'
-   AND l.database = (SELECT oid FROM me)
-   AND NOT (l.mode = 'RowShareLock' AND EXISTS (SELECT 1 FROM pg_locks g
-            WHERE g.pid = l.pid AND g.locktype = 'relation' AND g.relation = ANY ($5::oid[])))
+  FROM locks l JOIN others a ON a.pid = l.pid
+ WHERE l.relation = $1 AND l.mode <> 'RowExclusiveLock'
+   AND NOT (l.mode = 'RowShareLock' AND EXISTS (SELECT 1 FROM locks g WHERE g.pid = l.pid AND g.relation = ANY ($5::oid[])))
  GROUP BY a.pid, a.application_name, a.usename, a.client_addr, a.query
 UNION ALL
 SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
