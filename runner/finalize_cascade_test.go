@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/internal/testkit"
@@ -24,11 +26,7 @@ import (
 func TestFinalizeIgnoresCascadesAmongBlues(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, dsn, env := tablesSynced(t, "fc", 100)
-	if _, err := Cutover(ctx, env, "fc", CutoverOptions{SkipVerify: true,
-		SwapCommandOptions: SwapCommandOptions{LockTimeout: time.Second}}); err != nil {
-		t.Fatalf("cutover: %v", err)
-	}
+	pool, dsn, env := tablesCutOver(t, "fc", 100)
 	var deletes atomic.Int64
 	// The app client: its transactions stay open across finalize's samples.
 	app := coConn(t, dsn, map[string]string{"application_name": "app-cascade"})
@@ -95,4 +93,15 @@ func TestFinalizeIgnoresCascadesAmongBlues(t *testing.T) {
 	if n := testkit.Count(t, pool, `SELECT count(*) FROM public.order_items WHERE sku = 'gone'`); n > 1 {
 		t.Fatalf("%d items of deleted orders left: the deletes did not cascade", n)
 	}
+}
+
+// tablesCutOver is tablesSynced, then cut over (verify skipped).
+func tablesCutOver(t *testing.T, name string, orders int) (*pgxpool.Pool, string, *Env) {
+	t.Helper()
+	pool, dsn, env := tablesSynced(t, name, orders)
+	if _, err := Cutover(context.Background(), env, name, CutoverOptions{SkipVerify: true,
+		SwapCommandOptions: SwapCommandOptions{LockTimeout: time.Second}}); err != nil {
+		t.Fatalf("cutover: %v", err)
+	}
+	return pool, dsn, env
 }

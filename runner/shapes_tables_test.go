@@ -21,11 +21,7 @@ import (
 func TestStatusSeveralTablesShapes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	_, dsn, env := tablesSynced(t, "st", 40)
-	if _, err := Cutover(ctx, env, "st", CutoverOptions{SkipVerify: true,
-		SwapCommandOptions: SwapCommandOptions{LockTimeout: time.Second}}); err != nil {
-		t.Fatalf("cutover: %v", err)
-	}
+	_, dsn, env := tablesCutOver(t, "st", 40)
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var writes atomic.Int64
