@@ -536,12 +536,20 @@ type UsageError struct {
 	Blue    spec.QualifiedName
 	Period  time.Duration
 	Clients []Client
+	// Share and MaxShare: under --max-legacy-share, blue's share of the
+	// client sightings and the bound it went over (MaxShare 0: not used).
+	Share, MaxShare float64
 }
 
 func (e *UsageError) Error() string {
 	parts := make([]string, len(e.Clients))
 	for i, c := range e.Clients {
 		parts[i] = c.String()
+	}
+	if e.MaxShare > 0 {
+		return fmt.Sprintf("refusing to finalize: blue's share of the client sightings was %.3f, over --max-legacy-share %g, within the quiet period of %s; "+
+			"%d client(s) used %s: %s; move them off the blue version schema, wait, and run finalize again",
+			e.Share, e.MaxShare, e.Period, len(e.Clients), e.Blue, strings.Join(parts, "; "))
 	}
 	return fmt.Sprintf("refusing to finalize: %d client(s) used %s within the quiet period of %s: %s; "+
 		"move them off the blue version schema, wait, and run finalize again (or pass --force)",
@@ -559,8 +567,12 @@ func Finalize(ctx context.Context, pool *pgxpool.Pool, in FinalizeInput, opt Swa
 		if in.Since.IsZero() {
 			return nil
 		}
+		appSide, err := appSideOIDs(ctx, tx, in.names())
+		if err != nil {
+			return err
+		}
 		for _, n := range in.names() {
-			cs, err := Usage(ctx, tx, n, in.Since, in.Own)
+			cs, err := usageOf(ctx, tx, n, in.Since, in.Own, appSide)
 			if err != nil {
 				return err
 			}

@@ -134,9 +134,13 @@ func UsageMembers(ctx context.Context, q db.Querier, members []shadow.Names, sin
 		return nil, err
 	}
 	defer release()
+	appSide, err := appSideOIDs(ctx, q, members)
+	if err != nil {
+		return nil, err
+	}
 	var seen []Client
 	for _, n := range members {
-		cs, err := Usage(ctx, q, n, since, own)
+		cs, err := usageOf(ctx, q, n, since, own, appSide)
 		if err != nil {
 			return seen, err
 		}

@@ -126,11 +126,11 @@ END`
 		"ALTER FUNCTION "+fn+"() OWNER TO "+own,
 		"REVOKE ALL ON FUNCTION "+fn+"() FROM PUBLIC")
 	if !u.trigger {
-		// The sync functions' echo guard: the reverse trigger's own writes
-		// are not a client's, and a client that sets the sync flag itself
-		// is still recorded.
+		// Not the reverse trigger's own writes, nor what they cascade into
+		// (trigger.UsageGuard); a client that sets the sync flag itself is
+		// still recorded.
 		sql = append(sql, "CREATE TRIGGER "+db.Ident(usageTrigger(n))+" AFTER INSERT OR UPDATE OR DELETE ON "+qident(n.Blue)+
-			" FOR EACH STATEMENT WHEN ("+trigger.EchoGuard(n, owner)+") EXECUTE FUNCTION "+fn+"()")
+			" FOR EACH STATEMENT WHEN ("+trigger.UsageGuard(n, owner)+") EXECUTE FUNCTION "+fn+"()")
 	}
 	return sql
 }
@@ -166,7 +166,11 @@ func (c Client) String() string {
 
 // usageSQL is one sample: the sensor's writes since $3, sessions holding a
 // reading lock on blue now, and sessions whose query since $3 names the
-// blue schema.
+// blue schema. A RowShare lock on blue held by a session that also holds a
+// lock on an app name or a green of the migration ($5) is the foreign key
+// check of a sync write (a child row the reverse trigger inserted into a
+// blue key-share-locks its parent there; break5 finding 01), not a
+// client's SELECT FOR UPDATE/SHARE.
 const usageSQL = `
 WITH me AS (SELECT oid FROM pg_database WHERE datname = pg_catalog.current_database()),
 others AS (
@@ -174,15 +178,21 @@ others AS (
      WHERE a.pid <> pg_catalog.pg_backend_pid() AND a.backend_type = 'client backend'
        AND a.pid <> ALL ($4::int4[])
        AND a.datid = (SELECT oid FROM me)
+),
+-- One read of pg_locks for both uses below: a second read could see a
+-- committing session's lock on blue gone from one and not the other.
+locks AS MATERIALIZED (
+    SELECT l.pid, l.relation, l.mode FROM pg_locks l
+     WHERE l.locktype = 'relation' AND l.database = (SELECT oid FROM me)
 )
 SELECT pid, application_name, usename, client_addr, at, 'write', query FROM %s
  WHERE at >= $3 AND pid <> pg_catalog.pg_backend_pid() AND pid <> ALL ($4::int4[])
 UNION ALL
 SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
        pg_catalog.now(), 'lock ' || pg_catalog.string_agg(DISTINCT l.mode, '+'), coalesce(a.query, '')
-  FROM pg_locks l JOIN others a ON a.pid = l.pid
- WHERE l.locktype = 'relation' AND l.relation = $1 AND l.mode <> 'RowExclusiveLock'
-   AND l.database = (SELECT oid FROM me)
+  FROM locks l JOIN others a ON a.pid = l.pid
+ WHERE l.relation = $1 AND l.mode <> 'RowExclusiveLock'
+   AND NOT (l.mode = 'RowShareLock' AND EXISTS (SELECT 1 FROM locks g WHERE g.pid = l.pid AND g.relation = ANY ($5::oid[])))
  GROUP BY a.pid, a.application_name, a.usename, a.client_addr, a.query
 UNION ALL
 SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(host(a.client_addr), 'local'),
@@ -204,6 +214,29 @@ func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time, o
 		return nil, err
 	}
 	defer release()
+	appSide, err := appSideOIDs(ctx, q, []shadow.Names{n})
+	if err != nil {
+		return nil, err
+	}
+	return usageOf(ctx, q, n, since, own, appSide)
+}
+
+// appSideOIDs are the relations a client of the app names touches: each
+// member's view and green.
+func appSideOIDs(ctx context.Context, q db.Querier, members []shadow.Names) ([]uint32, error) {
+	out := []uint32{}
+	for _, n := range members {
+		var app, green uint32
+		if err := q.QueryRow(ctx, `SELECT coalesce(pg_catalog.to_regclass($1)::oid, 0), coalesce(pg_catalog.to_regclass($2)::oid, 0)`,
+			qident(n.App), qident(n.Green)).Scan(&app, &green); err != nil {
+			return nil, fmt.Errorf("resolve the app name and green of %s: %w", n.App, err)
+		}
+		out = append(out, app, green)
+	}
+	return out, nil
+}
+
+func usageOf(ctx context.Context, q db.Querier, n shadow.Names, since time.Time, own []int32, appSide []uint32) ([]Client, error) {
 	if err := shadow.RequireStatsVisibility(ctx, q, "finalize's usage check of "+n.Blue.String()); err != nil {
 		return nil, err
 	}
@@ -223,7 +256,7 @@ func Usage(ctx context.Context, q db.Querier, n shadow.Names, since time.Time, o
 	if own == nil {
 		own = []int32{}
 	}
-	rows, err := q.Query(ctx, fmt.Sprintf(usageSQL, src), blue.OID, n.BlueSchema, since, own)
+	rows, err := q.Query(ctx, fmt.Sprintf(usageSQL, src), blue.OID, n.BlueSchema, since, own, appSide)
 	if err != nil {
 		return nil, err
 	}

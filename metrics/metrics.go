@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/guard"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
@@ -97,7 +98,22 @@ var (
 	descCatchUp     = desc("stream_catch_up_eta_seconds", "Logical mode: time until the stream has caught up at the current rates: 0 when it has, +Inf when it will not (the backlog grows or stands still); absent when unknown.")
 	descTrend       = desc("stream_backlog_trend", "Logical mode: which way the backlog moves, 1 for the current trend: unknown, caught_up, shrinking, steady or growing.", "trend")
 
+	// Several tables: one series per table (the series above are the totals).
+	descTableCopied   = desc("table_backfill_rows_copied", "Several tables: rows the backfill has copied into this table's green.", "table")
+	descTableEstimate = desc("table_backfill_rows_estimate", "Several tables: estimated rows of this table to copy (at least the rows copied).", "table")
+	descTableProgress = desc("table_backfill_progress_ratio", "Several tables: share of this table's backfill done, 0 to 1.", "table")
+	descTableDone     = desc("table_backfill_done", "Several tables: 1 once this table's backfill is done, else 0.", "table")
+
+	// Shape telemetry (cutover/shapes.go): one sample per scrape.
+	descShapeSessions = desc("shape_sessions", "Client sessions seen on the shape (app, blue, green, blue|green) of the table in this scrape's sample of pg_locks (greenswap's own by application_name left out).", "table", "shape")
+	descShapeClients  = desc("shape_client_sessions", "Client sessions of this application_name seen on the shape of the table in this scrape's sample.", "table", "shape", "application_name")
+	descShapeSighted  = desc("shape_sightings_total", "Client sessions seen on the shape of the table, summed over this process's scrapes; kind is read or write.", "table", "shape", "kind")
+	descShapeShare    = desc("shape_write_share", "The shape's share of the client write sightings over every table, over this process's scrapes (0 to 1); absent before a write is seen.", "shape")
+	descShapeRows     = desc("shape_rows_written_total", "The table's n_tup_ins+n_tup_upd+n_tup_del (pg_stat_user_tables): rows written by any path; with triggers each client write counts on both blue and green.", "table", "shape")
+
 	allDescs = []*prometheus.Desc{
+		descTableCopied, descTableEstimate, descTableProgress, descTableDone,
+		descShapeSessions, descShapeClients, descShapeSighted, descShapeShare, descShapeRows,
 		descScrapeError, descScrapeDuration, descState, descPhase, descRowsCopied, descRowsEstimate, descProgress,
 		descRowsPerSec, descBatchSize, descDone, descPaused, descThrottled, descThrottleInfo, descGuardTripped, descGuardValue, descGuardBound, descCaptured,
 		descSlotExists, descStreamAct, descRetired, descLagBytes, descRetained, descLagSeconds, descKeysPerSec,
@@ -115,9 +131,17 @@ type Collector struct {
 	// before the collector is registered.
 	Timeout time.Duration
 
+	// shapes takes one sample of the sessions on the migration's shapes
+	// (nil: none to take).
+	shapes func(ctx context.Context) (*cutover.ShapeWatch, error)
+
 	mu      sync.Mutex
 	lastErr string // the last read error logged, so a failing database is logged once, not per scrape
+	// sighted sums the shape sightings of every scrape (shape_sightings_total).
+	sighted map[sightKey]int
 }
+
+type sightKey struct{ table, shape, kind string }
 
 // NewCollector returns the collector of migration's figures, read through
 // env. Read errors are logged on env.Log once per distinct error.
@@ -127,7 +151,11 @@ func NewCollector(env *runner.Env, migration string) *Collector {
 		read: func(ctx context.Context) (*runner.SyncProgress, error) {
 			return runner.ReadSyncProgress(ctx, env, migration)
 		},
-		log: env.Log,
+		shapes: func(ctx context.Context) (*cutover.ShapeWatch, error) {
+			return runner.ReadShapes(ctx, env, migration, 0, 0)
+		},
+		log:     env.Log,
+		sighted: map[sightKey]int{},
 	}
 }
 
@@ -165,6 +193,64 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	collectProgress(p, gauge, func(d *prometheus.Desc, v float64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, c.migration)
 	})
+	c.collectShapes(ctx, ch)
+}
+
+// collectShapes takes this scrape's shape sample. A failed sample leaves
+// the shape series out of the scrape (and is logged once), the others stand.
+func (c *Collector) collectShapes(ctx context.Context, ch chan<- prometheus.Metric) {
+	if c.shapes == nil {
+		return
+	}
+	w, err := c.shapes(ctx)
+	if err != nil {
+		c.noteErr(fmt.Errorf("shape sample: %w", err))
+		return
+	}
+	if w == nil {
+		return
+	}
+	send := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, t, v, append([]string{c.migration}, labels...)...)
+	}
+	type tableShape struct{ table, shape string }
+	sessions := map[tableShape]int{}
+	byApp := map[[3]string]int{}
+	for _, r := range w.RowsAfter {
+		sessions[tableShape{r.Table, r.Shape}] += 0
+		send(descShapeRows, prometheus.CounterValue, float64(r.Rows), r.Table, r.Shape)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range w.Sightings {
+		if s.Greenswap {
+			continue
+		}
+		sessions[tableShape{s.Table, s.Shape}]++
+		byApp[[3]string{s.Table, s.Shape, s.Application}]++
+		kind := "read"
+		if s.Writing {
+			kind = "write"
+		}
+		c.sighted[sightKey{s.Table, s.Shape, kind}]++
+	}
+	for k, n := range sessions {
+		send(descShapeSessions, prometheus.GaugeValue, float64(n), k.table, k.shape)
+	}
+	for k, n := range byApp {
+		send(descShapeClients, prometheus.GaugeValue, float64(n), k[0], k[1], k[2])
+	}
+	writes, total := map[string]int{}, 0
+	for k, n := range c.sighted {
+		send(descShapeSighted, prometheus.CounterValue, float64(n), k.table, k.shape, k.kind)
+		if k.kind == "write" {
+			writes[k.shape] += n
+			total += n
+		}
+	}
+	for sh, n := range writes {
+		send(descShapeShare, prometheus.GaugeValue, float64(n)/float64(total), sh)
+	}
 }
 
 // collectProgress turns one SyncProgress into samples.
@@ -192,6 +278,12 @@ func collectProgress(p *runner.SyncProgress, gauge func(*prometheus.Desc, float6
 		gauge(descGuardBound, tr.Bound, tr.Signal)
 	}
 	gauge(descCaptured, float64(p.Captured))
+	for _, t := range p.Tables { // several tables: each one beside the totals
+		gauge(descTableCopied, float64(t.RowsCopied), t.Table)
+		gauge(descTableEstimate, float64(t.RowsEstimate), t.Table)
+		gauge(descTableProgress, min(max(t.Percent/100, 0), 1), t.Table)
+		gauge(descTableDone, bit(t.Done), t.Table)
+	}
 	s := p.Stream
 	if s == nil { // trigger mode
 		return

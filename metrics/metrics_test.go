@@ -501,17 +501,7 @@ func TestBacklogNeverIsInf(t *testing.T) {
 	age := 40.0
 	p := &runner.SyncProgress{Migration: "m", State: "synced", Stream: &runner.StreamProgress{Exists: true},
 		StreamBacklog: &runner.StreamBacklog{Bytes: 300 << 20, Seconds: &age, Trend: runner.TrendGrowing, GrowthBytesPerSec: 2 << 20, Never: true}}
-	got := map[string]float64{}
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		name := d.String()
-		name = name[strings.Index(name, `"`)+1:]
-		name = name[:strings.Index(name, `"`)]
-		if len(labels) > 0 {
-			name += "{" + strings.Join(labels, ",") + "}"
-		}
-		got[name] = v
-	}
-	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
+	got := gaugesOf(p)
 	want := map[string]float64{
 		"greenswap_stream_backlog_bytes": 300 << 20, "greenswap_stream_backlog_seconds": 40,
 		"greenswap_stream_backlog_growth_bytes_per_second": 2 << 20, "greenswap_stream_backlog_trend{growing}": 1,
@@ -533,6 +523,47 @@ func TestGuardGauges(t *testing.T) {
 	t.Parallel()
 	p := &runner.SyncProgress{Migration: "m", State: "syncing",
 		Throttle: "guard: lock_waits=3 > 1 (baseline 0): 3 sessions wait; probe_cmd=22 > 0 (baseline 0): \"curl -f x\" exited 22: 503"}
+	got := gaugesOf(p)
+	want := map[string]float64{
+		"greenswap_throttle_info{guard}": 1, "greenswap_guard_tripped{lock_waits}": 1, "greenswap_guard_signal_value{lock_waits}": 3,
+		"greenswap_guard_signal_bound{lock_waits}": 1, "greenswap_guard_tripped{probe_cmd}": 1, "greenswap_guard_signal_value{probe_cmd}": 22,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+}
+
+// TestTableGauges: a migration of several tables has each table's backfill
+// series, labelled table, beside the totals (whose names and labels stay
+// as they were).
+func TestTableGauges(t *testing.T) {
+	t.Parallel()
+	p := &runner.SyncProgress{Migration: "m", State: "syncing", RowsCopied: 150, RowsEstimate: 400, Percent: 37.5,
+		Tables: []runner.TableProgress{
+			{Table: "public.orders", RowsCopied: 100, RowsEstimate: 100, Percent: 100, Done: true},
+			{Table: "public.order_items", RowsCopied: 50, RowsEstimate: 300, Percent: 50.0 / 3},
+		}}
+	got := gaugesOf(p)
+	want := map[string]float64{
+		"greenswap_backfill_rows_copied": 150, "greenswap_backfill_rows_estimate": 400,
+		"greenswap_table_backfill_rows_copied{public.orders}": 100, "greenswap_table_backfill_done{public.orders}": 1,
+		"greenswap_table_backfill_rows_copied{public.order_items}": 50, "greenswap_table_backfill_rows_estimate{public.order_items}": 300,
+		"greenswap_table_backfill_done{public.order_items}": 0,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+	if r := got["greenswap_table_backfill_progress_ratio{public.order_items}"]; math.Abs(r-1.0/6) > 1e-9 {
+		t.Errorf("order_items progress ratio %v, want 1/6", r)
+	}
+}
+
+// gaugesOf is collectProgress's gauges of p by name{label values}.
+func gaugesOf(p *runner.SyncProgress) map[string]float64 {
 	got := map[string]float64{}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		name := d.String()
@@ -544,13 +575,5 @@ func TestGuardGauges(t *testing.T) {
 		got[name] = v
 	}
 	collectProgress(p, gauge, func(*prometheus.Desc, float64) {})
-	want := map[string]float64{
-		"greenswap_throttle_info{guard}": 1, "greenswap_guard_tripped{lock_waits}": 1, "greenswap_guard_signal_value{lock_waits}": 3,
-		"greenswap_guard_signal_bound{lock_waits}": 1, "greenswap_guard_tripped{probe_cmd}": 1, "greenswap_guard_signal_value{probe_cmd}": 22,
-	}
-	for k, v := range want {
-		if g, ok := got[k]; !ok || g != v {
-			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
-		}
-	}
+	return got
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +27,12 @@ type FinalizeOptions struct {
 	// blue within it; it watches for this long (default 10m; negative: 0).
 	QuietPeriod time.Duration
 	SampleEvery time.Duration // sampling interval while watching (default 1s)
+	// MaxLegacyShare: above 0, finalize watches the whole quiet period and
+	// tolerates clients on blue while blue's share of the client sightings
+	// on the migration's shapes (cutover.ShapeReport.LegacyShare) stays at
+	// or under it; the clients are named as a warning. 0 (the default): any
+	// client on blue refuses. Between 0 and 1.
+	MaxLegacyShare float64
 	// Force: finalize even though clients use blue (they are named as a
 	// warning) and without watching for the quiet period.
 	Force bool
@@ -37,21 +44,24 @@ type FinalizeOptions struct {
 
 // FinalizeResult is what finalize did. Its JSON form is the --json document.
 type FinalizeResult struct {
-	SchemaVersion int                   `json:"schema_version"`
-	Migration     string                `json:"migration"`
-	State         state.State           `json:"state"`
-	App           string                `json:"app"`
-	QuietPeriodS  float64               `json:"quiet_period_s"`
-	WatchedS      float64               `json:"watched_s"`
-	Forced        bool                  `json:"forced,omitempty"`
-	Clients       []cutover.Client      `json:"clients,omitempty"` // seen using blue
-	Plan          *cutover.FinalizePlan `json:"plan,omitempty"`
-	Attempts      int                   `json:"attempts"`
-	LockHoldMS    float64               `json:"lock_hold_ms"`
-	FinalizeMS    float64               `json:"finalize_ms"`
-	TotalMS       float64               `json:"total_ms"`
-	Warnings      []string              `json:"warnings,omitempty"`
-	Notes         []string              `json:"notes,omitempty"`
+	SchemaVersion int              `json:"schema_version"`
+	Migration     string           `json:"migration"`
+	State         state.State      `json:"state"`
+	App           string           `json:"app"`
+	QuietPeriodS  float64          `json:"quiet_period_s"`
+	WatchedS      float64          `json:"watched_s"`
+	Forced        bool             `json:"forced,omitempty"`
+	Clients       []cutover.Client `json:"clients,omitempty"` // seen using blue
+	// Shapes: with --max-legacy-share, the shape telemetry of the quiet
+	// period the decision was taken on.
+	Shapes     *cutover.ShapeReport  `json:"shapes,omitempty"`
+	Plan       *cutover.FinalizePlan `json:"plan,omitempty"`
+	Attempts   int                   `json:"attempts"`
+	LockHoldMS float64               `json:"lock_hold_ms"`
+	FinalizeMS float64               `json:"finalize_ms"`
+	TotalMS    float64               `json:"total_ms"`
+	Warnings   []string              `json:"warnings,omitempty"`
+	Notes      []string              `json:"notes,omitempty"`
 }
 
 // Finalize retires blue once no client uses it: it watches blue for the
@@ -68,6 +78,10 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		opts.QuietPeriod = DefaultQuietPeriod
 	}
 	opts.QuietPeriod = max(opts.QuietPeriod, 0)
+	if opts.MaxLegacyShare < 0 || opts.MaxLegacyShare >= 1 {
+		return nil, exitcode.Errorf(exitcode.BadInput,
+			"--max-legacy-share %g is out of range: give a share of blue's sightings between 0 (no client on blue, the default) and 1 (nothing was changed)", opts.MaxLegacyShare)
+	}
 	if !opts.Yes && opts.Confirm == nil {
 		return nil, exitcode.Errorf(exitcode.BadInput,
 			"finalize is irreversible and there is no terminal to ask on: pass --yes to confirm (nothing was changed)")
@@ -215,9 +229,13 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 	own := cutover.OwnSessions(ctx, env.Pool, lock.PID())
 	var clients []cutover.Client
 	var sampler int32
-	if opts.Force {
+	tolerant := opts.MaxLegacyShare > 0 && !opts.Force
+	switch {
+	case opts.Force:
 		clients, err = cutover.UsageMembers(ctx, env.Pool, names, since, own)
-	} else {
+	case tolerant:
+		clients, err = legacyShareWatch(ctx, env, names, own, opts, res)
+	default:
 		opts.printf("watching %s for clients other than greenswap for %s (sampled every %s) ...\n",
 			blue, opts.QuietPeriod, durOr(opts.SampleEvery, time.Second))
 		lastTick := time.Now()
@@ -237,9 +255,19 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 	if err != nil {
 		return interrupted(ctx, err)
 	}
-	if len(clients) > 0 {
+	if tolerant && len(clients) > 0 && res.Shapes.LegacyShare <= opts.MaxLegacyShare {
+		for _, c := range clients {
+			w := fmt.Sprintf("--max-legacy-share %g: finalizing although this client used blue (blue's share of sightings %.3f): %s",
+				opts.MaxLegacyShare, res.Shapes.LegacyShare, c)
+			res.Warnings = append(res.Warnings, w)
+			opts.printf("warning: %s\n", w)
+		}
+	} else if len(clients) > 0 {
 		if !opts.Force {
 			uerr := &cutover.UsageError{Blue: m.Names.Blue, Period: opts.QuietPeriod, Clients: clients}
+			if tolerant {
+				uerr.Share, uerr.MaxShare = res.Shapes.LegacyShare, opts.MaxLegacyShare
+			}
 			if len(names) > 1 {
 				uerr.Blue = spec.QualifiedName{Schema: m.Names.BlueSchema, Name: strings.Join(short, ", ")}
 			}
@@ -272,7 +300,7 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 	if err := refuseOnDrift(ctx, env, m, "finalize"); err != nil {
 		return err
 	}
-	if !opts.Force {
+	if !opts.Force && !tolerant {
 		in.Since = since
 	}
 	// Again: the pool may have opened connections since.
@@ -330,4 +358,37 @@ func finalizeInput(ctx context.Context, env *Env, m *Migration, lo shadow.LockOp
 	}
 	in.Names, in.Identity = in.Members[0].Names, in.Members[0].Identity
 	return in, nil
+}
+
+// legacyShareWatch is the quiet period under --max-legacy-share: the shapes
+// of every table are sampled for the whole period (cutover.WatchShapes,
+// into res.Shapes), then blue's users since its start are read once
+// (cutover.UsageMembers: the sensor's writes, reading locks, queries naming
+// the blue schema) and joined by the blue clients the shape samples saw.
+func legacyShareWatch(ctx context.Context, env *Env, names []shadow.Names, own []int32, opts FinalizeOptions, res *FinalizeResult) ([]cutover.Client, error) {
+	start := time.Now()
+	opts.printf("watching the shapes of %d table(s) for %s (sampled every %s); blue may keep up to %.1f%% of the client sightings ...\n",
+		len(names), opts.QuietPeriod, durOr(opts.SampleEvery, time.Second), 100*opts.MaxLegacyShare)
+	members := make([]cutover.ShapeMember, len(names))
+	for i, n := range names {
+		members[i] = cutover.ShapeMember{Names: n, CutOver: true}
+	}
+	w, err := cutover.WatchShapes(ctx, env.Pool, members, own, opts.QuietPeriod, durOr(opts.SampleEvery, time.Second))
+	if err != nil {
+		return nil, err
+	}
+	r := w.Report()
+	res.Shapes = &r
+	clients, err := cutover.UsageMembers(ctx, env.Pool, names, start, own)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range r.BlueClients() {
+		if !slices.ContainsFunc(clients, func(k cutover.Client) bool { return k.PID == c.PID && k.Application == c.Application }) {
+			clients = append(clients, cutover.Client{PID: c.PID, Application: c.Application, User: c.User, ClientAddr: c.ClientAddr,
+				LastSeen: c.LastSeen, How: fmt.Sprintf("shape sample (%d read, %d write sightings)", c.Reads, c.Writes)})
+		}
+	}
+	opts.printf("blue's share of the client sightings: %.1f%% (bound %.1f%%)\n", 100*r.LegacyShare, 100*opts.MaxLegacyShare)
+	return clients, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
@@ -50,6 +51,14 @@ type MigrationStatus struct {
 	Tables []TableProgress `json:"tables,omitempty"`
 	// GuardWindow: cutover --guard is watching (cutover_guard.go).
 	GuardWindow *GuardWindowStatus `json:"guard_window,omitempty"`
+	// Shapes: which clients used the app name, blue and green of each
+	// table over the sampling window, and each shape's share of the
+	// writes (cutover.ShapeReport); present once green exists and until
+	// finalize.
+	Shapes *cutover.ShapeReport `json:"shapes,omitempty"`
+	// ShapesUnavailable says why Shapes is absent where it would be there
+	// (a role that cannot see other roles' sessions).
+	ShapesUnavailable string `json:"shapes_unavailable,omitempty"`
 }
 
 // StatusOptions tune Status.
@@ -59,6 +68,11 @@ type StatusOptions struct {
 	// rate unless this process has sampled before; negative: none at all).
 	// The CLI passes DefaultStatusSample.
 	Sample time.Duration
+	// ShapeWindow is how long the sessions on each migration's shapes are
+	// sampled (0: Sample, one sample when that is not positive; negative:
+	// not at all). ShapeEvery is the interval (default 100ms). The CLI
+	// passes --sample.
+	ShapeWindow, ShapeEvery time.Duration
 }
 
 // Progress is the backfill's.
@@ -140,7 +154,54 @@ func Status(ctx context.Context, env *Env, name string, opts ...StatusOptions) (
 			return nil, err
 		}
 	}
+	if err := statusShapes(ctx, env, rep, rows, opt); err != nil {
+		return nil, err
+	}
 	return rep, nil
+}
+
+// statusShapes samples, in one watch, the sessions on the shapes of every
+// migration whose green exists and that is not finalized, and gives each
+// its part. Without the statistics of other roles' sessions nothing is
+// sampled and each says why.
+func statusShapes(ctx context.Context, env *Env, rep *StatusReport, rows []*state.Migration, opt StatusOptions) error {
+	window := opt.ShapeWindow
+	if window < 0 {
+		return nil
+	}
+	if window == 0 {
+		window = max(opt.Sample, 0) // 0: one sample
+	}
+	var members []cutover.ShapeMember
+	tables := map[int][]string{}
+	for i, m := range rows {
+		if m.State != state.Syncing && m.State != state.Synced && m.State != state.CutOver {
+			continue
+		}
+		for _, sm := range shapeMembers(m) {
+			members = append(members, sm)
+			tables[i] = append(tables[i], sm.Names.App.String())
+		}
+	}
+	if len(members) == 0 {
+		return nil
+	}
+	if err := shadow.RequireStatsVisibility(ctx, env.Pool, "status's shape telemetry"); err != nil {
+		// The other figures stand; the shapes would be a lie by omission.
+		for i := range tables {
+			rep.Migrations[i].ShapesUnavailable = err.Error()
+		}
+		return nil
+	}
+	w, err := cutover.WatchShapes(ctx, env.Pool, members, cutover.OwnSessions(ctx, env.Pool), window, opt.ShapeEvery)
+	if err != nil {
+		return fmt.Errorf("sample the shapes: %w", err)
+	}
+	for i, t := range tables {
+		r := w.Only(t).Report()
+		rep.Migrations[i].Shapes = &r
+	}
+	return nil
 }
 
 // statusBacklogs fills in the backlog of each logical migration with a live
@@ -255,4 +316,38 @@ SELECT active, restart_lsn::text, confirmed_flush_lsn::text, wal_status,
 	}
 	s.Exists = true
 	return s, nil
+}
+
+// shapeMembers are migration m's tables to sample the shapes of.
+func shapeMembers(m *state.Migration) []cutover.ShapeMember {
+	sp := storedSpec(m)
+	if sp == nil {
+		return nil
+	}
+	var out []cutover.ShapeMember
+	for _, n := range MemberNames(sp) {
+		out = append(out, cutover.ShapeMember{Names: n, CutOver: m.State == state.CutOver})
+	}
+	return out
+}
+
+// ReadShapes samples the sessions on migration name's shapes for window
+// (0: one sample), as status does: nil while there is no green to sample
+// (planned, finalized). The metrics endpoint takes one sample per scrape.
+func ReadShapes(ctx context.Context, env *Env, name string, window, every time.Duration) (*cutover.ShapeWatch, error) {
+	m, err := state.Get(ctx, env.Pool, name)
+	if err != nil {
+		return nil, err
+	}
+	if m.State != state.Syncing && m.State != state.Synced && m.State != state.CutOver {
+		return nil, nil
+	}
+	members := shapeMembers(m)
+	if len(members) == 0 {
+		return nil, nil
+	}
+	if err := shadow.RequireStatsVisibility(ctx, env.Pool, "the shape telemetry"); err != nil {
+		return nil, err
+	}
+	return cutover.WatchShapes(ctx, env.Pool, members, cutover.OwnSessions(ctx, env.Pool), window, every)
 }

@@ -306,6 +306,15 @@ func gateGuard(n shadow.Names, owner string) string {
 		" OR NOT " + ownerMember(owner)
 }
 
+// UsageGuard is the WHEN condition of finalize's usage sensor on blue
+// (package cutover): true unless the write happens inside a sync write of
+// the owner, at its depth or below, as gateGuard. EchoGuard is too narrow
+// there: a sync write to one blue that cascades through a foreign key into
+// another blue (or the same one) runs one level deeper, and the cascade was
+// counted as a client writing blue (break5 finding 01). A client that sets
+// the flag itself is still recorded (it is not the owner).
+func UsageGuard(n shadow.Names, owner string) string { return gateGuard(n, owner) }
+
 // GateTrigger names green's write gate: a BEFORE INSERT OR UPDATE OR DELETE
 // OR TRUNCATE statement trigger on green and on each of its partitions,
 // enabled from green's creation until synced, whose function

@@ -236,6 +236,10 @@ statement trigger that cutover put on blue; greenswap's own sync writes do not c
 holds a reading lock on it, or runs a query naming the blue version schema makes finalize
 refuse, naming each client: application_name, user, client address, when, what. Move
 those clients off the blue version schema and run it again; --force finalizes anyway.
+With --max-legacy-share SHARE (above 0) finalize samples every shape (the app name,
+blue, green: status shows the same) for the whole quiet period and refuses only when
+blue's share of the client sightings is over SHARE, naming the clients on blue either way
+(greenswap status NAME shows who uses which shape).
 
 Then, after a confirmation (asked on a terminal; --yes to skip; without a terminal and
 without --yes it refuses), in one transaction: the app-name view is dropped and green moves
@@ -255,6 +259,7 @@ holds the migration; 5 gave up waiting for locks, nothing changed.`,
 		Flags: append(lockFlags(),
 			&cli.DurationFlag{Name: "quiet-period", Value: runner.DefaultQuietPeriod, Usage: "refuse if a client used blue within this period; finalize watches blue this long"},
 			&cli.DurationFlag{Name: "sample-every", Value: time.Second, Usage: "how often blue's users are sampled while watching"},
+			&cli.Float64Flag{Name: "max-legacy-share", Usage: "tolerate clients on blue while blue's share of the client sightings on the migration's shapes over the quiet period stays at or under `SHARE` (0–1; 0: any client on blue refuses)"},
 			&cli.BoolFlag{Name: "force", Usage: "finalize even if clients used blue (they are named), without watching"},
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "do not ask for confirmation"},
 		),
@@ -268,6 +273,7 @@ holds the migration; 5 gave up waiting for locks, nothing changed.`,
 					QuietPeriod:        c.Duration("quiet-period"),
 					SampleEvery:        c.Duration("sample-every"),
 					Force:              c.Bool("force"),
+					MaxLegacyShare:     c.Float64("max-legacy-share"),
 					Yes:                c.Bool("yes"),
 				}
 				if opts.QuietPeriod == 0 {

@@ -26,6 +26,16 @@ the last event of its log and, in logical mode, the WAL its replication slot ret
 and the stream's backlog: the WAL not applied to green yet, about how far behind that
 is in time, whether it grows or shrinks (WAL bytes/s, from two readings --sample apart)
 and when it will have caught up ("never at this rate" while it grows).
+A migration of several tables shows each table's progress line.
+
+Shapes: while green exists (syncing, synced, cut over), status samples for --sample
+(every 100ms) which client sessions use each shape of each table: the app name (the
+view), blue and green (the tables in their version schemas), from pg_locks of open
+transactions and pg_stat_activity: application_name, user, client address, read and
+write sightings, last seen, and each shape's share of the write sightings; blue's
+share of all sightings is what finalize --max-legacy-share bounds. It cannot see a
+statement that starts and commits between two samples, nor a session idle between
+transactions (the output says so); sessions named greenswap... are listed apart.
 It only reads; a database where greenswap never ran has no migrations.
 
 Example:
@@ -37,7 +47,7 @@ unreachable database.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print a JSON document (schema_version " + fmt.Sprint(runner.StatusSchemaVersion) + ")"},
 			&cli.DurationFlag{Name: "sample", Value: runner.DefaultStatusSample,
-				Usage: "logical mode: read each stream's backlog twice this `DURATION` apart for its trend and ETA (0: once, no trend)"},
+				Usage: "read each logical stream's backlog twice this `DURATION` apart for its trend and ETA (0: once, no trend), and sample the sessions on the shapes for as long"},
 		},
 		BashComplete: completeMigrations,
 		Action:       runStatus,
@@ -72,7 +82,8 @@ func runStatus(c *cli.Context) error {
 	if sample < 0 {
 		return fail(exitcode.Errorf(exitcode.BadInput, "--sample must not be negative"))
 	}
-	rep, err := runner.Status(c.Context, env, name, runner.StatusOptions{Sample: sample})
+	// --sample 0: one reading of the backlog, one sample of the shapes.
+	rep, err := runner.Status(c.Context, env, name, runner.StatusOptions{Sample: sample, ShapeWindow: max(sample, time.Nanosecond)})
 	if err != nil {
 		return fail(err)
 	}
@@ -100,7 +111,7 @@ func completeMigrations(c *cli.Context) {
 		return
 	}
 	defer env.Close()
-	rep, err := runner.Status(c.Context, env, "")
+	rep, err := runner.Status(c.Context, env, "", runner.StatusOptions{Sample: -1, ShapeWindow: -1})
 	if err != nil {
 		return
 	}
@@ -150,6 +161,9 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 			prog += ", " + strings.Join(extra, ", ")
 		}
 		p("  progress  %s", prog)
+		for _, t := range m.Tables {
+			p("%s", tableProgressLine(t))
+		}
 
 		switch {
 		case !m.Verify.Run:
@@ -188,6 +202,7 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 		if b := m.StreamBacklog; b != nil {
 			p("  backlog   %s", b.Summary())
 		}
+		writeShapes(p, m)
 		t := m.Timestamps
 		line := fmt.Sprintf("created %s, in this state since %s, updated %s", statusWhen(&t.Created, now), statusWhen(&t.StateChanged, now), statusWhen(&t.Updated, now))
 		if t.BackfillStarted != nil {
@@ -214,4 +229,60 @@ func statusWhen(t *time.Time, now time.Time) string {
 		ago = 0
 	}
 	return fmt.Sprintf("%s (%s ago)", t.Local().Format("2006-01-02 15:04:05"), ago)
+}
+
+// writeShapes prints the shape telemetry: per table, each shape's clients
+// with their read and write sightings, and the write shares.
+func writeShapes(p func(string, ...any), m runner.MigrationStatus) {
+	if m.ShapesUnavailable != "" {
+		p("  shapes    not sampled: %s", m.ShapesUnavailable)
+	}
+	r := m.Shapes
+	if r == nil {
+		return
+	}
+	share := func(sh string) string { return fmt.Sprintf("%s %.0f%%", sh, 100*r.WriteShare[sh]) }
+	shares := "no client write seen"
+	if len(r.WriteShare) > 0 {
+		var parts []string
+		for _, sh := range []string{"app", "blue", "green", "blue|green"} {
+			if _, ok := r.WriteShare[sh]; ok {
+				parts = append(parts, share(sh))
+			}
+		}
+		shares = "writes: " + strings.Join(parts, ", ")
+	}
+	p("  shapes    over %.1fs (%d samples): %s; legacy (blue) share of sightings %.0f%%", r.WindowS, r.Samples, shares, 100*r.LegacyShare)
+	for _, t := range r.Tables {
+		p("    %s", t.Table)
+		for _, u := range t.Shapes {
+			rows := ""
+			if u.RowsWritten != nil {
+				rows = fmt.Sprintf(", %s rows written by any path", thousands(*u.RowsWritten))
+			}
+			p("      %-10s %d client(s), %d read / %d write sightings, %.0f%% of writes%s", u.Shape, len(u.Clients), u.Reads, u.Writes, 100*u.WriteShare, rows)
+			for _, c := range u.Clients {
+				p("        %s", c)
+			}
+		}
+	}
+	for _, c := range r.Greenswap {
+		p("    greenswap's own (by application_name, not counted): %s on %s of %s", c, c.Shape, c.Table)
+	}
+	p("    (%s)", r.Misses)
+}
+
+// tableProgressLine is one table's backfill line of a migration of several
+// tables, in status and in sync --watch.
+func tableProgressLine(t runner.TableProgress) string {
+	line := fmt.Sprintf("%s of ~%s rows (%.1f%%)", thousands(t.RowsCopied), thousands(t.RowsEstimate), t.Percent)
+	if t.Done {
+		line = fmt.Sprintf("done: %s rows copied", thousands(t.RowsCopied))
+	} else if t.Copying {
+		line += ", copying now"
+		if t.RowsPerSec > 0 {
+			line += ", " + thousands(int64(t.RowsPerSec)) + " rows/s"
+		}
+	}
+	return "    table " + t.Table + "  " + line
 }

@@ -359,6 +359,9 @@ func (d *syncLiveDisplay) draw(p runner.SyncProgress) {
 		rows[len(rows)-1] = line
 		rows = append(rows, syncBacklogLine(p))
 	}
+	for _, t := range p.Tables { // several tables: each one's line
+		rows = append(rows, tableProgressLine(t))
+	}
 	for _, r := range rows {
 		b.WriteString("\x1b[2K" + r + "\n")
 	}
