@@ -324,7 +324,7 @@ type specDecoder struct {
 }
 
 var (
-	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync", "guard", "tables"}
+	specFields   = []string{"name", "table", "mode", "key", "alter", "target", "forward", "reverse", "sync", "guard", "tables"}
 	targetFields = []string{"ddl", "indexes", "partitions"}
 	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio", "apply_workers"}
 )
@@ -352,6 +352,8 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 			s.Mode = Mode(m)
 		case "key":
 			s.Key, err = d.strList(v, path, line, "a list of column names", "write key: [id] or key: [tenant_id, id]")
+		case "alter":
+			s.Alter, err = d.str(v, path, line)
 		case "target":
 			err = d.target(v, path, line, &s.Target)
 		case "forward":
@@ -782,6 +784,9 @@ func (s *Spec) Validate() error {
 		return s.specErr("mode", "write mode: trigger or mode: logical (or leave it out for trigger)", "unknown mode %s", oneLineQuote(string(s.Mode)))
 	}
 
+	if s.MultiTable() && s.Alter != "" {
+		return s.specErr("alter", "write one spec per table for alter:, or give each table a target", "alter: is for one table, and the spec has tables:")
+	}
 	if s.MultiTable() {
 		if err := s.validateTables(); err != nil {
 			return err
@@ -852,6 +857,46 @@ func (s *Spec) validateTable() error {
 		seenKey[k] = i
 	}
 
+	if s.Alter != "" {
+		if err := s.validateAlter(); err != nil {
+			return err
+		}
+	} else if err := s.validateTarget(); err != nil {
+		return err
+	}
+
+	for _, side := range []struct {
+		name string
+		m    map[string]string
+	}{{"forward", s.Forward}, {"reverse", s.Reverse}} {
+		cols := make([]string, 0, len(side.m))
+		for c := range side.m {
+			cols = append(cols, c)
+		}
+		// Report the first problem in file order.
+		sort.Slice(cols, func(i, j int) bool {
+			li, lj := s.Lines[side.name+"."+cols[i]], s.Lines[side.name+"."+cols[j]]
+			if li != lj {
+				return li < lj
+			}
+			return cols[i] < cols[j]
+		})
+		for _, c := range cols {
+			f := side.name + "." + c
+			if strings.TrimSpace(c) == "" {
+				return s.specErr(f, "write the column name before the ':'", "empty column name")
+			}
+			if msg, fix := checkExpression(side.m[c]); msg != "" {
+				return s.specErr(f, fix, "%s", msg)
+			}
+		}
+	}
+
+	return nil
+}
+
+// validateTarget checks target.ddl, target.indexes and target.partitions.
+func (s *Spec) validateTarget() error {
 	if strings.TrimSpace(s.Target.DDL) == "" {
 		return s.specErr("target.ddl", "write the green table as one CREATE TABLE statement under target.ddl: |", "required")
 	}
@@ -883,34 +928,6 @@ func (s *Spec) validateTable() error {
 	if err := s.validatePartitions(partitioned); err != nil {
 		return err
 	}
-
-	for _, side := range []struct {
-		name string
-		m    map[string]string
-	}{{"forward", s.Forward}, {"reverse", s.Reverse}} {
-		cols := make([]string, 0, len(side.m))
-		for c := range side.m {
-			cols = append(cols, c)
-		}
-		// Report the first problem in file order.
-		sort.Slice(cols, func(i, j int) bool {
-			li, lj := s.Lines[side.name+"."+cols[i]], s.Lines[side.name+"."+cols[j]]
-			if li != lj {
-				return li < lj
-			}
-			return cols[i] < cols[j]
-		})
-		for _, c := range cols {
-			f := side.name + "." + c
-			if strings.TrimSpace(c) == "" {
-				return s.specErr(f, "write the column name before the ':'", "empty column name")
-			}
-			if msg, fix := checkExpression(side.m[c]); msg != "" {
-				return s.specErr(f, fix, "%s", msg)
-			}
-		}
-	}
-
 	return nil
 }
 

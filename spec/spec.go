@@ -27,10 +27,15 @@ func (q QualifiedName) String() string { return q.Schema + "." + q.Name }
 // Spec is one migration as the operator wrote it (YAML or JSON). It is
 // decoded strictly: an unknown field is an error naming file, line and field.
 type Spec struct {
-	Name    string            `yaml:"name" json:"name"`
-	Table   string            `yaml:"table" json:"table"`
-	Mode    Mode              `yaml:"mode" json:"mode"`
-	Key     []string          `yaml:"key" json:"key,omitempty"`
+	Name  string   `yaml:"name" json:"name"`
+	Table string   `yaml:"table" json:"table"`
+	Mode  Mode     `yaml:"mode" json:"mode"`
+	Key   []string `yaml:"key" json:"key,omitempty"`
+	// Alter is the change as ALTER TABLE (and CREATE INDEX) statements,
+	// instead of Target: greenswap derives green from it by rehearsal
+	// (package alter) and runs in place what needs no new table. Forward
+	// and Reverse, when given, override the derived mappings.
+	Alter   string            `yaml:"alter,omitempty" json:"alter,omitempty"`
 	Target  Target            `yaml:"target" json:"target"`
 	Forward map[string]string `yaml:"forward" json:"forward,omitempty"`
 	Reverse map[string]string `yaml:"reverse" json:"reverse,omitempty"`
