@@ -21,7 +21,6 @@ import (
 	migstate "github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/shadow"
-	"github.com/greenswap/greenswap/spec"
 )
 
 // execTableDDL is the table the executor's proof tests alter, created
@@ -262,23 +261,10 @@ func execPool(t *testing.T, dsn string) *pgxpool.Pool {
 	return pool
 }
 
+// planFor is classify (classify_test.go) that must succeed.
 func planFor(t *testing.T, pool *pgxpool.Pool, sql string) *Plan {
 	t.Helper()
-	ctx := context.Background()
-	stmts, err := Parse(sql)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	blue, err := shadow.LoadTable(ctx, tx, spec.QualifiedName{Schema: "public", Name: "orders"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := Classify(ctx, tx, blue, stmts)
+	plan, err := classify(t, pool, sql)
 	if err != nil {
 		t.Fatal(err)
 	}
