@@ -43,39 +43,39 @@ const (
 // Subcommand is one comma-separated action of an ALTER TABLE, or one
 // CREATE INDEX.
 type Subcommand struct {
-	Kind Kind
+	Kind Kind `json:"kind"`
 	// Text is the subcommand exactly as written (no table name, no
 	// trailing comma): "ALTER COLUMN id TYPE bigint". For CreateIndex it
 	// is the whole statement.
-	Text string
+	Text string `json:"text"`
 	// Column is the column the subcommand is about (unquoted, folded), ""
 	// when it is not about one column.
-	Column string
+	Column string `json:"column,omitempty"`
 	// Constraint is the constraint or index name given, "" when unnamed.
-	Constraint string
+	Constraint string `json:"constraint,omitempty"`
 	// NewName is the target of RenameColumn / RenameTable.
-	NewName string
+	NewName string `json:"new_name,omitempty"`
 	// Using is the USING expression of an AlterType, "" when none.
-	Using string
+	Using string `json:"using,omitempty"`
 	// TypeName is the new type of an AlterType or the type of an
 	// AddColumn, as written.
-	TypeName string
+	TypeName string `json:"type,omitempty"`
 	// Concurrently is set on a CREATE INDEX CONCURRENTLY.
-	Concurrently bool
+	Concurrently bool `json:"concurrently,omitempty"`
 	// Unique is set on a CREATE UNIQUE INDEX.
-	Unique bool
+	Unique bool `json:"unique,omitempty"`
 }
 
 // Statement is one ALTER TABLE (or CREATE INDEX) of the input.
 type Statement struct {
 	// Text is the statement as written, without its semicolon.
-	Text string
+	Text string `json:"text"`
 	// Table is the table it names, unquoted; Schema is "" when unqualified.
-	Table spec.QualifiedName
+	Table spec.QualifiedName `json:"table"`
 	// IfExists and Only are the ALTER TABLE options.
-	IfExists bool
-	Only     bool
-	Subs     []Subcommand
+	IfExists bool         `json:"if_exists,omitempty"`
+	Only     bool         `json:"only,omitempty"`
+	Subs     []Subcommand `json:"subcommands"`
 }
 
 // Strategy is how one subcommand is applied.
@@ -105,29 +105,29 @@ const (
 // held.
 type Lock struct {
 	// Mode is the pg_locks mode: "AccessExclusiveLock", "ShareUpdateExclusiveLock", …
-	Mode string
+	Mode string `json:"mode"`
 	// Held says for how long: "brief, metadata only", "scan under
 	// SHARE UPDATE EXCLUSIVE (writes go on)", "scan under ACCESS EXCLUSIVE", …
-	Held string
+	Held string `json:"held"`
 }
 
 // Step is what the plan does for one subcommand.
 type Step struct {
-	Sub      Subcommand
-	Strategy Strategy
-	Lock     Lock
+	Sub      Subcommand `json:"subcommand"`
+	Strategy Strategy   `json:"strategy"`
+	Lock     Lock       `json:"lock"`
 	// Why is one sentence: what the rehearsal showed.
-	Why string
+	Why string `json:"why"`
 	// SQL is the exact statements the in-place path runs, in order (empty
 	// for BlueGreen: the lifecycle runs those).
-	SQL []string
+	SQL []string `json:"sql,omitempty"`
 	// Warnings are things the operator must know (a rename breaks old
 	// clients that still use the old name).
-	Warnings []string
+	Warnings []string `json:"warnings,omitempty"`
 	// Rewrite and IndexRebuild are what the rehearsal read back: the
 	// table's relfilenode changed, an index's relfilenode changed.
-	Rewrite      bool
-	IndexRebuild bool
+	Rewrite      bool `json:"rewrite"`
+	IndexRebuild bool `json:"index_rebuild"`
 }
 
 // Order is when the in-place steps run relative to the blue-green part.
@@ -146,13 +146,13 @@ const (
 
 // Plan is what Classify decided for a parsed ALTER.
 type Plan struct {
-	Table spec.QualifiedName
-	Steps []Step
+	Table spec.QualifiedName `json:"table"`
+	Steps []Step             `json:"steps"`
 	// BlueGreen is the derived spec for the subcommands that need the
 	// blue-green lifecycle, nil when none does.
-	BlueGreen *spec.Spec
-	Order     Order
+	BlueGreen *spec.Spec `json:"blue_green,omitempty"`
+	Order     Order      `json:"order"`
 	// ServerMajor is the server major the rehearsal ran on: the decisions
 	// hold for it.
-	ServerMajor int
+	ServerMajor int `json:"server_major"`
 }

@@ -127,7 +127,17 @@ func (s *scratch) observe(ctx context.Context, sql string) (observation, error) 
 	if err != nil {
 		return observation{}, err
 	}
-	if _, err := s.q.Exec(ctx, sql); err != nil {
+	// The subcommand's names (types, functions in a DEFAULT or USING)
+	// resolve as the application's would: its schema first after
+	// pg_catalog; greenswap's own queries keep the session's bare path.
+	if _, err := s.q.Exec(ctx, "SET LOCAL search_path TO "+shadow.SearchPathFor(s.blue.Name.Schema)); err != nil {
+		return observation{}, err
+	}
+	_, err = s.q.Exec(ctx, sql)
+	if _, rerr := s.q.Exec(ctx, "SET LOCAL search_path TO pg_catalog, pg_temp"); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
 		return observation{}, err
 	}
 	after, err := s.state(ctx)
@@ -193,22 +203,19 @@ func (e *SubError) Unwrap() error { return e.Err }
 // ExitCode: a subcommand the server refuses is bad input.
 func (e *SubError) ExitCode() exitcode.Code { return exitcode.BadInput }
 
-// checkTables makes sure every statement is about blue.
-func checkTables(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Statement) error {
+// checkTables makes sure every statement is about blue: a bare name
+// means blue's schema (greenswap's sessions have no user schema on their
+// search_path).
+func checkTables(blue *shadow.Table, stmts []Statement) error {
 	for _, st := range stmts {
-		name := st.Table.Name
+		if st.Table.Name == blue.Name.Name && (st.Table.Schema == "" || st.Table.Schema == blue.Name.Schema) {
+			continue
+		}
+		name := db.Ident(st.Table.Name)
 		if st.Table.Schema != "" {
 			name = db.Ident(st.Table.Schema, st.Table.Name)
-		} else {
-			name = db.Ident(name)
 		}
-		var oid *uint32
-		if err := q.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1)::oid`, name).Scan(&oid); err != nil {
-			return fmt.Errorf("alter: resolving %s: %w", name, err)
-		}
-		if oid == nil || *oid != blue.OID {
-			return &ParseError{Msg: fmt.Sprintf("%q is about %s, not %s: give one table's ALTERs at a time", oneLine(st.Text), name, blue.Name)}
-		}
+		return &ParseError{Msg: fmt.Sprintf("%q is about %s, not %s: give one table's ALTERs at a time", oneLine(st.Text), name, blue.Name)}
 	}
 	return nil
 }
@@ -219,7 +226,7 @@ func checkTables(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []
 // exactly when it would rewrite a full one, so the relfilenodes read back
 // decide per server major; the lock mode is read from pg_locks.
 func Classify(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Statement) (*Plan, error) {
-	if err := checkTables(ctx, q, blue, stmts); err != nil {
+	if err := checkTables(blue, stmts); err != nil {
 		return nil, err
 	}
 	plan := &Plan{Table: blue.Name}
@@ -392,7 +399,7 @@ func decide(ctx context.Context, q db.Querier, sc *scratch, blue *shadow.Table, 
 	plain := "ALTER TABLE " + rel + " " + sub.Text
 	blueGreen := func(why string) (Step, error) {
 		step.Strategy, step.Why = BlueGreen, why
-		step.Lock.Held = "none on the live table beyond the lifecycle's own short steps (the plain ALTER would hold " + o.Mode + " for the whole rewrite)"
+		step.Lock.Held = "none on the live table beyond the lifecycle's own short steps (below); the plain ALTER would hold " + o.Mode + " throughout"
 		return step, nil
 	}
 	switch {
@@ -585,4 +592,25 @@ func mentions(expr, col string) bool {
 		}
 	}
 	return false
+}
+
+// GreenOnly moves a SET NOT NULL on a column forward maps to green only:
+// the mapping fills what blue lacks, so blue keeps accepting NULLs (old
+// clients) and green, already derived with the NOT NULL, enforces it. The
+// order is decided again.
+func (p *Plan) GreenOnly(forward map[string]string) {
+	changed := false
+	for i := range p.Steps {
+		st := &p.Steps[i]
+		if st.Sub.Kind != SetNotNull || forward[st.Sub.Column] == "" {
+			continue
+		}
+		st.Strategy, st.SQL, st.Warnings = BlueGreen, nil, nil
+		st.Lock = Lock{Mode: "AccessExclusiveLock", Held: "none on the live table: green is created with it"}
+		st.Why = "forward." + st.Sub.Column + " fills the NULLs blue has: NOT NULL on green only, blue keeps accepting them from old clients"
+		changed = true
+	}
+	if changed {
+		_ = order(p, nil)
+	}
 }

@@ -176,6 +176,9 @@ func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*Pl
 	if spec.MultiTable() {
 		return planTables(ctx, env, spec, opts)
 	}
+	if spec.Alter != "" {
+		return planAlterSpec(ctx, env, spec, opts) // runner/plan_alter.go
+	}
 	opts = opts.withDefaults(spec)
 	var res *PlanResult
 	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {

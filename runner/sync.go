@@ -113,6 +113,10 @@ type syncRun struct {
 // re-run resumes.
 func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*SyncStats, error) {
 	start := time.Now()
+	spec, err := syncAlterSpec(ctx, env, spec) // alter: → the derived target (runner/plan_alter.go)
+	if err != nil {
+		return nil, err
+	}
 	r := &syncRun{env: env, opts: opts, log: env.Log.With().Str("migration", spec.Name).Logger()}
 	r.stats.Migration = spec.Name
 	lock, err := env.Lock(ctx, spec.Name)

@@ -29,8 +29,17 @@ the spec line and the offending key. The rehearsal holds ACCESS EXCLUSIVE on the
 a few milliseconds (bounded by the spec's lock_timeout); nothing else is locked or written.
 
 Example:
+   greenswap plan --alter 'ALTER TABLE orders ALTER COLUMN id TYPE bigint, ALTER COLUMN email SET NOT NULL'
+   greenswap plan --alter-file change.sql --write-spec orders_v2.yaml
    greenswap plan -f examples/orders/spec.yaml
    greenswap plan -f orders.yaml --json | jq '.hazards[] | select(.severity == "blocking")'
+
+--alter (or --alter-file, or a spec's alter: field) starts from the ALTER TABLE a DBA
+would write: each subcommand is run on an empty scratch copy of the table in a rolled-back
+transaction, and what PostgreSQL did there (a rewrite, an index rebuild, the lock taken)
+decides how it runs: in place under a short lock, NOT VALID then VALIDATE, a validated
+CHECK before SET NOT NULL, CREATE INDEX CONCURRENTLY, or blue-green (the derived spec,
+planned as above; --write-spec FILE saves it for plan -f and sync -f).
 
 It also lists the privileges each command needs and whether the connecting role has
 them; one that plan or sync needs and the role lacks ends plan with exit 2, naming the
@@ -43,13 +52,13 @@ section (--json: "tables" and "order"). The other commands refuse such a spec fo
 
 Exit codes: 0 nothing blocking; 2 bad input (spec, missing table, unreachable database,
 a missing privilege); 3 blocking hazards. See greenswap help exit-codes.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the migration spec (YAML or JSON)", TakesFile: true},
 			&cli.BoolFlag{Name: "json", Usage: "print the plan as a JSON document (schema_version " + fmt.Sprint(runner.PlanSchemaVersion) + ")"},
 			&cli.IntFlag{Name: "sample-size", Value: 1000, Usage: "random rows to evaluate the mapping on (plus the first and last rows by key)"},
 			&cli.DurationFlag{Name: "statement-timeout", Value: 30 * time.Second, Usage: "guard on every statement of the rehearsal"},
 			&cli.Float64Flag{Name: "rows-per-sec", Value: 10000, Usage: "backfill rate assumed by the estimate"},
-		},
+		}, planAlterFlags()...),
 		Action: runPlan,
 	}
 }
@@ -62,7 +71,17 @@ func runPlan(c *cli.Context) error {
 		}
 		return err
 	}
+	sql, err := alterInput(c)
+	if err != nil {
+		return fail(err)
+	}
 	path := c.String("file")
+	if sql != "" {
+		if c.Args().Len() > 0 {
+			return fail(exitcode.Errorf(exitcode.BadInput, "plan takes no arguments, got %q: quote the whole ALTER after --alter", c.Args().First()))
+		}
+		return runPlanAlter(c, sql, nil, "", fail)
+	}
 	if path == "" {
 		return fail(exitcode.Errorf(exitcode.BadInput, "plan needs a spec: greenswap plan -f SPEC (see `greenswap plan --help`)"))
 	}
@@ -73,16 +92,15 @@ func runPlan(c *cli.Context) error {
 	if err != nil {
 		return fail(err)
 	}
+	if spec.Alter != "" {
+		return runPlanAlter(c, "", spec, path, fail)
+	}
 	env, err := connect(c)
 	if err != nil {
 		return fail(err)
 	}
 	defer env.Close()
-	res, err := runner.Plan(c.Context, env, spec, runner.PlanOptions{
-		SampleSize:       c.Int("sample-size"),
-		StatementTimeout: c.Duration("statement-timeout"),
-		RowsPerSecond:    c.Float64("rows-per-sec"),
-	})
+	res, err := runner.Plan(c.Context, env, spec, planOptions(c))
 	if err != nil {
 		return fail(err)
 	}
@@ -99,6 +117,14 @@ func runPlan(c *cli.Context) error {
 		return exitcode.Errorf(exitcode.Blocked, "plan found %d blocking hazard%s; nothing was changed", res.Blocking, planPlural(res.Blocking))
 	}
 	return nil
+}
+
+func planOptions(c *cli.Context) runner.PlanOptions {
+	return runner.PlanOptions{
+		SampleSize:       c.Int("sample-size"),
+		StatementTimeout: c.Duration("statement-timeout"),
+		RowsPerSecond:    c.Float64("rows-per-sec"),
+	}
 }
 
 // jsonError is the document --json prints when a command fails.
