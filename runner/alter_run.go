@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/alter"
-	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
@@ -77,13 +76,9 @@ func RunAlter(ctx context.Context, env *Env, alterSQL string, opts AlterRunOptio
 	if err != nil {
 		return nil, err
 	}
-	table, err := resolveAlterTable(ctx, env, stmts[0].Table)
-	if err != nil {
-		return nil, err
-	}
 	name := opts.Name
 	if name == "" {
-		name = spec.TruncateIdent(table.Name + "_alter")
+		name = spec.TruncateIdent(stmts[0].Table.Name + "_alter") // as the derived spec's
 	}
 	res := &AlterRunResult{Migration: name}
 	log := env.Log.With().Str("migration", name).Logger()
@@ -98,11 +93,8 @@ func RunAlter(ctx context.Context, env *Env, alterSQL string, opts AlterRunOptio
 		res.Resumed = true
 		printfTo(opts.Out, "resuming %s with the plan recorded by its first run\n", name)
 	} else {
-		if plan, err = classifyAlter(ctx, env, table, stmts); err != nil {
+		if plan, err = ClassifyAlter(ctx, env, alterSQL, name, 0); err != nil {
 			return nil, err
-		}
-		if plan.BlueGreen != nil {
-			plan.BlueGreen.Name = name
 		}
 		if err := state.Record(ctx, env.Pool, name, eventAlterPlan, "ok", 0, alterSQL, recordedAlterPlan{Alter: alterSQL, Plan: plan}); err != nil {
 			return nil, fmt.Errorf("run --alter: record the plan: %w", err)
@@ -172,39 +164,6 @@ func printfTo(w io.Writer, format string, args ...any) {
 	if w != nil {
 		fmt.Fprintf(w, format, args...)
 	}
-}
-
-// resolveAlterTable finds the table an ALTER names (unqualified: through
-// the search path).
-func resolveAlterTable(ctx context.Context, env *Env, name spec.QualifiedName) (spec.QualifiedName, error) {
-	rel := db.Ident(name.Name)
-	if name.Schema != "" {
-		rel = db.Ident(name.Schema, name.Name)
-	}
-	var out spec.QualifiedName
-	err := env.Pool.QueryRow(ctx, `SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass($1)`, rel).Scan(&out.Schema, &out.Name)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return out, exitcode.Errorf(exitcode.BadInput, "run --alter: table %s does not exist: check the name in the ALTER", rel)
-	}
-	if err != nil {
-		return out, fmt.Errorf("run --alter: resolve %s: %w", rel, err)
-	}
-	return out, nil
-}
-
-// classifyAlter rehearses the ALTER in a transaction it rolls back.
-func classifyAlter(ctx context.Context, env *Env, table spec.QualifiedName, stmts []alter.Statement) (*alter.Plan, error) {
-	tx, err := env.Pool.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	blue, err := shadow.LoadTable(ctx, tx, table)
-	if err != nil {
-		return nil, err
-	}
-	return alter.Classify(ctx, tx, blue, stmts)
 }
 
 // recordedPlan is the plan an earlier run of the migration recorded (nil:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -67,31 +66,16 @@ Example:
 	}
 }
 
-// runAlterSQL reads the ALTER from --alter or --alter-file.
-func runAlterSQL(c *cli.Context) (string, error) {
-	sql, file := c.String("alter"), c.String("alter-file")
-	switch {
-	case sql != "" && file != "":
-		return "", exitcode.Errorf(exitcode.BadInput, "give --alter or --alter-file, not both")
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return "", exitcode.Errorf(exitcode.BadInput, "--alter-file: %w", err)
-		}
-		return string(b), nil
-	case sql == "":
-		return "", exitcode.Errorf(exitcode.BadInput, "run needs the change: greenswap run --alter 'ALTER TABLE …' (see `greenswap run --help`)")
-	}
-	return sql, nil
-}
-
 func runAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return exitcode.Errorf(exitcode.BadInput, "run takes no arguments, got %q: quote the whole ALTER after --alter", c.Args().First())
 	}
-	sql, err := runAlterSQL(c)
+	sql, err := alterInput(c) // plan --alter's reading of --alter / --alter-file
 	if err != nil {
 		return err
+	}
+	if sql == "" {
+		return exitcode.Errorf(exitcode.BadInput, "run needs the change: greenswap run --alter 'ALTER TABLE …' (see `greenswap run --help`)")
 	}
 	opts := runner.AlterRunOptions{
 		Name:        c.String("name"),
