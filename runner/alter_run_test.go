@@ -15,7 +15,8 @@ import (
 // the in-place part runs on blue first, without a rewrite, the blue-green
 // part syncs green from the derived spec, and blue mapped forward (written
 // out by hand) equals green both ways (EXCEPT). Run again with the same
-// ALTER, it resumes from the recorded plan and has nothing left to do.
+// ALTER, it resumes from the recorded plan and has nothing left to do;
+// without --until it then verifies and cuts over.
 func TestRunAlterMixedUntilSynced(t *testing.T) {
 	pool, dsn := syncNewDB(t)
 	pgtest.Exec(t, dsn, syncOrdersTable(20000, false))
@@ -83,6 +84,17 @@ func TestRunAlterMixedUntilSynced(t *testing.T) {
 	}
 	if !again.Resumed || len(again.InPlace) != 1 || !again.InPlace[0].Skipped || !again.Sync.AlreadySynced {
 		t.Fatalf("second run: resumed %v, in place %+v, sync %+v", again.Resumed, again.InPlace, again.Sync)
+	}
+	// Without --until: verify passes and cutover swaps the app name to green.
+	done, err := RunAlter(ctx, env, sql, AlterRunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done.Verify == nil || !done.Verify.OK() || done.Cutover == nil {
+		t.Fatalf("through cutover: verify %+v, cutover %+v", done.Verify, done.Cutover)
+	}
+	if n := testkit.Count(t, pool, `SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.orders'::regclass AND attname = 'amount' AND atttypid = 'bigint'::regtype`); n != 1 {
+		t.Error("after cutover the app name does not show amount as bigint")
 	}
 	// Another ALTER under the same name is refused, nothing changed.
 	if _, err := RunAlter(ctx, env, "ALTER TABLE public.orders ADD COLUMN other text", AlterRunOptions{Name: name}); err == nil {
