@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/sqllex"
 	migstate "github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
@@ -150,7 +151,7 @@ func runLocked(ctx context.Context, pool *pgxpool.Pool, opt ExecOptions, st Step
 		attempts++
 		t0 := time.Now()
 		if _, err := tx.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("alter: %s: %w", oneLine(sql), err)
+			return statementError(sql, err)
 		}
 		took = time.Since(t0)
 		return migstate.Record(ctx, tx, opt.Migration, EventInPlace, "ok", took, sql, eventDetail(st, i, j, map[string]any{"attempts": attempts}))
@@ -169,6 +170,17 @@ func runLocked(ctx context.Context, pool *pgxpool.Pool, opt ExecOptions, st Step
 			eventDetail(st, i, j, map[string]any{"attempts": attempts, "error": err.Error()}))
 	}
 	return err
+}
+
+// statementError names the statement that failed and, when existing rows
+// violate what it checks, what is left and how to go on.
+func statementError(sql string, err error) error {
+	switch db.SQLState(err) {
+	case "23514", "23503", "23502", "23505": // check, foreign key, not null, unique violation
+		return exitcode.With(exitcode.Failed, fmt.Errorf(
+			"alter: %s: existing rows violate it: %w; what ran before stays (a constraint added NOT VALID checks new rows only): fix those rows and run again to resume", oneLine(sql), err))
+	}
+	return fmt.Errorf("alter: %s: %w", oneLine(sql), err)
 }
 
 // concurrentIndex reports whether sql is CREATE [UNIQUE] INDEX

@@ -515,3 +515,36 @@ func TestExecuteRebuildsKilledConcurrentBuild(t *testing.T) {
 		t.Errorf("%d rows with an email, want %d", n, execSeedRows+w.inserted.Load())
 	}
 }
+
+// TestExecuteValidateFailsThenResumes: SET NOT NULL on a column with a
+// NULL: VALIDATE fails naming the cause and what to do; the NOT VALID
+// check stays (it holds new rows) and NOT NULL is not set; once the row
+// is fixed the same plan resumes from VALIDATE and finishes, the check
+// dropped.
+func TestExecuteValidateFailsThenResumes(t *testing.T) {
+	_, dsn := pgtest.NewPool(t)
+	pool := execPool(t, dsn)
+	ctx := context.Background()
+	setupExecTables(t, dsn)
+	pgtest.Exec(t, dsn, `UPDATE public.orders SET email = NULL WHERE id = 7`)
+	plan := planFor(t, pool, "ALTER TABLE orders ALTER COLUMN email SET NOT NULL")
+	_, err := Execute(ctx, pool, pool.Config().ConnConfig, plan, ExecOptions{Migration: "exec_validate", Lock: testLockOptions()})
+	if err == nil || !strings.Contains(err.Error(), "existing rows violate it") || exitcode.Of(err) != exitcode.Failed {
+		t.Fatalf("want a VALIDATE failure naming the rows (exit 1), got exit %d: %v", exitcode.Of(err), err)
+	}
+	notNull := `SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.orders'::regclass AND attname = 'email' AND attnotnull`
+	if testkit.Count(t, pool, notNull) != 0 {
+		t.Fatal("NOT NULL set though VALIDATE failed")
+	}
+	pgtest.Exec(t, dsn, `UPDATE public.orders SET email = 'fixed' WHERE id = 7`)
+	runs, err := Execute(ctx, pool, pool.Config().ConnConfig, plan, ExecOptions{Migration: "exec_validate", Lock: testLockOptions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 4 || !runs[0].Skipped || runs[1].Skipped {
+		t.Fatalf("resume: %+v; want the ADD skipped and VALIDATE run again", runs)
+	}
+	if testkit.Count(t, pool, notNull) != 1 || testkit.Count(t, pool, `SELECT count(*) FROM pg_constraint WHERE conname = 'orders_email_gs_not_null'`) != 0 {
+		t.Fatal("not NOT NULL, or the check left behind")
+	}
+}
