@@ -79,11 +79,20 @@ type state struct {
 	modes   []string
 }
 
-func (s *scratch) state(ctx context.Context) (state, error) {
-	st := state{indexes: map[string]uint32{}}
+// oid is the scratch's OID (it is found by name before a subcommand,
+// and by OID after, which may have renamed it).
+func (s *scratch) oid(ctx context.Context) (uint32, error) {
 	var oid uint32
-	if err := s.q.QueryRow(ctx, `SELECT c.oid, c.relfilenode FROM pg_catalog.pg_class c
- WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relname = $1`, s.blue.Name.Name).Scan(&oid, &st.node); err != nil {
+	if err := s.q.QueryRow(ctx, `SELECT c.oid FROM pg_catalog.pg_class c
+ WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relname = $1`, s.blue.Name.Name).Scan(&oid); err != nil {
+		return 0, fmt.Errorf("alter: rehearsal: scratch table: %w", err)
+	}
+	return oid, nil
+}
+
+func (s *scratch) state(ctx context.Context, oid uint32) (state, error) {
+	st := state{indexes: map[string]uint32{}}
+	if err := s.q.QueryRow(ctx, `SELECT c.relfilenode FROM pg_catalog.pg_class c WHERE c.oid = $1`, oid).Scan(&st.node); err != nil {
 		return st, fmt.Errorf("alter: rehearsal: scratch table: %w", err)
 	}
 	rows, err := s.q.Query(ctx, `SELECT c.relname::text, c.relfilenode FROM pg_catalog.pg_index i
@@ -123,7 +132,11 @@ func (s *scratch) state(ctx context.Context) (state, error) {
 
 // observe runs one subcommand on the scratch and says what it did.
 func (s *scratch) observe(ctx context.Context, sql string) (observation, error) {
-	before, err := s.state(ctx)
+	oid, err := s.oid(ctx)
+	if err != nil {
+		return observation{}, err
+	}
+	before, err := s.state(ctx, oid)
 	if err != nil {
 		return observation{}, err
 	}
@@ -140,7 +153,7 @@ func (s *scratch) observe(ctx context.Context, sql string) (observation, error) 
 	if err != nil {
 		return observation{}, err
 	}
-	after, err := s.state(ctx)
+	after, err := s.state(ctx, oid)
 	if err != nil {
 		return observation{}, err
 	}
@@ -277,6 +290,13 @@ func Classify(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Sta
 		o, err := sc.observe(ctx, rehearseSQL(sub, sc.rel))
 		if err != nil {
 			return nil, &SubError{Sub: sub, Err: err}
+		}
+		if sub.Kind == RenameTable {
+			// The later statements and green's definition read the copy
+			// under blue's name.
+			if _, err := q.Exec(ctx, "ALTER TABLE pg_temp."+db.Ident(sub.NewName)+" RENAME TO "+db.Ident(blue.Name.Name)); err != nil {
+				return nil, fmt.Errorf("alter: rehearsal: %w", err)
+			}
 		}
 		consAfter, err := sc.constraintNames(ctx)
 		if err != nil {

@@ -82,6 +82,7 @@ func TestClassifyRehearsal(t *testing.T) {
 		{"CREATE INDEX ON orders (email)", Concurrently, false, "ShareUpdateExclusiveLock", `CREATE INDEX CONCURRENTLY orders_email_idx ON "public"."orders"`},
 		{"ALTER TABLE orders ADD UNIQUE (email)", Concurrently, false, "ShareUpdateExclusiveLock", `UNIQUE USING INDEX "orders_email_key"`},
 		{"ALTER TABLE orders RENAME COLUMN email TO mail", InPlace, false, "AccessExclusiveLock", "RENAME COLUMN"},
+		{"ALTER TABLE orders RENAME TO purchases", InPlace, false, "AccessExclusiveLock", `ALTER TABLE "public"."orders" RENAME TO purchases`},
 	}
 	for _, c := range cases {
 		t.Run(c.sql, func(t *testing.T) {
@@ -133,6 +134,47 @@ func TestClassifyBadInput(t *testing.T) {
 		}
 		if exitcode.Of(err) != exitcode.BadInput || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), c.want) {
 			t.Fatalf("%s: exit %d: %v", c.sql, exitcode.Of(err), err)
+		}
+	}
+}
+
+// TestClassifyMixed: the order of a mixed ALTER, the mixes that must be
+// split, and the derived spec (green read back, USING → forward, a cast
+// back → reverse, an index build moved to green).
+func TestClassifyMixed(t *testing.T) {
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, classifySchema)
+	plan, err := classify(t, pool, `ALTER TABLE orders ALTER COLUMN amount TYPE numeric(12,2) USING amount / 100.0, ADD COLUMN note text;
+CREATE INDEX orders_note_idx ON orders (note)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Order != InPlaceFirst || plan.Steps[0].Strategy != BlueGreen || plan.Steps[1].Strategy != InPlace || plan.Steps[2].Strategy != BlueGreen {
+		t.Fatalf("order %s, steps %+v", plan.Order, plan.Steps)
+	}
+	s := plan.BlueGreen
+	if s == nil || s.Forward["amount"] != "amount / 100.0" || s.Reverse["amount"] != `("amount")::integer` {
+		t.Fatalf("derived spec %+v", s)
+	}
+	for _, want := range []string{`"amount" numeric(12,2) NOT NULL`, `"note" text`, `"id" integer NOT NULL,`, `CONSTRAINT "orders_pkey" PRIMARY KEY (id)`} {
+		if !strings.Contains(s.Target.DDL, want) {
+			t.Errorf("green DDL lacks %q:\n%s", want, s.Target.DDL)
+		}
+	}
+	if strings.Contains(s.Target.DDL, "nextval") {
+		t.Errorf("green draws from blue's sequence through setup, not its own default:\n%s", s.Target.DDL)
+	}
+	if strings.Join(s.Target.Indexes, ";") != `CREATE INDEX orders_code_idx ON "orders" USING btree (code);CREATE INDEX orders_note_idx ON "orders" USING btree (note)` {
+		t.Errorf("green indexes %q", s.Target.Indexes)
+	}
+	for _, c := range []struct{ sql, want string }{
+		{"ALTER TABLE orders ALTER COLUMN id TYPE bigint; ALTER TABLE orders RENAME TO purchases", "rename the table in its own ALTER"},
+		{"ALTER TABLE orders ALTER COLUMN amount TYPE bigint USING price::bigint, DROP COLUMN price", "a USING expression reads"},
+		{"ALTER TABLE orders ALTER COLUMN id TYPE bigint; ALTER TABLE orders RENAME COLUMN email TO mail", "give the rename its own ALTER"},
+	} {
+		_, err := classify(t, pool, c.sql)
+		if err == nil || exitcode.Of(err) != exitcode.BadInput || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.sql, err, c.want)
 		}
 	}
 }

@@ -226,6 +226,16 @@ func TestPlanAlterBadInput(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q (stdout %q), want exit 2 and %q", c.args, code, errOut, out, c.want)
 		}
 	}
+	// sync runs only a blue-green part: an alter: with an in-place step is
+	// refused before anything is touched.
+	mixed := filepath.Join(t.TempDir(), "mixed.yaml")
+	if err := os.WriteFile(mixed, []byte("name: orders_mixed\ntable: public.orders\nalter: ALTER TABLE orders ALTER COLUMN id TYPE bigint, ADD COLUMN note text\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := gsCLI("--dsn", dsn, "sync", "-f", mixed)
+	if code != 2 || !strings.Contains(errOut, "mixed.yaml:3: alter: the ALTER has steps that run in place") {
+		t.Errorf("sync of an ALTER with in-place steps: exit %d, %q", code, errOut)
+	}
 	if got := catalogFingerprint(t, dsn); got != before {
 		t.Fatalf("bad ALTERs changed the database:\nbefore:\n%s\nafter:\n%s", before, got)
 	}
