@@ -219,6 +219,7 @@ func commands() []*cli.Command {
 	cmds := []*cli.Command{
 		planCommand(),
 		syncCommand(),
+		runCommand(),
 		pauseCommand(),
 		resumeCommand(),
 		verifyCommand(),
