@@ -173,6 +173,9 @@ var errRolledBack = errors.New("plan rehearsal rolled back")
 // *spec.SpecError naming the spec line and the offending key (exit 2).
 // Blocking hazards are in the result (the CLI exits 3), not an error.
 func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*PlanResult, error) {
+	if spec.IsSplit() {
+		return nil, refuseSplit(spec, "plan") // runner/split.go
+	}
 	if spec.MultiTable() {
 		return planTables(ctx, env, spec, opts)
 	}

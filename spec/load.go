@@ -324,7 +324,7 @@ type specDecoder struct {
 }
 
 var (
-	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync", "guard", "tables"}
+	specFields   = []string{"name", "table", "mode", "key", "target", "forward", "reverse", "sync", "guard", "tables", "split", "drop"}
 	targetFields = []string{"ddl", "indexes", "partitions"}
 	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio", "apply_workers"}
 )
@@ -338,6 +338,9 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 	if root.Kind != yaml.MappingNode {
 		return d.errf(root.Line, "", "a spec is a mapping with name, table, target and so on",
 			"the spec must be a mapping of fields, not %s", describeNode(root))
+	}
+	if err := d.refuseMerge(root); err != nil { // spec/split.go
+		return err
 	}
 	return d.mapping(root, "", specFields, func(field, path string, line int, v *yaml.Node) *SpecError {
 		var err *SpecError
@@ -364,6 +367,10 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 			err = d.guard(v, path, line, &s.Guard) // spec/guard.go
 		case "tables":
 			s.Tables, err = d.tables(v, path, line)
+		case "split":
+			s.Split, err = d.split(v, path, line) // spec/split.go
+		case "drop":
+			s.Drop, err = d.strList(v, path, line, "a list of blue column names", "write drop: [legacy_col]")
 		}
 		return err
 	})
@@ -782,12 +789,24 @@ func (s *Spec) Validate() error {
 		return s.specErr("mode", "write mode: trigger or mode: logical (or leave it out for trigger)", "unknown mode %s", oneLineQuote(string(s.Mode)))
 	}
 
-	if s.MultiTable() {
+	switch {
+	case s.IsSplit():
+		if err := s.validateBlue(); err != nil {
+			return err
+		}
+		if err := s.validateSplit(); err != nil { // spec/split.go
+			return err
+		}
+	case len(s.Drop) > 0:
+		return s.specErr("drop", "remove it: drop: lists the blue columns a split: does not carry", "applies only to a split")
+	case s.MultiTable():
 		if err := s.validateTables(); err != nil {
 			return err
 		}
-	} else if err := s.validateTable(); err != nil {
-		return err
+	default:
+		if err := s.validateTable(); err != nil {
+			return err
+		}
 	}
 
 	o := s.Sync
@@ -832,6 +851,14 @@ func (s *Spec) Validate() error {
 // validateTable checks the single-table fields: of the spec, or of one
 // member of a multi-table spec (whose errors then name tables[i].).
 func (s *Spec) validateTable() error {
+	if err := s.validateBlue(); err != nil {
+		return err
+	}
+	return s.validateGreen()
+}
+
+// validateBlue checks the fields that name blue: its table and key.
+func (s *Spec) validateBlue() error {
 	if strings.TrimSpace(s.Table) == "" {
 		return s.specErr("table", "add the table to migrate, e.g. table: public.orders", "required")
 	}
@@ -851,7 +878,12 @@ func (s *Spec) validateTable() error {
 		}
 		seenKey[k] = i
 	}
+	return nil
+}
 
+// validateGreen checks the fields that describe green: target and the
+// mappings.
+func (s *Spec) validateGreen() error {
 	if strings.TrimSpace(s.Target.DDL) == "" {
 		return s.specErr("target.ddl", "write the green table as one CREATE TABLE statement under target.ddl: |", "required")
 	}

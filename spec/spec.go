@@ -39,6 +39,12 @@ type Spec struct {
 	// Table, Key, Target, Forward and Reverse at the top level; Members
 	// turns it into single-table specs.
 	Tables []TableSpec  `yaml:"tables,omitempty" json:"tables,omitempty"`
+	// Split is a table split (issue 15): Table (blue) becomes these
+	// greens, instead of one Target; Drop lists blue columns no green
+	// carries, and Reverse maps blue columns from the joined greens
+	// (spec/split.go).
+	Split []SplitTable `yaml:"split,omitempty" json:"split,omitempty"`
+	Drop  []string     `yaml:"drop,omitempty" json:"drop,omitempty"`
 	Guard  GuardOptions `yaml:"guard" json:"guard"` // the circuit breaker's bounds (spec/guard.go)
 
 	// File is where the spec was read from ("" when it came from the state
@@ -50,6 +56,9 @@ type Spec struct {
 	// prefix is "tables[i]." on a member of a multi-table spec: errors
 	// about its own fields name them where they are in the file.
 	prefix string
+	// splitItem marks a split's green (SplitMember): its target fields are
+	// written split[i].ddl and split[i].indexes.
+	splitItem bool
 }
 
 // Target is the green table as the DBA would write it.
