@@ -436,13 +436,21 @@ func SplitInstallStep(names []shadow.Names, m *shadow.SplitMapping, owner string
 
 // SplitSetReverseSQL switches every green's green → blue direction on or
 // off, and each green's write gate the other way (SetReverseSQL for a
-// split; the TRUNCATE refusal stays on).
+// split; the TRUNCATE refusal stays on). It first locks blue, then every
+// green, in one statement, in the order writers take them (a write to blue
+// reaches the greens through its trigger): one ALTER TABLE after another
+// would take the greens' locks in an order of their own and deadlock with
+// a writer between two of them.
 func SplitSetReverseSQL(names []shadow.Names, on bool) []string {
 	verb, gate := "DISABLE", "ENABLE"
 	if on {
 		verb, gate = "ENABLE", "DISABLE"
 	}
-	var out []string
+	rels := []string{db.Ident(names[0].Blue.Schema, names[0].Blue.Name)}
+	for _, n := range names {
+		rels = append(rels, db.Ident(n.Green.Schema, n.Green.Name))
+	}
+	out := []string{"LOCK TABLE " + strings.Join(rels, ", ") + " IN SHARE ROW EXCLUSIVE MODE"}
 	for _, n := range names {
 		rel := db.Ident(n.Green.Schema, n.Green.Name)
 		out = append(out,

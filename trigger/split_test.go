@@ -196,7 +196,7 @@ func TestSplitForwardEveryWriteKind(t *testing.T) {
 			`INSERT INTO users (email, name, bio, last_seen_at) VALUES ('new@x', 'new', 'b', now())`,
 			`INSERT INTO users (email) VALUES ('bare@x')`,
 			`UPDATE users SET bio = 'changed', prefs = '{"a": 1}' WHERE id BETWEEN 10 AND 20`,
-			`UPDATE users SET last_seen_at = NULL WHERE id BETWEEN 2 AND 12`,    // out of user_activity
+			`UPDATE users SET last_seen_at = NULL WHERE id BETWEEN 2 AND 12`,   // out of user_activity
 			`UPDATE users SET last_seen_at = now() WHERE id BETWEEN 21 AND 31`, // into it
 			`UPDATE users SET legacy_col = 'still blue' WHERE id = 40`,
 			`UPDATE users SET id = id + 10000 WHERE id BETWEEN 50 AND 60`, // key update
@@ -234,7 +234,7 @@ func TestSplitForwardEveryWriteKind(t *testing.T) {
 		for _, s := range []string{
 			`INSERT INTO orders (status, amount) VALUES ('open', 1), ('closed', 2)`,
 			`UPDATE orders SET status = 'closed' WHERE id BETWEEN 1 AND 10`, // open → archive
-			`UPDATE orders SET status = 'open' WHERE id IN (4, 8, 12, 16)`, // archive → open
+			`UPDATE orders SET status = 'open' WHERE id IN (4, 8, 12, 16)`,  // archive → open
 			`UPDATE orders SET id = id + 1000, status = 'closed' WHERE id BETWEEN 20 AND 25`,
 			`UPDATE orders SET note = 'n' WHERE id % 5 = 0`,
 			`DELETE FROM orders WHERE id BETWEEN 30 AND 40`,
