@@ -101,6 +101,9 @@ type PlanResult struct {
 	// sums, and Table and GreenTable list every table in Order.
 	Tables []*PlanResult `json:"tables,omitempty"`
 	Order  []string      `json:"order,omitempty"`
+	// Split is a table split (issue 15): each green's data flow and the
+	// rebuild of blue from them (runner/split.go).
+	Split *SplitPlan `json:"split,omitempty"`
 }
 
 // ServerInfo identifies the PostgreSQL server plan ran against.
@@ -174,7 +177,7 @@ var errRolledBack = errors.New("plan rehearsal rolled back")
 // Blocking hazards are in the result (the CLI exits 3), not an error.
 func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*PlanResult, error) {
 	if spec.IsSplit() {
-		return nil, refuseSplit(spec, "plan") // runner/split.go
+		return planSplit(ctx, env, spec, opts) // runner/split.go
 	}
 	if spec.MultiTable() {
 		return planTables(ctx, env, spec, opts)

@@ -212,7 +212,10 @@ func splitReverseDirection(m *shadow.SplitMapping) *shadow.Direction {
 // missing the other's write, and the later upsert would undo the earlier.
 // With it, the second rebuild starts after the first commits (READ
 // COMMITTED: each statement of the function takes a new snapshot) and
-// reads both writes.
+// reads both writes. Blue's row is locked next, for the same reason against
+// a writer of blue whose forward write is changing the greens: a rebuild
+// from a snapshot taken before that writer committed, upserted once its
+// row lock is released, would put back blue's old values.
 //
 // A key UPDATE moves the blue row in place (trap 13): when blue holds the
 // old key and not the new, the row is UPDATEd to the rebuilt new one, so
@@ -227,9 +230,21 @@ func SplitReverseFunctionSQL(n shadow.Names, m *shadow.SplitMapping, g *shadow.S
 		}
 		return out
 	}
+	blueKey := keyColumns("b", m.Key)
+	rowOf := func(v []string) string {
+		if len(v) == 1 {
+			return v[0]
+		}
+		return "(" + strings.Join(v, ", ") + ")"
+	}
+	// The key's advisory lock, then blue's row (when there is one): a
+	// writer of blue holds that row while its forward write changes the
+	// greens, so the rebuild that follows, in a statement (and snapshot)
+	// of its own, starts after that writer commits and sees its writes.
 	lock := func(rec string) string {
 		return "PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(" + db.Literal("greenswap split "+migrationOf(n)) +
-			"), pg_catalog.hashtext(ROW(" + strings.Join(vals(rec), ", ") + ")::pg_catalog.text));"
+			"), pg_catalog.hashtext(ROW(" + strings.Join(vals(rec), ", ") + ")::pg_catalog.text));\n\t\t" +
+			"PERFORM FROM " + blue + " AS b WHERE " + blueKey + " = " + rowOf(vals(rec)) + " FOR UPDATE;"
 	}
 	rootHas := func(rec string) string {
 		var ex []string
@@ -238,13 +253,6 @@ func SplitReverseFunctionSQL(n shadow.Names, m *shadow.SplitMapping, g *shadow.S
 			ex = append(ex, "EXISTS (SELECT FROM "+db.Ident(n.GreenSchema, r.Name)+" AS r WHERE "+f(r)+")")
 		}
 		return strings.Join(ex, " OR ")
-	}
-	blueKey := keyColumns("b", m.Key)
-	rowOf := func(v []string) string {
-		if len(v) == 1 {
-			return v[0]
-		}
-		return "(" + strings.Join(v, ", ") + ")"
 	}
 	b := rowsql.Builder{Dir: rev, Into: blue}
 	settle := func(rec string) string {
