@@ -247,17 +247,19 @@ func sampleSplit(ctx context.Context, tx pgx.Tx, s *spec.Spec, names []shadow.Na
 		if g.Where != "" {
 			from = "(SELECT * FROM " + sample + " AS s1 WHERE COALESCE((" + g.Where + ")::pg_catalog.bool, false)) AS s0"
 		}
+		if g.Where != "" {
+			if _, err := tx.Exec(ctx, "SAVEPOINT gs_split_where; SELECT pg_catalog.count(*) FROM "+from+"; RELEASE SAVEPOINT gs_split_where"); err != nil {
+				return out, s.Errorf(fmt.Sprintf("split[%d].where", g.Spec), "fix the expression: it reads blue's row, its columns by name",
+					"evaluating it on sampled blue rows: %s", shadow.ErrText(err))
+			}
+		}
 		ct, err := tx.Exec(ctx, b.Insert(from, rowsql.DoNothing, ""))
 		if err != nil {
-			field := "forward"
-			if g.Where != "" && db.SQLState(err) == "42703" {
-				field = "where"
+			field, fix := "forward", "fix the green's forward mapping so that it computes every green column from blue's row"
+			if strings.HasPrefix(db.SQLState(err), "23") {
+				field, fix = "target.ddl", "blue's rows break a constraint of the green: relax it, or map the values so they fit (forward)"
 			}
-			mem := s.SplitMember(g.Spec)
-			if field == "where" {
-				return out, s.Errorf(fmt.Sprintf("split[%d].where", g.Spec), "fix the expression: it reads blue's columns by name", "%s", shadow.ErrText(err))
-			}
-			return out, specErr(mem, field, "fix the green's forward mapping or its ddl so that blue's rows fit", "copying sampled blue rows into %s: %s", g.Name, shadow.ErrText(err))
+			return out, specErr(s.SplitMember(g.Spec), field, fix, "copying sampled blue rows into %s: %s", g.Name, shadow.ErrText(err))
 		}
 		var refs []string
 		for _, d := range s.SplitDependencies() {
