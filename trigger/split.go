@@ -39,7 +39,13 @@ func splitGuard(n shadow.Names, owner string) string { return gateGuard(n, owner
 // every green whose where no longer holds loses it (children first), a key
 // UPDATE stays an UPDATE in each green (trap 13, rekey), a DELETE deletes
 // from every green, children first.
-func splitForwardBody(m *shadow.SplitMapping, greenSchema string) (deletes, writes string) {
+//
+// onInsert is how an INSERT writes a green: DoUpdate on blue's trigger (the
+// backfill may have copied the row already), Plain through the old-shape
+// view, where every green is complete and a duplicate key must fail as it
+// would on a table (an upsert would turn the client's ON CONFLICT DO
+// NOTHING into an overwrite).
+func splitForwardBody(m *shadow.SplitMapping, greenSchema string, onInsert rowsql.Conflict) (deletes, writes string) {
 	blueKeyChanged := textKey("OLD", m.Key) + " IS DISTINCT FROM " + textKey("NEW", m.Key)
 	var del, upd, wr []string
 	for k := len(m.Greens) - 1; k >= 0; k-- {
@@ -58,7 +64,9 @@ func splitForwardBody(m *shadow.SplitMapping, greenSchema string) (deletes, writ
 		upsert := b.Insert("(SELECT NEW.*) AS s", rowsql.DoUpdate, "\t\t\t\t") + ";"
 		lhs := keyColumns("t", d.TargetKey)
 		move := rekey(d, target, lhs, greenKeyOf(d, "OLD"), greenKeyOf(d, "NEW"), greenDelete(g, target, "OLD"), upsert)
+		insert := b.Insert("(SELECT NEW.*) AS s", onInsert, "\t\t\t\t") + ";"
 		w := "IF TG_OP = 'UPDATE' AND " + blueKeyChanged + " THEN\n\t\t\t" + strings.ReplaceAll(move, "\n", "\n\t") +
+			"\n\t\tELSIF TG_OP = 'INSERT' THEN\n\t\t\t" + insert +
 			"\n\t\tELSE\n\t\t\t" + upsert + "\n\t\tEND IF;"
 		if g.Where != "" {
 			w = "IF " + whereOf(g, "NEW") + " THEN\n\t\t" + strings.ReplaceAll(w, "\n", "\n\t") + "\n\t\tEND IF;"
@@ -100,7 +108,7 @@ func whereOf(g *shadow.SplitGreen, rec string) string {
 // FunctionSQL (trap 11): refuses (42501) unless fired by its own trigger
 // on blue, schema and table both.
 func SplitForwardFunctionSQL(n shadow.Names, m *shadow.SplitMapping) string {
-	deletes, writes := splitForwardBody(m, n.GreenSchema)
+	deletes, writes := splitForwardBody(m, n.GreenSchema, rowsql.DoUpdate)
 	body := fmt.Sprintf(`
 #variable_conflict use_column
 DECLARE
@@ -131,10 +139,11 @@ END`, db.Literal(n.Trigger), db.Literal(n.Blue.Schema), db.Literal(n.Blue.Name),
 // It returns NEW (OLD for a DELETE) so the client's row count is right;
 // RETURNING sees the row as written, not as the greens computed it.
 func SplitViewFunctionSQL(n shadow.Names, m *shadow.SplitMapping, blueWrite *shadow.Direction) string {
-	deletes, writes := splitForwardBody(m, n.GreenSchema)
+	deletes, writes := splitForwardBody(m, n.GreenSchema, rowsql.Plain)
 	blue := db.Ident(n.Blue.Schema, n.Blue.Name)
 	b := rowsql.Builder{Dir: blueWrite, Into: blue}
 	upsert := b.Insert("(SELECT NEW.*) AS s", rowsql.DoUpdate, "\t\t\t") + ";"
+	insert := b.Insert("(SELECT NEW.*) AS s", rowsql.Plain, "\t\t\t") + ";"
 	lhs := keyColumns("t", blueWrite.TargetKey)
 	delBlue := "DELETE FROM " + blue + " AS t WHERE " + lhs + " = " + greenKeyOf(blueWrite, "OLD") + ";"
 	move := rekey(blueWrite, blue, lhs, greenKeyOf(blueWrite, "OLD"), greenKeyOf(blueWrite, "NEW"), delBlue, upsert)
@@ -155,6 +164,8 @@ BEGIN
 		%[7]s
 		IF TG_OP = 'UPDATE' AND %[9]s IS DISTINCT FROM %[10]s THEN
 			%[11]s
+		ELSIF TG_OP = 'INSERT' THEN
+			%[13]s
 		ELSE
 			%[12]s
 		END IF;
@@ -167,7 +178,7 @@ BEGIN
 END`, db.Literal(SplitViewTrigger(n)), db.Literal(n.App.Schema), db.Literal(n.App.Name),
 		misfiredSQL(SplitViewFunc(n), n, SplitViewTrigger(n), n.App),
 		db.Literal(n.SyncFlag), deletes, writes, delBlue, textKey("OLD", m.Key), textKey("NEW", m.Key),
-		strings.ReplaceAll(move, "\n", "\n\t"), upsert)
+		strings.ReplaceAll(move, "\n", "\n\t"), upsert, insert)
 	return createFunction(SplitViewFunc(n), n.App.Schema, body)
 }
 
