@@ -120,9 +120,6 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
-	if spec.IsSplit() {
-		return nil, refuseSplit(spec, "sync") // runner/split.go
-	}
 	if spec.MultiTable() && spec.Mode == specpkg.ModeLogical {
 		return nil, spec.Errorf("mode", "use mode: trigger, or migrate the tables one at a time",
 			"mode logical is not supported for a migration of several tables yet: their changes would have to arrive together, and the stream applies each table's on its own")
@@ -153,8 +150,12 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 	}
 	stop := r.startProgress(ctx)
 	defer stop()
-	if r.spec.MultiTable() {
-		err := r.syncTables(ctx)
+	if r.spec.MultiTable() || r.spec.IsSplit() {
+		run := r.syncTables
+		if r.spec.IsSplit() {
+			run = r.syncSplit // runner/sync_split.go
+		}
+		err := run(ctx)
 		r.stats.Total = time.Since(start)
 		stop()
 		r.report(context.WithoutCancel(ctx))

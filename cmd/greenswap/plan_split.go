@@ -62,5 +62,5 @@ func writeSplitPlan(w io.Writer, r *runner.PlanResult, path string) {
 		p("BLOCKED: fix the %d blocking hazard%s above, then plan again. Nothing was changed.", r.Blocking, planPlural(r.Blocking))
 		return
 	}
-	p("Nothing blocking. Nothing was changed. Next: greenswap sync -f %s (splits: sync is not built yet; see README)", path)
+	p("Nothing blocking. Nothing was changed. Next: greenswap sync -f %s", path)
 }

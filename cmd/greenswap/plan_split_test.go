@@ -100,7 +100,7 @@ func TestPlanSplitText(t *testing.T) {
 		}
 	}
 	code, _, errOut = gsCLI("--dsn", dsn, "sync", "-f", p)
-	if code != 2 || !strings.Contains(errOut, "split") {
-		t.Errorf("sync of a split: exit %d, stderr %q; want exit 2 (not built yet)", code, errOut)
+	if code != 2 || !strings.Contains(errOut, "split[0].ddl") {
+		t.Errorf("sync of a split whose green rejects blue's rows: exit %d, stderr %q; want exit 2 from plan's gate", code, errOut)
 	}
 }
