@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/internal/testkit"
@@ -105,4 +106,16 @@ func TestSyncSplitUnderWriters(t *testing.T) {
 	if again, err := Sync(ctx, env, sp, SyncOptions{}); err != nil || !again.AlreadySynced {
 		t.Errorf("second sync: %+v, %v; want already synced", again, err)
 	}
+	// Not built yet for a split (wt-splitcut's): refused, exit 2, nothing
+	// changed.
+	if _, err := Cutover(ctx, env, "su", CutoverOptions{}); exitcode.Of(err) != exitcode.BadInput {
+		t.Errorf("cutover of a split: %v, want a refusal (exit 2)", err)
+	}
+	if _, err := VerifyMigration(ctx, env, "su", VerifyOptions{}); exitcode.Of(err) != exitcode.BadInput {
+		t.Errorf("verify of a split: %v, want a refusal (exit 2)", err)
+	}
+	if _, err := Rollback(ctx, env, "su", SwapCommandOptions{}); exitcode.Of(err) != exitcode.BadInput {
+		t.Errorf("rollback of a split: %v, want a refusal (exit 2)", err)
+	}
+	testkit.CheckSplitUsers(t, app, "su", "after the refused commands")
 }
