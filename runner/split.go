@@ -6,7 +6,6 @@ package runner
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/db"
-	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
@@ -62,29 +60,12 @@ const splitSampleRows = 1000
 // transaction, as for one table.
 func planSplit(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions) (*PlanResult, error) {
 	opts = opts.withDefaults(s)
-	var res *PlanResult
-	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-		ev := env.Log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
-		for _, b := range blockers {
-			ev = ev.Str("blocked_by", b.String())
-		}
-		ev.Msgf("plan: waiting for a lock on %s (lock_timeout %s)", s.AppTable(), opts.Lock.Timeout)
-	}
-	err := shadow.RunWithLockRetry(ctx, env.Pool, "plan", opts.Lock, onRetry, func(tx pgx.Tx) error {
-		r, err := rehearseSplit(ctx, env, s, opts, tx)
-		if err != nil {
-			return err
-		}
-		res = r
-		return errRolledBack
+	res, err := rehearseRolledBack(ctx, env, opts, s.AppTable().String(), func(tx pgx.Tx) (*PlanResult, error) {
+		return rehearseSplit(ctx, env, s, opts, tx)
 	})
-	if !errors.Is(err, errRolledBack) {
-		if db.SQLState(err) == db.QueryCanceled && ctx.Err() == nil {
-			return nil, fmt.Errorf("plan: a rehearsal statement ran longer than statement_timeout %s (raise --statement-timeout): %w", opts.StatementTimeout, err)
-		}
+	if err != nil {
 		return nil, err
 	}
-	res.Rehearsal.RolledBack = true
 	res.countHazards()
 	return res, nil
 }

@@ -32,26 +32,14 @@ type splitRun struct {
 // syncSplit runs Sync's phases for a split.
 func (r *syncRun) syncSplit(ctx context.Context) error {
 	sr := &splitRun{syncRun: r, names: shadow.SplitNames(r.spec)}
-	phases := []struct {
-		name string
-		fn   func(context.Context, *phaseEvent) error
-	}{
+	return r.runPhases(ctx, []syncPhase{
 		{PhaseAdopt, inTx(r.adopt)},
 		{PhaseCreateGreen, inTx(sr.createGreens)},
 		{PhaseBackfill, sr.backfill},
 		{PhaseIndexes, inTx(sr.indexes)},
 		{PhaseAnalyze, inTx(sr.analyze)},
 		{PhaseEnableReverse, inTx(sr.enableReverse)},
-	}
-	for _, ph := range phases {
-		if r.opts.StopAfterSetup && ph.name == PhaseBackfill {
-			break
-		}
-		if err := runPhase(ctx, r.env, r.log, r.spec.Name, ph.name, ph.fn); err != nil {
-			return err
-		}
-	}
-	return nil
+	})
 }
 
 // greenTable is green g's key in the state's per-table progress.
@@ -186,11 +174,7 @@ func (sr *splitRun) backfill(ctx context.Context, ev *phaseEvent) error {
 			return err
 		}
 	}
-	row, err := state.Get(ctx, sr.env.Pool, sr.spec.Name)
-	if err != nil {
-		return err
-	}
-	progress, err := row.Tables()
+	progress, err := sr.tableProgress(ctx)
 	if err != nil {
 		return err
 	}
@@ -212,28 +196,12 @@ func (sr *splitRun) backfill(ctx context.Context, ev *phaseEvent) error {
 		if p.Done {
 			continue
 		}
-		last := k == len(sr.mapping.Greens)-1
 		b := &Build{Spec: sr.spec.SplitMember(g.Spec), Names: sr.names[g.Spec], Blue: sr.blue, Mapping: sr.mapping.GreenMapping(g)}
-		bo := sr.backfillOptions(p.BatchSize)
-		bf := sr.backfiller(ctx, b.Names, b, bo, p.RowsCopied, func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
-			return state.SetTableCheckpoint(ctx, tx, sr.spec.Name, state.TableCheckpoint{Table: table, Cursor: cp.Cursor,
-				RowsCopied: cp.RowsCopied, BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Last: cp.Done && last, Next: PhaseIndexes})
-		})
-		bf.Where = g.Where
-		bf.Log = sr.log.With().Str("green", table).Logger()
-		res, err := bf.Run(ctx, gssync.Cursor(p.Cursor))
-		took += res.Duration
-		sr.stats.Rows += res.Rows
-		sr.stats.Scanned += res.Scanned
-		sr.stats.Batches += res.Batches
-		sr.stats.Retries += res.Retries
-		sr.stats.Redone += res.Redone
-		sr.stats.Backfill += res.Duration
-		detail[table] = map[string]any{"rows": res.Rows, "batches": res.Batches, "from": p.Cursor, "to": res.Cursor, "done": res.Done, "where": g.Where}
+		d, err := sr.backfillMember(ctx, table, b.Names, b, g.Where, p, k == len(sr.mapping.Greens)-1, detail)
+		took += d
 		if err != nil {
 			return err
 		}
-		sr.log.Info().Str("green", table).Int64("rows", res.Rows).Int("batches", res.Batches).Float64("took_ms", logx.Ms(res.Duration)).Msg("backfill of the green done")
 	}
 	sr.phase = PhaseIndexes
 	return nil
@@ -244,31 +212,12 @@ func (sr *splitRun) indexes(ctx context.Context) error {
 	if phaseAfter(sr.phase, PhaseIndexes) {
 		return nil
 	}
-	row, err := state.Get(ctx, sr.env.Pool, sr.spec.Name)
-	if err != nil {
-		return err
-	}
-	progress, err := row.Tables()
-	if err != nil {
-		return err
-	}
+	var items []tableIndexes
 	for i, t := range sr.spec.Split {
-		if len(t.Indexes) == 0 {
-			continue
-		}
-		table := sr.names[i].Green.String()
-		built, err := progress[table].BuiltIndexesOf()
-		if err != nil {
-			return err
-		}
-		ib := &gssync.IndexBuild{
-			ConnConfig: sr.env.ConnConfig, Migration: sr.spec.Name, Names: sr.names[i], Statements: t.Indexes, Built: built,
-			Lock: sr.lockOptions(), Log: sr.log.With().Str("green", table).Logger(),
-			OnEvent: func(ctx context.Context, ev gssync.IndexEvent) error { return sr.recordTableIndexEvent(ctx, table, ev) },
-		}
-		if err := ib.Run(ctx); err != nil {
-			return err
-		}
+		items = append(items, tableIndexes{table: sr.names[i].Green.String(), names: sr.names[i], statements: t.Indexes})
+	}
+	if err := sr.buildTableIndexes(ctx, items); err != nil {
+		return err
 	}
 	return sr.setPhase(ctx, sr.env.Pool, PhaseAnalyze)
 }

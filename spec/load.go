@@ -379,49 +379,58 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 // tables decodes the several-tables form: a list of mappings with the
 // single-table fields; lines go under tables[i].
 func (d *specDecoder) tables(n *yaml.Node, path string, line int) ([]TableSpec, *SpecError) {
+	var out []TableSpec
+	err := d.mappings(n, path, line, "write one '- table: ...' item per table, each with its own target, key, forward and reverse",
+		"a list of tables", "a mapping with table, target and so on", tableFields, func() fieldFunc {
+			out = append(out, TableSpec{})
+			t := &out[len(out)-1]
+			return func(field, fpath string, fline int, v *yaml.Node) *SpecError {
+				var err *SpecError
+				switch field {
+				case "table":
+					t.Table, err = d.str(v, fpath, fline)
+				case "key":
+					t.Key, err = d.strList(v, fpath, fline, "a list of column names", "write key: [id] or key: [tenant_id, id]")
+				case "target":
+					err = d.target(v, fpath, fline, &t.Target)
+				case "forward":
+					t.Forward, err = d.strMap(v, fpath, fline)
+				case "reverse":
+					t.Reverse, err = d.strMap(v, fpath, fline)
+				}
+				return err
+			}
+		})
+	return out, err
+}
+
+// mappings decodes a list of mappings (tables:, split:) with fields: for
+// each item, item() gives the function that decodes its fields; lines go
+// under path[i].
+func (d *specDecoder) mappings(n *yaml.Node, path string, line int, fix, list, item string, fields []string, each func() fieldFunc) *SpecError {
 	n = resolveAlias(n)
 	if isNull(n) {
-		return nil, nil
+		return nil
 	}
-	const fix = "write one '- table: ...' item per table, each with its own target, key, forward and reverse"
 	if n.Kind != yaml.SequenceNode {
-		return nil, d.errf(line, path, fix, "must be a list of tables, not %s", describeNode(n))
+		return d.errf(line, path, fix, "must be %s, not %s", list, describeNode(n))
 	}
-	out := make([]TableSpec, 0, len(n.Content))
-	for i, item := range n.Content {
+	for i, it := range n.Content {
 		ipath := fmt.Sprintf("%s[%d]", path, i)
-		iline := item.Line
+		iline := it.Line
 		if iline == 0 {
 			iline = line
 		}
 		d.lines[ipath] = iline
-		item = resolveAlias(item)
-		if item.Kind != yaml.MappingNode {
-			return nil, d.errf(iline, ipath, fix, "must be a mapping with table, target and so on, not %s", describeNode(item))
+		it = resolveAlias(it)
+		if it.Kind != yaml.MappingNode {
+			return d.errf(iline, ipath, fix, "must be %s, not %s", item, describeNode(it))
 		}
-		var t TableSpec
-		err := d.mapping(item, ipath, tableFields, func(field, fpath string, fline int, v *yaml.Node) *SpecError {
-			var err *SpecError
-			switch field {
-			case "table":
-				t.Table, err = d.str(v, fpath, fline)
-			case "key":
-				t.Key, err = d.strList(v, fpath, fline, "a list of column names", "write key: [id] or key: [tenant_id, id]")
-			case "target":
-				err = d.target(v, fpath, fline, &t.Target)
-			case "forward":
-				t.Forward, err = d.strMap(v, fpath, fline)
-			case "reverse":
-				t.Reverse, err = d.strMap(v, fpath, fline)
-			}
+		if err := d.mapping(it, ipath, fields, each()); err != nil {
 			return err
-		})
-		if err != nil {
-			return nil, err
 		}
-		out = append(out, t)
 	}
-	return out, nil
+	return nil
 }
 
 func (d *specDecoder) target(n *yaml.Node, path string, line int, t *Target) *SpecError {
@@ -920,19 +929,8 @@ func (s *Spec) validateGreen() error {
 		name string
 		m    map[string]string
 	}{{"forward", s.Forward}, {"reverse", s.Reverse}} {
-		cols := make([]string, 0, len(side.m))
-		for c := range side.m {
-			cols = append(cols, c)
-		}
 		// Report the first problem in file order.
-		sort.Slice(cols, func(i, j int) bool {
-			li, lj := s.Lines[side.name+"."+cols[i]], s.Lines[side.name+"."+cols[j]]
-			if li != lj {
-				return li < lj
-			}
-			return cols[i] < cols[j]
-		})
-		for _, c := range cols {
+		for _, c := range sortedByLine(s, side.name, side.m) {
 			f := side.name + "." + c
 			if strings.TrimSpace(c) == "" {
 				return s.specErr(f, "write the column name before the ':'", "empty column name")

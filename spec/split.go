@@ -285,49 +285,29 @@ func sortedByLine(s *Spec, side string, m map[string]string) []string {
 
 // split decodes the split: list; lines go under split[i].
 func (d *specDecoder) split(n *yaml.Node, path string, line int) ([]SplitTable, *SpecError) {
-	n = resolveAlias(n)
-	if isNull(n) {
-		return nil, nil
-	}
-	const fix = "write one '- table: ...' item per green, each with its ddl and optional forward, where and indexes"
-	if n.Kind != yaml.SequenceNode {
-		return nil, d.errf(line, path, fix, "must be a list of green tables, not %s", describeNode(n))
-	}
-	out := make([]SplitTable, 0, len(n.Content))
-	for i, item := range n.Content {
-		ipath := fmt.Sprintf("%s[%d]", path, i)
-		iline := item.Line
-		if iline == 0 {
-			iline = line
-		}
-		d.lines[ipath] = iline
-		item = resolveAlias(item)
-		if item.Kind != yaml.MappingNode {
-			return nil, d.errf(iline, ipath, fix, "must be a mapping with table, ddl and so on, not %s", describeNode(item))
-		}
-		var t SplitTable
-		err := d.mapping(item, ipath, splitFields, func(field, fpath string, fline int, v *yaml.Node) *SpecError {
-			var err *SpecError
-			switch field {
-			case "table":
-				t.Table, err = d.str(v, fpath, fline)
-			case "ddl":
-				t.DDL, err = d.str(v, fpath, fline)
-			case "indexes":
-				t.Indexes, err = d.strList(v, fpath, fline, "a list of CREATE INDEX statements", "write one '- CREATE INDEX ...' per index")
-			case "forward":
-				t.Forward, err = d.strMap(v, fpath, fline)
-			case "where":
-				t.Where, err = d.str(v, fpath, fline)
+	var out []SplitTable
+	err := d.mappings(n, path, line, "write one '- table: ...' item per green, each with its ddl and optional forward, where and indexes",
+		"a list of green tables", "a mapping with table, ddl and so on", splitFields, func() fieldFunc {
+			out = append(out, SplitTable{})
+			t := &out[len(out)-1]
+			return func(field, fpath string, fline int, v *yaml.Node) *SpecError {
+				var err *SpecError
+				switch field {
+				case "table":
+					t.Table, err = d.str(v, fpath, fline)
+				case "ddl":
+					t.DDL, err = d.str(v, fpath, fline)
+				case "indexes":
+					t.Indexes, err = d.strList(v, fpath, fline, "a list of CREATE INDEX statements", "write one '- CREATE INDEX ...' per index")
+				case "forward":
+					t.Forward, err = d.strMap(v, fpath, fline)
+				case "where":
+					t.Where, err = d.str(v, fpath, fline)
+				}
+				return err
 			}
-			return err
 		})
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, t)
-	}
-	return out, nil
+	return out, err
 }
 
 // refuseMerge answers a merge: (several blues into one green) with what is

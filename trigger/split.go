@@ -109,26 +109,35 @@ func whereOf(g *shadow.SplitGreen, rec string) string {
 // on blue, schema and table both.
 func SplitForwardFunctionSQL(n shadow.Names, m *shadow.SplitMapping) string {
 	deletes, writes := splitForwardBody(m, n.GreenSchema, rowsql.DoUpdate)
-	body := fmt.Sprintf(`
+	body := fmt.Sprintf(`IF TG_OP = 'DELETE' THEN
+		%s
+	ELSE
+		%s
+	END IF;`, deletes, writes)
+	return splitRowFunction(n, n.ForwardFunc, n.Trigger, n.Blue, "AFTER", body, "RETURN NULL;")
+}
+
+// splitRowFunction is CREATE FUNCTION fn() for one of a split's row
+// trigger functions around body: it raises 42501 unless fired by trigger
+// trig on relation on (schema and name), timing when, FOR EACH ROW
+// (trap 11), and runs body as a sync write (the flag at this trigger
+// depth, put back after), then ret.
+func splitRowFunction(n shadow.Names, fn spec.QualifiedName, trig string, on spec.QualifiedName, when, body, ret string) string {
+	return createFunction(fn, n.App.Schema, fmt.Sprintf(`
 #variable_conflict use_column
 DECLARE
 	prev pg_catalog.text;
 BEGIN
-	IF TG_NAME <> %[1]s OR TG_TABLE_SCHEMA <> %[2]s OR TG_TABLE_NAME <> %[3]s OR TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'ROW' THEN
-		%[4]s
+	IF TG_NAME <> %[1]s OR TG_TABLE_SCHEMA <> %[2]s OR TG_TABLE_NAME <> %[3]s OR TG_WHEN <> %[4]s OR TG_LEVEL <> 'ROW' THEN
+		%[5]s
 	END IF;
-	prev := pg_catalog.current_setting(%[5]s, true);
-	PERFORM pg_catalog.set_config(%[5]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);
-	IF TG_OP = 'DELETE' THEN
-		%[6]s
-	ELSE
-		%[7]s
-	END IF;
-	PERFORM pg_catalog.set_config(%[5]s, COALESCE(prev, ''), true);
-	RETURN NULL;
-END`, db.Literal(n.Trigger), db.Literal(n.Blue.Schema), db.Literal(n.Blue.Name), misfiredSQL(n.ForwardFunc, n, n.Trigger, n.Blue),
-		db.Literal(n.SyncFlag), deletes, writes)
-	return createFunction(n.ForwardFunc, n.App.Schema, body)
+	prev := pg_catalog.current_setting(%[6]s, true);
+	PERFORM pg_catalog.set_config(%[6]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);
+	%[7]s
+	PERFORM pg_catalog.set_config(%[6]s, COALESCE(prev, ''), true);
+	%[8]s
+END`, db.Literal(trig), db.Literal(on.Schema), db.Literal(on.Name), db.Literal(when), misfiredSQL(fn, n, trig, on),
+		db.Literal(n.SyncFlag), body, ret))
 }
 
 // SplitViewFunctionSQL is CREATE FUNCTION for the INSTEAD OF trigger on the
@@ -147,39 +156,21 @@ func SplitViewFunctionSQL(n shadow.Names, m *shadow.SplitMapping, blueWrite *sha
 	lhs := keyColumns("t", blueWrite.TargetKey)
 	delBlue := "DELETE FROM " + blue + " AS t WHERE " + lhs + " = " + greenKeyOf(blueWrite, "OLD") + ";"
 	move := rekey(blueWrite, blue, lhs, greenKeyOf(blueWrite, "OLD"), greenKeyOf(blueWrite, "NEW"), delBlue, upsert)
-	body := fmt.Sprintf(`
-#variable_conflict use_column
-DECLARE
-	prev pg_catalog.text;
-BEGIN
-	IF TG_NAME <> %[1]s OR TG_TABLE_SCHEMA <> %[2]s OR TG_TABLE_NAME <> %[3]s OR TG_WHEN <> 'INSTEAD OF' OR TG_LEVEL <> 'ROW' THEN
-		%[4]s
-	END IF;
-	prev := pg_catalog.current_setting(%[5]s, true);
-	PERFORM pg_catalog.set_config(%[5]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);
-	IF TG_OP = 'DELETE' THEN
-		%[6]s
-		%[8]s
+	body := fmt.Sprintf(`IF TG_OP = 'DELETE' THEN
+		%[1]s
+		%[3]s
 	ELSE
-		%[7]s
-		IF TG_OP = 'UPDATE' AND %[9]s IS DISTINCT FROM %[10]s THEN
-			%[11]s
+		%[2]s
+		IF TG_OP = 'UPDATE' AND %[4]s IS DISTINCT FROM %[5]s THEN
+			%[6]s
 		ELSIF TG_OP = 'INSERT' THEN
-			%[13]s
+			%[8]s
 		ELSE
-			%[12]s
+			%[7]s
 		END IF;
-	END IF;
-	PERFORM pg_catalog.set_config(%[5]s, COALESCE(prev, ''), true);
-	IF TG_OP = 'DELETE' THEN
-		RETURN OLD;
-	END IF;
-	RETURN NEW;
-END`, db.Literal(SplitViewTrigger(n)), db.Literal(n.App.Schema), db.Literal(n.App.Name),
-		misfiredSQL(SplitViewFunc(n), n, SplitViewTrigger(n), n.App),
-		db.Literal(n.SyncFlag), deletes, writes, delBlue, textKey("OLD", m.Key), textKey("NEW", m.Key),
-		strings.ReplaceAll(move, "\n", "\n\t"), upsert, insert)
-	return createFunction(SplitViewFunc(n), n.App.Schema, body)
+	END IF;`, deletes, writes, delBlue, textKey("OLD", m.Key), textKey("NEW", m.Key), strings.ReplaceAll(move, "\n", "\n\t"), upsert, insert)
+	return splitRowFunction(n, SplitViewFunc(n), SplitViewTrigger(n), n.App, "INSTEAD OF", body,
+		"IF TG_OP = 'DELETE' THEN\n\t\tRETURN OLD;\n\tEND IF;\n\tRETURN NEW;")
 }
 
 // SplitViewTriggerSQL creates the INSTEAD OF trigger on view (the
@@ -298,35 +289,21 @@ func SplitReverseFunctionSQL(n shadow.Names, m *shadow.SplitMapping, g *shadow.S
 		}
 		return "ROW(" + strings.Join(parts, ", ") + ")"
 	}
-	body := fmt.Sprintf(`
-#variable_conflict use_column
-DECLARE
-	prev pg_catalog.text;
-BEGIN
-	IF TG_NAME <> %[1]s OR TG_TABLE_SCHEMA <> %[2]s OR TG_TABLE_NAME <> %[3]s OR TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'ROW' THEN
+	body := fmt.Sprintf(`IF TG_OP = 'UPDATE' AND %[1]s IS DISTINCT FROM %[2]s THEN
+		%[3]s
 		%[4]s
-	END IF;
-	prev := pg_catalog.current_setting(%[5]s, true);
-	PERFORM pg_catalog.set_config(%[5]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);
-	IF TG_OP = 'UPDATE' AND %[6]s IS DISTINCT FROM %[7]s THEN
-		%[8]s
-		%[9]s
-		%[10]s
-		%[11]s
-		%[12]s
+		%[5]s
+		%[6]s
+		%[7]s
 	ELSIF TG_OP = 'DELETE' THEN
-		%[8]s
-		%[11]s
+		%[3]s
+		%[6]s
 	ELSE
-		%[9]s
-		%[12]s
-	END IF;
-	PERFORM pg_catalog.set_config(%[5]s, COALESCE(prev, ''), true);
-	RETURN NULL;
-END`, db.Literal(n.Trigger), db.Literal(n.GreenSchema), db.Literal(g.Name), misfiredSQL(n.ReverseFunc, n, n.Trigger, n.Green),
-		db.Literal(n.SyncFlag), keyText("OLD"), keyText("NEW"), lock("OLD"), lock("NEW"), move,
+		%[4]s
+		%[7]s
+	END IF;`, keyText("OLD"), keyText("NEW"), lock("OLD"), lock("NEW"), move,
 		strings.ReplaceAll(settle("OLD"), "\n", "\n\t"), strings.ReplaceAll(settle("NEW"), "\n", "\n\t"))
-	return createFunction(n.ReverseFunc, n.App.Schema, body)
+	return splitRowFunction(n, n.ReverseFunc, n.Trigger, n.Green, "AFTER", body, "RETURN NULL;")
 }
 
 // splitTruncateFunctionSQL is the TRUNCATE companion of a split: on blue

@@ -200,10 +200,31 @@ func CheckSplitUsers(t testing.TB, q db.Querier, m, when string) {
 	checks = append(checks,
 		[2]string{`SELECT id, name FROM ledger`, `SELECT id, name FROM ` + db.Ident("gs_"+m+"_blue") + `.users`},
 		[2]string{`SELECT id, name FROM ledger`, `SELECT id, name FROM ` + db.Ident("gs_"+m+"_green") + `.users`})
+	failed := false
 	for _, c := range checks {
 		if d := Diff(t, q, c[0], c[1]); d != 0 {
+			failed = true
 			t.Errorf("%s: %d rows differ between\n  %s\nand\n  %s", when, d, c[0], c[1])
 		}
+	}
+	if !failed {
+		return
+	}
+	// Name the rows, for the one who debugs it.
+	rows, err := q.Query(context.Background(), `SELECT l.id, l.name, b.id, b.name, g.id, g.name, p.user_id, a.user_id
+		FROM ledger l FULL JOIN `+db.Ident("gs_"+m+"_blue")+`.users b ON b.id = l.id
+		FULL JOIN `+db.Ident("gs_"+m+"_green")+`.users g ON g.id = coalesce(l.id, b.id)
+		LEFT JOIN `+db.Ident("gs_"+m+"_green")+`.user_profiles p ON p.user_id = coalesce(l.id, b.id, g.id)
+		LEFT JOIN `+db.Ident("gs_"+m+"_green")+`.user_activity a ON a.user_id = coalesce(l.id, b.id, g.id)
+		WHERE l.name IS DISTINCT FROM b.name OR l.id IS DISTINCT FROM b.id OR b.id IS DISTINCT FROM g.id OR b.name IS DISTINCT FROM g.name`)
+	if err != nil {
+		t.Log(err)
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		v, _ := rows.Values()
+		t.Logf("ledger id, name / blue id, name / green users id, name / profile / activity: %v", v)
 	}
 }
 
