@@ -180,12 +180,7 @@ func (sr *splitRun) backfill(ctx context.Context, ev *phaseEvent) error {
 	}
 	var took time.Duration
 	detail := map[string]any{}
-	defer func() {
-		ev.Took, ev.Detail = took, map[string]any{"greens": detail, "rows": sr.stats.Rows, "batches": sr.stats.Batches}
-		if s := sr.stats.Backfill.Seconds(); s > 0 {
-			sr.stats.RowsPerSec = float64(sr.stats.Rows) / s
-		}
-	}()
+	defer sr.backfillEvent(ev, "greens", &took, detail)
 	for k := range sr.mapping.Greens {
 		g := &sr.mapping.Greens[k]
 		table := sr.greenTable(g)

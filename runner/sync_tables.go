@@ -357,12 +357,7 @@ func (r *syncRun) backfillTables(ctx context.Context, ev *phaseEvent) error {
 	}
 	var took time.Duration
 	detail := map[string]any{}
-	defer func() {
-		ev.Took, ev.Detail = took, map[string]any{"tables": detail, "rows": r.stats.Rows, "batches": r.stats.Batches}
-		if s := r.stats.Backfill.Seconds(); s > 0 {
-			r.stats.RowsPerSec = float64(r.stats.Rows) / s
-		}
-	}()
+	defer r.backfillEvent(ev, "tables", &took, detail)
 	for i, m := range r.members {
 		p, ok := progress[m.table()]
 		if !ok {
@@ -384,6 +379,15 @@ func (r *syncRun) backfillTables(ctx context.Context, ev *phaseEvent) error {
 	}
 	r.phase = PhaseIndexes
 	return nil
+}
+
+// backfillEvent fills the backfill phase's event once the copies end: the
+// time they took, each table's detail under key, the run's totals.
+func (r *syncRun) backfillEvent(ev *phaseEvent, key string, took *time.Duration, detail map[string]any) {
+	ev.Took, ev.Detail = *took, map[string]any{key: detail, "rows": r.stats.Rows, "batches": r.stats.Batches}
+	if s := r.stats.Backfill.Seconds(); s > 0 {
+		r.stats.RowsPerSec = float64(r.stats.Rows) / s
+	}
 }
 
 // tableProgress is the per-table backfill progress of the migration's

@@ -876,16 +876,22 @@ func (s *Spec) validateBlue() error {
 			"invalid table name %s: %s", oneLineQuote(s.Table), msg)
 	}
 
-	seenKey := map[string]int{}
-	for i, k := range s.Key {
-		f := fmt.Sprintf("key[%d]", i)
-		if strings.TrimSpace(k) == "" {
-			return s.specErr(f, "write a column name, or leave key out to use the primary key", "empty column name")
+	return s.checkColumnList("key", s.Key, "write a column name, or leave key out to use the primary key", "list each key column once")
+}
+
+// checkColumnList checks the column names of list field (key, drop):
+// none empty (fixEmpty), none twice (fixDup).
+func (s *Spec) checkColumnList(field string, cols []string, fixEmpty, fixDup string) error {
+	seen := map[string]int{}
+	for i, c := range cols {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if strings.TrimSpace(c) == "" {
+			return s.specErr(f, fixEmpty, "empty column name")
 		}
-		if j, dup := seenKey[k]; dup {
-			return s.specErr(f, "list each key column once", "column %s is already key[%d]", oneLineQuote(k), j)
+		if j, dup := seen[c]; dup {
+			return s.specErr(f, fixDup, "column %s is already %s[%d]", oneLineQuote(c), field, j)
 		}
-		seenKey[k] = i
+		seen[c] = i
 	}
 	return nil
 }

@@ -236,19 +236,8 @@ func (s *Spec) validateSplit() error {
 			"break the cycle: drop one of these REFERENCES (greenswap writes a referenced green first)",
 			"the foreign keys among the greens form a cycle: %s", strings.Join(names, " → "))
 	}
-	seen := map[string]int{}
-	for i, c := range s.Drop {
-		f := fmt.Sprintf("drop[%d]", i)
-		if strings.TrimSpace(c) == "" {
-			return s.specErr(f, "write a column name of blue, or remove the item", "empty column name")
-		}
-		if j, dup := seen[c]; dup {
-			return s.specErr(f, "list each dropped column once", "column %s is already drop[%d]", oneLineQuote(c), j)
-		}
-		seen[c] = i
-	}
-	if len(s.Drop) > 0 && !s.IsSplit() {
-		return s.specErr("drop", "remove it: drop: is for split:", "applies only to a split")
+	if err := s.checkColumnList("drop", s.Drop, "write a column name of blue, or remove the item", "list each dropped column once"); err != nil {
+		return err
 	}
 	for _, c := range sortedByLine(s, "reverse", s.Reverse) {
 		f := "reverse." + c
