@@ -102,11 +102,18 @@ func (w *SplitWriters) one(rng *rand.Rand) (op string, err error) {
 	name := fmt.Sprintf("t%d", rng.Int64())
 	var stmts []string
 	var args [][]any
-	add := func(s string, a ...any) { stmts = append(stmts, s); args = append(args, a) }
-	// The ledger follows the data write: an update of a missing row
-	// updates no ledger row either, an insert inserts one.
-	ledgerSet := func(id int64) { add(`UPDATE ledger SET name = $2 WHERE id = $1`, id, name) }
-	ledgerNew := func(id int64) { add(`INSERT INTO ledger VALUES ($1, $2)`, id, name) }
+	var ledger []bool
+	add := func(s string, a ...any) { stmts = append(stmts, s); args = append(args, a); ledger = append(ledger, false) }
+	// The ledger follows the data write, and only when the first data
+	// statement wrote a row: then this transaction holds that row (blue's,
+	// directly or through the reverse trigger) until it commits, and so
+	// does every other transaction that changes the ledger row of that key.
+	// A ledger statement run after a data statement that matched nothing
+	// would see, in its own later snapshot, a row another transaction just
+	// moved onto the key, and record a write that never happened.
+	addLedger := func(s string, a ...any) { add(s, a...); ledger[len(ledger)-1] = true }
+	ledgerSet := func(id int64) { addLedger(`UPDATE ledger SET name = $2 WHERE id = $1`, id, name) }
+	ledgerNew := func(id int64) { addLedger(`INSERT INTO ledger VALUES ($1, $2)`, id, name) }
 	n := 7
 	if w.Greens.Load() {
 		n = 14
@@ -125,19 +132,20 @@ func (w *SplitWriters) one(rng *rand.Rand) (op string, err error) {
 	case 3:
 		op = "blue delete"
 		add(`DELETE FROM users WHERE id = $1`, k)
-		add(`DELETE FROM ledger WHERE id = $1`, k)
+		addLedger(`DELETE FROM ledger WHERE id = $1`, k)
 	case 4:
 		op = "blue key update"
 		add(`UPDATE users SET id = $2 WHERE id = $1`, k, k2)
-		add(`UPDATE ledger SET id = $2 WHERE id = $1`, k, k2)
+		addLedger(`UPDATE ledger SET id = $2 WHERE id = $1`, k, k2)
 	case 5:
 		op = "blue legacy column"
 		add(`UPDATE users SET legacy_col = $2, name = $2 WHERE id = $1`, k, name)
 		ledgerSet(k)
 	case 6:
 		op = "blue two rows"
-		add(`UPDATE users SET name = $3 WHERE id IN ($1, $2)`, k, k2, name)
-		add(`UPDATE ledger SET name = $3 WHERE id IN ($1, $2)`, k, k2, name)
+		// The ledger takes the rows the update returned, in the same way.
+		add(`UPDATE users SET name = $3 WHERE id IN ($1, $2) RETURNING id`, k, k2, name)
+		addLedger(`UPDATE ledger SET name = $2 WHERE id = ANY($1::bigint[])`, nil, name)
 	case 7, 8:
 		op = "green users update"
 		add(`UPDATE `+w.Green+`.users SET name = $2, email = $2 || '@g' WHERE id = $1`, k, name)
@@ -160,14 +168,38 @@ func (w *SplitWriters) one(rng *rand.Rand) (op string, err error) {
 	case 12:
 		op = "green delete"
 		add(`DELETE FROM `+w.Green+`.users WHERE id = $1`, k)
-		add(`DELETE FROM ledger WHERE id = $1`, k)
+		addLedger(`DELETE FROM ledger WHERE id = $1`, k)
 	case 13:
 		op = "green key update"
 		add(`UPDATE `+w.Green+`.users SET id = $2 WHERE id = $1`, k, k2)
-		add(`UPDATE ledger SET id = $2 WHERE id = $1`, k, k2)
+		addLedger(`UPDATE ledger SET id = $2 WHERE id = $1`, k, k2)
 	}
 	err = pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
+		wrote := int64(-1) // rows the first data statement wrote
+		var ids []int64    // and the keys it returned, if it returns any
 		for i, s := range stmts {
+			if ledger[i] {
+				if wrote == 0 {
+					return nil
+				}
+				if args[i][0] == nil {
+					args[i][0] = ids
+				}
+			} else if wrote < 0 {
+				rows, err := tx.Query(ctx, s, args[i]...)
+				if err != nil {
+					return err
+				}
+				got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (int64, error) {
+					var id int64
+					return id, r.Scan(&id)
+				})
+				if err != nil {
+					return err
+				}
+				ids, wrote = got, rows.CommandTag().RowsAffected()
+				continue
+			}
 			if _, err := tx.Exec(ctx, s, args[i]...); err != nil {
 				return err
 			}
