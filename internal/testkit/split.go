@@ -103,7 +103,11 @@ func (w *SplitWriters) one(rng *rand.Rand) (op string, err error) {
 	var stmts []string
 	var args [][]any
 	var ledger []bool
-	add := func(s string, a ...any) { stmts = append(stmts, s); args = append(args, a); ledger = append(ledger, false) }
+	add := func(s string, a ...any) {
+		stmts = append(stmts, s)
+		args = append(args, a)
+		ledger = append(ledger, false)
+	}
 	// The ledger follows the data write, and only when the first data
 	// statement wrote a row: then this transaction holds that row (blue's,
 	// directly or through the reverse trigger) until it commits, and so
