@@ -156,7 +156,34 @@ func SplitViewFunctionSQL(n shadow.Names, m *shadow.SplitMapping, blueWrite *sha
 	lhs := keyColumns("t", blueWrite.TargetKey)
 	delBlue := "DELETE FROM " + blue + " AS t WHERE " + lhs + " = " + greenKeyOf(blueWrite, "OLD") + ";"
 	move := rekey(blueWrite, blue, lhs, greenKeyOf(blueWrite, "OLD"), greenKeyOf(blueWrite, "NEW"), delBlue, upsert)
-	body := fmt.Sprintf(`IF TG_OP = 'DELETE' THEN
+	// PostgreSQL hands an INSTEAD OF trigger the view's row as the
+	// statement's snapshot read it, without a row lock or a re-check: two
+	// concurrent "SET n = n + 1" would both write the same n. Every write
+	// of a key takes blue's row, so lock it, and refuse (40001, as
+	// REPEATABLE READ would) when the row the greens carry changed since
+	// the statement read it.
+	var bcols, ocols, okey []string
+	for _, c := range m.Reverse {
+		bcols = append(bcols, "b."+db.Ident(c.Target))
+		ocols = append(ocols, "OLD."+db.Ident(c.Target))
+	}
+	for _, k := range m.Key {
+		okey = append(okey, "OLD."+db.Ident(k))
+	}
+	oldKey := okey[0]
+	if len(okey) > 1 {
+		oldKey = "(" + strings.Join(okey, ", ") + ")"
+	}
+	recheck := fmt.Sprintf(`IF TG_OP <> 'INSERT' THEN
+		PERFORM FROM %[1]s AS b WHERE %[2]s = %[3]s FOR UPDATE;
+		IF (SELECT ROW(%[4]s)::pg_catalog.text FROM %[1]s AS b WHERE %[2]s = %[3]s) IS DISTINCT FROM ROW(%[5]s)::pg_catalog.text THEN
+			RAISE EXCEPTION %[6]s USING ERRCODE = '40001', HINT = %[7]s;
+		END IF;
+	END IF;
+	`, blue, keyColumns("b", m.Key), oldKey, strings.Join(bcols, ", "), strings.Join(ocols, ", "),
+		db.Literal("could not serialize access: the row of "+n.App.String()+" changed since the statement read it"),
+		db.Literal("retry the transaction: writes through the old-shape view of a table split are checked as under REPEATABLE READ"))
+	body := recheck + fmt.Sprintf(`IF TG_OP = 'DELETE' THEN
 		%[1]s
 		%[3]s
 	ELSE

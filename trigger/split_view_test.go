@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/greenswap/greenswap/internal/testkit"
 	"github.com/greenswap/greenswap/trigger"
@@ -68,6 +69,34 @@ func TestSplitOldShapeView(t *testing.T) {
 		t.Errorf("COPY into the view: %v (%d rows), want both rows through the trigger", err, tag.RowsAffected())
 	}
 	m.check(t, splitUsersChecks, "after COPY and RETURNING")
+	// A write through the view of a row changed since the statement read
+	// it is refused (40001), not applied over the other write.
+	other, err := m.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Exec(ctx, `UPDATE gs_us_blue.users SET name = 'other' WHERE id = 41`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.pool.Exec(ctx, `UPDATE users SET name = name || '+view' WHERE id = 41`)
+		done <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; pgCode(err) != "40001" {
+		t.Errorf("an UPDATE through the view of a row changed meanwhile: %v, want 40001", err)
+	}
+	if n := testkit.Count(t, m.pool, `SELECT count(*) FROM gs_us_green.users WHERE id = 41 AND name = 'other'`); n != 1 {
+		t.Errorf("the other write was lost")
+	}
+	if _, err := m.pool.Exec(ctx, `UPDATE users SET name = name || '+view' WHERE id = 41`); err != nil {
+		t.Errorf("an UPDATE through the view of an unchanged row: %v", err)
+	}
+	m.check(t, splitUsersChecks, "after the refused stale write")
 	tx, err := m.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
