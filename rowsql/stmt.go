@@ -55,6 +55,10 @@ type Builder struct {
 	// writes a GENERATED ALWAYS column (plan: green as target.ddl declares
 	// it, before sync turns an identity into a plain default).
 	Overriding bool
+	// Filter, when set, is a boolean expression over the source row that
+	// the rows a copy reads must also satisfy (a split's green takes the
+	// blue rows its where holds for; NULL is false).
+	Filter string
 }
 
 // For is the Builder of d between its own Source and Target.
@@ -98,6 +102,14 @@ func (b Builder) Insert(from string, c Conflict, indent string) string {
 // key order so that two copies wait for each other rather than deadlock.
 func (b Builder) Rows(where string, k Key, lock string) string {
 	s := "SELECT * FROM " + b.From
+	if b.Filter != "" {
+		f := "COALESCE((" + b.Filter + ")::pg_catalog.bool, false)"
+		if where != "" {
+			where = "(" + where + ") AND " + f
+		} else {
+			where = f
+		}
+	}
 	if where != "" {
 		s += " WHERE " + where
 	}

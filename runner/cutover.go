@@ -139,6 +139,9 @@ func cutoverLocked(ctx context.Context, env *Env, name string, opts CutoverOptio
 	default:
 		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s and cannot be cut over", name, m.Row.State)
 	}
+	if m.Spec.IsSplit() {
+		return nil, refuseSplit(m.Spec, "cutover") // until the split's swap lands (wt-splitcut)
+	}
 	if err := checkCommandPrivileges(ctx, env, m, shadow.StepCutover); err != nil {
 		return nil, err
 	}

@@ -101,6 +101,9 @@ type PlanResult struct {
 	// sums, and Table and GreenTable list every table in Order.
 	Tables []*PlanResult `json:"tables,omitempty"`
 	Order  []string      `json:"order,omitempty"`
+	// Split is a table split (issue 15): each green's data flow and the
+	// rebuild of blue from them (runner/split.go).
+	Split *SplitPlan `json:"split,omitempty"`
 }
 
 // ServerInfo identifies the PostgreSQL server plan ran against.
@@ -168,11 +171,45 @@ type Estimate struct {
 // on any error, and this one means "done".
 var errRolledBack = errors.New("plan rehearsal rolled back")
 
+// rehearseRolledBack runs fn in one transaction that is always rolled back,
+// retried on lock timeouts (what names what plan waits for a lock on), and
+// returns fn's result marked rolled back. A statement over plan's
+// statement_timeout is an error that says which flag raises it.
+func rehearseRolledBack(ctx context.Context, env *Env, opts PlanOptions, what string, fn func(tx pgx.Tx) (*PlanResult, error)) (*PlanResult, error) {
+	var res *PlanResult
+	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
+		ev := env.Log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
+		for _, b := range blockers {
+			ev = ev.Str("blocked_by", b.String())
+		}
+		ev.Msgf("plan: waiting for a lock on %s (lock_timeout %s)", what, opts.Lock.Timeout)
+	}
+	err := shadow.RunWithLockRetry(ctx, env.Pool, "plan", opts.Lock, onRetry, func(tx pgx.Tx) error {
+		r, err := fn(tx)
+		if err != nil {
+			return err
+		}
+		res = r
+		return errRolledBack
+	})
+	if !errors.Is(err, errRolledBack) {
+		if db.SQLState(err) == db.QueryCanceled && ctx.Err() == nil {
+			return nil, fmt.Errorf("plan: a rehearsal statement ran longer than statement_timeout %s (raise --statement-timeout): %w", opts.StatementTimeout, err)
+		}
+		return nil, err
+	}
+	res.Rehearsal.RolledBack = true
+	return res, nil
+}
+
 // Plan reviews spec against the database and changes nothing. A spec that
 // cannot work (bad DDL, failing expression or cast, NULL into NOT NULL) is a
 // *spec.SpecError naming the spec line and the offending key (exit 2).
 // Blocking hazards are in the result (the CLI exits 3), not an error.
 func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*PlanResult, error) {
+	if spec.IsSplit() {
+		return planSplit(ctx, env, spec, opts) // runner/split.go
+	}
 	if spec.MultiTable() {
 		return planTables(ctx, env, spec, opts)
 	}
@@ -180,26 +217,14 @@ func Plan(ctx context.Context, env *Env, spec *spec.Spec, opts PlanOptions) (*Pl
 		return planAlterSpec(ctx, env, spec, opts) // runner/plan_alter.go
 	}
 	opts = opts.withDefaults(spec)
-	var res *PlanResult
-	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-		ev := env.Log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
-		for _, b := range blockers {
-			ev = ev.Str("blocked_by", b.String())
-		}
-		ev.Msgf("plan: waiting for a lock on %s (lock_timeout %s)", spec.AppTable(), opts.Lock.Timeout)
-	}
-	err := shadow.RunWithLockRetry(ctx, env.Pool, "plan", opts.Lock, onRetry, func(tx pgx.Tx) error {
+	res, err := rehearseRolledBack(ctx, env, opts, spec.AppTable().String(), func(tx pgx.Tx) (*PlanResult, error) {
 		p := &planner{env: env, spec: spec, opts: opts, tx: tx, n: shadow.NamesFor(spec.Name, spec.AppTable())}
 		if err := p.run(ctx); err != nil {
-			return err
+			return nil, err
 		}
-		res = p.res
-		return errRolledBack
+		return p.res, nil
 	})
-	if !errors.Is(err, errRolledBack) {
-		if db.SQLState(err) == db.QueryCanceled && ctx.Err() == nil {
-			return nil, fmt.Errorf("plan: a rehearsal statement ran longer than statement_timeout %s (raise --statement-timeout): %w", opts.StatementTimeout, err)
-		}
+	if err != nil {
 		return nil, err
 	}
 	res.Rehearsal.RolledBack = true

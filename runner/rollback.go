@@ -56,6 +56,9 @@ func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
+	if m.Spec.IsSplit() && m.Row.State != state.RolledBack {
+		return nil, refuseSplit(m.Spec, "rollback") // until the split's teardown and swap back land (wt-splitcut)
+	}
 	res := &RollbackResult{SchemaVersion: SwapSchemaVersion, Migration: name, From: m.Row.State}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
 	if m.Row.State != state.RolledBack && m.Row.State != state.Finalized {

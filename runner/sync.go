@@ -152,8 +152,12 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 	defer stop()
 	r.feed = feedFor(env, r.spec.Mode)
 	defer r.feed.stop(r) // every way out stops what the feed started
-	if r.spec.MultiTable() {
-		err := r.syncTables(ctx)
+	if r.spec.MultiTable() || r.spec.IsSplit() {
+		run := r.syncTables
+		if r.spec.IsSplit() {
+			run = r.syncSplit // runner/sync_split.go
+		}
+		err := run(ctx)
 		r.stats.Total = time.Since(start)
 		stop()
 		r.report(context.WithoutCancel(ctx))

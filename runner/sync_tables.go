@@ -79,10 +79,7 @@ func MemberNames(sp *spec.Spec) []shadow.Names {
 // syncTables runs Sync's phases for a migration of several tables.
 func (r *syncRun) syncTables(ctx context.Context) error {
 	r.members = membersOf(r.spec)
-	phases := []struct {
-		name string
-		fn   func(context.Context, *phaseEvent) error
-	}{
+	return r.runPhases(ctx, []syncPhase{
 		{PhaseAdopt, inTx(r.adoptTables)},
 		{PhaseCreateGreen, inTx(r.createGreens)},
 		{PhaseCreateSlot, inTx(func(ctx context.Context) error { return r.feed.start(ctx, r) })},
@@ -92,7 +89,18 @@ func (r *syncRun) syncTables(ctx context.Context) error {
 		{PhaseAnalyze, inTx(r.analyzeTables)},
 		{PhaseEnableReverse, inTx(r.enableReverse)},
 		{PhaseStreamCatchUp, inTx(func(ctx context.Context) error { return r.feed.catchUp(ctx, r) })},
-	}
+	})
+}
+
+// syncPhase is one phase of a sync of several tables or of a split.
+type syncPhase struct {
+	name string
+	fn   func(context.Context, *phaseEvent) error
+}
+
+// runPhases runs phases in order through runPhase, stopping before the
+// backfill when the run sets up only.
+func (r *syncRun) runPhases(ctx context.Context, phases []syncPhase) error {
 	for _, ph := range phases {
 		if r.opts.StopAfterSetup && ph.name == PhaseBackfill {
 			break
@@ -354,22 +362,13 @@ func (r *syncRun) backfillTables(ctx context.Context, ev *phaseEvent) error {
 		ev.Recorded = true
 		return nil
 	}
-	row, err := state.Get(ctx, r.env.Pool, r.spec.Name)
-	if err != nil {
-		return err
-	}
-	progress, err := row.Tables()
+	progress, err := r.tableProgress(ctx)
 	if err != nil {
 		return err
 	}
 	var took time.Duration
 	detail := map[string]any{}
-	defer func() {
-		ev.Took, ev.Detail = took, map[string]any{"tables": detail, "rows": r.stats.Rows, "batches": r.stats.Batches}
-		if s := r.stats.Backfill.Seconds(); s > 0 {
-			r.stats.RowsPerSec = float64(r.stats.Rows) / s
-		}
-	}()
+	defer r.backfillEvent(ev, "tables", &took, detail)
 	for i, m := range r.members {
 		p, ok := progress[m.table()]
 		if !ok {
@@ -383,31 +382,62 @@ func (r *syncRun) backfillTables(ctx context.Context, ev *phaseEvent) error {
 				return err
 			}
 		}
-		last := i == len(r.members)-1
-		bo := r.backfillOptions(p.BatchSize)
-		table := m.table()
-		bf := r.backfiller(ctx, m.names, m.build, bo, p.RowsCopied, func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
-			return state.SetTableCheckpoint(ctx, tx, r.spec.Name, state.TableCheckpoint{Table: table, Cursor: cp.Cursor,
-				RowsCopied: cp.RowsCopied, BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Last: cp.Done && last, Next: PhaseIndexes})
-		})
-		bf.Log = r.log.With().Str("table", table).Logger()
-		r.log.Info().Str("table", table).Strs("cursor", p.Cursor).Int64("rows_estimate", p.RowsEstimate).Int("batch_size", bo.BatchSize).Msg("backfill")
-		res, err := bf.Run(ctx, gssync.Cursor(p.Cursor))
-		took += res.Duration
-		r.stats.Rows += res.Rows
-		r.stats.Scanned += res.Scanned
-		r.stats.Batches += res.Batches
-		r.stats.Retries += res.Retries
-		r.stats.Redone += res.Redone
-		r.stats.Backfill += res.Duration
-		detail[table] = map[string]any{"rows": res.Rows, "batches": res.Batches, "from": p.Cursor, "to": res.Cursor, "done": res.Done}
+		d, err := r.backfillMember(ctx, m.table(), m.names, m.build, "", p, i == len(r.members)-1, detail)
+		took += d
 		if err != nil {
 			return err
 		}
-		r.log.Info().Str("table", table).Int64("rows", res.Rows).Int("batches", res.Batches).Float64("took_ms", logx.Ms(res.Duration)).Msg("backfill of the table done")
 	}
 	r.phase = PhaseIndexes
 	return nil
+}
+
+// backfillEvent fills the backfill phase's event once the copies end: the
+// time they took, each table's detail under key, the run's totals.
+func (r *syncRun) backfillEvent(ev *phaseEvent, key string, took *time.Duration, detail map[string]any) {
+	ev.Took, ev.Detail = *took, map[string]any{key: detail, "rows": r.stats.Rows, "batches": r.stats.Batches}
+	if s := r.stats.Backfill.Seconds(); s > 0 {
+		r.stats.RowsPerSec = float64(r.stats.Rows) / s
+	}
+}
+
+// tableProgress is the per-table backfill progress of the migration's
+// state row (several tables, or a split's greens).
+func (r *syncRun) tableProgress(ctx context.Context) (map[string]state.TableProgress, error) {
+	row, err := state.Get(ctx, r.env.Pool, r.spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	return row.Tables()
+}
+
+// backfillMember copies one table (a member, or a split's green: where its
+// filter) from its recorded progress p, checkpointing under table; last
+// marks the migration's last copy. It adds to the run's stats and to
+// detail, and returns the copy's duration.
+func (r *syncRun) backfillMember(ctx context.Context, table string, n shadow.Names, b *Build, where string, p state.TableProgress, last bool,
+	detail map[string]any) (time.Duration, error) {
+	bo := r.backfillOptions(p.BatchSize)
+	bf := r.backfiller(ctx, n, b, bo, p.RowsCopied, func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
+		return state.SetTableCheckpoint(ctx, tx, r.spec.Name, state.TableCheckpoint{Table: table, Cursor: cp.Cursor,
+			RowsCopied: cp.RowsCopied, BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Last: cp.Done && last, Next: PhaseIndexes})
+	})
+	bf.Where = where
+	bf.Log = r.log.With().Str("table", table).Logger()
+	r.log.Info().Str("table", table).Strs("cursor", p.Cursor).Int64("rows_estimate", p.RowsEstimate).Int("batch_size", bo.BatchSize).Msg("backfill")
+	res, err := bf.Run(ctx, gssync.Cursor(p.Cursor))
+	r.stats.Rows += res.Rows
+	r.stats.Scanned += res.Scanned
+	r.stats.Batches += res.Batches
+	r.stats.Retries += res.Retries
+	r.stats.Redone += res.Redone
+	r.stats.Backfill += res.Duration
+	detail[table] = map[string]any{"rows": res.Rows, "batches": res.Batches, "from": p.Cursor, "to": res.Cursor, "done": res.Done}
+	if err != nil {
+		return res.Duration, err
+	}
+	r.log.Info().Str("table", table).Int64("rows", res.Rows).Int("batches", res.Batches).Float64("took_ms", logx.Ms(res.Duration)).Msg("backfill of the table done")
+	return res.Duration, nil
 }
 
 // indexesTables builds each member's target.indexes.
@@ -415,28 +445,45 @@ func (r *syncRun) indexesTables(ctx context.Context) error {
 	if phaseAfter(r.phase, PhaseIndexes) {
 		return nil
 	}
-	row, err := state.Get(ctx, r.env.Pool, r.spec.Name)
-	if err != nil {
-		return err
-	}
-	progress, err := row.Tables()
-	if err != nil {
-		return err
-	}
+	var items []tableIndexes
 	for _, m := range r.members {
-		if len(m.spec.Target.Indexes) == 0 {
+		items = append(items, tableIndexes{table: m.table(), names: m.names, statements: m.spec.Target.Indexes})
+	}
+	if err := r.buildTableIndexes(ctx, items); err != nil {
+		return err
+	}
+	return r.setPhase(ctx, r.env.Pool, PhaseForeignKeys)
+}
+
+// tableIndexes are the index statements of one table of several (or of a
+// split's green), under its key in the per-table progress.
+type tableIndexes struct {
+	table      string
+	names      shadow.Names
+	statements []string
+}
+
+// buildTableIndexes builds each table's indexes CONCURRENTLY, skipping
+// those the progress records built.
+func (r *syncRun) buildTableIndexes(ctx context.Context, items []tableIndexes) error {
+	progress, err := r.tableProgress(ctx)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		if len(it.statements) == 0 {
 			continue
 		}
-		built, err := progress[m.table()].BuiltIndexesOf()
+		built, err := progress[it.table].BuiltIndexesOf()
 		if err != nil {
 			return err
 		}
-		table := m.table()
+		table := it.table
 		ib := &gssync.IndexBuild{
 			ConnConfig: r.env.ConnConfig,
 			Migration:  r.spec.Name,
-			Names:      m.names,
-			Statements: m.spec.Target.Indexes,
+			Names:      it.names,
+			Statements: it.statements,
 			Built:      built,
 			Lock:       r.lockOptions(),
 			Log:        r.log.With().Str("table", table).Logger(),
@@ -448,7 +495,7 @@ func (r *syncRun) indexesTables(ctx context.Context) error {
 			return err
 		}
 	}
-	return r.setPhase(ctx, r.env.Pool, PhaseForeignKeys)
+	return nil
 }
 
 // recordTableIndexEvent is recordIndexEvent for a member.

@@ -3,15 +3,12 @@ package runner
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/db"
-	"github.com/greenswap/greenswap/internal/logx"
 	"github.com/greenswap/greenswap/shadow"
 
 	"github.com/greenswap/greenswap/internal/state"
@@ -38,29 +35,12 @@ func storedSpec(m *state.Migration) *spec.Spec {
 // so that one table's adopt lock is released before the next is taken.
 func planTables(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions) (*PlanResult, error) {
 	opts = opts.withDefaults(s)
-	var res *PlanResult
-	onRetry := func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
-		ev := env.Log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
-		for _, b := range blockers {
-			ev = ev.Str("blocked_by", b.String())
-		}
-		ev.Msgf("plan: waiting for a lock on a table of %s (lock_timeout %s)", s.Name, opts.Lock.Timeout)
-	}
-	err := shadow.RunWithLockRetry(ctx, env.Pool, "plan", opts.Lock, onRetry, func(tx pgx.Tx) error {
-		r, err := rehearseTables(ctx, env, s, opts, tx)
-		if err != nil {
-			return err
-		}
-		res = r
-		return errRolledBack
+	res, err := rehearseRolledBack(ctx, env, opts, "a table of "+s.Name, func(tx pgx.Tx) (*PlanResult, error) {
+		return rehearseTables(ctx, env, s, opts, tx)
 	})
-	if !errors.Is(err, errRolledBack) {
-		if db.SQLState(err) == db.QueryCanceled && ctx.Err() == nil {
-			return nil, fmt.Errorf("plan: a rehearsal statement ran longer than statement_timeout %s (raise --statement-timeout): %w", opts.StatementTimeout, err)
-		}
+	if err != nil {
 		return nil, err
 	}
-	res.Rehearsal.RolledBack = true
 	res.Rehearsal.Done = true
 	for _, t := range res.Tables {
 		t.Rehearsal.RolledBack = true

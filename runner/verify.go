@@ -138,6 +138,9 @@ func verifyMigration(ctx context.Context, env *Env, name string, opts VerifyOpti
 	if err != nil {
 		return nil, err
 	}
+	if mig.Spec.IsSplit() {
+		return nil, refuseSplit(mig.Spec, "verify") // until the split's verify lands (wt-splitcut)
+	}
 	if mig.Spec.MultiTable() {
 		if !several {
 			return nil, exitcode.Errorf(exitcode.BadInput,

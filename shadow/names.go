@@ -81,3 +81,29 @@ func MemberNamesFor(m string, app spec.QualifiedName, multi bool) Names {
 	}
 	return n
 }
+
+// SplitNamesFor derives the names of green i of a split of migration m
+// over app table app (spec.IsSplit): blue, the schemas, the trigger name,
+// SyncFlag (one echo guard for blue and every green), slot and publication
+// are the migration's, as for one table; Green is the green in the green
+// version schema under its own name (split[i].table); ForwardFunc is the
+// one forward function of the split (on blue, writing every green:
+// gs_forward in green's schema, as for one table); ReverseFunc is this
+// green's own (gs_reverse_<green> in blue's schema), which rebuilds the
+// blue row from the greens.
+func SplitNamesFor(m string, app spec.QualifiedName, green string) Names {
+	n := NamesFor(m, app)
+	n.Green = spec.QualifiedName{Schema: n.GreenSchema, Name: green}
+	n.ReverseFunc = spec.QualifiedName{Schema: n.BlueSchema, Name: spec.SplitFuncNames(green)}
+	return n
+}
+
+// SplitNames is SplitNamesFor of every green of split spec s, in the order
+// of s.Split (s.SplitOrder gives the order to write them in).
+func SplitNames(s *spec.Spec) []Names {
+	out := make([]Names, len(s.Split))
+	for i := range s.Split {
+		out[i] = SplitNamesFor(s.Name, s.AppTable(), s.SplitGreenName(i))
+	}
+	return out
+}

@@ -35,3 +35,25 @@ func TestMemberNamesFor(t *testing.T) {
 }
 
 const longName = "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabc"
+
+// TestSplitNamesFor: every green of a split shares blue, the schemas, the
+// trigger, the sync flag and the forward function; each has its own green
+// table and reverse function.
+func TestSplitNamesFor(t *testing.T) {
+	t.Parallel()
+	app := spec.QualifiedName{Schema: "public", Name: "users"}
+	one := NamesFor("m", app)
+	users, profiles := SplitNamesFor("m", app, "users"), SplitNamesFor("m", app, "user_profiles")
+	if users.Green != (spec.QualifiedName{Schema: "gs_m_green", Name: "users"}) || profiles.Green != (spec.QualifiedName{Schema: "gs_m_green", Name: "user_profiles"}) {
+		t.Errorf("greens %v %v", users.Green, profiles.Green)
+	}
+	if profiles.ReverseFunc != (spec.QualifiedName{Schema: "gs_m_blue", Name: "gs_reverse_user_profiles"}) || users.ReverseFunc == profiles.ReverseFunc {
+		t.Errorf("reverse functions %v %v", users.ReverseFunc, profiles.ReverseFunc)
+	}
+	for _, n := range []Names{users, profiles} {
+		if n.Blue != one.Blue || n.ForwardFunc != one.ForwardFunc || n.SyncFlag != one.SyncFlag || n.Trigger != one.Trigger ||
+			n.BlueSchema != one.BlueSchema || n.GreenSchema != one.GreenSchema || n.App != app {
+			t.Errorf("shared names differ: %+v vs %+v", n, one)
+		}
+	}
+}

@@ -324,7 +324,7 @@ type specDecoder struct {
 }
 
 var (
-	specFields   = []string{"name", "table", "mode", "key", "alter", "target", "forward", "reverse", "sync", "guard", "tables"}
+	specFields   = []string{"name", "table", "mode", "key", "alter", "target", "forward", "reverse", "sync", "guard", "tables", "split", "drop"}
 	targetFields = []string{"ddl", "indexes", "partitions"}
 	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio", "apply_workers"}
 )
@@ -338,6 +338,9 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 	if root.Kind != yaml.MappingNode {
 		return d.errf(root.Line, "", "a spec is a mapping with name, table, target and so on",
 			"the spec must be a mapping of fields, not %s", describeNode(root))
+	}
+	if err := d.refuseMerge(root); err != nil { // spec/split.go
+		return err
 	}
 	return d.mapping(root, "", specFields, func(field, path string, line int, v *yaml.Node) *SpecError {
 		var err *SpecError
@@ -366,6 +369,10 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 			err = d.guard(v, path, line, &s.Guard) // spec/guard.go
 		case "tables":
 			s.Tables, err = d.tables(v, path, line)
+		case "split":
+			s.Split, err = d.split(v, path, line) // spec/split.go
+		case "drop":
+			s.Drop, err = d.strList(v, path, line, "a list of blue column names", "write drop: [legacy_col]")
 		}
 		return err
 	})
@@ -374,49 +381,58 @@ func (d *specDecoder) spec(root *yaml.Node, s *Spec) *SpecError {
 // tables decodes the several-tables form: a list of mappings with the
 // single-table fields; lines go under tables[i].
 func (d *specDecoder) tables(n *yaml.Node, path string, line int) ([]TableSpec, *SpecError) {
+	var out []TableSpec
+	err := d.mappings(n, path, line, "write one '- table: ...' item per table, each with its own target, key, forward and reverse",
+		"a list of tables", "a mapping with table, target and so on", tableFields, func() fieldFunc {
+			out = append(out, TableSpec{})
+			t := &out[len(out)-1]
+			return func(field, fpath string, fline int, v *yaml.Node) *SpecError {
+				var err *SpecError
+				switch field {
+				case "table":
+					t.Table, err = d.str(v, fpath, fline)
+				case "key":
+					t.Key, err = d.strList(v, fpath, fline, "a list of column names", "write key: [id] or key: [tenant_id, id]")
+				case "target":
+					err = d.target(v, fpath, fline, &t.Target)
+				case "forward":
+					t.Forward, err = d.strMap(v, fpath, fline)
+				case "reverse":
+					t.Reverse, err = d.strMap(v, fpath, fline)
+				}
+				return err
+			}
+		})
+	return out, err
+}
+
+// mappings decodes a list of mappings (tables:, split:) with fields: for
+// each item, item() gives the function that decodes its fields; lines go
+// under path[i].
+func (d *specDecoder) mappings(n *yaml.Node, path string, line int, fix, list, item string, fields []string, each func() fieldFunc) *SpecError {
 	n = resolveAlias(n)
 	if isNull(n) {
-		return nil, nil
+		return nil
 	}
-	const fix = "write one '- table: ...' item per table, each with its own target, key, forward and reverse"
 	if n.Kind != yaml.SequenceNode {
-		return nil, d.errf(line, path, fix, "must be a list of tables, not %s", describeNode(n))
+		return d.errf(line, path, fix, "must be %s, not %s", list, describeNode(n))
 	}
-	out := make([]TableSpec, 0, len(n.Content))
-	for i, item := range n.Content {
+	for i, it := range n.Content {
 		ipath := fmt.Sprintf("%s[%d]", path, i)
-		iline := item.Line
+		iline := it.Line
 		if iline == 0 {
 			iline = line
 		}
 		d.lines[ipath] = iline
-		item = resolveAlias(item)
-		if item.Kind != yaml.MappingNode {
-			return nil, d.errf(iline, ipath, fix, "must be a mapping with table, target and so on, not %s", describeNode(item))
+		it = resolveAlias(it)
+		if it.Kind != yaml.MappingNode {
+			return d.errf(iline, ipath, fix, "must be %s, not %s", item, describeNode(it))
 		}
-		var t TableSpec
-		err := d.mapping(item, ipath, tableFields, func(field, fpath string, fline int, v *yaml.Node) *SpecError {
-			var err *SpecError
-			switch field {
-			case "table":
-				t.Table, err = d.str(v, fpath, fline)
-			case "key":
-				t.Key, err = d.strList(v, fpath, fline, "a list of column names", "write key: [id] or key: [tenant_id, id]")
-			case "target":
-				err = d.target(v, fpath, fline, &t.Target)
-			case "forward":
-				t.Forward, err = d.strMap(v, fpath, fline)
-			case "reverse":
-				t.Reverse, err = d.strMap(v, fpath, fline)
-			}
+		if err := d.mapping(it, ipath, fields, each()); err != nil {
 			return err
-		})
-		if err != nil {
-			return nil, err
 		}
-		out = append(out, t)
 	}
-	return out, nil
+	return nil
 }
 
 func (d *specDecoder) target(n *yaml.Node, path string, line int, t *Target) *SpecError {
@@ -784,15 +800,27 @@ func (s *Spec) Validate() error {
 		return s.specErr("mode", "write mode: trigger or mode: logical (or leave it out for trigger)", "unknown mode %s", oneLineQuote(string(s.Mode)))
 	}
 
-	if s.MultiTable() && s.Alter != "" {
-		return s.specErr("alter", "write one spec per table for alter:, or give each table a target", "alter: is for one table, and the spec has tables:")
+	if (s.MultiTable() || s.IsSplit()) && s.Alter != "" {
+		return s.specErr("alter", "write one spec per table for alter:, or give each table a target", "alter: is for one table, and the spec has tables: or split:")
 	}
-	if s.MultiTable() {
+	switch {
+	case s.IsSplit():
+		if err := s.validateBlue(); err != nil {
+			return err
+		}
+		if err := s.validateSplit(); err != nil { // spec/split.go
+			return err
+		}
+	case len(s.Drop) > 0:
+		return s.specErr("drop", "remove it: drop: lists the blue columns a split: does not carry", "applies only to a split")
+	case s.MultiTable():
 		if err := s.validateTables(); err != nil {
 			return err
 		}
-	} else if err := s.validateTable(); err != nil {
-		return err
+	default:
+		if err := s.validateTable(); err != nil {
+			return err
+		}
 	}
 
 	o := s.Sync
@@ -837,6 +865,14 @@ func (s *Spec) Validate() error {
 // validateTable checks the single-table fields: of the spec, or of one
 // member of a multi-table spec (whose errors then name tables[i].).
 func (s *Spec) validateTable() error {
+	if err := s.validateBlue(); err != nil {
+		return err
+	}
+	return s.validateGreen()
+}
+
+// validateBlue checks the fields that name blue: its table and key.
+func (s *Spec) validateBlue() error {
 	if strings.TrimSpace(s.Table) == "" {
 		return s.specErr("table", "add the table to migrate, e.g. table: public.orders", "required")
 	}
@@ -845,18 +881,29 @@ func (s *Spec) validateTable() error {
 			"invalid table name %s: %s", oneLineQuote(s.Table), msg)
 	}
 
-	seenKey := map[string]int{}
-	for i, k := range s.Key {
-		f := fmt.Sprintf("key[%d]", i)
-		if strings.TrimSpace(k) == "" {
-			return s.specErr(f, "write a column name, or leave key out to use the primary key", "empty column name")
-		}
-		if j, dup := seenKey[k]; dup {
-			return s.specErr(f, "list each key column once", "column %s is already key[%d]", oneLineQuote(k), j)
-		}
-		seenKey[k] = i
-	}
+	return s.checkColumnList("key", s.Key, "write a column name, or leave key out to use the primary key", "list each key column once")
+}
 
+// checkColumnList checks the column names of list field (key, drop):
+// none empty (fixEmpty), none twice (fixDup).
+func (s *Spec) checkColumnList(field string, cols []string, fixEmpty, fixDup string) error {
+	seen := map[string]int{}
+	for i, c := range cols {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if strings.TrimSpace(c) == "" {
+			return s.specErr(f, fixEmpty, "empty column name")
+		}
+		if j, dup := seen[c]; dup {
+			return s.specErr(f, fixDup, "column %s is already %s[%d]", oneLineQuote(c), field, j)
+		}
+		seen[c] = i
+	}
+	return nil
+}
+
+// validateGreen checks the fields that describe green: target (or the
+// alter: it is derived from) and the mappings.
+func (s *Spec) validateGreen() error {
 	if s.Alter != "" {
 		if err := s.validateAlter(); err != nil {
 			return err
@@ -869,19 +916,8 @@ func (s *Spec) validateTable() error {
 		name string
 		m    map[string]string
 	}{{"forward", s.Forward}, {"reverse", s.Reverse}} {
-		cols := make([]string, 0, len(side.m))
-		for c := range side.m {
-			cols = append(cols, c)
-		}
 		// Report the first problem in file order.
-		sort.Slice(cols, func(i, j int) bool {
-			li, lj := s.Lines[side.name+"."+cols[i]], s.Lines[side.name+"."+cols[j]]
-			if li != lj {
-				return li < lj
-			}
-			return cols[i] < cols[j]
-		})
-		for _, c := range cols {
+		for _, c := range sortedByLine(s, side.name, side.m) {
 			f := side.name + "." + c
 			if strings.TrimSpace(c) == "" {
 				return s.specErr(f, "write the column name before the ':'", "empty column name")
@@ -891,7 +927,6 @@ func (s *Spec) validateTable() error {
 			}
 		}
 	}
-
 	return nil
 }
 

@@ -250,7 +250,7 @@ func TestSpecErrors(t *testing.T) {
 		want   []string // substrings of the error
 	}{
 		// strict decoding
-		{"unknown top", "", edit("key: [id]", "kye: [id]"), []string{"orders.yaml:3: kye: unknown field (valid fields: name, table, mode, key, alter, target, forward, reverse, sync, guard, tables)"}},
+		{"unknown top", "", edit("key: [id]", "kye: [id]"), []string{"orders.yaml:3: kye: unknown field (valid fields: name, table, mode, key, alter, target, forward, reverse, sync, guard, tables, split, drop)"}},
 		{"unknown nested", "", edit("  indexes:", "  indxes:"), []string{"orders.yaml:6: target.indxes: unknown field (valid fields: ddl, indexes, partitions)"}},
 		{"unknown sync", "", edit("  batch_size", "  batchsize"), []string{"orders.yaml:13: sync.batchsize: unknown field", "batch_size"}},
 		{"merge key", "", "base: &b {name: x}\n", []string{"orders.yaml:1: base: unknown field"}},

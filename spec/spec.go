@@ -43,8 +43,14 @@ type Spec struct {
 	// Tables is the several-tables form (two or more entries), instead of
 	// Table, Key, Target, Forward and Reverse at the top level; Members
 	// turns it into single-table specs.
-	Tables []TableSpec  `yaml:"tables,omitempty" json:"tables,omitempty"`
-	Guard  GuardOptions `yaml:"guard" json:"guard"` // the circuit breaker's bounds (spec/guard.go)
+	Tables []TableSpec `yaml:"tables,omitempty" json:"tables,omitempty"`
+	// Split is a table split (issue 15): Table (blue) becomes these
+	// greens, instead of one Target; Drop lists blue columns no green
+	// carries, and Reverse maps blue columns from the joined greens
+	// (spec/split.go).
+	Split []SplitTable `yaml:"split,omitempty" json:"split,omitempty"`
+	Drop  []string     `yaml:"drop,omitempty" json:"drop,omitempty"`
+	Guard GuardOptions `yaml:"guard" json:"guard"` // the circuit breaker's bounds (spec/guard.go)
 
 	// File is where the spec was read from ("" when it came from the state
 	// table); Lines maps a field path ("forward.email", "target.ddl", "key")
@@ -55,6 +61,9 @@ type Spec struct {
 	// prefix is "tables[i]." on a member of a multi-table spec: errors
 	// about its own fields name them where they are in the file.
 	prefix string
+	// splitItem marks a split's green (SplitMember): its target fields are
+	// written split[i].ddl and split[i].indexes.
+	splitItem bool
 }
 
 // Target is the green table as the DBA would write it.

@@ -123,6 +123,9 @@ func isTableField(f string) bool {
 func (s *Spec) FieldPath(field string) string { return s.fieldPath(field) }
 
 func (s *Spec) fieldPath(field string) string {
+	if s.splitItem {
+		return s.splitFieldPath(field)
+	}
 	if s.prefix != "" && isTableField(field) {
 		return s.prefix + field
 	}
@@ -360,13 +363,20 @@ type Dependency struct {
 // left out: a tree in one table orders nothing.
 func (s *Spec) Dependencies() []Dependency {
 	apps := make([]QualifiedName, len(s.Tables))
+	ddls := make([]string, len(s.Tables))
 	for i, t := range s.Tables {
-		q, _ := parseQualifiedName(t.Table)
-		apps[i] = q
+		apps[i], _ = parseQualifiedName(t.Table)
+		ddls[i] = t.Target.DDL
 	}
+	return graphDependencies(apps, ddls)
+}
+
+// graphDependencies are the REFERENCES among the tables named apps whose
+// DDLs are ddls (one graph for several tables and for a split's greens).
+func graphDependencies(apps []QualifiedName, ddls []string) []Dependency {
 	var out []Dependency
-	for i, t := range s.Tables {
-		for _, fk := range ForeignKeys(t.Target.DDL) {
+	for i, ddl := range ddls {
+		for _, fk := range ForeignKeys(ddl) {
 			j := resolveMember(apps, i, fk.Table)
 			if j < 0 || j == i {
 				continue
@@ -403,9 +413,13 @@ func resolveMember(apps []QualifiedName, self int, name QualifiedName) int {
 // ties kept in file order; on a cycle it returns file order and the cycle
 // (indexes, first repeated at the end).
 func (s *Spec) dependencyOrder() ([]int, []int) {
-	n := len(s.Tables)
-	deps := make([][]int, n) // deps[i]: the tables i references
-	for _, d := range s.Dependencies() {
+	return graphOrder(len(s.Tables), s.Dependencies())
+}
+
+// graphOrder is dependencyOrder over n nodes and their edges.
+func graphOrder(n int, edges []Dependency) ([]int, []int) {
+	deps := make([][]int, n) // deps[i]: the nodes i references
+	for _, d := range edges {
 		if !slices.Contains(deps[d.From], d.To) {
 			deps[d.From] = append(deps[d.From], d.To)
 		}

@@ -91,6 +91,11 @@ type Backfiller struct {
 	Mapping *shadow.Mapping
 	Blue    *shadow.Table // blue as it is now (key column types, key index)
 	Options Options
+	// Where, for a split's green (shadow.SplitGreen.Where), is the blue
+	// rows that green holds: the batches copy only those. Blue's rows are
+	// then locked FOR SHARE whatever the key (a plain UPDATE can move a row
+	// into or out of the green, so it must wait for the batch: trap 1).
+	Where string
 
 	// Throttles are asked before every batch; the first non-empty reason
 	// holds the backfill until all of them say go.
@@ -199,7 +204,7 @@ func (b *Backfiller) copyBatch(ctx context.Context, tx pgx.Tx, after Cursor, lim
 			args = append(args, *v)
 		}
 	}
-	sql := batchSQL(b.key, b.Names, b.Mapping, after != nil, !last, onConflict).SQL
+	sql := batchSQLWhere(b.key, b.Names, b.Mapping, b.Where, after != nil, !last, onConflict).SQL
 	if onConflict {
 		err = tx.QueryRow(ctx, sql, args...).Scan(&out.Inserted, &out.Scanned)
 	} else {

@@ -76,9 +76,20 @@ func boundSQL(k rowsql.Key, blue spec.QualifiedName, after bool) string {
 // With onConflict it returns (rows inserted, rows read); without, nothing:
 // the command tag's row count is both.
 func batchSQL(k rowsql.Key, n shadow.Names, m *shadow.Mapping, after, upper, onConflict bool) rowsql.Stmt {
+	return batchSQLWhere(k, n, m, "", after, upper, onConflict)
+}
+
+// batchSQLWhere is batchSQL copying only the blue rows where holds for
+// ("" = all; a split's green), locked FOR SHARE when where is set.
+func batchSQLWhere(k rowsql.Key, n shadow.Names, m *shadow.Mapping, where string, after, upper, onConflict bool) rowsql.Stmt {
 	b := rowsql.For(&m.Forward)
 	b.From, b.Into = db.Ident(n.Blue.Schema, n.Blue.Name), db.Ident(n.Green.Schema, n.Green.Name)
-	return b.CopyBatch(k, m.SourceRowLock(), after, upper, onConflict)
+	b.Filter = where
+	lock := m.SourceRowLock()
+	if where != "" {
+		lock = "FOR SHARE"
+	}
+	return b.CopyBatch(k, lock, after, upper, onConflict)
 }
 
 // BatchPreview is every statement the Backfiller sends, for plan to show

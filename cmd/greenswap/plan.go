@@ -174,6 +174,10 @@ func writePlan(w io.Writer, r *runner.PlanResult, path string) {
 		writeTablesPlan(w, r, path)
 		return
 	}
+	if r.Split != nil {
+		writeSplitPlan(w, r, path) // plan_split.go
+		return
+	}
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	mode := string(r.Mode)
 	p("greenswap plan: %s — %s → %s (%s mode)", r.Migration, r.Table, r.GreenTable, mode)
@@ -245,18 +249,23 @@ func writePlanSections(w io.Writer, r *runner.PlanResult) {
 	}
 
 	p("")
-	if len(r.Hazards) == 0 {
-		p("Hazards: none")
-	} else {
-		p("Hazards")
-		for _, h := range r.Hazards {
-			planWrap(w, fmt.Sprintf("  %-8s %s: ", strings.ToUpper(string(h.Severity)), h.Code), "           ", h.Message)
-			for _, o := range h.Objects {
-				planWrap(w, "           - ", "             ", o)
-			}
-			if h.Fix != "" {
-				planWrap(w, "           fix: ", "                ", h.Fix)
-			}
+	writeHazards(w, r.Hazards)
+}
+
+// writeHazards prints the hazards, each with its objects and fix.
+func writeHazards(w io.Writer, hazards []shadow.Hazard) {
+	if len(hazards) == 0 {
+		fmt.Fprintln(w, "Hazards: none")
+		return
+	}
+	fmt.Fprintln(w, "Hazards")
+	for _, h := range hazards {
+		planWrap(w, fmt.Sprintf("  %-8s %s: ", strings.ToUpper(string(h.Severity)), h.Code), "           ", h.Message)
+		for _, o := range h.Objects {
+			planWrap(w, "           - ", "             ", o)
+		}
+		if h.Fix != "" {
+			planWrap(w, "           fix: ", "                ", h.Fix)
 		}
 	}
 }

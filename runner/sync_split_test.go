@@ -1,0 +1,121 @@
+package runner
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/internal/testkit"
+	"github.com/greenswap/greenswap/spec"
+)
+
+const splitUsersSeed = `
+CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, name text, bio text, avatar_url text,
+	prefs jsonb, last_seen_at timestamptz, legacy_col text);
+INSERT INTO users (email, name, bio, prefs, last_seen_at, legacy_col)
+SELECT 'u' || g || '@x', 'n' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'bio ' || g END, jsonb_build_object('g', g),
+       CASE WHEN g % 2 = 0 THEN '2026-01-01'::timestamptz + g * interval '1 minute' END, 'old'
+  FROM generate_series(1, 3000) g;
+ANALYZE users;
+CREATE TABLE ledger (id bigint PRIMARY KEY, name text);
+INSERT INTO ledger SELECT id, name FROM users;`
+
+const splitUsersSpecYAML = `name: su
+table: public.users
+split:
+  - table: users
+    ddl: CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, name text)
+    indexes: ["CREATE INDEX users_email_idx ON users (email)"]
+  - table: user_profiles
+    ddl: CREATE TABLE user_profiles (user_id bigint PRIMARY KEY REFERENCES users ON UPDATE CASCADE ON DELETE CASCADE, bio text, avatar_url text, prefs jsonb)
+    forward: {user_id: id}
+  - table: user_activity
+    ddl: CREATE TABLE user_activity (user_id bigint PRIMARY KEY REFERENCES users ON UPDATE CASCADE ON DELETE CASCADE, last_seen_at timestamptz NOT NULL)
+    forward: {user_id: id}
+    where: last_seen_at IS NOT NULL
+drop: [legacy_col]
+sync: {batch_size: 100, max_batch_size: 200}
+`
+
+// TestSyncSplitUnderWriters: greenswap sync takes the users split to
+// synced while ten writers work through the app name (the backfill of each
+// green races them: trap 1), with the green index built, every green's
+// progress recorded and the state synced; then the writers also write the
+// greens. At the end each green equals blue mapped forward, blue equals the
+// old shape rebuilt from the greens, and blue and green users hold the
+// ledger's names (testkit.CheckSplitUsers, SQL by hand).
+func TestSyncSplitUnderWriters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	pgtest.Exec(t, dsn, splitUsersSeed)
+	p := filepath.Join(t.TempDir(), "su.yaml")
+	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spec.LoadSpecFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := testEnv(t, dsn)
+	app, err := pgxpool.New(ctx, dsn) // the application's sessions (greenswap's pin search_path to pg_catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	w := &testkit.SplitWriters{Pool: app, Green: "gs_su_green", Hot: 40}
+	w.Start(10, 1)
+	time.Sleep(200 * time.Millisecond)
+	stats, err := Sync(ctx, env, sp, SyncOptions{})
+	if err != nil {
+		w.Halt(t)
+		t.Fatal(err)
+	}
+	if stats.State != state.Synced || stats.Batches < 30 {
+		t.Errorf("sync ended %s after %d batches, want synced after at least 30 (3 greens, batches of at most 200)", stats.State, stats.Batches)
+	}
+	w.Greens.Store(true)
+	time.Sleep(3 * time.Second)
+	w.Halt(t)
+	w.LogKinds(t, 300)
+	testkit.CheckSplitUsers(t, app, "su", "after sync and the workload")
+	row, err := state.Get(ctx, env.Pool, "su")
+	if err != nil {
+		t.Fatal(err)
+	}
+	progress, err := row.Tables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []string{"gs_su_green.users", "gs_su_green.user_profiles", "gs_su_green.user_activity"} {
+		if !progress[g].Done {
+			t.Errorf("progress of %s: %+v, want done", g, progress[g])
+		}
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_indexes WHERE schemaname = 'gs_su_green' AND indexname = 'users_email_idx'`); n != 1 {
+		t.Errorf("the green's index was not built")
+	}
+	// A second sync is a no-op.
+	if again, err := Sync(ctx, env, sp, SyncOptions{}); err != nil || !again.AlreadySynced {
+		t.Errorf("second sync: %+v, %v; want already synced", again, err)
+	}
+	// Not built yet for a split (wt-splitcut's): refused, exit 2, nothing
+	// changed.
+	if _, err := Cutover(ctx, env, "su", CutoverOptions{}); exitcode.Of(err) != exitcode.BadInput {
+		t.Errorf("cutover of a split: %v, want a refusal (exit 2)", err)
+	}
+	if _, err := VerifyMigration(ctx, env, "su", VerifyOptions{}); exitcode.Of(err) != exitcode.BadInput {
+		t.Errorf("verify of a split: %v, want a refusal (exit 2)", err)
+	}
+	if _, err := Rollback(ctx, env, "su", SwapCommandOptions{}); exitcode.Of(err) != exitcode.BadInput {
+		t.Errorf("rollback of a split: %v, want a refusal (exit 2)", err)
+	}
+	testkit.CheckSplitUsers(t, app, "su", "after the refused commands")
+}
