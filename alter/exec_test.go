@@ -276,8 +276,12 @@ func testLockOptions() shadow.LockOptions {
 }
 
 // briefHold is the longest ACCESS EXCLUSIVE stretch an in-place path may
-// show: catalog work only, on a shared, loaded test machine.
-const briefHold = 150 * time.Millisecond
+// show: catalog work only. It is a stall bound for a shared, loaded test
+// machine (261 ms was seen for catalog work at load 25), not the proof
+// that nothing scans under ACCESS EXCLUSIVE: that is the unchanged
+// relfilenodes and the scans the watcher sees under SHARE UPDATE
+// EXCLUSIVE (mustSee).
+const briefHold = time.Second
 
 // TestExecuteSubcommandFamilies: for each family of subcommand, under 8
 // concurrent writers, the strategy Classify chose, the locks the
