@@ -170,9 +170,14 @@ func cutoverLocked(ctx context.Context, env *Env, name string, opts CutoverOptio
 		_ = state.Record(ctx, env.Pool, name, "cutover", "verify-skipped", 0, "", nil)
 	}
 	if opts.Guard.Window > 0 {
-		if *g, err = startCutoverGuard(ctx, env, m, opts.Guard); err != nil {
+		var notes []string
+		if *g, notes, err = startCutoverGuard(ctx, env, m, opts.Guard); err != nil {
 			return nil, err
 		}
+		for _, n := range notes {
+			opts.printf("guard: %s\n", n)
+		}
+		res.Warnings = append(res.Warnings, notes...)
 	}
 	// The feed hands blue → green over to the sync triggers first, losing
 	// nothing; the swap is then trigger mode's (feed_logical.go).

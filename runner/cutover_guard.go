@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/greenswap/greenswap/guard"
@@ -71,17 +72,39 @@ const guardSettle = 3 * guard.RateWindow
 // while watching (status shows the last event: time left, last sample).
 const guardNoteEvery = 5 * time.Second
 
+// storedProbesIgnored is what the window leaves out of the stored spec's
+// guard: section (break7 finding 07): probe_sql and probe_cmd are executed
+// (SQL as greenswap's role, a shell command on the operator's host), and
+// the stored spec is greenswap.migrations, which the roles the runbook
+// grants SELECT, INSERT, UPDATE on it may rewrite. So cutover runs only
+// the probes of its own flags; sync runs those of the file it is given.
+// The bounds are numbers, not code: they are still read from the row.
+func storedProbesIgnored(stored, flags spec.GuardOptions) (kept spec.GuardOptions, notes []string) {
+	kept = stored
+	kept.ProbeSQL, kept.ProbeCmd = "", ""
+	for _, p := range []struct{ field, value, flag string }{
+		{"probe_sql", stored.ProbeSQL, flags.ProbeSQL}, {"probe_cmd", stored.ProbeCmd, flags.ProbeCmd},
+	} {
+		if p.value != "" && p.flag == "" {
+			notes = append(notes, fmt.Sprintf("cutover --guard does not run the stored spec's guard.%s (greenswap.migrations is writable by the operator roles, "+
+				"so what it executes comes only from the command line): pass --guard-%s to run a probe", p.field, strings.ReplaceAll(p.field, "_", "-")))
+		}
+	}
+	return kept, notes
+}
+
 // startCutoverGuard takes the pre-cutover baseline (one rate window, 2s,
-// when a rate signal is on).
-func startCutoverGuard(ctx context.Context, env *Env, m *Migration, o CutoverGuardOptions) (*cutoverGuard, error) {
-	bounds := guard.WithCutoverDefaults(m.Spec.Guard.Override(o.Bounds))
+// when a rate signal is on). notes name the stored probes it does not run.
+func startCutoverGuard(ctx context.Context, env *Env, m *Migration, o CutoverGuardOptions) (_ *cutoverGuard, notes []string, _ error) {
+	stored, notes := storedProbesIgnored(m.Spec.Guard, o.Bounds)
+	bounds := guard.WithCutoverDefaults(stored.Override(o.Bounds))
 	bounds.MaxOpen.Duration = 0 // no breaker to hold open: the first trip rolls back
 	s := guardSampler(env, MemberNames(m.Spec), bounds)
 	bl, err := s.TakeBaseline(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("cutover --guard: take the baseline before the swap (nothing was changed): %w", err)
+		return nil, nil, fmt.Errorf("cutover --guard: take the baseline before the swap (nothing was changed): %w", err)
 	}
-	return &cutoverGuard{m: m, s: s, bl: bl, window: o.Window}, nil
+	return &cutoverGuard{m: m, s: s, bl: bl, window: o.Window}, notes, nil
 }
 
 // GuardRolledBackError is the guard's rollback after a trip (exit 7).

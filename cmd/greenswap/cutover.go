@@ -314,8 +314,8 @@ func cutoverGuardFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "guard-lock-wait-time", Usage: "--guard: roll back when a session has waited longer than `DURATION` for a lock on those tables (negative: off)", DefaultText: "guard.lock_wait_time, else 10s"},
 		&cli.Float64Flag{Name: "guard-latency-ratio", Usage: "--guard: roll back when the app's statements on the table take `RATIO` times their baseline mean (pg_stat_statements; negative: off)", DefaultText: "guard.latency_ratio, else 3"},
 		&cli.DurationFlag{Name: "guard-replica-lag", Usage: "--guard: roll back when a replica lags more than `DURATION` (negative: off)", DefaultText: "guard.replica_lag, else 1m"},
-		&cli.StringFlag{Name: "guard-probe-sql", Usage: "--guard: roll back when `QUERY` fails, times out or returns false (run as the migration's role)", DefaultText: "guard.probe_sql, else none"},
-		&cli.StringFlag{Name: "guard-probe-cmd", Usage: "--guard: roll back when `COMMAND` (run by /bin/sh -c, e.g. curl -fsS URL) exits non-zero or times out", DefaultText: "guard.probe_cmd, else none"},
+		&cli.StringFlag{Name: "guard-probe-sql", Usage: "--guard: roll back when `QUERY` fails, times out or returns false (run as the migration's role)", DefaultText: "none; the stored spec's guard.probe_sql is not run"},
+		&cli.StringFlag{Name: "guard-probe-cmd", Usage: "--guard: roll back when `COMMAND` (run by /bin/sh -c, e.g. curl -fsS URL) exits non-zero or times out", DefaultText: "none; the stored spec's guard.probe_cmd is not run"},
 		&cli.DurationFlag{Name: "guard-probe-timeout", Usage: "a probe that takes longer than `DURATION` fails", DefaultText: "guard.probe_timeout, else 5s"},
 		&cli.DurationFlag{Name: "guard-every", Usage: "--guard: sample the signals every `DURATION`", DefaultText: "guard.every, else 1s"},
 	}
