@@ -59,6 +59,9 @@ type cutoverGuard struct {
 	s      *guard.Sampler
 	bl     *guard.Baseline
 	window time.Duration
+	// swapEvent is the id of the swap event of the cutover it watches:
+	// its rollback happens only while that is the latest swap.
+	swapEvent int64
 }
 
 // guardSettle: when the swap changed the app name's row type, every
@@ -225,8 +228,16 @@ func (g *cutoverGuard) rollBack(ctx context.Context, env *Env, o CutoverOptions,
 	record func(step, outcome string, detail map[string]any), done func(string)) error {
 	name, n, rep := g.m.Spec.Name, g.m.Names, res.Guard
 	o.printf("guard: %s after %s: rolling back\n", guard.Describe(rep.Tripped), after.Round(100*time.Millisecond))
-	rb, err := Rollback(ctx, env, name, o.SwapCommandOptions)
+	rb, err := rollback(ctx, env, name, o.SwapCommandOptions, g.swapEvent)
 	rep.Rollback = rb
+	var notOurs *NotOurCutoverError
+	if errors.As(err, &notOurs) {
+		done("left")
+		record("guard-window", "left", map[string]any{"reason": notOurs.Error(), "signals": guard.Details(rep.Tripped)})
+		o.printf("guard: %s past its bound, but migration %s was rolled back or cut over by another command since this guard's cutover (%s): "+
+			"the guard stops watching and changes nothing; `greenswap status %s` shows where it is\n", guard.Describe(rep.Tripped), name, notOurs, name)
+		return nil
+	}
 	if err != nil {
 		done("rollback_failed")
 		record("guard-rollback", "failed", map[string]any{"error": err.Error(), "signals": guard.Details(rep.Tripped)})
