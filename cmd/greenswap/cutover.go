@@ -325,6 +325,9 @@ func cutoverGuardFlags() []cli.Flag {
 // --guard is a mistake worth saying (it would silently do nothing).
 func cutoverGuardOptions(c *cli.Context) (runner.CutoverGuardOptions, error) {
 	o := runner.CutoverGuardOptions{Window: c.Duration("guard")}
+	if err := refuseZeroGuardFlags(c); err != nil {
+		return o, err
+	}
 	if o.Window < 0 {
 		return o, exitcode.Errorf(exitcode.BadInput, "--guard %s: the window must be positive, e.g. --guard 10m", o.Window)
 	}
