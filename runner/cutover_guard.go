@@ -161,6 +161,14 @@ func (g *cutoverGuard) watch(ctx context.Context, env *Env, o CutoverOptions, re
 		}
 	}
 	done := func(outcome string) { rep.Outcome, rep.WatchedMS = outcome, swapMS(time.Since(start)) }
+	// Held for the window and its rollback: status tells a live guard
+	// from a killed one by it (the events cannot: a killed process
+	// records nothing).
+	gl, ok, err := state.AcquireGuardLock(ctx, env.ConnConfig, name)
+	if err != nil || !ok {
+		env.Log.Warn().Err(err).Str("migration", name).Msg("the guard's lock is not held: status cannot tell whether this guard is alive")
+	}
+	defer gl.Release(context.WithoutCancel(ctx))
 	o.printf("guard: watching for %s (until %s) against the baseline taken before the swap; a signal past its bound rolls back\n",
 		g.window, until.UTC().Format(time.TimeOnly))
 	record("guard-window", "watching", map[string]any{"until": until.UTC(), "bounds": g.s.Opts})
@@ -267,10 +275,20 @@ type GuardWindowStatus struct {
 	// Stale: the window should have ended and recorded its verdict by
 	// now; the process watching it stopped without one (killed).
 	Stale bool `json:"stale,omitempty"`
+	// Phase: "watching", or "rolling-back" (the last event is the trip:
+	// its rollback has not recorded an outcome).
+	Phase string `json:"phase"`
+	// Gone: no session holds the guard's lock (state.GuardLock): the
+	// cutover --guard process is gone, whatever the last event says.
+	Gone bool `json:"gone,omitempty"`
+	At   time.Time `json:"at"` // the last event's time
 }
 
 // guardWindowStatus reads a window in progress from ev (nil: none).
 func guardWindowStatus(ev *state.Event, st state.State, now time.Time) *GuardWindowStatus {
+	if ev != nil && ev.Step == "guard-tripped" && ev.Outcome == "rolling-back" {
+		return &GuardWindowStatus{Phase: "rolling-back", At: ev.At}
+	}
 	if ev == nil || ev.Step != "guard-window" || ev.Outcome != "watching" || st != state.CutOver {
 		return nil
 	}
@@ -282,7 +300,8 @@ func guardWindowStatus(ev *state.Event, st state.State, now time.Time) *GuardWin
 	if json.Unmarshal(ev.Detail, &d) != nil || d.Until.IsZero() {
 		return nil
 	}
-	g := &GuardWindowStatus{Until: d.Until, WindowMS: d.WindowMS, LastSample: d.LastSample, LeftMS: max(0, swapMS(d.Until.Sub(now)))}
+	g := &GuardWindowStatus{Until: d.Until, WindowMS: d.WindowMS, LastSample: d.LastSample, LeftMS: max(0, swapMS(d.Until.Sub(now))),
+		Phase: "watching", At: ev.At}
 	g.Stale = now.After(d.Until.Add(2 * guardNoteEvery))
 	return g
 }

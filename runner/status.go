@@ -291,6 +291,13 @@ func migrationStatus(ctx context.Context, env *Env, m *state.Migration) (Migrati
 	if len(evs) > 0 {
 		st.LastEvent = &evs[0]
 		st.GuardWindow = guardWindowStatus(st.LastEvent, m.State, time.Now())
+		if st.GuardWindow != nil {
+			alive, err := state.GuardAlive(ctx, env.Pool, m.Name)
+			if err != nil {
+				return st, err
+			}
+			st.GuardWindow.Gone = !alive
+		}
 	}
 	if m.SlotName != nil && *m.SlotName != "" {
 		if st.Slot, err = slotInfo(ctx, env, *m.SlotName); err != nil {
