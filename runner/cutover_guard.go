@@ -280,7 +280,7 @@ type GuardWindowStatus struct {
 	Phase string `json:"phase"`
 	// Gone: no session holds the guard's lock (state.GuardLock): the
 	// cutover --guard process is gone, whatever the last event says.
-	Gone bool `json:"gone,omitempty"`
+	Gone bool      `json:"gone,omitempty"`
 	At   time.Time `json:"at"` // the last event's time
 }
 
