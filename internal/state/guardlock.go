@@ -23,12 +23,7 @@ const guardLockKey = `pg_catalog.hashtext('greenswap:guard'), pg_catalog.hashtex
 // AcquireGuardLock takes the guard lock of migration without waiting; ok
 // is false when another session holds it (another guard is watching).
 func AcquireGuardLock(ctx context.Context, connConfig *pgx.ConnConfig, migration string) (_ *GuardLock, ok bool, _ error) {
-	cfg := connConfig.Copy()
-	if cfg.RuntimeParams == nil {
-		cfg.RuntimeParams = map[string]string{}
-	}
-	cfg.RuntimeParams["application_name"] = "greenswap:" + migration + ":guard"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := pgx.ConnectConfig(ctx, sessionConfig(connConfig, migration, "guard"))
 	if err != nil {
 		return nil, false, fmt.Errorf("connect for the guard's lock: %w", err)
 	}
@@ -63,4 +58,15 @@ func GuardAlive(ctx context.Context, q db.Querier, migration string) (bool, erro
 		return false, fmt.Errorf("look for the guard of migration %s in pg_locks: %w", migration, err)
 	}
 	return alive, nil
+}
+
+// sessionConfig is connConfig for a lock's own session, named
+// greenswap:<migration>:<what> so pg_stat_activity says whose it is.
+func sessionConfig(connConfig *pgx.ConnConfig, migration, what string) *pgx.ConnConfig {
+	cfg := connConfig.Copy()
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["application_name"] = "greenswap:" + migration + ":" + what
+	return cfg
 }
