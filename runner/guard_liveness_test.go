@@ -109,3 +109,24 @@ func TestStatusSeesAKilledGuard(t *testing.T) {
 	}
 	w.check(t, pool, m.Names, name)
 }
+
+// TestStatusSlotHandedOver (break7 finding 10b): after a logical
+// migration's cutover dropped its slot on purpose, status says so
+// (handed_over) instead of reporting a recorded slot that does not exist.
+func TestStatusSlotHandedOver(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	name := logicalName("gwho")
+	_, _, env, _, w := gwSetupMode(t, name, 13, true)
+	defer w.stop()
+	if _, err := Cutover(ctx, env, name, CutoverOptions{}); err != nil {
+		t.Fatalf("cutover: %v", err)
+	}
+	st, err := Status(ctx, env, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := st.Migrations[0].Slot; s == nil || s.Exists || !s.HandedOver {
+		t.Fatalf("slot after the handover: %+v", s)
+	}
+}

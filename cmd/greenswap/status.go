@@ -194,6 +194,8 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 		}
 		if s := m.Slot; s != nil {
 			switch {
+			case !s.Exists && s.HandedOver:
+				p("  slot      %s dropped when cutover handed blue → green over to the sync triggers (expected): the triggers carry the changes", s.Name)
 			case !s.Exists:
 				p("  slot      %s is recorded but does not exist", s.Name)
 			default:
