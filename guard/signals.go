@@ -218,6 +218,15 @@ func rate(n float64, d time.Duration) float64 {
 // says nothing (one rollback out of two is not an error storm).
 const minXacts = 20
 
+// MinRollbacks: rollback_rate also needs this many rolled-back
+// transactions in one rate window (2 s) to trip. pg_stat_database is
+// database-wide: any role with CONNECT adds rollbacks of its own (break7
+// finding 04: 400 × BEGIN; SELECT txid_current(); ROLLBACK by a role with
+// no table privilege rolled a guarded cutover back). A floor keeps a small
+// such storm from deciding; it does not stop a determined one, which is
+// why the per-table signals (lock waits, latency) and probes exist.
+const MinRollbacks = 50
+
 // minCalls: the same for statement latency.
 const minCalls = 20
 
@@ -252,7 +261,7 @@ func (s *Sampler) rates(bl *Baseline, prev, c counters) []Signal {
 		v, rb, all := share(prev, c)
 		bound := math.Min(bl.rollbackShare+o.RollbackRate, 1)
 		out = append(out, Signal{Name: SigRollbackRate, Value: v, Bound: bound, Baseline: bl.rollbackShare,
-			Tripped: all >= minXacts && v > bound,
+			Tripped: all >= minXacts && rb >= MinRollbacks && v > bound,
 			Reason:  fmt.Sprintf("%d of %d transactions rolled back in %s", rb, all, dt.Round(10*time.Millisecond))})
 	}
 	if o.Deadlocks > 0 {

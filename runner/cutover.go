@@ -170,9 +170,14 @@ func cutoverLocked(ctx context.Context, env *Env, name string, opts CutoverOptio
 		_ = state.Record(ctx, env.Pool, name, "cutover", "verify-skipped", 0, "", nil)
 	}
 	if opts.Guard.Window > 0 {
-		if *g, err = startCutoverGuard(ctx, env, m, opts.Guard); err != nil {
+		var notes []string
+		if *g, notes, err = startCutoverGuard(ctx, env, m, opts.Guard); err != nil {
 			return nil, err
 		}
+		for _, n := range notes {
+			opts.printf("guard: %s\n", n)
+		}
+		res.Warnings = append(res.Warnings, notes...)
 	}
 	// The feed hands blue → green over to the sync triggers first, losing
 	// nothing; the swap is then trigger mode's (feed_logical.go).
@@ -181,8 +186,22 @@ func cutoverLocked(ctx context.Context, env *Env, name string, opts CutoverOptio
 		return res, err
 	}
 	err = swap(ctx, env, m, cutover.ToGreen, opts.SwapCommandOptions, res, nil)
+	if err == nil && *g != nil {
+		// Still under the migration's lock: this swap's event is the
+		// latest, and the guard rolls back only while it still is.
+		if (*g).swapEvent, err = lastSwapEvent(ctx, env, name); err != nil {
+			*g = nil // no window to run without knowing which swap it watches
+			err = fmt.Errorf("cut over, but the guard window cannot start (watch the application yourself, or `greenswap rollback %s`): %w", name, err)
+		}
+	}
 	res.TotalMS = swapMS(time.Since(start))
 	return res, err
+}
+
+// lastSwapEvent is the id of the migration's latest swap event (a
+// cutover's or a rollback's swap that committed).
+func lastSwapEvent(ctx context.Context, env *Env, name string) (int64, error) {
+	return state.LastEventOf(ctx, env.Pool, name, "ok", string(cutover.ToGreen), string(cutover.ToBlue))
 }
 
 // loadLocked takes the migration's advisory lock and reads its row under it.

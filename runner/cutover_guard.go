@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/greenswap/greenswap/guard"
@@ -58,6 +59,9 @@ type cutoverGuard struct {
 	s      *guard.Sampler
 	bl     *guard.Baseline
 	window time.Duration
+	// swapEvent is the id of the swap event of the cutover it watches:
+	// its rollback happens only while that is the latest swap.
+	swapEvent int64
 }
 
 // guardSettle: when the swap changed the app name's row type, every
@@ -71,17 +75,39 @@ const guardSettle = 3 * guard.RateWindow
 // while watching (status shows the last event: time left, last sample).
 const guardNoteEvery = 5 * time.Second
 
+// storedProbesIgnored is what the window leaves out of the stored spec's
+// guard: section (break7 finding 07): probe_sql and probe_cmd are executed
+// (SQL as greenswap's role, a shell command on the operator's host), and
+// the stored spec is greenswap.migrations, which the roles the runbook
+// grants SELECT, INSERT, UPDATE on it may rewrite. So cutover runs only
+// the probes of its own flags; sync runs those of the file it is given.
+// The bounds are numbers, not code: they are still read from the row.
+func storedProbesIgnored(stored, flags spec.GuardOptions) (kept spec.GuardOptions, notes []string) {
+	kept = stored
+	kept.ProbeSQL, kept.ProbeCmd = "", ""
+	for _, p := range []struct{ field, value, flag string }{
+		{"probe_sql", stored.ProbeSQL, flags.ProbeSQL}, {"probe_cmd", stored.ProbeCmd, flags.ProbeCmd},
+	} {
+		if p.value != "" && p.flag == "" {
+			notes = append(notes, fmt.Sprintf("cutover --guard does not run the stored spec's guard.%s (greenswap.migrations is writable by the operator roles, "+
+				"so what it executes comes only from the command line): pass --guard-%s to run a probe", p.field, strings.ReplaceAll(p.field, "_", "-")))
+		}
+	}
+	return kept, notes
+}
+
 // startCutoverGuard takes the pre-cutover baseline (one rate window, 2s,
-// when a rate signal is on).
-func startCutoverGuard(ctx context.Context, env *Env, m *Migration, o CutoverGuardOptions) (*cutoverGuard, error) {
-	bounds := guard.WithCutoverDefaults(m.Spec.Guard.Override(o.Bounds))
+// when a rate signal is on). notes name the stored probes it does not run.
+func startCutoverGuard(ctx context.Context, env *Env, m *Migration, o CutoverGuardOptions) (_ *cutoverGuard, notes []string, _ error) {
+	stored, notes := storedProbesIgnored(m.Spec.Guard, o.Bounds)
+	bounds := guard.WithCutoverDefaults(stored.Override(o.Bounds))
 	bounds.MaxOpen.Duration = 0 // no breaker to hold open: the first trip rolls back
 	s := guardSampler(env, MemberNames(m.Spec), bounds)
 	bl, err := s.TakeBaseline(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("cutover --guard: take the baseline before the swap (nothing was changed): %w", err)
+		return nil, nil, fmt.Errorf("cutover --guard: take the baseline before the swap (nothing was changed): %w", err)
 	}
-	return &cutoverGuard{m: m, s: s, bl: bl, window: o.Window}, nil
+	return &cutoverGuard{m: m, s: s, bl: bl, window: o.Window}, notes, nil
 }
 
 // GuardRolledBackError is the guard's rollback after a trip (exit 7).
@@ -135,6 +161,14 @@ func (g *cutoverGuard) watch(ctx context.Context, env *Env, o CutoverOptions, re
 		}
 	}
 	done := func(outcome string) { rep.Outcome, rep.WatchedMS = outcome, swapMS(time.Since(start)) }
+	// Held for the window and its rollback: status tells a live guard
+	// from a killed one by it (the events cannot: a killed process
+	// records nothing).
+	gl, ok, err := state.AcquireGuardLock(ctx, env.ConnConfig, name)
+	if err != nil || !ok {
+		env.Log.Warn().Err(err).Str("migration", name).Msg("the guard's lock is not held: status cannot tell whether this guard is alive")
+	}
+	defer gl.Release(context.WithoutCancel(ctx))
 	o.printf("guard: watching for %s (until %s) against the baseline taken before the swap; a signal past its bound rolls back\n",
 		g.window, until.UTC().Format(time.TimeOnly))
 	record("guard-window", "watching", map[string]any{"until": until.UTC(), "bounds": g.s.Opts})
@@ -202,8 +236,16 @@ func (g *cutoverGuard) rollBack(ctx context.Context, env *Env, o CutoverOptions,
 	record func(step, outcome string, detail map[string]any), done func(string)) error {
 	name, n, rep := g.m.Spec.Name, g.m.Names, res.Guard
 	o.printf("guard: %s after %s: rolling back\n", guard.Describe(rep.Tripped), after.Round(100*time.Millisecond))
-	rb, err := Rollback(ctx, env, name, o.SwapCommandOptions)
+	rb, err := rollback(ctx, env, name, o.SwapCommandOptions, g.swapEvent)
 	rep.Rollback = rb
+	var notOurs *NotOurCutoverError
+	if errors.As(err, &notOurs) {
+		done("left")
+		record("guard-window", "left", map[string]any{"reason": notOurs.Error(), "signals": guard.Details(rep.Tripped)})
+		o.printf("guard: %s past its bound, but migration %s was rolled back or cut over by another command since this guard's cutover (%s): "+
+			"the guard stops watching and changes nothing; `greenswap status %s` shows where it is\n", guard.Describe(rep.Tripped), name, notOurs, name)
+		return nil
+	}
 	if err != nil {
 		done("rollback_failed")
 		record("guard-rollback", "failed", map[string]any{"error": err.Error(), "signals": guard.Details(rep.Tripped)})
@@ -233,10 +275,20 @@ type GuardWindowStatus struct {
 	// Stale: the window should have ended and recorded its verdict by
 	// now; the process watching it stopped without one (killed).
 	Stale bool `json:"stale,omitempty"`
+	// Phase: "watching", or "rolling-back" (the last event is the trip:
+	// its rollback has not recorded an outcome).
+	Phase string `json:"phase"`
+	// Gone: no session holds the guard's lock (state.GuardLock): the
+	// cutover --guard process is gone, whatever the last event says.
+	Gone bool      `json:"gone,omitempty"`
+	At   time.Time `json:"at"` // the last event's time
 }
 
 // guardWindowStatus reads a window in progress from ev (nil: none).
 func guardWindowStatus(ev *state.Event, st state.State, now time.Time) *GuardWindowStatus {
+	if ev != nil && ev.Step == "guard-tripped" && ev.Outcome == "rolling-back" {
+		return &GuardWindowStatus{Phase: "rolling-back", At: ev.At}
+	}
 	if ev == nil || ev.Step != "guard-window" || ev.Outcome != "watching" || st != state.CutOver {
 		return nil
 	}
@@ -248,7 +300,8 @@ func guardWindowStatus(ev *state.Event, st state.State, now time.Time) *GuardWin
 	if json.Unmarshal(ev.Detail, &d) != nil || d.Until.IsZero() {
 		return nil
 	}
-	g := &GuardWindowStatus{Until: d.Until, WindowMS: d.WindowMS, LastSample: d.LastSample, LeftMS: max(0, swapMS(d.Until.Sub(now)))}
+	g := &GuardWindowStatus{Until: d.Until, WindowMS: d.WindowMS, LastSample: d.LastSample, LeftMS: max(0, swapMS(d.Until.Sub(now))),
+		Phase: "watching", At: ev.At}
 	g.Stale = now.After(d.Until.Add(2 * guardNoteEvery))
 	return g
 }

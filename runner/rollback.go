@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -50,12 +51,36 @@ type RollbackResult struct {
 // functions and both version schemas are dropped, the state moves to
 // rolled_back. The app has its table back as before sync.
 func Rollback(ctx context.Context, env *Env, name string, opts SwapCommandOptions) (*RollbackResult, error) {
+	return rollback(ctx, env, name, opts, 0)
+}
+
+// NotOurCutoverError: the guard's rollback found, under the migration's
+// lock, that the latest swap is not the cutover it watches (another
+// command rolled back and cut over again meanwhile): it changed nothing.
+type NotOurCutoverError struct{ Watched, Latest int64 }
+
+func (e *NotOurCutoverError) Error() string {
+	return fmt.Sprintf("the latest swap (event %d) is not the cutover this guard watches (event %d)", e.Latest, e.Watched)
+}
+
+// rollback is Rollback; with swapEvent (the guard's), only while the
+// migration's latest swap event is that one, checked under the lock.
+func rollback(ctx context.Context, env *Env, name string, opts SwapCommandOptions, swapEvent int64) (*RollbackResult, error) {
 	start := time.Now()
 	m, lock, err := loadLocked(ctx, env, name)
 	if err != nil {
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
+	if swapEvent != 0 {
+		latest, err := lastSwapEvent(ctx, env, name)
+		if err != nil {
+			return nil, err
+		}
+		if latest != swapEvent || m.Row.State != state.CutOver {
+			return nil, &NotOurCutoverError{Watched: swapEvent, Latest: latest}
+		}
+	}
 	if m.Spec.IsSplit() && m.Row.State != state.RolledBack {
 		return nil, refuseSplit(m.Spec, "rollback") // until the split's teardown and swap back land (wt-splitcut)
 	}

@@ -118,6 +118,9 @@ type SlotInfo struct {
 	RestartLSN        *string `json:"restart_lsn,omitempty"`
 	ConfirmedFlushLSN *string `json:"confirmed_flush_lsn,omitempty"`
 	WALStatus         *string `json:"wal_status,omitempty"` // reserved, extended, unreserved, lost
+	// HandedOver: the slot is gone because a cutover handed blue → green
+	// to the sync triggers and dropped it (trap 9), not lost.
+	HandedOver bool `json:"handed_over,omitempty"`
 }
 
 // Status reports every migration, or only name when it is not "". A
@@ -291,10 +294,28 @@ func migrationStatus(ctx context.Context, env *Env, m *state.Migration) (Migrati
 	if len(evs) > 0 {
 		st.LastEvent = &evs[0]
 		st.GuardWindow = guardWindowStatus(st.LastEvent, m.State, time.Now())
+		if st.GuardWindow != nil {
+			alive, err := state.GuardAlive(ctx, env.Pool, m.Name)
+			if err != nil {
+				return st, err
+			}
+			st.GuardWindow.Gone = !alive
+		}
 	}
 	if m.SlotName != nil && *m.SlotName != "" {
 		if st.Slot, err = slotInfo(ctx, env, *m.SlotName); err != nil {
 			return st, err
+		}
+		// A slot a lost one (syncing, synced with the stream on) is an
+		// alarm; one the cutover's handover dropped is not (break7 10b).
+		if !st.Slot.Exists && m.State == state.Finalized {
+			st.Slot.HandedOver = true
+		} else if !st.Slot.Exists && (m.State == state.CutOver || m.State == state.Synced) {
+			if sp := storedSpec(m); sp != nil {
+				if st.Slot.HandedOver, err = streamRetired(ctx, env, namesOf(sp)); err != nil {
+					return st, err
+				}
+			}
 		}
 	}
 	return st, nil

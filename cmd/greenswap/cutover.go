@@ -120,7 +120,10 @@ records why in the event log (signal, value, bound, baseline) and exits 7. Bound
 from the --guard-* flags over the spec's guard: section; the window's own defaults are
 rollback rate 0.1 above the baseline's share, lock waits of 10s on the migrated tables,
 statement latency 3 times the baseline (when pg_stat_statements is preloaded) and
-replica lag 1m. While watching greenswap holds no lock and no transaction: status shows
+replica lag 1m. The rollback rate is database-wide (any role that can connect adds
+rollbacks; at least 50 in a 2s window are needed to trip); lock waits, latency and
+probes are per table. Probes are only --guard-probe-sql/--guard-probe-cmd: the stored
+spec's are not run. While watching greenswap holds no lock and no transaction: status shows
 the window (its last event), and finalize or rollback may run meanwhile. Ctrl-C during
 the window leaves the migration cut over (exit 130).
 
@@ -308,14 +311,14 @@ func confirmOn(w io.Writer, r io.Reader, name string) func(string) (bool, error)
 func cutoverGuardFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.DurationFlag{Name: "guard", Usage: "after the swap, watch the health signals against a baseline taken before it for `DURATION`, and roll back by itself (exit 7) when one passes its bound", DefaultText: "off"},
-		&cli.Float64Flag{Name: "guard-rollback-rate", Usage: "--guard: roll back when the share of transactions rolled back exceeds the baseline's by more than `SHARE` (0..1; negative: off)", DefaultText: "guard.rollback_rate, else 0.1"},
+		&cli.Float64Flag{Name: "guard-rollback-rate", Usage: "--guard: roll back when the share of transactions rolled back exceeds the baseline's by more than `SHARE` (0..1; negative: off); database-wide (any role's rollbacks count; at least 50 in 2s needed): lock waits, latency and probes are per table", DefaultText: "guard.rollback_rate, else 0.1"},
 		&cli.Float64Flag{Name: "guard-deadlocks", Usage: "--guard: roll back when deadlocks per second exceed the baseline's rate by more than `RATE` (negative: off)", DefaultText: "guard.deadlocks, else off"},
 		&cli.IntFlag{Name: "guard-lock-waits", Usage: "--guard: roll back when `N` or more sessions wait for a lock on blue, green or the app view (negative: off)", DefaultText: "guard.lock_waits, else off"},
 		&cli.DurationFlag{Name: "guard-lock-wait-time", Usage: "--guard: roll back when a session has waited longer than `DURATION` for a lock on those tables (negative: off)", DefaultText: "guard.lock_wait_time, else 10s"},
 		&cli.Float64Flag{Name: "guard-latency-ratio", Usage: "--guard: roll back when the app's statements on the table take `RATIO` times their baseline mean (pg_stat_statements; negative: off)", DefaultText: "guard.latency_ratio, else 3"},
 		&cli.DurationFlag{Name: "guard-replica-lag", Usage: "--guard: roll back when a replica lags more than `DURATION` (negative: off)", DefaultText: "guard.replica_lag, else 1m"},
-		&cli.StringFlag{Name: "guard-probe-sql", Usage: "--guard: roll back when `QUERY` fails, times out or returns false (run as the migration's role)", DefaultText: "guard.probe_sql, else none"},
-		&cli.StringFlag{Name: "guard-probe-cmd", Usage: "--guard: roll back when `COMMAND` (run by /bin/sh -c, e.g. curl -fsS URL) exits non-zero or times out", DefaultText: "guard.probe_cmd, else none"},
+		&cli.StringFlag{Name: "guard-probe-sql", Usage: "--guard: roll back when `QUERY` fails, times out or returns false (run as the migration's role)", DefaultText: "none; the stored spec's guard.probe_sql is not run"},
+		&cli.StringFlag{Name: "guard-probe-cmd", Usage: "--guard: roll back when `COMMAND` (run by /bin/sh -c, e.g. curl -fsS URL) exits non-zero or times out", DefaultText: "none; the stored spec's guard.probe_cmd is not run"},
 		&cli.DurationFlag{Name: "guard-probe-timeout", Usage: "a probe that takes longer than `DURATION` fails", DefaultText: "guard.probe_timeout, else 5s"},
 		&cli.DurationFlag{Name: "guard-every", Usage: "--guard: sample the signals every `DURATION`", DefaultText: "guard.every, else 1s"},
 	}
@@ -325,6 +328,9 @@ func cutoverGuardFlags() []cli.Flag {
 // --guard is a mistake worth saying (it would silently do nothing).
 func cutoverGuardOptions(c *cli.Context) (runner.CutoverGuardOptions, error) {
 	o := runner.CutoverGuardOptions{Window: c.Duration("guard")}
+	if err := refuseZeroGuardFlags(c); err != nil {
+		return o, err
+	}
 	if o.Window < 0 {
 		return o, exitcode.Errorf(exitcode.BadInput, "--guard %s: the window must be positive, e.g. --guard 10m", o.Window)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/runner"
 )
 
@@ -181,7 +182,11 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 			p("  last      %s: %s (%s) by %s, %s", e.Step, e.Outcome, statusMS(e.DurationMS), who, statusWhen(&e.At, now))
 		}
 		if g := m.GuardWindow; g != nil { // cutover --guard watching
-			if g.Stale {
+			if g.Gone {
+				p("  guard     guard process gone at its last event (%s, %s); the migration is %s: %s", g.Phase, statusWhen(&g.At, now), m.State, guardGoneAdvice(m.Name, m.State))
+			} else if g.Phase == "rolling-back" {
+				p("  guard     tripped, rolling back (the guard process is alive)")
+			} else if g.Stale {
 				p("  guard     the window was to end %s but recorded no verdict: the cutover --guard process stopped; still cut over", statusWhen(&g.Until, now))
 			} else {
 				p("  guard     watching, %s left of %s; last sample: %s", (time.Duration(g.LeftMS) * time.Millisecond).Round(time.Second), time.Duration(g.WindowMS)*time.Millisecond, g.LastSample)
@@ -189,6 +194,8 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 		}
 		if s := m.Slot; s != nil {
 			switch {
+			case !s.Exists && s.HandedOver:
+				p("  slot      %s dropped when cutover handed blue → green over to the sync triggers (expected): the triggers carry the changes", s.Name)
 			case !s.Exists:
 				p("  slot      %s is recorded but does not exist", s.Name)
 			default:
@@ -285,4 +292,12 @@ func tableProgressLine(t runner.TableProgress) string {
 		}
 	}
 	return "    table " + t.Table + "  " + line
+}
+
+// guardGoneAdvice: what to do about a migration whose guard process died.
+func guardGoneAdvice(name string, st state.State) string {
+	if st == state.CutOver {
+		return fmt.Sprintf("nothing watches it; watch the application yourself, `greenswap rollback %s` switches back, `greenswap finalize %s` retires blue", name, name)
+	}
+	return fmt.Sprintf("its rollback committed, the app name reads blue; cut over again when ready (`greenswap cutover %s`)", name)
 }

@@ -189,9 +189,41 @@ func syncAction(c *cli.Context) error {
 	return runner.WatchSync(c.Context, env, spec.Name, every, show)
 }
 
+// refuseZeroGuardFlags: a guard flag given as zero would silently mean
+// its default (for cutover's --guard, no guard at all; break7 finding 06),
+// which is never what was written: exit 2 naming the flag and what to
+// write. Flags left out keep their default.
+func refuseZeroGuardFlags(c *cli.Context) error {
+	offable := "a negative value to switch it off, or leave the flag out for its default"
+	for _, z := range []struct {
+		flag, example, alt string
+		zero               func(string) bool
+	}{
+		{"guard", "--guard 10m", "leave --guard out for a plain cutover", func(f string) bool { return c.Duration(f) == 0 }},
+		{"guard-every", "1s", "leave the flag out for its default", func(f string) bool { return c.Duration(f) == 0 }},
+		{"guard-probe-timeout", "5s", "leave the flag out for its default", func(f string) bool { return c.Duration(f) == 0 }},
+		{"guard-lock-wait-time", "10s", offable, func(f string) bool { return c.Duration(f) == 0 }},
+		{"guard-replica-lag", "1m", offable, func(f string) bool { return c.Duration(f) == 0 }},
+		{"guard-max-open", "5m", offable, func(f string) bool { return c.Duration(f) == 0 }},
+		{"guard-rollback-rate", "0.1", offable, func(f string) bool { return c.Float64(f) == 0 }},
+		{"guard-deadlocks", "0.5", offable, func(f string) bool { return c.Float64(f) == 0 }},
+		{"guard-latency-ratio", "3", offable, func(f string) bool { return c.Float64(f) == 0 }},
+		{"guard-lock-waits", "5", offable, func(f string) bool { return c.Int(f) == 0 }},
+	} {
+		if c.IsSet(z.flag) && z.zero(z.flag) {
+			return exitcode.Errorf(exitcode.BadInput, "--%s %s: zero is not a value here (it would silently mean the default); write a positive one, e.g. %s, or %s; nothing was changed",
+				z.flag, fmt.Sprint(c.Value(z.flag)), z.example, z.alt)
+		}
+	}
+	return nil
+}
+
 // syncGuardFlags reads the --guard-* flags: zero leaves the spec's value
 // (or the default), a negative bound switches the signal off.
 func syncGuardFlags(c *cli.Context) (spec.GuardOptions, error) {
+	if err := refuseZeroGuardFlags(c); err != nil {
+		return spec.GuardOptions{}, err
+	}
 	offF := func(v float64) float64 {
 		if v < 0 {
 			return spec.GuardOff

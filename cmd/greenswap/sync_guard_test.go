@@ -40,3 +40,40 @@ func TestSyncGuardFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardFlagsRefuseZero (break7 finding 06): every guard flag of sync
+// and of cutover given as zero, which silently meant its default (for
+// --guard: no guard window at all), exits 2 before connecting, one line
+// naming the flag and what to write.
+func TestGuardFlagsRefuseZero(t *testing.T) {
+	spec := filepath.Join(t.TempDir(), "s.yaml")
+	if err := os.WriteFile(spec, []byte("name: o\ntable: orders\ntarget:\n  ddl: CREATE TABLE orders (id int PRIMARY KEY)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	durations := []string{"--guard-probe-timeout", "--guard-lock-wait-time", "--guard-replica-lag"}
+	numbers := []string{"--guard-rollback-rate", "--guard-deadlocks", "--guard-latency-ratio", "--guard-lock-waits"}
+	var cases [][]string
+	for _, f := range append([]string{"--guard-max-open"}, durations...) {
+		cases = append(cases, []string{"sync", "-f", spec, f, "0s"})
+	}
+	for _, f := range numbers {
+		cases = append(cases, []string{"sync", "-f", spec, f, "0"})
+	}
+	cases = append(cases, []string{"cutover", "x", "--guard", "0s"}, []string{"cutover", "x", "--guard", "0"},
+		[]string{"cutover", "x", "--guard", "1m", "--guard-every", "0s"})
+	for _, f := range durations {
+		cases = append(cases, []string{"cutover", "x", "--guard", "1m", f, "0s"})
+	}
+	for _, f := range numbers {
+		cases = append(cases, []string{"cutover", "x", "--guard", "1m", f, "0"})
+	}
+	for _, args := range cases {
+		flag := args[len(args)-2]
+		code, _, stderr := syncRunCLI(args...)
+		line := strings.TrimSpace(stderr)
+		if code != 2 || strings.Contains(line, "\n") || !strings.Contains(line, flag+" 0") || !strings.Contains(line, "zero is not a value here") ||
+			!strings.Contains(line, "e.g.") {
+			t.Errorf("%q: exit %d, stderr %q; want exit 2, one line naming %s and what to write", args, code, stderr, flag)
+		}
+	}
+}

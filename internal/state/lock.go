@@ -83,12 +83,7 @@ const lockKey = `hashtext('greenswap'), hashtext($1)`
 // session opened from connConfig. If another session holds it, it returns a
 // *HolderError naming that session.
 func Acquire(ctx context.Context, connConfig *pgx.ConnConfig, migration string) (*Lock, error) {
-	cfg := connConfig.Copy()
-	if cfg.RuntimeParams == nil {
-		cfg.RuntimeParams = map[string]string{}
-	}
-	cfg.RuntimeParams["application_name"] = "greenswap:" + migration + ":lock"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := pgx.ConnectConfig(ctx, sessionConfig(connConfig, migration, "lock"))
 	if err != nil {
 		return nil, exitcode.With(exitcode.BadInput, fmt.Errorf("connect for migration lock: %w", err))
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -374,6 +375,19 @@ func Events(ctx context.Context, q db.Querier, migration string, limit int) ([]E
 		err := r.Scan(&e.ID, &e.At, &e.Migration, &e.Step, &e.Actor, &e.ClientAddr, &e.Host, &e.Outcome, &e.DurationMS, &e.SQL, &e.Detail)
 		return e, err
 	})
+}
+
+// LastEventOf is the id of the migration's newest event of one of steps
+// with outcome (0: none). The guarded cutover uses it to know whether the
+// swap it watches is still the migration's latest.
+func LastEventOf(ctx context.Context, q db.Querier, migration, outcome string, steps ...string) (int64, error) {
+	var id int64
+	err := q.QueryRow(ctx, `SELECT COALESCE(max(id), 0) FROM greenswap.events WHERE migration = $1 AND outcome = $2 AND step = ANY($3)`,
+		migration, outcome, steps).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("read the last %s event of migration %s: %w", strings.Join(steps, "/"), migration, err)
+	}
+	return id, nil
 }
 
 // Upgrade brings a state schema made by an older greenswap up to date
