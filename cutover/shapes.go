@@ -85,7 +85,7 @@ type ShapeSighting struct {
 	Writing     bool
 	// Greenswap: its application_name starts with greenswap (a sync, a
 	// backfill). status lists it apart and leaves it out of the shares;
-	// finalize does not trust the name (usage.go) and never uses this.
+	// finalize does not trust the name (usage.go, NamesUntrusted).
 	Greenswap bool
 }
 
@@ -488,6 +488,19 @@ func (r ShapeReport) BlueClients() []ShapeClient {
 		}
 	}
 	return out
+}
+
+// NamesUntrusted is the watch with no session told greenswap's by its
+// application_name: every sighting counts as a client's. What finalize
+// gates on: any client may call itself greenswap, and the caller's own
+// sessions are already left out by PID (own).
+func (w *ShapeWatch) NamesUntrusted() *ShapeWatch {
+	out := *w
+	out.Sightings = slices.Clone(w.Sightings)
+	for i := range out.Sightings {
+		out.Sightings[i].Greenswap = false
+	}
+	return &out
 }
 
 // Only is the watch restricted to the given tables (app names).

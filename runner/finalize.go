@@ -377,7 +377,7 @@ func legacyShareWatch(ctx context.Context, env *Env, names []shadow.Names, own [
 	if err != nil {
 		return nil, err
 	}
-	r := w.Report()
+	r := w.NamesUntrusted().Report() // a client calling itself greenswap is a client
 	res.Shapes = &r
 	clients, err := cutover.UsageMembers(ctx, env.Pool, names, start, own)
 	if err != nil {

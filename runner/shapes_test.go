@@ -230,3 +230,59 @@ target:
 		}
 	}
 }
+
+// TestLegacyShareCountsClientsCalledGreenswap: after cutover, a reader and
+// a writer pinned to blue that call themselves greenswap-… (any client may)
+// run beside writers on the app name. finalize --max-legacy-share 0.05
+// refuses, naming both and a share over the bound, and blue is still the
+// view's source; status still lists them apart. A share that trusted the
+// name left them out: the reader was invisible and finalize dropped blue
+// under it.
+func TestLegacyShareCountsClientsCalledGreenswap(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE acc (id bigserial PRIMARY KEY, v int NOT NULL, shape text NOT NULL DEFAULT 'seed');
+		INSERT INTO acc (v) SELECT g FROM generate_series(1, 200) g;`)
+	env := coEnv(t, dsn)
+	sp := coSync(t, env, `
+name: telgs
+table: public.acc
+target:
+  ddl: CREATE TABLE acc (id bigint PRIMARY KEY, v bigint NOT NULL, shape text NOT NULL DEFAULT 'seed')
+`)
+	if _, err := Cutover(ctx, env, sp.Name, CutoverOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w := &shapeWorkload{t: t, dsn: dsn, errs: make(chan error, 100), groups: map[string]*shapeGroup{},
+		commits: map[string]*atomic.Int64{"blue": {}, "green": {}, "app": {}}}
+	w.start("app", "app", "", 3, true)
+	w.start("blue", "greenswap-report", "gs_telgs_blue", 1, false)
+	w.start("blue", "greenswap-sync", "gs_telgs_blue", 1, true)
+	defer func() {
+		for _, g := range []string{"app", "greenswap-report", "greenswap-sync"} {
+			w.stopGroup(g)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+
+	res, err := Finalize(ctx, env, sp.Name, FinalizeOptions{Yes: true, QuietPeriod: 2 * time.Second, SampleEvery: 50 * time.Millisecond, MaxLegacyShare: 0.05})
+	var ue *cutover.UsageError
+	if !errors.As(err, &ue) || exitcode.Of(err) != exitcode.Blocked ||
+		!strings.Contains(err.Error(), "greenswap-report-1") || !strings.Contains(err.Error(), "greenswap-sync-1") {
+		t.Fatalf("finalize --max-legacy-share 0.05 with clients called greenswap on blue: want exit 3 naming both, got exit %d: %v", exitcode.Of(err), err)
+	}
+	if res == nil || res.Shapes == nil || res.Shapes.LegacyShare <= 0.05 {
+		t.Fatalf("legacy share %+v: want over 0.05 (about 0.4)", res)
+	}
+	if k := coStr(t, pool, `SELECT relkind::text FROM pg_class WHERE oid = 'public.acc'::regclass`); k != "v" {
+		t.Fatalf("after the refusal public.acc is %s, want still the view", k)
+	}
+	rep, err := Status(ctx, env, sp.Name, StatusOptions{Sample: -1, ShapeWindow: time.Second, ShapeEvery: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rep.Migrations[0].Shapes; r == nil || len(r.Greenswap) == 0 {
+		t.Errorf("status no longer lists the sessions called greenswap apart: %+v", r)
+	}
+}

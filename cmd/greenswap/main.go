@@ -231,6 +231,7 @@ func commands() []*cli.Command {
 	}
 	for _, c := range cmds {
 		c.OnUsageError = usageError
+		withFlagValueChecks(c)
 	}
 	return cmds
 }

@@ -205,7 +205,7 @@ func trailingFlags(c *cli.Context) ([]string, error) {
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
-	return pos, nil
+	return pos, checkFlagValues(c)
 }
 
 // verifyJSON is the --json document.
