@@ -168,7 +168,7 @@ target:
 	if slotExists(t, env, "gs_"+name) || publicationExists(t, env, "gs_"+name) {
 		t.Errorf("%s feed: the slot or publication outlived the migration", mode)
 	}
-	steps := map[string]int64{"adopt": 1, "create-green": 1, "backfill": 1, "build-index": 1, "analyze": 1, "synced": 1,
+	steps := map[string]int64{"adopt": 1, "create-green": 1, "backfill": 1, "build-index": 1, "settle": 1, "analyze": 1, "synced": 1,
 		"verify": 1, "cutover": 2, "rollback": 1, "finalize": 1}
 	if mode == spec.ModeLogical {
 		steps["create-slot"], steps["stream"], steps["retire-stream"] = 1, 1, 2 // the second cutover finds it retired

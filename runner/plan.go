@@ -164,7 +164,28 @@ type Estimate struct {
 	FreeBytes       *int64  `json:"free_bytes"` // not readable over SQL: always null
 	RowsPerSecond   float64 `json:"rows_per_second"`
 	BackfillSeconds float64 `json:"backfill_seconds"`
-	Note            string  `json:"note"`
+	// SettleSeconds is sync's VACUUM (FREEZE) of green at its pace: the
+	// server's vacuum_cost_limit per vacuum_cost_delay (2 ms, autovacuum's,
+	// raised by the nice ratio) with every page missed and dirtied.
+	SettleSeconds float64 `json:"settle_seconds"`
+	// WALBytes is what the copy, its indexes and the settle write to WAL,
+	// at most: green's size, and its heap once more for the freeze.
+	WALBytes int64 `json:"wal_bytes"`
+	// Checkpoints is how many checkpoints that WAL requests (one per
+	// max_wal_size ÷ (1 + checkpoint_completion_target) of it); PostgreSQL
+	// spreads each over checkpoint_completion_target of the interval.
+	Checkpoints int     `json:"checkpoints"`
+	Settings    PlanWAL `json:"wal_settings"`
+	Note        string  `json:"note"`
+}
+
+// PlanWAL are the server settings the settle and WAL estimates read.
+type PlanWAL struct {
+	MaxWALBytes                int64   `json:"max_wal_size_bytes"`
+	CheckpointTimeoutS         int     `json:"checkpoint_timeout_s"`
+	CheckpointCompletionTarget float64 `json:"checkpoint_completion_target"`
+	VacuumCostLimit            int     `json:"vacuum_cost_limit"`
+	VacuumCostPage             int     `json:"vacuum_cost_page"` // page_miss + page_dirty
 }
 
 // errRolledBack ends the rehearsal transaction: RunWithLockRetry rolls back
@@ -1040,8 +1061,15 @@ func isDataError(err error) bool {
 func (p *planner) sizes(ctx context.Context) error {
 	e := &p.res.Estimate
 	e.Rows = p.app.RowEstimate
-	return p.tx.QueryRow(ctx, `SELECT pg_catalog.pg_table_size($1::oid), pg_catalog.pg_indexes_size($1::oid)`, p.app.OID).
-		Scan(&e.BlueTableBytes, &e.BlueIndexBytes)
+	w := &e.Settings
+	return p.tx.QueryRow(ctx, `SELECT pg_catalog.pg_table_size($1::oid), pg_catalog.pg_indexes_size($1::oid),
+		pg_catalog.pg_size_bytes(pg_catalog.current_setting('max_wal_size')),
+		(SELECT setting::int FROM pg_catalog.pg_settings WHERE name = 'checkpoint_timeout'),
+		pg_catalog.current_setting('checkpoint_completion_target')::float8,
+		pg_catalog.current_setting('vacuum_cost_limit')::int,
+		pg_catalog.current_setting('vacuum_cost_page_miss')::int + pg_catalog.current_setting('vacuum_cost_page_dirty')::int`, p.app.OID).
+		Scan(&e.BlueTableBytes, &e.BlueIndexBytes, &w.MaxWALBytes, &w.CheckpointTimeoutS, &w.CheckpointCompletionTarget,
+			&w.VacuumCostLimit, &w.VacuumCostPage)
 }
 
 // greenWidths measures green's rows and index keys as the sample filled them.
@@ -1098,6 +1126,15 @@ func (p *planner) estimate() {
 	e.GreenTotalBytes = e.GreenTableBytes + e.GreenIndexBytes
 	e.DiskNeededBytes = 2 * e.GreenTotalBytes
 	e.BackfillSeconds = float64(e.Rows) / e.RowsPerSecond
+	if w := e.Settings; w.VacuumCostLimit > 0 && w.VacuumCostPage > 0 {
+		delay := gssync.DefaultSettleCostDelay.Seconds() * (1 + max(p.spec.Sync.WithDefaults().NiceRatio, 0))
+		pagesPerSec := float64(w.VacuumCostLimit) / float64(w.VacuumCostPage) / delay
+		e.SettleSeconds = float64(e.GreenTableBytes) / 8192 / pagesPerSec
+	}
+	e.WALBytes = e.GreenTotalBytes + e.GreenTableBytes
+	if w := e.Settings; w.MaxWALBytes > 0 {
+		e.Checkpoints = int(float64(e.WALBytes) / (float64(w.MaxWALBytes) / (1 + w.CheckpointCompletionTarget)))
+	}
 	e.Note = fmt.Sprintf("estimates: rows from the planner statistics, green's size from blue's scaled by the sampled row widths, "+
 		"the copy at a conservative %.0f rows/s (sync adapts its batches; throttling and index builds add time). "+
 		"Free disk space cannot be read over SQL: keep at least 2 × green and its indexes free (%s) for the copy, its WAL and the writes meanwhile",
@@ -1193,6 +1230,19 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 			LockHold:    "while each index builds (scales with the table)",
 		}, "sync", false, note)
 	}
+	settle := "VACUUM (FREEZE) " + db.Ident(n.Green.Schema, n.Green.Name)
+	if green.Kind == "p" {
+		settle = "VACUUM (FREEZE) <each partition of " + n.Green.String() + ">"
+	}
+	add(shadow.Step{
+		Name: "settle",
+		Description: "vacuum the filled green before synced, one table (or partition) at a time between the backfill's throttles, " +
+			"at autovacuum's pace (vacuum_cost_delay 2ms, raised by the nice ratio): hint bits, the visibility map and frozen rows " +
+			"are written now, not by autovacuum and the first readers under the application's traffic (sync --no-settle skips it)",
+		SQL:      []string{settle},
+		Lock:     "SHARE UPDATE EXCLUSIVE on " + n.Green.String() + " (reads and writes continue; lock_timeout, retried)",
+		LockHold: "while it vacuums (scales with green's size; the estimate below)",
+	}, "sync", true, "")
 	add(shadow.Step{
 		Name:        "analyze",
 		Description: "collect planner statistics on green",

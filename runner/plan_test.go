@@ -141,7 +141,7 @@ func TestPlanOrdersExample(t *testing.T) {
 		}
 	}
 	wantSteps := []string{"adopt", "create-green", "prepare-green", "install-sync-triggers", "backfill", "build-indexes",
-		"analyze", "enable-reverse-sync", "cutover", "finalize"}
+		"settle", "analyze", "enable-reverse-sync", "cutover", "finalize"}
 	if !slices.Equal(names, wantSteps) {
 		t.Errorf("steps = %v, want %v", names, wantSteps)
 	}
@@ -156,7 +156,7 @@ func TestPlanOrdersExample(t *testing.T) {
 		t.Errorf("backfill SQL = %s", bf)
 	}
 
-	cut := res.Steps[8]
+	cut := res.Steps[9]
 	invoker := " WITH (security_invoker = true)"
 	if pgtest.ServerMajor(t) < 15 {
 		invoker = "" // no security_invoker before PostgreSQL 15

@@ -39,7 +39,7 @@ const (
 	PhaseNone          = "" // synced: nothing left to do
 )
 
-var syncPhases = []string{PhaseAdopt, PhaseCreateGreen, PhaseBackfill, PhaseIndexes, PhaseAnalyze, PhaseEnableReverse}
+var syncPhases = []string{PhaseAdopt, PhaseCreateGreen, PhaseBackfill, PhaseIndexes, PhaseSettle, PhaseAnalyze, PhaseEnableReverse}
 
 // phaseAfter reports whether the recorded phase p is later than phase.
 func phaseAfter(p, phase string) bool {
@@ -61,6 +61,12 @@ type SyncOptions struct {
 	// migrations row holds (what `greenswap status` shows).
 	Progress      func(SyncProgress)
 	ProgressEvery time.Duration
+
+	// SkipSettle leaves the freshly filled green to autovacuum instead of
+	// vacuuming it (PhaseSettle) before synced: synced sooner, and the
+	// application pays for the vacuum, the hint bits and the visibility
+	// map after it (the bench's aftermath rows measure both).
+	SkipSettle bool
 
 	// StopAfterSetup makes Sync return once blue is adopted and green exists
 	// with its sync triggers on, before the backfill (for tests and tools).
@@ -177,6 +183,7 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 		{PhaseCreateSlot, inTx(func(ctx context.Context) error { return r.feed.start(ctx, r) })},
 		{PhaseBackfill, r.backfill},
 		{PhaseIndexes, inTx(r.indexes)},
+		{PhaseSettle, inTx(func(ctx context.Context) error { return r.settle(ctx, []shadow.Names{r.names}) })},
 		{PhaseAnalyze, inTx(r.analyze)},
 		{PhaseEnableReverse, inTx(r.enableReverse)},
 		{PhaseStreamCatchUp, inTx(func(ctx context.Context) error { return r.feed.catchUp(ctx, r) })},
@@ -607,30 +614,42 @@ func (r *syncRun) backfillOptions(batchSize int) gssync.Options {
 // own transaction.
 func (r *syncRun) backfiller(ctx context.Context, n shadow.Names, b *Build, bo gssync.Options, startRows int64,
 	checkpoint func(context.Context, pgx.Tx, gssync.Checkpoint) error) *gssync.Backfiller {
+	return &gssync.Backfiller{
+		Pool:       r.env.Pool,
+		Names:      n,
+		Mapping:    b.Mapping,
+		Blue:       b.Blue,
+		Options:    bo,
+		StartRows:  startRows,
+		Log:        r.log,
+		Throttles:  r.throttles(ctx),
+		Checkpoint: checkpoint,
+		OnThrottle: r.recordThrottle(ctx),
+	}
+}
+
+// throttles are what holds the migration's own work on the database (the
+// backfill's batches, the settle's vacuums): pause, replica lag and the
+// circuit breaker.
+func (r *syncRun) throttles(ctx context.Context) []gssync.Throttle {
 	maxLag := r.spec.Sync.WithDefaults().MaxReplicaLag.Duration
 	if r.opts.MaxReplicaLag > 0 {
 		maxLag = r.opts.MaxReplicaLag
 	}
-	name, pool := r.spec.Name, r.env.Pool
-	return &gssync.Backfiller{
-		Pool:      pool,
-		Names:     n,
-		Mapping:   b.Mapping,
-		Blue:      b.Blue,
-		Options:   bo,
-		StartRows: startRows,
-		Log:       r.log,
-		Throttles: []gssync.Throttle{
-			pausedThrottle(pool, name),
-			&gssync.ReplicaLag{Q: pool, Max: maxLag, Warn: func(msg string) { r.log.Warn().Msg(msg) }},
-			r.breaker(ctx), // sync_guard.go
-		},
-		Checkpoint: checkpoint,
-		OnThrottle: func(reason string) {
-			if err := state.SetThrottle(context.WithoutCancel(ctx), pool, name, reason); err != nil {
-				r.log.Warn().Err(err).Msg("record the throttle reason")
-			}
-		},
+	return []gssync.Throttle{
+		pausedThrottle(r.env.Pool, r.spec.Name),
+		&gssync.ReplicaLag{Q: r.env.Pool, Max: maxLag, Warn: func(msg string) { r.log.Warn().Msg(msg) }},
+		r.breaker(ctx), // sync_guard.go
+	}
+}
+
+// recordThrottle writes the reason the work is held ("" = running) into the
+// migration's row, where status shows it.
+func (r *syncRun) recordThrottle(ctx context.Context) func(string) {
+	return func(reason string) {
+		if err := state.SetThrottle(context.WithoutCancel(ctx), r.env.Pool, r.spec.Name, reason); err != nil {
+			r.log.Warn().Err(err).Msg("record the throttle reason")
+		}
 	}
 }
 
@@ -687,7 +706,7 @@ func (r *syncRun) indexes(ctx context.Context) error {
 			return err
 		}
 	}
-	return r.setPhase(ctx, r.env.Pool, PhaseAnalyze)
+	return r.setPhase(ctx, r.env.Pool, PhaseSettle)
 }
 
 // analyze collects statistics on the freshly filled green.

@@ -37,6 +37,7 @@ func (r *syncRun) syncSplit(ctx context.Context) error {
 		{PhaseCreateGreen, inTx(sr.createGreens)},
 		{PhaseBackfill, sr.backfill},
 		{PhaseIndexes, inTx(sr.indexes)},
+		{PhaseSettle, inTx(func(ctx context.Context) error { return r.settle(ctx, sr.names) })},
 		{PhaseAnalyze, inTx(sr.analyze)},
 		{PhaseEnableReverse, inTx(sr.enableReverse)},
 	})
@@ -214,7 +215,7 @@ func (sr *splitRun) indexes(ctx context.Context) error {
 	if err := sr.buildTableIndexes(ctx, items); err != nil {
 		return err
 	}
-	return sr.setPhase(ctx, sr.env.Pool, PhaseAnalyze)
+	return sr.setPhase(ctx, sr.env.Pool, PhaseSettle)
 }
 
 // analyze collects statistics on every green.

@@ -86,6 +86,7 @@ func (r *syncRun) syncTables(ctx context.Context) error {
 		{PhaseBackfill, r.backfillTables},
 		{PhaseIndexes, inTx(r.indexesTables)},
 		{PhaseForeignKeys, inTx(r.foreignKeys)},
+		{PhaseSettle, inTx(func(ctx context.Context) error { return r.settle(ctx, r.memberNames()) })},
 		{PhaseAnalyze, inTx(r.analyzeTables)},
 		{PhaseEnableReverse, inTx(r.enableReverse)},
 		{PhaseStreamCatchUp, inTx(func(ctx context.Context) error { return r.feed.catchUp(ctx, r) })},
@@ -561,7 +562,7 @@ func (r *syncRun) foreignKeys(ctx context.Context) error {
 			r.log.Info().Str("table", fk.Table).Str("constraint", fk.Name).Float64("took_ms", logx.Ms(took)).Msg("foreign key among the greens validated")
 		}
 	}
-	return r.setPhase(ctx, r.env.Pool, PhaseAnalyze)
+	return r.setPhase(ctx, r.env.Pool, PhaseSettle)
 }
 
 // greenFKStep runs one step of a foreign key among the greens (step: add

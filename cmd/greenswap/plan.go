@@ -230,6 +230,7 @@ func writePlanSections(w io.Writer, r *runner.PlanResult) {
 	}
 	p("  disk: green ≈ %s table + %s indexes = %s%s", runner.HumanBytes(e.GreenTableBytes), runner.HumanBytes(e.GreenIndexBytes),
 		runner.HumanBytes(e.GreenTotalBytes), widths)
+	writeSettleEstimate(p, e)
 	p("  WARNING free disk space is unknown to greenswap (not readable over SQL): keep at least %s free", runner.HumanBytes(e.DiskNeededBytes))
 	p("          (2 × green and its indexes: the copy, its WAL, and the writes while it runs)")
 
@@ -402,4 +403,19 @@ func planFirstWord(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+// writeSettleEstimate prints the settle's time and the WAL the copy and the
+// settle write, with the checkpoints it requests.
+func writeSettleEstimate(p func(string, ...any), e runner.Estimate) {
+	w := e.Settings
+	if w.VacuumCostLimit == 0 {
+		return
+	}
+	p("  settle: VACUUM (FREEZE) of ~%s at autovacuum's pace (vacuum_cost_limit %d per 2ms) ≈ %s",
+		runner.HumanBytes(e.GreenTableBytes), w.VacuumCostLimit, (time.Duration(e.SettleSeconds * float64(time.Second))).Round(time.Second))
+	p("  WAL: the copy, its indexes and the settle write up to %s; with max_wal_size %s that requests about %d checkpoint(s),",
+		runner.HumanBytes(e.WALBytes), runner.HumanBytes(w.MaxWALBytes), e.Checkpoints)
+	p("       each spread by PostgreSQL over %.0f%% of checkpoint_timeout %s; greenswap requests none (an immediate CHECKPOINT would not be spread)",
+		100*w.CheckpointCompletionTarget, time.Duration(w.CheckpointTimeoutS)*time.Second)
 }

@@ -48,7 +48,8 @@ func TestPlanCommand(t *testing.T) {
 		"greenswap plan: orders_v2 — public.orders → gs_orders_v2_green.orders (trigger mode)",
 		"Rehearsed in one transaction and rolled back: nothing was changed",
 		"\nSteps\n", "  1. adopt (greenswap sync)", `ALTER TABLE "public"."orders" SET SCHEMA "gs_orders_v2_blue"`,
-		"CREATE INDEX CONCURRENTLY orders_created_at_idx", "10. finalize",
+		"CREATE INDEX CONCURRENTLY orders_created_at_idx", "7. settle (greenswap sync)", "11. finalize",
+		"  settle: VACUUM (FREEZE) of ~", "greenswap requests none",
 		"\nEstimate (an estimate, not a promise)\n", "free disk space is unknown",
 		"\nHazards\n", "WARNING  row_type_change", "cached plan must not change result type",
 		"WARNING  green_stricter", "email: NOT NULL on green", "fix: ", "Nothing blocking.",
@@ -79,7 +80,7 @@ func TestPlanCommand(t *testing.T) {
 		t.Errorf("schema_version %v, blocking %v", doc["schema_version"], doc["blocking"])
 	}
 	steps, _ := doc["steps"].([]any)
-	if len(steps) != 10 {
+	if len(steps) != 11 {
 		t.Errorf("%d steps", len(steps))
 	} else if s0, _ := steps[0].(map[string]any); s0["name"] != "adopt" || s0["lock"] == "" || s0["sql"] == nil {
 		t.Errorf("first step = %v", s0)

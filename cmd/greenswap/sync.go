@@ -73,6 +73,7 @@ Example:
 			&cli.DurationFlag{Name: "max-replica-lag", Usage: "hold the backfill while a standby's replay lag exceeds `DURATION`", DefaultText: "sync.max_replica_lag, else 10s"},
 			&cli.Float64Flag{Name: "nice-ratio", Usage: "after each batch, sleep `RATIO` times its duration, leaving CPU to the application (the copy takes 1+RATIO times as long)", DefaultText: "sync.nice_ratio, else 0"},
 			&cli.DurationFlag{Name: "lock-timeout", Usage: "wait at most `DURATION` per attempt for a table lock, then retry", DefaultText: "sync.lock_timeout, else 2s"},
+			&cli.BoolFlag{Name: "no-settle", Usage: "reach synced without vacuuming the filled green (VACUUM (FREEZE), paced like autovacuum): sooner, but autovacuum and the first readers then do it under the application's traffic"},
 			&cli.Float64Flag{Name: "guard-rollback-rate", Usage: "circuit breaker: hold sync while the share of transactions rolled back exceeds the baseline's by more than `SHARE` (0..1; negative: off)", DefaultText: "guard.rollback_rate, else off"},
 			&cli.Float64Flag{Name: "guard-deadlocks", Usage: "circuit breaker: hold sync while deadlocks per second exceed the baseline's rate by more than `RATE` (negative: off)", DefaultText: "guard.deadlocks, else off"},
 			&cli.IntFlag{Name: "guard-lock-waits", Usage: "circuit breaker: hold sync while `N` or more sessions wait for a lock on blue, green or the app view (negative: off)", DefaultText: "guard.lock_waits, else off"},
@@ -106,6 +107,7 @@ func syncAction(c *cli.Context) error {
 		MaxReplicaLag:   c.Duration("max-replica-lag"),
 		LockTimeout:     c.Duration("lock-timeout"),
 		NiceRatio:       c.Float64("nice-ratio"),
+		SkipSettle:      c.Bool("no-settle"),
 	}
 	g, err := syncGuardFlags(c)
 	if err != nil {
