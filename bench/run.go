@@ -94,6 +94,9 @@ func (b *bench) runAll(ctx context.Context) {
 			b.runPgbench(ctx, pgb)
 		}
 	}
+	if b.parts["aftermath"] && ctx.Err() == nil {
+		b.runAftermath(ctx, b.aftermathFigures()) // aftermath.go
+	}
 	if ctx.Err() != nil {
 		mark(ctx.Err(), b.res.Figures...)
 	}
