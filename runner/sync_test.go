@@ -66,7 +66,7 @@ func TestSyncEndToEnd(t *testing.T) {
 	for _, e := range evs {
 		steps = append(steps, e.Step)
 	}
-	want := "create adopt create-green backfill build-index build-index analyze synced"
+	want := "create adopt create-green backfill build-index build-index settle analyze synced"
 	if got := strings.Join(steps, " "); got != want {
 		t.Fatalf("events %q, want %q", got, want)
 	}
