@@ -35,7 +35,7 @@ func (r *syncRun) settle(ctx context.Context, greens []shadow.Names) error {
 		if r.opts.NiceRatio > 0 {
 			nice = r.opts.NiceRatio
 		}
-		var retries int
+		var retries, interrupted int
 		var held time.Duration
 		for _, n := range greens {
 			s := &gssync.Settler{
@@ -50,12 +50,13 @@ func (r *syncRun) settle(ctx context.Context, greens []shadow.Names) error {
 			res, err := s.Run(ctx)
 			stmts = append(stmts, res.Statements...)
 			retries += res.Retries
+			interrupted += res.Interrupted
 			held += res.Held
 			if err != nil {
 				return err
 			}
 		}
-		detail["lock_retries"], detail["held_s"] = retries, held.Seconds()
+		detail["lock_retries"], detail["held_s"], detail["vacuums_interrupted"] = retries, held.Seconds(), interrupted
 		detail["vacuum_cost_delay_ms"] = float64(gssync.DefaultSettleCostDelay.Microseconds()) * (1 + max(nice, 0)) / 1000
 	}
 	if err := state.Record(ctx, r.env.Pool, r.spec.Name, PhaseSettle, "ok", time.Since(t0), strings.Join(stmts, ";\n"), detail); err != nil {

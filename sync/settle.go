@@ -37,8 +37,10 @@ type Settler struct {
 	Pool  *pgxpool.Pool
 	Names shadow.Names
 	// Throttles are asked before every leaf, as the backfill asks them
-	// before every batch (pause, replica lag, the breaker). A VACUUM under
-	// way is not interrupted by a hold: the hold waits for the next leaf.
+	// before every batch (pause, replica lag, the breaker), and every
+	// PollInterval while a VACUUM runs: a hold then cancels it, and it
+	// runs again once released (aggressive VACUUM skips the pages it has
+	// frozen already, so little is done twice).
 	Throttles  []Throttle
 	OnThrottle func(reason string)
 	// LockTimeout bounds each attempt's wait for the leaf's SHARE UPDATE
@@ -54,10 +56,13 @@ type Settler struct {
 
 // SettleResult is what one Run did.
 type SettleResult struct {
-	Leaves     int           // leaves vacuumed
-	Statements []string      // the SQL run, for the event log
-	Retries    int           // attempts that timed out on the lock
-	Held       time.Duration // time spent held by a throttle
+	Leaves     int      // leaves vacuumed
+	Statements []string // the SQL run, for the event log
+	Retries    int      // attempts that timed out on the lock
+	// Interrupted counts VACUUMs cancelled under way because a throttle
+	// held (pause, replica lag, the breaker); each was run again after.
+	Interrupted int
+	Held        time.Duration // time spent held by a throttle
 }
 
 // Run vacuums every leaf of green. It returns ctx's error when interrupted.
@@ -97,6 +102,14 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 		return res, err
 	}
 	held := ""
+	tell := func(reason string) {
+		if reason != held {
+			held = reason
+			if s.OnThrottle != nil {
+				s.OnThrottle(reason)
+			}
+		}
+	}
 	for _, leaf := range leaves {
 		sql := "VACUUM (FREEZE) " + leaf
 		backoff := 50 * time.Millisecond
@@ -111,12 +124,7 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 				}
 				return res, err
 			}
-			if reason != held {
-				held = reason
-				if s.OnThrottle != nil {
-					s.OnThrottle(reason)
-				}
-			}
+			tell(reason)
 			if reason != "" {
 				t0 := time.Now()
 				sleepCtx(ctx, poll)
@@ -124,14 +132,24 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 				continue
 			}
 			t0 := time.Now()
-			_, err = conn.Exec(ctx, sql)
+			reason, err = s.vacuum(ctx, conn, sql, poll)
+			if reason != "" {
+				// A throttle held while the VACUUM ran: it was cancelled;
+				// the pages it froze stay frozen and are skipped next time.
+				res.Interrupted++
+				tell(reason)
+				continue
+			}
 			if err == nil {
 				s.Log.Info().Str("table", leaf).Dur("took", time.Since(t0)).Msg("settled (vacuum freeze)")
 				res.Leaves++
 				res.Statements = append(res.Statements, sql)
 				break
 			}
-			if db.SQLState(err) != db.LockNotAvailable || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			if db.SQLState(err) != db.LockNotAvailable {
 				return res, fmt.Errorf("settle %s: %s: %w", s.Names.Green, sql, err)
 			}
 			res.Retries++
@@ -141,6 +159,47 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// vacuum runs one VACUUM on conn, asking the throttles every poll while it
+// runs. When one holds, or ctx ends, the server is asked to cancel the
+// statement (a cancel request: the session stays usable) and vacuum returns
+// the throttle's reason, or ctx's error. The statement itself runs without
+// ctx, because pgx answers a cancelled context by abandoning the
+// connection, which would leave the server vacuuming on.
+func (s *Settler) vacuum(ctx context.Context, conn *pgx.Conn, sql string, poll time.Duration) (string, error) {
+	done := make(chan error, 1)
+	go func() {
+		_, err := conn.Exec(context.WithoutCancel(ctx), sql)
+		done <- err
+	}()
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	cancel := func() {
+		if err := conn.PgConn().CancelRequest(context.WithoutCancel(ctx)); err != nil {
+			s.Log.Warn().Err(err).Msg("settle: cancel the VACUUM under way")
+		}
+	}
+	for {
+		select {
+		case err := <-done:
+			return "", err
+		case <-ctx.Done():
+			cancel()
+			<-done
+			return "", ctx.Err()
+		case <-tick.C:
+			reason, err := s.hold(ctx)
+			if err != nil || reason == "" {
+				continue // a throttle that cannot be read does not stop a VACUUM under way
+			}
+			cancel()
+			if err := <-done; err == nil || db.SQLState(err) != db.QueryCanceled {
+				return "", err // it ended on its own first
+			}
+			return reason, nil
+		}
+	}
 }
 
 func (s *Settler) hold(ctx context.Context) (string, error) {

@@ -23,7 +23,7 @@ func settleNames(schema, table string) shadow.Names {
 	return shadow.Names{Green: spec.QualifiedName{Schema: schema, Name: table}}
 }
 
-// settleWriters update and insert rows of table until stop, counting
+// settleWriters update, delete and insert hot rows of table until stop, counting
 // errors; each statement must finish within a second (nothing the settle
 // takes may block them).
 func settleWriters(t *testing.T, pool *pgxpool.Pool, table string, n int) (stop func() (commits, errs int64)) {
@@ -43,10 +43,15 @@ func settleWriters(t *testing.T, pool *pgxpool.Pool, table string, n int) (stop 
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				var err error
-				if rand.IntN(2) == 0 {
-					_, err = pool.Exec(ctx, `UPDATE `+table+` SET v = v + 1 WHERE id = $1`, 1+rand.IntN(30000))
-				} else {
-					_, err = pool.Exec(ctx, `INSERT INTO `+table+` (id, v) VALUES ($1, 0) ON CONFLICT (id) DO NOTHING`, 30001+rand.IntN(1000000))
+				// Hot rows: a few pages the VACUUM's result may lose again.
+				id := 1 + rand.IntN(50)
+				switch rand.IntN(3) {
+				case 0:
+					_, err = pool.Exec(ctx, `UPDATE `+table+` SET v = v + 1 WHERE id = $1`, id)
+				case 1:
+					_, err = pool.Exec(ctx, `DELETE FROM `+table+` WHERE id = $1`, id)
+				default:
+					_, err = pool.Exec(ctx, `INSERT INTO `+table+` (id, v) VALUES ($1, 0) ON CONFLICT (id) DO NOTHING`, id)
 				}
 				cancel()
 				if err != nil {
@@ -64,9 +69,10 @@ func settleWriters(t *testing.T, pool *pgxpool.Pool, table string, n int) (stop 
 // TestSettleFreezesEveryLeaf: on a partitioned green of 30k rows with 4
 // writers updating and inserting throughout, the Settler is held by a
 // throttle for its first asks (told through OnThrottle, then released),
-// then vacuums every leaf: each leaf's relfrozenxid passes the xids spent
-// after the load and its visibility map is set; no writer failed or waited
-// a second.
+// then vacuums every leaf: at least 80% of the pages the load filled
+// are all-visible and all-frozen (the writers' hot rows dirty a few again,
+// and their new row versions fill new pages); no
+// writer failed or waited a second.
 func TestSettleFreezesEveryLeaf(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -80,12 +86,9 @@ func TestSettleFreezesEveryLeaf(t *testing.T) {
 		ALTER TABLE gs_settle_green.t_b SET (autovacuum_enabled = false);
 		ALTER TABLE gs_settle_green.t_c SET (autovacuum_enabled = false);
 		INSERT INTO gs_settle_green.t SELECT g, g FROM generate_series(1, 30000) g;`)
-	var loaded int64
-	if err := pool.QueryRow(ctx, `SELECT txid_current()`).Scan(&loaded); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 50; i++ { // xids the freeze must pass
-		pgtest.Exec(t, dsn, `SELECT txid_current()`)
+	loadedPages := map[string]int64{}
+	for _, leaf := range []string{"t_a", "t_b", "t_c"} {
+		loadedPages[leaf] = int64(testkit.Count(t, pool, `SELECT pg_relation_size($1::regclass) / 8192`, "gs_settle_green."+leaf))
 	}
 	stop := settleWriters(t, pool, "gs_settle_green.t", 4)
 
@@ -118,26 +121,34 @@ func TestSettleFreezesEveryLeaf(t *testing.T) {
 	if errs != 0 || commits == 0 {
 		t.Errorf("writers: %d commits, %d errors during the settle", commits, errs)
 	}
-	rows, err := pool.Query(ctx, `SELECT c.relname, c.relfrozenxid::text::bigint, c.relallvisible, c.relpages
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'gs_settle_green' AND c.relkind = 'r' ORDER BY 1`)
-	if err != nil {
-		t.Fatal(err)
+	// Frozen pages from the visibility map where pg_visibility is
+	// installed (not every server build has contrib); all-visible pages
+	// from pg_class everywhere. Writers ran throughout, so a few pages
+	// lost their bits again after the VACUUM passed them.
+	_, verr := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_visibility`)
+	if verr != nil {
+		t.Logf("no pg_visibility (%v): the frozen pages are not counted", verr)
 	}
-	defer rows.Close()
 	n := 0
-	for rows.Next() {
-		var name string
-		var frozen int64
-		var visible, pages int32
-		if err := rows.Scan(&name, &frozen, &visible, &pages); err != nil {
+	for _, leaf := range []string{"t_a", "t_b", "t_c"} {
+		rel := "gs_settle_green." + leaf
+		n++
+		var visible int64
+		if err := pool.QueryRow(ctx, `SELECT relallvisible FROM pg_class WHERE oid = $1::regclass`, rel).Scan(&visible); err != nil {
 			t.Fatal(err)
 		}
-		n++
-		if frozen <= loaded%(1<<32) {
-			t.Errorf("%s: relfrozenxid %d not past the load's xid %d: not frozen", name, frozen, loaded)
+		pages := loadedPages[leaf] // the writers' new pages come after
+		if pages > 0 && visible < pages*8/10 {
+			t.Errorf("%s: %d of %d pages all-visible: the visibility map was not set", leaf, visible, pages)
 		}
-		if pages > 0 && visible == 0 {
-			t.Errorf("%s: %d pages, none all-visible: the visibility map was not set", name, pages)
+		if verr == nil {
+			var frozen int64
+			if err := pool.QueryRow(ctx, `SELECT all_frozen FROM pg_visibility_map_summary($1::regclass)`, rel).Scan(&frozen); err != nil {
+				t.Fatal(err)
+			}
+			if pages > 0 && frozen < pages*8/10 {
+				t.Errorf("%s: %d of %d pages all-frozen: not frozen", leaf, frozen, pages)
+			}
 		}
 	}
 	if n != 3 {
@@ -184,5 +195,70 @@ func TestSettleWaitsForTheLockAndRetries(t *testing.T) {
 	res, err = held.Run(cctx)
 	if !errors.Is(err, context.DeadlineExceeded) || res.Leaves != 0 {
 		t.Errorf("held and cancelled: %+v, %v; want the context's error and nothing vacuumed", res, err)
+	}
+}
+
+// TestSettleHoldCancelsTheVacuumUnderWay: a slow VACUUM (a high nice ratio
+// on 40k rows) is under way when a throttle starts to hold: the VACUUM is
+// cancelled (none runs on green while held, as pg_stat_progress_vacuum
+// shows), the hold is told, and once released the VACUUM runs again to its
+// end: green frozen, Interrupted counted.
+func TestSettleHoldCancelsTheVacuumUnderWay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, `CREATE SCHEMA gs_settle3_green;
+		CREATE TABLE gs_settle3_green.t (id bigint PRIMARY KEY, v bigint NOT NULL, pad text) WITH (autovacuum_enabled = false);
+		INSERT INTO gs_settle3_green.t SELECT g, g, repeat('x', 100) FROM generate_series(1, 40000) g;`)
+	var loaded int64
+	if err := pool.QueryRow(ctx, `SELECT txid_current()`).Scan(&loaded); err != nil {
+		t.Fatal(err)
+	}
+	var phase atomic.Int32 // 0: run until the VACUUM is seen; 1: hold; 2: released
+	var heldSince time.Time
+	var sawVacuumWhileHeld atomic.Bool
+	var mu gosync.Mutex
+	var told []string
+	s := &gssync.Settler{
+		Pool: pool, Names: settleNames("gs_settle3_green", "t"), NiceRatio: 40, PollInterval: 50 * time.Millisecond,
+		OnThrottle: func(r string) { mu.Lock(); told = append(told, r); mu.Unlock() },
+		Throttles: []gssync.Throttle{gssync.ThrottleFunc(func(ctx context.Context) (string, error) {
+			running := testkit.Count(t, pool, `SELECT count(*) FROM pg_stat_progress_vacuum WHERE relid = 'gs_settle3_green.t'::regclass`) > 0
+			switch phase.Load() {
+			case 0:
+				if running {
+					phase.Store(1)
+					heldSince = time.Now()
+					return "test hold", nil
+				}
+				return "", nil
+			case 1:
+				if time.Since(heldSince) > 300*time.Millisecond && running {
+					sawVacuumWhileHeld.Store(true)
+				}
+				if time.Since(heldSince) > time.Second {
+					phase.Store(2)
+					return "", nil
+				}
+				return "test hold", nil
+			}
+			return "", nil
+		})},
+	}
+	res, err := s.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if phase.Load() != 2 || res.Interrupted == 0 || res.Leaves != 1 {
+		t.Fatalf("phase %d, %+v: want the VACUUM seen, cancelled by the hold, then run to its end", phase.Load(), res)
+	}
+	if sawVacuumWhileHeld.Load() {
+		t.Error("a VACUUM of green kept running while the throttle held")
+	}
+	if fmt.Sprint(told) != "[test hold ]" {
+		t.Errorf("told %q, want the hold then its end", told)
+	}
+	if frozen := testkit.Count(t, pool, `SELECT relfrozenxid::text::bigint FROM pg_class WHERE oid = 'gs_settle3_green.t'::regclass`); frozen <= loaded%(1<<32) {
+		t.Errorf("relfrozenxid %d not past the load's %d", frozen, loaded)
 	}
 }
