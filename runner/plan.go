@@ -1230,15 +1230,17 @@ func (p *planner) steps(adopt shadow.Step, green *shadow.Table, reverseOn []stri
 			LockHold:    "while each index builds (scales with the table)",
 		}, "sync", false, note)
 	}
-	settle := "VACUUM (FREEZE) " + db.Ident(n.Green.Schema, n.Green.Name)
+	settle := gssync.VacuumSQL(db.Ident(n.Green.Schema, n.Green.Name))
 	if green.Kind == "p" {
-		settle = "VACUUM (FREEZE) <each partition of " + n.Green.String() + ">"
+		settle = gssync.VacuumSQL("<each partition of " + n.Green.String() + ">")
 	}
 	add(shadow.Step{
 		Name: "settle",
 		Description: "vacuum the filled green before synced, one table (or partition) at a time between the backfill's throttles, " +
-			"at autovacuum's pace (vacuum_cost_delay 2ms, raised by the nice ratio): hint bits, the visibility map and frozen rows " +
-			"are written now, not by autovacuum and the first readers under the application's traffic (sync --no-settle skips it)",
+			"at autovacuum's pace (vacuum_cost_delay 2ms, raised by the nice ratio), after any transaction older than the copy's end " +
+			"(it would keep VACUUM from freezing the copied rows; waited for up to " + gssync.DefaultSettleHorizonWait.String() + ", named in status): " +
+			"hint bits, the visibility map and frozen rows are written now, not by autovacuum and the first readers under the application's traffic " +
+			"(sync --no-settle skips it)",
 		SQL:      []string{settle},
 		Lock:     "SHARE UPDATE EXCLUSIVE on " + n.Green.String() + " (reads and writes continue; lock_timeout, retried)",
 		LockHold: "while it vacuums (scales with green's size; the estimate below)",

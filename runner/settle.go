@@ -36,6 +36,7 @@ func (r *syncRun) settle(ctx context.Context, greens []shadow.Names) error {
 			nice = r.opts.NiceRatio
 		}
 		var retries, interrupted int
+		var notSettled []string
 		var held time.Duration
 		for _, n := range greens {
 			s := &gssync.Settler{
@@ -51,12 +52,16 @@ func (r *syncRun) settle(ctx context.Context, greens []shadow.Names) error {
 			stmts = append(stmts, res.Statements...)
 			retries += res.Retries
 			interrupted += res.Interrupted
+			notSettled = append(notSettled, res.NotSettled...)
 			held += res.Held
 			if err != nil {
 				return err
 			}
 		}
 		detail["lock_retries"], detail["held_s"], detail["vacuums_interrupted"] = retries, held.Seconds(), interrupted
+		if len(notSettled) > 0 {
+			detail["not_settled"] = notSettled
+		}
 		detail["vacuum_cost_delay_ms"] = float64(gssync.DefaultSettleCostDelay.Microseconds()) * (1 + max(nice, 0)) / 1000
 	}
 	if err := state.Record(ctx, r.env.Pool, r.spec.Name, PhaseSettle, "ok", time.Since(t0), strings.Join(stmts, ";\n"), detail); err != nil {

@@ -21,6 +21,16 @@ import (
 // greenswap's throttles, instead of racing the application after synced.
 const DefaultSettleCostDelay = 2 * time.Millisecond
 
+// DefaultSettleHorizonWait is Settler.HorizonWait's default.
+const DefaultSettleHorizonWait = 2 * time.Minute
+
+// VacuumSQL is the settle's statement for one leaf. TRUNCATE false: the
+// truncation of empty pages at the end of a table takes ACCESS EXCLUSIVE,
+// which would block every read and write of green (and, through the
+// triggers, of blue) while it runs, and conflicts with a hot standby's
+// queries as it is replayed (break9 04).
+func VacuumSQL(leaf string) string { return "VACUUM (FREEZE, TRUNCATE false) " + leaf }
+
 // Settler brings a freshly filled green to steady state before the
 // migration is called synced: VACUUM (FREEZE) of every leaf of green, one
 // at a time. A million-row copy leaves pages without hint bits, an unset
@@ -51,7 +61,13 @@ type Settler struct {
 	// DefaultSettleCostDelay × (1 + NiceRatio).
 	NiceRatio    float64
 	PollInterval time.Duration // how often a held settle re-checks; default 250ms
-	Log          zerolog.Logger
+	// HorizonWait bounds the wait for transactions older than the copy's
+	// end (a long report, an idle-in-transaction session, a prepared
+	// transaction, a standby's feedback): while one is open VACUUM can
+	// freeze none of the copied rows. Past it the VACUUM runs anyway and
+	// the result says green is not settled. Default DefaultSettleHorizonWait.
+	HorizonWait time.Duration
+	Log         zerolog.Logger
 }
 
 // SettleResult is what one Run did.
@@ -62,7 +78,10 @@ type SettleResult struct {
 	// Interrupted counts VACUUMs cancelled under way because a throttle
 	// held (pause, replica lag, the breaker); each was run again after.
 	Interrupted int
-	Held        time.Duration // time spent held by a throttle
+	Held        time.Duration // time spent held by a throttle or waiting for the horizon
+	// NotSettled names each leaf vacuumed while the xmin horizon was held
+	// back past HorizonWait, and by what.
+	NotSettled []string
 }
 
 // Run vacuums every leaf of green. It returns ctx's error when interrupted.
@@ -85,17 +104,16 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 	if lt <= 0 {
 		lt = 2 * time.Second
 	}
-	if _, err := conn.Exec(ctx, fmt.Sprintf("SET vacuum_cost_delay = '%dus'; SET lock_timeout = '%dms'; SET statement_timeout = 0",
-		delay.Microseconds(), lt.Milliseconds())); err != nil {
+	// client_connection_check_interval: a VACUUM whose greenswap was
+	// killed stops within a second instead of running on, out of reach of
+	// pause and the throttles of the run that resumes (break9 02).
+	if _, err := conn.Exec(ctx, fmt.Sprintf("SET vacuum_cost_delay = '%dus'; SET lock_timeout = '%dms'; SET statement_timeout = 0; "+
+		"SET client_connection_check_interval = '1s'", delay.Microseconds(), lt.Milliseconds())); err != nil {
 		return res, fmt.Errorf("settle %s: session settings: %w", s.Names.Green, err)
 	}
-	// VACUUM marks a page all-visible only once its rows' hint bits are
-	// set, and a hint bit waits for its commit's WAL to be flushed: under
-	// synchronous_commit = off (the copy's last batches, the application's
-	// writes) that is up to wal_writer_delay later. Wait for the WAL
-	// written so far to be flushed (the WAL writer's job; bounded).
-	if err := waitWALFlushed(ctx, conn, 5*time.Second); err != nil {
-		return res, fmt.Errorf("settle %s: wait for the copy's WAL to be flushed: %w", s.Names.Green, err)
+	var startXmax int64
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())`).Scan(&startXmax); err != nil {
+		return res, fmt.Errorf("settle %s: %w", s.Names.Green, err)
 	}
 	leaves, err := greenLeaves(ctx, conn, s.Names)
 	if err != nil {
@@ -110,8 +128,13 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 			}
 		}
 	}
+	horizonWait := s.HorizonWait
+	if horizonWait <= 0 {
+		horizonWait = DefaultSettleHorizonWait
+	}
 	for _, leaf := range leaves {
-		sql := "VACUUM (FREEZE) " + leaf
+		sql := VacuumSQL(leaf)
+		var horizonSince time.Time
 		backoff := 50 * time.Millisecond
 		for {
 			if err := ctx.Err(); err != nil {
@@ -130,6 +153,35 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 				sleepCtx(ctx, poll)
 				res.Held += time.Since(t0)
 				continue
+			}
+			if horizon, err := horizonHolders(ctx, conn, startXmax); err != nil {
+				return res, fmt.Errorf("settle %s: %w", s.Names.Green, err)
+			} else if horizon != "" {
+				// A VACUUM now would freeze nothing the copy wrote and set no
+				// visibility bit: wait (bounded, said in status) for it.
+				if horizonSince.IsZero() {
+					horizonSince = time.Now()
+				}
+				if time.Since(horizonSince) < horizonWait {
+					tell("settle waits for " + horizon + ": it holds back the xmin horizon, so VACUUM could freeze none of the copied rows")
+					t0 := time.Now()
+					sleepCtx(ctx, poll)
+					res.Held += time.Since(t0)
+					continue
+				}
+				res.NotSettled = append(res.NotSettled, fmt.Sprintf("%s: vacuumed while %s held back the xmin horizon (waited %s): "+
+					"its copied rows are neither frozen nor all-visible; autovacuum will do it once that ends", leaf, horizon, horizonWait))
+				s.Log.Warn().Str("table", leaf).Str("held_by", horizon).Msg("green is not settled: the xmin horizon is held back; vacuuming anyway")
+			}
+			// VACUUM marks a page all-visible only once its rows' hint bits
+			// are set, and a hint bit waits until the WAL of its commit is
+			// flushed; under synchronous_commit = off that commit's LSN is
+			// that of the latest commit among the 32 transactions sharing
+			// its commit-log slot, so writers committing just after the copy
+			// push it on. Wait (bounded: the WAL writer's job) for the WAL
+			// written so far to be flushed.
+			if err := waitWALFlushed(ctx, conn, 5*time.Second); err != nil {
+				return res, fmt.Errorf("settle %s: wait for the WAL to be flushed: %w", s.Names.Green, err)
 			}
 			t0 := time.Now()
 			reason, err = s.vacuum(ctx, conn, sql, poll)
@@ -153,7 +205,9 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 				return res, fmt.Errorf("settle %s: %s: %w", s.Names.Green, sql, err)
 			}
 			res.Retries++
-			s.Log.Info().Str("table", leaf).Dur("retry_in", backoff).Msg("settle waits for the table's lock (another vacuum, analyze or DDL holds it)")
+			who := lockHolders(ctx, conn, leaf)
+			tell("settle waits for the lock on " + leaf + ": " + who)
+			s.Log.Info().Str("table", leaf).Str("held_by", who).Dur("retry_in", backoff).Msg("settle waits for the table's lock")
 			sleepCtx(ctx, backoff+rand.N(backoff/2+1))
 			backoff = min(2*backoff, 5*time.Second)
 		}
@@ -273,4 +327,64 @@ func waitWALFlushed(ctx context.Context, conn *pgx.Conn, limit time.Duration) er
 			return err
 		}
 	}
+}
+
+// horizonHoldersSQL lists what holds the xmin horizon back past $1, the
+// snapshot xmax taken when the settle started (every row the copy wrote
+// is older): sessions of this database with an older snapshot or xid,
+// prepared transactions, replication slots and standbys' feedback. A role
+// without pg_read_all_stats sees no other role's backend_xmin: then only
+// its own sessions are named.
+const horizonHoldersSQL = `
+WITH s AS (SELECT ($1::bigint % 4294967296)::text::xid AS x)
+SELECT 'pid ' || a.pid || coalesce(' (' || nullif(a.application_name, '') || ')', '') ||
+       coalesce(', ' || a.state, '') || coalesce(', transaction open since ' || pg_catalog.to_char(a.xact_start, 'YYYY-MM-DD HH24:MI:SS'), '')
+  FROM pg_catalog.pg_stat_activity a, s
+ WHERE a.datname = pg_catalog.current_database() AND a.pid <> pg_catalog.pg_backend_pid()
+   AND (pg_catalog.age(a.backend_xmin) > pg_catalog.age(s.x) OR pg_catalog.age(a.backend_xid) > pg_catalog.age(s.x))
+UNION ALL
+SELECT 'prepared transaction ' || pg_catalog.quote_literal(p.gid)
+  FROM pg_catalog.pg_prepared_xacts p, s
+ WHERE p.database = pg_catalog.current_database() AND pg_catalog.age(p.transaction) > pg_catalog.age(s.x)
+UNION ALL
+SELECT 'replication slot ' || r.slot_name
+  FROM pg_catalog.pg_replication_slots r, s
+ WHERE r.xmin IS NOT NULL AND pg_catalog.age(r.xmin) > pg_catalog.age(s.x)
+UNION ALL
+SELECT 'standby ' || coalesce(nullif(w.application_name, ''), pg_catalog.host(w.client_addr), 'pid ' || w.pid) || ' (hot_standby_feedback)'
+  FROM pg_catalog.pg_stat_replication w, s
+ WHERE pg_catalog.age(w.backend_xmin) > pg_catalog.age(s.x)`
+
+// horizonHolders names what holds the horizon back ("" = nothing).
+func horizonHolders(ctx context.Context, conn *pgx.Conn, startXmax int64) (string, error) {
+	rows, err := conn.Query(ctx, horizonHoldersSQL, startXmax)
+	if err != nil {
+		return "", fmt.Errorf("read what holds the xmin horizon: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "", fmt.Errorf("read what holds the xmin horizon: %w", err)
+	}
+	if len(names) > 3 {
+		names = append(names[:3], fmt.Sprintf("%d more", len(names)-3))
+	}
+	return strings.Join(names, "; "), nil
+}
+
+// lockHolders names the sessions holding a lock on leaf that conflicts
+// with VACUUM's SHARE UPDATE EXCLUSIVE, for status; best effort.
+func lockHolders(ctx context.Context, conn *pgx.Conn, leaf string) string {
+	rows, err := conn.Query(ctx, `SELECT 'pid ' || l.pid || coalesce(' (' || nullif(a.application_name, '') || ')', '') || ' holds ' || l.mode
+		  FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+		 WHERE l.locktype = 'relation' AND l.relation = $1::regclass AND l.granted AND l.pid <> pg_catalog.pg_backend_pid()
+		   AND l.mode IN ('ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+		 ORDER BY l.pid LIMIT 3`, leaf)
+	if err != nil {
+		return "another session holds it"
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(names) == 0 {
+		return "another session holds it (another vacuum, analyze, index build or DDL)"
+	}
+	return strings.Join(names, "; ")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	gosync "sync"
 	"sync/atomic"
 	"testing"
@@ -179,10 +180,16 @@ func TestSettleWaitsForTheLockAndRetries(t *testing.T) {
 		time.Sleep(1500 * time.Millisecond)
 		tx.Rollback(context.Background())
 	}()
-	s := &gssync.Settler{Pool: pool, Names: settleNames("gs_settle2_green", "t"), LockTimeout: 100 * time.Millisecond}
+	var told []string
+	s := &gssync.Settler{Pool: pool, Names: settleNames("gs_settle2_green", "t"), LockTimeout: 100 * time.Millisecond,
+		OnThrottle: func(r string) { told = append(told, r) }}
 	res, err := s.Run(ctx)
 	if err != nil || res.Leaves != 1 || res.Retries == 0 {
 		t.Fatalf("settle under a held lock: %+v, %v; want 1 leaf after at least one retry", res, err)
+	}
+	if len(told) < 2 || !strings.Contains(told[0], `settle waits for the lock on "gs_settle2_green"."t": pid `) ||
+		!strings.Contains(told[0], "holds ShareUpdateExclusiveLock") || told[len(told)-1] != "" {
+		t.Errorf("told %q: want the wait named with the lock's holder, then its end", told)
 	}
 	if got := testkit.Count(t, pool, `SELECT count(*) FROM pg_stat_user_tables WHERE relid = 'gs_settle2_green.t'::regclass AND vacuum_count > 0`); got != 1 {
 		t.Errorf("pg_stat_user_tables shows no vacuum of green")
@@ -260,5 +267,84 @@ func TestSettleHoldCancelsTheVacuumUnderWay(t *testing.T) {
 	}
 	if frozen := testkit.Count(t, pool, `SELECT relfrozenxid::text::bigint FROM pg_class WHERE oid = 'gs_settle3_green.t'::regclass`); frozen <= loaded%(1<<32) {
 		t.Errorf("relfrozenxid %d not past the load's %d", frozen, loaded)
+	}
+}
+
+// TestSettleWaitsForTheHorizon: a REPEATABLE READ transaction opened
+// before the settle holds the xmin horizon back, so a VACUUM could freeze
+// none of green's rows. The Settler waits, telling the throttle reason
+// that names the session; when it commits, the VACUUM runs and green is
+// frozen. A holder that stays past HorizonWait: the VACUUM runs anyway and
+// NotSettled names the leaf and the holder. The VACUUM never truncates
+// green (ACCESS EXCLUSIVE): its emptied tail stays on disk.
+func TestSettleWaitsForTheHorizon(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dsn := pgtest.NewPool(t)
+	pgtest.Exec(t, dsn, `CREATE EXTENSION IF NOT EXISTS pg_visibility;
+		CREATE SCHEMA gs_settle4_green;
+		CREATE TABLE gs_settle4_green.t (id bigint PRIMARY KEY, v bigint NOT NULL) WITH (autovacuum_enabled = false);
+		CREATE TABLE gs_settle4_green.u (id bigint PRIMARY KEY, v bigint NOT NULL) WITH (autovacuum_enabled = false);`)
+	frozen := func(rel string) (int64, int64) {
+		var f, pages int64
+		if err := pool.QueryRow(ctx, `SELECT (SELECT all_frozen FROM pg_visibility_map_summary($1::regclass)), pg_relation_size($1::regclass) / 8192`, rel).Scan(&f, &pages); err != nil {
+			t.Fatal(err)
+		}
+		return f, pages
+	}
+	for _, tc := range []struct {
+		table   string
+		release time.Duration // when the holder commits; 0: after the settle
+	}{{"t", 700 * time.Millisecond}, {"u", 0}} {
+		rel := "gs_settle4_green." + tc.table
+		holder, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := holder.Exec(ctx, `SET TRANSACTION ISOLATION LEVEL REPEATABLE READ`); err != nil {
+			t.Fatal(err)
+		}
+		var holderPID int32
+		if err := holder.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holderPID); err != nil { // takes the snapshot
+			t.Fatal(err)
+		}
+		pgtest.Exec(t, dsn, `INSERT INTO `+rel+` SELECT g, g FROM generate_series(1, 20000) g; DELETE FROM `+rel+` WHERE id > 10000`)
+		sizeBefore := testkit.Count(t, pool, `SELECT pg_relation_size($1::regclass)`, rel)
+		if tc.release > 0 {
+			go func() { time.Sleep(tc.release); holder.Commit(context.Background()) }()
+		}
+		var mu gosync.Mutex
+		var told []string
+		s := &gssync.Settler{Pool: pool, Names: settleNames("gs_settle4_green", tc.table), PollInterval: 50 * time.Millisecond,
+			HorizonWait: 3 * time.Second, OnThrottle: func(r string) { mu.Lock(); told = append(told, r); mu.Unlock() }}
+		if tc.release == 0 {
+			s.HorizonWait = 500 * time.Millisecond
+		}
+		res, err := s.Run(ctx)
+		if tc.release == 0 {
+			holder.Commit(ctx)
+		}
+		if err != nil || res.Leaves != 1 {
+			t.Fatalf("%s: %+v, %v", tc.table, res, err)
+		}
+		mu.Lock()
+		first := ""
+		if len(told) > 0 {
+			first = told[0]
+		}
+		mu.Unlock()
+		if want := fmt.Sprintf("settle waits for pid %d", holderPID); !strings.Contains(first, want) || !strings.Contains(first, "xmin horizon") {
+			t.Errorf("%s: told %q, want the horizon's holder named (%s)", tc.table, told, want)
+		}
+		f, pages := frozen(rel)
+		switch {
+		case tc.release > 0 && (len(res.NotSettled) != 0 || f < pages*8/10):
+			t.Errorf("%s: holder gone: %d of %d pages frozen, not settled %q; want green frozen", tc.table, f, pages, res.NotSettled)
+		case tc.release == 0 && (len(res.NotSettled) != 1 || !strings.Contains(res.NotSettled[0], fmt.Sprintf("pid %d", holderPID))):
+			t.Errorf("%s: holder stayed: not settled %q; want the leaf and pid %d named", tc.table, res.NotSettled, holderPID)
+		}
+		if after := testkit.Count(t, pool, `SELECT pg_relation_size($1::regclass)`, rel); after != sizeBefore {
+			t.Errorf("%s: green's file went from %d to %d bytes: the VACUUM truncated it (ACCESS EXCLUSIVE)", tc.table, sizeBefore, after)
+		}
 	}
 }
