@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"os"
 	"strings"
 	gosync "sync"
 	"sync/atomic"
@@ -68,9 +67,6 @@ func TestTablesFeedConformance(t *testing.T) {
 }
 
 func tablesFeedConformance(t *testing.T, mode spec.Mode) {
-	if mode == spec.ModeLogical {
-		skipLogicalTablesDefect(t)
-	}
 	ctx := context.Background()
 	name := logicalName("tf")
 	blue, green := "gs_"+name+"_blue", "gs_"+name+"_green"
@@ -263,7 +259,6 @@ func TestTablesLogicalParentWithChildren(t *testing.T) {
 // synced the per-table EXCEPT diff is empty, the ledger holds in green,
 // the foreign key among the greens is validated and no item is orphaned.
 func TestTablesLogicalLostSlotRestartsBackfill(t *testing.T) {
-	skipLogicalTablesDefect(t)
 	t.Parallel()
 	ctx := context.Background()
 	name := logicalName("tl")
@@ -380,19 +375,5 @@ func TestTablesLogicalChildBringsParent(t *testing.T) {
 	}
 	if n := orphanItems(t, pool, green); n != 0 {
 		t.Fatalf("%d orphan items in green", n)
-	}
-}
-
-// skipLogicalTablesDefect: a known open defect (closing note of session 6,
-// README "Several tables"): in logical mode, sync of several tables can
-// fail at the validation of the foreign key among the greens with 23503
-// (an item on green without its order after the stream caught up). It
-// fails loudly and loses nothing, but often enough to turn CI red; these
-// tests reproduce it and run with GREENSWAP_LOGICAL_TABLES=1 until it is
-// fixed.
-func skipLogicalTablesDefect(t *testing.T) {
-	t.Helper()
-	if os.Getenv("GREENSWAP_LOGICAL_TABLES") != "1" {
-		t.Skip("known defect: several tables in logical mode can fail the green foreign key's VALIDATE (23503); set GREENSWAP_LOGICAL_TABLES=1 to run")
 	}
 }
