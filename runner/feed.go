@@ -33,11 +33,11 @@ type changeFeed interface {
 	// catchUp is sync's last phase: apply what committed so far, then
 	// stop feeding (sync --watch goes on: watch).
 	catchUp(ctx context.Context, r *syncRun) error
-	// current waits until what committed so far has reached green and
-	// goes on feeding: the foreign keys among the greens of several tables
-	// are validated after it, when no backfilled child waits for a parent
-	// still in the feed.
-	current(ctx context.Context, r *syncRun) error
+	// consistent runs fn while every green is an exact copy of its blue
+	// and stays one, and goes on feeding after it: the foreign keys among
+	// the greens of several tables are added (NOT VALID) in fn, when no
+	// green row lacks a row it references.
+	consistent(ctx context.Context, r *syncRun, fn func(context.Context) error) error
 	// stop releases what start started, keeping its figures; Sync defers
 	// it, so every way out of a sync calls it. Idempotent.
 	stop(r *syncRun)
@@ -92,8 +92,13 @@ func (triggerFeed) installStep(n shadow.Names, m *shadow.Mapping, owner string) 
 }
 func (triggerFeed) start(context.Context, *syncRun) error   { return nil }
 func (triggerFeed) catchUp(context.Context, *syncRun) error { return nil }
-func (triggerFeed) current(context.Context, *syncRun) error { return nil }
-func (triggerFeed) stop(*syncRun)                           {}
+
+// consistent: the triggers write green in the writer's own transaction,
+// so green is blue's copy at every commit.
+func (triggerFeed) consistent(ctx context.Context, _ *syncRun, fn func(context.Context) error) error {
+	return fn(ctx)
+}
+func (triggerFeed) stop(*syncRun) {}
 func (triggerFeed) settle(context.Context, *Migration, *Build, shadow.LockOptions) (verify.StreamWaiter, func(), error) {
 	return nil, func() {}, nil
 }

@@ -537,20 +537,33 @@ func (r *syncRun) foreignKeys(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(fks) > 0 {
-		if err := r.feed.current(ctx, r); err != nil {
+	// Added NOT VALID while the greens are exact copies of the blues (in
+	// logical mode blue's writers wait meanwhile): from then on the
+	// foreign keys hold for every write to green, so the VALIDATE that
+	// follows (without holding anybody) finds what they held at the add.
+	var adds []int
+	for i := range fks {
+		if !fks[i].Added {
+			adds = append(adds, i)
+		}
+	}
+	if len(adds) > 0 {
+		if err := r.feed.consistent(ctx, r, func(ctx context.Context) error {
+			for _, i := range adds {
+				fk := &fks[i]
+				add := "ALTER TABLE " + fk.Table + " ADD CONSTRAINT " + db.Ident(fk.Name) + " " + fk.Def + " NOT VALID"
+				if _, err := r.greenFKStep(ctx, "add-foreign-key", add, fks, fk, &fk.Added, "",
+					fmt.Sprintf("add %s on %s NOT VALID", fk.Name, fk.Table)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
 			return err
 		}
 	}
 	for i := range fks {
 		fk := &fks[i]
-		if !fk.Added {
-			add := "ALTER TABLE " + fk.Table + " ADD CONSTRAINT " + db.Ident(fk.Name) + " " + fk.Def + " NOT VALID"
-			if _, err := r.greenFKStep(ctx, "add-foreign-key", add, fks, fk, &fk.Added, "",
-				fmt.Sprintf("add %s on %s NOT VALID", fk.Name, fk.Table)); err != nil {
-				return err
-			}
-		}
 		if !fk.Validated {
 			validate := "ALTER TABLE " + fk.Table + " VALIDATE CONSTRAINT " + db.Ident(fk.Name)
 			// The scan may take long; only the lock wait is bounded.

@@ -657,8 +657,11 @@ func (a *applier) applyTables(ctx context.Context, tx pgx.Tx, c chunk, truncate 
 			if !slices.Contains(p.gone, true) {
 				return nil // only a key the batch removed is deleted (entry.gone)
 			}
-			args := rowsql.KeyArgs(p.keys, len(t.sql.keyCols))
-			return exec(t, "delete green rows blue no longer has", t.sql.stale, append(args, p.gone)...)
+			args := append(rowsql.KeyArgs(p.keys, len(t.sql.keyCols)), p.gone)
+			if err := a.deleteStaleChildren(ctx, tx, i, args); err != nil {
+				return err
+			}
+			return exec(t, "delete green rows blue no longer has", t.sql.stale, args...)
 		}); err != nil {
 			return err
 		}
@@ -761,4 +764,103 @@ func (a *applier) commit(ctx context.Context, tx pgx.Tx, lsn pglogrepl.LSN) erro
 		}
 	}
 	return tx.Commit(ctx)
+}
+
+// greenReferencesSQL lists the foreign keys referencing a green ($1) from
+// the migration's greens, with their columns in constraint order.
+const greenReferencesSQL = `SELECT ns.nspname::text, r.relname::text,
+       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(n, o)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
+       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY AS k(n, o)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
+  FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.conrelid
+  JOIN pg_catalog.pg_namespace ns ON ns.oid = r.relnamespace
+ WHERE c.contype = 'f' AND c.confrelid = pg_catalog.to_regclass($1) AND c.conparentid = 0
+ ORDER BY c.conname`
+
+// deleteStaleChildren deletes, before table i's green rows that blue no
+// longer has go (args: the chunk's keys of table i and their gone flags,
+// as for applySQL.stale), the rows of the migration's other greens that
+// reference them through a foreign key among the greens (there from the
+// foreign-keys phase on). Blue holds no row referencing a row it lacks, so
+// such a green row is one whose own change is still in the stream: moved
+// to another parent, or deleted later with that other parent, while its
+// last change applied left it (the stream leaves a key whose row has gone
+// since to the change that removed it). Left there, the foreign key's
+// action would delete it one trigger level down, where it is not
+// greenswap's own write: green's reverse trigger would mirror it to blue,
+// where the row is gone or elsewhere, and refuse it (40001) on every retry
+// until the later change is applied, which waits behind this batch. Under
+// NO ACTION the parent's delete would fail (23503) the same way. Deleted
+// here, at the apply's own level, nothing is mirrored; the row's later
+// change re-copies it from blue if blue still has it. One level: a row
+// referencing a row deleted here is left to the foreign key's action.
+func (a *applier) deleteStaleChildren(ctx context.Context, tx pgx.Tx, i int, args []any) error {
+	parent := a.tables[i]
+	green := db.Ident(parent.names.Green.Schema, parent.names.Green.Name)
+	rows, err := tx.Query(ctx, greenReferencesSQL, green)
+	if err != nil {
+		return fmt.Errorf("apply: read the foreign keys referencing %s: %w", parent.names.Green, err)
+	}
+	type ref struct {
+		schema, rel string
+		cols, pcols []string
+	}
+	refs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ref, error) {
+		var f ref
+		err := r.Scan(&f.schema, &f.rel, &f.cols, &f.pcols)
+		return f, err
+	})
+	if err != nil {
+		return fmt.Errorf("apply: read the foreign keys referencing %s: %w", parent.names.Green, err)
+	}
+	for _, f := range refs {
+		var child *tableSQL
+		for _, t := range a.tables {
+			if t.names.Green.Schema == f.schema && t.names.Green.Name == f.rel {
+				child = t
+			}
+		}
+		if child == nil || child == parent {
+			continue // not a green of the migration, or its own parent: the action follows
+		}
+		q := staleChildrenSQL(parent, db.Ident(child.names.Green.Schema, child.names.Green.Name), f.cols, f.pcols)
+		if _, err := tx.Exec(ctx, q, args...); err != nil {
+			return fmt.Errorf("apply to %s: delete green rows referencing rows of %s that blue no longer has: %w", child.names.Green, parent.names.Green, err)
+		}
+	}
+	return nil
+}
+
+// staleChildrenSQL deletes the rows of green child (cols, referencing
+// parent's green pcols) whose referenced row of parent's green is one of
+// the bound keys marked gone and blue has no row under that key. Args as
+// applySQL.stale: one text[] per key column, then the gone flags.
+func staleChildrenSQL(parent *tableSQL, child string, cols, pcols []string) string {
+	m := parent.mapping
+	params := make([]string, len(m.Key))
+	ucols := make([]string, len(m.Key))
+	var gmatch, bmatch []string
+	for i, k := range m.Key {
+		params[i] = fmt.Sprintf("$%d::text[]", i+1)
+		ucols[i] = fmt.Sprintf("gs_k%d", i)
+		bt := parent.blue.Column(k).Type
+		gt := m.Forward.Column(k).Type
+		gmatch = append(gmatch, "g."+db.Ident(k)+" = CAST(CAST(u."+ucols[i]+" AS "+bt+") AS "+gt+")")
+		bmatch = append(bmatch, "b."+db.Ident(k)+" = CAST(u."+ucols[i]+" AS "+bt+")")
+	}
+	params = append(params, fmt.Sprintf("$%d::boolean[]", len(m.Key)+1))
+	own := make([]string, len(cols))
+	theirs := make([]string, len(pcols))
+	for i := range cols {
+		own[i] = "c." + db.Ident(cols[i])
+		theirs[i] = "g." + db.Ident(pcols[i])
+	}
+	return fmt.Sprintf(`DELETE FROM %s AS c WHERE (%s) IN (
+	SELECT %s FROM %s AS g, %s AS u(%s, gs_gone)
+	WHERE u.gs_gone AND %s
+	  AND NOT EXISTS (SELECT 1 FROM %s AS b WHERE %s))`,
+		child, strings.Join(own, ", "), strings.Join(theirs, ", "),
+		db.Ident(parent.names.Green.Schema, parent.names.Green.Name), rowsql.RowsFromUnnest(params), strings.Join(ucols, ", "),
+		strings.Join(gmatch, " AND "), db.Ident(parent.names.Blue.Schema, parent.names.Blue.Name), strings.Join(bmatch, " AND "))
 }
