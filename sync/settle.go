@@ -193,7 +193,11 @@ func (s *Settler) Run(ctx context.Context) (SettleResult, error) {
 				continue
 			}
 			if err == nil {
-				s.Log.Info().Str("table", leaf).Dur("took", time.Since(t0)).Msg("settled (vacuum freeze)")
+				msg := "settled (vacuum freeze)"
+				if !horizonSince.IsZero() && time.Since(horizonSince) >= horizonWait {
+					msg = "vacuumed, not settled: the xmin horizon was held back (see the warning before)"
+				}
+				s.Log.Info().Str("table", leaf).Dur("took", time.Since(t0)).Msg(msg)
 				res.Leaves++
 				res.Statements = append(res.Statements, sql)
 				break
