@@ -168,8 +168,8 @@ type Estimate struct {
 	// server's vacuum_cost_limit per vacuum_cost_delay (2 ms, autovacuum's,
 	// raised by the nice ratio) with every page missed and dirtied.
 	SettleSeconds float64 `json:"settle_seconds"`
-	// WALBytes is what the copy, its indexes and the settle write to WAL,
-	// at most: green's size, and its heap once more for the freeze.
+	// WALBytes is about what the copy, its indexes, the row locks on blue
+	// and the settle write to WAL (see estimate); not a bound.
 	WALBytes int64 `json:"wal_bytes"`
 	// Checkpoints is how many checkpoints that WAL requests (one per
 	// max_wal_size ÷ (1 + checkpoint_completion_target) of it); PostgreSQL
@@ -1125,13 +1125,20 @@ func (p *planner) estimate() {
 	}
 	e.GreenTotalBytes = e.GreenTableBytes + e.GreenIndexBytes
 	e.DiskNeededBytes = 2 * e.GreenTotalBytes
-	e.BackfillSeconds = float64(e.Rows) / e.RowsPerSecond
+	nice := max(p.spec.Sync.WithDefaults().NiceRatio, 0)
+	// The nice ratio makes every batch sleep that many times its length.
+	e.BackfillSeconds = float64(e.Rows) / e.RowsPerSecond * (1 + nice)
 	if w := e.Settings; w.VacuumCostLimit > 0 && w.VacuumCostPage > 0 {
-		delay := gssync.DefaultSettleCostDelay.Seconds() * (1 + max(p.spec.Sync.WithDefaults().NiceRatio, 0))
+		delay := gssync.DefaultSettleCostDelay.Seconds() * (1 + nice)
 		pagesPerSec := float64(w.VacuumCostLimit) / float64(w.VacuumCostPage) / delay
 		e.SettleSeconds = float64(e.GreenTableBytes) / 8192 / pagesPerSec
 	}
-	e.WALBytes = e.GreenTotalBytes + e.GreenTableBytes
+	// The copy's WAL: green and its indexes; blue once more for the row
+	// locks the batches take (each first change to a page after a
+	// checkpoint logs the whole page); green's heap once more for the
+	// freeze (the same full pages). An autovacuum of green during the copy
+	// (its insert threshold) can add green's heap again.
+	e.WALBytes = e.GreenTotalBytes + e.BlueTableBytes + e.GreenTableBytes
 	if w := e.Settings; w.MaxWALBytes > 0 {
 		e.Checkpoints = int(float64(e.WALBytes) / (float64(w.MaxWALBytes) / (1 + w.CheckpointCompletionTarget)))
 	}

@@ -79,6 +79,7 @@ type SyncStats struct {
 	State         state.State
 	AlreadySynced bool          // nothing was left to do
 	Rows          int64         // rows the backfill inserted into green in this run
+	RowsInAll     int64         // rows copied over every run of the migration (the state row)
 	Scanned       int64         // rows of blue the backfill read in this run
 	Batches       int           // backfill batches committed in this run
 	Retries       int           // batches rolled back on a lock timeout or deadlock and retried
@@ -170,6 +171,7 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 		if err != nil {
 			return &r.stats, interrupted(ctx, err)
 		}
+		r.readTotals(ctx)
 		return &r.stats, nil
 	}
 	// Each phase but the backfill records its success in the transaction
@@ -201,7 +203,16 @@ func Sync(ctx context.Context, env *Env, spec *spec.Spec, opts SyncOptions) (*Sy
 	r.stats.Total = time.Since(start)
 	stop()
 	r.report(ctx)
+	r.readTotals(ctx)
 	return &r.stats, nil
+}
+
+// readTotals fills what the migration's row says over every run: a sync
+// that resumed after the copy copied nothing itself.
+func (r *syncRun) readTotals(ctx context.Context) {
+	if row, err := state.Get(ctx, r.env.Pool, r.spec.Name); err == nil {
+		r.stats.RowsInAll = row.RowsCopied
+	}
 }
 
 // inTx adapts a sync phase that records its own success, in the

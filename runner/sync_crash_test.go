@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -289,6 +290,12 @@ func TestSyncCLIInterruptPauseResume(t *testing.T) {
 	}
 	if !strings.Contains(r.stdout.String(), "i is synced") {
 		t.Fatalf("stdout:\n%s", r.stdout.String())
+	}
+	// The resumed run's summary counts every run's rows, not only its own
+	// (break9 05: "0 rows copied in 0s" after a resume).
+	if m := regexp.MustCompile(`i is synced: ([0-9,]+) rows copied in all \(([0-9,]+) by this run`).FindStringSubmatch(r.stdout.String()); m == nil ||
+		strings.ReplaceAll(m[1], ",", "") != fmt.Sprint(syncRowsCopied(pool, "i")) || m[2] == m[1] {
+		t.Errorf("resumed sync's summary %q: want the rows copied in all (%d) and this run's share", r.stdout.String(), syncRowsCopied(pool, "i"))
 	}
 	if d := syncOrdersDiff(t, pool, "i"); d != 0 {
 		t.Fatalf("%d rows differ", d)

@@ -222,7 +222,7 @@ func writePlanSections(w io.Writer, r *runner.PlanResult) {
 
 	p("")
 	p("Estimate (an estimate, not a promise)")
-	p("  backfill: ~%s rows at a conservative %s rows/s ≈ %s", thousands(e.Rows), thousands(int64(e.RowsPerSecond)),
+	p("  backfill: ~%s rows at a conservative %s rows/s ≈ %s (with the spec's nice ratio)", thousands(e.Rows), thousands(int64(e.RowsPerSecond)),
 		(time.Duration(e.BackfillSeconds * float64(time.Second))).Round(time.Second))
 	widths := ""
 	if e.BlueRowWidth > 0 && e.GreenRowWidth > 0 {
@@ -414,8 +414,9 @@ func writeSettleEstimate(p func(string, ...any), e runner.Estimate) {
 	}
 	p("  settle: VACUUM (FREEZE) of ~%s at autovacuum's pace (vacuum_cost_limit %d per 2ms) ≈ %s",
 		runner.HumanBytes(e.GreenTableBytes), w.VacuumCostLimit, (time.Duration(e.SettleSeconds * float64(time.Second))).Round(time.Second))
-	p("  WAL: the copy, its indexes and the settle write up to %s; with max_wal_size %s that requests about %d checkpoint(s),",
-		runner.HumanBytes(e.WALBytes), runner.HumanBytes(w.MaxWALBytes), e.Checkpoints)
+	p("  WAL: about %s (the copy and its indexes, the row locks on blue, the freeze; an autovacuum of green during the copy adds up to %s);",
+		runner.HumanBytes(e.WALBytes), runner.HumanBytes(e.GreenTableBytes))
+	p("       with max_wal_size %s that requests about %d checkpoint(s),", runner.HumanBytes(w.MaxWALBytes), e.Checkpoints)
 	p("       each spread by PostgreSQL over %.0f%% of checkpoint_timeout %s; greenswap requests none (an immediate CHECKPOINT would not be spread)",
 		100*w.CheckpointCompletionTarget, time.Duration(w.CheckpointTimeoutS)*time.Second)
 }

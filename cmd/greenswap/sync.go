@@ -177,8 +177,13 @@ func syncAction(c *cli.Context) error {
 	if stats.AlreadySynced {
 		fmt.Fprintf(out, "%s is synced: the sync triggers keep blue and green equal in both directions\n", spec.Name)
 	} else {
-		fmt.Fprintf(out, "%s is synced: %s rows copied in %s (%s rows/s); blue and green are kept equal in both directions\n",
-			spec.Name, thousands(stats.Rows), stats.Backfill.Round(time.Millisecond), thousands(int64(stats.RowsPerSec)))
+		if stats.RowsInAll > stats.Rows { // resumed: earlier runs copied the rest
+			fmt.Fprintf(out, "%s is synced: %s rows copied in all (%s by this run, in %s); blue and green are kept equal in both directions\n",
+				spec.Name, thousands(stats.RowsInAll), thousands(stats.Rows), stats.Backfill.Round(time.Millisecond))
+		} else {
+			fmt.Fprintf(out, "%s is synced: %s rows copied in %s (%s rows/s); blue and green are kept equal in both directions\n",
+				spec.Name, thousands(stats.Rows), stats.Backfill.Round(time.Millisecond), thousands(int64(stats.RowsPerSec)))
+		}
 		fmt.Fprintf(out, "next: greenswap verify %s, then greenswap cutover %s\n", spec.Name, spec.Name)
 	}
 	syncLogicalNote(out, spec, stats, watch) // logical mode (sync_logical.go)
