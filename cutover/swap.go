@@ -598,20 +598,7 @@ type Validation struct {
 // with the lock retry. A failure is reported, not fatal: the constraint
 // stays NOT VALID (enforced for new rows) and is named.
 func Validate(ctx context.Context, pool *pgxpool.Pool, p *SwapPlan, lock shadow.LockOptions) []Validation {
-	var out []Validation
-	for _, s := range p.After {
-		t0 := time.Now()
-		err := shadow.RunWithLockRetry(ctx, pool, "validate", lock, nil, func(tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, s)
-			return err
-		})
-		v := Validation{SQL: s, DurationMS: ms(time.Since(t0))}
-		if err != nil {
-			v.Error = err.Error()
-		}
-		out = append(out, v)
-	}
-	return out
+	return validateAll(ctx, pool, p.After, lock)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
