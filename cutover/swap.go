@@ -84,8 +84,14 @@ type TriggerMove struct {
 // Step is the plan as a shadow.Step, for listings.
 func (p *SwapPlan) Step() shadow.Step {
 	sql := make([]string, 0, len(p.Locks)+len(p.SQL))
-	for _, l := range p.Locks {
-		sql = append(sql, l.SQL())
+	for i, l := range p.Locks {
+		// As acquire takes them: the first waited for, the others NOWAIT
+		// (all released and taken again when one is busy).
+		if o := l.ordered(); i == 0 {
+			sql = append(sql, o.Wait)
+		} else {
+			sql = append(sql, o.NoWait)
+		}
 	}
 	sql = append(sql, p.SQL...)
 	modes := make([]string, len(p.Locks))
