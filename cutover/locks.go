@@ -40,15 +40,16 @@ const (
 // every table under it, in the view's order, which is the wrong order after
 // cutover (the view reads green).
 //
-// Blue and green are the one pair no order makes safe: a writer through the
-// blue schema locks blue and then, from the sync trigger, green; one through
-// the green schema the other way round. While the swap waits for blue,
-// green writers pile up holding green and waiting for blue behind it. So the
-// pair is taken in a loop inside a savepoint: blue with a short wait, green
-// with NOWAIT; when green is busy the savepoint is rolled back (releasing
-// blue, so the piled-up writers go on at once) and it tries again after a
-// few milliseconds. Every wait shares one budget of lock_timeout per
-// attempt, so app traffic never queues behind the swap for longer than that.
+// No order is safe on its own, though: a writer through the blue schema
+// locks blue and then, from the sync trigger, green, one through the green
+// schema the other way round, and with several tables an app transaction
+// may touch the members in any order. So acquire waits for one lock only
+// and takes the others NOWAIT, releasing all and trying again when one is
+// busy (shadow.LockInOrder): the swap never waits while holding a lock.
+// Every wait shares one budget of lock_timeout per attempt, so app traffic
+// never queues behind the swap for longer than that. NoWait marks the green
+// of a blue/green pair, as plans have always shown it; acquire takes every
+// lock but the first NOWAIT regardless.
 type LockTarget struct {
 	Rel    spec.QualifiedName `json:"relation"`
 	OID    uint32             `json:"-"`
