@@ -3,13 +3,11 @@ package cutover
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/db"
@@ -42,15 +40,16 @@ const (
 // every table under it, in the view's order, which is the wrong order after
 // cutover (the view reads green).
 //
-// Blue and green are the one pair no order makes safe: a writer through the
-// blue schema locks blue and then, from the sync trigger, green; one through
-// the green schema the other way round. While the swap waits for blue,
-// green writers pile up holding green and waiting for blue behind it. So the
-// pair is taken in a loop inside a savepoint: blue with a short wait, green
-// with NOWAIT; when green is busy the savepoint is rolled back (releasing
-// blue, so the piled-up writers go on at once) and it tries again after a
-// few milliseconds. Every wait shares one budget of lock_timeout per
-// attempt, so app traffic never queues behind the swap for longer than that.
+// No order is safe on its own, though: a writer through the blue schema
+// locks blue and then, from the sync trigger, green, one through the green
+// schema the other way round, and with several tables an app transaction
+// may touch the members in any order. So acquire waits for one lock only
+// and takes the others NOWAIT, releasing all and trying again when one is
+// busy (shadow.LockInOrder): the swap never waits while holding a lock.
+// Every wait shares one budget of lock_timeout per attempt, so app traffic
+// never queues behind the swap for longer than that. NoWait marks the green
+// of a blue/green pair, as plans have always shown it; acquire takes every
+// lock but the first NOWAIT regardless.
 type LockTarget struct {
 	Rel    spec.QualifiedName `json:"relation"`
 	OID    uint32             `json:"-"`
@@ -114,12 +113,6 @@ func (s *lockSet) pair(blue, green uint32) {
 	}
 }
 
-// lockNotAvailable builds a lock-not-available error, which
-// shadow.RunWithLockRetry rolls back and retries.
-func lockNotAvailable(format string, args ...any) error {
-	return &pgconn.PgError{Severity: "ERROR", Code: db.LockNotAvailable, Message: fmt.Sprintf(format, args...)}
-}
-
 func setLockTimeout(ctx context.Context, tx pgx.Tx, d time.Duration) error {
 	_, err := tx.Exec(ctx, lockTimeoutSQL(d))
 	return err
@@ -132,49 +125,31 @@ func lockTimeoutSQL(d time.Duration) string {
 }
 
 // acquire takes locks in order inside tx within a budget of timeout,
-// counted from the first statement (see LockTarget). It returns when the
-// first lock was granted. When it gives up it asks pool (may be nil) who
-// holds the relation it could not lock and stores them in blockers.
+// counted from the first statement (see LockTarget), through
+// shadow.LockInOrder: only the first lock is waited for, every other is
+// taken NOWAIT, and when one is busy all are released and the set is
+// taken again after a short backoff. So the swap never waits for a lock
+// while holding another, and no client touching the relations in another
+// order can deadlock with it (the blue/green pair is one such case; with
+// several tables, any two members are). It returns when every lock was
+// granted. When it gives up it asks pool (may be nil) who holds the
+// relation it could not lock and stores them in blockers.
 func acquire(ctx context.Context, tx pgx.Tx, pool *pgxpool.Pool, locks []LockTarget, timeout time.Duration,
 	blockers *[]shadow.Blocker) (time.Time, error) {
-	var first time.Time
+	set := make([]shadow.OrderedLock, len(locks))
+	for i, l := range locks {
+		set[i] = l.ordered()
+	}
 	deadline := time.Now().Add(timeout)
-	fail := func(l LockTarget, err error) (time.Time, error) {
-		if db.SQLState(err) == db.LockNotAvailable && pool != nil {
-			if b, berr := holders(context.WithoutCancel(ctx), pool, l.OID); berr == nil && len(b) > 0 {
+	failed, err := shadow.LockInOrder(ctx, tx, set, timeout)
+	first := time.Now()
+	if err != nil {
+		if db.SQLState(err) == db.LockNotAvailable && pool != nil && failed >= 0 {
+			if b, berr := holders(context.WithoutCancel(ctx), pool, locks[failed].OID); berr == nil && len(b) > 0 {
 				*blockers = b
 			}
 		}
 		return first, err
-	}
-	// A lock followed by one taken NOWAIT is a blue/green pair (lockSet.pair;
-	// several tables have one pair each).
-	for i := 0; i < len(locks); i++ {
-		l := locks[i]
-		if i+1 < len(locks) && locks[i+1].NoWait {
-			if failed, err := acquirePair(ctx, tx, l, locks[i+1], deadline, timeout); err != nil {
-				return fail(failed, err)
-			}
-			if i == 0 {
-				first = time.Now()
-			}
-			i++
-			continue
-		}
-		left := time.Until(deadline)
-		if left < time.Millisecond {
-			return fail(l, lockNotAvailable("lock budget of %s used up before %s", timeout, l.Rel))
-		}
-		timeoutSQL := ""
-		if i > 0 {
-			timeoutSQL = lockTimeoutSQL(left)
-		}
-		if _, err := tx.Exec(ctx, timeoutSQL+l.SQL()); err != nil {
-			return fail(l, err)
-		}
-		if i == 0 {
-			first = time.Now()
-		}
 	}
 	// The statements that follow take no lock the swap does not hold,
 	// except ACCESS SHARE on what re-created views read: give them what is
@@ -182,45 +157,16 @@ func acquire(ctx context.Context, tx pgx.Tx, pool *pgxpool.Pool, locks []LockTar
 	return first, setLockTimeout(ctx, tx, max(time.Until(deadline), timeout/10, 50*time.Millisecond))
 }
 
-// acquirePair takes blue (a short wait) and green (NOWAIT) in a loop inside
-// a savepoint until both are held or the budget is spent. On failure it
-// returns the lock that failed last.
-func acquirePair(ctx context.Context, tx pgx.Tx, blue, green LockTarget, deadline time.Time, timeout time.Duration) (LockTarget, error) {
-	slice := max(timeout/10, 20*time.Millisecond)
-	if _, err := tx.Exec(ctx, "SAVEPOINT gs_lock_pair"); err != nil {
-		return blue, err
+// ordered is l as shadow.LockInOrder takes it: a view has no NOWAIT form
+// of its lock (ALTER VIEW), so it gets the shortest lock_timeout instead.
+func (l LockTarget) ordered() shadow.OrderedLock {
+	wait, nowait := l, l
+	wait.NoWait, nowait.NoWait = false, true
+	o := shadow.OrderedLock{Label: l.Rel.String(), Wait: wait.SQL(), NoWait: nowait.SQL()}
+	if l.Kind == "v" {
+		o.NoWait = "SET LOCAL lock_timeout = '1ms';\n" + wait.SQL()
 	}
-	failed := blue
-	for try := 1; ; try++ {
-		left := time.Until(deadline)
-		if left < time.Millisecond {
-			return failed, lockNotAvailable("could not lock %s and %s together within %s (%d tries)", blue.Rel, green.Rel, timeout, try-1)
-		}
-		_, err := tx.Exec(ctx, lockTimeoutSQL(min(left, slice))+blue.SQL())
-		failed = blue
-		if err == nil {
-			failed = green
-			_, err = tx.Exec(ctx, green.SQL()+";\nRELEASE SAVEPOINT gs_lock_pair")
-		}
-		if err == nil {
-			return green, nil
-		}
-		if db.SQLState(err) != db.LockNotAvailable {
-			return failed, err
-		}
-		if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT gs_lock_pair"); rerr != nil {
-			return failed, rerr
-		}
-		pause := time.Duration(1+rand.IntN(8)) * time.Millisecond
-		if time.Until(deadline) <= pause {
-			return failed, lockNotAvailable("could not lock %s and %s together within %s (%d tries; last: %s busy)", blue.Rel, green.Rel, timeout, try, failed.Rel)
-		}
-		select {
-		case <-ctx.Done():
-			return failed, ctx.Err()
-		case <-time.After(pause):
-		}
-	}
+	return o
 }
 
 // holders lists the sessions holding a lock on relation oid.

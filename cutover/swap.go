@@ -84,8 +84,14 @@ type TriggerMove struct {
 // Step is the plan as a shadow.Step, for listings.
 func (p *SwapPlan) Step() shadow.Step {
 	sql := make([]string, 0, len(p.Locks)+len(p.SQL))
-	for _, l := range p.Locks {
-		sql = append(sql, l.SQL())
+	for i, l := range p.Locks {
+		// As acquire takes them: the first waited for, the others NOWAIT
+		// (all released and taken again when one is busy).
+		if o := l.ordered(); i == 0 {
+			sql = append(sql, o.Wait)
+		} else {
+			sql = append(sql, o.NoWait)
+		}
 	}
 	sql = append(sql, p.SQL...)
 	modes := make([]string, len(p.Locks))
@@ -598,20 +604,7 @@ type Validation struct {
 // with the lock retry. A failure is reported, not fatal: the constraint
 // stays NOT VALID (enforced for new rows) and is named.
 func Validate(ctx context.Context, pool *pgxpool.Pool, p *SwapPlan, lock shadow.LockOptions) []Validation {
-	var out []Validation
-	for _, s := range p.After {
-		t0 := time.Now()
-		err := shadow.RunWithLockRetry(ctx, pool, "validate", lock, nil, func(tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, s)
-			return err
-		})
-		v := Validation{SQL: s, DurationMS: ms(time.Since(t0))}
-		if err != nil {
-			v.Error = err.Error()
-		}
-		out = append(out, v)
-	}
-	return out
+	return validateAll(ctx, pool, p.After, lock)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

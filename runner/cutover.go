@@ -129,9 +129,24 @@ func cutoverLocked(ctx context.Context, env *Env, name string, opts CutoverOptio
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
+	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
+	// A swap killed before it validated the foreign keys it moved left
+	// them NOT VALID (revalidate.go): finish that first.
+	vals, err := revalidatePending(ctx, env, m, opts.lockOptions(m.Spec), opts.printf)
+	if err != nil {
+		return nil, err
+	}
+	res.Validations = vals
+	res.Warnings = append(res.Warnings, validationWarnings(vals)...)
 	switch m.Row.State {
 	case state.Synced:
 	case state.CutOver:
+		if len(vals) > 0 {
+			// The re-run of a cutover interrupted after its swap: done now.
+			res.State, res.PrimarySide, res.Reads = state.CutOver, "green", m.Names.Green.String()
+			res.TotalMS = swapMS(time.Since(start))
+			return res, validationsFailed("cutover", vals)
+		}
 		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is already cut over: %s reads %s (rollback: `greenswap rollback %s`)",
 			name, m.Names.App, m.Names.Green, name)
 	case state.Planned, state.Syncing:
@@ -151,7 +166,6 @@ func cutoverLocked(ctx context.Context, env *Env, name string, opts CutoverOptio
 	if err := feed.readyForCutover(ctx, m, opts.MaxStreamBacklog); err != nil {
 		return nil, err
 	}
-	res := &CutoverResult{SchemaVersion: SwapSchemaVersion, Migration: name, Command: "cutover", App: m.Names.App.String()}
 	// An app deploy may have changed the view, blue or green since sync
 	// built them (trap 16): the swap would copy or drop its work blindly.
 	// Checked first: drift also fails verify, and this names it. Several
@@ -249,8 +263,11 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 		sr, err = cutover.Swap(ctx, env.Pool, in, cutover.SwapOptions{
 			Lock:    lo,
 			OnRetry: lockRetry(log, string(dir), lo.Timeout, o.printf),
-			Commit: func(ctx context.Context, tx pgx.Tx, _ *cutover.SwapPlan) error {
+			Commit: func(ctx context.Context, tx pgx.Tx, p *cutover.SwapPlan) error {
 				if err := state.Transition(ctx, tx, name, next); err != nil {
+					return err
+				}
+				if err := recordPendingFKs(ctx, tx, name, p); err != nil {
 					return err
 				}
 				if err := state.SetPrimarySide(ctx, tx, name, side); err != nil {
@@ -286,11 +303,18 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 	o.printf("done: %s now reads %s; %s is primary (%d attempt%s, locks held %.1f ms, swap %s)\n",
 		m.Names.App, to, side, sr.Attempts, swapPlural(sr.Attempts), res.LockHoldMS, sr.Duration.Round(time.Millisecond))
 
+	if env.afterSwapCommit != nil {
+		if err := env.afterSwapCommit(); err != nil {
+			return err
+		}
+	}
+	var own []cutover.Validation
 	if len(sr.Plan.After) > 0 {
 		t0 := time.Now()
-		res.Validations = cutover.Validate(ctx, env.Pool, sr.Plan, lo)
+		own = cutover.Validate(ctx, env.Pool, sr.Plan, lo)
+		res.Validations = append(res.Validations, own...)
 		res.ValidateMS = swapMS(time.Since(t0))
-		for _, v := range res.Validations {
+		for _, v := range own {
 			outcome := "ok"
 			if v.Error != "" {
 				outcome = "error"
@@ -309,9 +333,15 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 		o.printf("next: `greenswap finalize %s` once no client uses %s, or `greenswap rollback %s` to switch back (nothing is lost)\n",
 			name, m.Names.BlueSchema, name)
 	}
-	for _, v := range res.Validations {
+	return validationsFailed(string(dir), own)
+}
+
+// validationsFailed is the error of the first failed validation (nil
+// when all passed): the step is done, the key stays NOT VALID (exit 1).
+func validationsFailed(step string, vals []cutover.Validation) error {
+	for _, v := range vals {
 		if v.Error != "" {
-			return exitcode.Errorf(exitcode.Failed, "%s done, but validating a moved foreign key failed: %s: %s", dir, v.SQL, v.Error)
+			return exitcode.Errorf(exitcode.Failed, "%s done, but validating a moved foreign key failed: %s: %s", step, v.SQL, v.Error)
 		}
 	}
 	return nil

@@ -40,22 +40,29 @@ type DriftError struct {
 
 func (e *DriftError) Error() string {
 	var b strings.Builder
+	if e.Uncarried {
+		// One line: each change with its table and column, why, and its undo.
+		fmt.Fprintf(&b, "%s --accept-drift %s refused, nothing was recorded: %d change(s) would leave the sync writing with a mapping that no longer matches: ",
+			e.Step, e.Migration, len(e.Drift))
+		for i, d := range e.Drift {
+			if i > 0 {
+				b.WriteString("; ")
+			}
+			b.WriteString(d.String())
+			if d.Fix != "" {
+				fmt.Fprintf(&b, " (fix: %s)", d.Fix)
+			}
+		}
+		fmt.Fprintf(&b, ". Undo them, or `greenswap rollback %s` and plan again with them in the spec", e.Migration)
+		return b.String()
+	}
 	fmt.Fprintf(&b, "%s %s refused, nothing was changed: %d change(s) made outside greenswap since its last step:",
 		e.Step, e.Migration, len(e.Drift))
-	if e.Uncarried {
-		b.Reset()
-		fmt.Fprintf(&b, "%s --accept-drift %s refused, nothing was recorded: %d change(s) greenswap cannot carry through cutover and finalize:",
-			e.Step, e.Migration, len(e.Drift))
-	}
 	for _, d := range e.Drift {
 		fmt.Fprintf(&b, "\n  %s", d)
 		if d.Fix != "" {
 			fmt.Fprintf(&b, "\n      fix: %s", d.Fix)
 		}
-	}
-	if e.Uncarried {
-		fmt.Fprintf(&b, "\nUndo them, or `greenswap rollback %s` and start again with them in target.ddl", e.Migration)
-		return b.String()
 	}
 	fmt.Fprintf(&b, "\nApply the same change to the other shape(s) or undo it, then `greenswap verify %s` "+
 		"(`--accept-drift` records a change mirrored on every shape); or `greenswap rollback %s`", e.Migration, e.Migration)
@@ -183,6 +190,11 @@ func verifyDrift(ctx context.Context, env *Env, m *Migration, accept bool) error
 	}
 	name := m.Spec.Name
 	if accept && len(c.Changes) > 0 && len(c.ACL) == 0 {
+		primary := "blue"
+		if m.Row.State == state.CutOver {
+			primary = "green"
+		}
+		shadow.CarryDrift(c.Current, c.Changes, primary)
 		if un := slices.DeleteFunc(slices.Clone(c.Changes), func(d shadow.Drift) bool { return !d.Uncarried }); len(un) > 0 {
 			rctx := context.WithoutCancel(ctx)
 			_ = state.Record(rctx, env.Pool, name, "accept-drift", "refused", 0, "", map[string]any{"drift": un})

@@ -58,6 +58,12 @@ type Env struct {
 	// backlogs are this process's samples of each logical migration's
 	// backlog, by migration (backlog.go).
 	backlogs registry[*backlogWindow]
+
+	// afterSwapCommit, when set (tests only), runs once a swap committed
+	// and before it validates the foreign keys it moved; an error ends the
+	// command there, as a greenswap killed at that point would
+	// (revalidate.go).
+	afterSwapCommit func() error
 }
 
 // SessionSearchPath is the search_path every connection greenswap opens

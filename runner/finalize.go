@@ -62,6 +62,9 @@ type FinalizeResult struct {
 	TotalMS    float64               `json:"total_ms"`
 	Warnings   []string              `json:"warnings,omitempty"`
 	Notes      []string              `json:"notes,omitempty"`
+	// Validations are the foreign keys an interrupted swap left NOT VALID,
+	// validated first (revalidate.go): finalize leaves them where they are.
+	Validations []cutover.Validation `json:"validations,omitempty"`
 }
 
 // Finalize retires blue once no client uses it: it watches blue for the
@@ -107,6 +110,10 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		return nil, err
 	}
 	lo := opts.lockOptions(m.Spec)
+	if res.Validations, err = revalidatePending(ctx, env, m, lo, opts.printf); err != nil {
+		return res, err
+	}
+	res.Warnings = append(res.Warnings, validationWarnings(res.Validations)...)
 	// Finalize drops blue: a column or trigger added to it (or to the view)
 	// outside greenswap would go with it (trap 16). Checked before the
 	// quiet period and again after it; several tables: every table's.

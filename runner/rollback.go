@@ -32,7 +32,10 @@ type RollbackResult struct {
 	Notes         []string              `json:"notes,omitempty"`
 	// Warnings name changes made outside greenswap (drift) that rollback
 	// went ahead despite: see Rollback.
-	Warnings    []string                `json:"warnings,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+	// Validations are the foreign keys an interrupted swap left NOT VALID,
+	// validated before anything else (revalidate.go).
+	Validations []cutover.Validation    `json:"validations,omitempty"`
 	teardownRes *cutover.TeardownResult // for tests
 }
 
@@ -90,6 +93,17 @@ func rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 		if err := checkCommandPrivileges(ctx, env, m, shadow.StepRollback); err != nil {
 			return nil, err
 		}
+	}
+	if m.Row.State == state.CutOver || m.Row.State == state.Synced {
+		// An interrupted swap's NOT VALID foreign keys (revalidate.go):
+		// validated under a lock no writer waits for, before the swap
+		// back or the teardown moves them.
+		vals, err := revalidatePending(ctx, env, m, opts.lockOptions(m.Spec), opts.printf)
+		if err != nil {
+			return nil, err
+		}
+		res.Validations = vals
+		res.Warnings = append(res.Warnings, validationWarnings(vals)...)
 	}
 	// Rollback is the emergency exit: drift does not block it (an operator
 	// backing out of a bad cutover must not first reconcile a GRANT), but

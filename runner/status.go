@@ -59,6 +59,11 @@ type MigrationStatus struct {
 	// ShapesUnavailable says why Shapes is absent where it would be there
 	// (a role that cannot see other roles' sessions).
 	ShapesUnavailable string `json:"shapes_unavailable,omitempty"`
+	// NotValidForeignKeys are foreign keys a swap moved NOT VALID and a
+	// greenswap killed before validating them left so (revalidate.go):
+	// new rows are checked, the old ones never were. The next cutover,
+	// rollback or finalize of the migration validates them.
+	NotValidForeignKeys []cutover.PendingFK `json:"not_valid_foreign_keys,omitempty"`
 }
 
 // StatusOptions tune Status.
@@ -301,6 +306,9 @@ func migrationStatus(ctx context.Context, env *Env, m *state.Migration) (Migrati
 			}
 			st.GuardWindow.Gone = !alive
 		}
+	}
+	if st.NotValidForeignKeys, err = notValidFKs(ctx, env.Pool, m.Name); err != nil {
+		return st, err
 	}
 	if m.SlotName != nil && *m.SlotName != "" {
 		if st.Slot, err = slotInfo(ctx, env, *m.SlotName); err != nil {

@@ -749,6 +749,13 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 		sql = append(sql, trigger.SetReverseSQL(m.names, true)...)
 	}
 	err := shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
+		if r.members != nil {
+			// Every green's lock first (ALTER TABLE … ENABLE TRIGGER takes
+			// SHARE ROW EXCLUSIVE): not one table after another (lockAll).
+			if err := r.lockAll(ctx, tx, "SHARE ROW EXCLUSIVE", func(m *member) spec.QualifiedName { return m.names.Green }); err != nil {
+				return err
+			}
+		}
 		for _, s := range sql {
 			if _, err := tx.Exec(ctx, s); err != nil {
 				return err

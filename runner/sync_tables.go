@@ -127,15 +127,19 @@ func (r *syncRun) memberCatalog(ctx context.Context) ([]catalogState, error) {
 }
 
 // lockAll locks every member's relation rel(m) in mode, in dependency
-// order, in one statement: a timeout is a retryable lock error and
+// order, all up front: the first waits under the lock timeout, the others
+// NOWAIT, and when one is busy all are released and taken again
+// (shadow.LockInOrder), so the step never holds one table's lock while it
+// waits for another's: an app transaction touching the tables in the other
+// order cannot deadlock with it. A timeout is a retryable lock error and
 // nothing is half taken.
 func (r *syncRun) lockAll(ctx context.Context, tx pgx.Tx, mode string, rel func(*member) spec.QualifiedName) error {
-	var list []string
+	var locks []shadow.OrderedLock
 	for _, m := range r.members {
 		q := rel(m)
-		list = append(list, db.Ident(q.Schema, q.Name))
+		locks = append(locks, shadow.TableLock(db.Ident(q.Schema, q.Name), mode))
 	}
-	_, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(list, ", ")+" IN "+mode+" MODE")
+	_, err := shadow.LockInOrder(ctx, tx, locks, r.lockOptions().Timeout)
 	return err
 }
 

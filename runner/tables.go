@@ -8,11 +8,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
 
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/spec"
+	"github.com/greenswap/greenswap/trigger"
 )
 
 // storedSpec decodes a migration row's spec; one
@@ -123,8 +125,50 @@ func rehearseTables(ctx context.Context, env *Env, s *spec.Spec, opts PlanOption
 		res.Tables = append(res.Tables, p.res)
 	}
 
+	// The cutover of every table in one transaction, planned by the
+	// cutover package on a catalog where every table is adopted and every
+	// green exists with its triggers: each table's own rehearsal sees the
+	// other tables unadopted, so its swap would point a foreign key to
+	// another member at that member's app name (a view at cutover) rather
+	// than at its green.
+	swap, swapErr := rehearseTablesSwap(ctx, env, tx, s, order)
+	if swap != nil {
+		for i, t := range res.Tables {
+			if i >= len(swap.Members) {
+				break
+			}
+			for j := range t.Steps {
+				if t.Steps[j].Name != "cutover" {
+					continue
+				}
+				st := swap.Members[i].Step()
+				st.Name, st.SQL = "cutover", append(st.SQL, swap.Members[i].After...)
+				st.Description = fmt.Sprintf("this table's part of the migration's one cutover transaction: %s now reads green", t.Table)
+				t.Steps[j].Step, t.Steps[j].Exact = st, true
+				t.Steps[j].Note = "as the cutover command plans it, every table of the migration adopted and its green built, on this rehearsed catalog; " +
+					"the migration's cutover step runs every table's in one transaction"
+			}
+		}
+	}
 	add := func(st shadow.Step, note string) {
 		res.Steps = append(res.Steps, PlanStep{N: len(res.Steps) + 1, Step: st, Command: "sync", Exact: false, Note: note})
+	}
+	addCutover := func() {
+		st := shadow.Step{Name: "cutover", Description: "one transaction: every app name (" + strings.Join(tables, ", ") + ") now reads its green",
+			Transactional: true}
+		note := "as the cutover command plans it on this rehearsed catalog (every table adopted, every green built); it plans again at run time"
+		exact := swap != nil
+		if swap != nil {
+			st = swap.Step()
+			st.Description = "one transaction: every app name (" + strings.Join(tables, ", ") + ") now reads its green (rollback: the same swap back)"
+			if len(swap.After) > 0 {
+				st.SQL = append(st.SQL, swap.After...)
+				note += fmt.Sprintf("; the last %d statements (VALIDATE of the foreign keys it moves NOT VALID) run after the swap commits, each in its own transaction", len(swap.After))
+			}
+		} else {
+			note = "the cutover command plans it at run time; planning it on this rehearsal failed: " + shadow.ErrText(swapErr)
+		}
+		res.Steps = append(res.Steps, PlanStep{N: len(res.Steps) + 1, Step: st, Command: "cutover", Exact: exact, Note: note})
 	}
 	const coming = "rehearsed here as one transaction; sync for several tables is coming (today it refuses them)"
 	add(shadow.Step{
@@ -156,7 +200,58 @@ func rehearseTables(ctx context.Context, env *Env, s *spec.Spec, opts PlanOption
 			LockHold:    "a scan of the referencing green", Transactional: true,
 		}, coming)
 	}
+	addCutover()
 	return res, nil
+}
+
+// rehearseTablesSwap plans the cutover of every table of s in one
+// transaction (cutover.PlanSwap with every member) on the catalog sync
+// leaves: in a savepoint it rolls back, every table adopted, every green
+// created from its whole target.ddl (the foreign keys among the greens
+// included, as they are once sync added them back) with its sync
+// triggers, and reverse sync on. A failure is returned for plan to report; the
+// transaction is left as it was either way.
+func rehearseTablesSwap(ctx context.Context, env *Env, tx pgx.Tx, s *spec.Spec, order []int) (*cutover.SwapPlan, error) {
+	if _, err := tx.Exec(ctx, "SAVEPOINT gs_plan_swap"); err != nil {
+		return nil, err
+	}
+	plan, err := func() (*cutover.SwapPlan, error) {
+		var names []shadow.Names
+		for k, i := range order {
+			m := s.Member(i)
+			n := shadow.MemberNamesFor(s.Name, m.AppTable(), true)
+			names = append(names, n)
+			app, err := loadApp(ctx, tx, m)
+			if err != nil {
+				return nil, err
+			}
+			step := shadow.AdoptStep(n, app, env.ServerMajor)
+			if k > 0 {
+				step.SQL = withoutSchema(step.SQL, n.BlueSchema)
+			}
+			if err := execStep(ctx, tx, step); err != nil {
+				return nil, err
+			}
+		}
+		for k, i := range order {
+			if _, err := createMemberGreenTx(ctx, tx, s.Member(i), names[k], k == 0); err != nil {
+				return nil, err
+			}
+		}
+		for _, n := range names {
+			for _, q := range trigger.SetReverseSQL(n, true) {
+				if _, err := tx.Exec(ctx, q); err != nil {
+					return nil, err
+				}
+			}
+		}
+		return cutover.PlanSwap(ctx, tx, cutover.SwapInput{Migration: s.Name, Names: names[0], Direction: cutover.ToGreen,
+			ServerMajor: env.ServerMajor, Members: names})
+	}()
+	if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT gs_plan_swap"); rerr != nil {
+		return nil, rerr
+	}
+	return plan, err
 }
 
 // rehearseGreenLinks creates every green (without the foreign keys among

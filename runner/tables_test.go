@@ -67,7 +67,7 @@ func TestPlanTablesExample(t *testing.T) {
 	for _, st := range res.Steps {
 		steps = append(steps, st.Name)
 	}
-	if !slices.Equal(steps, []string{"create-greens", "add-foreign-keys", "validate-foreign-keys"}) {
+	if !slices.Equal(steps, []string{"create-greens", "add-foreign-keys", "validate-foreign-keys", "cutover"}) {
 		t.Fatalf("steps %v", steps)
 	}
 	add := strings.Join(res.Steps[1].SQL, "\n")
@@ -116,8 +116,8 @@ tables:
 	if !slices.Equal(res.Order, []string{"public.parents", "public.kids"}) || res.Blocking != 0 {
 		t.Errorf("order %v, %d blocking", res.Order, res.Blocking)
 	}
-	if len(res.Steps) != 3 || len(res.Steps[1].SQL) != 2 {
-		t.Errorf("want 2 foreign keys among the greens (the tree's and kids'), got steps %+v", res.Steps)
+	if len(res.Steps) != 4 || len(res.Steps[1].SQL) != 2 || res.Steps[3].Name != "cutover" {
+		t.Errorf("want 2 foreign keys among the greens (the tree's and kids'), then the cutover, got steps %+v", res.Steps)
 	}
 	// toys is not migrated: its FK moves at cutover, as for one table;
 	// kids' is declared among the greens and does not.

@@ -188,9 +188,19 @@ type Drift struct {
 	Change string `json:"change"`
 	Fix    string `json:"fix,omitempty"`
 	// Uncarried: greenswap cannot go ahead with this change even once
-	// accepted (a column it does not sync, a relation gone): verify
-	// --accept-drift refuses it.
+	// accepted, because it changes what the mapping reads or writes (a
+	// column added, renamed, dropped or retyped, a relation gone) or what
+	// the sync writes may land on (see CarryDrift): verify --accept-drift
+	// refuses it.
 	Uncarried bool `json:"uncarried,omitempty"`
+	// Column, Name, Op and Def say what changed, for CarryDrift: the
+	// column (its name now), the index, constraint or trigger, "added",
+	// "removed", "changed" or "not_null", and the definition (now; the
+	// recorded one when removed).
+	Column string `json:"column,omitempty"`
+	Name   string `json:"name,omitempty"`
+	Op     string `json:"op,omitempty"`
+	Def    string `json:"def,omitempty"`
 }
 
 func (d Drift) String() string { return d.Object + ": " + d.Change }
@@ -585,8 +595,19 @@ func driftDiffObject(a, b *ObjectPrint, indexes bool) []Drift {
 
 func driftDiffColumns(label, rel, name string, a, b []ColumnPrint) []Drift {
 	var out []Drift
+	col := ""
 	add := func(change, fix string) {
-		out = append(out, Drift{Object: label, Kind: "column", Change: change, Fix: fix})
+		out = append(out, Drift{Object: label, Kind: "column", Change: change, Fix: fix, Column: col})
+	}
+	// uncarried marks the last change as one the mapping cannot survive:
+	// the sync triggers, the backfill and the checksums were generated for
+	// blue's and green's columns as planned, by name and type. The app
+	// view is not what they read or write (the swaps build it again from
+	// the table it reads), so its changes are carried, bar a column added.
+	uncarried := func() {
+		if rel != "VIEW" {
+			out[len(out)-1].Uncarried = true
+		}
 	}
 	byName := func(cs []ColumnPrint, n string) *ColumnPrint {
 		for i := range cs {
@@ -609,24 +630,32 @@ func driftDiffColumns(label, rel, name string, a, b []ColumnPrint) []Drift {
 		alter = "ALTER VIEW "
 	}
 	for _, oc := range a {
+		col = oc.Name
 		nc := byName(b, oc.Name)
 		if nc == nil {
 			if r := byNum(b, oc.Num); r != nil && byName(a, r.Name) == nil {
+				col = r.Name
 				add(fmt.Sprintf("column %s renamed to %s", oc.Name, r.Name),
 					fmt.Sprintf("%s%s RENAME COLUMN %s TO %s", alter, driftQuoted(name), db.Ident(r.Name), db.Ident(oc.Name)))
+				uncarried()
 				nc = r
 			} else {
 				add(fmt.Sprintf("column %s %s removed", oc.Name, oc.Type), "roll the migration back (`greenswap rollback`): the sync triggers still write it")
+				uncarried()
 				continue
 			}
 		}
 		if oc.Type != nc.Type {
 			add(fmt.Sprintf("column %s type changed from %s to %s", nc.Name, oc.Type, nc.Type),
 				fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE %s", driftQuoted(name), db.Ident(nc.Name), oc.Type))
+			uncarried()
 		}
 		if oc.NotNull != nc.NotNull {
 			add(fmt.Sprintf("column %s %s", nc.Name, driftOnOff(nc.NotNull, "is now NOT NULL", "no longer NOT NULL")),
 				fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s %s NOT NULL", driftQuoted(name), db.Ident(nc.Name), driftOnOff(oc.NotNull, "SET", "DROP")))
+			if nc.NotNull {
+				out[len(out)-1].Op = "not_null"
+			}
 		}
 		if oc.Default != nc.Default {
 			fix := fmt.Sprintf("%s%s ALTER COLUMN %s DROP DEFAULT", alter, driftQuoted(name), db.Ident(nc.Name))
@@ -637,14 +666,18 @@ func driftDiffColumns(label, rel, name string, a, b []ColumnPrint) []Drift {
 		}
 		if oc.Generated != nc.Generated {
 			add(fmt.Sprintf("column %s generated changed from %q to %q", nc.Name, oc.Generated, nc.Generated), "roll the migration back")
+			uncarried() // a stored generated column is never written; any other is
 		}
 		if oc.Identity != nc.Identity {
 			add(fmt.Sprintf("column %s identity changed from %q to %q", nc.Name, oc.Identity, nc.Identity), "restore it, or roll the migration back")
+			uncarried() // GENERATED ALWAYS needs OVERRIDING SYSTEM VALUE in the sync writes
 		}
 		if oc.Collation != nc.Collation {
 			add(fmt.Sprintf("column %s collation changed from %s to %s", nc.Name, driftOrNone(oc.Collation), driftOrNone(nc.Collation)), "restore it, or roll the migration back")
+			uncarried() // equality of keys and checksummed text may change with it
 		}
 	}
+	col = ""
 	for _, nc := range b {
 		if byName(a, nc.Name) != nil {
 			continue
@@ -652,6 +685,7 @@ func driftDiffColumns(label, rel, name string, a, b []ColumnPrint) []Drift {
 		if oc := byNum(a, nc.Num); oc != nil && byName(b, oc.Name) == nil {
 			continue // the rename, reported above
 		}
+		col = nc.Name
 		add(fmt.Sprintf("column %s %s added", nc.Name, nc.Type),
 			fmt.Sprintf("the sync triggers do not carry it: %s%s DROP COLUMN %s, or roll back and start again with it in target.ddl", alter, driftQuoted(name), db.Ident(nc.Name)))
 		// Accepted, its values would be lost both ways: the sync triggers
@@ -675,15 +709,17 @@ func driftDiffDefs(label, kind string, a, b []NamedDef, fix func(d NamedDef, add
 		nd := find(b, d.Name)
 		switch {
 		case nd == nil:
-			out = append(out, Drift{Object: label, Kind: kind, Change: fmt.Sprintf("%s %s removed (%s)", kind, d.Name, driftLine(d.Def)), Fix: fix(d, false)})
+			out = append(out, Drift{Object: label, Kind: kind, Change: fmt.Sprintf("%s %s removed (%s)", kind, d.Name, driftLine(d.Def)), Fix: fix(d, false),
+				Name: d.Name, Op: "removed", Def: d.Def})
 		case nd.Def != d.Def:
 			out = append(out, Drift{Object: label, Kind: kind, Change: fmt.Sprintf("%s %s changed from %s to %s", kind, d.Name, driftLine(d.Def), driftLine(nd.Def)),
-				Fix: "restore it, or roll the migration back"})
+				Fix: "restore it, or roll the migration back", Name: d.Name, Op: "changed", Def: nd.Def})
 		}
 	}
 	for _, d := range b {
 		if find(a, d.Name) == nil {
-			out = append(out, Drift{Object: label, Kind: kind, Change: fmt.Sprintf("%s %s added (%s)", kind, d.Name, driftLine(d.Def)), Fix: fix(d, true)})
+			out = append(out, Drift{Object: label, Kind: kind, Change: fmt.Sprintf("%s %s added (%s)", kind, d.Name, driftLine(d.Def)), Fix: fix(d, true),
+				Name: d.Name, Op: "added", Def: d.Def})
 		}
 	}
 	return out

@@ -79,7 +79,7 @@ func TestPlanTablesCommand(t *testing.T) {
 	if doc.Migration != "orders_bigint" || strings.Join(doc.Order, ",") != "public.orders,public.order_items" ||
 		len(doc.Tables) != 2 || doc.Tables[0].Table != "public.orders" || doc.Tables[1].Table != "public.order_items" ||
 		!doc.Tables[0].Rehearsal.Done || len(doc.Tables[1].Steps) == 0 || doc.Tables[1].Steps[0].Name != "adopt" ||
-		len(doc.Steps) != 3 || doc.Blocking != 0 {
+		len(doc.Steps) != 4 || doc.Steps[3].Name != "cutover" || doc.Blocking != 0 {
 		t.Errorf("plan --json = %+v", doc)
 	}
 

@@ -209,6 +209,10 @@ func writeStatus(w io.Writer, rep *runner.StatusReport, now time.Time) {
 		if b := m.StreamBacklog; b != nil {
 			p("  backlog   %s", b.Summary())
 		}
+		for _, k := range m.NotValidForeignKeys {
+			p("  fk        %s on %s is NOT VALID: the swap that moved it was interrupted before validating it; the next cutover, rollback or finalize of %s validates it (or run %s)",
+				k.Name, k.Table, m.Name, k.SQL)
+		}
 		writeShapes(p, m)
 		t := m.Timestamps
 		line := fmt.Sprintf("created %s, in this state since %s, updated %s", statusWhen(&t.Created, now), statusWhen(&t.StateChanged, now), statusWhen(&t.Updated, now))

@@ -250,7 +250,7 @@ func writeDrift(w io.Writer, de *runner.DriftError) {
 	}
 	if de.Uncarried {
 		fmt.Fprintf(w, "\nBLOCKED: --accept-drift cannot record these (greenswap cannot carry them through cutover and finalize): "+
-			"undo them, or `greenswap rollback %s` and start again with them in target.ddl\n", de.Migration)
+			"undo them, or `greenswap rollback %s` and plan again with them in the spec\n", de.Migration)
 		return
 	}
 	fmt.Fprintf(w, "\nBLOCKED: apply the same change to the other shape(s) or undo it, then verify again "+

@@ -377,6 +377,17 @@ func Events(ctx context.Context, q db.Querier, migration string, limit int) ([]E
 	})
 }
 
+// EventDetails are the details of every event of a migration's step with
+// outcome, oldest first (events without a detail are left out).
+func EventDetails(ctx context.Context, q db.Querier, migration, step, outcome string) ([]json.RawMessage, error) {
+	rows, err := q.Query(ctx, `SELECT detail FROM greenswap.events
+		WHERE migration = $1 AND step = $2 AND outcome = $3 AND detail IS NOT NULL ORDER BY id`, migration, step, outcome)
+	if err != nil {
+		return nil, fmt.Errorf("read the %s events of migration %s: %w", step, migration, err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[json.RawMessage])
+}
+
 // LastEventOf is the id of the migration's newest event of one of steps
 // with outcome (0: none). The guarded cutover uses it to know whether the
 // swap it watches is still the migration's latest.
