@@ -273,7 +273,19 @@ func Classify(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Sta
 	if err := sc.create(ctx); err != nil {
 		return nil, err
 	}
+	var tempSchema string
+	if err := q.QueryRow(ctx, `SELECT nspname::text FROM pg_catalog.pg_namespace WHERE oid = pg_catalog.pg_my_temp_schema()`).Scan(&tempSchema); err != nil {
+		return nil, fmt.Errorf("alter: the rehearsal's temporary schema: %w", err)
+	}
+	// stable[i]: the STABLE functions subs[i]'s conversion calls, read
+	// before it runs (the copy still has the old type, as blue does).
+	stable := make([][]string, len(subs))
 	for i, sub := range subs {
+		if sub.Kind == AlterType {
+			if stable[i], err = sc.stableConversion(ctx, tempSchema, sub); err != nil {
+				return nil, err
+			}
+		}
 		if sub.Kind == AddForeignKey {
 			if err := checkForeignKey(ctx, q, sc, sub); err != nil {
 				return nil, err
@@ -321,6 +333,11 @@ func Classify(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Sta
 	plan.Steps = placeUnrehearsed(plan.Steps, subs, blue)
 	if err := order(plan, subs); err != nil {
 		return nil, err
+	}
+	for i, st := range plan.Steps {
+		if st.Strategy == BlueGreen && st.Sub.Kind == AlterType && len(stable[i]) > 0 {
+			plan.Hazards = append(plan.Hazards, sessionHazard(blue, st.Sub, stable[i]))
+		}
 	}
 	if plan.Order != InPlaceOnly {
 		s, err := deriveSpec(ctx, q, sc, blue, plan)
