@@ -21,6 +21,9 @@ package alter
 //     values for the same blue value: it is a blocking hazard, found by
 //     compiling the conversion and reading its functions' provolatile
 //     (shadow.DirectionVolatility, the detector plan and verify share).
+//     to_char, to_date and to_timestamp are STABLE (lc_time, TimeZone):
+//     the catalog says so and it is believed; a spec's own forward for
+//     the column is the way to use one (Plan.Overridden).
 
 import (
 	"context"
@@ -110,15 +113,17 @@ func sessionFix(sub Subcommand, old string) string {
 	col := db.Ident(sub.Column)
 	from, to := strings.ToLower(old), strings.ToLower(sub.TypeName)
 	textual := func(t string) bool { return strings.Contains(t, "text") || strings.Contains(t, "char") }
+	spec := fmt.Sprintf(" (to_date, to_char and to_timestamp are STABLE too: they read lc_time and TimeZone; if you need one, give it as forward.%s of a spec with alter:, after making sure every writer runs with the same settings)", sub.Column)
+	timeish := func(t string) bool { return strings.Contains(t, "time") || strings.Contains(t, "date") || strings.Contains(t, "interval") }
 	switch {
-	case textual(from):
-		return fmt.Sprintf("parse with an explicit format: ALTER COLUMN %s TYPE %s USING to_timestamp(%s, 'YYYY-MM-DD HH24:MI:SS') AT TIME ZONE 'UTC' (or to_date(%s, 'YYYY-MM-DD'), or a cast of a format that reads no setting)", col, sub.TypeName, col, col)
-	case textual(to):
-		return fmt.Sprintf("format explicitly: ALTER COLUMN %s TYPE %s USING to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') (or another to_char format)", col, sub.TypeName, col)
-	case strings.Contains(from, "time") || strings.Contains(to, "time") || strings.Contains(from, "date"):
-		return fmt.Sprintf("name the zone: ALTER COLUMN %s TYPE %s USING %s AT TIME ZONE 'UTC' (the zone the stored values mean)", col, sub.TypeName, col)
+	case textual(from) && timeish(to):
+		return fmt.Sprintf("parse without a session setting: ALTER COLUMN %s TYPE %s USING make_date(substr(%s, 1, 4)::int, substr(%s, 6, 2)::int, substr(%s, 9, 2)::int) (or make_timestamp / make_interval from its parts)", col, sub.TypeName, col, col, col) + spec
+	case textual(to) && timeish(from):
+		return fmt.Sprintf("format without a session setting: ALTER COLUMN %s TYPE %s USING an expression over extract(… FROM %s AT TIME ZONE 'UTC') parts", col, sub.TypeName, col) + spec
+	case timeish(from) && timeish(to):
+		return fmt.Sprintf("name the zone: ALTER COLUMN %s TYPE %s USING %s AT TIME ZONE 'UTC' (the zone the stored values mean)", col, sub.TypeName, col) + spec
 	}
-	return fmt.Sprintf("write ALTER COLUMN %s TYPE %s USING <an expression that reads no session setting>", col, sub.TypeName)
+	return fmt.Sprintf("write ALTER COLUMN %s TYPE %s USING <an expression that reads no session setting>", col, sub.TypeName) + spec
 }
 
 // assignExpr is src coerced to green's column col the way the ALTER would
