@@ -114,7 +114,9 @@ func sessionFix(sub Subcommand, old string) string {
 	from, to := strings.ToLower(old), strings.ToLower(sub.TypeName)
 	textual := func(t string) bool { return strings.Contains(t, "text") || strings.Contains(t, "char") }
 	spec := fmt.Sprintf(" (to_date, to_char and to_timestamp are STABLE too: they read lc_time and TimeZone; if you need one, give it as forward.%s of a spec with alter:, after making sure every writer runs with the same settings)", sub.Column)
-	timeish := func(t string) bool { return strings.Contains(t, "time") || strings.Contains(t, "date") || strings.Contains(t, "interval") }
+	timeish := func(t string) bool {
+		return strings.Contains(t, "time") || strings.Contains(t, "date") || strings.Contains(t, "interval")
+	}
 	switch {
 	case textual(from) && timeish(to):
 		return fmt.Sprintf("parse without a session setting: ALTER COLUMN %s TYPE %s USING make_date(substr(%s, 1, 4)::int, substr(%s, 6, 2)::int, substr(%s, 9, 2)::int) (or make_timestamp / make_interval from its parts)", col, sub.TypeName, col, col, col) + spec
