@@ -280,6 +280,7 @@ func Classify(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Sta
 	// stable[i]: the STABLE functions subs[i]'s conversion calls, read
 	// before it runs (the copy still has the old type, as blue does).
 	stable := make([][]string, len(subs))
+	fkNames := map[string]bool{}
 	for i, sub := range subs {
 		if sub.Kind == AlterType {
 			if stable[i], err = sc.stableConversion(ctx, tempSchema, sub); err != nil {
@@ -289,6 +290,16 @@ func Classify(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Sta
 		if sub.Kind == AddForeignKey {
 			if err := checkForeignKey(ctx, q, sc, sub); err != nil {
 				return nil, err
+			}
+			if subs[i].Text, err = qualifyReference(ctx, q, blue, sub); err != nil {
+				return nil, err
+			}
+			if sub.Constraint == "" {
+				cols := clip(strings.Join(fkColumns(constraintBody(sub.Text)), "_"), spec.MaxIdentLen)
+				if subs[i].Constraint, err = freeConstraintName(ctx, q, blue, blue.Name.Name, cols, "fkey", fkNames); err != nil {
+					return nil, err
+				}
+				fkNames[subs[i].Constraint] = true
 			}
 			continue
 		}
@@ -449,7 +460,11 @@ func decide(ctx context.Context, q db.Querier, sc *scratch, blue *shadow.Table, 
 	case AddPrimaryKey:
 		return blueGreen("a new primary key builds its index and checks NOT NULL under ACCESS EXCLUSIVE (build a unique index CONCURRENTLY and use ADD PRIMARY KEY USING INDEX to stay in place)")
 	case SetNotNull:
-		name := db.Ident(spec.TruncateIdent(blue.Name.Name + "_" + sub.Column + "_gs_not_null"))
+		free, err := freeConstraintName(ctx, q, blue, blue.Name.Name, sub.Column, "gs_not_null", nil)
+		if err != nil {
+			return step, err
+		}
+		name := db.Ident(free)
 		col := db.Ident(sub.Column)
 		step.Strategy = CheckThenSetNotNull
 		step.SQL = []string{
@@ -525,7 +540,20 @@ func concurrentStep(ctx context.Context, q db.Querier, sc *scratch, blue *shadow
 	}
 	step.SQL = []string{retargetIndex(def, rel, true)}
 	if sub.Kind == AddUnique {
-		step.SQL = append(step.SQL, "ALTER TABLE "+rel+" ADD CONSTRAINT "+db.Ident(index)+" UNIQUE USING INDEX "+db.Ident(index))
+		// USING INDEX makes the constraint NOT DEFERRABLE unless told.
+		var deferrable, deferred bool
+		if err := q.QueryRow(ctx, `SELECT condeferrable, condeferred FROM pg_catalog.pg_constraint
+ WHERE conrelid = pg_catalog.to_regclass($1) AND conname = $2`, sc.rel, index).Scan(&deferrable, &deferred); err != nil {
+			return step, fmt.Errorf("alter: rehearsal: constraint %s: %w", index, err)
+		}
+		attach := "ALTER TABLE " + rel + " ADD CONSTRAINT " + db.Ident(index) + " UNIQUE USING INDEX " + db.Ident(index)
+		if deferrable {
+			attach += " DEFERRABLE"
+		}
+		if deferred {
+			attach += " INITIALLY DEFERRED"
+		}
+		step.SQL = append(step.SQL, attach)
 	}
 	return step, nil
 }
