@@ -533,6 +533,20 @@ func concurrentStep(ctx context.Context, q db.Querier, sc *scratch, blue *shadow
 	if index == "" {
 		return step, &SubError{Sub: sub, Err: errors.New("the rehearsal built no single index")}
 	}
+	if sub.Constraint == "" {
+		// The copy's schema holds only the copy: the name PostgreSQL chose
+		// there may be another relation's in blue's schema.
+		free, err := freeRelationName(ctx, q, blue, index)
+		if err != nil {
+			return step, err
+		}
+		if free != index {
+			if _, err := q.Exec(ctx, "ALTER INDEX pg_temp."+db.Ident(index)+" RENAME TO "+db.Ident(free)); err != nil {
+				return step, fmt.Errorf("alter: rehearsal: renaming index %s: %w", index, err)
+			}
+			index = free
+		}
+	}
 	var def string
 	if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_get_indexdef(c.oid) FROM pg_catalog.pg_class c
  WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relname = $1`, index).Scan(&def); err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
@@ -186,5 +187,36 @@ func TestDerivedDDLFaithful(t *testing.T) {
 		if len(n) > spec.MaxIdentLen {
 			t.Errorf("%q is longer than %d bytes", n, spec.MaxIdentLen)
 		}
+	}
+
+	// Index names PostgreSQL chose on the copy (whose schema holds only
+	// the copy) that another relation of blue's schema already has: named
+	// as PostgreSQL names them on blue, in place and on green.
+	var taken string
+	pgtest.Exec(t, dsn, "CREATE INDEX ON plain."+longTable+" ("+longColA+")")
+	if err := pool.QueryRow(ctx, `SELECT relname::text FROM pg_class WHERE relnamespace = 'plain'::regnamespace AND relkind = 'i' AND relname::text LIKE '%idx'`).Scan(&taken); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, dsn, `CREATE TABLE app.`+db.Ident(taken)+` (x int); CREATE TABLE app.orders_amount_idx (x int)`)
+	p = classifyIn(t, pool, spec.QualifiedName{Schema: "app", Name: longTable}, "CREATE INDEX ON app."+longTable+" ("+longColA+")")
+	for _, s := range p.Steps[0].SQL {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			t.Fatalf("in place: %s: %v", s, err)
+		}
+	}
+	pgtest.Exec(t, dsn, "DROP INDEX plain."+db.Ident(taken)+"; CREATE TABLE plain."+db.Ident(taken)+" (x int); CREATE INDEX ON plain."+longTable+" ("+longColA+")")
+	var ours, theirs string
+	if err := pool.QueryRow(ctx, `SELECT string_agg(relname::text, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = $1::regnamespace AND relkind = 'i' AND relname::text LIKE '%idx%'`, "app").Scan(&ours); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT string_agg(relname::text, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = $1::regnamespace AND relkind = 'i' AND relname::text LIKE '%idx%'`, "plain").Scan(&theirs); err != nil {
+		t.Fatal(err)
+	}
+	if ours != theirs {
+		t.Errorf("index named %s in place, PostgreSQL names it %s", ours, theirs)
+	}
+	p = classifyIn(t, pool, orders, "ALTER TABLE app.orders ALTER COLUMN amount TYPE bigint; CREATE INDEX ON app.orders (amount)")
+	if len(p.BlueGreen.Target.Indexes) != 1 || !strings.Contains(p.BlueGreen.Target.Indexes[0], "INDEX orders_amount_idx1 ON") {
+		t.Errorf("green's index: %q, want orders_amount_idx1 (orders_amount_idx is a table of app)", p.BlueGreen.Target.Indexes)
 	}
 }

@@ -145,3 +145,28 @@ func qualifyReference(ctx context.Context, q db.Querier, blue *shadow.Table, sub
 	}
 	return sub.Text, nil
 }
+
+// freeRelationName is name if no relation of blue's schema has it, else
+// what PostgreSQL's ChooseRelationName would have chosen there: its label
+// (what follows the last "_": idx, key, pkey) numbered until free.
+func freeRelationName(ctx context.Context, q db.Querier, blue *shadow.Table, name string) (string, error) {
+	prefix, label := name, ""
+	if i := strings.LastIndexByte(name, '_'); i > 0 {
+		prefix, label = name[:i], name[i+1:]
+	}
+	for pass := 0; pass < 1000; pass++ {
+		cand := name
+		if pass > 0 {
+			cand = objectName(prefix, "", label+strconv.Itoa(pass))
+		}
+		var used bool
+		if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND c.relname = $2)`, blue.Name.Schema, cand).Scan(&used); err != nil {
+			return "", fmt.Errorf("alter: choosing an index name: %w", err)
+		}
+		if !used {
+			return cand, nil
+		}
+	}
+	return "", fmt.Errorf("alter: no free index name for %s", name)
+}
