@@ -11,6 +11,10 @@
 package alter
 
 import (
+	"slices"
+	"strings"
+
+	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
 )
 
@@ -155,4 +159,22 @@ type Plan struct {
 	// ServerMajor is the server major the rehearsal ran on: the decisions
 	// hold for it.
 	ServerMajor int `json:"server_major"`
+	// Hazards are what the ALTER's blue-green part cannot do as the ALTER
+	// would (convert.go): a blocking one stops plan, run and sync like
+	// the derived spec's own.
+	Hazards []shadow.Hazard `json:"hazards,omitempty"`
+}
+
+// Overridden drops the hazards about a forward or reverse mapping the
+// caller's spec gives itself (its own expression replaces the derived one).
+func (p *Plan) Overridden(forward, reverse map[string]string) {
+	p.Hazards = slices.DeleteFunc(p.Hazards, func(h shadow.Hazard) bool {
+		for _, o := range h.Objects {
+			dir, col, _ := strings.Cut(o, ".")
+			if (dir == "forward" && forward[col] != "") || (dir == "reverse" && reverse[col] != "") {
+				return true
+			}
+		}
+		return false
+	})
 }

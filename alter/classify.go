@@ -273,10 +273,33 @@ func Classify(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Sta
 	if err := sc.create(ctx); err != nil {
 		return nil, err
 	}
+	var tempSchema string
+	if err := q.QueryRow(ctx, `SELECT nspname::text FROM pg_catalog.pg_namespace WHERE oid = pg_catalog.pg_my_temp_schema()`).Scan(&tempSchema); err != nil {
+		return nil, fmt.Errorf("alter: the rehearsal's temporary schema: %w", err)
+	}
+	// stable[i]: the STABLE functions subs[i]'s conversion calls, read
+	// before it runs (the copy still has the old type, as blue does).
+	stable := make([][]string, len(subs))
+	fkNames := map[string]bool{}
 	for i, sub := range subs {
+		if sub.Kind == AlterType {
+			if stable[i], err = sc.stableConversion(ctx, tempSchema, sub); err != nil {
+				return nil, err
+			}
+		}
 		if sub.Kind == AddForeignKey {
 			if err := checkForeignKey(ctx, q, sc, sub); err != nil {
 				return nil, err
+			}
+			if subs[i].Text, err = qualifyReference(ctx, q, blue, sub); err != nil {
+				return nil, err
+			}
+			if sub.Constraint == "" {
+				cols := clip(strings.Join(fkColumns(constraintBody(sub.Text)), "_"), spec.MaxIdentLen)
+				if subs[i].Constraint, err = freeConstraintName(ctx, q, blue, blue.Name.Name, cols, "fkey", fkNames); err != nil {
+					return nil, err
+				}
+				fkNames[subs[i].Constraint] = true
 			}
 			continue
 		}
@@ -321,6 +344,11 @@ func Classify(ctx context.Context, q db.Querier, blue *shadow.Table, stmts []Sta
 	plan.Steps = placeUnrehearsed(plan.Steps, subs, blue)
 	if err := order(plan, subs); err != nil {
 		return nil, err
+	}
+	for i, st := range plan.Steps {
+		if st.Strategy == BlueGreen && st.Sub.Kind == AlterType && len(stable[i]) > 0 {
+			plan.Hazards = append(plan.Hazards, sessionHazard(blue, st.Sub, stable[i]))
+		}
 	}
 	if plan.Order != InPlaceOnly {
 		s, err := deriveSpec(ctx, q, sc, blue, plan)
@@ -432,7 +460,11 @@ func decide(ctx context.Context, q db.Querier, sc *scratch, blue *shadow.Table, 
 	case AddPrimaryKey:
 		return blueGreen("a new primary key builds its index and checks NOT NULL under ACCESS EXCLUSIVE (build a unique index CONCURRENTLY and use ADD PRIMARY KEY USING INDEX to stay in place)")
 	case SetNotNull:
-		name := db.Ident(spec.TruncateIdent(blue.Name.Name + "_" + sub.Column + "_gs_not_null"))
+		free, err := freeConstraintName(ctx, q, blue, blue.Name.Name, sub.Column, "gs_not_null", nil)
+		if err != nil {
+			return step, err
+		}
+		name := db.Ident(free)
 		col := db.Ident(sub.Column)
 		step.Strategy = CheckThenSetNotNull
 		step.SQL = []string{
@@ -501,6 +533,20 @@ func concurrentStep(ctx context.Context, q db.Querier, sc *scratch, blue *shadow
 	if index == "" {
 		return step, &SubError{Sub: sub, Err: errors.New("the rehearsal built no single index")}
 	}
+	if sub.Constraint == "" {
+		// The copy's schema holds only the copy: the name PostgreSQL chose
+		// there may be another relation's in blue's schema.
+		free, err := freeRelationName(ctx, q, blue, index)
+		if err != nil {
+			return step, err
+		}
+		if free != index {
+			if _, err := q.Exec(ctx, "ALTER INDEX pg_temp."+db.Ident(index)+" RENAME TO "+db.Ident(free)); err != nil {
+				return step, fmt.Errorf("alter: rehearsal: renaming index %s: %w", index, err)
+			}
+			index = free
+		}
+	}
 	var def string
 	if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_get_indexdef(c.oid) FROM pg_catalog.pg_class c
  WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relname = $1`, index).Scan(&def); err != nil {
@@ -508,7 +554,20 @@ func concurrentStep(ctx context.Context, q db.Querier, sc *scratch, blue *shadow
 	}
 	step.SQL = []string{retargetIndex(def, rel, true)}
 	if sub.Kind == AddUnique {
-		step.SQL = append(step.SQL, "ALTER TABLE "+rel+" ADD CONSTRAINT "+db.Ident(index)+" UNIQUE USING INDEX "+db.Ident(index))
+		// USING INDEX makes the constraint NOT DEFERRABLE unless told.
+		var deferrable, deferred bool
+		if err := q.QueryRow(ctx, `SELECT condeferrable, condeferred FROM pg_catalog.pg_constraint
+ WHERE conrelid = pg_catalog.to_regclass($1) AND conname = $2`, sc.rel, index).Scan(&deferrable, &deferred); err != nil {
+			return step, fmt.Errorf("alter: rehearsal: constraint %s: %w", index, err)
+		}
+		attach := "ALTER TABLE " + rel + " ADD CONSTRAINT " + db.Ident(index) + " UNIQUE USING INDEX " + db.Ident(index)
+		if deferrable {
+			attach += " DEFERRABLE"
+		}
+		if deferred {
+			attach += " INITIALLY DEFERRED"
+		}
+		step.SQL = append(step.SQL, attach)
 	}
 	return step, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/shadow"
@@ -78,19 +79,68 @@ func deriveSpec(ctx context.Context, q db.Querier, sc *scratch, blue *shadow.Tab
 		s.Target.DDL += " " + partitionBy
 		s.Target.Partitions = []string{"CREATE TABLE " + db.Ident(spec.TruncateIdent(blue.Name.Name+"_default")) + " PARTITION OF " + name + " DEFAULT"}
 	}
+	key := shadow.TableKey(blue)
 	for _, st := range plan.Steps {
-		if st.Strategy != BlueGreen || st.Sub.Kind != AlterType || st.Sub.Using == "" {
+		if st.Strategy != BlueGreen || st.Sub.Kind != AlterType {
 			continue
 		}
-		old := blue.Column(st.Sub.Column)
+		col := st.Sub.Column
+		old := blue.Column(col)
 		if old == nil {
 			continue
+		}
+		src := st.Sub.Using
+		if src == "" {
+			src = db.Ident(col)
+		}
+		// The ALTER coerces with assignment semantics; the mapping's own
+		// CAST is explicit (convert.go).
+		expr, checked, unreproducible, err := assignExpr(ctx, q, green, col, src)
+		if err != nil {
+			return nil, err
+		}
+		fwd := st.Sub.Using
+		switch {
+		case unreproducible:
+			plan.Hazards = append(plan.Hazards, shadow.Hazard{Code: HazardLengthCheckUnreproducible, Severity: shadow.Blocking,
+				Message: fmt.Sprintf("column %s: the ALTER refuses array elements too long for %s, but the mapping's cast would truncate them silently", col, st.Sub.TypeName),
+				Fix:     fmt.Sprintf("change %s to an unbounded element type (text[], varchar[]) with a CHECK on the lengths, or give forward.%s in a spec that checks them", col, col),
+				Objects: []string{"forward." + col}})
+		case checked && slices.Contains(key, col):
+			// A key column is matched by value, never given a forward.
+			plan.Hazards = append(plan.Hazards, shadow.Hazard{Code: HazardLengthCheckUnreproducible, Severity: shadow.Blocking,
+				Message: fmt.Sprintf("column %s is blue's key: it is copied by value with an explicit cast to %s, which truncates what the ALTER would refuse", col, st.Sub.TypeName),
+				Fix:     fmt.Sprintf("shorten the key's values first (the ALTER would fail on longer ones), or keep %s's length", col),
+				Objects: []string{"forward." + col}})
+		case checked:
+			fwd = expr
+		}
+		if fwd == "" {
+			continue // mapped by name: the mapping's cast is the ALTER's
 		}
 		if s.Forward == nil {
 			s.Forward, s.Reverse = map[string]string{}, map[string]string{}
 		}
-		s.Forward[st.Sub.Column] = st.Sub.Using
-		s.Reverse[st.Sub.Column] = "(" + db.Ident(st.Sub.Column) + ")::" + old.Type
+		s.Forward[col] = fwd
+		s.Reverse[col] = "(" + db.Ident(col) + ")::" + old.Type
+		rev := &shadow.Direction{Source: spec.QualifiedName{Schema: schema, Name: blue.Name.Name},
+			Columns: []shadow.ColumnMap{{Target: col, Expr: s.Reverse[col], Type: old.Type, Explicit: true}}}
+		stable, err := sc.stableIn(ctx, schema, rev, "reverse")
+		if err != nil {
+			return nil, err
+		}
+		if len(stable) > 0 {
+			plan.Hazards = append(plan.Hazards, shadow.Hazard{Code: HazardSessionDependentConversion, Severity: shadow.Warning,
+				Message: fmt.Sprintf("column %s: the derived reverse %s calls %s (STABLE): rows written on green after cutover reach blue converted under each writer's session settings", col, s.Reverse[col], strings.Join(stable, ", ")),
+				Fix:     fmt.Sprintf("give reverse.%s in a spec with alter: (e.g. %s AT TIME ZONE 'UTC' for a time zone change)", col, db.Ident(col)),
+				Objects: []string{"reverse." + col}})
+		}
+	}
+	if len(s.Forward) == 0 {
+		s.Forward = nil
+	}
+	if len(s.Reverse) == 0 {
+		s.Reverse = nil
 	}
 	if err := s.Validate(); err != nil {
 		return nil, fmt.Errorf("alter: the derived spec: %w", err)

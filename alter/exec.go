@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -291,4 +293,65 @@ func outcomeOfBuild(ctx context.Context) string {
 		return "interrupted"
 	}
 	return "error"
+}
+
+// Recheck rehearses again, against blue as it is now, the in-place steps
+// of a recorded plan that have not started (no statement of theirs
+// recorded done under migration): between an interrupted run and its
+// resume the app's deploy may have changed the table, and a step decided
+// then (metadata only, this constraint name, this column) may no longer
+// hold. A step that PostgreSQL now refuses, or that now decides another
+// strategy or other SQL, is an error naming it; nothing is run. q must be
+// a transaction the caller rolls back.
+func Recheck(ctx context.Context, q db.Querier, blue *shadow.Table, plan *Plan, migration string) error {
+	done, err := doneStatements(ctx, q, migration)
+	if err != nil {
+		return err
+	}
+	var idx []int
+	st := Statement{Table: plan.Table}
+	for i, step := range plan.Steps {
+		if step.Strategy == BlueGreen {
+			continue
+		}
+		started := false
+		for j, sql := range step.SQL {
+			started = started || done[statementKey(i, j, sql)]
+		}
+		if started {
+			continue // mid-way: its own statements resume it
+		}
+		idx = append(idx, i)
+		st.Subs = append(st.Subs, step.Sub)
+	}
+	if len(idx) == 0 {
+		return nil
+	}
+	stale := func(sub Subcommand, why string) error {
+		return exitcode.Errorf(exitcode.BadInput,
+			"alter: resume of %s: %q no longer holds on %s as it is now (%s): the table changed since the plan was recorded; nothing was run: check the table, then run the remaining change under another --name",
+			migration, oneLine(sub.Text), blue.Name, why)
+	}
+	now, err := Classify(ctx, q, blue, []Statement{st})
+	if err != nil {
+		var se *SubError
+		if errors.As(err, &se) {
+			return stale(se.Sub, se.Error())
+		}
+		var pe *ParseError
+		if errors.As(err, &pe) {
+			return stale(st.Subs[0], pe.Error())
+		}
+		return err
+	}
+	for k, i := range idx {
+		was, is := plan.Steps[i], now.Steps[k]
+		switch {
+		case is.Strategy != was.Strategy:
+			return stale(was.Sub, fmt.Sprintf("it was %s, it is now %s: %s", was.Strategy, is.Strategy, is.Why))
+		case !slices.Equal(is.SQL, was.SQL):
+			return stale(was.Sub, fmt.Sprintf("its SQL is now %q", strings.Join(is.SQL, "; ")))
+		}
+	}
+	return nil
 }

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/alter"
+	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
@@ -82,9 +84,6 @@ func RunAlter(ctx context.Context, env *Env, alterSQL string, opts AlterRunOptio
 	}
 	res := &AlterRunResult{Migration: name}
 	log := env.Log.With().Str("migration", name).Logger()
-	if err := state.Ensure(ctx, env.Pool); err != nil {
-		return nil, fmt.Errorf("run --alter: state schema: %w", err)
-	}
 	plan, err := recordedPlan(ctx, env, name, alterSQL)
 	if err != nil {
 		return nil, err
@@ -92,9 +91,20 @@ func RunAlter(ctx context.Context, env *Env, alterSQL string, opts AlterRunOptio
 	if plan != nil {
 		res.Resumed = true
 		printfTo(opts.Out, "resuming %s with the plan recorded by its first run\n", name)
+		if err := recheckInPlace(ctx, env, name, alterSQL, plan); err != nil {
+			return res, err
+		}
 	} else {
 		if plan, err = ClassifyAlter(ctx, env, alterSQL, name, 0); err != nil {
 			return nil, err
+		}
+		// plan's gate, before anything (the state schema too) is touched:
+		// what plan --alter refuses with exit 3, run refuses the same way.
+		if err := runAlterGate(ctx, env, name, plan); err != nil {
+			return nil, err
+		}
+		if err := state.Ensure(ctx, env.Pool); err != nil {
+			return nil, fmt.Errorf("run --alter: state schema: %w", err)
 		}
 		if err := state.Record(ctx, env.Pool, name, eventAlterPlan, "ok", 0, alterSQL, recordedAlterPlan{Alter: alterSQL, Plan: plan}); err != nil {
 			return nil, fmt.Errorf("run --alter: record the plan: %w", err)
@@ -170,6 +180,9 @@ func printfTo(w io.Writer, format string, args ...any) {
 // none). A different ALTER under the same name is refused: the two plans
 // would mix.
 func recordedPlan(ctx context.Context, env *Env, name, alterSQL string) (*alter.Plan, error) {
+	if ok, err := state.Exists(ctx, env.Pool); err != nil || !ok {
+		return nil, err
+	}
 	var detail []byte
 	err := env.Pool.QueryRow(ctx, `SELECT detail FROM greenswap.events WHERE migration = $1 AND step = $2 AND outcome = 'ok'
  ORDER BY id DESC LIMIT 1`, name, eventAlterPlan).Scan(&detail)
@@ -188,4 +201,60 @@ func recordedPlan(ctx context.Context, env *Env, name, alterSQL string) (*alter.
 			"run --alter: migration %s was started with another ALTER (%q): run that one again to resume, or give this one another --name", name, rec.Alter)
 	}
 	return rec.Plan, nil
+}
+
+// runAlterGate is plan --alter's verdict on a fresh run: the blue-green
+// part planned as plan plans it, with the ALTER's own hazards; any
+// blocking one refuses the run with plan's exit code (3).
+func runAlterGate(ctx context.Context, env *Env, name string, plan *alter.Plan) error {
+	if plan.BlueGreen == nil {
+		return alterGate(ctx, env, name, plan, "run --alter")
+	}
+	pr, err := Plan(ctx, env, plan.BlueGreen, PlanOptions{})
+	if err != nil {
+		return err
+	}
+	withAlterHazards(pr, plan)
+	if pr.Blocking == 0 {
+		return nil
+	}
+	var msgs []string
+	for _, h := range pr.Hazards {
+		if h.Severity == shadow.Blocking {
+			msgs = append(msgs, h.Code+": "+h.Message)
+		}
+	}
+	return exitcode.Errorf(exitcode.Blocked, "run --alter refused, nothing was changed: plan found %d blocking hazard(s): %s (see `greenswap plan --alter`)",
+		pr.Blocking, strings.Join(msgs, "; "))
+}
+
+// recheckInPlace re-rehearses the recorded plan's in-place steps that have
+// not started against the table as it is now (alter.Recheck), in a
+// transaction it rolls back.
+func recheckInPlace(ctx context.Context, env *Env, name, alterSQL string, plan *alter.Plan) error {
+	tx, err := env.Pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("run --alter: begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = 30000"); err != nil {
+		return fmt.Errorf("run --alter: %w", err)
+	}
+	var kind string
+	if err := tx.QueryRow(ctx, `SELECT coalesce((SELECT relkind::text FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)), '')`,
+		db.Ident(plan.Table.Schema, plan.Table.Name)).Scan(&kind); err != nil {
+		return fmt.Errorf("run --alter: %w", err)
+	}
+	switch kind {
+	case "":
+		return exitcode.Errorf(exitcode.BadInput, "run --alter: resume of %s: table %s no longer exists: nothing was run", name, plan.Table)
+	case "r", "p":
+	default:
+		return nil // adopted (a view): the in-place steps all ran before sync did
+	}
+	blue, err := shadow.LoadTable(ctx, tx, plan.Table)
+	if err != nil {
+		return err
+	}
+	return alter.Recheck(ctx, tx, blue, plan, name)
 }

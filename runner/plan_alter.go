@@ -9,11 +9,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/greenswap/greenswap/alter"
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
 )
@@ -106,6 +109,7 @@ func ResolveAlterSpec(ctx context.Context, env *Env, s *spec.Spec, timeout time.
 		return nil, nil, s.Errorf("alter", "alter only the spec's table", "the ALTER changes %s, not %s", plan.Table, s.AppTable())
 	}
 	plan.GreenOnly(s.Forward)
+	plan.Overridden(s.Forward, s.Reverse)
 	if plan.BlueGreen == nil {
 		return nil, plan, nil
 	}
@@ -139,11 +143,34 @@ func syncAlterSpec(ctx context.Context, env *Env, s *spec.Spec) (*spec.Spec, err
 	if err != nil || plan == nil {
 		return resolved, err
 	}
+	if err := alterGate(ctx, env, s.Name, plan, "sync"); err != nil {
+		return nil, err
+	}
 	if plan.Order != alter.BlueGreenOnly {
 		return nil, s.Errorf("alter", "run the in-place steps first (greenswap plan -f shows their SQL), then sync the spec greenswap plan --write-spec writes",
 			"the ALTER has steps that run in place (%s): sync runs only the blue-green part", plan.Order)
 	}
 	return resolved, nil
+}
+
+// alterGate refuses (exit 3, nothing changed) a migration that has not
+// started when the ALTER has blocking hazards of its own; one under way
+// resumes (as gateNewSync lets it).
+func alterGate(ctx context.Context, env *Env, name string, plan *alter.Plan, command string) error {
+	if plan == nil || !shadow.HasBlocking(plan.Hazards) {
+		return nil
+	}
+	row, err := state.Get(ctx, env.Pool, name)
+	if err == nil && row.State != state.RolledBack {
+		return nil
+	}
+	var msgs []string
+	for _, h := range plan.Hazards {
+		if h.Severity == shadow.Blocking {
+			msgs = append(msgs, h.Code+": "+h.Message+" ("+h.Fix+")")
+		}
+	}
+	return exitcode.Errorf(exitcode.Blocked, "%s refused, nothing was changed: plan found %d blocking hazard(s): %s", command, len(msgs), strings.Join(msgs, "; "))
 }
 
 // alterSpecErr points an alter error at the spec's alter: line.
@@ -194,6 +221,7 @@ func PlanAlter(ctx context.Context, env *Env, sql string, given *spec.Spec, name
 			return nil, given.Errorf("alter", "alter only the spec's table", "the ALTER changes %s, not %s", plan.Table, given.AppTable())
 		}
 		plan.GreenOnly(given.Forward)
+		plan.Overridden(given.Forward, given.Reverse)
 	}
 	if plan.BlueGreen == nil {
 		return res, nil
@@ -204,7 +232,20 @@ func PlanAlter(ctx context.Context, env *Env, sql string, given *spec.Spec, name
 	// The classification stands even when the blue-green part's plan
 	// fails (a NULL the sample found): the caller shows both.
 	res.BlueGreen, err = Plan(ctx, env, plan.BlueGreen, opts)
+	withAlterHazards(res.BlueGreen, plan)
 	return res, err
+}
+
+// withAlterHazards puts the ALTER's own hazards (a conversion the mapping
+// cannot do as the ALTER would, package alter) first among the blue-green
+// part's: a blocking one stops plan (exit 3), run --alter and sync alike.
+func withAlterHazards(res *PlanResult, plan *alter.Plan) {
+	if res == nil || plan == nil || len(plan.Hazards) == 0 {
+		return
+	}
+	res.Hazards = append(slices.Clone(plan.Hazards), res.Hazards...)
+	res.Blocking, res.Warnings, res.Infos = 0, 0, 0
+	res.countHazards()
 }
 
 // planAlterSpec is Plan of a spec with alter:: the blue-green part of the
@@ -219,5 +260,7 @@ func planAlterSpec(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions
 		return nil, s.Errorf("alter", "plan it with greenswap plan -f (which shows the in-place steps) or run it with greenswap run --alter",
 			"every subcommand runs in place: there is no new table to plan")
 	}
-	return Plan(ctx, env, resolved, opts)
+	res, err := Plan(ctx, env, resolved, opts)
+	withAlterHazards(res, plan)
+	return res, err
 }

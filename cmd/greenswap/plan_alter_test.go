@@ -243,3 +243,26 @@ func TestPlanAlterBadInput(t *testing.T) {
 		t.Fatal("--write-spec wrote a file for an in-place-only ALTER")
 	}
 }
+
+// TestAlterSessionConversionCLI: through the CLI, plan --alter and run
+// --alter of a session-dependent type change (timestamptz → date: the
+// cast reads TimeZone) exit 3, the hazard named in plan's output and in
+// run's one-line error, the database unchanged.
+func TestAlterSessionConversionCLI(t *testing.T) {
+	t.Parallel()
+	dsn := ordersDB(t)
+	before := catalogFingerprint(t, dsn)
+	const change = "ALTER TABLE orders ALTER COLUMN created_at TYPE date"
+	code, out, errOut := gsCLI("--dsn", dsn, "plan", "--alter", change)
+	if code != 3 || !strings.Contains(out, "alter_session_dependent_conversion") || !strings.Contains(out, "AT TIME ZONE") {
+		t.Errorf("plan --alter: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, errOut = gsCLI("--dsn", dsn, "run", "--alter", change, "--until", "synced")
+	msg := strings.TrimSpace(errOut)
+	if code != 3 || !strings.Contains(msg, "alter_session_dependent_conversion") || strings.Count(msg, "\n") > 0 {
+		t.Errorf("run --alter: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if got := catalogFingerprint(t, dsn); got != before {
+		t.Fatalf("refused ALTERs changed the database:\nbefore:\n%s\nafter:\n%s", before, got)
+	}
+}

@@ -20,7 +20,9 @@ does all of it, for scripts and CI:
 
   1. plan gate: every subcommand is rehearsed on an empty copy of the table
      in a rolled-back transaction (as ` + "`greenswap plan --alter`" + ` shows it); an
-     ALTER PostgreSQL refuses exits 2 with nothing changed;
+     ALTER PostgreSQL refuses exits 2 with nothing changed, and what plan
+     --alter reports blocking (a session-dependent type conversion, a
+     table without a key, …) exits 3 with nothing changed;
   2. in-place steps, on the live table, one statement at a time under a
      short lock_timeout, retried with backoff (ADD COLUMN, DROP COLUMN,
      SET/DROP DEFAULT, widenings without a rewrite, renames; CHECK and
@@ -36,8 +38,9 @@ does all of it, for scripts and CI:
 
 Each statement is recorded in greenswap.events when it commits. After any
 failure or interruption run the same command again: it resumes with the
-plan its first run recorded, skips what is done, and the lifecycle resumes
-where it stopped. A different ALTER under the same migration name is
+plan its first run recorded (its in-place steps not yet run rehearsed again
+against the table as it is now: one that no longer holds is refused, exit
+2), skips what is done, and the lifecycle resumes where it stopped. A different ALTER under the same migration name is
 refused (exit 2).
 
 Sessions with server-side prepared statements that select * from the table
