@@ -81,8 +81,8 @@ func rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 			return nil, &NotOurCutoverError{Watched: swapEvent, Latest: latest}
 		}
 	}
-	if m.Spec.IsSplit() && m.Row.State != state.RolledBack {
-		return nil, refuseSplit(m.Spec, "rollback") // until the split's teardown and swap back land (wt-splitcut)
+	if m.Spec.IsSplit() && m.Row.State != state.RolledBack && m.Row.State != state.CutOver {
+		return nil, refuseSplit(m.Spec, "rollback before cutover") // the split's teardown is not written yet
 	}
 	res := &RollbackResult{SchemaVersion: SwapSchemaVersion, Migration: name, From: m.Row.State}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()

@@ -1,0 +1,148 @@
+package runner
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/greenswap/greenswap/internal/exitcode"
+	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/internal/state"
+	"github.com/greenswap/greenswap/internal/testkit"
+	"github.com/greenswap/greenswap/spec"
+)
+
+// syncedSplitUsers is the users split of splitUsersSeed synced, with the
+// application's pool (search_path public).
+func syncedSplitUsers(ctx context.Context, t *testing.T) (*Env, *pgxpool.Pool, *spec.Spec) {
+	t.Helper()
+	dsn := pgtest.NewDB(t)
+	pgtest.Exec(t, dsn, splitUsersSeed)
+	p := filepath.Join(t.TempDir(), "su.yaml")
+	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spec.LoadSpecFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := testEnv(t, dsn)
+	app, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(app.Close)
+	if _, err := Sync(ctx, env, sp, SyncOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return env, app, sp
+}
+
+// TestSplitCutoverRollbackUnderWriters: ten writers on both shapes (the
+// app name, the old shape: before cutover the adopt view over blue, after
+// it the view rebuilt from the greens with its INSTEAD OF trigger; and
+// every green directly), 40 hot keys shared by all, while the split goes
+// cutover → rollback → cutover. After each swap and at the end: each green
+// equals blue mapped forward, blue equals the old shape rebuilt from the
+// greens, blue and green users equal the ledger (testkit.CheckSplitUsers),
+// and the app name (the old-shape view) holds exactly blue's rows (EXCEPT
+// both ways). The greens get views of their names in public at cutover,
+// gone at rollback. A cutover whose lock budget cannot be met (the app
+// name held by another session) fails with exit 5 and changes nothing.
+func TestSplitCutoverRollbackUnderWriters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	env, app, _ := syncedSplitUsers(ctx, t)
+	viewDef := func() string {
+		var d string
+		if err := env.Pool.QueryRow(ctx, `SELECT pg_get_viewdef('public.users'::regclass)`).Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	adoptDef := viewDef()
+
+	// The lock budget: another session holds the app name.
+	blocker, err := app.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blocker.Exec(ctx, `LOCK TABLE users IN ACCESS SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Cutover(ctx, env, "su", CutoverOptions{SkipVerify: true, SwapCommandOptions: SwapCommandOptions{
+		Out: io.Discard, LockTimeout: 50 * time.Millisecond, MaxAttempts: 2}})
+	blocker.Rollback(ctx)
+	if exitcode.Of(err) != exitcode.LockTimeout {
+		t.Fatalf("cutover with the app name locked: %v, want exit 5", err)
+	}
+	if viewDef() != adoptDef {
+		t.Fatalf("a cutover that timed out changed the app name: %s", viewDef())
+	}
+	if row, _ := state.Get(ctx, env.Pool, "su"); row.State != state.Synced {
+		t.Fatalf("after the timed-out cutover the state is %s", row.State)
+	}
+
+	w := &testkit.SplitWriters{Pool: app, Green: "gs_su_green", Hot: 40}
+	w.Greens.Store(true)
+	w.Start(10, 7)
+	swap := SwapCommandOptions{Out: io.Discard, MaxAttempts: 50}
+	greenViews := func() int64 {
+		return testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_views WHERE schemaname = 'public' AND viewname IN ('user_profiles', 'user_activity')`)
+	}
+	for i, step := range []string{"cutover", "rollback", "cutover"} {
+		time.Sleep(1500 * time.Millisecond)
+		var err error
+		if step == "cutover" {
+			var res *CutoverResult
+			res, err = Cutover(ctx, env, "su", CutoverOptions{SkipVerify: true, SwapCommandOptions: swap})
+			if err == nil && len(res.Plan.SplitViews) != 2 {
+				t.Errorf("cutover made green views %+v, want user_profiles and user_activity", res.Plan.SplitViews)
+			}
+		} else {
+			_, err = Rollback(ctx, env, "su", swap)
+		}
+		if err != nil {
+			w.Halt(t)
+			t.Fatalf("step %d, %s: %v", i+1, step, err)
+		}
+		want, views := state.CutOver, int64(2)
+		if step == "rollback" {
+			want, views = state.Synced, 0
+			if viewDef() != adoptDef {
+				t.Errorf("after rollback the app name reads %s, want the adopt view %s", viewDef(), adoptDef)
+			}
+		} else if viewDef() == adoptDef {
+			t.Errorf("after cutover the app name still reads blue")
+		}
+		if row, _ := state.Get(ctx, env.Pool, "su"); row.State != want {
+			t.Errorf("after %s the state is %s, want %s", step, row.State, want)
+		}
+		if n := greenViews(); n != views {
+			t.Errorf("after %s: %d green views in public, want %d", step, n, views)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	w.Halt(t)
+	w.LogKinds(t, 300)
+	testkit.CheckSplitUsers(t, app, "su", "after cutover, rollback, cutover under writers")
+	const appCols = `SELECT id, email, name, bio, avatar_url, prefs::text, last_seen_at, legacy_col FROM `
+	if d := testkit.Diff(t, app, appCols+`public.users`, appCols+`gs_su_blue.users`); d != 0 {
+		t.Errorf("the old-shape view and blue differ by %d rows", d)
+	}
+	if n := testkit.Count(t, app, `SELECT count(*) FROM public.users WHERE legacy_col = 'old'`); n == 0 {
+		t.Errorf("the old-shape view lost blue's dropped column")
+	}
+	// Writes through a green's view reach blue.
+	if _, err := app.Exec(ctx, `UPDATE user_profiles SET bio = 'via view' WHERE user_id = 1000`); err != nil {
+		t.Fatal(err)
+	}
+	if n := testkit.Count(t, app, `SELECT count(*) FROM gs_su_blue.users WHERE id = 1000 AND bio = 'via view'`); n != 1 {
+		t.Errorf("a write through public.user_profiles did not reach blue")
+	}
+}
