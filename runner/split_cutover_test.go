@@ -88,6 +88,9 @@ func TestSplitCutoverRollbackUnderWriters(t *testing.T) {
 		t.Fatalf("after the timed-out cutover the state is %s", row.State)
 	}
 
+	if rep, err := VerifyMigration(ctx, env, "su", VerifyOptions{}); err != nil || !rep.OK() {
+		t.Fatalf("verify of the synced split: %+v, %v", rep, err)
+	}
 	w := &testkit.SplitWriters{Pool: app, Green: "gs_su_green", Hot: 40}
 	w.Greens.Store(true)
 	w.Start(10, 7)
@@ -100,7 +103,7 @@ func TestSplitCutoverRollbackUnderWriters(t *testing.T) {
 		var err error
 		if step == "cutover" {
 			var res *CutoverResult
-			res, err = Cutover(ctx, env, "su", CutoverOptions{SkipVerify: true, SwapCommandOptions: swap})
+			res, err = Cutover(ctx, env, "su", CutoverOptions{SkipVerify: i > 0, SwapCommandOptions: swap})
 			if err == nil && len(res.Plan.SplitViews) != 2 {
 				t.Errorf("cutover made green views %+v, want user_profiles and user_activity", res.Plan.SplitViews)
 			}
@@ -144,5 +147,63 @@ func TestSplitCutoverRollbackUnderWriters(t *testing.T) {
 	}
 	if n := testkit.Count(t, app, `SELECT count(*) FROM gs_su_blue.users WHERE id = 1000 AND bio = 'via view'`); n != 1 {
 		t.Errorf("a write through public.user_profiles did not reach blue")
+	}
+}
+
+// TestSplitVerify: verify of a synced split compares each green with blue
+// through its forward mapping and where, and the old shape rebuilt from
+// the greens with blue, under one snapshot: equal after sync (ok, one
+// section per green and one for the rebuild); a green row changed behind
+// the triggers' back (session_replication_role = replica) is named in
+// that green's section and in the rebuild's, the verdict recorded failed
+// so cutover refuses (exit 2).
+func TestSplitVerify(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	env, app, _ := syncedSplitUsers(ctx, t)
+	rep, err := VerifyMigration(ctx, env, "su", VerifyOptions{})
+	if err != nil || !rep.OK() {
+		t.Fatalf("verify: %+v, %v; want ok", rep, err)
+	}
+	want := []string{"gs_su_green.users", "gs_su_green.user_profiles", "gs_su_green.user_activity", "old shape rebuilt from the greens"}
+	if len(rep.Tables.Tables) != len(want) {
+		t.Fatalf("verify sections: %+v, want %v", rep.Tables.Tables, want)
+	}
+	for i, tv := range rep.Tables.Tables {
+		if tv.Table != want[i] {
+			t.Errorf("section %d is %s, want %s", i, tv.Table, want[i])
+		}
+	}
+	// 3000 blue rows; user_activity holds the half with last_seen_at.
+	if r := rep.Tables.Tables[2]; r.SourceRows != 1500 || r.TargetRows != 1500 {
+		t.Errorf("user_activity compared %d blue rows with %d green rows, want 1500 each (its where)", r.SourceRows, r.TargetRows)
+	}
+	conn, err := app.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE gs_su_green.user_profiles SET bio = 'behind the triggers' WHERE user_id = 7`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `RESET session_replication_role`); err != nil {
+		t.Fatal(err)
+	}
+	conn.Release()
+	rep, err = VerifyMigration(ctx, env, "su", VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() || rep.Tables.DifferenceCount != 2 || len(rep.Tables.Different) != 2 ||
+		rep.Tables.Different[0] != "gs_su_green.user_profiles" || rep.Tables.Different[1] != "old shape rebuilt from the greens" {
+		t.Fatalf("verify after the change: ok=%v, %d differences in %v; want 2, in user_profiles and the rebuild", rep.OK(), rep.Tables.DifferenceCount, rep.Tables.Different)
+	}
+	if d := rep.Tables.Tables[1].Differences; len(d) != 1 || d[0].Kind != "different" || d[0].Key[0] != "7" {
+		t.Errorf("user_profiles differences: %+v, want key 7 different", d)
+	}
+	if _, err := Cutover(ctx, env, "su", CutoverOptions{SwapCommandOptions: SwapCommandOptions{Out: io.Discard}}); exitcode.Of(err) != exitcode.BadInput {
+		t.Errorf("cutover after a failed verify: %v, want exit 2", err)
 	}
 }
