@@ -148,6 +148,31 @@ func TestSplitCutoverRollbackUnderWriters(t *testing.T) {
 	if n := testkit.Count(t, app, `SELECT count(*) FROM gs_su_blue.users WHERE id = 1000 AND bio = 'via view'`); n != 1 {
 		t.Errorf("a write through public.user_profiles did not reach blue")
 	}
+	// Finalize: the greens become the tables, blue and the version
+	// schemas go, the app name is green users. (The checks above read
+	// blue: finalize, rightly, refuses while a client did within its quiet
+	// period, so they are let age past it.)
+	time.Sleep(1200 * time.Millisecond)
+	if _, err := Finalize(ctx, env, "su", FinalizeOptions{SwapCommandOptions: swap, QuietPeriod: time.Second,
+		SampleEvery: 200 * time.Millisecond, Yes: true}); err != nil {
+		t.Fatalf("finalize: %v", err)
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+		WHERE s.nspname = 'public' AND c.relkind = 'r' AND c.relname IN ('users', 'user_profiles', 'user_activity')`); n != 3 {
+		t.Errorf("after finalize %d of the greens are tables in public, want 3", n)
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'gs_su_%'`); n != 0 {
+		t.Errorf("after finalize %d version schemas are left", n)
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.user_profiles'::regclass AND NOT tgisinternal`); n != 0 {
+		t.Errorf("after finalize user_profiles still has %d triggers", n)
+	}
+	if d := testkit.Diff(t, app, `SELECT id, name FROM ledger`, `SELECT id, name FROM public.users`); d != 0 {
+		t.Errorf("after finalize users and the ledger differ by %d rows", d)
+	}
+	if _, err := app.Exec(ctx, `UPDATE user_profiles SET bio = 'after finalize' WHERE user_id = 1000`); err != nil {
+		t.Errorf("a write to a finalized green: %v", err)
+	}
 }
 
 // TestSplitVerify: verify of a synced split compares each green with blue
