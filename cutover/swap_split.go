@@ -194,6 +194,29 @@ func SplitOldShapeSQL(n shadow.Names, blue *shadow.Table, m *shadow.SplitMapping
 		" LEFT JOIN " + db.Ident(n.Blue.Schema, n.Blue.Name) + " AS gs_blue ON " + strings.Join(on, " AND ")
 }
 
+// splitViewDefaults sets (or drops) on the old-shape view app the
+// defaults of blue's columns: its own default, or for an identity column
+// the next value of its sequence.
+func splitViewDefaults(app string, n shadow.Names, blue *shadow.Table, set bool) []string {
+	var out []string
+	for _, c := range blue.Columns {
+		if c.Generated != "" || (c.Default == "" && c.Identity == "") {
+			continue
+		}
+		col := "ALTER VIEW " + app + " ALTER COLUMN " + db.Ident(c.Name)
+		switch {
+		case !set:
+			out = append(out, col+" DROP DEFAULT")
+		case c.Default != "":
+			out = append(out, col+" SET DEFAULT "+c.Default)
+		default:
+			out = append(out, col+" SET DEFAULT pg_catalog.nextval(pg_catalog.pg_get_serial_sequence("+
+				db.Literal(db.Ident(n.Blue.Schema, n.Blue.Name))+", "+db.Literal(c.Name)+")::pg_catalog.regclass)")
+		}
+	}
+	return out
+}
+
 // PlanSplitSwap plans a split's swap from the catalog (read only).
 func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapPlan, error) {
 	if err := setPath(ctx, q, catalogPath); err != nil {
@@ -241,6 +264,9 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			// REPLACE) the gate, as for a view with column grants.
 			"CREATE OR REPLACE VIEW "+app+" WITH (security_invoker = false) AS "+SplitOldShapeSQL(n0, r.table, r.m),
 			trigger.SplitViewTriggerSQL(n0, n0.App))
+		// A simple view fills a column an INSERT omits from its table's
+		// default; a view written by a trigger has only its own.
+		p.SQL = append(p.SQL, splitViewDefaults(app, n0, r.table, true)...)
 		for _, v := range views {
 			if v.View.Name == "" {
 				p.Warnings = append(p.Warnings, fmt.Sprintf("green %s has no view in %s: %s", v.Green, n0.App.Schema, v.Skipped))
@@ -261,6 +287,7 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			p.SQL = append(p.SQL, "DROP VIEW "+db.Ident(v.View.Schema, v.View.Name))
 		}
 		create := shadow.ViewSQL(n0.App, n0.Blue, r.table, in.ServerMajor)
+		p.SQL = append(p.SQL, splitViewDefaults(app, n0, r.table, false)...)
 		p.SQL = append(p.SQL,
 			"DROP TRIGGER IF EXISTS "+db.Ident(trigger.SplitViewTrigger(n0))+" ON "+app,
 			strings.Replace(create[0], "CREATE VIEW ", "CREATE OR REPLACE VIEW ", 1),
