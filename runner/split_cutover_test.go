@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -230,5 +231,51 @@ func TestSplitVerify(t *testing.T) {
 	}
 	if _, err := Cutover(ctx, env, "su", CutoverOptions{SwapCommandOptions: SwapCommandOptions{Out: io.Discard}}); exitcode.Of(err) != exitcode.BadInput {
 		t.Errorf("cutover after a failed verify: %v, want exit 2", err)
+	}
+}
+
+// TestSplitInboundForeignKey: a foreign key into the table being split is
+// a blocking hazard of plan (split_inbound_fk, naming it), and one added to
+// blue after sync makes cutover refuse with the app name untouched.
+func TestSplitInboundForeignKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.NewDB(t)
+	pgtest.Exec(t, dsn, splitUsersSeed+`; CREATE TABLE sessions (id bigint PRIMARY KEY, user_id bigint CONSTRAINT sessions_user_fk REFERENCES users)`)
+	p := filepath.Join(t.TempDir(), "su.yaml")
+	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spec.LoadSpecFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := testEnv(t, dsn)
+	res, err := Plan(ctx, env, sp, PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, h := range res.Hazards {
+		if h.Code == "split_inbound_fk" && h.Severity == "blocking" && len(h.Objects) == 1 && h.Objects[0] == "sessions_user_fk on public.sessions" {
+			found = true
+		}
+	}
+	if !found || res.Blocking == 0 {
+		t.Fatalf("plan hazards %+v: want split_inbound_fk blocking, naming sessions_user_fk", res.Hazards)
+	}
+
+	env2, app, _ := syncedSplitUsers(ctx, t)
+	if rep, err := VerifyMigration(ctx, env2, "su", VerifyOptions{}); err != nil || !rep.OK() {
+		t.Fatalf("verify: %+v, %v", rep, err)
+	}
+	pgtest.Exec(t, app.Config().ConnString(), `CREATE TABLE sessions (id bigint PRIMARY KEY, user_id bigint REFERENCES gs_su_blue.users)`)
+	if _, err := Cutover(ctx, env2, "su", CutoverOptions{SwapCommandOptions: SwapCommandOptions{Out: io.Discard}}); exitcode.Of(err) != exitcode.BadInput ||
+		!strings.Contains(err.Error(), "sessions_user_id_fkey") {
+		t.Fatalf("cutover with a foreign key into blue: %v, want exit 2 naming it", err)
+	}
+	var def string
+	if err := env2.Pool.QueryRow(ctx, `SELECT pg_get_viewdef('public.users'::regclass)`).Scan(&def); err != nil || !strings.Contains(def, "gs_su_blue.users") || strings.Contains(def, "gs_su_green") {
+		t.Errorf("after the refused cutover the app name reads %q (%v), want blue", def, err)
 	}
 }
