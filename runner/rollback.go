@@ -142,7 +142,9 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	if err != nil {
 		return err
 	}
-	planTeardown := func(q pgx.Tx) (*cutover.TeardownPlan, error) { return cutover.PlanTeardownMembers(ctx, q, name, MemberNames(m.Spec)) }
+	planTeardown := func(q pgx.Tx) (*cutover.TeardownPlan, error) {
+		return cutover.PlanTeardownMembers(ctx, q, name, MemberNames(m.Spec))
+	}
 	runTeardown := func(opt cutover.SwapOptions, commit func(context.Context, pgx.Tx, *cutover.TeardownPlan) error) (*cutover.TeardownResult, error) {
 		return cutover.TeardownMembers(ctx, env.Pool, name, MemberNames(m.Spec), opt, commit)
 	}
