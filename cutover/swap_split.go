@@ -217,6 +217,15 @@ func splitViewDefaults(app string, n shadow.Names, blue *shadow.Table, set bool)
 	return out
 }
 
+// invokerOff is the old-shape view's WITH clause: security_invoker off
+// where the server has it (15+; older views are never invoker views).
+func invokerOff(serverMajor int) string {
+	if serverMajor >= 15 {
+		return " WITH (security_invoker = false)"
+	}
+	return ""
+}
+
 // PlanSplitSwap plans a split's swap from the catalog (read only).
 func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapPlan, error) {
 	if err := setPath(ctx, q, catalogPath); err != nil {
@@ -262,7 +271,7 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			// A plain view (not security_invoker): it reads the greens and
 			// blue as its owner, its own grants (kept by CREATE OR
 			// REPLACE) the gate, as for a view with column grants.
-			"CREATE OR REPLACE VIEW "+app+" WITH (security_invoker = false) AS "+SplitOldShapeSQL(n0, r.table, r.m),
+			"CREATE OR REPLACE VIEW "+app+invokerOff(in.ServerMajor)+" AS "+SplitOldShapeSQL(n0, r.table, r.m),
 			trigger.SplitViewTriggerSQL(n0, n0.App))
 		// A simple view fills a column an INSERT omits from its table's
 		// default; a view written by a trigger has only its own.
@@ -292,7 +301,7 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			"DROP TRIGGER IF EXISTS "+db.Ident(trigger.SplitViewTrigger(n0))+" ON "+app,
 			strings.Replace(create[0], "CREATE VIEW ", "CREATE OR REPLACE VIEW ", 1),
 			"DROP FUNCTION IF EXISTS "+fnSig)
-		if !strings.Contains(create[0], " WITH (") {
+		if in.ServerMajor >= 15 && !strings.Contains(create[0], " WITH (") {
 			p.SQL = append(p.SQL, "ALTER VIEW "+app+" RESET (security_invoker)")
 		}
 	}
