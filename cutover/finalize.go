@@ -36,6 +36,9 @@ type FinalizeInput struct {
 	// dependency order, each with its Names and Identity (nil for one
 	// table): PlanFinalize then finalizes all of them in one plan.
 	Members []FinalizeInput
+	// Split is the spec of a table split (nil otherwise): PlanFinalize then
+	// finalizes its blue and every green (finalize_split.go).
+	Split *spec.Spec
 }
 
 // SequenceMove says what finalize does with one sequence a green column
@@ -94,6 +97,9 @@ func withPartitions(n int) string {
 func PlanFinalize(ctx context.Context, q db.Querier, in FinalizeInput) (*FinalizePlan, error) {
 	if err := setPath(ctx, q, catalogPath); err != nil {
 		return nil, err
+	}
+	if in.Split != nil {
+		return planFinalizeSplit(ctx, q, in)
 	}
 	if len(in.Members) > 1 {
 		return planFinalizeMembers(ctx, q, in)

@@ -13,6 +13,9 @@ import (
 
 // names are the Names of every table in (one, or each member's).
 func (in FinalizeInput) names() []shadow.Names {
+	if in.Split != nil {
+		return shadow.SplitNames(in.Split) // one blue; every green is app side
+	}
 	if len(in.Members) == 0 {
 		return []shadow.Names{in.Names}
 	}

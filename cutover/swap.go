@@ -54,16 +54,19 @@ type SwapPlan struct {
 	Warnings []string      `json:"warnings,omitempty"`
 	// Members is each table's own plan, in dependency order, when the
 	// migration has several tables (this plan is then their union).
-	Members   []*SwapPlan `json:"members,omitempty"`
-	blueOID   uint32
-	greenOID  uint32
-	validate  []*foreignKey // what After validates
-	fpOIDs    []uint32      // relations the fingerprint covers
-	fp        string        // fingerprint the plan was made from
-	fromTable *shadow.Table // as loaded
-	toTable   *shadow.Table // as loaded
-	sequences []sequenceUse // green defaults drawing from blue's sequences
-	appMeta   *viewMeta     // the app-name view as it is
+	Members []*SwapPlan `json:"members,omitempty"`
+	// SplitViews are the views a split's cutover gives its greens in the
+	// app schema (swap_split.go).
+	SplitViews []SplitGreenView `json:"split_green_views,omitempty"`
+	blueOID    uint32
+	greenOID   uint32
+	validate   []*foreignKey // what After validates
+	fpOIDs     []uint32      // relations the fingerprint covers
+	fp         string        // fingerprint the plan was made from
+	fromTable  *shadow.Table // as loaded
+	toTable    *shadow.Table // as loaded
+	sequences  []sequenceUse // green defaults drawing from blue's sequences
+	appMeta    *viewMeta     // the app-name view as it is
 	// appColGrants are the view's column privileges (CREATE OR REPLACE VIEW
 	// keeps them; a view created again gets them back: viewTable).
 	appColGrants []shadow.ColumnGrant

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/cutover"
 	"github.com/greenswap/greenswap/internal/exitcode"
@@ -154,9 +155,6 @@ func cutoverLocked(ctx context.Context, env *Env, name string, opts CutoverOptio
 	default:
 		return nil, exitcode.Errorf(exitcode.BadInput, "migration %s is %s and cannot be cut over", name, m.Row.State)
 	}
-	if m.Spec.IsSplit() {
-		return nil, refuseSplit(m.Spec, "cutover") // until the split's swap lands (wt-splitcut)
-	}
 	if err := checkCommandPrivileges(ctx, env, m, shadow.StepCutover); err != nil {
 		return nil, err
 	}
@@ -254,13 +252,26 @@ func swap(ctx context.Context, env *Env, m *Migration, dir cutover.Direction, o 
 	var sr *cutover.SwapResult
 	err := runPhase(ctx, env, log, name, string(dir), func(ctx context.Context, ev *phaseEvent) error {
 		// State what will happen.
-		plan, err := planSwapReadOnly(ctx, env, in)
+		var plan *cutover.SwapPlan
+		var err error
+		run := cutover.Swap
+		if m.Spec.IsSplit() {
+			// One blue, several greens: the app name becomes the old
+			// shape over the greens (swap_split.go in cutover).
+			sin := cutover.SplitSwapInput{Migration: name, Spec: m.Spec, Direction: dir, ServerMajor: env.ServerMajor}
+			plan, err = planSplitSwapReadOnly(ctx, env, sin)
+			run = func(ctx context.Context, pool *pgxpool.Pool, _ cutover.SwapInput, opt cutover.SwapOptions) (*cutover.SwapResult, error) {
+				return cutover.SplitSwap(ctx, pool, sin, opt)
+			}
+		} else {
+			plan, err = planSwapReadOnly(ctx, env, in)
+		}
 		if err != nil {
 			ev.Outcome = "refused"
 			return err
 		}
 		describeSwap(o, plan, lo)
-		sr, err = cutover.Swap(ctx, env.Pool, in, cutover.SwapOptions{
+		sr, err = run(ctx, env.Pool, in, cutover.SwapOptions{
 			Lock:    lo,
 			OnRetry: lockRetry(log, string(dir), lo.Timeout, o.printf),
 			Commit: func(ctx context.Context, tx pgx.Tx, p *cutover.SwapPlan) error {
@@ -357,6 +368,16 @@ func planSwapReadOnly(ctx context.Context, env *Env, in cutover.SwapInput) (*cut
 	return cutover.PlanSwap(ctx, tx, in)
 }
 
+// planSplitSwapReadOnly is planSwapReadOnly for a split.
+func planSplitSwapReadOnly(ctx context.Context, env *Env, in cutover.SplitSwapInput) (*cutover.SwapPlan, error) {
+	tx, err := env.Pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(ctx)
+	return cutover.PlanSplitSwap(ctx, tx, in)
+}
+
 // describeSwap states what a swap will do.
 func describeSwap(o SwapCommandOptions, p *cutover.SwapPlan, lo shadow.LockOptions) {
 	if o.Out == nil {
@@ -393,6 +414,9 @@ func describeSwap(o SwapCommandOptions, p *cutover.SwapPlan, lo shadow.LockOptio
 			continue
 		}
 		o.printf("  user trigger %s: fires on %s%s, disabled on %s\n", t.Name, p.To, note, p.From)
+	}
+	for _, v := range p.SplitViews {
+		o.printf("  view %s created over the green %s (writes reach blue through its sync trigger)\n", v.View, v.Green)
 	}
 	for _, pol := range p.Policies {
 		o.printf("  policy added: %s\n", pol)

@@ -213,10 +213,16 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 		return err
 	}
 	names := MemberNames(m.Spec)
+	if m.Spec.IsSplit() {
+		// One blue; a client of any green (its reverse trigger writes
+		// blue) is on the app side.
+		names = shadow.SplitNames(m.Spec)
+	}
 	blues, short := make([]string, len(names)), make([]string, len(names))
 	for i, n := range names {
 		blues[i], short[i] = n.Blue.String(), n.Blue.Name
 	}
+	blues, short = slices.Compact(blues), slices.Compact(short) // a split's one blue
 	blue := strings.Join(blues, ", ")
 	tx, err := env.Pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -345,6 +351,10 @@ func finalizePhase(ctx context.Context, env *Env, m *Migration, opts FinalizeOpt
 // could not resolve).
 func finalizeInput(ctx context.Context, env *Env, m *Migration, lo shadow.LockOptions) (cutover.FinalizeInput, error) {
 	in := cutover.FinalizeInput{Migration: m.Spec.Name, Names: m.Names}
+	if m.Spec.IsSplit() {
+		in.Split = m.Spec // the greens carry their own identity columns
+		return in, nil
+	}
 	if !m.Spec.MultiTable() {
 		identity, err := cutover.TargetIdentity(ctx, env.Pool, m.Names, m.Spec, lo)
 		if err != nil {

@@ -84,9 +84,6 @@ func rollback(ctx context.Context, env *Env, name string, opts SwapCommandOption
 			return nil, &NotOurCutoverError{Watched: swapEvent, Latest: latest}
 		}
 	}
-	if m.Spec.IsSplit() && m.Row.State != state.RolledBack {
-		return nil, refuseSplit(m.Spec, "rollback") // until the split's teardown and swap back land (wt-splitcut)
-	}
 	res := &RollbackResult{SchemaVersion: SwapSchemaVersion, Migration: name, From: m.Row.State}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()
 	if m.Row.State != state.RolledBack && m.Row.State != state.Finalized {
@@ -159,7 +156,19 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	if err != nil {
 		return err
 	}
-	plan, err := cutover.PlanTeardownMembers(ctx, tx, name, MemberNames(m.Spec))
+	planTeardown := func(q pgx.Tx) (*cutover.TeardownPlan, error) {
+		return cutover.PlanTeardownMembers(ctx, q, name, MemberNames(m.Spec))
+	}
+	runTeardown := func(opt cutover.SwapOptions, commit func(context.Context, pgx.Tx, *cutover.TeardownPlan) error) (*cutover.TeardownResult, error) {
+		return cutover.TeardownMembers(ctx, env.Pool, name, MemberNames(m.Spec), opt, commit)
+	}
+	if m.Spec.IsSplit() { // every green dropped, children first (cutover/teardown_split.go)
+		planTeardown = func(q pgx.Tx) (*cutover.TeardownPlan, error) { return cutover.PlanTeardownSplit(ctx, q, name, m.Spec) }
+		runTeardown = func(opt cutover.SwapOptions, commit func(context.Context, pgx.Tx, *cutover.TeardownPlan) error) (*cutover.TeardownResult, error) {
+			return cutover.TeardownSplit(ctx, env.Pool, name, m.Spec, opt, commit)
+		}
+	}
+	plan, err := planTeardown(tx)
 	tx.Rollback(ctx)
 	if err != nil {
 		return err
@@ -189,7 +198,7 @@ func teardown(ctx context.Context, env *Env, m *Migration, o SwapCommandOptions,
 	var tr *cutover.TeardownResult
 	err = runPhase(ctx, env, log, name, "rollback", func(ctx context.Context, ev *phaseEvent) error {
 		var err error
-		tr, err = cutover.TeardownMembers(ctx, env.Pool, name, MemberNames(m.Spec), cutover.SwapOptions{
+		tr, err = runTeardown(cutover.SwapOptions{
 			Lock: lo, OnRetry: lockRetry(log, "rollback", lo.Timeout, o.printf),
 		}, func(ctx context.Context, tx pgx.Tx, _ *cutover.TeardownPlan) error {
 			if err := state.Transition(ctx, tx, name, state.RolledBack); err != nil {

@@ -188,6 +188,9 @@ func rehearseSplit(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions
 	res.Rehearsal.Done = true
 	res.Split = sp
 	res.Hazards = shadow.SplitHazards(s, m, greens, sample)
+	if h := shadow.SplitInboundFKHazard(blue); h != nil {
+		res.Hazards = append(res.Hazards, *h)
+	}
 	res.Estimate.GreenTableBytes = res.Estimate.BlueTableBytes
 	res.Estimate.GreenIndexBytes = res.Estimate.BlueIndexBytes
 	res.Estimate.GreenTotalBytes = res.Estimate.GreenTableBytes + res.Estimate.GreenIndexBytes

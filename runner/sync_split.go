@@ -152,6 +152,11 @@ func (sr *splitRun) createGreens(ctx context.Context) error {
 		if err := state.StartTables(ctx, tx, sr.spec.Name, PhaseBackfill, est, nil); err != nil {
 			return err
 		}
+		// The drift check's green is the green of the app's name, when
+		// there is one (drift.go): greenswap's from here on.
+		if err := recordFingerprintOf(ctx, tx, sr.spec, "blue", "green"); err != nil {
+			return err
+		}
 		return state.Record(ctx, tx, sr.spec.Name, "create-green", "ok", time.Since(t0), stepSQL(shadow.Step{SQL: sql}),
 			map[string]any{"greens": sr.spec.Split})
 	})
@@ -250,6 +255,10 @@ func (sr *splitRun) enableReverse(ctx context.Context) error {
 			}
 		}
 		if err := state.Transition(ctx, tx, sr.spec.Name, state.Synced); err != nil {
+			return err
+		}
+		// Its indexes, built since, are greenswap's too.
+		if err := recordFingerprintOf(ctx, tx, sr.spec, "green"); err != nil {
 			return err
 		}
 		if err := state.SetSynced(ctx, tx, sr.spec.Name); err != nil {

@@ -106,16 +106,41 @@ func TestSyncSplitUnderWriters(t *testing.T) {
 	if again, err := Sync(ctx, env, sp, SyncOptions{}); err != nil || !again.AlreadySynced {
 		t.Errorf("second sync: %+v, %v; want already synced", again, err)
 	}
-	// Not built yet for a split (wt-splitcut's): refused, exit 2, nothing
-	// changed.
+	// Cutover needs a passing verify; verify of a split compares every
+	// green and the rebuilt old shape (TestSplitVerify).
 	if _, err := Cutover(ctx, env, "su", CutoverOptions{}); exitcode.Of(err) != exitcode.BadInput {
-		t.Errorf("cutover of a split: %v, want a refusal (exit 2)", err)
+		t.Errorf("cutover of a split without a verify: %v, want a refusal (exit 2)", err)
 	}
-	if _, err := VerifyMigration(ctx, env, "su", VerifyOptions{}); exitcode.Of(err) != exitcode.BadInput {
-		t.Errorf("verify of a split: %v, want a refusal (exit 2)", err)
+	if rep, err := VerifyMigration(ctx, env, "su", VerifyOptions{}); err != nil || !rep.OK() {
+		t.Errorf("verify of the synced split: %+v, %v; want ok", rep, err)
 	}
-	if _, err := Rollback(ctx, env, "su", SwapCommandOptions{}); exitcode.Of(err) != exitcode.BadInput {
-		t.Errorf("rollback of a split: %v, want a refusal (exit 2)", err)
+	testkit.CheckSplitUsers(t, app, "su", "after verify")
+	// Rollback before cutover: one teardown transaction, under writers on
+	// the app name (the greens' writers stopped: their tables go), gives
+	// the app name its table back with every write (the ledger) and leaves
+	// none of the split's objects.
+	w2 := &testkit.SplitWriters{Pool: app, Green: "gs_su_green", Hot: 40}
+	w2.Start(8, 2)
+	time.Sleep(500 * time.Millisecond)
+	if _, err := Rollback(ctx, env, "su", SwapCommandOptions{MaxAttempts: 50}); err != nil {
+		w2.Halt(t)
+		t.Fatalf("rollback of the synced split: %v", err)
 	}
-	testkit.CheckSplitUsers(t, app, "su", "after the refused commands")
+	time.Sleep(500 * time.Millisecond)
+	w2.Halt(t)
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_class WHERE oid = 'public.users'::regclass AND relkind = 'r'`); n != 1 {
+		t.Errorf("after rollback public.users is not a table")
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'gs_su_%'`); n != 0 {
+		t.Errorf("after rollback %d version schemas are left", n)
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.users'::regclass AND NOT tgisinternal`); n != 0 {
+		t.Errorf("after rollback public.users has %d triggers", n)
+	}
+	if d := testkit.Diff(t, app, `SELECT id, name FROM ledger`, `SELECT id, name FROM public.users`); d != 0 {
+		t.Errorf("after rollback users and the ledger differ by %d rows", d)
+	}
+	if row, _ := state.Get(ctx, env.Pool, "su"); row.State != state.RolledBack {
+		t.Errorf("after rollback the state is %s", row.State)
+	}
 }

@@ -139,7 +139,15 @@ func verifyMigration(ctx context.Context, env *Env, name string, opts VerifyOpti
 		return nil, err
 	}
 	if mig.Spec.IsSplit() {
-		return nil, refuseSplit(mig.Spec, "verify") // until the split's verify lands (wt-splitcut)
+		if !several {
+			return nil, exitcode.Errorf(exitcode.BadInput,
+				"migration %s is a table split: runner.Verify reports one table; call runner.VerifyMigration (as `greenswap verify` does)", name)
+		}
+		res, err := verifySplit(ctx, env, mig, opts) // verify_split.go
+		if res == nil {
+			return nil, err
+		}
+		return &VerifyReport{Tables: res}, err
 	}
 	if mig.Spec.MultiTable() {
 		if !several {

@@ -20,7 +20,24 @@ const (
 	HazardSplitTruncate      = "split_truncate"
 	HazardSplitGreenWrites   = "split_green_writes_rebuild"
 	HazardSplitLossy         = "split_round_trip"
+	HazardSplitInboundFK     = "split_inbound_fk"
 )
+
+// SplitInboundFKHazard is the blocking hazard of a blue that foreign keys
+// reference (nil when none does): a split's cutover refuses it (exit 2)
+// rather than choose the green the referencing rows should point at.
+func SplitInboundFKHazard(blue *Table) *Hazard {
+	var objs []string
+	for _, fk := range blue.ReferencedBy {
+		objs = append(objs, fk.Name+" on "+fk.Table.String())
+	}
+	if len(objs) == 0 {
+		return nil
+	}
+	return &Hazard{Code: HazardSplitInboundFK, Severity: Blocking, Objects: objs,
+		Message: "foreign keys reference the table being split: cutover of a split does not move them (the referencing rows would have to reference one of the greens) and refuses while they exist",
+		Fix:     "drop them before sync, and after finalize create them again against the green that holds the referenced key"}
+}
 
 // SplitSample is what plan measured on a sample of blue's rows: how many
 // it read, how many land in no root green and in more than one (a

@@ -482,3 +482,23 @@ func SplitSetReverseSQL(names []shadow.Names, on bool) []string {
 	}
 	return out
 }
+
+// SplitTeardownSQL drops what a split installed on its greens (the reverse
+// trigger, the TRUNCATE refusal, the write gate), then every function of
+// the split, the view function included (IF EXISTS: rollback dropped it).
+// Blue's triggers go with blue; the view trigger with the view, which
+// must be dropped before this runs.
+func SplitTeardownSQL(names []shadow.Names) []string {
+	var out []string
+	for _, n := range names {
+		rel := db.Ident(n.Green.Schema, n.Green.Name)
+		for _, t := range []string{n.Trigger, n.Trigger + "_truncate", GateTrigger(n)} {
+			out = append(out, "DROP TRIGGER IF EXISTS "+db.Ident(t)+" ON "+rel)
+		}
+	}
+	fns := append(SplitFunctions(names), SplitViewFunc(names[0]))
+	for _, fn := range fns {
+		out = append(out, "DROP FUNCTION IF EXISTS "+db.Ident(fn.Schema, fn.Name)+"()")
+	}
+	return out
+}
