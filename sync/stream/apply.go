@@ -681,27 +681,7 @@ func (a *applier) loadReferences(ctx context.Context, q db.Querier) error {
 	}
 	for j, ch := range a.tables {
 		ch.parents = nil
-		rows, err := q.Query(ctx, `SELECT ns.nspname::text, r.relname::text,
-		       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(n, o)
-		              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
-		       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY AS k(n, o)
-		              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
-		  FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.confrelid
-		  JOIN pg_catalog.pg_namespace ns ON ns.oid = r.relnamespace
-		 WHERE c.contype = 'f' AND c.conrelid = pg_catalog.to_regclass($1) AND c.conparentid = 0
-		 ORDER BY c.conname`, db.Ident(ch.names.Blue.Schema, ch.names.Blue.Name))
-		if err != nil {
-			return fmt.Errorf("stream: read the foreign keys of %s: %w", ch.names.Blue, err)
-		}
-		type ref struct {
-			schema, rel string
-			cols, pcols []string
-		}
-		refs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ref, error) {
-			var f ref
-			err := r.Scan(&f.schema, &f.rel, &f.cols, &f.pcols)
-			return f, err
-		})
+		refs, err := readFKRefs(ctx, q, blueReferencedSQL, db.Ident(ch.names.Blue.Schema, ch.names.Blue.Name))
 		if err != nil {
 			return fmt.Errorf("stream: read the foreign keys of %s: %w", ch.names.Blue, err)
 		}
@@ -798,19 +778,7 @@ const greenReferencesSQL = `SELECT ns.nspname::text, r.relname::text,
 func (a *applier) deleteStaleChildren(ctx context.Context, tx pgx.Tx, i int, args []any) error {
 	parent := a.tables[i]
 	green := db.Ident(parent.names.Green.Schema, parent.names.Green.Name)
-	rows, err := tx.Query(ctx, greenReferencesSQL, green)
-	if err != nil {
-		return fmt.Errorf("apply: read the foreign keys referencing %s: %w", parent.names.Green, err)
-	}
-	type ref struct {
-		schema, rel string
-		cols, pcols []string
-	}
-	refs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ref, error) {
-		var f ref
-		err := r.Scan(&f.schema, &f.rel, &f.cols, &f.pcols)
-		return f, err
-	})
+	refs, err := readFKRefs(ctx, tx, greenReferencesSQL, green)
 	if err != nil {
 		return fmt.Errorf("apply: read the foreign keys referencing %s: %w", parent.names.Green, err)
 	}
@@ -863,4 +831,35 @@ func staleChildrenSQL(parent *tableSQL, child string, cols, pcols []string) stri
 		child, strings.Join(own, ", "), strings.Join(theirs, ", "),
 		db.Ident(parent.names.Green.Schema, parent.names.Green.Name), rowsql.RowsFromUnnest(params), strings.Join(ucols, ", "),
 		strings.Join(gmatch, " AND "), db.Ident(parent.names.Blue.Schema, parent.names.Blue.Name), strings.Join(bmatch, " AND "))
+}
+
+// blueReferencedSQL lists the foreign keys of a blue ($1): the table each
+// references, its columns and the referenced ones, in key order.
+const blueReferencedSQL = `SELECT ns.nspname::text, r.relname::text,
+		       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY AS k(n, o)
+		              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
+		       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY AS k(n, o)
+		              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
+		  FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.confrelid
+		  JOIN pg_catalog.pg_namespace ns ON ns.oid = r.relnamespace
+		 WHERE c.contype = 'f' AND c.conrelid = pg_catalog.to_regclass($1) AND c.conparentid = 0
+		 ORDER BY c.conname`
+
+// fkRef is one foreign key as blueReferencedSQL and greenReferencesSQL
+// return it: the other table, this side's columns and the other side's.
+type fkRef struct {
+	schema, rel string
+	cols, pcols []string
+}
+
+func readFKRefs(ctx context.Context, q db.Querier, sql, rel string) ([]fkRef, error) {
+	rows, err := q.Query(ctx, sql, rel)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (fkRef, error) {
+		var f fkRef
+		err := r.Scan(&f.schema, &f.rel, &f.cols, &f.pcols)
+		return f, err
+	})
 }
