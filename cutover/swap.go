@@ -585,13 +585,18 @@ type SwapResult struct {
 // *shadow.LockTimeoutError (exit 5) means every attempt gave up waiting and
 // nothing changed.
 func Swap(ctx context.Context, pool *pgxpool.Pool, in SwapInput, opt SwapOptions) (*SwapResult, error) {
+	return swapPlanned(ctx, pool, string(in.Direction), opt, func(tx pgx.Tx) (*SwapPlan, error) { return PlanSwap(ctx, tx, in) })
+}
+
+// swapPlanned runs the swap plan makes (in each attempt's transaction)
+// through runPlanned, with opt.Commit inside the transaction.
+func swapPlanned(ctx context.Context, pool *pgxpool.Pool, direction string, opt SwapOptions, plan func(pgx.Tx) (*SwapPlan, error)) (*SwapResult, error) {
 	var commit func(tx pgx.Tx, p *SwapPlan) error
 	if opt.Commit != nil {
 		commit = func(tx pgx.Tx, p *SwapPlan) error { return opt.Commit(ctx, tx, p) }
 	}
-	plan, st, err := runPlanned(ctx, pool, string(in.Direction), opt,
-		func(tx pgx.Tx) (*SwapPlan, error) { return PlanSwap(ctx, tx, in) }, nil, commit)
-	return &SwapResult{Plan: plan, Attempts: st.Attempts, LockWait: st.LockWait, LockHold: st.LockHold,
+	planned, st, err := runPlanned(ctx, pool, direction, opt, plan, nil, commit)
+	return &SwapResult{Plan: planned, Attempts: st.Attempts, LockWait: st.LockWait, LockHold: st.LockHold,
 		Duration: st.Duration, Blockers: st.Blockers}, err
 }
 

@@ -315,12 +315,5 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 // (runPlanned: all or nothing; *shadow.LockTimeoutError when the budget is
 // used up).
 func SplitSwap(ctx context.Context, pool *pgxpool.Pool, in SplitSwapInput, opt SwapOptions) (*SwapResult, error) {
-	var commit func(tx pgx.Tx, p *SwapPlan) error
-	if opt.Commit != nil {
-		commit = func(tx pgx.Tx, p *SwapPlan) error { return opt.Commit(ctx, tx, p) }
-	}
-	plan, st, err := runPlanned(ctx, pool, string(in.Direction), opt,
-		func(tx pgx.Tx) (*SwapPlan, error) { return PlanSplitSwap(ctx, tx, in) }, nil, commit)
-	return &SwapResult{Plan: plan, Attempts: st.Attempts, LockWait: st.LockWait, LockHold: st.LockHold,
-		Duration: st.Duration, Blockers: st.Blockers}, err
+	return swapPlanned(ctx, pool, string(in.Direction), opt, func(tx pgx.Tx) (*SwapPlan, error) { return PlanSplitSwap(ctx, tx, in) })
 }
