@@ -16,6 +16,7 @@ import (
 	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/spec"
+	gssync "github.com/greenswap/greenswap/sync"
 	"github.com/greenswap/greenswap/trigger"
 )
 
@@ -182,6 +183,16 @@ func rehearseSplit(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions
 		step(shadow.Step{Name: "backfill " + g.Name, Description: fmt.Sprintf("copy blue's rows%s into %s in keyed batches (parents before children)", whereText(g.Where), g.Forward.Target),
 			SQL: []string{st.SQL}, Lock: "blue's rows of a batch " + lock + " while it runs", LockHold: "one batch", Transactional: true}, "sync", false, "$1..: the last key copied, then the batch's upper key")
 	}
+	var settle []string
+	for _, n := range names {
+		settle = append(settle, gssync.VacuumSQL(db.Ident(n.Green.Schema, n.Green.Name)))
+	}
+	step(shadow.Step{Name: "settle", Description: "vacuum every filled green before synced, one at a time between the backfill's throttles, at autovacuum's pace " +
+		"(as for one table: see that plan's settle step); sync --no-settle skips it",
+		SQL: settle, Lock: "SHARE UPDATE EXCLUSIVE on each green in turn (reads and writes continue; lock_timeout, retried)",
+		LockHold: "while it vacuums (scales with the greens' size)"}, "sync", true, "")
+	step(shadow.Step{Name: "analyze", Description: "collect planner statistics on every green",
+		SQL: analyzeSQL(names), Lock: "SHARE UPDATE EXCLUSIVE on each green in turn (reads and writes continue)", LockHold: "seconds (a sample scan)"}, "sync", true, "")
 	step(shadow.Step{Name: "enable-reverse", Description: "switch on every green → blue trigger and off every green's write gate, in one transaction, once every green is copied",
 		SQL: trigger.SplitSetReverseSQL(names, true), Lock: "SHARE ROW EXCLUSIVE on blue and every green", LockHold: "milliseconds", Transactional: true}, "sync", true, "")
 	res.Rehearsal.LockHeldMS = float64(time.Since(lockFrom).Microseconds()) / 1000
@@ -282,4 +293,12 @@ func sampleSplit(ctx context.Context, tx pgx.Tx, s *spec.Spec, names []shadow.Na
 		return out, s.Errorf("reverse", "fix the reverse expressions: they read the greens as <green>.<column>", "rebuilding the sample from the greens: %s", shadow.ErrText(err))
 	}
 	return out, nil
+}
+
+func analyzeSQL(names []shadow.Names) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = "ANALYZE " + db.Ident(n.Green.Schema, n.Green.Name)
+	}
+	return out
 }
