@@ -260,6 +260,16 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			return nil, exitcode.Errorf(exitcode.BadInput, "%s has row-level security: the old-shape view of a split reads the greens as its owner "+
 				"and would bypass the policies; disable RLS on %s or migrate without split:", n0.App, n0.Blue)
 		}
+		var rlsGreens string
+		if err := q.QueryRow(ctx, `SELECT coalesce(pg_catalog.string_agg(n.nspname || '.' || c.relname, ', ' ORDER BY c.relname), '')
+			  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relrowsecurity`, n0.GreenSchema).Scan(&rlsGreens); err != nil {
+			return nil, err
+		}
+		if rlsGreens != "" {
+			return nil, exitcode.Errorf(exitcode.BadInput, "%s has row-level security: the old-shape view and the greens' views read the greens as their owner "+
+				"and would bypass the policies; disable RLS there, or migrate without split:", rlsGreens)
+		}
 		views, err := splitGreenViews(ctx, q, r)
 		if err != nil {
 			return nil, err

@@ -59,7 +59,7 @@ func SplitHazards(s *spec.Spec, m *SplitMapping, greens []*Table, sample SplitSa
 	out = append(out, Hazard{Code: HazardSplitOldShapeView, Severity: Warning,
 		Message: fmt.Sprintf("after cutover %s is a view joining the greens, written through INSTEAD OF triggers, no longer an auto-updatable view: "+
 			"INSERT … RETURNING returns the row as the client wrote it (a default or generated value computed on a green is not in it), "+
-			"INSERT … ON CONFLICT (key) on it is refused (42P10) and ON CONFLICT DO NOTHING raises the unique violation instead of skipping the row, COPY into it runs the trigger row by row, UPDATE/DELETE … WHERE CURRENT OF on it is refused, and an UPDATE/DELETE through it of a row another transaction changed since the statement read it fails with 40001 (retry it, as under REPEATABLE READ)", app),
+			"INSERT … ON CONFLICT (key) on it is refused (42P10) and ON CONFLICT DO NOTHING raises the unique violation instead of skipping the row, COPY into it runs the trigger row by row, UPDATE/DELETE … WHERE CURRENT OF on it is refused, SELECT … FOR UPDATE/NO KEY UPDATE/SHARE/KEY SHARE (an ORM's pessimistic lock) on it fails with 0A000 (the greens are outer-joined), row-level security put on a green after cutover is not applied through it (it reads the greens as its owner), and an UPDATE/DELETE through it of a row another transaction changed since the statement read it fails with 40001 (retry it, as under REPEATABLE READ)", app),
 		Fix: "point clients that need these at the greens (the new shape) before cutover, or keep them on blue's version schema (search_path), which stays a table until finalize"})
 	roots := m.Roots()
 	horizontal := false

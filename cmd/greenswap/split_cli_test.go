@@ -55,6 +55,11 @@ func TestSplitLifecycleCLI(t *testing.T) {
 	step("", "rollback", "split_users")
 	step("synced", "status", "split_users")
 	step("", "cutover", "split_users", "--skip-verify")
-	step("", "finalize", "split_users", "--yes", "--quiet-period", "1s", "--sample-every", "200ms")
-	step("finalized", "status", "split_users")
+	// finalize of a split is held back (break10 01–02): exit 2, one line,
+	// the migration still cut over.
+	code, _, errOut := gsCLI("--dsn", dsn, "finalize", "split_users", "--yes", "--quiet-period", "1s", "--sample-every", "200ms")
+	if code != 2 || !strings.Contains(errOut, "finalize of a split is held back") || len(strings.Split(strings.TrimSpace(errOut), "\n")) != 1 {
+		t.Errorf("finalize of a split: exit %d, stderr %q; want exit 2, one line saying it is held back", code, errOut)
+	}
+	step("cut_over", "status", "split_users")
 }
