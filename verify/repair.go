@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/logx"
+	"github.com/greenswap/greenswap/rowsql"
 	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/trigger"
 )
@@ -50,10 +51,11 @@ func (v *verifier) repair(ctx context.Context, pass *Pass) (*RepairResult, error
 	p := v.p
 	flagSQL, flagArgs := trigger.SyncFlagSQL(v.names)
 	batches := (len(todo) + repairBatch - 1) / repairBatch
+	lockOpts := shadow.DefaultLockOptions()
 	for b := 0; b < batches; b++ {
 		keys := todo[b*repairBatch : min((b+1)*repairBatch, len(todo))]
 		var up, del int64
-		err := shadow.RunWithLockRetry(ctx, v.pool, "verify-repair", shadow.DefaultLockOptions(),
+		err := shadow.RunWithLockRetry(ctx, v.pool, "verify-repair", lockOpts,
 			func(attempt int, blockers []shadow.Blocker, wait time.Duration) {
 				ev := v.opt.Log.Warn().Int("attempt", attempt).Float64("retry_in_ms", logx.Ms(wait))
 				for _, bl := range blockers {
@@ -66,6 +68,12 @@ func (v *verifier) repair(ctx context.Context, pass *Pass) (*RepairResult, error
 					return err
 				}
 				if err := v.sessionSettings(ctx, tx); err != nil {
+					return err
+				}
+				// The repair writes rows the app writes: its row lock waits
+				// give way before the app's deadlock_timeout (as a batch's).
+				if _, err := tx.Exec(ctx, rowsql.SelectSettings(rowsql.Setting{Name: "lock_timeout", Value: rowsql.YieldingLockTimeout("$1")}),
+					fmt.Sprintf("%dms", lockOpts.Timeout.Milliseconds())); err != nil {
 					return err
 				}
 				sql, args := p.repairDeleteSQL(keys)
