@@ -2,10 +2,12 @@ package runner
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/greenswap/greenswap/alter"
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/testkit"
 )
@@ -99,5 +101,48 @@ func TestRunAlterMixedUntilSynced(t *testing.T) {
 	// Another ALTER under the same name is refused, nothing changed.
 	if _, err := RunAlter(ctx, env, "ALTER TABLE public.orders ADD COLUMN other text", AlterRunOptions{Name: name}); err == nil {
 		t.Fatal("another ALTER under the same name was accepted")
+	}
+}
+
+// TestAlterOnManagedTableNamesTheMigration: once a migration has adopted a
+// table, its app name is greenswap's view; an ALTER of it (run --alter, or
+// plan --alter) is refused with exit 2 and a line naming the migration and
+// what to do, and nothing is recorded or changed (break8 05: it used to say
+// only that the name "is a view, not a table", exit 1).
+func TestAlterOnManagedTableNamesTheMigration(t *testing.T) {
+	t.Parallel()
+	pool, dsn := syncNewDB(t)
+	pgtest.Exec(t, dsn, syncOrdersTable(300, false))
+	env := syncTestEnv(t, dsn)
+	ctx := context.Background()
+	if _, err := Sync(ctx, env, syncSpec(t, syncOrdersSpec("held", false)), SyncOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := coCatalog(t, pool)
+	events := testkit.Count(t, pool, `SELECT count(*) FROM greenswap.events`)
+	const sql = "ALTER TABLE public.orders ALTER COLUMN amount TYPE bigint"
+	for what, run := range map[string]func() error{
+		"run --alter": func() error { _, err := RunAlter(ctx, env, sql, AlterRunOptions{}); return err },
+		"plan --alter": func() error {
+			_, err := PlanAlter(ctx, env, sql, nil, "", PlanOptions{})
+			return err
+		},
+	} {
+		err := run()
+		if err == nil {
+			t.Fatalf("%s of a managed table succeeded", what)
+		}
+		if code := exitcode.Of(err); code != exitcode.BadInput {
+			t.Errorf("%s: exit %d, want %d (%v)", what, code, exitcode.BadInput, err)
+		}
+		if msg := err.Error(); !strings.Contains(msg, "managed by greenswap migration held") || !strings.Contains(msg, "finalize held") || strings.Contains(msg, "\n") {
+			t.Errorf("%s: error %q does not name the migration and what to do on one line", what, msg)
+		}
+	}
+	if after := coCatalog(t, pool); after != before {
+		t.Errorf("the catalog changed:\n%s", coDiff(before, after))
+	}
+	if n := testkit.Count(t, pool, `SELECT count(*) FROM greenswap.events`); n != events {
+		t.Errorf("%d events recorded by refused commands", n-events)
 	}
 }

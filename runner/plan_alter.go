@@ -56,6 +56,14 @@ func ClassifyAlter(ctx context.Context, env *Env, sql, name string, timeout time
 		return nil, err
 	}
 	blue, err := shadow.LoadTable(ctx, tx, table)
+	if errors.Is(err, shadow.ErrNotATable) {
+		if m, merr := migrationOfApp(ctx, env.Pool, table); merr == nil && m != nil {
+			return nil, exitcode.Errorf(exitcode.BadInput,
+				"%s is managed by greenswap migration %s (%s): an ALTER runs on the table itself; finish that migration first (greenswap finalize %s, or rollback and teardown), or change its spec",
+				table, m.Name, m.State, m.Name)
+		}
+		return nil, exitcode.With(exitcode.BadInput, fmt.Errorf("%w; an ALTER names a table", err))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -263,4 +271,27 @@ func planAlterSpec(ctx context.Context, env *Env, s *spec.Spec, opts PlanOptions
 	res, err := Plan(ctx, env, resolved, opts)
 	withAlterHazards(res, plan)
 	return res, err
+}
+
+// migrationOfApp is the unfinished migration whose app name (one of them,
+// for several tables) is table, or nil.
+func migrationOfApp(ctx context.Context, q db.Querier, table spec.QualifiedName) (*state.Migration, error) {
+	if ok, err := state.Exists(ctx, q); err != nil || !ok {
+		return nil, err
+	}
+	all, err := state.List(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range all {
+		if m.State == state.Finalized || m.State == state.RolledBack {
+			continue
+		}
+		for _, app := range strings.Split(m.AppTable, ", ") {
+			if app == table.String() {
+				return m, nil
+			}
+		}
+	}
+	return nil, nil
 }
