@@ -233,8 +233,7 @@ func PartitionStatement(s *spec.Spec, stmt int) int {
 func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 	rel := db.Ident(n.Green.Schema, n.Green.Name)
 	sql := []string{"ALTER TABLE " + rel + " OWNER TO " + db.Ident(blue.Owner)}
-	sql = append(sql, GrantSQL(rel, blue.Grants)...)
-	sql = append(sql, ColumnGrantSQL(rel, blue.ColumnGrants, func(c string) bool { return green.Column(c) != nil })...)
+	sql = append(sql, GreenGrantSQL(n.Green, blue, green)...)
 	sql = append(sql, schemaUsageSQL(n.GreenSchema, blue)...)
 	sql = append(sql, rlsSQL(n.Green, blue, green)...)
 	for _, seq := range SharedSequences(blue, green, m) {
@@ -247,6 +246,20 @@ func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 	}
 	return sql
 }
+
+// GreenGrantSQL gives green (to) blue's privileges: every table-level
+// grant, and the column grants for the columns green has by name. A client
+// must be allowed the same through every shape (PrivilegeDrift checks it);
+// a table split gives each of its greens the same (runner's createGreens).
+func GreenGrantSQL(to spec.QualifiedName, blue, green *Table) []string {
+	rel := db.Ident(to.Schema, to.Name)
+	sql := GrantSQL(rel, blue.Grants)
+	return append(sql, ColumnGrantSQL(rel, blue.ColumnGrants, func(c string) bool { return green.Column(c) != nil })...)
+}
+
+// SchemaUsageSQL lets every role holding a privilege on blue (t) reach
+// version schema schema, and hands it to blue's owner (schemaUsageSQL).
+func SchemaUsageSQL(schema string, t *Table) []string { return schemaUsageSQL(schema, t) }
 
 // rlsSQL gives the table to (green) blue's row-level security: enabled and
 // forced as on blue, with each of blue's policies to lacks by name.
