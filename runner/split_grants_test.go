@@ -155,10 +155,14 @@ func TestSplitGrantsCarried(t *testing.T) {
 	checkSplitRoles(ctx, t, dsn, roles, append(names, greens...), "after cutover, rollback, cutover")
 	time.Sleep(1200 * time.Millisecond) // the checks read the greens' schema; let the quiet period start after them
 	if _, err := Finalize(ctx, env, "su", FinalizeOptions{SwapCommandOptions: swap, QuietPeriod: time.Second,
-		SampleEvery: 200 * time.Millisecond, Yes: true, splitFinalize: true}); err != nil {
+		SampleEvery: 200 * time.Millisecond, Yes: true}); err != nil {
 		t.Fatalf("finalize: %v", err)
 	}
 	checkSplitRoles(ctx, t, dsn, roles, names, "after finalize")
+	var seq *string
+	if err := env.Pool.QueryRow(ctx, `SELECT pg_get_serial_sequence('public.users', 'id')`).Scan(&seq); err != nil || seq == nil || *seq != "public.users_id_seq" {
+		t.Errorf("after finalize pg_get_serial_sequence('public.users', 'id') = %v, %v; want public.users_id_seq", seq, err)
+	}
 	for _, rel := range names {
 		var kind string
 		if err := env.Pool.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = $1::regclass`, rel).Scan(&kind); err != nil || kind != "r" {

@@ -105,6 +105,12 @@ func viewSQL(app, base spec.QualifiedName, t *Table, serverMajor int) []string {
 // column grants keeps security_invoker: the column-privileged roles then
 // reach their columns through the version schemas only.)
 func viewInvoker(t *Table, serverMajor int) bool {
+	return ViewInvoker(t, serverMajor)
+}
+
+// ViewInvoker is viewInvoker for the other views greenswap puts over a
+// table's rows (a split's old-shape view and its greens' views).
+func ViewInvoker(t *Table, serverMajor int) bool {
 	return serverMajor >= 15 && (t.RLSEnabled || len(t.ColumnGrants) == 0)
 }
 
