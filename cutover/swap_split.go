@@ -45,7 +45,7 @@ type splitRels struct {
 	names  []shadow.Names
 	app    *relation
 	blue   *relation
-	greens []*relation // spec order
+	greens []*relation     // spec order
 	tables []*shadow.Table // the greens as tables, spec order
 	table  *shadow.Table
 	m      *shadow.SplitMapping
