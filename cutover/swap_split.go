@@ -277,8 +277,8 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			return nil, err
 		}
 		if r.table.RLSEnabled {
-			return nil, exitcode.Errorf(exitcode.BadInput, "%s has row-level security: the old-shape view of a split reads the greens as its owner "+
-				"and would bypass the policies; disable RLS on %s or migrate without split:", n0.App, n0.Blue)
+			return nil, exitcode.Errorf(exitcode.BadInput, "%s has row-level security: a split does not carry blue's policies to the greens (their columns differ), "+
+				"so the app name would show rows the policies hide; disable RLS on %s (put policies on the greens after cutover) or migrate without split:", n0.App, n0.Blue)
 		}
 		var rlsGreens string
 		if err := q.QueryRow(ctx, `SELECT coalesce(pg_catalog.string_agg(n.nspname || '.' || c.relname, ', ' ORDER BY c.relname), '')
