@@ -155,6 +155,20 @@ func TestSplitRLSThroughInvokerViews(t *testing.T) {
 	if _, err := c.Exec(ctx, `UPDATE public.users SET name = 'x' WHERE id = 500`); err != nil {
 		t.Errorf("a write through the old-shape view without RLS: %v", err)
 	}
+	// Rollback after cutover, then before it: the sensor cutover put on
+	// blue goes with the rest, the table is back.
+	swap := SwapCommandOptions{Out: io.Discard, MaxAttempts: 50}
+	for i := range 2 {
+		if _, err := Rollback(ctx, env, "su", swap); err != nil {
+			t.Fatalf("rollback %d: %v", i+1, err)
+		}
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'gs_su_%'`); n != 0 {
+		t.Errorf("after rollback before cutover %d version schemas are left", n)
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM public.users WHERE name = 'x' AND id = 500 AND bio = 'tenant' IS NOT TRUE`); n != 1 {
+		t.Errorf("the table after rollback lacks the writes made through the split: %d", n)
+	}
 }
 
 // TestSplitViewsReadOnlyRoles: after a split's cutover, roles that may
