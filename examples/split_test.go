@@ -96,7 +96,9 @@ var splitExamples = []splitExample{
 // green equals blue mapped forward, blue equals the old shape rebuilt from
 // the greens, the ledger the writers kept equals blue and the greens, and
 // the app name (EXCEPT both ways) equals blue; finalize; the greens, now
-// the tables, equal the ledger. The only client errors allowed are those
+// the tables, equal the ledger, the key's sequence is the table's
+// (pg_get_serial_sequence) and inserts through the app names that omit
+// the key get ids past every one there. The only client errors allowed are those
 // testkit.Retryable names (contention, a key taken, and the old-shape
 // view's documented 40001).
 func TestSplitExamples(t *testing.T) {

@@ -281,3 +281,49 @@ func TestSplitFinalizeIdentityKey(t *testing.T) {
 		t.Errorf("insert after finalize: id %d, %v; want 902, continuing blue's identity", id, err)
 	}
 }
+
+// TestSplitFinalizeAllOrNothing: a finalize of a split that fails at its
+// last statements (an object of someone else's in blue's schema stops
+// DROP SCHEMA … RESTRICT) changes nothing: still cut over, the app name
+// the old-shape view, blue and the greens where they were with their
+// triggers, the greens' views there; once the object is gone it runs.
+func TestSplitFinalizeAllOrNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	env, dsn := cutOverSplitUsers(ctx, t, nil)
+	catalog := func() string {
+		var s string
+		if err := env.Pool.QueryRow(ctx, `SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
+			SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text AS x FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			 WHERE n.nspname IN ('public', 'gs_su_blue', 'gs_su_green')
+			UNION ALL SELECT tgrelid::regclass::text || ':' || tgname FROM pg_trigger WHERE NOT tgisinternal
+			UNION ALL SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace IN ('gs_su_blue'::regnamespace, 'gs_su_green'::regnamespace)
+			UNION ALL SELECT c.oid::regclass::text || '.' || a.attname || '=' || pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
+			  JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum JOIN pg_class c ON c.oid = d.adrelid) s`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	pgtest.Exec(t, dsn, `CREATE TABLE gs_su_blue.stray (x int)`)
+	before := catalog()
+	time.Sleep(1200 * time.Millisecond)
+	swap := SwapCommandOptions{Out: io.Discard, MaxAttempts: 50}
+	opts := FinalizeOptions{SwapCommandOptions: swap, QuietPeriod: time.Second, SampleEvery: 200 * time.Millisecond, Yes: true}
+	if _, err := Finalize(ctx, env, "su", opts); err == nil || !strings.Contains(err.Error(), "DROP SCHEMA") {
+		t.Fatalf("finalize with a stray table in blue's schema: %v, want the DROP SCHEMA's failure", err)
+	}
+	if after := catalog(); after != before {
+		t.Errorf("the failed finalize changed the catalog")
+	}
+	if row, _ := state.Get(ctx, env.Pool, "su"); row.State != state.CutOver {
+		t.Errorf("after the failed finalize the state is %s", row.State)
+	}
+	if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM public.users WHERE bio IS NOT NULL`); n == 0 {
+		t.Errorf("the old-shape view lost its columns")
+	}
+	pgtest.Exec(t, dsn, `DROP TABLE gs_su_blue.stray`)
+	time.Sleep(1200 * time.Millisecond)
+	if _, err := Finalize(ctx, env, "su", opts); err != nil {
+		t.Fatalf("finalize once the stray table is gone: %v", err)
+	}
+}
