@@ -89,7 +89,12 @@ func TestSplitLifecycleCLI(t *testing.T) {
 			step("", "rollback", ex.name)
 			step("synced", "status", ex.name)
 			step("", "cutover", ex.name, "--skip-verify")
-			step("", "finalize", ex.name, "--yes", "--quiet-period", "1s", "--sample-every", "200ms")
+			fin := step("", "finalize", ex.name, "--yes", "--quiet-period", "1s", "--sample-every", "200ms")
+			for _, l := range strings.Split(fin, "\n") {
+				if strings.HasPrefix(l, "done:") || strings.HasPrefix(l, "  column") {
+					t.Log(l) // the lock hold, and what became of blue's sequences
+				}
+			}
 			step("finalized", "status", ex.name)
 
 			app := testkit.ConnectAs(t, dsn, appRole)
