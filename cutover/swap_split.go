@@ -45,7 +45,8 @@ type splitRels struct {
 	names  []shadow.Names
 	app    *relation
 	blue   *relation
-	greens []*relation // spec order
+	greens []*relation     // spec order
+	tables []*shadow.Table // the greens as tables, spec order
 	table  *shadow.Table
 	m      *shadow.SplitMapping
 }
@@ -83,6 +84,7 @@ func loadSplitRels(ctx context.Context, q db.Querier, s *spec.Spec) (*splitRels,
 	if r.m, err = shadow.BuildSplitMapping(s, r.table, greens); err != nil {
 		return nil, err
 	}
+	r.tables = greens
 	return r, nil
 }
 
@@ -217,10 +219,19 @@ func splitViewDefaults(app string, n shadow.Names, blue *shadow.Table, set bool)
 	return out
 }
 
-// invokerOff is the old-shape view's WITH clause: security_invoker off
-// where the server has it (15+; older views are never invoker views).
-func invokerOff(serverMajor int) string {
-	if serverMajor >= 15 {
+// splitInvoker is the WITH clause of a split's views (the old-shape view
+// and the greens' views): security_invoker on PostgreSQL 15+, so the
+// caller's privileges on the greens and blue and the greens' row-level
+// security apply through them, as through the adopt view
+// (shadow.ViewInvoker: a table with column grants, which an invoker view
+// would deny its column-privileged roles, keeps plain views, checked
+// against their own column grants). PostgreSQL 14 has no invoker views:
+// the views read as their owner, and cutover refuses RLS on a green there.
+func splitInvoker(blue *shadow.Table, serverMajor int) string {
+	switch {
+	case shadow.ViewInvoker(blue, serverMajor):
+		return " WITH (security_invoker = true)"
+	case serverMajor >= 15:
 		return " WITH (security_invoker = false)"
 	}
 	return ""
@@ -245,9 +256,18 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 	if err := q.QueryRow(ctx, `SELECT pg_catalog.pg_get_userbyid(relowner)::text FROM pg_catalog.pg_class WHERE oid = $1`, r.app.OID).Scan(&owner); err != nil {
 		return nil, err
 	}
+	usage, err := usageState(ctx, q, n0, r.blue.OID)
+	if err != nil {
+		return nil, err
+	}
 	var ls lockSet
 	t := ls.add(n0.App, r.app.OID, AccessExclusive, "the app name changes what it reads")
 	t.Kind, t.Owner = "v", owner
+	if in.Direction == ToGreen && !usage.trigger {
+		// Finalize's usage sensor (usage.go): a client writing blue
+		// directly after cutover must hold finalize back, as for one table.
+		ls.add(n0.Blue, r.blue.OID, ShareRowExclusive, "usage sensor installed")
+	}
 	p.Locks = ls.list
 	app := db.Ident(n0.App.Schema, n0.App.Name)
 	fn := trigger.SplitViewFunc(n0)
@@ -257,8 +277,8 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			return nil, err
 		}
 		if r.table.RLSEnabled {
-			return nil, exitcode.Errorf(exitcode.BadInput, "%s has row-level security: the old-shape view of a split reads the greens as its owner "+
-				"and would bypass the policies; disable RLS on %s or migrate without split:", n0.App, n0.Blue)
+			return nil, exitcode.Errorf(exitcode.BadInput, "%s has row-level security: a split does not carry blue's policies to the greens (their columns differ), "+
+				"so the app name would show rows the policies hide; disable RLS on %s (put policies on the greens after cutover) or migrate without split:", n0.App, n0.Blue)
 		}
 		var rlsGreens string
 		if err := q.QueryRow(ctx, `SELECT coalesce(pg_catalog.string_agg(n.nspname || '.' || c.relname, ', ' ORDER BY c.relname), '')
@@ -266,9 +286,10 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relrowsecurity`, n0.GreenSchema).Scan(&rlsGreens); err != nil {
 			return nil, err
 		}
-		if rlsGreens != "" {
+		if rlsGreens != "" && !shadow.ViewInvoker(r.table, in.ServerMajor) {
 			return nil, exitcode.Errorf(exitcode.BadInput, "%s has row-level security: the old-shape view and the greens' views read the greens as their owner "+
-				"and would bypass the policies; disable RLS there, or migrate without split:", rlsGreens)
+				"(PostgreSQL 14 has no security_invoker views, and a table with column grants keeps plain ones) and would bypass the policies; "+
+				"disable RLS there, or migrate without split:", rlsGreens)
 		}
 		views, err := splitGreenViews(ctx, q, r)
 		if err != nil {
@@ -278,10 +299,10 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 			trigger.SplitViewFunctionSQL(n0, r.m, trigger.BlueWriteDirection(r.table, r.m, n0.App)),
 			"ALTER FUNCTION "+fnSig+" OWNER TO "+db.Ident(r.table.Owner),
 			"REVOKE ALL ON FUNCTION "+fnSig+" FROM PUBLIC",
-			// A plain view (not security_invoker): it reads the greens and
-			// blue as its owner, its own grants (kept by CREATE OR
-			// REPLACE) the gate, as for a view with column grants.
-			"CREATE OR REPLACE VIEW "+app+invokerOff(in.ServerMajor)+" AS "+SplitOldShapeSQL(n0, r.table, r.m),
+			// Its own grants (kept by CREATE OR REPLACE) gate the writes,
+			// which its INSTEAD OF trigger makes as the owner; the reads
+			// are the caller's (splitInvoker).
+			"CREATE OR REPLACE VIEW "+app+splitInvoker(r.table, in.ServerMajor)+" AS "+SplitOldShapeSQL(n0, r.table, r.m),
 			trigger.SplitViewTriggerSQL(n0, n0.App))
 		// A simple view fills a column an INSERT omits from its table's
 		// default; a view written by a trigger has only its own.
@@ -292,7 +313,7 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 				continue
 			}
 			rel := db.Ident(v.View.Schema, v.View.Name)
-			p.SQL = append(p.SQL, "CREATE VIEW "+rel+" AS SELECT * FROM "+db.Ident(v.Green.Schema, v.Green.Name),
+			p.SQL = append(p.SQL, "CREATE VIEW "+rel+splitInvoker(r.table, in.ServerMajor)+" AS SELECT * FROM "+db.Ident(v.Green.Schema, v.Green.Name),
 				"ALTER VIEW "+rel+" OWNER TO "+db.Ident(r.table.Owner))
 			p.SQL = append(p.SQL, shadow.GrantSQL(rel, r.table.Grants)...)
 			p.SplitViews = append(p.SplitViews, v)
@@ -314,6 +335,12 @@ func PlanSplitSwap(ctx context.Context, q db.Querier, in SplitSwapInput) (*SwapP
 		if in.ServerMajor >= 15 && !strings.Contains(create[0], " WITH (") {
 			p.SQL = append(p.SQL, "ALTER VIEW "+app+" RESET (security_invoker)")
 		}
+	}
+	if in.Direction == ToGreen && !usage.complete() {
+		p.SQL = append(p.SQL, usageInstallSQL(n0, r.table.Owner, usage)...)
+	}
+	if in.Direction == ToGreen || usage.state {
+		p.SQL = append(p.SQL, usageSwitchSQL(n0, in.Direction == ToGreen))
 	}
 	if p.fp, err = fingerprint(ctx, q, p.fpOIDs); err != nil {
 		return nil, err

@@ -17,7 +17,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/greenswap/greenswap/internal/db"
-	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/internal/testkit"
@@ -46,6 +45,13 @@ type splitExample struct {
 	check   func(t *testing.T, app *pgxpool.Pool, name, when string)
 	oldCols string // the old shape's columns, to diff the app name with blue
 	final   [2]string
+	after   splitAfter
+}
+
+// splitAfter is what the app does once a split example is finalized.
+type splitAfter struct {
+	table   string   // the table named like the app's
+	inserts []string // through the app's names, omitting the key, RETURNING id
 }
 
 var splitExamples = []splitExample{
@@ -60,6 +66,9 @@ var splitExamples = []splitExample{
 		},
 		oldCols: `id, email, name, bio, avatar_url, prefs::text, last_seen_at, legacy_col`,
 		final:   [2]string{`SELECT id, name FROM ledger`, `SELECT id, name FROM public.users`},
+		after: splitAfter{table: "public.users", inserts: []string{
+			`INSERT INTO public.users (email, name) VALUES ('after@x', 'after') RETURNING id`,
+			`WITH u AS (INSERT INTO public.users (email) VALUES ('p@x') RETURNING id) INSERT INTO public.user_profiles (user_id, bio) SELECT id, 'after' FROM u RETURNING user_id`}},
 	},
 	{
 		dir:    "archive-orders",
@@ -71,6 +80,9 @@ var splitExamples = []splitExample{
 		oldCols: `id, customer_id, status, total, created_at`,
 		final: [2]string{`SELECT id, status, total FROM ledger`,
 			`SELECT * FROM (SELECT id, status, total FROM public.orders UNION ALL SELECT id, status, total FROM public.orders_archive) AS u`},
+		after: splitAfter{table: "public.orders", inserts: []string{
+			`INSERT INTO public.orders (customer_id) VALUES (5) RETURNING id`,
+			`INSERT INTO public.orders_archive (customer_id, status) VALUES (5, 'archived') RETURNING id`}},
 	},
 }
 
@@ -84,7 +96,9 @@ var splitExamples = []splitExample{
 // green equals blue mapped forward, blue equals the old shape rebuilt from
 // the greens, the ledger the writers kept equals blue and the greens, and
 // the app name (EXCEPT both ways) equals blue; finalize; the greens, now
-// the tables, equal the ledger. The only client errors allowed are those
+// the tables, equal the ledger, the key's sequence is the table's
+// (pg_get_serial_sequence) and inserts through the app names that omit
+// the key get ids past every one there. The only client errors allowed are those
 // testkit.Retryable names (contention, a key taken, and the old-shape
 // view's documented 40001).
 func TestSplitExamples(t *testing.T) {
@@ -156,17 +170,44 @@ func TestSplitExamples(t *testing.T) {
 			if rep, err := runner.VerifyMigration(ctx, env, sp.Name, runner.VerifyOptions{}); err != nil || !rep.OK() {
 				t.Errorf("verify after cutover: %+v, %v", rep, err)
 			}
-			// finalize of a split is held back (break10 01–02; the runner's
-			// TestSplitCutoverRollbackUnderWriters still runs it): refused,
-			// exit 2, the migration cut over with both shapes live.
+			// Finalize: the quiet period starts after the oracle's reads of
+			// blue above, which are clients of blue to its usage check.
+			time.Sleep(1500 * time.Millisecond)
 			if _, err := runner.Finalize(ctx, env, sp.Name, runner.FinalizeOptions{SwapCommandOptions: swap,
-				QuietPeriod: time.Second, SampleEvery: 200 * time.Millisecond, Yes: true}); exitcode.Of(err) != exitcode.BadInput {
-				t.Fatalf("finalize of a split: want exit 2 (held back), got %v", err)
+				QuietPeriod: time.Second, SampleEvery: 200 * time.Millisecond, Yes: true}); err != nil {
+				t.Fatalf("finalize: %v", err)
 			}
-			if row, err := state.Get(ctx, env.Pool, sp.Name); err != nil || row.State != state.CutOver {
-				t.Fatalf("after the refused finalize: %+v, %v", row, err)
+			if row, err := state.Get(ctx, env.Pool, sp.Name); err != nil || row.State != state.Finalized {
+				t.Fatalf("after finalize: %+v, %v", row, err)
 			}
+			if d := testkit.Diff(t, app, ex.final[0], ex.final[1]); d != 0 {
+				t.Errorf("after finalize the greens and the ledger differ by %d rows", d)
+			}
+			checkFinalizedSplit(ctx, t, app, ex.after)
 		})
+	}
+}
+
+// checkFinalizedSplit checks that the app keeps working on the finalized
+// greens: the key's sequence is the table's (pg_get_serial_sequence), an
+// INSERT through the app name that omits the key and the defaulted
+// columns gets an id from it, past every id there.
+func checkFinalizedSplit(ctx context.Context, t *testing.T, app *pgxpool.Pool, after splitAfter) {
+	t.Helper()
+	var seq *string
+	if err := app.QueryRow(ctx, `SELECT pg_get_serial_sequence($1, 'id')`, after.table).Scan(&seq); err != nil || seq == nil {
+		t.Errorf("after finalize pg_get_serial_sequence(%s, 'id') = %v, %v; want blue's sequence", after.table, seq, err)
+	}
+	var maxID int64
+	if err := app.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM `+after.table).Scan(&maxID); err != nil {
+		t.Fatal(err)
+	}
+	for _, ins := range after.inserts {
+		var id int64
+		if err := app.QueryRow(ctx, ins).Scan(&id); err != nil || id <= maxID {
+			t.Errorf("after finalize %s: id %d (max was %d), %v", ins, id, maxID, err)
+		}
+		maxID = max(maxID, id)
 	}
 }
 

@@ -23,9 +23,6 @@ const DefaultQuietPeriod = 10 * time.Minute
 // FinalizeOptions tune Finalize.
 type FinalizeOptions struct {
 	SwapCommandOptions
-	// splitFinalize lets this package's tests run a split's finalize,
-	// which Finalize otherwise refuses (see there).
-	splitFinalize bool
 	// QuietPeriod: finalize refuses if a client other than greenswap used
 	// blue within it; it watches for this long (default 10m; negative: 0).
 	QuietPeriod time.Duration
@@ -97,17 +94,6 @@ func Finalize(ctx context.Context, env *Env, name string, opts FinalizeOptions) 
 		return nil, err
 	}
 	defer lock.Release(context.WithoutCancel(ctx))
-	if m.Spec.IsSplit() && !opts.splitFinalize {
-		// An outside test (break10 01–02) found finalize of a split
-		// dropping blue while a client still wrote it (no usage sensor on
-		// blue after a split's cutover), and leaving the greens without
-		// blue's column defaults, sequence ownership and the grants the
-		// app had through the views. Until those hold, a split stays cut
-		// over, with both shapes live, or goes back with rollback.
-		return nil, m.Spec.Errorf("split", "keep the split cut over (both shapes stay live) or roll it back; finalize of a split returns in a later release",
-			"finalize of a split is held back: it does not yet carry blue's column defaults, sequences and grants to the greens, "+
-				"and its usage check does not see every client writing blue (nothing was changed)")
-	}
 	res := &FinalizeResult{SchemaVersion: SwapSchemaVersion, Migration: name, App: m.Names.App.String(),
 		QuietPeriodS: opts.QuietPeriod.Seconds(), Forced: opts.Force}
 	defer func() { res.TotalMS = swapMS(time.Since(start)) }()

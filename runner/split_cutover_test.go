@@ -154,11 +154,7 @@ func TestSplitCutoverRollbackUnderWriters(t *testing.T) {
 	// blue: finalize, rightly, refuses while a client did within its quiet
 	// period, so they are let age past it.)
 	time.Sleep(1200 * time.Millisecond)
-	held, err := Finalize(ctx, env, "su", FinalizeOptions{SwapCommandOptions: swap, QuietPeriod: time.Second, Yes: true})
-	if err == nil || exitcode.Of(err) != exitcode.BadInput || !strings.Contains(err.Error(), "finalize of a split is held back") || held != nil {
-		t.Fatalf("finalize of a split: want exit 2 (held back), got %v", err)
-	}
-	if _, err := Finalize(ctx, env, "su", FinalizeOptions{SwapCommandOptions: swap, QuietPeriod: time.Second, splitFinalize: true,
+	if _, err := Finalize(ctx, env, "su", FinalizeOptions{SwapCommandOptions: swap, QuietPeriod: time.Second,
 		SampleEvery: 200 * time.Millisecond, Yes: true}); err != nil {
 		t.Fatalf("finalize: %v", err)
 	}

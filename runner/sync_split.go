@@ -128,8 +128,18 @@ func (sr *splitRun) createGreens(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		// Blue's privileges reach every green (and the green schema) as the
+		// one-table green gets them: the app's roles keep what they had
+		// through the app name, the greens' views and, after finalize, the
+		// greens themselves, and no shape allows more (PrivilegeDrift).
+		own = append(own, shadow.SchemaUsageSQL(n0.GreenSchema, blue)...)
 		for _, nm := range sr.names {
 			own = append(own, "ALTER TABLE "+db.Ident(nm.Green.Schema, nm.Green.Name)+" OWNER TO "+db.Ident(blue.Owner))
+			green, err := shadow.LoadTable(ctx, tx, nm.Green)
+			if err != nil {
+				return err
+			}
+			own = append(own, shadow.GreenGrantSQL(nm.Green, blue, green)...)
 		}
 		for _, q := range own {
 			if _, err := tx.Exec(ctx, q); err != nil {

@@ -105,6 +105,12 @@ func viewSQL(app, base spec.QualifiedName, t *Table, serverMajor int) []string {
 // column grants keeps security_invoker: the column-privileged roles then
 // reach their columns through the version schemas only.)
 func viewInvoker(t *Table, serverMajor int) bool {
+	return ViewInvoker(t, serverMajor)
+}
+
+// ViewInvoker is viewInvoker for the other views greenswap puts over a
+// table's rows (a split's old-shape view and its greens' views).
+func ViewInvoker(t *Table, serverMajor int) bool {
 	return serverMajor >= 15 && (t.RLSEnabled || len(t.ColumnGrants) == 0)
 }
 
@@ -233,8 +239,7 @@ func PartitionStatement(s *spec.Spec, stmt int) int {
 func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 	rel := db.Ident(n.Green.Schema, n.Green.Name)
 	sql := []string{"ALTER TABLE " + rel + " OWNER TO " + db.Ident(blue.Owner)}
-	sql = append(sql, GrantSQL(rel, blue.Grants)...)
-	sql = append(sql, ColumnGrantSQL(rel, blue.ColumnGrants, func(c string) bool { return green.Column(c) != nil })...)
+	sql = append(sql, GreenGrantSQL(n.Green, blue, green)...)
 	sql = append(sql, schemaUsageSQL(n.GreenSchema, blue)...)
 	sql = append(sql, rlsSQL(n.Green, blue, green)...)
 	for _, seq := range SharedSequences(blue, green, m) {
@@ -247,6 +252,20 @@ func GreenFixupSQL(n Names, blue, green *Table, m *Mapping) []string {
 	}
 	return sql
 }
+
+// GreenGrantSQL gives green (to) blue's privileges: every table-level
+// grant, and the column grants for the columns green has by name. A client
+// must be allowed the same through every shape (PrivilegeDrift checks it);
+// a table split gives each of its greens the same (runner's createGreens).
+func GreenGrantSQL(to spec.QualifiedName, blue, green *Table) []string {
+	rel := db.Ident(to.Schema, to.Name)
+	sql := GrantSQL(rel, blue.Grants)
+	return append(sql, ColumnGrantSQL(rel, blue.ColumnGrants, func(c string) bool { return green.Column(c) != nil })...)
+}
+
+// SchemaUsageSQL lets every role holding a privilege on blue (t) reach
+// version schema schema, and hands it to blue's owner (schemaUsageSQL).
+func SchemaUsageSQL(schema string, t *Table) []string { return schemaUsageSQL(schema, t) }
 
 // rlsSQL gives the table to (green) blue's row-level security: enabled and
 // forced as on blue, with each of blue's policies to lacks by name.

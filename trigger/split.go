@@ -183,7 +183,23 @@ func SplitViewFunctionSQL(n shadow.Names, m *shadow.SplitMapping, blueWrite *sha
 	`, blue, keyColumns("b", m.Key), oldKey, strings.Join(bcols, ", "), strings.Join(ocols, ", "),
 		db.Literal("could not serialize access: the row of "+n.App.String()+" changed since the statement read it"),
 		db.Literal("retry the transaction: writes through the old-shape view of a table split are checked as under REPEATABLE READ"))
-	body := recheck + fmt.Sprintf(`IF TG_OP = 'DELETE' THEN
+	// The function writes the greens as their owner, past any row-level
+	// security a green was given after cutover (cutover refuses one put
+	// on before); the invoker views apply it to reads, and writes through
+	// the greens' views to the caller's rows, so a write here would be
+	// wider than the caller may make: refuse it.
+	greens := make([]string, len(m.Greens))
+	for i, g := range m.Greens {
+		greens[i] = db.Literal(g.Name)
+	}
+	rls := fmt.Sprintf(`IF EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace
+		WHERE s.nspname = %[1]s AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY[%[2]s]::pg_catalog.name[]) AND c.relrowsecurity) THEN
+		RAISE EXCEPTION %[3]s USING ERRCODE = '42501', HINT = %[4]s;
+	END IF;
+	`, db.Literal(n.GreenSchema), strings.Join(greens, ", "),
+		db.Literal(percent("a green of "+n.App.String()+" has row-level security: writes through the old-shape view, which would bypass it, are refused")),
+		db.Literal(percent("write the greens through their views in "+n.App.Schema+" (or in "+n.GreenSchema+"), where the policies apply")))
+	body := rls + recheck + fmt.Sprintf(`IF TG_OP = 'DELETE' THEN
 		%[1]s
 		%[3]s
 	ELSE
