@@ -64,6 +64,20 @@ type Env struct {
 	// command there, as a greenswap killed at that point would
 	// (revalidate.go).
 	afterSwapCommit func() error
+	// syncPoint, when set (tests only), is called at points of sync's last
+	// phases: "settle" (the phase begins), "settled" (its VACUUMs are
+	// done), "analyzed" (analyze is recorded) and "synced" (inside the
+	// transaction that records synced, before it commits); an error ends
+	// the sync there.
+	syncPoint func(ctx context.Context, point string) error
+}
+
+// atSyncPoint calls the test hook syncPoint, if any.
+func (e *Env) atSyncPoint(ctx context.Context, point string) error {
+	if e.syncPoint == nil {
+		return nil
+	}
+	return e.syncPoint(ctx, point)
 }
 
 // SessionSearchPath is the search_path every connection greenswap opens

@@ -33,6 +33,15 @@ type changeFeed interface {
 	// catchUp is sync's last phase: apply what committed so far, then
 	// stop feeding (sync --watch goes on: watch).
 	catchUp(ctx context.Context, r *syncRun) error
+	// drain waits, bounded, until the feed has applied what committed
+	// before it was called: sync calls it before the settle, so the VACUUM
+	// covers what the stream wrote while the copy ran (not pages the
+	// backlog's apply dirties again after it), and before synced, so the
+	// application does not pay for applying a backlog after synced. It
+	// returns what it did for the phase's event (nil: nothing to wait for);
+	// a stream still behind when the bound passes is said there and in the
+	// log, and sync goes on (its last phase waits for the stream again).
+	drain(ctx context.Context, r *syncRun) (map[string]any, error)
 	// consistent runs fn while every green is an exact copy of its blue
 	// and stays one, and goes on feeding after it: the foreign keys among
 	// the greens of several tables are added (NOT VALID) in fn, when no
@@ -92,6 +101,9 @@ func (triggerFeed) installStep(n shadow.Names, m *shadow.Mapping, owner string) 
 }
 func (triggerFeed) start(context.Context, *syncRun) error   { return nil }
 func (triggerFeed) catchUp(context.Context, *syncRun) error { return nil }
+
+// drain: the triggers wrote green in each writer's transaction; nothing waits.
+func (triggerFeed) drain(context.Context, *syncRun) (map[string]any, error) { return nil, nil }
 
 // consistent: the triggers write green in the writer's own transaction,
 // so green is blue's copy at every commit.

@@ -114,6 +114,38 @@ func (f *logicalFeed) catchUp(ctx context.Context, r *syncRun) error {
 	})
 }
 
+// drain waits for the sync's streamer to apply everything committed until
+// now (changeFeed.drain), for at most Env.StreamCatchUp.
+func (f *logicalFeed) drain(ctx context.Context, r *syncRun) (map[string]any, error) {
+	ls := f.live
+	if ls == nil {
+		return nil, nil
+	}
+	timeout := r.env.StreamCatchUp
+	if timeout <= 0 {
+		timeout = DefaultStreamCatchUp
+	}
+	lsn, err := stream.CurrentLSN(ctx, r.env.Pool)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	err = ls.catchUpTo(ctx, lsn, timeout)
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	d := map[string]any{"stream_applied_to": lsn.String(), "stream_wait_ms": logx.Ms(time.Since(t0))}
+	if err != nil {
+		if ferr := ls.failed(); ferr != nil {
+			return nil, fmt.Errorf("the logical stream stopped: %w", ferr)
+		}
+		delete(d, "stream_applied_to")
+		d["stream_behind"] = err.Error()
+		r.log.Warn().Err(err).Msg("the logical stream did not catch up in time; going on (green's pages its backlog writes stay unsettled until autovacuum)")
+	}
+	return d, nil
+}
+
 // consistent runs fn with blue's writers held off (the blues locked IN
 // SHARE MODE, bounded and retried, as for verify: stream.Settle) once the
 // stream has applied everything committed before the lock: only then is
@@ -390,6 +422,11 @@ func (ls *logicalSync) catchUp(ctx context.Context, timeout time.Duration) error
 	if err != nil {
 		return err
 	}
+	return ls.catchUpTo(ctx, lsn, timeout)
+}
+
+// catchUpTo waits until green is current up to lsn.
+func (ls *logicalSync) catchUpTo(ctx context.Context, lsn pglogrepl.LSN, timeout time.Duration) error {
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {

@@ -733,6 +733,9 @@ func (r *syncRun) analyze(ctx context.Context) error {
 	if err := state.Record(ctx, r.env.Pool, r.spec.Name, "analyze", "ok", time.Since(t0), sql, nil); err != nil {
 		return err
 	}
+	if err := r.env.atSyncPoint(ctx, "analyzed"); err != nil {
+		return err
+	}
 	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse)
 }
 
@@ -741,6 +744,17 @@ func (r *syncRun) analyze(ctx context.Context) error {
 // the greens' locks, retried).
 func (r *syncRun) enableReverse(ctx context.Context) error {
 	t0 := time.Now()
+	// Logical mode: synced once the stream has applied what committed
+	// until now (the settle and analyze included), not with a backlog
+	// the application's writes then compete with.
+	drained, err := r.feed.drain(ctx, r)
+	if err != nil {
+		return err
+	}
+	var detail any
+	if drained != nil {
+		detail = drained
+	}
 	var sql []string
 	if r.members == nil {
 		sql = trigger.SetReverseSQL(r.names, true)
@@ -748,7 +762,7 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 	for _, m := range r.members {
 		sql = append(sql, trigger.SetReverseSQL(m.names, true)...)
 	}
-	err := shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
+	err = shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
 		if r.members != nil {
 			// Every green's lock first (ALTER TABLE … ENABLE TRIGGER takes
 			// SHARE ROW EXCLUSIVE): not one table after another (lockAll).
@@ -772,7 +786,10 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 		if err := recordGreenWork(ctx, tx, r.spec); err != nil {
 			return err
 		}
-		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)
+		if err := r.env.atSyncPoint(ctx, "synced"); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), detail)
 	})
 	if err != nil {
 		return err
