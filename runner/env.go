@@ -55,6 +55,9 @@ type Env struct {
 	// progress reports can show their in-memory figures (lag in seconds,
 	// rate) and the metrics endpoint of the same process can too.
 	streams registry[*stream.Streamer]
+	// kept are the streamers a Sync with KeepStreaming handed over, by
+	// migration, until WatchSync takes them (feed_logical.go).
+	kept registry[*logicalSync]
 	// backlogs are this process's samples of each logical migration's
 	// backlog, by migration (backlog.go).
 	backlogs registry[*backlogWindow]
@@ -157,7 +160,12 @@ func describe(c *pgx.ConnConfig) string {
 }
 
 // Close releases the pool.
-func (e *Env) Close() { e.Pool.Close() }
+func (e *Env) Close() {
+	for _, ls := range e.kept.takeAll() {
+		ls.stop()
+	}
+	e.Pool.Close()
+}
 
 // Target identifies the database the Env is connected to, for log lines.
 func (e *Env) Target() string { return describe(e.ConnConfig) }

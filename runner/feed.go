@@ -166,6 +166,27 @@ func (r *registry[T]) put(name string, v T) {
 	r.m[name] = v
 }
 
+// takeAll removes every value and returns them.
+func (r *registry[T]) takeAll() []T {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []T
+	for _, v := range r.m {
+		out = append(out, v)
+	}
+	r.m = nil
+	return out
+}
+
+// take removes name's value and returns it.
+func (r *registry[T]) take(name string) (T, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, ok := r.m[name]
+	delete(r.m, name)
+	return v, ok
+}
+
 // remove deletes name's value if it is still v (a later one stays).
 func (r *registry[T]) remove(name string, v T) {
 	r.mu.Lock()

@@ -127,3 +127,82 @@ func TestLogicalSettleAfterStreamCatchUp(t *testing.T) {
 	t.Logf("%d writes; settle began at %s, confirmed %s after it; burst ended %s, confirmed %s at synced; %d pages; events: %s",
 		app.ops.Load(), atSettle, settledConfirmed, afterBurst, syncedConfirmed, pages, detail)
 }
+
+// TestLogicalWatchKeepsTheSyncsStreamer: with KeepStreaming (sync --watch)
+// the streamer that caught up after synced is the one WatchSync streams
+// with: the slot's walsender at the moment synced is recorded is still the
+// one streaming during the watch (no new walsender decoding the slot's WAL
+// again from its restart position), the stream event says so, and under 8
+// writers from before the sync to the end of the watch green equals blue.
+// Without KeepStreaming the sync stops its streamer (the slot idle once
+// Sync has returned), as before.
+func TestLogicalWatchKeepsTheSyncsStreamer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, keep := range []bool{true, false} {
+		t.Run(fmt.Sprintf("keep=%v", keep), func(t *testing.T) {
+			name := logicalName("lk")
+			pool, dsn := syncNewDB(t)
+			pgtest.Exec(t, dsn, syncOrdersTable(10000, false))
+			env := syncTestEnv(t, dsn)
+			slot := "gs_" + name
+			walsender := func() (pid int64, start string) {
+				_ = pool.QueryRow(ctx, `SELECT coalesce(s.active_pid, 0), coalesce(a.backend_start::text, '')
+					FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = $1`, slot).Scan(&pid, &start)
+				return pid, start
+			}
+			var syncedPid int64
+			var syncedStart string
+			env.syncPoint = func(ctx context.Context, point string) error {
+				if point == "synced" {
+					syncedPid, syncedStart = walsender()
+				}
+				return nil
+			}
+			app := startSyncWorkload(t, dsn, "orders", false, 8, 21)
+			time.Sleep(150 * time.Millisecond)
+			stats, err := Sync(ctx, env, syncSpec(t, logicalSpec(name, false)), SyncOptions{BatchSize: 500, KeepStreaming: keep})
+			if err != nil {
+				app.stop()
+				t.Fatal(err)
+			}
+			if stats.State != state.Synced || syncedPid == 0 {
+				app.stop()
+				t.Fatalf("stats %+v; walsender at synced %d", stats, syncedPid)
+			}
+			kept := coStr(t, pool, `SELECT coalesce(detail->>'kept_streaming', '') FROM greenswap.events WHERE migration = $1 AND step = 'stream'`, name)
+			if kept != fmt.Sprint(keep) {
+				t.Errorf("stream event kept_streaming = %q, want %v", kept, keep)
+			}
+			if !keep {
+				// The sync's streamer stopped: its walsender goes (a moment
+				// after the replication connection closes).
+				syncWaitFor(t, 10*time.Second, "the sync's walsender to go", func() bool { pid, _ := walsender(); return pid != syncedPid })
+			}
+			stop, _ := startWatch(t, env, name)
+			syncWaitFor(t, 20*time.Second, "a walsender streaming the slot", func() bool { pid, _ := walsender(); return pid != 0 })
+			time.Sleep(500 * time.Millisecond)
+			pid, start := walsender()
+			if keep && (pid != syncedPid || start != syncedStart) {
+				t.Errorf("the watch streams with walsender %d (started %s), the sync's was %d (started %s): a new streamer", pid, start, syncedPid, syncedStart)
+			}
+			if !keep && pid == syncedPid {
+				t.Errorf("without KeepStreaming the watch streams with the sync's walsender %d", pid)
+			}
+			errs := app.stop()
+			for i, e := range errs {
+				if i < 5 {
+					t.Errorf("writer error: %v", e)
+				}
+			}
+			logicalWait(t, env, name)
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			if d := syncOrdersDiff(t, pool, name); d != 0 {
+				t.Fatalf("green differs from blue in %d rows", d)
+			}
+			t.Logf("keep=%v: %d writes; walsender %d at synced, %d during the watch", keep, app.ops.Load(), syncedPid, pid)
+		})
+	}
+}

@@ -68,6 +68,16 @@ type SyncOptions struct {
 	// map after it (the bench's aftermath rows measure both).
 	SkipSettle bool
 
+	// KeepStreaming (logical mode): the sync's streamer is not stopped
+	// once caught up after synced but handed to the WatchSync that the
+	// caller runs next on the same Env (sync --watch). A new streamer would
+	// start a new walsender, which decodes the slot's WAL again from its
+	// restart position, up to the copy's WAL while the server had no
+	// reason to move it on: seconds to tens of seconds in which green falls
+	// behind, then a backlog applied under the application's writes.
+	// Env.Close stops a streamer nobody took over.
+	KeepStreaming bool
+
 	// StopAfterSetup makes Sync return once blue is adopted and green exists
 	// with its sync triggers on, before the backfill (for tests and tools).
 	StopAfterSetup bool
