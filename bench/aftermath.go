@@ -135,22 +135,34 @@ func (b *bench) runAftermath(ctx context.Context, f afterFigs) {
 	b.logf("  no migration: %s; fixed rate %s", fmtRate(max.tps, "tx/s"), fmtRate(rate, "tx/s"))
 	// The no-migration reference at that rate, measured as the steady
 	// states are: whether a steady state is the database's or the machine's.
+	// A rate the machine cannot serve now (other work took the cores the
+	// maximum was measured on: transactions fall behind their schedule and
+	// every latency is the queue's) is halved, at most twice.
 	var refs []pgbenchRun
-	for i := range steadyWindows {
-		if err := pgbReset(ctx, dsn); err != nil {
-			mark(err, f.all()...)
-			return
+	for try := 0; ; try++ {
+		refs = nil
+		for i := range steadyWindows {
+			if err := pgbReset(ctx, dsn); err != nil {
+				mark(err, f.all()...)
+				return
+			}
+			r, _, err := probed(ctx, dsn, nil, func() (pgbenchRun, error) {
+				return pb.fixedRate(ctx, db, rate, window/2, fmt.Sprintf("after_ref%d", i))
+			})
+			if err != nil {
+				mark(err, f.all()...)
+				return
+			}
+			refs = append(refs, r)
 		}
-		r, _, err := probed(ctx, dsn, nil, func() (pgbenchRun, error) {
-			return pb.fixedRate(ctx, db, rate, window/2, fmt.Sprintf("after_ref%d", i))
-		})
-		if err != nil {
-			mark(err, f.all()...)
-			return
+		b.logf("  no-migration reference at %s: p99 %s, mean %s, server CPU %s ms/tx (load %s)", fmtRate(rate, "tx/s"),
+			fmtDurs(refs, p99Of), fmtDurs(refs, meanOf), fmtCPUs(refs), loadAvg())
+		if try == 2 || medianDur(refs, p99Of) < time.Second {
+			break
 		}
-		refs = append(refs, r)
+		rate /= 2
+		b.logf("  the machine does not serve that rate now (p99 ≥ 1 s): %s", fmtRate(rate, "tx/s"))
 	}
-	b.logf("  no-migration reference at that rate: p99 %s, mean %s, server CPU %s ms/tx (load %s)", fmtDurs(refs, p99Of), fmtDurs(refs, meanOf), fmtCPUs(refs), loadAvg())
 	trigSpec, logSpec := filepath.Join(b.tmp, "pgb_after_trigger.yaml"), filepath.Join(b.tmp, "pgb_after_logical.yaml")
 	if err := errors.Join(os.WriteFile(trigSpec, []byte(pgbSpecYAML), 0o644),
 		os.WriteFile(logSpec, []byte(strings.Replace(pgbSpecYAML, "mode: trigger", "mode: logical", 1)), 0o644)); err != nil {
