@@ -21,6 +21,15 @@ type latencyStats struct {
 	mean, p99 time.Duration
 	max       time.Duration
 	span      time.Duration // first to last completion: n / span is the rate achieved
+	// points are the completed transactions (completion time, latency),
+	// for the per-interval series of the aftermath rows.
+	points []txPoint
+}
+
+// txPoint is one completed transaction of a per-transaction log.
+type txPoint struct {
+	at  time.Time
+	lat float64 // µs
 }
 
 func (l latencyStats) rate() float64 {
@@ -59,6 +68,7 @@ func readTxLogs(files []string) (latencyStats, error) {
 			if err1 == nil && err2 == nil {
 				t := sec + usec/1e6
 				first, last = min(first, t), max(last, t)
+				s.points = append(s.points, txPoint{at: time.Unix(int64(sec), int64(usec)*1000), lat: us})
 			}
 			lat = append(lat, us)
 		}
@@ -94,4 +104,46 @@ func percentile(sorted []float64, q float64) float64 {
 	}
 	i := int(math.Ceil(q*float64(len(sorted)))) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// intervalStats are one interval of a window's series.
+type intervalStats struct {
+	n         int
+	mean, p99 time.Duration
+}
+
+// series cuts the completed transactions into intervals of every from the
+// first completion on (a window's first seconds apart from its last).
+func (l latencyStats) series(every time.Duration) []intervalStats {
+	if len(l.points) == 0 || every <= 0 {
+		return nil
+	}
+	t0 := l.points[0].at
+	for _, p := range l.points {
+		if p.at.Before(t0) {
+			t0 = p.at
+		}
+	}
+	var buckets [][]float64
+	for _, p := range l.points {
+		i := int(p.at.Sub(t0) / every)
+		for len(buckets) <= i {
+			buckets = append(buckets, nil)
+		}
+		buckets[i] = append(buckets[i], p.lat)
+	}
+	us := func(v float64) time.Duration { return time.Duration(v * float64(time.Microsecond)) }
+	out := make([]intervalStats, len(buckets))
+	for i, b := range buckets {
+		if len(b) == 0 {
+			continue
+		}
+		slices.Sort(b)
+		var sum float64
+		for _, v := range b {
+			sum += v
+		}
+		out[i] = intervalStats{n: len(b), mean: us(sum / float64(len(b))), p99: us(percentile(b, 0.99))}
+	}
+	return out
 }

@@ -272,16 +272,19 @@ func waitUntil(ctx context.Context, w *watchRun, timeout, every time.Duration, w
 	}
 }
 
-// watchStreaming waits until the watch's own streamer streams. A
-// logical-mode sync streams with a streamer of its own until it has caught
-// up after synced, then stops it and records its "stream" event; only then
-// does --watch start another, on a new replication connection: a
-// walsender that started after that event.
+// watchStreaming waits until the watch's streamer streams. A logical-mode
+// sync --watch streams with the sync's own streamer until it has caught up
+// after synced, records its "stream" event, and hands that streamer to the
+// watch (kept_streaming in the event); a greenswap before that stopped it
+// and started another on a new replication connection: a walsender that
+// started after that event.
 func watchStreaming(ctx context.Context, p *loadProbe, w *watchRun, timeout time.Duration) error {
 	return waitUntil(ctx, w, timeout, 100*time.Millisecond, "the watch's own streamer", func() (bool, string, error) {
 		var ok bool
-		err := p.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
-			WHERE s.slot_name = $1 AND a.backend_start > (SELECT max(at) FROM greenswap.events WHERE migration = $2 AND step = 'stream'))`,
+		err := p.conn.QueryRow(ctx, `WITH e AS (SELECT at, coalesce((detail->>'kept_streaming')::boolean, false) AS kept
+			FROM greenswap.events WHERE migration = $2 AND step = 'stream' ORDER BY id DESC LIMIT 1)
+			SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid, e
+			WHERE s.slot_name = $1 AND (e.kept OR a.backend_start > e.at))`,
 			p.slot, pgbMigration).Scan(&ok)
 		return ok, "no walsender started after the sync's stream stopped", err
 	})

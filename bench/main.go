@@ -91,11 +91,18 @@ func run() int {
 
 	b := &bench{rows: rows, tmp: tmp, start: time.Now(), window: window, drainStop: drainStop, parts: parts}
 	loadStart := loadAvg()
-	b.logf("building cmd/greenswap")
-	bin, err := clibuild.Build(ctx, root, tmp)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 1
+	// BENCH_GREENSWAP: a greenswap binary built elsewhere (an older commit),
+	// measured by this bench: before and after figures from one bench.
+	bin := os.Getenv("BENCH_GREENSWAP")
+	if bin == "" {
+		b.logf("building cmd/greenswap")
+		bin, err = clibuild.Build(ctx, root, tmp)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+	} else {
+		b.logf("greenswap: %s (BENCH_GREENSWAP)", bin)
 	}
 	b.cli = cli{bin: bin}
 

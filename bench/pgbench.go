@@ -113,6 +113,7 @@ type pgbenchRun struct {
 	seconds  float64
 	protocol string
 	lat      latencyStats // from the per-transaction log, when -l
+	cpu      float64      // CPU seconds the server used during the run, when probed (aftermath)
 }
 
 var (

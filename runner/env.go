@@ -55,6 +55,9 @@ type Env struct {
 	// progress reports can show their in-memory figures (lag in seconds,
 	// rate) and the metrics endpoint of the same process can too.
 	streams registry[*stream.Streamer]
+	// kept are the streamers a Sync with KeepStreaming handed over, by
+	// migration, until WatchSync takes them (feed_logical.go).
+	kept registry[*logicalSync]
 	// backlogs are this process's samples of each logical migration's
 	// backlog, by migration (backlog.go).
 	backlogs registry[*backlogWindow]
@@ -64,6 +67,20 @@ type Env struct {
 	// command there, as a greenswap killed at that point would
 	// (revalidate.go).
 	afterSwapCommit func() error
+	// syncPoint, when set (tests only), is called at points of sync's last
+	// phases: "settle" (the phase begins), "settled" (its VACUUMs are
+	// done), "analyzed" (analyze is recorded) and "synced" (inside the
+	// transaction that records synced, before it commits); an error ends
+	// the sync there.
+	syncPoint func(ctx context.Context, point string) error
+}
+
+// atSyncPoint calls the test hook syncPoint, if any.
+func (e *Env) atSyncPoint(ctx context.Context, point string) error {
+	if e.syncPoint == nil {
+		return nil
+	}
+	return e.syncPoint(ctx, point)
 }
 
 // SessionSearchPath is the search_path every connection greenswap opens
@@ -143,7 +160,12 @@ func describe(c *pgx.ConnConfig) string {
 }
 
 // Close releases the pool.
-func (e *Env) Close() { e.Pool.Close() }
+func (e *Env) Close() {
+	for _, ls := range e.kept.takeAll() {
+		ls.stop()
+	}
+	e.Pool.Close()
+}
 
 // Target identifies the database the Env is connected to, for log lines.
 func (e *Env) Target() string { return describe(e.ConnConfig) }

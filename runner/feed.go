@@ -33,6 +33,15 @@ type changeFeed interface {
 	// catchUp is sync's last phase: apply what committed so far, then
 	// stop feeding (sync --watch goes on: watch).
 	catchUp(ctx context.Context, r *syncRun) error
+	// drain waits, bounded, until the feed has applied what committed
+	// before it was called: sync calls it before the settle, so the VACUUM
+	// covers what the stream wrote while the copy ran (not pages the
+	// backlog's apply dirties again after it), and before synced, so the
+	// application does not pay for applying a backlog after synced. It
+	// returns what it did for the phase's event (nil: nothing to wait for);
+	// a stream still behind when the bound passes is said there and in the
+	// log, and sync goes on (its last phase waits for the stream again).
+	drain(ctx context.Context, r *syncRun) (map[string]any, error)
 	// consistent runs fn while every green is an exact copy of its blue
 	// and stays one, and goes on feeding after it: the foreign keys among
 	// the greens of several tables are added (NOT VALID) in fn, when no
@@ -93,6 +102,9 @@ func (triggerFeed) installStep(n shadow.Names, m *shadow.Mapping, owner string) 
 func (triggerFeed) start(context.Context, *syncRun) error   { return nil }
 func (triggerFeed) catchUp(context.Context, *syncRun) error { return nil }
 
+// drain: the triggers wrote green in each writer's transaction; nothing waits.
+func (triggerFeed) drain(context.Context, *syncRun) (map[string]any, error) { return nil, nil }
+
 // consistent: the triggers write green in the writer's own transaction,
 // so green is blue's copy at every commit.
 func (triggerFeed) consistent(ctx context.Context, _ *syncRun, fn func(context.Context) error) error {
@@ -152,6 +164,27 @@ func (r *registry[T]) put(name string, v T) {
 		r.m = map[string]T{}
 	}
 	r.m[name] = v
+}
+
+// takeAll removes every value and returns them.
+func (r *registry[T]) takeAll() []T {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []T
+	for _, v := range r.m {
+		out = append(out, v)
+	}
+	r.m = nil
+	return out
+}
+
+// take removes name's value and returns it.
+func (r *registry[T]) take(name string) (T, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, ok := r.m[name]
+	delete(r.m, name)
+	return v, ok
 }
 
 // remove deletes name's value if it is still v (a later one stays).

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"strings"
 	gosync "sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -94,24 +95,72 @@ func (f *logicalFeed) catchUp(ctx context.Context, r *syncRun) error {
 		timeout = DefaultStreamCatchUp
 	}
 	err := ls.catchUp(ctx, timeout)
+	kept := false
+	if err == nil && ctx.Err() == nil && r.opts.KeepStreaming && ls.failed() == nil {
+		// Handed to WatchSync, which streams on with it: no new walsender
+		// decoding the slot again from its restart position. The sync's
+		// circuit breaker stops holding it, as a watch's own streamer is not.
+		ls.detached.Store(true)
+		r.stats.Stream = ls.stats()
+		r.env.kept.put(r.spec.Name, ls)
+		f.live, kept = nil, true
+	}
 	f.stop(r)
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
 	// Interrupted (Ctrl-C) while catching up is no failure: the migration
 	// is synced all the same, and the slot keeps what was not applied yet.
-	msg := "synced; the stream is paused"
-	if err != nil {
-		msg = "synced; the stream was stopped before it had applied everything"
-	}
 	st := r.stats.Stream
-	r.log.Info().Int64("keys_applied", st.Keys).Int64("transactions", st.Txns).
-		Msg(msg + ": run `greenswap sync -f FILE --watch` to keep applying blue's changes until cutover (the slot retains WAL meanwhile)")
+	if kept {
+		r.log.Info().Int64("keys_applied", st.Keys).Int64("transactions", st.Txns).
+			Msg("synced; the stream caught up and goes on applying blue's changes until cutover (sync --watch)")
+	} else {
+		msg := "synced; the stream is paused"
+		if err != nil {
+			msg = "synced; the stream was stopped before it had applied everything"
+		}
+		r.log.Info().Int64("keys_applied", st.Keys).Int64("transactions", st.Txns).
+			Msg(msg + ": run `greenswap sync -f FILE --watch` to keep applying blue's changes until cutover (the slot retains WAL meanwhile)")
+	}
 	// Recorded even when ctx has just been cancelled: it says what was done.
 	return state.Record(context.WithoutCancel(ctx), r.env.Pool, r.spec.Name, "stream", "ok", time.Since(t0), "", map[string]any{
 		"transactions": st.Txns, "changes": st.Changes, "keys_applied": st.Keys, "echoes_skipped": st.Echoes,
 		"batches": st.Batches, "keys_per_sec": st.KeysPerSec, "applied_lsn": st.Applied.String(), "reconnects": st.Reconnects,
+		"kept_streaming": kept,
 	})
+}
+
+// drain waits for the sync's streamer to apply everything committed until
+// now (changeFeed.drain), for at most Env.StreamCatchUp.
+func (f *logicalFeed) drain(ctx context.Context, r *syncRun) (map[string]any, error) {
+	ls := f.live
+	if ls == nil {
+		return nil, nil
+	}
+	timeout := r.env.StreamCatchUp
+	if timeout <= 0 {
+		timeout = DefaultStreamCatchUp
+	}
+	lsn, err := stream.CurrentLSN(ctx, r.env.Pool)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	err = ls.catchUpTo(ctx, lsn, timeout)
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	d := map[string]any{"stream_applied_to": lsn.String(), "stream_wait_ms": logx.Ms(time.Since(t0))}
+	if err != nil {
+		if ferr := ls.failed(); ferr != nil {
+			return nil, fmt.Errorf("the logical stream stopped: %w", ferr)
+		}
+		delete(d, "stream_applied_to")
+		d["stream_behind"] = err.Error()
+		r.log.Warn().Err(err).Msg("the logical stream did not catch up in time; going on (green's pages its backlog writes stay unsettled until autovacuum)")
+	}
+	return d, nil
 }
 
 // consistent runs fn with blue's writers held off (the blues locked IN
@@ -336,25 +385,37 @@ func newStreamer(ctx context.Context, env *Env, m *Migration, b *Build, opt stre
 
 // logicalSync is a streamer running alongside a sync.
 type logicalSync struct {
-	s      *stream.Streamer
-	env    *Env
-	names  shadow.Names
-	name   string
-	cancel context.CancelFunc
-	done   chan struct{}
-	mu     gosync.Mutex
-	err    error
+	s *stream.Streamer
+	// detached: handed over to WatchSync (SyncOptions.KeepStreaming); the
+	// sync's circuit breaker no longer holds the apply.
+	detached atomic.Bool
+	env      *Env
+	names    shadow.Names
+	name     string
+	cancel   context.CancelFunc
+	done     chan struct{}
+	mu       gosync.Mutex
+	err      error
 }
 
 func (r *syncRun) startStream(ctx context.Context) (*logicalSync, error) {
 	opt := r.env.Stream
-	opt.Hold = r.breaker(ctx).Hold // the circuit breaker holds the apply too (sync_guard.go)
+	ls := &logicalSync{env: r.env, names: r.names, name: r.spec.Name, done: make(chan struct{})}
+	brk := r.breaker(ctx)
+	// The circuit breaker holds the apply too (sync_guard.go), until the
+	// streamer is handed to a watch.
+	opt.Hold = func(ctx context.Context) (string, error) {
+		if ls.detached.Load() {
+			return "", nil
+		}
+		return brk.Hold(ctx)
+	}
 	s, err := newStreamer(ctx, r.env, &Migration{Row: r.row, Spec: r.spec, Names: r.names}, r.build, opt)
 	if err != nil {
 		return nil, err
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	ls := &logicalSync{s: s, env: r.env, names: r.names, name: r.spec.Name, cancel: cancel, done: make(chan struct{})}
+	ls.s, ls.cancel = s, cancel
 	r.env.streams.put(r.spec.Name, s)
 	go func() {
 		defer close(ls.done)
@@ -390,6 +451,11 @@ func (ls *logicalSync) catchUp(ctx context.Context, timeout time.Duration) error
 	if err != nil {
 		return err
 	}
+	return ls.catchUpTo(ctx, lsn, timeout)
+}
+
+// catchUpTo waits until green is current up to lsn.
+func (ls *logicalSync) catchUpTo(ctx context.Context, lsn pglogrepl.LSN, timeout time.Duration) error {
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
@@ -481,6 +547,9 @@ func (f *logicalFeed) streaming(ctx context.Context, n shadow.Names) (bool, erro
 // then watches as in trigger mode.
 func (f *logicalFeed) watch(ctx context.Context, m *Migration, every time.Duration, fn func(SyncProgress)) (handled bool, err error) {
 	env, name := f.env, m.Row.Name
+	if ls, ok := env.kept.take(name); ok {
+		return f.watchKept(ctx, ls, every, fn)
+	}
 	if (m.Row.State != state.Syncing && m.Row.State != state.Synced) || m.Row.SlotName == nil {
 		return false, nil
 	}
@@ -530,6 +599,33 @@ func (f *logicalFeed) watch(ctx context.Context, m *Migration, every time.Durati
 	<-done
 	if errors.Is(err, stream.ErrRetired) {
 		env.Log.Info().Str("migration", name).Msg("the logical stream was retired (cutover or rollback); watching only")
+		return false, nil
+	}
+	return true, err
+}
+
+// watchKept is watch with the streamer the sync handed over: it reports
+// every `every` until ctx ends or the streamer stops on its own (retired by
+// a cutover or a rollback, or an error), then stops it.
+func (f *logicalFeed) watchKept(ctx context.Context, ls *logicalSync, every time.Duration, fn func(SyncProgress)) (bool, error) {
+	t := time.NewTicker(max(every, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		if p, err := ReadSyncProgress(ctx, f.env, ls.name); err == nil {
+			fn(*p)
+		}
+		select {
+		case <-ctx.Done():
+		case <-ls.done:
+		case <-t.C:
+			continue
+		}
+		break
+	}
+	ls.stop()
+	err := ls.failed()
+	if errors.Is(err, stream.ErrRetired) {
+		f.env.Log.Info().Str("migration", ls.name).Msg("the logical stream was retired (cutover or rollback); watching only")
 		return false, nil
 	}
 	return true, err

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"maps"
 	"strings"
 	"time"
 
@@ -30,6 +31,17 @@ func (r *syncRun) settle(ctx context.Context, greens []shadow.Names) error {
 	if r.opts.SkipSettle {
 		detail["skipped"] = "--no-settle: green is left to autovacuum"
 	} else {
+		if err := r.env.atSyncPoint(ctx, "settle"); err != nil {
+			return err
+		}
+		// Logical mode: the stream's backlog from the copy first, so the
+		// VACUUM sets the visibility map of pages the backlog's apply
+		// would otherwise dirty again right after it.
+		drained, err := r.feed.drain(ctx, r)
+		if err != nil {
+			return err
+		}
+		maps.Copy(detail, drained)
 		so := r.spec.Sync.WithDefaults()
 		nice := so.NiceRatio
 		if r.opts.NiceRatio > 0 {
@@ -57,6 +69,9 @@ func (r *syncRun) settle(ctx context.Context, greens []shadow.Names) error {
 			if err != nil {
 				return err
 			}
+		}
+		if err := r.env.atSyncPoint(ctx, "settled"); err != nil {
+			return err
 		}
 		detail["lock_retries"], detail["held_s"], detail["vacuums_interrupted"] = retries, held.Seconds(), interrupted
 		if len(notSettled) > 0 {

@@ -68,6 +68,16 @@ type SyncOptions struct {
 	// map after it (the bench's aftermath rows measure both).
 	SkipSettle bool
 
+	// KeepStreaming (logical mode): the sync's streamer is not stopped
+	// once caught up after synced but handed to the WatchSync that the
+	// caller runs next on the same Env (sync --watch). A new streamer would
+	// start a new walsender, which decodes the slot's WAL again from its
+	// restart position, up to the copy's WAL while the server had no
+	// reason to move it on: seconds to tens of seconds in which green falls
+	// behind, then a backlog applied under the application's writes.
+	// Env.Close stops a streamer nobody took over.
+	KeepStreaming bool
+
 	// StopAfterSetup makes Sync return once blue is adopted and green exists
 	// with its sync triggers on, before the backfill (for tests and tools).
 	StopAfterSetup bool
@@ -733,6 +743,9 @@ func (r *syncRun) analyze(ctx context.Context) error {
 	if err := state.Record(ctx, r.env.Pool, r.spec.Name, "analyze", "ok", time.Since(t0), sql, nil); err != nil {
 		return err
 	}
+	if err := r.env.atSyncPoint(ctx, "analyzed"); err != nil {
+		return err
+	}
 	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse)
 }
 
@@ -741,6 +754,17 @@ func (r *syncRun) analyze(ctx context.Context) error {
 // the greens' locks, retried).
 func (r *syncRun) enableReverse(ctx context.Context) error {
 	t0 := time.Now()
+	// Logical mode: synced once the stream has applied what committed
+	// until now (the settle and analyze included), not with a backlog
+	// the application's writes then compete with.
+	drained, err := r.feed.drain(ctx, r)
+	if err != nil {
+		return err
+	}
+	var detail any
+	if drained != nil {
+		detail = drained
+	}
 	var sql []string
 	if r.members == nil {
 		sql = trigger.SetReverseSQL(r.names, true)
@@ -748,7 +772,7 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 	for _, m := range r.members {
 		sql = append(sql, trigger.SetReverseSQL(m.names, true)...)
 	}
-	err := shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
+	err = shadow.RunWithLockRetry(ctx, r.env.Pool, "enable-reverse", r.lockOptions(), r.onRetry("enable-reverse"), func(tx pgx.Tx) error {
 		if r.members != nil {
 			// Every green's lock first (ALTER TABLE … ENABLE TRIGGER takes
 			// SHARE ROW EXCLUSIVE): not one table after another (lockAll).
@@ -772,7 +796,10 @@ func (r *syncRun) enableReverse(ctx context.Context) error {
 		if err := recordGreenWork(ctx, tx, r.spec); err != nil {
 			return err
 		}
-		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), nil)
+		if err := r.env.atSyncPoint(ctx, "synced"); err != nil {
+			return err
+		}
+		return state.Record(ctx, tx, r.spec.Name, "synced", "ok", time.Since(t0), strings.Join(sql, ";\n"), detail)
 	})
 	if err != nil {
 		return err

@@ -628,6 +628,9 @@ func (r *syncRun) analyzeTables(ctx context.Context) error {
 	if err := state.Record(ctx, r.env.Pool, r.spec.Name, "analyze", "ok", time.Since(t0), strings.Join(all, ";\n"), nil); err != nil {
 		return err
 	}
+	if err := r.env.atSyncPoint(ctx, "analyzed"); err != nil {
+		return err
+	}
 	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse)
 }
 

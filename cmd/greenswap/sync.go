@@ -108,6 +108,7 @@ func syncAction(c *cli.Context) error {
 		LockTimeout:     c.Duration("lock-timeout"),
 		NiceRatio:       c.Float64("nice-ratio"),
 		SkipSettle:      c.Bool("no-settle"),
+		KeepStreaming:   c.Bool("watch"),
 	}
 	g, err := syncGuardFlags(c)
 	if err != nil {
