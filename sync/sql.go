@@ -31,7 +31,14 @@ var sessionSQL = rowsql.SelectSettings(rowsql.CopySettings("$1", "$2")...)
 // skipped (about half the query's time at 50,000 rows).
 // Args: the cursor values (when after), then the offset (limit-1).
 func boundSQL(k rowsql.Key, blue spec.QualifiedName, after bool) string {
-	where, ps := k.Range(after, false, 1)
+	return boundSQLWithin(k, blue, after, false)
+}
+
+// boundSQLWithin is boundSQL inside a parallel copy's range: with upper,
+// only keys up to the range's end (bound after the cursor) count, and no
+// row means the rest of the range is the last batch.
+func boundSQLWithin(k rowsql.Key, blue spec.QualifiedName, after, upper bool) string {
+	where, ps := k.Range(after, upper, 1)
 	if where != "" {
 		where = " WHERE " + where
 	}
