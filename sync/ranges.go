@@ -14,7 +14,7 @@ import (
 // DefaultRangeRows is Options.RangeRows' default: a range smaller than
 // this is a few batches, and its split and extra checkpoints would cost
 // more than its worker saves.
-const DefaultRangeRows = 20000
+const DefaultRangeRows = 5000
 
 // rangesPerWorker: the split cuts this many ranges per worker, so that a
 // worker whose ranges were small (the sample is not exact, and writers
