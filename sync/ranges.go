@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/greenswap/greenswap/internal/db"
+	"github.com/greenswap/greenswap/rowsql"
+	"github.com/greenswap/greenswap/spec"
 )
 
 // DefaultRangeRows is Options.RangeRows' default: a range smaller than
@@ -75,14 +77,13 @@ func ParseCursor(raw []byte) (Cursor, []Range, error) {
 // TABLESAMPLE SYSTEM reads only the sampled pages, so the split costs a
 // small fraction of one scan of blue. Args: the cursor values (when
 // after), then the sample's percentage.
-func (b *Backfiller) splitSQL(after bool) string {
-	k := b.key
+func splitSQL(k rowsql.Key, blue spec.QualifiedName, after bool) string {
 	where, ps := k.Range(after, false, 1)
 	if where != "" {
 		where = " WHERE " + where
 	}
 	return fmt.Sprintf("SELECT %s FROM (SELECT %s FROM %s TABLESAMPLE SYSTEM (CAST($%d AS float4))%s) s ORDER BY %s",
-		k.AsText(), k.List(), db.Ident(b.Names.Blue.Schema, b.Names.Blue.Name), len(ps)+1, where, k.List())
+		k.AsText(), k.List(), db.Ident(blue.Schema, blue.Name), len(ps)+1, where, k.List())
 }
 
 // split cuts the keys after cursor into ranges for opt.Workers workers:
@@ -113,7 +114,7 @@ func (b *Backfiller) split(ctx context.Context, cursor Cursor, opt Options) ([]R
 	for _, v := range cursor {
 		args = append(args, v)
 	}
-	rows, err := tx.Query(dbctx, b.splitSQL(cursor != nil), append(args, pct)...)
+	rows, err := tx.Query(dbctx, splitSQL(b.key, b.Names.Blue, cursor != nil), append(args, pct)...)
 	if err != nil {
 		return nil, fmt.Errorf("backfill: sample blue's keys for the ranges: %w", err)
 	}
