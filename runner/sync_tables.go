@@ -493,7 +493,10 @@ func (r *syncRun) buildTableIndexes(ctx context.Context, items []tableIndexes) e
 			Statements: it.statements,
 			Built:      built,
 			Lock:       r.lockOptions(),
-			Log:        r.log.With().Str("table", table).Logger(),
+			// The copies are one cursor each, but the builds may still
+			// sort on as many processes as a parallel copy would use.
+			Participants: r.workers(),
+			Log:          r.log.With().Str("table", table).Logger(),
 			OnEvent: func(ctx context.Context, ev gssync.IndexEvent) error {
 				return r.recordTableIndexEvent(ctx, table, ev)
 			},
