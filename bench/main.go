@@ -62,13 +62,13 @@ func run() int {
 		}
 		window, drainStop = d, d
 	}
-	parts := map[string]bool{"core": true, "tables": true, "pgbench": true, "aftermath": true}
+	parts := map[string]bool{"core": true, "tables": true, "pgbench": true, "aftermath": true, "parallel": true}
 	if v := os.Getenv("BENCH_ONLY"); v != "" {
 		parts = map[string]bool{}
 		for _, p := range strings.Split(v, ",") {
 			p = strings.TrimSpace(p)
-			if p != "core" && p != "tables" && p != "pgbench" && p != "aftermath" {
-				fmt.Fprintf(os.Stderr, "bench: BENCH_ONLY=%q: want core, tables, pgbench or aftermath, or several comma-separated\n", v)
+			if p != "core" && p != "tables" && p != "pgbench" && p != "aftermath" && p != "parallel" {
+				fmt.Fprintf(os.Stderr, "bench: BENCH_ONLY=%q: want core, tables, pgbench, aftermath or parallel, or several comma-separated\n", v)
 				return 2
 			}
 			parts[p] = true
@@ -158,7 +158,7 @@ type bench struct {
 	// default 15 s); drainStop how long the drain figure stops the stream
 	// (20 s, or BENCH_WINDOW when set).
 	window, drainStop time.Duration
-	parts             map[string]bool // BENCH_ONLY: "core" (the orders figures), "tables", "pgbench", "aftermath"
+	parts             map[string]bool // BENCH_ONLY: "core" (the orders figures), "tables", "pgbench", "aftermath", "parallel"
 }
 
 func (b *bench) logf(format string, args ...any) {

@@ -85,6 +85,9 @@ func (b *bench) runAll(ctx context.Context) {
 	if b.parts["core"] {
 		b.runCore(ctx)
 	}
+	if b.parts["parallel"] && ctx.Err() == nil {
+		b.runParallel(ctx) // parallel.go
+	}
 	if b.parts["tables"] && ctx.Err() == nil {
 		b.runTables(ctx) // tables.go
 	}

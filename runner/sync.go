@@ -54,6 +54,7 @@ type SyncOptions struct {
 	MaxReplicaLag   time.Duration     // hold the backfill while a standby lags more
 	LockTimeout     time.Duration     // per attempt, for every lock-taking step
 	NiceRatio       float64           // > 0: after each batch, sleep this many times its duration
+	Workers         int               // > 0: sessions copying key ranges at once (over sync.workers)
 	Guard           spec.GuardOptions // the circuit breaker's bounds, over the spec's guard: (sync_guard.go)
 
 	// Progress, when set, is called every ProgressEvery (default 1s) while
@@ -569,23 +570,34 @@ func (r *syncRun) backfill(ctx context.Context, ev *phaseEvent) error {
 		ev.Recorded = true // nothing to do, nothing to record
 		return nil
 	}
-	cursor, err := decodeCursor(r.row.Cursor)
+	// The cursor column holds one cursor (a JSON array, as every
+	// greenswap before parallel copies wrote it) or a parallel copy's
+	// ranges: either resumes where it stopped.
+	cursor, ranges, err := gssync.ParseCursor(r.row.Cursor)
 	if err != nil {
 		return err
 	}
 	bo := r.backfillOptions(r.row.BatchSize)
+	bo.Workers = r.workers()
 	name := r.spec.Name
 	bf := r.backfiller(ctx, r.names, r.build, bo, r.row.RowsCopied, func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
-		return state.SetCheckpoint(ctx, tx, name, state.BackfillCheckpoint{Cursor: cp.Cursor, RowsCopied: cp.RowsCopied,
-			BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Next: PhaseIndexes})
+		if cp.Part != nil {
+			return state.SetRangeCheckpoint(ctx, tx, name, cp.Part.Index, cp.Part.Range, cp.Added, cp.BatchSize, cp.RowsPerSec)
+		}
+		bc := state.BackfillCheckpoint{Cursor: cp.Cursor, RowsCopied: cp.RowsCopied,
+			BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Next: PhaseIndexes}
+		if cp.Ranges != nil {
+			bc.Ranges = cp.Ranges
+		}
+		return state.SetCheckpoint(ctx, tx, name, bc)
 	})
 	keyCols, err := bf.KeyColumns()
 	if err != nil {
 		return err
 	}
-	r.log.Info().Strs("key", keyCols).Strs("cursor", cursor).Int64("rows_estimate", r.row.RowsEstimate).
-		Int("batch_size", bo.BatchSize).Bool("fixed", bo.Fixed).Float64("nice_ratio", bo.NiceRatio).Msg("backfill")
-	res, err := bf.Run(ctx, cursor)
+	r.log.Info().Strs("key", keyCols).Strs("cursor", cursor).Int("ranges", len(ranges)).Int64("rows_estimate", r.row.RowsEstimate).
+		Int("batch_size", bo.BatchSize).Bool("fixed", bo.Fixed).Float64("nice_ratio", bo.NiceRatio).Int("workers", bo.Workers).Msg("backfill")
+	res, err := bf.RunRanges(ctx, cursor, ranges)
 	r.stats.Rows, r.stats.Scanned, r.stats.Batches, r.stats.Retries, r.stats.Redone, r.stats.Backfill =
 		res.Rows, res.Scanned, res.Batches, res.Retries, res.Redone, res.Duration
 	if s := res.Duration.Seconds(); s > 0 {
@@ -593,7 +605,7 @@ func (r *syncRun) backfill(ctx context.Context, ev *phaseEvent) error {
 	}
 	ev.Took = res.Duration
 	ev.Detail = map[string]any{"rows": res.Rows, "scanned": res.Scanned, "batches": res.Batches, "retries": res.Retries, "redone": res.Redone,
-		"rows_per_sec": r.stats.RowsPerSec, "from": cursor, "to": res.Cursor, "done": res.Done}
+		"rows_per_sec": r.stats.RowsPerSec, "from": cursor, "to": res.Cursor, "done": res.Done, "workers": bo.Workers, "ranges": len(res.Ranges)}
 	if err != nil {
 		return err
 	}
@@ -601,6 +613,18 @@ func (r *syncRun) backfill(ctx context.Context, ev *phaseEvent) error {
 	r.log.Info().Int64("rows", res.Rows).Int("batches", res.Batches).Float64("took_ms", logx.Ms(res.Duration)).
 		Float64("rows_per_sec", r.stats.RowsPerSec).Msg("backfill done")
 	return nil
+}
+
+// workers is how many sessions copy blue's key ranges at once: the flag
+// over sync.workers over spec.DefaultWorkers, and never more than half the
+// pool (each batch's session, plus its lock-waiter watch and the
+// throttles' queries, comes from it).
+func (r *syncRun) workers() int {
+	w := r.spec.Sync.WithDefaults().Workers
+	if r.opts.Workers > 0 {
+		w = r.opts.Workers
+	}
+	return max(1, min(w, int(r.env.Pool.Config().MaxConns)/2))
 }
 
 // backfillOptions: flags over the spec over the defaults; batchSize > 0
@@ -720,8 +744,11 @@ func (r *syncRun) indexes(ctx context.Context) error {
 			Statements: r.spec.Target.Indexes,
 			Built:      built,
 			Lock:       r.lockOptions(), // ON ONLY and ATTACH PARTITION on a partitioned green
-			Log:        r.log,
-			OnEvent:    r.recordIndexEvent,
+			// The copy's workers are done by now: the build may sort on as
+			// many processes as the copy used.
+			Participants: r.workers(),
+			Log:          r.log,
+			OnEvent:      r.recordIndexEvent,
 		}
 		if err := ib.Run(ctx); err != nil {
 			return err

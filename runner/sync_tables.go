@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -423,6 +422,9 @@ func (r *syncRun) tableProgress(ctx context.Context) (map[string]state.TableProg
 func (r *syncRun) backfillMember(ctx context.Context, table string, n shadow.Names, b *Build, where string, p state.TableProgress, last bool,
 	detail map[string]any) (time.Duration, error) {
 	bo := r.backfillOptions(p.BatchSize)
+	// One cursor per member: the tables column records one cursor each,
+	// not a parallel copy's ranges (a split's greens come here too).
+	bo.Workers = 1
 	bf := r.backfiller(ctx, n, b, bo, p.RowsCopied, func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
 		return state.SetTableCheckpoint(ctx, tx, r.spec.Name, state.TableCheckpoint{Table: table, Cursor: cp.Cursor,
 			RowsCopied: cp.RowsCopied, BatchSize: cp.BatchSize, RowsPerSec: cp.RowsPerSec, Done: cp.Done, Last: cp.Done && last, Next: PhaseIndexes})
@@ -491,7 +493,10 @@ func (r *syncRun) buildTableIndexes(ctx context.Context, items []tableIndexes) e
 			Statements: it.statements,
 			Built:      built,
 			Lock:       r.lockOptions(),
-			Log:        r.log.With().Str("table", table).Logger(),
+			// The copies are one cursor each, but the builds may still
+			// sort on as many processes as a parallel copy would use.
+			Participants: r.workers(),
+			Log:          r.log.With().Str("table", table).Logger(),
 			OnEvent: func(ctx context.Context, ev gssync.IndexEvent) error {
 				return r.recordTableIndexEvent(ctx, table, ev)
 			},
@@ -632,17 +637,6 @@ func (r *syncRun) analyzeTables(ctx context.Context) error {
 		return err
 	}
 	return r.setPhase(ctx, r.env.Pool, PhaseEnableReverse)
-}
-
-// decodeCursor reads a one-table cursor as stored.
-func decodeCursor(raw json.RawMessage) (gssync.Cursor, error) {
-	var c gssync.Cursor
-	if len(raw) > 0 {
-		if err := json.Unmarshal(raw, &c); err != nil {
-			return nil, fmt.Errorf("decode the backfill cursor %s: %w", raw, err)
-		}
-	}
-	return c, nil
 }
 
 // namesOf are a migration's names: for several tables, the first

@@ -326,7 +326,7 @@ type specDecoder struct {
 var (
 	specFields   = []string{"name", "table", "mode", "key", "alter", "target", "forward", "reverse", "sync", "guard", "tables", "split", "drop"}
 	targetFields = []string{"ddl", "indexes", "partitions"}
-	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio", "apply_workers"}
+	syncFields   = []string{"batch_size", "min_batch_size", "max_batch_size", "target_batch_time", "max_replica_lag", "lock_timeout", "nice_ratio", "apply_workers", "workers"}
 )
 
 func (d *specDecoder) errf(line int, field, fix, format string, args ...any) *SpecError {
@@ -471,6 +471,8 @@ func (d *specDecoder) sync(n *yaml.Node, path string, line int, o *SyncOptions) 
 			o.NiceRatio, err = d.float(v, fpath, fline)
 		case "apply_workers":
 			o.ApplyWorkers, err = d.int(v, fpath, fline)
+		case "workers":
+			o.Workers, err = d.int(v, fpath, fline)
 		}
 		return err
 	})
@@ -843,6 +845,10 @@ func (s *Spec) Validate() error {
 	if o.ApplyWorkers < 0 || o.ApplyWorkers > MaxApplyWorkers {
 		return s.specErr("sync.apply_workers", fmt.Sprintf("write a number from 1 to %d, or leave it out for the default", MaxApplyWorkers),
 			"must be between 1 and %d, got %d", MaxApplyWorkers, o.ApplyWorkers)
+	}
+	if o.Workers < 0 || o.Workers > MaxWorkers {
+		return s.specErr("sync.workers", fmt.Sprintf("write a number from 1 (one cursor) to %d, or leave it out for the default (%d)", MaxWorkers, DefaultWorkers),
+			"must be between 1 and %d, got %d", MaxWorkers, o.Workers)
 	}
 	if o.NiceRatio < 0 || o.NiceRatio > MaxNiceRatio {
 		return s.specErr("sync.nice_ratio", fmt.Sprintf("write a number from 0 (no pause) to %g, e.g. 0.5", MaxNiceRatio),

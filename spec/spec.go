@@ -96,7 +96,21 @@ type SyncOptions struct {
 	// drain a backlog faster and take that much more of the server's CPU
 	// while they do; a stream that is caught up uses one.
 	ApplyWorkers int `yaml:"apply_workers" json:"apply_workers,omitempty"`
+	// Workers is how many sessions copy key ranges of blue at once (0: the
+	// default, DefaultWorkers; 1: one cursor, as before parallel copies).
+	// Each takes about one core of the server while it copies: more than
+	// the server's cores only queue. A small table is copied by one
+	// whatever this says.
+	Workers int `yaml:"workers" json:"workers,omitempty"`
 }
+
+// DefaultWorkers is sync.workers' default: two cores of a server that
+// has at least two, without taking all of a small one's.
+const DefaultWorkers = 2
+
+// MaxWorkers bounds sync.workers and --workers: each is a connection, and
+// its batch watcher another.
+const MaxWorkers = 16
 
 // MaxApplyWorkers bounds sync.apply_workers: each is a connection.
 const MaxApplyWorkers = 32
@@ -137,6 +151,9 @@ func (o SyncOptions) WithDefaults() SyncOptions {
 	}
 	if o.LockTimeout.Duration == 0 {
 		o.LockTimeout.Duration = DefaultLockTimeout
+	}
+	if o.Workers == 0 {
+		o.Workers = DefaultWorkers
 	}
 	return o
 }

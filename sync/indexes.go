@@ -52,8 +52,28 @@ type IndexBuild struct {
 	// ATTACH PARTITION ACCESS EXCLUSIVE on the partition's index. Each runs
 	// through shadow.RunWithLockRetry. Zero: shadow.DefaultLockOptions().
 	Lock shadow.LockOptions
-	Log  zerolog.Logger
+	// Participants, when > 1, is how many processes each build may sort
+	// with (the session and Participants-1 parallel maintenance workers,
+	// which the server grants only within max_parallel_workers and
+	// max_worker_processes): see ParallelSQL. 0 or 1: the server's own
+	// settings.
+	Participants int
+	Log          zerolog.Logger
 }
+
+// minSortMemKB is what PostgreSQL wants of maintenance_work_mem for each
+// participant of a parallel index build (32 MB): with less it plans fewer
+// workers than max_parallel_maintenance_workers allows.
+const minSortMemKB = 32 * 1024
+
+// ParallelSQL sets a build session's parallelism for n participants:
+// max_parallel_maintenance_workers = n-1 and maintenance_work_mem raised,
+// when below, to 32 MB per participant (else the server plans fewer
+// workers than allowed). Session-level: the index session is greenswap's
+// own. Args: $1 n-1, $2 n × 32 MB in kB.
+const ParallelSQL = `SELECT pg_catalog.set_config('max_parallel_maintenance_workers', $1::int::text, false),
+	pg_catalog.set_config('maintenance_work_mem',
+		greatest((SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'maintenance_work_mem'), $2::bigint)::text || 'kB', false)`
 
 type greenIndex struct {
 	name        string
@@ -119,6 +139,11 @@ func (ib *IndexBuild) Run(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "SET lock_timeout = 0; SET statement_timeout = 0; SET search_path TO pg_catalog, "+
 		db.Ident(ib.Names.GreenSchema)+", "+db.Ident(ib.Names.App.Schema)+", pg_temp", pgx.QueryExecModeSimpleProtocol); err != nil {
 		return err
+	}
+	if n := ib.Participants; n > 1 {
+		if _, err := conn.Exec(ctx, ParallelSQL, n-1, int64(n)*minSortMemKB); err != nil {
+			return fmt.Errorf("index builds: set parallel maintenance workers: %w", err)
+		}
 	}
 	targets := make([]relInfo, len(stmts))
 	for i, st := range stmts {

@@ -17,6 +17,7 @@ import (
 	"github.com/greenswap/greenswap/runner"
 	"github.com/greenswap/greenswap/spec"
 	gssync "github.com/greenswap/greenswap/sync"
+	"github.com/greenswap/greenswap/trigger"
 )
 
 // recorder is a pgx tracer keeping every statement a pool sends as sent
@@ -155,6 +156,8 @@ target:
 				switch strings.ToLower(raw) {
 				case "begin", "commit", "rollback":
 					continue
+				case strings.ToLower(gssync.LockWaitersSQL):
+					continue // the lock-waiter watch of a batch that ran past 100 ms, on the same pool: not the copy's
 				}
 				j := slices.Index(shown, raw)
 				if j < 0 {
@@ -176,6 +179,79 @@ target:
 					t.Errorf("the Backfiller never sent plan's %q: the run does not exercise it", labels[want])
 				}
 			}
+
+			// A parallel copy, from the start and from a one-cursor
+			// checkpoint, on an emptied green: its sample and its
+			// range-bounded upper ends are plan's too.
+			cursor := r.Cursor
+			f.mu.Lock()
+			if len(f.checkpoints) > 1 {
+				cursor = f.checkpoints[0].Cursor
+			}
+			f.mu.Unlock()
+			forms = nil
+			for _, from := range []gssync.Cursor{nil, cursor} {
+				emptyGreen(t, f)
+				rec.mu.Lock()
+				rec.sent = nil
+				rec.mu.Unlock()
+				pb := f.backfiller(t, gssync.Options{BatchSize: 20, Fixed: true, Workers: 2, RangeRows: 20,
+					LockTimeout: spec.Sync.WithDefaults().LockTimeout.Duration})
+				pb.Pool = traced
+				pr, err := pb.Run(ctx, from)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(pr.Ranges) < 2 {
+					t.Fatalf("the parallel run was not split: %+v", pr)
+				}
+				rec.mu.Lock()
+				sent := slices.Clone(rec.sent)
+				rec.mu.Unlock()
+				for i := 0; i < len(sent); i += 2 {
+					raw, filled := sent[i], sent[i+1]
+					switch strings.ToLower(raw) {
+					case "begin", "begin read only", "commit", "rollback", strings.ToLower(gssync.LockWaitersSQL):
+						continue
+					}
+					j := slices.Index(shown, raw)
+					if j < 0 {
+						j = slices.Index(shown, filled)
+					}
+					if j < 0 {
+						t.Errorf("the parallel Backfiller sent a statement plan does not show:\n%s", raw)
+						continue
+					}
+					forms = append(forms, labels[j])
+				}
+			}
+			for _, want := range labels[len(labels)-4:] {
+				if !slices.Contains(forms, want) {
+					t.Errorf("the parallel Backfiller never sent plan's %q", want)
+				}
+			}
 		})
+	}
+}
+
+// emptyGreen deletes green's rows under the sync flag (green's write gate
+// lets only greenswap's own writes through before synced).
+func emptyGreen(t *testing.T, f *fixture) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	flag, args := trigger.SyncFlagSQL(f.names)
+	if _, err := tx.Exec(ctx, flag, args...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "DELETE FROM "+db.Ident(f.names.Green.Schema, f.names.Green.Name)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

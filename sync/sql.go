@@ -31,7 +31,14 @@ var sessionSQL = rowsql.SelectSettings(rowsql.CopySettings("$1", "$2")...)
 // skipped (about half the query's time at 50,000 rows).
 // Args: the cursor values (when after), then the offset (limit-1).
 func boundSQL(k rowsql.Key, blue spec.QualifiedName, after bool) string {
-	where, ps := k.Range(after, false, 1)
+	return boundSQLWithin(k, blue, after, false)
+}
+
+// boundSQLWithin is boundSQL inside a parallel copy's range: with upper,
+// only keys up to the range's end (bound after the cursor) count, and no
+// row means the rest of the range is the last batch.
+func boundSQLWithin(k rowsql.Key, blue spec.QualifiedName, after, upper bool) string {
+	where, ps := k.Range(after, upper, 1)
 	if where != "" {
 		where = " WHERE " + where
 	}
@@ -101,7 +108,9 @@ func batchSQLWhere(k rowsql.Key, n shadow.Names, m *shadow.Mapping, where string
 // smaller than one batch), then the same four in the ON CONFLICT form a
 // batch is redone with after a unique violation (a key of its range is in
 // green already, written by the trigger), which the next batches keep for
-// a while. BatchPreviewLabels names them. In a batch, $1.. are the last key
+// a while; last, what a parallel copy sends besides (the sample its key
+// ranges are cut from, and the upper-end queries bounded by a range's
+// end; its batches are the forms above). BatchPreviewLabels names them. In a batch, $1.. are the last key
 // copied (not in a first batch), then the range's upper key (not in a last
 // one); in a bound query, the last key copied, then the offset.
 func BatchPreview(n shadow.Names, m *shadow.Mapping, blue *shadow.Table, lockTimeout string) ([]string, error) {
@@ -122,6 +131,12 @@ func BatchPreview(n shadow.Names, m *shadow.Mapping, blue *shadow.Table, lockTim
 			out = append(out, batchSQL(k, n, m, r.after, r.upper, onConflict).SQL)
 		}
 	}
+	out = append(out,
+		splitSQL(k, n.Blue, false),
+		splitSQL(k, n.Blue, true),
+		boundSQLWithin(k, n.Blue, false, true),
+		boundSQLWithin(k, n.Blue, true, true),
+	)
 	return out, nil
 }
 
@@ -150,7 +165,12 @@ func BatchPreviewLabels() []string {
 			out = append(out, form+" "+r.what)
 		}
 	}
-	return out
+	return append(out,
+		"parallel copy (sync.workers > 1): block sample of blue's keys, cut into key ranges",
+		"parallel copy: the same sample after the cursor of a resumed one-cursor copy",
+		"parallel copy: upper end of a range's first batch, within the range",
+		"parallel copy: upper end of a later batch of a range, within the range",
+	)
 }
 
 // ConflictSpell is how many batches after a redo keep the ON CONFLICT form

@@ -71,6 +71,7 @@ Example:
 			&cli.IntFlag{Name: "batch-size", Usage: "copy exactly `N` rows per batch", DefaultText: "adaptive, toward --target-batch-time"},
 			&cli.DurationFlag{Name: "target-batch-time", Usage: "adaptive batch sizing aims each batch at this `DURATION`", DefaultText: "sync.target_batch_time, else 200ms"},
 			&cli.DurationFlag{Name: "max-replica-lag", Usage: "hold the backfill while a standby's replay lag exceeds `DURATION`", DefaultText: "sync.max_replica_lag, else 10s"},
+			&cli.IntFlag{Name: "workers", Usage: "copy blue's key ranges on `N` sessions at once (1: one cursor); about a core of the server each", DefaultText: fmt.Sprintf("sync.workers, else %d", spec.DefaultWorkers)},
 			&cli.Float64Flag{Name: "nice-ratio", Usage: "after each batch, sleep `RATIO` times its duration, leaving CPU to the application (the copy takes 1+RATIO times as long)", DefaultText: "sync.nice_ratio, else 0"},
 			&cli.DurationFlag{Name: "lock-timeout", Usage: "wait at most `DURATION` per attempt for a table lock, then retry", DefaultText: "sync.lock_timeout, else 2s"},
 			&cli.BoolFlag{Name: "no-settle", Usage: "reach synced without vacuuming the filled green (VACUUM (FREEZE), paced like autovacuum): sooner, but autovacuum and the first readers then do it under the application's traffic"},
@@ -107,6 +108,7 @@ func syncAction(c *cli.Context) error {
 		MaxReplicaLag:   c.Duration("max-replica-lag"),
 		LockTimeout:     c.Duration("lock-timeout"),
 		NiceRatio:       c.Float64("nice-ratio"),
+		Workers:         c.Int("workers"),
 		SkipSettle:      c.Bool("no-settle"),
 		KeepStreaming:   c.Bool("watch"),
 	}
@@ -124,6 +126,7 @@ func syncAction(c *cli.Context) error {
 		{"max-replica-lag", opts.MaxReplicaLag < 0},
 		{"lock-timeout", opts.LockTimeout < 0},
 		{"nice-ratio", opts.NiceRatio < 0},
+		{"workers", opts.Workers < 0},
 	} {
 		if f.bad {
 			return exitcode.Errorf(exitcode.BadInput, "--%s must not be negative", f.name)
@@ -131,6 +134,9 @@ func syncAction(c *cli.Context) error {
 	}
 	if opts.NiceRatio > spec.MaxNiceRatio {
 		return exitcode.Errorf(exitcode.BadInput, "--nice-ratio %g is above %g: the copy would mostly sleep (pause it with `greenswap pause` instead)", opts.NiceRatio, spec.MaxNiceRatio)
+	}
+	if opts.Workers > spec.MaxWorkers {
+		return exitcode.Errorf(exitcode.BadInput, "--workers %d is above %d: write at most %d (each worker is a connection)", opts.Workers, spec.MaxWorkers, spec.MaxWorkers)
 	}
 	file := c.String("file")
 	if file == "" {

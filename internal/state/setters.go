@@ -54,7 +54,11 @@ func StartBackfill(ctx context.Context, q db.Querier, name, next string, estimat
 
 // BackfillCheckpoint is what one committed backfill batch records.
 type BackfillCheckpoint struct {
-	Cursor     []string
+	Cursor []string
+	// Ranges, when not nil, is a parallel copy's split, stored in the
+	// cursor column in Cursor's place as {"ranges": Ranges} (see
+	// SetRangeCheckpoint); any JSON-encodable value.
+	Ranges     any
 	RowsCopied int64
 	BatchSize  int
 	RowsPerSec float64
@@ -68,10 +72,41 @@ type BackfillCheckpoint struct {
 func SetCheckpoint(ctx context.Context, q db.Querier, name string, cp BackfillCheckpoint) error {
 	cols := map[string]any{"cursor": cp.Cursor, "rows_copied": cp.RowsCopied,
 		"batch_size": cp.BatchSize, "rows_per_sec": cp.RowsPerSec}
+	if cp.Ranges != nil {
+		cols["cursor"] = map[string]any{"ranges": cp.Ranges}
+	}
 	if cp.Done {
 		cols["phase"], cols["backfill_done_at"], cols["throttle"] = cp.Next, time.Now(), ""
 	}
 	return Update(ctx, q, name, cols)
+}
+
+// SetRangeCheckpoint records one batch of a parallel copy, in that
+// batch's transaction: element i of the stored ranges (SetCheckpoint with
+// Ranges wrote them) becomes rng, and rows_copied grows by added. Each
+// worker writes only its own element, and the UPDATE computes both from
+// the row as the last committed checkpoint left it (under READ COMMITTED
+// an UPDATE that waited for another worker's re-reads the newest row), so
+// workers committing in any order lose nothing.
+func SetRangeCheckpoint(ctx context.Context, q db.Querier, name string, i int, rng any, added int64, batchSize int, rowsPerSec float64) error {
+	js, err := json.Marshal(rng)
+	if err != nil {
+		return fmt.Errorf("encode backfill range %d of %s: %w", i, name, err)
+	}
+	tag, err := q.Exec(ctx, `UPDATE greenswap.migrations
+		SET cursor = pg_catalog.jsonb_set(cursor, ARRAY['ranges', $2::int::text], $3::jsonb, false),
+		    rows_copied = rows_copied + $4::bigint, batch_size = $5::int, rows_per_sec = $6::float8,
+		    updated_at = pg_catalog.now()
+		WHERE name = $1 AND pg_catalog.jsonb_typeof(cursor -> 'ranges') = 'array'
+		  AND pg_catalog.jsonb_array_length(cursor -> 'ranges') > $2::int`,
+		name, i, string(js), added, batchSize, rowsPerSec)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("backfill range %d of %s: the migration records no such range (the copy was restarted meanwhile?)", i, name)
+	}
+	return nil
 }
 
 // SetThrottle records why the backfill is held ("" once it runs again);
