@@ -54,6 +54,12 @@ func functionSQL(fn spec.QualifiedName, flag, searchPath string, d *shadow.Direc
 	keyOf := func(rec string) string {
 		return "(SELECT " + strings.Join(keyExprs, ", ") + " FROM (SELECT " + rec + ".*) AS s)"
 	}
+	if fwd == nil && byNameKey(d) != nil {
+		// Trigger mode, a key mapped by name: the key is a cast of the
+		// record's own fields, which plpgsql binds as parameters; no
+		// subquery over the row to plan and run for every write.
+		keyOf = func(rec string) string { return directKey(d, rec) }
+	}
 	// rowKeyOf is the "did the key change" operand: the text forms of the
 	// key, because types like numeric or a nondeterministic collation call
 	// values equal (1.0 = 1.00) that are different keys once written.
@@ -78,7 +84,7 @@ func functionSQL(fn spec.QualifiedName, flag, searchPath string, d *shadow.Direc
 		return "DELETE FROM " + target + " AS t WHERE " + lhs + " = " + keyOf(rec) + ";"
 	}
 	upsert := b.Insert("(SELECT NEW.*) AS s", rowsql.DoUpdate, "\t\t\t") + ";"
-	write, guard, move := upsert, "", upsert
+	write, guard, move := keptKeyUpdate(d, target, lhs, keyOf("NEW"), upsert), "", upsert
 	if fwd != nil {
 		// Logical mode: blue is the truth until cutover, so a row under the
 		// new key there is a conflict, never a row to overwrite (staleGuard).
@@ -91,12 +97,13 @@ func functionSQL(fn spec.QualifiedName, flag, searchPath string, d *shadow.Direc
 #variable_conflict use_column
 DECLARE
 	prev pg_catalog.text;
+	setres pg_catalog.text;
 BEGIN
 	IF TG_NAME <> %[1]s OR TG_TABLE_SCHEMA <> %[2]s OR TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'ROW' THEN
 		%[3]s
 	END IF;
 	prev := pg_catalog.current_setting(%[4]s, true);
-	PERFORM pg_catalog.set_config(%[4]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);%[12]s%[5]s
+	setres := pg_catalog.set_config(%[4]s, pg_catalog.pg_trigger_depth()::pg_catalog.text, true);%[12]s%[5]s
 	IF TG_OP = 'DELETE' THEN
 		%[6]s
 	ELSIF TG_OP = 'UPDATE' AND %[7]s IS DISTINCT FROM %[8]s THEN
@@ -104,7 +111,7 @@ BEGIN
 	ELSE
 		%[10]s
 	END IF;%[11]s
-	PERFORM pg_catalog.set_config(%[4]s, COALESCE(prev, ''), true);
+	setres := pg_catalog.set_config(%[4]s, COALESCE(prev, ''), true);
 	RETURN NULL;
 END`,
 		db.Literal(n.Trigger), db.Literal(d.Source.Schema), misfiredSQL(fn, n, n.Trigger, d.Source),
@@ -113,6 +120,62 @@ END`,
 	return "CREATE OR REPLACE FUNCTION " + db.Ident(fn.Schema, fn.Name) +
 		"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = " + shadow.SearchPathFor(searchPath) +
 		" AS " + dollarQuote(body)
+}
+
+// keptKeyUpdate is what trigger mode does for an INSERT (the upsert) and
+// for an UPDATE that keeps the target key: a plain UPDATE of the target row
+// by key, which is all a synced pair needs, and the upsert only when no row
+// has the key (the backfill has not copied it yet, or is copying it right
+// now: the upsert then waits for the batch and overwrites its copy, as
+// before, so trap 1 stays closed). The UPDATE skips the upsert's conflict
+// probe of the unique index and its row lock (a second WAL record and page
+// write on every synced write); it sets what the upsert's DO UPDATE sets
+// (Direction.UpdateSet's columns), so the row it leaves is the same.
+// Without such a column (every written column is the key or GENERATED
+// ALWAYS) the upsert's DO NOTHING stays.
+func keptKeyUpdate(d *shadow.Direction, target, lhs, newKey, upsert string) string {
+	var sets, cols, exprs []string
+	direct := true
+	for _, c := range d.Columns {
+		if slices.Contains(d.TargetKey, c.Target) || c.Identity == "a" {
+			continue
+		}
+		cols = append(cols, db.Ident(c.Target))
+		exprs = append(exprs, d.ValueExpr(c.Target))
+		sets = append(sets, db.Ident(c.Target)+" = "+directValue(c, "NEW"))
+		direct = direct && !c.Explicit
+	}
+	if len(cols) == 0 {
+		return upsert
+	}
+	set := "(" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") + " FROM (SELECT NEW.*) AS s)"
+	if direct {
+		// Every column by name: casts of NEW's fields, no subquery.
+		set = strings.Join(sets, ", ")
+	}
+	return "IF TG_OP = 'UPDATE' THEN\n\t\t\tUPDATE " + target + " AS t SET " + set + " WHERE " + lhs + " = " + newKey + ";" +
+		"\n\t\t\tIF NOT FOUND THEN\n\t\t\t\t" + strings.ReplaceAll(upsert, "\n\t\t\t", "\n\t\t\t\t") + "\n\t\t\tEND IF;" +
+		"\n\t\tELSE\n\t\t\t" + upsert + "\n\t\tEND IF;"
+}
+
+// directValue is a column mapped by name, computed from the record's field
+// itself: CAST((NEW."c") AS type), the same value as ValueExpr over a
+// subquery of the row.
+func directValue(c shadow.ColumnMap, rec string) string {
+	return "CAST((" + rec + "." + db.Ident(c.Target) + ") AS " + c.Type + ")"
+}
+
+// directKey is the target key of rec when every key column maps by name:
+// the cast field, or a row of them for a composite key.
+func directKey(d *shadow.Direction, rec string) string {
+	parts := make([]string, len(d.TargetKey))
+	for i, k := range d.TargetKey {
+		parts[i] = directValue(*d.Column(k), rec)
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return "ROW(" + strings.Join(parts, ", ") + ")"
 }
 
 // rekey is what an UPDATE that changes the key does on the target (trap 13):
