@@ -108,6 +108,11 @@ func TestSplitFinalizeHeldByBlueWriter(t *testing.T) {
 // refused (42501) while a green has RLS, and works again without it.
 func TestSplitRLSThroughInvokerViews(t *testing.T) {
 	t.Parallel()
+	if pgtest.ServerMajor(t) < 15 {
+		// No security_invoker views before 15: the split's views read as
+		// their owner there (documented; cutover refuses RLS on a green).
+		t.Skip("security_invoker views need PostgreSQL 15")
+	}
 	ctx := context.Background()
 	var rw string
 	env, dsn := cutOverSplitUsers(ctx, t, func(dsn string) {
