@@ -327,6 +327,34 @@ type runState struct {
 	total int64 // rows copied, all runs together, as committed
 	res   *Result
 	hold  gosync.Mutex // the throttles are asked by one worker at a time
+	// busy is the backends of the parallel copy's batches in flight: a
+	// batch's lock-waiter watch does not count its siblings.
+	busy map[uint32]bool
+}
+
+func (st *runState) addPID(pid uint32) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.busy == nil {
+		st.busy = map[uint32]bool{}
+	}
+	st.busy[pid] = true
+}
+
+func (st *runState) dropPID(pid uint32) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	delete(st.busy, pid)
+}
+
+func (st *runState) pids() []int32 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	out := make([]int32, 0, len(st.busy))
+	for p := range st.busy {
+		out = append(out, int32(p))
+	}
+	return out
 }
 
 // runRanges copies every range not done, up to opt.Workers at once (each
@@ -544,7 +572,14 @@ func (b *Backfiller) runBatch(ctx context.Context, st *runState, idx int, r *Ran
 		return Batch{}, 0, err
 	}
 	defer tx.Rollback(ctx)
-	watch := startWaiterWatch(ctx, b.Pool, tx.Conn().PgConn().PID())
+	pid := tx.Conn().PgConn().PID()
+	var siblings func() []int32
+	if idx >= 0 {
+		st.addPID(pid)
+		defer st.dropPID(pid)
+		siblings = st.pids
+	}
+	watch := startWaiterWatch(ctx, b.Pool, pid, siblings)
 	batch, err := b.copyBatch(ctx, tx, r.At, r.Hi, size, onConflict)
 	if err != nil {
 		watch.stop()

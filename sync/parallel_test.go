@@ -268,3 +268,54 @@ func TestParallelBackfillPauseHoldsEveryWorker(t *testing.T) {
 		t.Fatalf("%d rows differ", d)
 	}
 }
+
+// The workers of a parallel copy checkpoint into one row (the runner's
+// migrations row), so a worker's checkpoint queues behind a sibling's
+// until that batch commits. That is not an application waiting on the
+// copy's locks: whatever the sessions' application_name, no batch is
+// halved or paused for it. (Each checkpoint holds the row 150 ms, past
+// the watch's 100 ms poll, so the siblings are seen waiting.)
+func TestParallelBackfillSiblingsAreNotWaiters(t *testing.T) {
+	t.Parallel()
+	f := setup(t, ordersTable, ordersSpec)
+	f.exec(t, `CREATE TABLE progress (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO progress VALUES (1, 0)`)
+	bf := f.backfiller(t, gssync.Options{BatchSize: 100, Fixed: true, Workers: 3, RangeRows: 200})
+	inner := bf.Checkpoint
+	var waited atomic.Int64
+	bf.Checkpoint = func(ctx context.Context, tx pgx.Tx, cp gssync.Checkpoint) error {
+		if _, err := tx.Exec(ctx, `UPDATE progress SET n = n + $1 WHERE id = 1`, cp.Added); err != nil {
+			return err
+		}
+		if cp.Part != nil {
+			if _, err := tx.Exec(ctx, `SELECT pg_sleep(0.15)`); err != nil {
+				return err
+			}
+			var n int
+			// Seen from inside: someone queues behind this batch now?
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE NOT granted AND pg_backend_pid() = ANY (pg_blocking_pids(pid))`).Scan(&n); err == nil && n > 0 {
+				waited.Add(1)
+			}
+		}
+		return inner(ctx, tx, cp)
+	}
+	res, err := bf.Run(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Done || res.Rows != 2000 {
+		t.Fatalf("result %+v", res)
+	}
+	if waited.Load() == 0 {
+		t.Fatal("no worker ever queued behind another's checkpoint: the test proves nothing")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.throttles {
+		if r != "" {
+			t.Fatalf("throttle reasons %q: the siblings were taken for application sessions", f.throttles)
+		}
+	}
+	if n := f.count(t, `SELECT n FROM progress`); n != 2000 {
+		t.Fatalf("progress %d, want 2000", n)
+	}
+}

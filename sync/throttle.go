@@ -144,6 +144,13 @@ const LockWaitersSQL = `SELECT pg_catalog.count(DISTINCT l.pid) FROM pg_locks l
 	WHERE NOT l.granted AND $1 = ANY (pg_catalog.pg_blocking_pids(l.pid))
 	  AND coalesce(a.application_name, '') NOT LIKE 'greenswap%'`
 
+// lockWaitersExceptSQL is LockWaitersSQL leaving out the backends in $2
+// too: the other workers of a parallel copy, whose checkpoints queue on
+// the migration's row while a batch commits. They are greenswap's own
+// whatever application_name the DSN gives them.
+const lockWaitersExceptSQL = LockWaitersSQL + `
+	  AND l.pid <> ALL ($2::int4[])`
+
 // LockWaiters counts the sessions now waiting on locks held by backend pid.
 func LockWaiters(ctx context.Context, q db.Querier, pid uint32) (int, error) {
 	var n int
@@ -162,7 +169,9 @@ type waiterWatch struct {
 // batches shorter than that are never checked (and hold their locks briefly).
 const waiterPoll = 100 * time.Millisecond
 
-func startWaiterWatch(ctx context.Context, q db.Querier, pid uint32) *waiterWatch {
+// siblings, when set, is the backends of the other workers of a parallel
+// copy, not counted as waiters.
+func startWaiterWatch(ctx context.Context, q db.Querier, pid uint32, siblings func() []int32) *waiterWatch {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &waiterWatch{cancel: cancel, done: make(chan int, 1)}
 	go func() {
@@ -176,7 +185,14 @@ func startWaiterWatch(ctx context.Context, q db.Querier, pid uint32) *waiterWatc
 				return
 			case <-t.C:
 			}
-			if n, err := LockWaiters(ctx, q, pid); err == nil && n > most {
+			var n int
+			var err error
+			if siblings == nil {
+				n, err = LockWaiters(ctx, q, pid)
+			} else {
+				err = q.QueryRow(ctx, lockWaitersExceptSQL, int32(pid), siblings()).Scan(&n)
+			}
+			if err == nil && n > most {
 				most = n
 			}
 		}
