@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"sync"
-	"sync/atomic"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5"
 
-	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
 )
@@ -41,69 +38,19 @@ func TestCopyYieldsToTheAppInLockCycles(t *testing.T) {
 		INSERT INTO pairs (id, note) SELECT g, 'n' || g FROM generate_series(1, %d) g;
 		ANALYZE pairs;`, rows))
 	env := syncTestEnv(t, dsn)
-	app, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var ops, deadlocks atomic.Int64
-	var mu sync.Mutex
-	var errs []error
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 20))
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				err := func() error {
-					tx, err := app.Begin(ctx)
-					if err != nil {
-						return err
-					}
-					defer tx.Rollback(ctx)
-					lo := 1 + rng.Int64N(rows-40)
-					hi := lo + 1 + rng.Int64N(30)
-					if _, err := tx.Exec(ctx, `UPDATE public.pairs SET v = v + 1 WHERE id = $1`, hi); err != nil {
-						return err
-					}
-					if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_sleep(0.002)`); err != nil {
-						return err
-					}
-					if _, err := tx.Exec(ctx, `UPDATE public.pairs SET v = v + 1 WHERE id = $1`, lo); err != nil {
-						return err
-					}
-					return tx.Commit(ctx)
-				}()
-				if err == nil {
-					ops.Add(1)
-					continue
-				}
-				if db.SQLState(err) == db.DeadlockDetected {
-					deadlocks.Add(1)
-				}
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
+	app := startAppTx(t, dsn, 8, 20, func(ctx context.Context, tx pgx.Tx, rng *rand.Rand) error {
+		lo := 1 + rng.Int64N(rows-40)
+		hi := lo + 1 + rng.Int64N(30)
+		for _, q := range []struct {
+			sql string
+			arg any
+		}{{`UPDATE public.pairs SET v = v + 1 WHERE id = $1`, hi}, {`SELECT pg_catalog.pg_sleep($1)`, 0.002}, {`UPDATE public.pairs SET v = v + 1 WHERE id = $1`, lo}} {
+			if _, err := tx.Exec(ctx, q.sql, q.arg); err != nil {
+				return err
 			}
-		}()
-	}
-	halted := false
-	halt := func() {
-		if !halted {
-			halted = true
-			close(stop)
-			wg.Wait()
 		}
-	}
-	defer halt()
+		return nil
+	})
 	st, err := Sync(ctx, env, syncSpec(t, `
 name: pairs
 table: public.pairs
@@ -115,22 +62,14 @@ forward:
 reverse:
   v: v::int
 `), SyncOptions{BatchSize: 50})
-	halt()
+	app.stop()
 	if err != nil {
 		t.Fatalf("sync: %v", err)
 	}
 	if st.State != state.Synced {
 		t.Fatalf("sync ended %s", st.State)
 	}
-	if n := deadlocks.Load(); n > 0 {
-		t.Fatalf("%d app transactions were chosen as a deadlock's victim (40P01) against the copy; first: %v", n, errs[0])
-	}
-	if len(errs) > 0 {
-		t.Fatalf("%d app transactions failed, first: %v", len(errs), errs[0])
-	}
-	if ops.Load() == 0 {
-		t.Fatal("the app committed nothing: the workload did not run")
-	}
+	app.check(t, "the copy")
 	diff := syncCount(t, pool, `SELECT count(*) FROM (
 		(SELECT id, v::bigint, note FROM gs_pairs_blue.pairs EXCEPT ALL SELECT id, v, note FROM gs_pairs_green.pairs)
 		UNION ALL
@@ -138,5 +77,5 @@ reverse:
 	if diff != 0 {
 		t.Fatalf("green differs from blue in %d rows", diff)
 	}
-	t.Logf("app: %d transactions, none failed; sync retried %d batches", ops.Load(), st.Retries)
+	t.Logf("app: %d transactions, none failed; sync retried %d batches", app.ops.Load(), st.Retries)
 }

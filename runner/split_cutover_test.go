@@ -3,8 +3,6 @@ package runner
 import (
 	"context"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,14 +22,7 @@ func syncedSplitUsers(ctx context.Context, t *testing.T) (*Env, *pgxpool.Pool, *
 	t.Helper()
 	dsn := pgtest.NewDB(t)
 	pgtest.Exec(t, dsn, splitUsersSeed)
-	p := filepath.Join(t.TempDir(), "su.yaml")
-	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spec.LoadSpecFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp := splitUsersSpec(t)
 	env := testEnv(t, dsn)
 	app, err := pgxpool.New(ctx, dsn)
 	if err != nil {
@@ -242,14 +233,7 @@ func TestSplitInboundForeignKey(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.NewDB(t)
 	pgtest.Exec(t, dsn, splitUsersSeed+`; CREATE TABLE sessions (id bigint PRIMARY KEY, user_id bigint CONSTRAINT sessions_user_fk REFERENCES users)`)
-	p := filepath.Join(t.TempDir(), "su.yaml")
-	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spec.LoadSpecFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp := splitUsersSpec(t)
 	env := testEnv(t, dsn)
 	res, err := Plan(ctx, env, sp, PlanOptions{})
 	if err != nil {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +16,6 @@ import (
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/internal/testkit"
-	"github.com/greenswap/greenswap/spec"
 )
 
 // cutOverSplitUsers is the users split of splitUsersSeed synced and cut
@@ -30,14 +27,7 @@ func cutOverSplitUsers(ctx context.Context, t *testing.T, setup func(dsn string)
 	if setup != nil {
 		setup(dsn)
 	}
-	p := filepath.Join(t.TempDir(), "su.yaml")
-	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spec.LoadSpecFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp := splitUsersSpec(t)
 	env := testEnv(t, dsn)
 	if _, err := Sync(ctx, env, sp, SyncOptions{}); err != nil {
 		t.Fatal(err)
@@ -252,14 +242,7 @@ func TestSplitFinalizeIdentityKey(t *testing.T) {
 		prefs jsonb, last_seen_at timestamptz, legacy_col text);
 	INSERT INTO users (email, bio) SELECT 'u' || g || '@x', 'bio ' || g FROM generate_series(1, 500) g;
 	SELECT setval(pg_get_serial_sequence('users', 'id'), 900)`)
-	p := filepath.Join(t.TempDir(), "su.yaml")
-	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spec.LoadSpecFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp := splitUsersSpec(t)
 	env := testEnv(t, dsn)
 	if _, err := Sync(ctx, env, sp, SyncOptions{}); err != nil {
 		t.Fatal(err)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +13,6 @@ import (
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/testkit"
-	"github.com/greenswap/greenswap/spec"
 )
 
 var tablePrivileges = []string{"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"}
@@ -117,14 +114,7 @@ func TestSplitGrantsCarried(t *testing.T) {
 	testkit.CreateRole(t, dsn, ro, "GRANT SELECT ON users TO {role}")
 	testkit.CreateRole(t, dsn, rw, "GRANT SELECT, INSERT, UPDATE, DELETE ON users TO {role}", "GRANT USAGE ON SEQUENCE users_id_seq TO {role}")
 	roles := []splitRoleCase{{role: ro, privs: "SELECT"}, {role: rw, privs: "SELECT,INSERT,UPDATE,DELETE", write: true}}
-	p := filepath.Join(t.TempDir(), "su.yaml")
-	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spec.LoadSpecFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp := splitUsersSpec(t)
 	env := testEnv(t, dsn)
 	if _, err := Sync(ctx, env, sp, SyncOptions{}); err != nil {
 		t.Fatal(err)

@@ -56,14 +56,7 @@ func TestSyncSplitUnderWriters(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.NewDB(t)
 	pgtest.Exec(t, dsn, splitUsersSeed)
-	p := filepath.Join(t.TempDir(), "su.yaml")
-	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spec.LoadSpecFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp := splitUsersSpec(t)
 	env := testEnv(t, dsn)
 	app, err := pgxpool.New(ctx, dsn) // the application's sessions (greenswap's pin search_path to pg_catalog)
 	if err != nil {
@@ -143,4 +136,18 @@ func TestSyncSplitUnderWriters(t *testing.T) {
 	if row, _ := state.Get(ctx, env.Pool, "su"); row.State != state.RolledBack {
 		t.Errorf("after rollback the state is %s", row.State)
 	}
+}
+
+// splitUsersSpec is splitUsersSpecYAML loaded as a spec file would be.
+func splitUsersSpec(t *testing.T) *spec.Spec {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "su.yaml")
+	if err := os.WriteFile(p, []byte(splitUsersSpecYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spec.LoadSpecFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sp
 }

@@ -3,13 +3,10 @@ package runner
 import (
 	"context"
 	"math/rand/v2"
-	"sync"
-	"sync/atomic"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5"
 
-	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/state"
 )
 
@@ -29,69 +26,17 @@ func TestTablesSyncStepsDeadlockNoApp(t *testing.T) {
 	pool, dsn := syncNewDB(t)
 	coExec(t, pool, tablesSchema(400, 2))
 	env := syncTestEnv(t, dsn)
-	app, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var ops, deadlocks atomic.Int64
-	var mu sync.Mutex
-	var errs []error
-	for w := range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 14))
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				err := func() error {
-					tx, err := app.Begin(ctx)
-					if err != nil {
-						return err
-					}
-					defer tx.Rollback(ctx)
-					id := 1 + rng.IntN(400)
-					if _, err := tx.Exec(ctx, `UPDATE public.order_items SET qty = qty + 1 WHERE order_id = $1`, id); err != nil {
-						return err
-					}
-					if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_sleep(0.003)`); err != nil {
-						return err
-					}
-					if _, err := tx.Exec(ctx, `UPDATE public.orders SET amount = amount + 1 WHERE id = $1`, id); err != nil {
-						return err
-					}
-					return tx.Commit(ctx)
-				}()
-				if err == nil {
-					ops.Add(1)
-					continue
-				}
-				if db.SQLState(err) == db.DeadlockDetected {
-					deadlocks.Add(1)
-				}
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	halt := func() {
-		close(stop)
-		wg.Wait()
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			halt()
+	app := startAppTx(t, dsn, 6, 14, func(ctx context.Context, tx pgx.Tx, rng *rand.Rand) error {
+		id := 1 + rng.IntN(400)
+		if _, err := tx.Exec(ctx, `UPDATE public.order_items SET qty = qty + 1 WHERE order_id = $1`, id); err != nil {
+			return err
 		}
-	}()
+		if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_sleep(0.003)`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE public.orders SET amount = amount + 1 WHERE id = $1`, id)
+		return err
+	})
 	step := func(what string, err error) {
 		t.Helper()
 		if err != nil {
@@ -103,26 +48,19 @@ func TestTablesSyncStepsDeadlockNoApp(t *testing.T) {
 	if st.State != state.Synced {
 		t.Fatalf("sync ended %s", st.State)
 	}
-	before := ops.Load()
+	before := app.ops.Load()
 	_, err = VerifyMigration(ctx, env, "dl", VerifyOptions{})
 	step("verify", err)
 	_, err = Cutover(ctx, env, "dl", CutoverOptions{SkipVerify: true})
 	step("cutover", err)
 	_, err = Rollback(ctx, env, "dl", SwapCommandOptions{})
 	step("rollback", err)
-	halt()
-	stopped = true
-	if n := deadlocks.Load(); n > 0 {
-		t.Fatalf("%d app transactions were chosen as a deadlock's victim (40P01), first errors: %v", n, errs[:min(3, len(errs))])
-	}
-	if len(errs) > 0 {
-		t.Fatalf("%d app transactions failed, first: %v", len(errs), errs[0])
-	}
-	if ops.Load() == 0 || ops.Load() == before {
-		t.Fatalf("the app committed %d transactions (%d after sync): the workload did not run through the steps", ops.Load(), ops.Load()-before)
+	app.check(t, "the steps")
+	if app.ops.Load() == before {
+		t.Fatal("the app committed nothing after sync: the workload did not run through the steps")
 	}
 	if o, i := tablesDiff(t, pool, "dl"); o != 0 || i != 0 {
 		t.Fatalf("green differs from blue: %d orders, %d items", o, i)
 	}
-	t.Logf("app: %d transactions, none failed", ops.Load())
+	t.Logf("app: %d transactions, none failed", app.ops.Load())
 }
