@@ -13,7 +13,7 @@ import (
 // quietly replace or could not honour: a non-finite number (NaN slips past
 // every range check, as no comparison with it holds) and a --lock-timeout
 // of zero or less, which the library reads as "the default" and PostgreSQL
-// would read as "wait forever". The operator asked for something and must
+// would read as "wait forever", and any negative duration. The operator asked for something and must
 // learn they did not get it. Run before each action and again after the
 // flags written after a migration name are applied.
 func checkFlagValues(c *cli.Context) error {
@@ -32,9 +32,15 @@ func checkFlagValues(c *cli.Context) error {
 					name, v, c.Command.Name)
 			}
 		case *cli.DurationFlag:
-			if v := c.Duration(name); name == "lock-timeout" && v <= 0 {
+			v := c.Duration(name)
+			if name == "lock-timeout" && v <= 0 {
 				return exitcode.Errorf(exitcode.BadInput,
 					"--lock-timeout %s: give a positive duration such as 500ms (PostgreSQL's 0 waits for a lock forever, with the application's queries queued behind it)", v.Round(time.Millisecond))
+			}
+			if v < 0 {
+				// No duration of greenswap's means anything below zero; a
+				// negative --quiet-period used to finalize without watching.
+				return exitcode.Errorf(exitcode.BadInput, "--%s %s: give a duration of zero or more (see `greenswap %s --help`)", name, v, c.Command.Name)
 			}
 		}
 	}
