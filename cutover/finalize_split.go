@@ -197,7 +197,9 @@ func splitSequences(ctx context.Context, q db.Querier, r *splitRels, p *Finalize
 				}
 			}
 			gc := r.tables[g.Spec].Column(col)
-			if col == "" || gc == nil || gc.Default != "" || gc.Identity != "" || gc.Generated != "" {
+			// A root green's key already drawing from blue's sequence (sync
+			// gave it blue's default) is a carrier still: its sequence moves.
+			if col == "" || gc == nil || (gc.Default != "" && gc.Default != c.Default) || gc.Identity != "" || gc.Generated != "" {
 				continue
 			}
 			if k == primary {

@@ -130,10 +130,29 @@ func TestSplitGrantsCarried(t *testing.T) {
 	if rep, err := VerifyMigration(ctx, env, "su", VerifyOptions{}); err != nil || !rep.OK() {
 		t.Fatalf("verify of a split with grants: %+v, %v", rep, err)
 	}
+	// A new-shape client inserts without a key, before cutover and after:
+	// the root green draws from blue's sequence (break11 split 02: it had
+	// no default until finalize), and the row reaches blue under that id.
+	newShape := func(when string) {
+		t.Helper()
+		c := testkit.ConnectAs(t, dsn, rw)
+		var id int64
+		if _, err := c.Exec(ctx, `SET search_path TO gs_su_green, public`); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.QueryRow(ctx, `INSERT INTO users (email, name) VALUES ('new@x', $1) RETURNING id`, when).Scan(&id); err != nil {
+			t.Fatalf("%s: a new-shape insert without a key: %v", when, err)
+		}
+		if n := testkit.Count(t, env.Pool, `SELECT count(*) FROM gs_su_blue.users WHERE id = $1 AND name = $2`, id, when); n != 1 || id <= 3000 {
+			t.Fatalf("%s: the new-shape insert got id %d; blue has %d rows of it", when, id, n)
+		}
+	}
+	newShape("before cutover")
 	swap := SwapCommandOptions{Out: io.Discard, MaxAttempts: 50}
 	if _, err := Cutover(ctx, env, "su", CutoverOptions{SwapCommandOptions: swap}); err != nil {
 		t.Fatalf("cutover of a split with grants: %v", err)
 	}
+	newShape("after cutover")
 	names := []string{"public.users", "public.user_profiles", "public.user_activity"}
 	checkSplitRoles(ctx, t, dsn, roles, append(names, greens...), "after cutover")
 	if _, err := Rollback(ctx, env, "su", swap); err != nil {

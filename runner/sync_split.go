@@ -8,6 +8,7 @@ package runner
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -150,6 +151,16 @@ func (sr *splitRun) createGreens(ctx context.Context) error {
 		if err := sr.load(ctx, tx); err != nil {
 			return err
 		}
+		keyDefaults, err := sr.keyDefaultSQL(ctx, tx, blue)
+		if err != nil {
+			return err
+		}
+		for _, q := range keyDefaults {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				return err
+			}
+		}
+		sql = append(sql, keyDefaults...)
 		install := trigger.SplitInstallStep(sr.names, sr.mapping, blue.Owner)
 		if err := execStep(ctx, tx, install); err != nil {
 			return err
@@ -282,4 +293,34 @@ func (sr *splitRun) enableReverse(ctx context.Context) error {
 	sr.phase, sr.row.State, sr.stats.State = PhaseNone, state.Synced, state.Synced
 	sr.log.Info().Int("greens", len(sr.names)).Msg("synced: blue and every green are kept equal in both directions")
 	return nil
+}
+
+// keyDefaultSQL gives each root green's key column blue's sequence default
+// (a serial key's nextval), so a client of the new shape inserting without
+// a key gets an id from the very sequence blue's inserts draw from: ids
+// written through either shape never collide (trap 4, as for one table's
+// green). finalize keeps the default and hands the sequence to the green
+// named like the table. An identity key is not shared this way (finalize
+// continues it in a new sequence).
+func (sr *splitRun) keyDefaultSQL(ctx context.Context, q db.Querier, blue *shadow.Table) ([]string, error) {
+	var out []string
+	for k := range sr.mapping.Greens {
+		g := &sr.mapping.Greens[k]
+		if !g.Root {
+			continue
+		}
+		nm := sr.names[g.Spec]
+		green, err := shadow.LoadTable(ctx, q, nm.Green)
+		if err != nil {
+			return nil, err
+		}
+		for i, key := range sr.mapping.Key {
+			bc, gc := blue.Column(key), green.Column(g.KeyOf[i])
+			if bc == nil || gc == nil || !strings.Contains(bc.Default, "nextval(") || gc.Default != "" || gc.Identity != "" || gc.Generated != "" {
+				continue
+			}
+			out = append(out, "ALTER TABLE "+db.Ident(nm.Green.Schema, nm.Green.Name)+" ALTER COLUMN "+db.Ident(gc.Name)+" SET DEFAULT "+bc.Default)
+		}
+	}
+	return out, nil
 }

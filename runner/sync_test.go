@@ -141,7 +141,10 @@ func TestSyncInterruptAndResume(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := Sync(ctx, env, syncSpec(t, syncOrdersSpec("o", false)), SyncOptions{BatchSize: 200})
+		// One worker: this is the one-cursor checkpoint (a parallel copy's
+		// ranges: TestSyncParallelResumeAfterCancel); the resume below may
+		// split what is left.
+		_, err := Sync(ctx, env, syncSpec(t, syncOrdersSpec("o", false)), SyncOptions{BatchSize: 200, Workers: 1})
 		done <- err
 	}()
 	syncWaitFor(t, 30*time.Second, "some batches", func() bool {

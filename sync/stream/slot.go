@@ -267,10 +267,65 @@ func DropSlotAndPublication(ctx context.Context, q db.Querier, n shadow.Names) e
 }
 
 func dropPublication(ctx context.Context, q db.Querier, n shadow.Names) error {
+	if b, ok := q.(interface {
+		Begin(context.Context) (pgx.Tx, error)
+	}); ok {
+		for attempt := 0; attempt < 20; attempt++ {
+			err := dropPublicationLocked(ctx, b, n)
+			if err == nil {
+				return nil
+			}
+			if st := db.SQLState(err); st != db.LockNotAvailable && st != db.DeadlockDetected {
+				return fmt.Errorf("drop publication %s: %w", n.Publication, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(10+attempt*10) * time.Millisecond):
+			}
+		}
+		// The tables stayed busy: drop it as before, unlocked.
+	}
 	if _, err := q.Exec(ctx, "DROP PUBLICATION IF EXISTS "+db.Ident(n.Publication)); err != nil {
 		return fmt.Errorf("drop publication %s: %w", n.Publication, err)
 	}
 	return nil
+}
+
+// dropPublicationLocked drops the publication while holding its tables
+// IN SHARE MODE (taken as every lock set of greenswap's: shadow.LockInOrder,
+// a short budget): a write to a published table that builds its
+// publication list while the publication goes can fail with "cache lookup
+// failed for publication" (XX000), an app error seen under load at cutover.
+// Held off for the drop's milliseconds, the writers find it gone.
+func dropPublicationLocked(ctx context.Context, b interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, n shadow.Names) error {
+	tx, err := b.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	rows, err := tx.Query(ctx, `SELECT pg_catalog.quote_ident(schemaname) || '.' || pg_catalog.quote_ident(tablename)
+		FROM pg_catalog.pg_publication_tables WHERE pubname = $1 ORDER BY 1`, n.Publication)
+	if err != nil {
+		return err
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	var locks []shadow.OrderedLock
+	for _, t := range tables {
+		locks = append(locks, shadow.TableLock(t, "SHARE"))
+	}
+	if _, err := shadow.LockInOrder(ctx, tx, locks, 200*time.Millisecond); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "DROP PUBLICATION IF EXISTS "+db.Ident(n.Publication)); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }
 
 func dropSlot(ctx context.Context, q db.Querier, slot string) error {
