@@ -81,7 +81,7 @@ func ReadEchoTokenSQL(n shadow.Names) string {
 func reverseLogicalSQL(n shadow.Names, m *shadow.Mapping) []string {
 	b, e := echoMarker(n, EchoBegin), echoMarker(n, EchoEnd)
 	return []string{
-		functionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse, b, e, &m.Forward),
+		functionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse, b, e, &m.Forward, ""),
 		truncateFunctionSQL(truncateFunc(n.ReverseFunc), n.SyncFlag, n.Blue, b, e),
 	}
 }
@@ -151,7 +151,7 @@ func SetForwardSQL(n shadow.Names, on bool) []string {
 // TestRetireUnderWorkload when it was dropped here).
 func PlainReverseSQL(n shadow.Names, m *shadow.Mapping) []string {
 	return []string{
-		FunctionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse),
+		ReverseFunctionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, m),
 		TruncateFunctionSQL(truncateFunc(n.ReverseFunc), n.SyncFlag, n.Blue),
 	}
 }

@@ -34,7 +34,40 @@ import (
 // was fired by its own trigger on its own side's schema, every name it
 // writes is schema-qualified, and its search_path names pg_temp last.
 func FunctionSQL(fn spec.QualifiedName, flag, appSchema string, d *shadow.Direction) string {
-	return functionSQL(fn, flag, appSchema, d, "", "", nil)
+	return functionSQL(fn, flag, appSchema, d, "", "", nil, "")
+}
+
+// ReverseFunctionSQL is FunctionSQL of m's reverse direction (green →
+// blue). When green's key has columns beyond blue's (green (tenant_id, id)
+// over blue (id)), two green rows can hold one blue key: a write through
+// green whose blue key is blue's row of another green key must not
+// overwrite that row (it would be another tenant's, written with the
+// owner's rights): the upsert updates only a blue row whose green key is
+// the new row's (sameGreenRow) and otherwise fails with 23505, as a
+// duplicate key in blue does (TestReverseUpsertNeverTakesAnotherGreenRow).
+func ReverseFunctionSQL(fn spec.QualifiedName, flag, appSchema string, m *shadow.Mapping) string {
+	return functionSQL(fn, flag, appSchema, &m.Reverse, "", "", nil, sameGreenRow(m))
+}
+
+// sameGreenRow is the DO UPDATE condition of the reverse upsert that
+// holds when the conflicting blue row maps to the new green row's key:
+// each green key column blue's key does not have, computed by the forward
+// mapping from the existing blue row, equals NEW's. "" when green's key is blue's.
+func sameGreenRow(m *shadow.Mapping) string {
+	var conds []string
+	for _, k := range m.Forward.TargetKey {
+		if slices.Contains(m.Key, k) {
+			if c := m.Forward.Column(k); c != nil && !c.Explicit {
+				continue
+			}
+		}
+		// Over a row of the existing blue row's fields (named by the
+		// target's own name: its bare columns would be ambiguous with
+		// EXCLUDED's), so the forward expression reads blue's columns.
+		conds = append(conds, "(SELECT "+m.Forward.ValueExpr(k)+" FROM (SELECT "+db.Ident(m.Reverse.Target.Name)+".*) AS s)"+
+			" IS NOT DISTINCT FROM NEW."+db.Ident(k))
+	}
+	return strings.Join(conds, " AND ")
 }
 
 // functionSQL is FunctionSQL with two optional statements placed just
@@ -44,7 +77,7 @@ func FunctionSQL(fn spec.QualifiedName, flag, appSchema string, d *shadow.Direct
 // place (never inserting it), and a write onto a row the stream has not
 // brought to green yet is refused (staleGuard).
 // searchPath is the app schema (FunctionSQL's appSchema).
-func functionSQL(fn spec.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, fwd *shadow.Direction) string {
+func functionSQL(fn spec.QualifiedName, flag, searchPath string, d *shadow.Direction, before, after string, fwd *shadow.Direction, ownRow string) string {
 	n := namesOf(flag)
 	target := db.Ident(d.Target.Schema, d.Target.Name)
 	keyExprs := make([]string, len(d.TargetKey))
@@ -84,6 +117,11 @@ func functionSQL(fn spec.QualifiedName, flag, searchPath string, d *shadow.Direc
 		return "DELETE FROM " + target + " AS t WHERE " + lhs + " = " + keyOf(rec) + ";"
 	}
 	upsert := b.Insert("(SELECT NEW.*) AS s", rowsql.DoUpdate, "\t\t\t") + ";"
+	if ownRow != "" && strings.Contains(upsert, " DO UPDATE SET ") {
+		upsert = strings.TrimSuffix(upsert, ";") + "\n\t\t\tWHERE " + ownRow + ";" +
+			"\n\t\t\tIF NOT FOUND THEN\n\t\t\t\tRAISE EXCEPTION " + db.Literal(percent(fmt.Sprintf("duplicate key: %s already has this key under another key of %s", db.Ident(d.Target.Schema, d.Target.Name), db.Ident(d.Source.Schema, d.Source.Name)))) +
+			" USING ERRCODE = '23505';\n\t\t\tEND IF;"
+	}
 	write, guard, move := keptKeyUpdate(d, target, lhs, keyOf("NEW"), upsert), "", upsert
 	if fwd != nil {
 		// Logical mode: blue is the truth until cutover, so a row under the
@@ -454,7 +492,7 @@ func InstallStep(n shadow.Names, m *shadow.Mapping, owner string) shadow.Step {
 	sql := []string{
 		FunctionSQL(n.ForwardFunc, n.SyncFlag, n.App.Schema, &m.Forward),
 		TruncateFunctionSQL(truncateFunc(n.ForwardFunc), n.SyncFlag, n.Green),
-		FunctionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, &m.Reverse),
+		ReverseFunctionSQL(n.ReverseFunc, n.SyncFlag, n.App.Schema, m),
 		TruncateFunctionSQL(truncateFunc(n.ReverseFunc), n.SyncFlag, n.Blue),
 	}
 	return installStep(n, owner, sql)
