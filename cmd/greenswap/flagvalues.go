@@ -13,7 +13,7 @@ import (
 // quietly replace or could not honour: a non-finite number (NaN slips past
 // every range check, as no comparison with it holds) and a --lock-timeout
 // of zero or less, which the library reads as "the default" and PostgreSQL
-// would read as "wait forever", and any negative duration. The operator asked for something and must
+// would read as "wait forever", and a negative --quiet-period. The operator asked for something and must
 // learn they did not get it. Run before each action and again after the
 // flags written after a migration name are applied.
 func checkFlagValues(c *cli.Context) error {
@@ -37,9 +37,9 @@ func checkFlagValues(c *cli.Context) error {
 				return exitcode.Errorf(exitcode.BadInput,
 					"--lock-timeout %s: give a positive duration such as 500ms (PostgreSQL's 0 waits for a lock forever, with the application's queries queued behind it)", v.Round(time.Millisecond))
 			}
-			if v < 0 {
-				// No duration of greenswap's means anything below zero; a
-				// negative --quiet-period used to finalize without watching.
+			if name == "quiet-period" && v < 0 {
+				// A negative quiet period used to finalize without watching
+				// (an explicit 0 is the documented "do not watch").
 				return exitcode.Errorf(exitcode.BadInput, "--%s %s: give a duration of zero or more (see `greenswap %s --help`)", name, v, c.Command.Name)
 			}
 		}
