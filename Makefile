@@ -2,7 +2,7 @@
 
 GO        ?= go
 PKGS      ?= ./...
-TIMEOUT   ?= 12m
+TIMEOUT   ?= 20m
 # Majors for test-matrix, comma-separated.
 PG        ?= 14,16,17,18
 # Where test-matrix gets each major: docker = the image postgres:<major>
