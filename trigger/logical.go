@@ -103,7 +103,7 @@ func inPlaceUpdate(d *shadow.Direction, target, lhs, newKey, upsert string) stri
 	update := "NULL; -- only key columns: nothing to update"
 	if len(cols) > 0 {
 		update = "UPDATE " + target + " AS t SET (" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
-			" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " = " + newKey + ";"
+			" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " " + eq + " " + newKey + ";"
 	}
 	return "IF TG_OP = 'UPDATE' THEN\n\t\t\t" + update +
 		"\n\t\tELSE\n\t\t\t" + upsert + "\n\t\tEND IF;"
@@ -220,15 +220,15 @@ func staleGuard(d, fwd *shadow.Direction, target, lhs, oldKeyOf, newKeyOf, oldKe
 	hint := db.Literal("retry the transaction; until cutover, write each row through one shape, or use mode: trigger")
 	return `
 	IF TG_OP IN ('UPDATE', 'DELETE') THEN
-		PERFORM FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + ` FOR UPDATE OF t;
+		PERFORM FROM ` + target + ` AS t WHERE ` + lhs + ` OPERATOR(pg_catalog.=) ` + oldKeyOf + ` FOR UPDATE OF t;
 		IF NOT FOUND THEN
 			-- A concurrent DELETE and INSERT of the key: the lock waited for
 			-- it and skipped the deleted version; this statement's snapshot
 			-- sees the new row.
-			PERFORM FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + ` FOR UPDATE OF t;
+			PERFORM FROM ` + target + ` AS t WHERE ` + lhs + ` OPERATOR(pg_catalog.=) ` + oldKeyOf + ` FOR UPDATE OF t;
 		END IF;
 		IF FOUND THEN
-			IF NOT EXISTS (SELECT FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + oldKeyOf + `
+			IF NOT EXISTS (SELECT FROM ` + target + ` AS t WHERE ` + lhs + ` OPERATOR(pg_catalog.=) ` + oldKeyOf + `
 				AND (` + current + `)) THEN
 				RAISE EXCEPTION ` + stale + ` USING ERRCODE = '40001', HINT = ` + hint + `;
 			END IF;
@@ -237,7 +237,7 @@ func staleGuard(d, fwd *shadow.Direction, target, lhs, oldKeyOf, newKeyOf, oldKe
 		END IF;
 	END IF;
 	IF (TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND ` + oldKey + ` IS DISTINCT FROM ` + newKey + `))
-		AND EXISTS (SELECT FROM ` + target + ` AS t WHERE ` + lhs + ` = ` + newKeyOf + `) THEN
+		AND EXISTS (SELECT FROM ` + target + ` AS t WHERE ` + lhs + ` OPERATOR(pg_catalog.=) ` + newKeyOf + `) THEN
 		RAISE EXCEPTION ` + dup + ` USING ERRCODE = '23505', HINT = ` + hint + `;
 	END IF;`
 }

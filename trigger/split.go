@@ -92,7 +92,7 @@ func greenKeyOf(d *shadow.Direction, rec string) string {
 }
 
 func greenDelete(g *shadow.SplitGreen, target, rec string) string {
-	return "DELETE FROM " + target + " AS t WHERE " + keyColumns("t", g.Forward.TargetKey) + " = " + greenKeyOf(&g.Forward, rec) + ";"
+	return "DELETE FROM " + target + " AS t WHERE " + keyColumns("t", g.Forward.TargetKey) + " " + eq + " " + greenKeyOf(&g.Forward, rec) + ";"
 }
 
 // whereOf is true when green g's where holds for blue record rec (NULL is
@@ -154,7 +154,7 @@ func SplitViewFunctionSQL(n shadow.Names, m *shadow.SplitMapping, blueWrite *sha
 	upsert := b.Insert("(SELECT NEW.*) AS s", rowsql.DoUpdate, "\t\t\t") + ";"
 	insert := b.Insert("(SELECT NEW.*) AS s", rowsql.Plain, "\t\t\t") + ";"
 	lhs := keyColumns("t", blueWrite.TargetKey)
-	delBlue := "DELETE FROM " + blue + " AS t WHERE " + lhs + " = " + greenKeyOf(blueWrite, "OLD") + ";"
+	delBlue := "DELETE FROM " + blue + " AS t WHERE " + lhs + " " + eq + " " + greenKeyOf(blueWrite, "OLD") + ";"
 	move := rekey(blueWrite, blue, lhs, greenKeyOf(blueWrite, "OLD"), greenKeyOf(blueWrite, "NEW"), delBlue, upsert)
 	// PostgreSQL hands an INSTEAD OF trigger the view's row as the
 	// statement's snapshot read it, without a row lock or a re-check: two
@@ -175,8 +175,8 @@ func SplitViewFunctionSQL(n shadow.Names, m *shadow.SplitMapping, blueWrite *sha
 		oldKey = "(" + strings.Join(okey, ", ") + ")"
 	}
 	recheck := fmt.Sprintf(`IF TG_OP <> 'INSERT' THEN
-		PERFORM FROM %[1]s AS b WHERE %[2]s = %[3]s FOR UPDATE;
-		IF (SELECT ROW(%[4]s)::pg_catalog.text FROM %[1]s AS b WHERE %[2]s = %[3]s) IS DISTINCT FROM ROW(%[5]s)::pg_catalog.text THEN
+		PERFORM FROM %[1]s AS b WHERE %[2]s OPERATOR(pg_catalog.=) %[3]s FOR UPDATE;
+		IF (SELECT ROW(%[4]s)::pg_catalog.text FROM %[1]s AS b WHERE %[2]s OPERATOR(pg_catalog.=) %[3]s) IS DISTINCT FROM ROW(%[5]s)::pg_catalog.text THEN
 			RAISE EXCEPTION %[6]s USING ERRCODE = '40001', HINT = %[7]s;
 		END IF;
 	END IF;
@@ -289,7 +289,7 @@ func SplitReverseFunctionSQL(n shadow.Names, m *shadow.SplitMapping, g *shadow.S
 	lock := func(rec string) string {
 		return "PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(" + db.Literal("greenswap split "+migrationOf(n)) +
 			"), pg_catalog.hashtext(ROW(" + strings.Join(vals(rec), ", ") + ")::pg_catalog.text));\n\t\t" +
-			"PERFORM FROM " + blue + " AS b WHERE " + blueKey + " = " + rowOf(vals(rec)) + " FOR UPDATE;"
+			"PERFORM FROM " + blue + " AS b WHERE " + blueKey + " " + eq + " " + rowOf(vals(rec)) + " FOR UPDATE;"
 	}
 	rootHas := func(rec string) string {
 		var ex []string
@@ -303,7 +303,7 @@ func SplitReverseFunctionSQL(n shadow.Names, m *shadow.SplitMapping, g *shadow.S
 	settle := func(rec string) string {
 		from := m.RebuildFrom(n.GreenSchema, m.KeyFilter(vals(rec)))
 		return "IF " + rootHas(rec) + " THEN\n\t\t" + b.Insert(from, rowsql.DoUpdate, "\t\t") + ";\n\tELSE\n\t\tDELETE FROM " + blue +
-			" AS b WHERE " + blueKey + " = " + rowOf(vals(rec)) + ";\n\tEND IF;"
+			" AS b WHERE " + blueKey + " " + eq + " " + rowOf(vals(rec)) + ";\n\tEND IF;"
 	}
 	// The in-place move: every written column but a GENERATED ALWAYS one;
 	// a GENERATED ALWAYS key cannot move, and settles by delete and insert.
@@ -322,8 +322,8 @@ func SplitReverseFunctionSQL(n shadow.Names, m *shadow.SplitMapping, g *shadow.S
 	move := ""
 	if movable {
 		move = "UPDATE " + blue + " AS b SET (" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
-			" FROM " + m.RebuildFrom(n.GreenSchema, m.KeyFilter(vals("NEW"))) + ")\n\t\tWHERE " + blueKey + " = " + rowOf(vals("OLD")) +
-			" AND NOT EXISTS (SELECT FROM " + blue + " AS u WHERE " + keyColumns("u", m.Key) + " = " + rowOf(vals("NEW")) + ") AND (" + rootHas("NEW") + ");"
+			" FROM " + m.RebuildFrom(n.GreenSchema, m.KeyFilter(vals("NEW"))) + ")\n\t\tWHERE " + blueKey + " " + eq + " " + rowOf(vals("OLD")) +
+			" AND NOT EXISTS (SELECT FROM " + blue + " AS u WHERE " + keyColumns("u", m.Key) + " " + eq + " " + rowOf(vals("NEW")) + ") AND (" + rootHas("NEW") + ");"
 	}
 	keyText := func(rec string) string {
 		parts := make([]string, len(g.KeyOf))

@@ -37,6 +37,13 @@ func FunctionSQL(fn spec.QualifiedName, flag, appSchema string, d *shadow.Direct
 	return functionSQL(fn, flag, appSchema, d, "", "", nil, "")
 }
 
+// eq is the key comparison of every statement the sync functions run:
+// pg_catalog's operator by name, never one a role with CREATE on a schema
+// of the function's search_path planted for the key's exact types (an
+// exact match wins over pg_catalog's candidate reached through a cast,
+// whatever the path's order), which would run as the table owner.
+const eq = "OPERATOR(pg_catalog.=)"
+
 // ReverseFunctionSQL is FunctionSQL of m's reverse direction (green →
 // blue). When green's key has columns beyond blue's (green (tenant_id, id)
 // over blue (id)), two green rows can hold one blue key: a write through
@@ -64,8 +71,10 @@ func sameGreenRow(m *shadow.Mapping) string {
 		// Over a row of the existing blue row's fields (named by the
 		// target's own name: its bare columns would be ambiguous with
 		// EXCLUDED's), so the forward expression reads blue's columns.
-		conds = append(conds, "(SELECT "+m.Forward.ValueExpr(k)+" FROM (SELECT "+db.Ident(m.Reverse.Target.Name)+".*) AS s)"+
-			" IS NOT DISTINCT FROM NEW."+db.Ident(k))
+		// Compared as text (pg_catalog's text operators, whatever a
+		// planted operator for the key's own type says).
+		conds = append(conds, "(SELECT "+m.Forward.ValueExpr(k)+"::pg_catalog.text FROM (SELECT "+db.Ident(m.Reverse.Target.Name)+".*) AS s)"+
+			" IS NOT DISTINCT FROM (NEW."+db.Ident(k)+")::pg_catalog.text")
 	}
 	return strings.Join(conds, " AND ")
 }
@@ -114,7 +123,7 @@ func functionSQL(fn spec.QualifiedName, flag, searchPath string, d *shadow.Direc
 	b := rowsql.Builder{Dir: d, Into: target}
 	lhs := keyColumns("t", d.TargetKey)
 	deleteBy := func(rec string) string {
-		return "DELETE FROM " + target + " AS t WHERE " + lhs + " = " + keyOf(rec) + ";"
+		return "DELETE FROM " + target + " AS t WHERE " + lhs + " " + eq + " " + keyOf(rec) + ";"
 	}
 	upsert := b.Insert("(SELECT NEW.*) AS s", rowsql.DoUpdate, "\t\t\t") + ";"
 	if ownRow != "" && strings.Contains(upsert, " DO UPDATE SET ") {
@@ -191,7 +200,7 @@ func keptKeyUpdate(d *shadow.Direction, target, lhs, newKey, upsert string) stri
 		// Every column by name: casts of NEW's fields, no subquery.
 		set = strings.Join(sets, ", ")
 	}
-	return "IF TG_OP = 'UPDATE' THEN\n\t\t\tUPDATE " + target + " AS t SET " + set + " WHERE " + lhs + " = " + newKey + ";" +
+	return "IF TG_OP = 'UPDATE' THEN\n\t\t\tUPDATE " + target + " AS t SET " + set + " WHERE " + lhs + " " + eq + " " + newKey + ";" +
 		"\n\t\t\tIF NOT FOUND THEN\n\t\t\t\t" + strings.ReplaceAll(upsert, "\n\t\t\t", "\n\t\t\t\t") + "\n\t\t\tEND IF;" +
 		"\n\t\tELSE\n\t\t\t" + upsert + "\n\t\tEND IF;"
 }
@@ -244,8 +253,8 @@ func rekey(d *shadow.Direction, target, lhs, oldKey, newKey, deleteOld, upsert s
 		exprs = append(exprs, d.ValueExpr(c.Target))
 	}
 	return "UPDATE " + target + " AS t SET (" + strings.Join(cols, ", ") + ") = (SELECT " + strings.Join(exprs, ", ") +
-		" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " = " + oldKey +
-		" AND NOT EXISTS (SELECT FROM " + target + " AS u WHERE " + keyColumns("u", d.TargetKey) + " = " + newKey + ");" +
+		" FROM (SELECT NEW.*) AS s) WHERE " + lhs + " " + eq + " " + oldKey +
+		" AND NOT EXISTS (SELECT FROM " + target + " AS u WHERE " + keyColumns("u", d.TargetKey) + " " + eq + " " + newKey + ");" +
 		"\n\t\tIF NOT FOUND THEN\n\t\t\t" + deleteOld + "\n\t\t\t" + upsert + "\n\t\tEND IF;"
 }
 
