@@ -241,9 +241,11 @@ func TestParallelBackfillPauseHoldsEveryWorker(t *testing.T) {
 		done <- err
 	}()
 	testkit.WaitFor(t, 60*time.Second, "the hold", func() bool { return heldAsks.Load() >= 4*workers })
+	// A worker may have a batch in flight and, having asked the throttle
+	// just before the hold showed, start one more: at most two a worker.
 	inFlight := afterPause.Load()
-	if inFlight > workers-1 {
-		t.Fatalf("%d batches committed after the hold began; at most the %d in flight may", inFlight, workers-1)
+	if inFlight > 2*int64(workers) {
+		t.Fatalf("%d batches committed after the hold began; at most the %d in flight may", inFlight, 2*workers)
 	}
 	green := f.count(t, "SELECT count(*) FROM gs_o_green.orders")
 	asks := heldAsks.Load()

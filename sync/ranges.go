@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 
@@ -114,7 +115,40 @@ func (b *Backfiller) split(ctx context.Context, cursor Cursor, opt Options) ([]R
 	for _, v := range cursor {
 		args = append(args, v)
 	}
-	rows, err := tx.Query(dbctx, splitSQL(b.key, b.Names.Blue, cursor != nil), append(args, pct)...)
+	sample, err := b.sampleKeys(dbctx, tx, cursor, args, pct)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(sample)) < n && pct < 100 {
+		// SYSTEM sampling picks whole pages at random: a small table can
+		// come back with too few keys. Once more, with 16 times the pages.
+		if sample, err = b.sampleKeys(dbctx, tx, cursor, args, min(100, 16*pct)); err != nil {
+			return nil, err
+		}
+	}
+	m := int64(len(sample))
+	n = min(n, m)
+	if n < 2 {
+		return nil, nil
+	}
+	out := make([]Range, 0, n)
+	lo := cursor
+	for i := int64(1); i < n; i++ {
+		hi := sample[i*m/n]
+		out = append(out, Range{At: lo, Hi: hi})
+		lo = hi
+	}
+	out = append(out, Range{At: lo})
+	b.Log.Info().Int("ranges", len(out)).Int("sampled", len(sample)).Float64("sample_pct", pct).Msg("backfill split into key ranges")
+	return out, nil
+}
+
+var txReadOnly = pgx.TxOptions{AccessMode: pgx.ReadOnly}
+
+// sampleKeys reads the sampled keys of blue after cursor (args: the
+// cursor's values), pct percent of its pages, in key order.
+func (b *Backfiller) sampleKeys(ctx context.Context, tx pgx.Tx, cursor Cursor, args []any, pct float64) ([]Cursor, error) {
+	rows, err := tx.Query(ctx, splitSQL(b.key, b.Names.Blue, cursor != nil), append(slices.Clone(args), pct)...)
 	if err != nil {
 		return nil, fmt.Errorf("backfill: sample blue's keys for the ranges: %w", err)
 	}
@@ -142,21 +176,5 @@ func (b *Backfiller) split(ctx context.Context, cursor Cursor, opt Options) ([]R
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("backfill: sample blue's keys for the ranges: %w", err)
 	}
-	m := int64(len(sample))
-	n = min(n, m)
-	if n < 2 {
-		return nil, nil
-	}
-	out := make([]Range, 0, n)
-	lo := cursor
-	for i := int64(1); i < n; i++ {
-		hi := sample[i*m/n]
-		out = append(out, Range{At: lo, Hi: hi})
-		lo = hi
-	}
-	out = append(out, Range{At: lo})
-	b.Log.Info().Int("ranges", len(out)).Int("sampled", len(sample)).Float64("sample_pct", pct).Msg("backfill split into key ranges")
-	return out, nil
+	return sample, nil
 }
-
-var txReadOnly = pgx.TxOptions{AccessMode: pgx.ReadOnly}
