@@ -29,6 +29,13 @@ const rangesPerWorker = 4
 // are read from.
 const sampleRowsPerRange = 64
 
+// samplePagesPerRange is about how many of blue's pages the sample reads a
+// range: keys on one page are often neighbours (a table filled in key
+// order), so bounds picked from few pages bunch together.
+const samplePagesPerRange = 8
+
+const relPagesSQL = `SELECT pg_catalog.pg_relation_size(CAST($1 AS pg_catalog.regclass)) / CAST(pg_catalog.current_setting('block_size') AS bigint)`
+
 // Range is one key range of a parallel copy: the keys (At, Hi], At nil
 // meaning from blue's first key and Hi nil meaning to its last. At moves
 // forward with every batch the range commits; Done means every key up to
@@ -100,7 +107,6 @@ func (b *Backfiller) split(ctx context.Context, cursor Cursor, opt Options) ([]R
 	if n < 2 || est <= 0 {
 		return nil, nil
 	}
-	pct := min(100, max(0.001, 100*float64(n*sampleRowsPerRange)/float64(est)))
 	dbctx := context.WithoutCancel(ctx)
 	tx, err := b.Pool.BeginTx(dbctx, txReadOnly)
 	if err != nil {
@@ -111,6 +117,19 @@ func (b *Backfiller) split(ctx context.Context, cursor Cursor, opt Options) ([]R
 	if _, err := tx.Exec(dbctx, sessionSQL, b.Names.SearchPath(), fmt.Sprintf("%dms", lt.Milliseconds())); err != nil {
 		return nil, err
 	}
+	// SYSTEM sampling takes whole pages, so a sample sized in rows alone
+	// can be one or two pages of neighbouring keys, and every bound but the
+	// last falls inside them (one range left with nearly every row). The
+	// sample spans at least samplePagesPerRange pages a range.
+	var pages int64
+	if err := tx.QueryRow(dbctx, relPagesSQL, db.Ident(b.Names.Blue.Schema, b.Names.Blue.Name)).Scan(&pages); err != nil {
+		return nil, fmt.Errorf("backfill: read blue's size for the ranges: %w", err)
+	}
+	pct := 100 * float64(n*sampleRowsPerRange) / float64(est)
+	if pages > 0 {
+		pct = max(pct, 100*float64(n*samplePagesPerRange)/float64(pages))
+	}
+	pct = min(100, max(0.001, pct))
 	args := make([]any, 0, len(cursor)+1)
 	for _, v := range cursor {
 		args = append(args, v)
