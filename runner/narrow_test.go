@@ -13,6 +13,7 @@ import (
 	"github.com/greenswap/greenswap/internal/db"
 	"github.com/greenswap/greenswap/internal/exitcode"
 	"github.com/greenswap/greenswap/internal/pgtest"
+	"github.com/greenswap/greenswap/shadow"
 	"github.com/greenswap/greenswap/sync/stream"
 )
 
@@ -198,5 +199,52 @@ func TestVerifyDetectsTruncatedRow(t *testing.T) {
 				t.Fatalf("verify missed the truncated row: %+v", res)
 			}
 		})
+	}
+}
+
+// plan warns of every by-name narrowing (kind, column, from and to type),
+// and not of a widening; a row of the sample that does not fit is reported
+// with its key (exit 2). Before the fix there was no such warning and plan
+// passed a row that the copy then cut.
+func TestPlanWarnsNarrowingByName(t *testing.T) {
+	ctx := context.Background()
+	_, dsn := syncNewDB(t)
+	pgtest.Exec(t, dsn, `CREATE TABLE items (id int PRIMARY KEY, v varchar(20), ch char(6), b bit(4), vb bit varying(8), t text, w varchar(5));
+		INSERT INTO items VALUES (1, 'abc', 'ab', NULL, B'1', 'x', 'abc');`)
+	env := syncTestEnv(t, dsn)
+	sp := syncSpec(t, `
+name: np
+table: public.items
+target:
+  ddl: |
+    CREATE TABLE items (id int PRIMARY KEY, v varchar(5), ch char(3), b bit(3), vb bit varying(3), t varchar(4), w varchar(10))
+`)
+	res, err := Plan(ctx, env, sp, PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hazard(res, shadow.HazardNarrowingByName)
+	if h == nil || h.Severity != shadow.Warning {
+		t.Fatalf("no narrowing warning: %+v", res.Hazards)
+	}
+	got := strings.Join(h.Objects, "\n")
+	for _, want := range []string{
+		"varchar v: character varying(20) → character varying(5)",
+		"bpchar ch: character(6) → character(3)",
+		"bit b: bit(4) → bit(3)",
+		"varbit vb: bit varying(8) → bit varying(3)",
+		"varchar t: text → character varying(4)",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("narrowing objects lack %q: %q", want, h.Objects)
+		}
+	}
+	if strings.Contains(got, " w:") {
+		t.Errorf("a widening is reported as narrowing: %q", h.Objects)
+	}
+	pgtest.Exec(t, dsn, `UPDATE items SET v = 'abcdefgh' WHERE id = 1`)
+	_, err = Plan(ctx, env, sp, PlanOptions{})
+	if err == nil || exitcode.Of(err) != exitcode.BadInput || !strings.Contains(err.Error(), "(id)=(1)") || !strings.Contains(err.Error(), "forward.v") {
+		t.Fatalf("plan of a row that does not fit: %v (exit %d)", err, exitcode.Of(err))
 	}
 }
