@@ -178,7 +178,7 @@ func existingGreenViews(ctx context.Context, q db.Querier, r *splitRels) ([]Spli
 func SplitOldShapeSQL(n shadow.Names, blue *shadow.Table, m *shadow.SplitMapping) string {
 	rebuilt := map[string]string{}
 	for _, c := range m.Reverse {
-		rebuilt[c.Target] = "CAST((" + c.Expr + ") AS " + c.Type + ")"
+		rebuilt[c.Target] = c.Cast(c.Expr)
 	}
 	cols := make([]string, len(blue.Columns))
 	for i, c := range blue.Columns {

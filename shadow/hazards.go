@@ -50,6 +50,7 @@ const (
 	HazardRowTypeChange          = "row_type_change"
 	HazardGreenStricter          = "green_stricter"
 	HazardSyncWriteCanFail       = "sync_write_can_fail"
+	HazardNarrowingByName        = "narrowing_by_name"
 	HazardViewLimitations        = "view_limitations"
 	HazardPartitioned            = "partitioned_table"
 	HazardPartition              = "partition"

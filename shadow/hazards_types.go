@@ -81,6 +81,12 @@ func (h *hazardScan) shapeChange() {
 					db.Ident(n.BlueSchema), db.Ident(n.App.Schema), db.Ident(n.GreenSchema)),
 				Objects: diffs})
 		}
+		if narrowed := narrowings(h.in.Mapping, blue); len(narrowed) > 0 {
+			h.add(Hazard{Code: HazardNarrowingByName, Severity: Warning,
+				Message: "a column mapped by name gets a narrower type: like ALTER TABLE … TYPE, the copy and every synced write fail (SQLSTATE 22001/22026) on a value that does not fit, never cut it; plan checked only a sample of today's rows",
+				Fix:     "fix the data so every value fits, or write forward.<column>: <expression> (e.g. left(col, n)) if cutting it is what you want",
+				Objects: narrowed})
+		}
 		stricter, uncovered := greenStricter(s, blue, green)
 		if len(uncovered) > 0 {
 			h.add(Hazard{Code: HazardSyncWriteCanFail, Severity: Warning,
@@ -276,4 +282,29 @@ func typeWidens(from, to string) bool {
 		return fb == "json"
 	}
 	return false
+}
+
+// narrowings lists the forward columns mapped by name whose green type is
+// length-checked and narrower than blue's: "kind col: from → to". A blue
+// column of another type (text → varchar(5)) counts: its values are not
+// bounded by green's length. bit(n) is fixed-length, so any other n counts.
+func narrowings(m *Mapping, blue *Table) []string {
+	if m == nil {
+		return nil
+	}
+	var out []string
+	for _, c := range m.Forward.Columns {
+		fn, _, mod, ok := lengthCheck(&c)
+		b := blue.Column(c.Target)
+		if !ok || b == nil || b.Type == c.Type {
+			continue
+		}
+		bfn, _, bmod, bok := lengthCheck(&ColumnMap{Type: QualifiedType(b.Type)})
+		if bok && bfn == fn && bmod <= mod && fn != `pg_catalog."bit"` {
+			continue // widened
+		}
+		kind := strings.Trim(strings.TrimPrefix(fn, "pg_catalog."), `"`)
+		out = append(out, fmt.Sprintf("%s %s: %s → %s", kind, c.Target, b.Type, c.Type))
+	}
+	return out
 }

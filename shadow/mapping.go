@@ -3,6 +3,7 @@ package shadow
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/greenswap/greenswap/internal/db"
@@ -246,7 +247,84 @@ func (d *Direction) SelectList() string {
 // ValueExpr is the cast expression computing target column name from a source row.
 func (d *Direction) ValueExpr(name string) string {
 	c := d.Column(name)
-	return "CAST((" + c.Expr + ") AS " + c.Type + ")"
+	return c.Cast(c.Expr)
+}
+
+// CompareExpr is what verify compares target column name with: the value
+// ValueExpr would write, except that a by-name column of a length-limited
+// type is taken at the source's full length (cast to the unconstrained
+// type), so a row cut short in the target differs instead of comparing
+// equal through the same cut, and verify never fails on it as the write
+// would.
+func (d *Direction) CompareExpr(name string) string {
+	c := d.Column(name)
+	if _, base, _, ok := lengthCheck(c); ok {
+		return "CAST((" + c.Expr + ") AS " + base + ")"
+	}
+	return c.Cast(c.Expr)
+}
+
+// Cast is expr (over a source row) converted to the column's type. A column
+// mapped by name is converted as ALTER TABLE … TYPE would (assignment
+// semantics): a value too long for varchar(n), char(n) or bit varying(n),
+// or of the wrong length for bit(n), fails with 22001/22026 where the
+// explicit CAST would silently cut (or pad) it. numeric(p,s) and the
+// time types' precision round under either, as the ALTER does, so they
+// keep the plain CAST. A written (forward/reverse) expression keeps the
+// explicit CAST: what it computes is its author's choice.
+func (c ColumnMap) Cast(expr string) string {
+	if fn, base, mod, ok := lengthCheck(&c); ok {
+		return "CAST(" + fn + "(CAST((" + expr + ") AS " + base + "), " + strconv.Itoa(mod) + ", false) AS " + c.Type + ")"
+	}
+	return "CAST((" + expr + ") AS " + c.Type + ")"
+}
+
+// NarrowingKind names the length-limited type family of a by-name column
+// whose value is length-checked on write ("" for none): plan warns when the
+// source column is wider.
+func (c ColumnMap) NarrowingKind() string {
+	fn, _, _, ok := lengthCheck(&c)
+	if !ok {
+		return ""
+	}
+	return fn
+}
+
+// lengthCheck is, for a by-name column whose type format_type spells as a
+// length-limited character or bit type, the length coercion function
+// (whose third argument false gives assignment semantics), the type
+// without typmod (by its quoted catalog name: bare char or bit would mean
+// char(1), bit(1)) and the typmod. Arrays and domains are not covered: no
+// single expression checks every element, and a domain's base type is not
+// in the spelling.
+func lengthCheck(c *ColumnMap) (fn, base string, mod int, ok bool) {
+	if c.Explicit {
+		return "", "", 0, false
+	}
+	for _, k := range []struct {
+		prefix, fn string
+		header     int
+	}{
+		{"character varying(", `pg_catalog."varchar"`, 4},
+		{"character(", "pg_catalog.bpchar", 4},
+		{"bit varying(", "pg_catalog.varbit", 0},
+		{"bit(", `pg_catalog."bit"`, 0},
+	} {
+		rest, found := strings.CutPrefix(c.Type, k.prefix)
+		if !found {
+			continue
+		}
+		num, found := strings.CutSuffix(rest, ")")
+		if !found {
+			return "", "", 0, false
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil || n <= 0 {
+			return "", "", 0, false
+		}
+		return k.fn, k.fn, n + k.header, true
+	}
+	return "", "", 0, false
 }
 
 // NeedsOverriding reports whether inserts need OVERRIDING SYSTEM VALUE

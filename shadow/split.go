@@ -276,7 +276,7 @@ func (m *SplitMapping) RebuildFrom(greenSchema string, keyFilter func(g *SplitGr
 func (m *SplitMapping) ReverseSelectList() string {
 	parts := make([]string, len(m.Reverse))
 	for i, c := range m.Reverse {
-		parts[i] = "CAST((" + c.Expr + ") AS " + c.Type + ") AS " + db.Ident(c.Target)
+		parts[i] = c.Cast(c.Expr) + " AS " + db.Ident(c.Target)
 	}
 	return strings.Join(parts, ", ")
 }

@@ -209,7 +209,7 @@ func keptKeyUpdate(d *shadow.Direction, target, lhs, newKey, upsert string) stri
 // itself: CAST((NEW."c") AS type), the same value as ValueExpr over a
 // subquery of the row.
 func directValue(c shadow.ColumnMap, rec string) string {
-	return "CAST((" + rec + "." + db.Ident(c.Target) + ") AS " + c.Type + ")"
+	return c.Cast(rec + "." + db.Ident(c.Target))
 }
 
 // directKey is the target key of rec when every key column maps by name:

@@ -71,7 +71,7 @@ func Split(ctx context.Context, pool *pgxpool.Pool, t SplitTarget) ([]SplitCompa
 			tk = append(tk, db.Ident("t", c)+"::pg_catalog.text")
 		}
 		for _, c := range d.Columns {
-			sc = append(sc, d.ValueExpr(c.Target))
+			sc = append(sc, d.CompareExpr(c.Target))
 			tc = append(tc, db.Ident("t", c.Target))
 			cols = append(cols, c.Target)
 		}

@@ -184,7 +184,7 @@ func (p *plan) drillSQL(c chunk, width int) (string, []any) {
 	var sCmp, tCmp []string
 	for i, col := range p.compared {
 		ci := "c" + strconv.Itoa(i)
-		sSel = append(sSel, p.dir.ValueExpr(col)+" AS "+ci)
+		sSel = append(sSel, p.dir.CompareExpr(col)+" AS "+ci)
 		tSel = append(tSel, db.Ident(col)+" AS "+ci)
 		sImg = append(sImg, "s."+ci)
 		tImg = append(tImg, "t."+ci)

@@ -484,7 +484,7 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*v
 	srcCols := make([]string, len(p.compared))
 	dstCols := make([]string, len(p.compared))
 	for i, c := range p.compared {
-		srcCols[i] = p.dir.ValueExpr(c)
+		srcCols[i] = p.dir.CompareExpr(c)
 		dstCols[i] = db.Ident(c)
 	}
 	p.src.hash = p.rowHash(srcCols)
