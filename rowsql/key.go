@@ -105,6 +105,13 @@ func (k Key) Bind(first int) string {
 	return RowOf(p)
 }
 
+// Op names pg_catalog's operator op. A bare operator resolves through the
+// search_path, and an operator planted for a key's exact type (varchar,
+// where pg_catalog has only text's) wins over pg_catalog's reached through
+// a cast: on a single-column key it would run in greenswap's session. A
+// row comparison takes the qualified name too and keeps its index scan.
+func Op(op string) string { return "OPERATOR(pg_catalog." + op + ")" }
+
 // Range is the predicate lhs > lo AND lhs <= hi of a keyed batch, each end
 // present only when asked for: lo bound from $first, then hi. Key order
 // under row-value comparison is the index's order (Row over KeyOrder).
@@ -113,12 +120,12 @@ func (k Key) Range(after, upper bool, first int) (string, []Param) {
 	var ps []Param
 	next := first
 	if after {
-		conds = append(conds, k.Row("")+" > "+k.Bind(next))
+		conds = append(conds, k.Row("")+" "+Op(">")+" "+k.Bind(next))
 		ps = append(ps, k.params("cursor", next, "text")...)
 		next += len(k.Cols)
 	}
 	if upper {
-		conds = append(conds, k.Row("")+" <= "+k.Bind(next))
+		conds = append(conds, k.Row("")+" "+Op("<=")+" "+k.Bind(next))
 		ps = append(ps, k.params("upper", next, "text")...)
 	}
 	return strings.Join(conds, " AND "), ps

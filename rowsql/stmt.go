@@ -143,7 +143,7 @@ func (b Builder) CopyBatch(k Key, lock string, after, upper, onConflict bool) St
 // overwriting the target's rows (DoUpdate).
 func (b Builder) UpsertKeys(k Key, lock string) Stmt {
 	set, ps := k.Set(1)
-	return Stmt{SQL: "WITH src AS (\n\t" + b.Rows(k.Row("")+" IN "+set, k, lock) + "\n)\n" + b.Insert("src", DoUpdate, ""), Params: ps}
+	return Stmt{SQL: "WITH src AS (\n\t" + b.Rows(k.Row("")+" "+Op("=")+" ANY "+set, k, lock) + "\n)\n" + b.Insert("src", DoUpdate, ""), Params: ps}
 }
 
 // DeleteKeys deletes the target rows of the bound keys (one text[] per
@@ -155,7 +155,7 @@ func (b Builder) UpsertKeys(k Key, lock string) Stmt {
 // that match (types with no cross-type comparison).
 func (b Builder) DeleteKeys(k Key, casts [][]string, orphans bool, srcTypes []string) Stmt {
 	set, ps := k.Set(1, casts...)
-	sql := "DELETE FROM " + b.Into + " AS g WHERE " + k.Row("g.") + " IN " + set
+	sql := "DELETE FROM " + b.Into + " AS g WHERE " + k.Row("g.") + " " + Op("=") + " ANY " + set
 	if orphans {
 		match := make([]string, len(k.Cols))
 		for i, c := range k.Cols {
@@ -163,7 +163,7 @@ func (b Builder) DeleteKeys(k Key, casts [][]string, orphans bool, srcTypes []st
 			if srcTypes != nil {
 				ref = "CAST(" + ref + " AS " + srcTypes[i] + ")"
 			}
-			match[i] = "s." + db.Ident(c) + " = " + ref
+			match[i] = "s." + db.Ident(c) + " " + Op("=") + " " + ref
 		}
 		mapped := make([]string, len(b.Dir.TargetKey))
 		target := make([]string, len(b.Dir.TargetKey))
@@ -172,7 +172,7 @@ func (b Builder) DeleteKeys(k Key, casts [][]string, orphans bool, srcTypes []st
 			target[i] = "g." + db.Ident(c)
 		}
 		sql += " AND NOT EXISTS (SELECT 1 FROM " + b.From + " AS s WHERE " + strings.Join(match, " AND ") +
-			" AND " + RowOf(mapped) + " = " + RowOf(target) + ")"
+			" AND " + RowOf(mapped) + " " + Op("=") + " " + RowOf(target) + ")"
 	}
 	return Stmt{SQL: sql, Params: ps}
 }
@@ -192,6 +192,6 @@ func (b Builder) UpsertReferenced(k Key, cols []string, child string, childCols 
 		own[i] = db.Ident(cols[i])
 		theirs[i] = "ch." + db.Ident(childCols[i])
 	}
-	where := RowOf(own) + " IN (SELECT " + RowOf(theirs) + " FROM " + child + " AS ch WHERE " + childKey.Row("ch.") + " IN " + set + ")"
+	where := RowOf(own) + " " + Op("=") + " ANY (SELECT " + RowOf(theirs) + " FROM " + child + " AS ch WHERE " + childKey.Row("ch.") + " " + Op("=") + " ANY " + set + ")"
 	return Stmt{SQL: "WITH src AS (\n\t" + b.Rows(where, k, lock) + "\n)\n" + b.Insert("src", DoUpdate, ""), Params: ps}
 }

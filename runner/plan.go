@@ -836,7 +836,13 @@ func (p *planner) evalReverse(ctx context.Context) error {
 		sel = append(sel, fmt.Sprintf("pg_catalog.count(*) FILTER (WHERE %s), coalesce(pg_catalog.min(CAST(ROW(%s) AS text)) FILTER (WHERE %s), '')",
 			diff, prefixed("s.", m.Key), diff))
 	}
-	q := fmt.Sprintf("SELECT %s FROM %s r JOIN %s s USING (%s)", strings.Join(sel, ", "), revTable, sampleTable, db.IdentList(m.Key))
+	// JOIN … USING would compare the keys with whatever = the search_path
+	// finds for their exact type (an operator planted for varchar).
+	on := make([]string, len(m.Key))
+	for i, k := range m.Key {
+		on[i] = "r." + db.Ident(k) + " " + rowsql.Op("=") + " s." + db.Ident(k)
+	}
+	q := fmt.Sprintf("SELECT %s FROM %s r JOIN %s s ON %s", strings.Join(sel, ", "), revTable, sampleTable, strings.Join(on, " AND "))
 	counts := make([]int64, len(cols))
 	examples := make([]string, len(cols))
 	dest := make([]any, 0, 2*len(cols))

@@ -8,38 +8,45 @@ import (
 )
 
 // TestAttackPlantedKeyOperatorNeverRuns (break11 trigger finding 5): a role
-// with CREATE on public plants =(varchar, varchar) — an exact match for a
-// varchar key, which PostgreSQL prefers to pg_catalog's text operator
-// reached through a cast, whatever the search_path's order. The sync
-// functions run as the table owner and compare keys on every key-keeping
-// UPDATE, DELETE and key move: they name pg_catalog's operator, so the
-// planted one never runs from them: writes through the app name and both
-// version schemas, cutover and rollback add no call. (sync's own
-// statements still reach it: a known defect, README.) The app's own statements
-// compare as text so that only greenswap could reach the operator.
+// with CREATE on public plants =, <>, <, <=, >, >= for (varchar, varchar) —
+// exact matches for a varchar key, which PostgreSQL prefers to pg_catalog's
+// text operators reached through a cast, whatever the search_path's order.
+// greenswap's sessions (the copy's key ranges and its parallel split, the
+// stream's apply, verify's chunks and join) and the sync functions, which
+// run as the table owner, name pg_catalog's operators, so the planted ones
+// never run: sync in either mode, verify, writes through the app name and
+// both version schemas, cutover and rollback add no call. The app's own
+// statements compare as text so that only greenswap could reach them.
 func TestAttackPlantedKeyOperatorNeverRuns(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []string{"trigger", "logical"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			plantedOperatorLifecycle(t, mode)
+		})
+	}
+}
+
+func plantedOperatorLifecycle(t *testing.T, mode string) {
 	ctx := context.Background()
 	_, dsn := pgtest.NewPool(t)
 	pgtest.Exec(t, dsn, `CREATE TABLE public.codes (code varchar(12) PRIMARY KEY, v int NOT NULL, note text);
-		INSERT INTO public.codes SELECT 'c' || g, g, 'n' || g FROM generate_series(1, 300) g;`)
+		INSERT INTO public.codes SELECT 'c' || g, g, 'n' || g FROM generate_series(1, 30000) g;
+		ANALYZE public.codes;`)
 	attacker, attackerDSN := lpRole(t, dsn, "opattacker", "GRANT CREATE ON SCHEMA public TO {role}")
-	pgtest.Exec(t, attackerDSN, fmtAttack(attacker)+`
-CREATE FUNCTION public.vc_eq(varchar, varchar) RETURNS boolean LANGUAGE plpgsql AS $$
-  BEGIN PERFORM public.gs_pwn('varchar ='); RETURN $1::text OPERATOR(pg_catalog.=) $2::text; END $$;
-CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.vc_eq);`)
-	env := coEnv(t, dsn)
-	if _, err := Sync(ctx, env, parseSpec(t, `
-name: op
-table: public.codes
-target:
-  ddl: |
-    CREATE TABLE codes (code varchar(12) PRIMARY KEY, v bigint NOT NULL, note text)
-`), SyncOptions{}); err != nil {
-		t.Fatal(err)
+	// Each call also records the statement it ran in, for the failure
+	// message.
+	plant := fmtAttack(attacker) + `
+CREATE TABLE public.op_queries (q text);
+GRANT INSERT ON public.op_queries TO PUBLIC;`
+	for k, op := range map[string]string{"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="} {
+		plant += `
+CREATE FUNCTION public.vc_` + k + `(varchar, varchar) RETURNS boolean LANGUAGE plpgsql AS $$
+  BEGIN PERFORM public.gs_pwn('varchar ` + op + `'); INSERT INTO public.op_queries VALUES (pg_catalog.current_query()); RAISE LOG 'gs_op_call %', pg_catalog.current_query(); RETURN $1::text OPERATOR(pg_catalog.` + op + `) $2::text; END $$;
+CREATE OPERATOR public.` + op + ` (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.vc_` + k + `);`
 	}
-	// sync's own statements still reach the operator (a known defect,
-	// README): the oracle is that no write through any shape adds a call.
+	pgtest.Exec(t, attackerDSN, plant)
+	env := coEnv(t, dsn)
 	calls := func() string {
 		admin := coConn(t, dsn, nil)
 		defer admin.Close(ctx)
@@ -49,9 +56,27 @@ target:
 	ranNothing := func(after string) {
 		t.Helper()
 		if now := calls(); now != base {
-			t.Fatalf("after %s the planted operator ran (calls %s, %s after sync)", after, now, base)
+			admin := coConn(t, dsn, nil)
+			defer admin.Close(ctx)
+			t.Fatalf("after %s the planted operator ran (calls %s, %s before sync), from:\n%s", after, now, base,
+				coStr(t, admin, `SELECT pg_catalog.string_agg(DISTINCT pg_catalog.left(q, 600), E'\n---\n') FROM public.op_queries`))
 		}
 	}
+	if _, err := Sync(ctx, env, parseSpec(t, `
+name: op
+table: public.codes
+target:
+  ddl: |
+    CREATE TABLE codes (code varchar(12) PRIMARY KEY, v bigint NOT NULL, note text)
+mode: `+mode+`
+`), SyncOptions{Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	ranNothing("sync")
+	if _, err := Verify(ctx, env, "op", VerifyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ranNothing("verify")
 	write := func(schema, tag string) {
 		t.Helper()
 		params := map[string]string{}
@@ -67,6 +92,21 @@ target:
 	}
 	write("", "app1")
 	ranNothing("writes through the app name")
+	if mode == "logical" {
+		// The stream applies the writes by key: its statements too.
+		write("", "app1b")
+		stopWatch, _ := startWatch(t, env, "op")
+		logicalWait(t, env, "op")
+		if err := stopWatch(); err != nil {
+			t.Fatal(err)
+		}
+		ranNothing("the stream's apply")
+		if _, err := Verify(ctx, env, "op", VerifyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		ranNothing("verify after the stream")
+		return
+	}
 	write("gs_op_blue", "blue1")
 	ranNothing("writes through blue")
 	write("gs_op_green", "green1")

@@ -132,6 +132,7 @@ func BatchPreview(n shadow.Names, m *shadow.Mapping, blue *shadow.Table, lockTim
 		}
 	}
 	out = append(out,
+		relPagesSQL,
 		splitSQL(k, n.Blue, false),
 		splitSQL(k, n.Blue, true),
 		boundSQLWithin(k, n.Blue, false, true),
@@ -166,6 +167,7 @@ func BatchPreviewLabels() []string {
 		}
 	}
 	return append(out,
+		"parallel copy (sync.workers > 1): blue's size in pages, which sizes the sample",
 		"parallel copy (sync.workers > 1): block sample of blue's keys, cut into key ranges",
 		"parallel copy: the same sample after the cursor of a resumed one-cursor copy",
 		"parallel copy: upper end of a range's first batch, within the range",

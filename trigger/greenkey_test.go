@@ -3,7 +3,6 @@ package trigger_test
 import (
 	"context"
 	"testing"
-	"time"
 )
 
 // Trap 1 when green's key reads a blue column outside blue's key: an UPDATE
@@ -29,24 +28,30 @@ target:
 	if _, err := upd.Exec(ctx, `UPDATE orders SET tenant = 2 WHERE id = 5`); err != nil {
 		t.Fatal(err)
 	}
+	batch, err := m.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer batch.Rollback(ctx)
+	// The batch bounds its row-lock waits at a quarter of deadlock_timeout
+	// (it yields to the app in lock cycles); raised here so that the wait
+	// outlasts a slow machine's gap between seeing it and the commit.
+	if _, err := batch.Exec(ctx, `SET LOCAL deadlock_timeout = '40s'`); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() {
-		batch, err := m.pool.Begin(ctx)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer batch.Rollback(ctx)
 		if _, err := m.backfiller().CopyBatch(ctx, batch, nil, 100); err != nil {
 			done <- err
 			return
 		}
 		done <- batch.Commit(ctx)
 	}()
+	waitLockWait(t, m.pool, batch.Conn().PgConn().PID())
 	select {
 	case err := <-done:
 		t.Fatalf("the batch did not wait for the UPDATE of a green-key column (err %v)", err)
-	case <-time.After(300 * time.Millisecond):
+	default:
 	}
 	if err := upd.Commit(ctx); err != nil {
 		t.Fatal(err)

@@ -101,10 +101,10 @@ func (p *plan) rangePred(s *side, c chunk, args *[]any) string {
 	}
 	var conds []string
 	if c.lo != nil {
-		conds = append(conds, lhs+" >= "+param(c.lo))
+		conds = append(conds, lhs+" "+rowsql.Op(">=")+" "+param(c.lo))
 	}
 	if c.hi != nil {
-		conds = append(conds, lhs+" < "+param(c.hi))
+		conds = append(conds, lhs+" "+rowsql.Op("<")+" "+param(c.hi))
 	}
 	return strings.Join(conds, " AND ")
 }
@@ -178,7 +178,7 @@ func (p *plan) drillSQL(c chunk, width int) (string, []any) {
 		ki := "k" + strconv.Itoa(i)
 		sSel = append(sSel, p.dir.ValueExpr(k)+" AS "+ki)
 		tSel = append(tSel, db.Ident(k)+" AS "+ki)
-		on = append(on, "s."+ki+" = t."+ki)
+		on = append(on, "s."+ki+" "+rowsql.Op("=")+" t."+ki)
 		keyOut = append(keyOut, "coalesce(s."+ki+", t."+ki+")::text")
 	}
 	var sCmp, tCmp []string

@@ -107,15 +107,15 @@ func buildSQL(n shadow.Names, m *shadow.Mapping, blue *shadow.Table) (*applySQL,
 	}
 	for i, k := range m.Forward.TargetKey {
 		sCols = append(sCols, m.Forward.ValueExpr(k)+" AS "+db.Ident(fmt.Sprintf("gs_t%d", i)))
-		match = append(match, "s."+db.Ident(fmt.Sprintf("gs_t%d", i))+" IS NOT DISTINCT FROM g."+db.Ident(k))
+		match = append(match, "s."+db.Ident(fmt.Sprintf("gs_t%d", i))+" "+rowsql.Op("=")+" g."+db.Ident(k))
 	}
 	// A key blue lacks although the batch did not remove it is left alone
 	// (entry.gone): a later change in the stream removed it.
 	var dk, dmatch, bhas []string
 	for i, k := range m.Key {
 		dk = append(dk, "CAST(CAST(u."+ucols[i]+" AS "+bt[i]+") AS "+gt[i]+") AS "+ucols[i])
-		dmatch = append(dmatch, "g."+db.Ident(k)+" = d."+ucols[i])
-		bhas = append(bhas, "b."+db.Ident(k)+" = CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
+		dmatch = append(dmatch, "g."+db.Ident(k)+" "+rowsql.Op("=")+" d."+ucols[i])
+		bhas = append(bhas, "b."+db.Ident(k)+" "+rowsql.Op("=")+" CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
 	}
 	s.stale = fmt.Sprintf(`DELETE FROM %s AS g
 USING (SELECT %s, u.gs_gone FROM %s) AS d
@@ -134,7 +134,7 @@ WHERE %s
 		var gk, eq []string
 		for i, k := range m.Key {
 			gk = append(gk, "CAST(k."+ucols[i]+" AS "+gt[i]+")")
-			eq = append(eq, "s."+db.Ident(k)+" = CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
+			eq = append(eq, "s."+db.Ident(k)+" "+rowsql.Op("=")+" CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
 		}
 		kcols := make([]string, len(m.Key))
 		for i := range m.Key {
@@ -146,7 +146,7 @@ WHERE %s
 ), src AS MATERIALIZED (
 	%s
 ), del AS (
-	DELETE FROM %s AS g WHERE %s IN (SELECT %s FROM k WHERE k.gs_gone)
+	DELETE FROM %s AS g WHERE %s OPERATOR(pg_catalog.=) ANY (SELECT %s FROM k WHERE k.gs_gone)
 	AND NOT EXISTS (SELECT 1 FROM src AS s WHERE %s)
 	RETURNING 1
 ), ins AS (
@@ -155,14 +155,14 @@ WHERE %s
 )
 SELECT (SELECT pg_catalog.count(*) FROM del), (SELECT pg_catalog.count(*) FROM ins)`,
 			strings.Join(kcols, ", "), fromGone,
-			b.Rows(row("")+" IN (SELECT "+strings.Join(ucols, ", ")+" FROM k)", key, "FOR KEY SHARE"),
+			b.Rows(row("")+" "+rowsql.Op("=")+" ANY (SELECT "+strings.Join(ucols, ", ")+" FROM k)", key, "FOR KEY SHARE"),
 			greenRel, row("g."), strings.Join(gk, ", "), strings.Join(eq, " AND "),
 			b.Insert("src", rowsql.DoUpdate, "\t"))
 	}
 
 	var bmatch []string
 	for i, k := range m.Key {
-		bmatch = append(bmatch, "b."+db.Ident(k)+" = CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
+		bmatch = append(bmatch, "b."+db.Ident(k)+" "+rowsql.Op("=")+" CAST(g."+db.Ident(k)+" AS "+bt[i]+")")
 	}
 	s.truncate = fmt.Sprintf(`DELETE FROM %s AS g WHERE NOT EXISTS (SELECT 1 FROM %s AS b WHERE %s)`,
 		greenRel, blueRel, strings.Join(bmatch, " AND "))
@@ -814,8 +814,8 @@ func staleChildrenSQL(parent *tableSQL, child string, cols, pcols []string) stri
 		ucols[i] = fmt.Sprintf("gs_k%d", i)
 		bt := parent.blue.Column(k).Type
 		gt := m.Forward.Column(k).Type
-		gmatch = append(gmatch, "g."+db.Ident(k)+" = CAST(CAST(u."+ucols[i]+" AS "+bt+") AS "+gt+")")
-		bmatch = append(bmatch, "b."+db.Ident(k)+" = CAST(u."+ucols[i]+" AS "+bt+")")
+		gmatch = append(gmatch, "g."+db.Ident(k)+" "+rowsql.Op("=")+" CAST(CAST(u."+ucols[i]+" AS "+bt+") AS "+gt+")")
+		bmatch = append(bmatch, "b."+db.Ident(k)+" "+rowsql.Op("=")+" CAST(u."+ucols[i]+" AS "+bt+")")
 	}
 	params = append(params, fmt.Sprintf("$%d::boolean[]", len(m.Key)+1))
 	own := make([]string, len(cols))
@@ -824,7 +824,7 @@ func staleChildrenSQL(parent *tableSQL, child string, cols, pcols []string) stri
 		own[i] = "c." + db.Ident(cols[i])
 		theirs[i] = "g." + db.Ident(pcols[i])
 	}
-	return fmt.Sprintf(`DELETE FROM %s AS c WHERE (%s) IN (
+	return fmt.Sprintf(`DELETE FROM %s AS c WHERE (%s) OPERATOR(pg_catalog.=) ANY (
 	SELECT %s FROM %s AS g, %s AS u(%s, gs_gone)
 	WHERE u.gs_gone AND %s
 	  AND NOT EXISTS (SELECT 1 FROM %s AS b WHERE %s))`,
