@@ -2,9 +2,10 @@ package runner
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
@@ -17,12 +18,26 @@ import (
 // green's visibility map is still empty (autovacuum is off on that green,
 // so nothing else vacuumed it).
 func TestSyncSettlesBeforeSynced(t *testing.T) {
-	if os.Getenv("GREENSWAP_FLAKY_TESTS") == "" {
-		t.Skip("flaky in clean-clone CI on 2026-12-02 (see the closing note of session 8); GREENSWAP_FLAKY_TESTS=1 runs it")
-	}
 	t.Parallel()
 	ctx := context.Background()
-	pool, dsn := pgtest.NewPool(t)
+	// A cluster of its own: the xmin horizon is cluster-wide, and another
+	// test's logical slot in creation, standby or long transaction holds
+	// it without showing in this database (seen in CI: 0 all-visible
+	// pages after the settle, nothing holding the horizon here).
+	cluster, err := pgtest.StartCluster(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() })
+	dsn, err := cluster.CreateDatabase(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
 	pgtest.Exec(t, dsn, `CREATE TABLE st1 (id int PRIMARY KEY, v int NOT NULL);
 		INSERT INTO st1 SELECT g, g FROM generate_series(1, 20000) g;
 		CREATE TABLE st2 (id int PRIMARY KEY, v int NOT NULL);
@@ -52,17 +67,6 @@ target:
 		}
 		visible := coInt(t, pool, `SELECT relallvisible FROM pg_class WHERE oid = $1::regclass`, "gs_"+tc.table+"_v2_green."+tc.table)
 		sql := coStr(t, pool, `SELECT coalesce(sql, '') || ' ' || coalesce(detail::text, '') FROM greenswap.events WHERE migration = $1 AND step = 'settle'`, sp.Name)
-		if !tc.skip && visible == 0 {
-			// Another test's standby (hot_standby_feedback) or slot holds
-			// the cluster's xmin horizon: no page can be all-visible, in
-			// any database. The settle sees only its own database's
-			// holders (a known gap); anything else is a failure.
-			if n := coInt(t, pool, `SELECT (SELECT count(*) FROM pg_stat_replication WHERE backend_xmin IS NOT NULL)
-				+ (SELECT count(*) FROM pg_replication_slots WHERE xmin IS NOT NULL)`); n > 0 {
-				t.Logf("settled: 0 all-visible pages while %d replication connection(s) or slot(s) hold the cluster's xmin", n)
-				visible = -1
-			}
-		}
 		if !tc.skip && (visible == 0 || !strings.Contains(sql, `VACUUM (FREEZE, TRUNCATE false) "gs_st1_v2_green"."st1"`)) {
 			t.Errorf("settled: %d all-visible pages, event %q", visible, sql)
 		}
