@@ -30,8 +30,8 @@ func TestAttackPlantedKeyOperatorNeverRuns(t *testing.T) {
 func plantedOperatorLifecycle(t *testing.T, mode string) {
 	ctx := context.Background()
 	_, dsn := pgtest.NewPool(t)
-	pgtest.Exec(t, dsn, `CREATE TABLE public.codes (code varchar(12) PRIMARY KEY, v int NOT NULL, note text);
-		INSERT INTO public.codes SELECT 'c' || g, g, 'n' || g FROM generate_series(1, 30000) g;
+	pgtest.Exec(t, dsn, `CREATE TABLE public.codes (code varchar(12) PRIMARY KEY, v int NOT NULL, note text, tag varchar(20));
+		INSERT INTO public.codes SELECT 'c' || g, g, 'n' || g, 't' || g FROM generate_series(1, 30000) g;
 		ANALYZE public.codes;`)
 	attacker, attackerDSN := lpRole(t, dsn, "opattacker", "GRANT CREATE ON SCHEMA public TO {role}")
 	// Each call also records the statement it ran in, for the failure
@@ -67,7 +67,7 @@ name: op
 table: public.codes
 target:
   ddl: |
-    CREATE TABLE codes (code varchar(12) PRIMARY KEY, v bigint NOT NULL, note text)
+    CREATE TABLE codes (code varchar(12) PRIMARY KEY, v bigint NOT NULL, note text, tag varchar(20))
 mode: `+mode+`
 `), SyncOptions{Workers: 2}); err != nil {
 		t.Fatal(err)
@@ -77,6 +77,17 @@ mode: `+mode+`
 		t.Fatal(err)
 	}
 	ranNothing("verify")
+	// A difference in a varchar column, behind the triggers' back: verify
+	// lists it (its row comparison) and repairs it.
+	pgtest.Exec(t, dsn, `SET session_replication_role = replica;
+		UPDATE gs_op_green.codes SET tag = 'forged' WHERE code::text OPERATOR(pg_catalog.=) 'c77'`)
+	if res, _ := Verify(ctx, env, "op", VerifyOptions{}); res == nil || res.DifferenceCount != 1 {
+		t.Fatalf("verify of a forged varchar value: %+v, want one difference", res)
+	}
+	if _, err := Verify(ctx, env, "op", VerifyOptions{Repair: true}); err != nil {
+		t.Fatal(err)
+	}
+	ranNothing("verify of a difference and its repair")
 	write := func(schema, tag string) {
 		t.Helper()
 		params := map[string]string{}

@@ -285,3 +285,19 @@ func hashable(ctx context.Context, q db.Querier, typ string) bool {
 	var h int64
 	return q.QueryRow(ctx, "SELECT pg_catalog.hash_record_extended(ROW(NULL::"+typ+"), 0::pg_catalog.int8)").Scan(&h) == nil
 }
+
+// catalogEquality says whether pg_catalog has an = for exactly typ. The
+// listing of differing rows compares with IS DISTINCT FROM, which finds =
+// by name: for a type that reaches pg_catalog's through a cast or a
+// polymorphic match (varchar, arrays, enums, domains) an = planted for the
+// exact type in a schema on the path would win and run in verify's
+// session. Such types are compared by their text output instead.
+func catalogEquality(ctx context.Context, q db.Querier, typ string) bool {
+	var ok bool
+	err := q.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_operator o
+		WHERE o.oprname OPERATOR(pg_catalog.=) '='
+		  AND o.oprleft OPERATOR(pg_catalog.=) CAST($1 AS pg_catalog.regtype)
+		  AND o.oprright OPERATOR(pg_catalog.=) CAST($1 AS pg_catalog.regtype)
+		  AND o.oprnamespace OPERATOR(pg_catalog.=) CAST('pg_catalog' AS pg_catalog.regnamespace))`, typ).Scan(&ok)
+	return err == nil && ok
+}

@@ -476,7 +476,7 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, t Target, opt Options) (*v
 		}
 		ok, seen := probed[typ]
 		if !seen {
-			ok = hashable(ctx, pool, typ)
+			ok = hashable(ctx, pool, typ) && catalogEquality(ctx, pool, typ)
 			probed[typ] = ok
 		}
 		p.asText[i] = !ok
