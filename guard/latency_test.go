@@ -2,7 +2,6 @@ package guard_test
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,18 +22,7 @@ import (
 func TestLatencyRatioOpensAndCloses(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	cl, err := pgtest.StartCluster(ctx, pgtest.Options{Settings: map[string]string{"shared_preload_libraries": "pg_stat_statements"}})
-	if errors.Is(err, pgtest.ErrNoServerBinaries) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cl.Stop() })
-	dsn, err := cl.CreateDatabase(ctx, "latency")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, dsn := pgtest.OwnPool(t, pgtest.Options{Settings: map[string]string{"shared_preload_libraries": "pg_stat_statements"}}, "latency")
 	pgtest.Exec(t, dsn, `CREATE EXTENSION pg_stat_statements;
 		CREATE TABLE orders (id int PRIMARY KEY, v int); INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g;
 		CREATE SCHEMA gs_m_blue; CREATE TABLE gs_m_blue.orders (id int)`)

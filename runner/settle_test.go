@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/greenswap/greenswap/internal/pgtest"
 	"github.com/greenswap/greenswap/internal/state"
 	"github.com/greenswap/greenswap/spec"
@@ -24,20 +22,7 @@ func TestSyncSettlesBeforeSynced(t *testing.T) {
 	// test's logical slot in creation, standby or long transaction holds
 	// it without showing in this database (seen in CI: 0 all-visible
 	// pages after the settle, nothing holding the horizon here).
-	cluster, err := pgtest.StartCluster(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop() })
-	dsn, err := cluster.CreateDatabase(ctx, "app")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool, dsn := pgtest.OwnPool(t, pgtest.Options{}, "app")
 	pgtest.Exec(t, dsn, `CREATE TABLE st1 (id int PRIMARY KEY, v int NOT NULL);
 		INSERT INTO st1 SELECT g, g FROM generate_series(1, 20000) g;
 		CREATE TABLE st2 (id int PRIMARY KEY, v int NOT NULL);

@@ -256,6 +256,36 @@ func NewPool(t testing.TB) (*pgxpool.Pool, string) {
 	return pool, dsn
 }
 
+// OwnPool starts a throwaway cluster for this test alone (stopped in
+// t.Cleanup), creates database dbname in it and returns a pool on it
+// (closed first) and its connection string: for a test whose assertion
+// depends on cluster-wide state the package's shared cluster mixes with
+// other tests' (the xmin horizon, replication). Skipped when no server
+// binaries are found.
+func OwnPool(t testing.TB, opts Options, dbname string) (*pgxpool.Pool, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl, err := StartCluster(ctx, opts)
+	if errors.Is(err, ErrNoServerBinaries) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Stop() })
+	dsn, err := cl.CreateDatabase(ctx, dbname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatalf("pgtest: pool for %s: %v", dbname, err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, dsn
+}
+
 // Exec runs sql on dsn over a new connection and fails the test on error.
 // sql may hold several statements; it is sent with the simple protocol (args,
 // if any, are interpolated client-side by pgx).
